@@ -1,0 +1,278 @@
+"""The plugin manager: hook specs, entry points, registries.
+
+``get_plugin_manager()`` is a factory, not a global: every call builds a fresh manager, loads the
+entry-point group ``tunewright`` (built-ins included, since they are ordinary entry points of the
+``tunewright`` distribution) and checks that every hook implementation matches a spec.
+
+Two environment variables steer what loads, as ``LLM_LOAD_PLUGINS`` and
+``PYTEST_DISABLE_PLUGIN_AUTOLOAD`` do for llm and pytest:
+
+``TUNEWRIGHT_LOAD_PLUGINS``
+    A comma-separated allow-list of third-party distribution or entry-point names. Built-ins
+    always load. An empty value loads no third-party plugin.
+``TUNEWRIGHT_DISABLE_PLUGIN_AUTOLOAD``
+    Any non-empty value loads no third-party plugin at all.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+
+GROUP = "tunewright"
+BUILTIN_DISTRIBUTION = "tunewright"
+ALLOW_ENV = "TUNEWRIGHT_LOAD_PLUGINS"
+DISABLE_ENV = "TUNEWRIGHT_DISABLE_PLUGIN_AUTOLOAD"
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_\-]*$")
+
+# kind -> the registration hook that fills it
+REGISTRY_HOOKS = {
+    "models": "register_models",
+    "dataset_formats": "register_dataset_formats",
+    "tasks": "register_tasks",
+    "methods": "register_methods",
+    "config_sections": "register_config_sections",
+    "graders": "register_graders",
+    "exporters": "register_exporters",
+    "quantizers": "register_quantizers",
+    "trackers": "register_trackers",
+    "runners": "register_runners",
+}
+
+
+@dataclass
+class PluginInfo:
+    """What ``tunewright plugins`` shows of one plugin."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    hooks: list[str] = field(default_factory=list)
+    registered: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def builtin(self) -> bool:
+        return self.distribution == BUILTIN_DISTRIBUTION
+
+    def describe(self) -> str:
+        if self.distribution:
+            return f"plugin {self.name!r} (distribution {self.distribution} {self.version})"
+        return f"plugin {self.name!r}"
+
+
+@dataclass
+class Registered:
+    name: str
+    obj: Any
+    plugin: str
+
+
+class Registries:
+    """Every name registered by every plugin, by kind: ``registries.methods["lora"]``."""
+
+    def __init__(self, infos: dict[str, PluginInfo]):
+        self._infos = infos
+        self._entries: dict[str, dict[str, Registered]] = {kind: {} for kind in REGISTRY_HOOKS}
+
+    def add(self, kind: str, name: str, obj: Any, plugin: str) -> None:
+        info = self._infos.get(plugin) or PluginInfo(plugin, None, None)
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise PluginError(
+                f"{info.describe()} registered {kind[:-1].replace('_', ' ')} {name!r}: a name "
+                "must be lowercase letters, digits, '-' or '_', starting with a letter"
+            )
+        entries = self._entries[kind]
+        if name in entries:
+            other = self._infos.get(entries[name].plugin) or PluginInfo(entries[name].plugin, None, None)
+            raise PluginError(
+                f"{info.describe()} registered {kind[:-1].replace('_', ' ')} {name!r}, which "
+                f"{other.describe()} registered already; uninstall one of them or limit "
+                f"plugins with {ALLOW_ENV}"
+            )
+        entries[name] = Registered(name, obj, plugin)
+        info.registered.setdefault(kind, []).append(name)
+
+    def kind(self, kind: str) -> dict[str, Any]:
+        return {name: entry.obj for name, entry in self._entries[kind].items()}
+
+    def owner(self, kind: str, name: str) -> str:
+        return self._entries[kind][name].plugin
+
+    def get(self, kind: str, name: str, *, key: str | None = None) -> Any:
+        """The object registered as ``name``, or a ``ConfigError`` that lists what is."""
+        from .errors import ConfigError
+
+        entries = self._entries[kind]
+        if name in entries:
+            return entries[name].obj
+        what = kind[:-1].replace("_", " ")
+        known = sorted(entries)
+        near = difflib.get_close_matches(str(name), known, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        where = f"{key}: " if key else ""
+        raise ConfigError(
+            f"{where}unknown {what} {name!r}{hint} (registered: {', '.join(known) or 'none'})"
+        )
+
+    def __getattr__(self, kind: str) -> dict[str, Any]:
+        if kind.startswith("_") or kind not in REGISTRY_HOOKS:
+            raise AttributeError(kind)
+        return self.kind(kind)
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager plus what tunewright knows of each plugin and the filled registries."""
+
+    def __init__(self) -> None:
+        super().__init__(GROUP)
+        self.add_hookspecs(hookspecs)
+        self.infos: dict[str, PluginInfo] = {}
+        self._registries: Registries | None = None
+
+    def register_plugin(self, plugin: Any, name: str, distribution: str | None = None,
+                        version: str | None = None) -> None:
+        info = PluginInfo(name, distribution, version)
+        try:
+            self.register(plugin, name=name)
+        except ValueError as exc:
+            raise PluginError(f"{info.describe()} could not be registered: {exc}") from exc
+        info.hooks = sorted(impl_name for impl_name in _hook_names(self, plugin))
+        self.infos[name] = info
+
+    @property
+    def registries(self) -> Registries:
+        """Registries filled on first use by calling every registration hook once."""
+        if self._registries is None:
+            registries = Registries(self.infos)
+            for kind, hook_name in REGISTRY_HOOKS.items():
+                hook = getattr(self.hook, hook_name)
+                # Call each implementation on its own so that `register` knows who is calling:
+                # a bad or duplicate name is reported against the plugin that registered it.
+                for impl in reversed(hook.get_hookimpls()):
+                    register = _bound_register(registries, kind, impl.plugin_name)
+                    info = self.infos.get(impl.plugin_name) or PluginInfo(impl.plugin_name, None, None)
+                    try:
+                        impl.function(register=register)
+                    except PluginError:
+                        raise
+                    except Exception as exc:  # a plugin's bug, reported against the plugin
+                        raise PluginError(
+                            f"{info.describe()} failed in {hook_name}: {type(exc).__name__}: {exc}"
+                        ) from exc
+            self._registries = registries
+        return self._registries
+
+
+def _bound_register(registries: Registries, kind: str, plugin: str) -> Callable[..., None]:
+    def register(name: str, obj: Any) -> None:
+        registries.add(kind, name, obj, plugin)
+
+    return register
+
+
+def _hook_names(pm: pluggy.PluginManager, plugin: Any) -> list[str]:
+    return [caller.name for caller in pm.get_hookcallers(plugin) or []]
+
+
+def _allowed(env: dict[str, str]) -> set[str] | None:
+    if env.get(DISABLE_ENV):
+        return set()
+    if ALLOW_ENV in env:
+        return {item.strip() for item in env[ALLOW_ENV].split(",") if item.strip()}
+    return None
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    return list(importlib.metadata.entry_points(group=GROUP))
+
+
+def get_plugin_manager(*, load_entrypoints: bool = True, plugins: list[tuple[str, Any]] = (),
+                       env: dict[str, str] | None = None) -> PluginManager:
+    """Build a fresh plugin manager.
+
+    Loads the built-in plugins and (unless disabled) third-party ones from the entry-point
+    group, then ``plugins`` given here as ``(name, object)`` pairs (for tests and embedding),
+    and calls ``check_pending()`` so that an implementation of a hook that does not exist fails.
+    Raises :class:`tunewright.PluginError` naming the plugin and its distribution.
+    """
+    env = dict(os.environ) if env is None else env
+    pm = PluginManager()
+    allowed = _allowed(env)
+    seen_builtin = False
+    if load_entrypoints:
+        for ep in _entry_points():
+            dist = ep.dist.name if ep.dist is not None else None
+            version = ep.dist.version if ep.dist is not None else None
+            builtin = _normalise(dist) == BUILTIN_DISTRIBUTION
+            seen_builtin |= builtin
+            if not builtin and allowed is not None and not ({ep.name, dist or ""} & allowed):
+                continue
+            info = PluginInfo(ep.name, dist, version)
+            if pm.has_plugin(ep.name):
+                raise PluginError(
+                    f"{info.describe()} uses the entry-point name {ep.name!r}, which "
+                    f"{pm.infos[ep.name].describe()} uses already"
+                )
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise PluginError(
+                    f"{info.describe()} failed to import ({ep.value}): {type(exc).__name__}: {exc}"
+                ) from exc
+            pm.register_plugin(plugin, ep.name, dist, version)
+        if not seen_builtin:
+            raise PluginError(
+                "the built-in plugins were not found in the entry-point group 'tunewright': "
+                "install tunewright (pip install -e .) rather than running it from the checkout"
+            )
+    for name, plugin in plugins:
+        pm.register_plugin(plugin, name)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        info = pm.infos.get(pm.get_name(exc.plugin)) if exc.plugin is not None else None
+        who = info.describe() if info else "a plugin"
+        names = [n for n in dir(exc.plugin) if n.startswith(("register_", "on_", "validate_", "transform_"))]
+        known = sorted(pm.hook.__dict__)
+        hints = [
+            f"{n!r} (did you mean {difflib.get_close_matches(n, known, n=1)[0]!r}?)"
+            for n in names
+            if n not in known and difflib.get_close_matches(n, known, n=1)
+        ]
+        detail = f": {', '.join(hints)}" if hints else f": {exc}"
+        raise PluginError(f"{who} implements a hook that does not exist{detail}") from exc
+    return pm
+
+
+def _normalise(dist: str | None) -> str | None:
+    return re.sub(r"[-_.]+", "-", dist).lower() if dist else dist
+
+
+def plugin_summary(pm: PluginManager) -> list[dict]:
+    """Every plugin with its distribution, hooks and registered names (``tunewright plugins``)."""
+    pm.registries  # fills PluginInfo.registered
+    return [
+        {
+            "name": info.name,
+            "distribution": info.distribution,
+            "version": info.version,
+            "builtin": info.builtin,
+            "hooks": info.hooks,
+            "registered": info.registered,
+        }
+        for info in sorted(pm.infos.values(), key=lambda i: (not i.builtin, i.name))
+    ]
+
+
+__all__ = ["get_plugin_manager", "PluginManager", "PluginInfo", "plugin_summary", "GROUP"]
+
