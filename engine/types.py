@@ -53,28 +53,34 @@ class DatasetFormat(Protocol):
 class Task(Protocol):
     """What is learnt and how it is measured (``register_tasks``)."""
 
-    #: "causal_lm" or "sequence_classification": tells exporters which head the model has.
+    #: "causal_lm" or "sequence_classification": tells methods and exporters which head it has
     model_kind: str
+    #: the metric that early stopping and the parity gate watch by default
+    primary_metric: str
+    greater_is_better: bool
 
-    def load_model(self, path: Path, examples: list[dict], config: Any) -> tuple[Any, Any]:
-        """Load ``(model, tokenizer)`` from a local folder, shaped for the task (number of
-        labels for classification...)."""
+    def load_tokenizer(self, path: Path | str, trust_remote_code: bool = False) -> Any:
+        """Load the tokenizer (with a pad token and, for chat, a chat template)."""
 
-    def check_example(self, example: dict, location: str) -> list[Problem]:
-        """Task-level checks of one example (roles, labels...)."""
+    def label_set(self, examples: list[dict]) -> list[str] | None:
+        """The label names the training examples use (``None``: the task has none)."""
 
-    def tokenize(self, example: dict, tokenizer: Any, max_length: int) -> dict:
-        """Turn an example into model inputs (``input_ids``, ``labels``...)."""
+    def load_model(self, path: Path | str, labels: list[str] | None, config: Any,
+                   tokenizer: Any = None) -> Any:
+        """Load the model from a local folder or hub id, shaped for the task (labels...)."""
+
+    def tokenize(self, example: dict, tokenizer: Any, max_length: int,
+                 labels: list[str] | None = None) -> dict:
+        """Turn an example into model inputs (``input_ids``, ``attention_mask``, ``labels``)."""
+
+    def count_tokens(self, example: dict, tokenizer: Any) -> int:
+        """How many tokens the example takes, for validation and estimates."""
 
     def collate(self, features: list[dict], tokenizer: Any) -> dict:
-        """Pad a list of tokenized examples into a batch of tensors."""
+        """Pad a list of tokenized examples into a batch of tensors (dynamic padding)."""
 
     def metrics(self, model: Any, batches: Iterable[dict]) -> dict[str, float]:
         """Evaluate ``model`` on batches; return the task's figures (``loss`` always)."""
-
-    #: the metric that ``early_stopping`` and the parity gate watch by default
-    primary_metric: str
-    greater_is_better: bool
 
 
 @runtime_checkable

@@ -1,0 +1,147 @@
+"""The ``tunewright`` command line. Exit codes: 0 done, 1 the job failed, 2 bad usage, config or data."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .config import apply_overrides, load_config, read_yaml
+from .errors import TunewrightError, UsageError
+from .manager import get_plugin_manager, plugin_summary
+
+
+def _echo(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tunewright")
+def cli() -> None:
+    """tunewright: fine-tune pretrained models from one config, with plugins."""
+
+
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key, e.g. --set training.max_steps=20 (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+def train(config_path: str, overrides: tuple[str, ...], resume: bool, overwrite: bool) -> None:
+    """Train the job described by CONFIG."""
+    from .job import Job
+
+    pm = get_plugin_manager()
+    data = apply_overrides(read_yaml(config_path), list(overrides))
+    config = load_config(data, pm.registries, source=config_path)
+    result = Job(config, pm, resume=resume, overwrite=overwrite, echo=_echo).run()
+    _echo(f"run written to {result.run_dir}")
+
+
+@cli.command()
+@click.argument("data_path", metavar="DATA", type=click.Path())
+@click.option("--task", default="chat", show_default=True, help="Task the data is for.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="A job config: its model's tokenizer, max_length and training settings are used.")
+@click.option("--model", default=None, help="Model whose tokenizer counts tokens (default: the task's packaged model).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def validate(data_path: str, task: str, config_path: str | None, model: str | None, as_json: bool) -> None:
+    """Check every example of DATA and summarise it. Exits 2 if any example has an error."""
+    from .validate import validate_file
+
+    pm = get_plugin_manager()
+    config = None
+    if config_path:
+        config = load_config(read_yaml(config_path), pm.registries, source=config_path)
+        task = config.task
+    report = validate_file(Path(data_path), task, pm, config=config, model=model)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(report.render())
+    if report.errors:
+        sys.exit(2)
+
+
+@cli.command(name="eval")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--data", "data_path", required=True, type=click.Path(), help="Examples to evaluate on.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def eval_command(run_dir: str, data_path: str, as_json: bool) -> None:
+    """Evaluate a tuned run on a data file."""
+    from .validate import evaluate_run
+
+    metrics = evaluate_run(Path(run_dir), Path(data_path), get_plugin_manager())
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+    else:
+        for key, value in metrics.items():
+            click.echo(f"{key:>22}  {value:.4f}" if isinstance(value, float) else f"{key:>22}  {value}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def plugins(as_json: bool) -> None:
+    """List every plugin: distribution, hooks and what it registered."""
+    summary = plugin_summary(get_plugin_manager())
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    for plugin in summary:
+        origin = f"{plugin['distribution']} {plugin['version']}" if plugin["distribution"] else "local"
+        click.echo(f"{plugin['name']}  ({origin}{', built-in' if plugin['builtin'] else ''})")
+        click.echo(f"    hooks: {', '.join(plugin['hooks'])}")
+        for kind, names in plugin["registered"].items():
+            click.echo(f"    {kind.replace('_', ' ')}: {', '.join(names)}")
+
+
+@cli.command()
+@click.argument("path", default="tunewright.yaml", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(path: str, force: bool) -> None:
+    """Write a commented starter config to PATH."""
+    from importlib.resources import files
+
+    target = Path(path)
+    if target.exists() and not force:
+        raise UsageError(f"{target} exists already (pass --force to overwrite it)")
+    target.write_text(files("tunewright").joinpath("templates/config.yaml").read_text(encoding="utf-8"))
+    _echo(f"wrote {target}; edit it, then: tunewright train {target}")
+
+
+@cli.command()
+@click.option("--workdir", default="tunewright-quickstart", show_default=True, type=click.Path(file_okay=False),
+              help="Where the data, the run and the bundle go.")
+@click.option("--max-steps", default=60, show_default=True, help="Optimizer steps.")
+def quickstart(workdir: str, max_steps: int) -> None:
+    """Tune SmolLM2-135M-Instruct with LoRA on chatterbot-corpus, offline, and compare."""
+    from .quickstart import run_quickstart
+
+    run_quickstart(Path(workdir), max_steps=max_steps, echo=_echo)
+
+
+def build_cli(pm=None) -> click.Group:
+    pm = pm or get_plugin_manager()
+    pm.hook.register_commands(cli=cli)
+    return cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        group = build_cli()
+        group.main(args=argv, prog_name="tunewright", standalone_mode=False)
+    except click.exceptions.Abort:
+        _echo("aborted")
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except TunewrightError as exc:
+        _echo(f"error: {exc}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _echo("interrupted; continue with --resume")
+        sys.exit(130)
+    sys.exit(0)
