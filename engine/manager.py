@@ -240,17 +240,17 @@ def get_plugin_manager(*, load_entrypoints: bool = True, plugins: list[tuple[str
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        info = pm.infos.get(pm.get_name(exc.plugin)) if exc.plugin is not None else None
-        who = info.describe() if info else "a plugin"
-        names = [n for n in dir(exc.plugin) if n.startswith(("register_", "on_", "validate_", "transform_"))]
-        known = sorted(pm.hook.__dict__)
-        hints = [
-            f"{n!r} (did you mean {difflib.get_close_matches(n, known, n=1)[0]!r}?)"
-            for n in names
-            if n not in known and difflib.get_close_matches(n, known, n=1)
-        ]
-        detail = f": {', '.join(hints)}" if hints else f": {exc}"
-        raise PluginError(f"{who} implements a hook that does not exist{detail}") from exc
+        name = pm.get_name(exc.plugin) if exc.plugin is not None else None
+        info = pm.infos.get(name) if name else None
+        unknown = [c.name for c in pm.get_hookcallers(exc.plugin) or [] if not c.has_spec()]
+        known = [c.name for c in pm.hook.__dict__.values() if isinstance(c, pluggy.HookCaller) and c.has_spec()]
+        hints = []
+        for hook_name in unknown:
+            near = difflib.get_close_matches(hook_name, known, n=1)
+            hints.append(f"{hook_name!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+        raise PluginError(
+            f"{info.describe() if info else 'a plugin'} implements a hook that does not exist: "
+            f"{', '.join(hints) or exc}") from exc
     return pm
 
 
