@@ -79,16 +79,6 @@ def register_config_sections(register: Callable[..., None]) -> None:
 
 
 @hookspec
-def register_graders(register: Callable[..., None]) -> None:
-    """Register extra metrics computed at evaluation time.
-
-    ``register(name, grader)``: ``grader(task_name, predictions, references) -> dict[str, float]``
-    or ``None`` when it does not apply to the task. Its figures join the task's own in
-    ``eval.json`` under ``"<name>/<metric>"``.
-    """
-
-
-@hookspec
 def register_exporters(register: Callable[..., None]) -> None:
     """Register exporters that turn a tuned run into model files (``tunewright export``).
 

@@ -42,7 +42,6 @@ REGISTRY_HOOKS = {
     "tasks": "register_tasks",
     "methods": "register_methods",
     "config_sections": "register_config_sections",
-    "graders": "register_graders",
     "exporters": "register_exporters",
     "quantizers": "register_quantizers",
     "trackers": "register_trackers",
