@@ -204,6 +204,9 @@ def train_local(job: Any) -> TrainResult:
     """Train ``job.model`` on ``job.train_features``; resume from the last checkpoint if asked."""
     args = training_arguments(job, has_validation=bool(job.validation_features))
     resume_from = last_checkpoint(job.run_dir) if job.resume else None
+    # A run killed while writing a checkpoint leaves its staging folder: never a checkpoint.
+    for stale in (job.run_dir / "checkpoints").glob(".staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     callbacks: list[TrainerCallback] = [_Progress(job, checkpoint_step(resume_from))]
     t = job.config.training
     if t.early_stopping is not None and job.validation_features:
