@@ -141,10 +141,12 @@ class PluginManager(pluggy.PluginManager):
     def register_plugin(self, plugin: Any, name: str, distribution: str | None = None,
                         version: str | None = None) -> None:
         info = PluginInfo(name, distribution, version)
+        if self.has_plugin(name):
+            raise PluginError(f"{info.describe()} uses the name {name!r}, which {self.infos[name].describe()} uses already")
         try:
             self.register(plugin, name=name)
-        except ValueError as exc:
-            raise PluginError(f"{info.describe()} could not be registered: {exc}") from exc
+        except ValueError as exc:  # the same object registered twice under two names
+            raise PluginError(f"{info.describe()} could not be registered: it is registered already") from exc
         info.hooks = sorted(impl_name for impl_name in _hook_names(self, plugin))
         self.infos[name] = info
 
@@ -217,11 +219,6 @@ def get_plugin_manager(*, load_entrypoints: bool = True, plugins: list[tuple[str
             if not builtin and allowed is not None and not ({ep.name, dist or ""} & allowed):
                 continue
             info = PluginInfo(ep.name, dist, version)
-            if pm.has_plugin(ep.name):
-                raise PluginError(
-                    f"{info.describe()} uses the entry-point name {ep.name!r}, which "
-                    f"{pm.infos[ep.name].describe()} uses already"
-                )
             try:
                 plugin = ep.load()
             except Exception as exc:
