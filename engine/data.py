@@ -308,7 +308,7 @@ def count_tokens(examples: Sequence[dict], tokenizer: Any, task: Any = None,
 
 def check_examples(examples: Sequence[dict], locations: Sequence[str], task_name: str, pm: Any,
                    config: Any = None, tokenizer: Any = None, max_length: int | None = None,
-                   reference_labels: Iterable[Any] | None = None, *, split_name: str = "train",
+                   reference_labels: Iterable[Any] | None = None, *, split_name: str | None = None,
                    source: str | None = None, token_counts: Sequence[int | None] | None = None,
                    ) -> list[Problem]:
     """Check the examples of one file; return every problem, errors and warnings, in file order.
@@ -318,9 +318,13 @@ def check_examples(examples: Sequence[dict], locations: Sequence[str], task_name
     ``max_length`` tokens (an error; ``max_length`` defaults to ``config.data.max_length`` and the
     length is only checked when a ``tokenizer`` is given); labels of a validation or test file
     missing from ``reference_labels`` (the training labels; an error); labels that mix text and
-    numbers; and for ``split_name == "train"``: fewer than 10 examples (an error), fewer than 50
-    (a warning), a single class. ``token_counts`` skips counting when the caller has counted.
+    numbers; and for training data: fewer than 10 examples (an error), fewer than 50 (a warning),
+    a single class. ``split_name`` names the data in messages (default: ``"train"`` without
+    ``reference_labels``, else ``"evaluation"``; fewer than 10 evaluation examples only warn).
+    ``token_counts`` skips counting when the caller has counted.
     """
+    if split_name is None:
+        split_name = "train" if reference_labels is None else "evaluation"
     examples, locations = list(examples), list(locations)
     source = source or _source(locations)
     problems: list[Problem] = []
@@ -475,10 +479,11 @@ def _parse_location(location: str) -> tuple[str, int]:
     return location, 0
 
 
-def sort_problems(problems: Iterable[Problem]) -> list[Problem]:
-    """Problems grouped by file (in order of first appearance), then by line."""
+def sort_problems(problems: Iterable[Problem], sources: Sequence[str] = ()) -> list[Problem]:
+    """Problems grouped by file (``sources`` first, in that order, then in order of first
+    appearance), then by line; a file's own problems (no line) come before its lines'."""
     problems = list(problems)
-    order: dict[str, int] = {}
+    order: dict[str, int] = {source: i for i, source in enumerate(sources)}
     for problem in problems:
         order.setdefault(_parse_location(problem.location)[0], len(order))
     return sorted(problems, key=lambda p: (order[_parse_location(p.location)[0]],
@@ -722,7 +727,8 @@ def prepare_data(config: Any, pm: Any, tokenizer: Any = None) -> PreparedData:
             f"{data.balance} needs examples with class labels; this data has none (allowed for "
             "chat or regression data: none)")))
 
-    problems = sort_problems(problems)
+    sources = [part["source"] for part in files.values()]
+    problems = sort_problems(problems, sources)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         summary = {name: {**summarize(part["examples"], task_name, config=config,
@@ -764,10 +770,10 @@ def prepare_data(config: Any, pm: Any, tokenizer: Any = None) -> PreparedData:
         transformed[split_name], found = transform_examples(examples, locations, task_name, pm, config)
         transform_problems += found
     if any(p.severity == "error" for p in transform_problems):
-        problems = sort_problems(problems + transform_problems)
+        problems = sort_problems(problems + transform_problems, sources)
         raise DataProblems(_error_message([p for p in problems if p.severity == "error"], problems),
                            problems)
-    problems = sort_problems(problems + transform_problems)
+    problems = sort_problems(problems + transform_problems, sources)
 
     train_examples, train_locations, train_counts = parts["train"]
     labels = (task.label_set(transformed["train"]) if hasattr(task, "label_set")

@@ -80,6 +80,10 @@ def _type_name(value: Any) -> str:
             int: "a number", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
 
 
+def _found(record: dict) -> str:
+    return f"found: {', '.join(map(str, record)) or 'no keys'}"
+
+
 def _object(record: Any, expected: str) -> dict:
     if not isinstance(record, dict):
         raise DataError(f"expected a JSON object {expected}, got {_type_name(record)}")
@@ -183,7 +187,7 @@ class ChatFormat(JsonRecords):
     def to_example(self, record: Any) -> dict:
         record = _object(record, 'with "messages"')
         if "messages" not in record:
-            raise DataError(f"no 'messages' key (found: {', '.join(map(str, record)) or 'none'}; "
+            raise DataError(f"no 'messages' key ({_found(record)}; "
                             'expected {"messages": [{"role": ..., "content": ...}, ...]})')
         # Other top-level keys travel along for plugins that understand them.
         return {**record, "messages": _messages(record["messages"], "messages")}
@@ -200,8 +204,8 @@ class PromptCompletionFormat(JsonRecords):
         record = _object(record, 'with "prompt" and "completion"')
         missing = [key for key in ("prompt", "completion") if key not in record]
         if missing:
-            raise DataError(f"no {' or '.join(repr(k) for k in missing)} key (expected "
-                            '{"prompt": str, "completion": str})')
+            raise DataError(f"no {' or '.join(repr(k) for k in missing)} key ({_found(record)}; "
+                            'expected {"prompt": str, "completion": str})')
         return {"messages": self._turn(record["prompt"], "prompt", "user")
                 + self._turn(record["completion"], "completion", "assistant")}
 
@@ -261,8 +265,8 @@ class TextLabelFormat(JsonRecords):
         record = _object(record, 'with "text" and "label"')
         missing = [key for key in ("text", "label") if key not in record]
         if missing:
-            raise DataError(f"no {' or '.join(repr(k) for k in missing)} key (expected "
-                            '{"text": str, "label": str or number})')
+            raise DataError(f"no {' or '.join(repr(k) for k in missing)} key ({_found(record)}; "
+                            'expected {"text": str, "label": str or number})')
         if not isinstance(record["text"], str):
             raise DataError(f"'text' must be a string, got {_type_name(record['text'])}")
         return {"text": record["text"], "label": _check_label(record["label"])}
