@@ -80,9 +80,14 @@ def register_config_sections(register: Callable[..., None]) -> None:
 
 @hookspec
 def register_exporters(register: Callable[..., None]) -> None:
-    """Register exporters that turn a tuned run into model files (``tunewright export``).
+    """Register exporters that turn a tuned model into ONNX files (``tunewright export --exporter``).
 
-    ``register(name, exporter)``: see :mod:`tunewright.edge` for the exporter protocol.
+    ``register(name, exporter)``: ``exporter`` is a :class:`tunewright.edge.Exporter`: its
+    ``supports(model, task_kind)`` says whether it can export a model (merged, fp32, eval mode) for
+    ``"sequence_classification"``, ``"causal_lm"`` or ``"image_classification"``, and
+    ``export(model, preprocessor, task_kind, out_dir)`` writes the files and returns a
+    :class:`tunewright.edge.ExportedModel`. ``--exporter auto`` picks the supporting exporter with
+    the highest ``preference``. Built-ins: ``genai``, ``optimum``, ``torch``.
     """
 
 
@@ -90,7 +95,13 @@ def register_exporters(register: Callable[..., None]) -> None:
 def register_quantizers(register: Callable[..., None]) -> None:
     """Register quantizers that an export can name in ``--quantize``.
 
-    ``register(name, quantizer)``: see :mod:`tunewright.edge` for the quantizer protocol.
+    ``register(name, quantizer)``: ``quantizer`` is a :class:`tunewright.edge.Quantizer`: its
+    ``supports(exported)`` says whether it applies to a :class:`tunewright.edge.ExportedModel`, and
+    ``quantize(exported, out_dir, calibration)`` writes the rewritten model (``calibration`` holds
+    model inputs built from the run's held-out examples). Every result passes the parity gate
+    before it is shipped; ``--quantize auto`` tries those with ``auto_candidate`` set and keeps the
+    fastest that passes. Built-ins: ``none``, ``fp16``, ``int8``, ``int8-static``, ``int8-block``,
+    ``int4``.
     """
 
 

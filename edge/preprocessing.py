@@ -1,0 +1,128 @@
+"""What a bundle needs to turn raw input into model input without transformers: the tokenizer file
+and its settings, a chat template reduced to plain strings, or the image processor's settings."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+_MARK = "\u2063{}\u2063"  # invisible separators unlikely to appear in any template
+
+
+def chat_format(tokenizer) -> dict[str, Any] | None:
+    """Reduce the tokenizer's chat template to ``{begin, prefix{role}, suffix, generation_prompt,
+    default_system}``, or ``None`` when the template is not of that shape (checked on samples)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    m = [_MARK.format(i) for i in range(4)]
+    try:
+        full = tokenizer.apply_chat_template(
+            [{"role": "system", "content": m[0]}, {"role": "user", "content": m[1]},
+             {"role": "assistant", "content": m[2]}], tokenize=False)
+        with_prompt = tokenizer.apply_chat_template(
+            [{"role": "system", "content": m[0]}, {"role": "user", "content": m[1]}],
+            tokenize=False, add_generation_prompt=True)
+        no_system = tokenizer.apply_chat_template([{"role": "user", "content": m[1]}], tokenize=False)
+    except Exception:
+        return None
+    try:
+        begin_sys, rest = full.split(m[0])
+        sys_to_user, rest = rest.split(m[1])
+        user_to_assistant, suffix = rest.split(m[2])
+    except ValueError:
+        return None
+    if not (sys_to_user.startswith(suffix) and user_to_assistant.startswith(suffix)):
+        return None
+    after_user = with_prompt.split(m[1])[1]
+    if not after_user.startswith(suffix):
+        return None
+    fmt_user = sys_to_user[len(suffix):]
+    fmt_assistant = user_to_assistant[len(suffix):]
+    # the begin string is what precedes the system prefix; find the system prefix by the user one's shape
+    system_prefix = fmt_user.replace("user", "system") if "user" in fmt_user else None
+    if system_prefix and begin_sys.endswith(system_prefix):
+        begin = begin_sys[: len(begin_sys) - len(system_prefix)]
+    else:
+        begin, system_prefix = "", begin_sys
+    fmt = {"begin": begin, "prefix": {"system": system_prefix, "user": fmt_user, "assistant": fmt_assistant},
+           "suffix": suffix, "generation_prompt": after_user[len(suffix):], "default_system": None}
+    head = no_system.split(m[1])[0]
+    if head != begin + fmt_user:
+        default = head[len(begin):]
+        if default.startswith(system_prefix) and default.endswith(suffix + fmt_user):
+            fmt["default_system"] = default[len(system_prefix): len(default) - len(suffix + fmt_user)]
+        else:
+            return None
+    # check on conversations of other shapes that the strings reproduce the template exactly
+    samples = [
+        [{"role": "user", "content": "Hi there"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "a"},
+         {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}],
+    ]
+    for sample in samples:
+        expected = tokenizer.apply_chat_template(sample, tokenize=False, add_generation_prompt=True)
+        if render(fmt, sample) != expected:
+            return None
+    return fmt
+
+
+def render(fmt: dict[str, Any], messages: list[dict[str, str]]) -> str:
+    parts = [fmt["begin"]]
+    if messages and messages[0]["role"] != "system" and fmt.get("default_system") is not None:
+        parts.append(fmt["prefix"]["system"] + fmt["default_system"] + fmt["suffix"])
+    parts += [fmt["prefix"][m["role"]] + m["content"] + fmt["suffix"] for m in messages]
+    return "".join(parts) + fmt["generation_prompt"]
+
+
+def write_text_preprocessing(tokenizer, folder: Path, *, task_kind: str, max_length: int) -> dict[str, Any]:
+    """Save ``tokenizer.json`` into the bundle folder and describe how to use it."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("the bundle needs a fast tokenizer (tokenizer.json); this model's tokenizer is not one")
+    (Path(folder) / "tokenizer.json").unlink(missing_ok=True)  # never write through a hard link
+    tokenizer.backend_tokenizer.save(str(Path(folder) / "tokenizer.json"))
+    eos = tokenizer.eos_token_id
+    pre: dict[str, Any] = {
+        "kind": "text",
+        "tokenizer": "tokenizer.json",
+        "max_length": int(min(max_length, getattr(tokenizer, "model_max_length", max_length) or max_length)),
+        "pad_token_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)),
+        "add_special_tokens": task_kind != "causal_lm",
+        "eos_token_ids": [int(eos)] if eos is not None else [],
+        "padding_side": "right",
+    }
+    if task_kind == "causal_lm":
+        pre["chat_format"] = chat_format(tokenizer)
+    return pre
+
+
+def image_preprocessing(processor) -> dict[str, Any]:
+    """The settings of a ViT-style image processor, as the runtime applies them with pillow."""
+    size = dict(getattr(processor, "size", None) or {})
+    if "height" not in size:
+        edge = size.get("shortest_edge") or 224
+        size = {"height": edge, "width": edge}
+    return {
+        "kind": "image",
+        "size": {"height": int(size["height"]), "width": int(size["width"])},
+        "do_resize": bool(getattr(processor, "do_resize", True)),
+        "resample": int(getattr(processor, "resample", 2)),
+        "do_rescale": bool(getattr(processor, "do_rescale", True)),
+        "rescale_factor": float(getattr(processor, "rescale_factor", 1 / 255)),
+        "do_normalize": bool(getattr(processor, "do_normalize", True)),
+        "image_mean": [float(x) for x in getattr(processor, "image_mean", [0.5, 0.5, 0.5])],
+        "image_std": [float(x) for x in getattr(processor, "image_std", [0.5, 0.5, 0.5])],
+        "layout": "NCHW", "channels": "RGB",
+    }
+
+
+def copy_files(source: Path, target: Path) -> None:
+    """Hard-link (or copy) every file of ``source`` into ``target``."""
+    for path in Path(source).rglob("*"):
+        if path.is_file():
+            dest = Path(target) / path.relative_to(source)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                dest.hardlink_to(path)
+            except OSError:
+                shutil.copy2(path, dest)

@@ -1,0 +1,72 @@
+"""``python -m tunewright.edge.runtime run|bench|verify BUNDLE``: the device-side command line.
+
+The same commands as ``tunewright edge ...``, for a device where only the runtime extra is
+installed. Exit codes: 0 done, 1 verify found the bundle computes something else, 2 bad bundle or
+usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import BundleError, bench_bundle, load_bundle, verify_bundle
+
+
+def run_bundle(folder, inputs: list[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
+               seed: int | None = None, as_chat: bool = True) -> list:
+    """Predict for each input (texts, image paths, or prompts); returns JSON-ready results."""
+    predictor = load_bundle(folder)
+    kind = predictor.manifest["task_kind"]
+    if kind in ("sequence_classification", "image_classification"):
+        return predictor.predict(list(inputs))
+    results = []
+    for text in inputs:
+        prompt = [{"role": "user", "content": text}] if as_chat and predictor.codec.chat_format else text
+        results.append({"prompt": text, "reply": predictor.generate(
+            prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)})
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tunewright.edge.runtime",
+                                     description="Run, time or verify a tunewright bundle without torch.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="predict for texts, image paths or prompts")
+    run.add_argument("bundle")
+    run.add_argument("inputs", nargs="+")
+    run.add_argument("--max-new-tokens", type=int, default=64)
+    run.add_argument("--temperature", type=float, default=0.0)
+    run.add_argument("--seed", type=int, default=None)
+    run.add_argument("--raw", action="store_true", help="generation: use the prompt as is, no chat format")
+    bench = commands.add_parser("bench", help="latency p50/p95, throughput, peak memory")
+    bench.add_argument("bundle")
+    bench.add_argument("--tokens", type=int, default=16)
+    bench.add_argument("--batch", type=int, default=1)
+    bench.add_argument("--runs", type=int, default=50)
+    bench.add_argument("--new-tokens", type=int, default=64)
+    bench.add_argument("--threads", type=int, default=None)
+    verify = commands.add_parser("verify", help="check hashes and rerun the recorded parity examples")
+    verify.add_argument("bundle")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            out = run_bundle(args.bundle, args.inputs, max_new_tokens=args.max_new_tokens,
+                             temperature=args.temperature, seed=args.seed, as_chat=not args.raw)
+            print(json.dumps(out, indent=2, ensure_ascii=False))
+            return 0
+        if args.command == "bench":
+            print(json.dumps(bench_bundle(args.bundle, tokens=args.tokens, batch=args.batch, runs=args.runs,
+                                          new_tokens=args.new_tokens, threads=args.threads), indent=2))
+            return 0
+        report = verify_bundle(args.bundle)
+        print(json.dumps(report, indent=2))
+        return 0 if report["ok"] else 1
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""``verify``: check every file's hash, then rerun the parity examples recorded at export time.
+
+The export stored, in ``parity.npz``, the inputs of a few held-out examples with the tuned PyTorch
+model's outputs on them. Verify runs the bundle on the same inputs and compares with what the
+manifest claims: a bundle that hashes right but computes something else (another runtime build,
+another CPU) is caught here. Tolerances allow for the rounding differences between CPUs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bundle import BundleError, open_bundle
+from .predictors import log_softmax, predictor_for
+
+#: how far a rerun may fall from the recorded figures before verify fails
+AGREEMENT_SLACK = 0.05
+DIFF_FACTOR = 2.0
+DIFF_FLOOR = 1e-3
+
+
+def _examples(arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    count = int(arrays["count"])
+    return [{key.split(".", 1)[1]: arrays[key] for key in arrays if key.startswith(f"{i}.")}
+            for i in range(count)]
+
+
+def verify_bundle(folder: str | Path, *, threads: int | None = None) -> dict[str, Any]:
+    """Return ``{"ok", "files", "recorded", "rerun", "problems"}``; raise :class:`BundleError` when a
+    file was changed or the format is newer."""
+    folder = Path(folder)
+    manifest = open_bundle(folder, verify=True)
+    parity = manifest.get("parity") or {}
+    name = parity.get("examples_file")
+    report: dict[str, Any] = {"ok": True, "files": len(manifest.get("files", {})), "problems": [],
+                              "recorded": parity.get("bundle_vs_tuned", {})}
+    if not name:
+        report["problems"].append("the manifest records no parity examples to rerun")
+        report["ok"] = False
+        return report
+    with np.load(folder / name, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    predictor = predictor_for(folder, manifest, threads=threads)
+    examples = _examples(arrays)
+    kind = manifest["task_kind"]
+    if kind in ("sequence_classification", "image_classification"):
+        diffs, agree = [], []
+        for example in examples:
+            feeds = {key[len("feed."):]: value for key, value in example.items() if key.startswith("feed.")}
+            logits = predictor.logits(feeds)
+            reference = example["reference_logits"]
+            diffs.append(float(np.abs(logits - reference).max()))
+            agree.extend((logits.argmax(-1) == reference.argmax(-1)).tolist())
+        rerun = {"max_abs_diff": max(diffs), "top1_agreement": float(np.mean(agree))}
+    else:
+        agree, kl = [], []
+        for example in examples:
+            prompt, continuation = example["prompt_ids"].tolist(), example["continuation"].tolist()
+            logits = predictor.teacher_forced_logits(prompt, continuation)
+            agree.extend((logits.argmax(-1) == example["reference_top1"]).tolist())
+            # KL(tuned || bundle) over the reference's recorded top tokens (a lower bound of the full KL)
+            ref_idx, ref_logp = example["reference_top_ids"], example["reference_top_logprobs"].astype(np.float64)
+            ours = log_softmax(logits.astype(np.float64))
+            ours_top = np.take_along_axis(ours, ref_idx.astype(np.int64), axis=-1)
+            kl.append(float((np.exp(ref_logp) * (ref_logp - ours_top)).sum(-1).mean()))
+        rerun = {"top1_agreement": float(np.mean(agree)), "kl_top": float(np.mean(kl))}
+    report["rerun"] = rerun
+    recorded = report["recorded"]
+    if "top1_agreement" in recorded and rerun["top1_agreement"] < recorded["top1_agreement"] - AGREEMENT_SLACK:
+        report["problems"].append(
+            f"top-1 agreement with the tuned model is {rerun['top1_agreement']:.3f} on the recorded "
+            f"examples; the manifest records {recorded['top1_agreement']:.3f}")
+    if "max_abs_diff" in rerun and "max_abs_diff" in recorded:
+        limit = max(recorded["max_abs_diff"] * DIFF_FACTOR, recorded["max_abs_diff"] + DIFF_FLOOR)
+        if rerun["max_abs_diff"] > limit:
+            report["problems"].append(
+                f"max abs logit difference is {rerun['max_abs_diff']:.4g}; the manifest records "
+                f"{recorded['max_abs_diff']:.4g} (allowed up to {limit:.4g})")
+    report["ok"] = not report["problems"]
+    return report
+
+
+__all__ = ["verify_bundle", "BundleError"]

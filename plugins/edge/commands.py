@@ -1,0 +1,124 @@
+"""``tunewright export RUN_DIR`` and ``tunewright edge run|bench|verify BUNDLE``.
+
+Added through ``register_commands`` as any plugin would. The ``edge`` commands use only
+:mod:`tunewright.edge.runtime`; on a device without torch, ``python -m tunewright.edge.runtime``
+offers the same three commands without loading the other plugins.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+
+import click
+
+from tunewright import JobFailed, UsageError, hookimpl
+
+
+def _echo(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@contextmanager
+def _bundle_errors():
+    from tunewright.edge.runtime import BundleError
+
+    try:
+        yield
+    except BundleError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def export_command(run_dir: str, out: str, quantize: str, exporter: str, threshold: float, split: str,
+                   ort_format: bool, bench: bool, as_json: bool) -> None:
+    """Export the tuned model of RUN_DIR to a quantized ONNX bundle, proven against it.
+
+    Fails with exit 1 and writes no bundle when the bundle's task metric falls more than
+    --threshold points below the tuned model's on the run's held-out examples.
+    """
+    from tunewright.edge import export_run
+
+    result = export_run(run_dir, out, quantize=quantize, exporter=exporter, threshold=threshold, split=split,
+                        ort_format=ort_format, bench=bench, log=_echo)
+    manifest = result.manifest
+    if as_json:
+        click.echo(json.dumps({"bundle": str(result.bundle), "quantization": manifest["quantization"],
+                               "parity": manifest["parity"], "benchmark": manifest.get("benchmark")}, indent=2))
+    else:
+        parity = manifest["parity"]
+        click.echo(f"bundle {result.bundle}: {manifest['quantization']['name']}, "
+                   f"{parity['metric']} {parity['bundle']:.2f} (tuned {parity['tuned']:.2f})")
+
+
+def run_command(bundle: str, inputs: tuple[str, ...], max_new_tokens: int, temperature: float,
+                seed: int | None, raw: bool) -> None:
+    """Predict with BUNDLE for each input: texts, image paths, or prompts."""
+    from tunewright.edge.runtime.__main__ import run_bundle
+
+    if not inputs:
+        raise UsageError("edge run: give at least one input (a text, an image path or a prompt)")
+    with _bundle_errors():
+        out = run_bundle(bundle, list(inputs), max_new_tokens=max_new_tokens, temperature=temperature,
+                         seed=seed, as_chat=not raw)
+    click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+
+
+def bench_command(bundle: str, tokens: int, batch: int, runs: int, new_tokens: int, threads: int | None) -> None:
+    """Latency p50/p95, throughput and peak memory of BUNDLE on this machine."""
+    from tunewright.edge.runtime import bench_bundle
+
+    with _bundle_errors():
+        figures = bench_bundle(bundle, tokens=tokens, batch=batch, runs=runs, new_tokens=new_tokens, threads=threads)
+    click.echo(json.dumps(figures, indent=2))
+
+
+def verify_command(bundle: str) -> None:
+    """Check every file's sha256 and rerun the parity examples recorded in BUNDLE (exit 1 if they differ)."""
+    from tunewright.edge.runtime import verify_bundle
+
+    with _bundle_errors():
+        report = verify_bundle(bundle)
+    click.echo(json.dumps(report, indent=2))
+    if not report["ok"]:
+        raise JobFailed("verify: the bundle does not reproduce its recorded parity figures:\n  "
+                        + "\n  ".join(report["problems"]))
+
+
+@hookimpl
+def register_commands(cli):
+    cli.command("export")(
+        click.argument("run_dir", type=click.Path(exists=True, file_okay=False))(
+        click.option("--out", required=True, type=click.Path(), help="Bundle folder to write.")(
+        click.option("--quantize", default="int8", show_default=True,
+                     help="A registered quantizer (none, fp16, int8, int8-static, int8-block, int4...) or auto.")(
+        click.option("--exporter", default="auto", show_default=True, help="A registered exporter, or auto.")(
+        click.option("--threshold", default=1.0, show_default=True, type=float,
+                     help="Largest allowed drop of the task metric, in points.")(
+        click.option("--split", default="validation", show_default=True, type=click.Choice(["validation", "test"]),
+                     help="Held-out examples the parity gate runs on.")(
+        click.option("--ort-format", is_flag=True, help="Also write the model in the ORT format for mobile runtimes.")(
+        click.option("--bench/--no-bench", default=True, help="Time the bundle and record it in the manifest.")(
+        click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(
+            export_command))))))))))
+
+    @cli.group()
+    def edge():
+        """Run, time and verify exported bundles (onnxruntime only, no torch)."""
+
+    edge.command("run")(
+        click.argument("bundle", type=click.Path(exists=True, file_okay=False))(
+        click.argument("inputs", nargs=-1)(
+        click.option("--max-new-tokens", default=64, show_default=True)(
+        click.option("--temperature", default=0.0, show_default=True)(
+        click.option("--seed", default=None, type=int)(
+        click.option("--raw", is_flag=True, help="Generation: use the prompt as is, without the chat format.")(
+            run_command)))))))
+    edge.command("bench")(
+        click.argument("bundle", type=click.Path(exists=True, file_okay=False))(
+        click.option("--tokens", default=16, show_default=True, help="Classifier input length.")(
+        click.option("--batch", default=1, show_default=True)(
+        click.option("--runs", default=50, show_default=True)(
+        click.option("--new-tokens", default=64, show_default=True, help="Tokens generated per run.")(
+        click.option("--threads", default=None, type=int, help="onnxruntime intra-op threads.")(
+            bench_command)))))))
+    edge.command("verify")(click.argument("bundle", type=click.Path(exists=True, file_okay=False))(verify_command))
