@@ -1,0 +1,132 @@
+"""Finding the parts of a transformers model that methods operate on, without a table per architecture.
+
+A model with a task head looks the same from far enough away::
+
+    LlamaForCausalLM                     BertForSequenceClassification
+    ├── model            <- base model   ├── bert                <- base model (base_model_prefix)
+    │   ├── embed_tokens                 │   ├── embeddings
+    │   ├── layers       <- block stack  │   ├── encoder.layer   <- block stack
+    │   └── norm         <- after stack  │   └── pooler          <- after stack
+    └── lm_head          <- head         ├── dropout             (no parameters: ignored)
+                                         └── classifier          <- head
+
+- the *block stack* is the ``nn.ModuleList`` of same-class modules that holds the most parameters;
+- the *head* is every top-level child with parameters that is not the base model;
+- the modules *after the stack* are the base model's children registered after the one holding the
+  stack (a final norm, a pooler): they see only the top block's output.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from tunewright import UsageError
+
+TASK_KINDS = ("causal_lm", "sequence_classification")
+
+
+def check_task_kind(method: str, task_kind: str) -> None:
+    if task_kind not in TASK_KINDS:
+        raise UsageError(
+            f"method {method!r}: unknown task kind {task_kind!r} (allowed: {', '.join(TASK_KINDS)})")
+
+
+def _linear_types() -> tuple[type, ...]:
+    # GPT-2 style models use transformers' Conv1D, a linear layer with transposed weights.
+    from transformers.pytorch_utils import Conv1D
+
+    return (nn.Linear, Conv1D)
+
+
+def block_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """``(qualified name, ModuleList)`` of the model's transformer blocks."""
+    best: tuple[str, nn.ModuleList, int] | None = None
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(child) for child in module}) != 1:
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        if size and (best is None or size > best[2]):
+            best = (name, module, size)
+    if best is None:
+        raise UsageError(
+            f"{type(model).__name__}: found no list of transformer blocks (an nn.ModuleList of "
+            "layers of one class); this method supports models built from such a stack")
+    return best[0], best[1]
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    prefix = getattr(model, "base_model_prefix", "")
+    return getattr(model, prefix, None) if prefix else None
+
+
+def head_names(model: nn.Module) -> list[str]:
+    """Top-level children with parameters other than the base model: ``lm_head``, ``classifier``,
+    ``score`` (DistilBERT: ``pre_classifier`` and ``classifier``)."""
+    base = base_model(model)
+    names = [
+        name for name, child in model.named_children()
+        if child is not base and any(True for _ in child.parameters())
+    ]
+    if base is None or not names:
+        raise UsageError(
+            f"{type(model).__name__}: could not tell the task head from the base model (expected a "
+            "transformers model with a head, such as *ForCausalLM or *ForSequenceClassification)")
+    return names
+
+
+def head_is_tied(model: nn.Module) -> bool:
+    """Whether the output head shares its weight with the input embeddings (SmolLM2, GPT-2)."""
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    return (
+        inputs is not None and outputs is not None
+        and getattr(outputs, "weight", None) is getattr(inputs, "weight", False)
+    )
+
+
+def after_stack_names(model: nn.Module) -> list[str]:
+    """Qualified names of the base model's children with parameters that come after the stack."""
+    stack_name, _ = block_stack(model)
+    base = base_model(model)
+    prefix = getattr(model, "base_model_prefix", "")
+    if base is None or not stack_name.startswith(prefix + "."):
+        return []
+    holder = stack_name[len(prefix) + 1:].split(".")[0]
+    names, seen = [], False
+    for name, child in base.named_children():
+        if seen and any(True for _ in child.parameters()):
+            names.append(f"{prefix}.{name}")
+        seen |= name == holder
+    return names
+
+
+def linear_suffixes(model: nn.Module) -> list[str]:
+    """Last name component of every linear layer inside the blocks, in model order:
+    ``q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj`` for Llama,
+    ``query, key, value, dense`` for BERT."""
+    stack_name, _ = block_stack(model)
+    seen: dict[str, None] = {}
+    for name, module in model.named_modules():
+        if name.startswith(stack_name + ".") and isinstance(module, _linear_types()):
+            seen.setdefault(name.rsplit(".", 1)[-1], None)
+    return list(seen)
+
+
+def parameter_names_under(model: nn.Module, prefixes: list[str]) -> list[str]:
+    """Names of the parameters inside the modules named by ``prefixes``, one name per tensor.
+
+    A tied weight is listed under the first selected name that reaches it (``lm_head.weight`` when
+    only the head is selected, although ``named_parameters()`` would call it ``embed_tokens``)."""
+    names, seen = [], set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) not in seen and any(name == p or name.startswith(p + ".") for p in prefixes):
+            seen.add(id(param))
+            names.append(name)
+    return names
+
+
+def model_summary(model: Any) -> str:
+    return f"{type(model).__name__} ({getattr(getattr(model, 'config', None), 'model_type', '?')})"

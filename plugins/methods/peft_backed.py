@@ -1,0 +1,138 @@
+"""What the PEFT-backed methods (``lora``, ``dora``, ``ia3``, ``prompt_tuning``) share.
+
+Each method builds a ``peft.PeftConfig`` from its settings; everything else is PEFT's:
+``get_peft_model`` wraps the model, ``save_pretrained`` writes the adapter folder
+(``adapter_config.json`` + ``adapter_model.safetensors``), ``PeftModel.from_pretrained`` reads it back
+and ``merge_and_unload`` folds the update into the base weights.
+
+For ``sequence_classification`` the head (``classifier``, ``score``: found with
+:func:`model_parts.head_names`) goes into PEFT's ``modules_to_save``: it is trained in full, saved
+with the adapter and swapped in by ``merge_and_unload``. A freshly initialised head would otherwise
+stay random.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunewright import ConfigError, UsageError
+
+from .model_parts import check_task_kind, head_names, linear_suffixes, model_summary
+
+PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "sequence_classification": "SEQ_CLS"}
+
+
+class PeftMethod:
+    """A method whose surgery, state and folder format are PEFT's. Subclasses set ``name``,
+    ``config_class``, ``reference``, ``peft_type`` and implement :meth:`peft_config`."""
+
+    name: str
+    config_class: Any
+    reference: str
+    #: PEFT's name for the tuner, checked when a folder is loaded ("LORA", "IA3"...)
+    peft_type: str
+
+    # -- what a subclass provides -------------------------------------------------------------
+
+    def peft_config(self, model: Any, settings: Any, task_kind: str) -> Any:
+        raise NotImplementedError
+
+    def check_saved(self, saved: Any, path: Path) -> None:
+        """Refuse a folder that PEFT can read but that another method wrote."""
+
+    # -- the Method protocol ------------------------------------------------------------------
+
+    def apply(self, model: Any, settings: Any, task_kind: str) -> Any:
+        from peft import PeftModel, get_peft_model
+
+        check_task_kind(self.name, task_kind)
+        if isinstance(model, PeftModel):
+            raise UsageError(f"method {self.name!r}: the model is wrapped by PEFT already; "
+                             "apply a method to a plain base model once")
+        settings = settings if settings is not None else self.config_class()
+        config = self.peft_config(model, settings, task_kind)
+        try:
+            return get_peft_model(model, config)
+        except ValueError as exc:  # PEFT's "target modules not found" and the like
+            raise ConfigError(f"{self.name}: {exc}") from exc
+
+    def trainable_state(self, model: Any) -> dict[str, Any]:
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+    def load_trainable_state(self, model: Any, state: dict[str, Any]) -> None:
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+        expected = set(get_peft_model_state_dict(model))
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise UsageError(
+                f"method {self.name!r}: the state does not fit this model (missing: "
+                f"{', '.join(missing[:5]) or 'none'}; unexpected: {', '.join(unexpected[:5]) or 'none'})")
+        set_peft_model_state_dict(model, state)
+
+    def save(self, model: Any, path: Path) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(path))
+
+    def load(self, model: Any, path: Path, settings: Any, task_kind: str) -> Any:
+        """Wrap a fresh base ``model`` with the adapter saved at ``path``, ready to train on.
+
+        The folder's ``adapter_config.json`` wins over ``settings``: a folder always loads as it
+        was trained."""
+        from peft import PeftConfig
+
+        check_task_kind(self.name, task_kind)
+        path = Path(path)
+        if not (path / "adapter_config.json").is_file():
+            raise UsageError(f"{path}: not a PEFT adapter folder (no adapter_config.json)")
+        saved = PeftConfig.from_pretrained(str(path))
+        found = getattr(saved.peft_type, "value", saved.peft_type)
+        if found != self.peft_type:
+            raise UsageError(f"{path}: holds a PEFT {found} adapter, not one of method {self.name!r}")
+        if saved.task_type != PEFT_TASK_TYPES[task_kind]:
+            raise UsageError(f"{path}: the adapter was trained for PEFT task {saved.task_type}, "
+                             f"not {task_kind!r}")
+        self.check_saved(saved, path)
+        return self.load_folder(model, path, saved)
+
+    def load_folder(self, model: Any, path: Path, saved: Any) -> Any:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(path), is_trainable=True)
+
+    def merge(self, model: Any) -> Any:
+        """Fold the adapter into the base weights and return the plain transformers model.
+
+        Works in place: the PEFT wrapper passed in must not be used afterwards."""
+        from peft import PeftModel
+
+        if not isinstance(model, PeftModel):
+            raise UsageError(f"method {self.name!r}: merge expects the model that apply() returned")
+        return model.merge_and_unload()
+
+    # -- helpers for subclasses ---------------------------------------------------------------
+
+    def modules_to_save(self, model: Any, extra: list[str], task_kind: str) -> list[str] | None:
+        names = list(extra)
+        if task_kind == "sequence_classification":
+            names += [name for name in head_names(model) if name not in names]
+        return names or None
+
+    def resolve_targets(self, model: Any, wanted: Any, key: str) -> list[str]:
+        """``auto`` -> every linear layer inside the blocks; a list -> checked against the model."""
+        available = linear_suffixes(model)
+        if wanted == "auto":
+            if not available:
+                raise ConfigError(f"{key}: auto found no linear layers in the blocks of "
+                                  f"{model_summary(model)}; list the modules to adapt")
+            return available
+        names = [name for name, _ in model.named_modules()]
+        unknown = [t for t in wanted if not any(n == t or n.endswith("." + t) for n in names)]
+        if unknown:
+            raise ConfigError(
+                f"{key}: {', '.join(map(repr, unknown))} names no module of {model_summary(model)} "
+                f"(its linear layers in the blocks: {', '.join(available) or 'none'}; or use auto)")
+        return list(wanted)

@@ -1,0 +1,84 @@
+"""``prompt_tuning``: learnt virtual tokens put before every input, through PEFT.
+
+Prompt tuning (https://arxiv.org/abs/2104.08691) keeps the whole model frozen and learns the
+embeddings of ``num_virtual_tokens`` tokens that are prepended to every input::
+
+    [p_1 … p_n] ++ embed(input_ids) ──► frozen model ──► logits (B, n + T, ...)
+
+Nothing is added to the weights, so there is nothing to merge: :meth:`merge` refuses with a
+:class:`tunewright.UsageError`. A prompt cannot be folded into weights (every layer attends to the
+virtual tokens, a function of the input length and positions), and the other ways out are not plain
+models: feeding the prompt as ``inputs_embeds`` changes the exported graph's inputs, and turning it
+into a precomputed KV cache only works for decoders and ties the export to one cache layout. Train
+with ``lora`` or ``ia3`` when the result must be exported.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from tunewright import Section, UsageError, hookimpl
+
+from .peft_backed import PEFT_TASK_TYPES, PeftMethod
+
+REFERENCE = "https://arxiv.org/abs/2104.08691"
+
+
+class PromptTuningSettings(Section):
+    """Prompt tuning: the power of scale for parameter-efficient prompt tuning
+    (https://arxiv.org/abs/2104.08691)."""
+
+    num_virtual_tokens: int = Field(20, ge=1, le=512, description="how many virtual tokens to learn")
+    init: Literal["random", "sample_vocab"] = Field(
+        "sample_vocab",
+        description="initial virtual token embeddings: random, or copies of randomly chosen "
+                    "vocabulary embeddings (which the paper found trains better)")
+    modules_to_save: list[str] = Field(
+        default_factory=list,
+        description="further modules trained in full and saved with the prompt; the "
+                    "classification head is added by itself")
+
+
+class PromptTuningMethod(PeftMethod):
+    name = "prompt_tuning"
+    config_class = PromptTuningSettings
+    reference = REFERENCE
+    peft_type = "PROMPT_TUNING"
+
+    def peft_config(self, model, settings, task_kind):
+        from peft import PromptTuningConfig
+
+        config = model.config
+        return PromptTuningConfig(
+            task_type=PEFT_TASK_TYPES[task_kind],
+            num_virtual_tokens=settings.num_virtual_tokens,
+            prompt_tuning_init=settings.init.upper(),
+            modules_to_save=self.modules_to_save(model, settings.modules_to_save, task_kind),
+            # PEFT reads these from the model config; passed explicitly for configs that name
+            # them differently
+            token_dim=getattr(config, "hidden_size", None),
+            num_layers=getattr(config, "num_hidden_layers", None),
+        )
+
+    def load_folder(self, model, path, saved):
+        # PeftModel.from_pretrained refuses is_trainable=True for prompt learning; wrapping with
+        # the saved config and loading the weights gives the same model, ready to train on.
+        from peft import get_peft_model, load_peft_weights, set_peft_model_state_dict
+
+        saved.inference_mode = False
+        peft_model = get_peft_model(model, saved)
+        set_peft_model_state_dict(peft_model, load_peft_weights(str(path), device="cpu"))
+        return peft_model
+
+    def merge(self, model):
+        raise UsageError(
+            "method 'prompt_tuning' keeps its learnt virtual tokens outside the weights, so it "
+            "cannot be merged into a plain model for export; use the PEFT folder with PEFT, or "
+            "train with lora, dora or ia3 to export a merged model")
+
+
+@hookimpl
+def register_methods(register):
+    register("prompt_tuning", PromptTuningMethod())
