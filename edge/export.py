@@ -131,7 +131,7 @@ def export_bundle(model, preprocessor, task_kind: str, examples: list[dict], out
                   exporter: str = AUTO, quantize: str = "int8", threshold: float = DEFAULT_THRESHOLD,
                   labels: list[str] | None = None, tokenize: Callable | None = None,
                   info: dict[str, Any] | None = None, ort_format: bool = False, bench: bool = True,
-                  pm=None, max_length: int = 512, max_examples: int = 256, fidelity_examples: int = 8,
+                  pm=None, max_length: int = 512, max_examples: int = 256, fidelity_examples: int = 8, new_tokens: int = 32,
                   log: Callable[[str], None] = _log_default) -> ExportResult:
     """Export ``model``, quantize it, prove it against ``model`` on ``examples`` and write the bundle.
 
@@ -159,7 +159,7 @@ def export_bundle(model, preprocessor, task_kind: str, examples: list[dict], out
     log(f"reference: running the tuned model on {min(len(examples), max_examples)} held-out examples")
     reference = build_reference(model, preprocessor, task_kind, examples, labels=labels, tokenize=tokenize,
                                 max_examples=max_examples, fidelity_examples=fidelity_examples,
-                                max_length=max_length)
+                                new_tokens=new_tokens, max_length=max_length)
     calibration = _calibration(reference)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".tmp-export-{out.name}-", dir=out.parent) as work:

@@ -65,12 +65,18 @@ def _torch_logits(model, feeds: dict[str, np.ndarray]) -> np.ndarray:
 
     with torch.inference_mode():
         out = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
-    return out.logits.float().numpy()
+    logits = out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, (tuple, list)) else out)
+    return logits.float().numpy()
 
 
 def classification_reference(model, preprocessor, task_kind: str, examples: list[dict],
                              labels: list[str] | None, *, max_length: int = 128,
                              input_names: tuple[str, ...] | None = None) -> ClassificationReference:
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    accepted = {"input_ids", "attention_mask", "token_type_ids"} if takes_any else set(params)
     feeds = []
     for example in examples:
         if task_kind == "image_classification":
@@ -84,7 +90,7 @@ def classification_reference(model, preprocessor, task_kind: str, examples: list
         else:
             enc = preprocessor(example["text"], truncation=True, max_length=max_length, return_tensors="np")
             feed = {k: v.astype(np.int64) for k, v in enc.items()
-                    if k in ("input_ids", "attention_mask", "token_type_ids")}
+                    if k in ("input_ids", "attention_mask", "token_type_ids") and k in accepted}
             feeds.append(feed)
     logits = np.concatenate([_torch_logits(model, feed) for feed in feeds]) if feeds else np.zeros((0, 0))
     label_ids = np.asarray([label_index(e.get("label"), labels, model) for e in examples], dtype=np.int64)
@@ -118,6 +124,23 @@ def chat_split(example: dict, tokenizer, tokenize: Callable | None = None,
     return ids, mask, prompt_ids
 
 
+def greedy_continuation(model, prompt_ids: list[int], new_tokens: int) -> tuple[list[int], np.ndarray]:
+    """The tuned model's greedy continuation (eos not special: the gate wants ``new_tokens``
+    positions) and its logits predicting each token, (new_tokens, V)."""
+    import torch
+
+    tokens, rows = [], []
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([prompt_ids]), use_cache=True)
+        for _ in range(new_tokens):
+            last = out.logits[0, -1].float()
+            rows.append(last.numpy().copy())
+            token = int(last.argmax())
+            tokens.append(token)
+            out = model(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
+    return tokens, np.stack(rows)
+
+
 def generation_reference(model, tokenizer, examples: list[dict], *, tokenize: Callable | None = None,
                          fidelity_examples: int = 8, new_tokens: int = 32,
                          max_length: int = 512) -> GenerationReference:
@@ -136,15 +159,8 @@ def generation_reference(model, tokenizer, examples: list[dict], *, tokenize: Ca
         ref.targets.append(mask)
         ref.token_logprobs.append(logp.gather(-1, nxt[:, None])[:, 0].numpy())
         ref.token_hits.append((logits[:-1].argmax(-1) == nxt).numpy())
-    eos = tokenizer.eos_token_id
     for prompt_ids in prompts[:fidelity_examples]:
-        with torch.inference_mode():
-            out = model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-                                 max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                 pad_token_id=eos if eos is not None else 0)
-            continuation = out[0, len(prompt_ids):].tolist()
-            full = torch.tensor([prompt_ids + continuation])
-            logits = model(input_ids=full).logits[0, len(prompt_ids) - 1: -1].float().numpy()
+        continuation, logits = greedy_continuation(model, prompt_ids, new_tokens)
         ref.prompts.append(list(prompt_ids))
         ref.continuations.append(continuation)
         ref.continuation_logits.append(logits)

@@ -1,0 +1,70 @@
+"""Fixtures for the edge tests: tiny models with real tokenizers, held-out examples, exported bundles."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+WORDS = ["good", "bad", "film", "plot", "great", "awful", "actors", "slow", "fun", "dull"]
+
+
+@pytest.fixture(scope="session")
+def classification_examples() -> list[dict]:
+    rng = random.Random(0)
+    return [{"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))), "label": rng.choice(["neg", "pos"])}
+            for _ in range(32)]
+
+
+@pytest.fixture(scope="session")
+def chat_examples() -> list[dict]:
+    return [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
+                          {"role": "assistant", "content": f"It is {2 * i}."}]} for i in range(10)]
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_bert_dir):
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    model = BertForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_bert_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tiny_llama_dir):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(tiny_llama_dir).eval(), AutoTokenizer.from_pretrained(tiny_llama_dir)
+
+
+@pytest.fixture(scope="session")
+def edge_pm():
+    from tunewright import get_plugin_manager
+
+    return get_plugin_manager()
+
+
+@pytest.fixture(scope="session")
+def classifier_bundle(tmp_path_factory, tiny_classifier, classification_examples, edge_pm) -> Path:
+    """An int8 bundle of the tiny classifier, exported once per session (tests copy it to change it)."""
+    from tunewright.edge import export_bundle
+
+    model, tokenizer = tiny_classifier
+    out = tmp_path_factory.mktemp("bundles") / "classifier"
+    export_bundle(model, tokenizer, "sequence_classification", classification_examples, out, quantize="int8",
+                  labels=["neg", "pos"], info={"base_model": "tiny-bert", "method": "none", "task": "classification"},
+                  pm=edge_pm, log=lambda message: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def generator_bundle(tmp_path_factory, tiny_causal_lm, chat_examples, edge_pm) -> Path:
+    from tunewright.edge import export_bundle
+
+    model, tokenizer = tiny_causal_lm
+    out = tmp_path_factory.mktemp("bundles") / "generator"
+    export_bundle(model, tokenizer, "causal_lm", chat_examples, out, exporter="optimum", quantize="int8-block",
+                  info={"base_model": "tiny-llama", "method": "none", "task": "chat"}, pm=edge_pm,
+                  fidelity_examples=3, new_tokens=12, log=lambda message: None)
+    return out

@@ -1,0 +1,159 @@
+"""Bundles that were changed or come from a newer format, failed parity gates, unknown names."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.fixture
+def bundle_copy(classifier_bundle, tmp_path):
+    target = tmp_path / "bundle"
+    shutil.copytree(classifier_bundle, target)
+    return target
+
+
+def test_changed_model_file_is_refused(bundle_copy):
+    from tunewright.edge.runtime import BundleError, load_bundle
+
+    data = bytearray((bundle_copy / "model.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (bundle_copy / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"model.onnx: sha256 differs from the manifest"):
+        load_bundle(bundle_copy)
+
+
+def test_edited_manifest_and_added_file_are_refused(bundle_copy):
+    from tunewright.edge.runtime import BundleError, load_bundle
+
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    manifest["labels"] = ["pos", "neg"]
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    (bundle_copy / "extra.onnx").write_bytes(b"x")
+    with pytest.raises(BundleError) as info:
+        load_bundle(bundle_copy)
+    assert "manifest.json: its content does not match its recorded hash" in str(info.value)
+    assert "extra.onnx: not listed in the manifest" in str(info.value)
+
+
+def test_newer_format_version_is_refused(bundle_copy):
+    from tunewright.edge.runtime import BundleError, load_bundle
+
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"bundle format version 99 is newer than this runtime reads \(up to 1\)"):
+        load_bundle(bundle_copy)
+
+
+def test_device_command_line_exit_codes(bundle_copy):
+    run = lambda *args: subprocess.run([sys.executable, "-m", "tunewright.edge.runtime", *args],
+                                       capture_output=True, text=True)
+    ok = run("run", str(bundle_copy), "good film")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)[0]["label"] in ("neg", "pos")
+    assert run("verify", str(bundle_copy)).returncode == 0
+    (bundle_copy / "tokenizer.json").write_text("{}")
+    refused = run("verify", str(bundle_copy))
+    assert refused.returncode == 2
+    assert "tokenizer.json" in refused.stderr and "refusing a changed bundle" in refused.stderr
+
+
+def test_tunewright_edge_commands(classifier_bundle, bundle_copy):
+    from click.testing import CliRunner
+
+    from tunewright.cli import build_cli, main
+
+    runner = CliRunner()
+    cli = build_cli()
+    result = runner.invoke(cli, ["edge", "bench", str(classifier_bundle), "--runs", "5"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["p50_ms"] > 0
+    (bundle_copy / "model.onnx").write_bytes(b"broken")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["edge", "verify", str(bundle_copy)])
+    assert exit_info.value.code == 2
+
+
+class _Wrecker:
+    """A quantizer plugin that ruins the model: the parity gate must stop it."""
+
+    description = "zeroes every weight"
+    auto_candidate = False
+
+    def supports(self, exported):
+        return exported.runtime == "onnxruntime"
+
+    def quantize(self, exported, out_dir, calibration):
+        import numpy as np
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load(str(exported.path))
+        for tensor in model.graph.initializer:
+            array = numpy_helper.to_array(tensor)
+            if array.dtype == np.float32 and array.ndim == 2:
+                tensor.CopyFrom(numpy_helper.from_array(np.zeros_like(array), tensor.name))
+        out_dir.mkdir(parents=True)
+        onnx.save(model, str(out_dir / exported.model_file))
+        return exported.moved(out_dir, quantization={"name": "wreck"})
+
+
+def test_failed_parity_gate_leaves_no_bundle(tmp_path, tiny_classifier, classification_examples):
+    from tunewright import JobFailed, get_plugin_manager, hookimpl
+    from tunewright.edge import export_bundle
+
+    class Plugin:
+        @hookimpl
+        def register_quantizers(self, register):
+            register("wreck", _Wrecker())
+
+    pm = get_plugin_manager(plugins=[("wrecker", Plugin())])
+    model, tokenizer = tiny_classifier
+    # a classifier whose metric depends on its weights: labels are what the tuned model predicts
+    import torch
+
+    with torch.inference_mode():
+        predicted = model(**tokenizer([e["text"] for e in classification_examples], padding=True,
+                                      return_tensors="pt")).logits.argmax(-1).tolist()
+    examples = [{"text": e["text"], "label": ["neg", "pos"][p]} for e, p in zip(classification_examples, predicted)]
+    out = tmp_path / "bundle"
+    with pytest.raises(JobFailed) as info:
+        export_bundle(model, tokenizer, "sequence_classification", examples, out, quantize="wreck",
+                      labels=["neg", "pos"], pm=pm, bench=False, log=lambda m: None)
+    message = str(info.value)
+    assert "parity gate failed" in message and "accuracy: tuned 100.00" in message and "no bundle written" in message
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # no temporary folder left either
+
+
+def test_unknown_quantizer_lists_the_registered_ones(tmp_path, tiny_classifier, classification_examples, edge_pm):
+    from tunewright import ConfigError
+    from tunewright.edge import export_bundle
+
+    model, tokenizer = tiny_classifier
+    with pytest.raises(ConfigError) as info:
+        export_bundle(model, tokenizer, "sequence_classification", classification_examples, tmp_path / "b",
+                      quantize="int3", pm=edge_pm, log=lambda m: None)
+    message = str(info.value)
+    assert "--quantize: unknown quantizer 'int3'" in message
+    for name in ("none", "fp16", "int8", "int8-static", "int8-block", "int4", "auto"):
+        assert name in message
+    assert not (tmp_path / "b").exists()
+
+
+def test_unknown_exporter_and_unexportable_task(tmp_path, tiny_classifier, classification_examples, edge_pm):
+    from tunewright import ConfigError, UsageError
+    from tunewright.edge import export_bundle
+
+    model, tokenizer = tiny_classifier
+    with pytest.raises(ConfigError, match="unknown exporter 'tflite'.*registered: genai, optimum, torch"):
+        export_bundle(model, tokenizer, "sequence_classification", classification_examples, tmp_path / "b",
+                      exporter="tflite", pm=edge_pm, log=lambda m: None)
+    with pytest.raises(UsageError, match="task kind 'token_classification' cannot be exported"):
+        export_bundle(model, tokenizer, "token_classification", classification_examples, tmp_path / "b",
+                      pm=edge_pm, log=lambda m: None)

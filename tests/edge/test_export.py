@@ -1,0 +1,192 @@
+"""Export, parity gate and bundle of tiny models, through real onnxruntime sessions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+def test_classifier_bundle_has_manifest_with_every_figure(classifier_bundle):
+    manifest = json.loads((classifier_bundle / "manifest.json").read_text())
+    assert manifest["format"] == "tunewright-bundle" and manifest["format_version"] == 1
+    assert manifest["base_model"] == "tiny-bert" and manifest["task"] == "classification"
+    assert manifest["quantization"]["name"] == "int8"
+    assert manifest["exporter"]["name"] == "optimum"
+    assert [i["name"] for i in manifest["model"]["inputs"]][:2] == ["input_ids", "attention_mask"]
+    assert manifest["model"]["outputs"][0]["name"] == "logits"
+    assert manifest["labels"] == ["neg", "pos"]
+    parity = manifest["parity"]
+    assert parity["passed"] and parity["metric"] == "accuracy"
+    assert {"max_abs_diff", "mean_abs_diff", "top1_agreement"} <= set(parity["bundle_vs_tuned"])
+    assert manifest["benchmark"]["p50_ms"] > 0
+    on_disk = {p.name for p in classifier_bundle.iterdir()} - {"manifest.json"}
+    assert on_disk == set(manifest["files"]) == {"model.onnx", "tokenizer.json", "parity.npz"}
+
+
+def test_runtime_predicts_what_the_tuned_model_predicts(classifier_bundle, tiny_classifier, classification_examples):
+    import torch
+
+    from tunewright.edge.runtime import load_bundle
+
+    model, tokenizer = tiny_classifier
+    bundle = load_bundle(classifier_bundle)
+    texts = [e["text"] for e in classification_examples]
+    predicted = [p["index"] for p in bundle.predict(texts)]
+    with torch.inference_mode():
+        logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+    agree = np.mean(np.asarray(predicted) == logits.argmax(-1).numpy())
+    assert agree >= 0.9
+    # the bundle's tokenizer gives the tuned tokenizer's ids
+    assert bundle.codec.encode(texts[0]) == tokenizer(texts[0])["input_ids"]
+
+
+def test_verify_reruns_recorded_examples(classifier_bundle):
+    from tunewright.edge.runtime import verify_bundle
+
+    report = verify_bundle(classifier_bundle)
+    assert report["ok"], report
+    assert report["rerun"]["top1_agreement"] == pytest.approx(report["recorded"]["top1_agreement"], abs=0.05)
+
+
+def test_runtime_imports_neither_torch_nor_transformers():
+    code = ("import sys, tunewright.edge.runtime, tunewright.edge.runtime.__main__; "
+            "bad = [m for m in ('torch', 'transformers', 'optimum') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_generator_bundle_generates_what_torch_generates(generator_bundle, tiny_causal_lm):
+    import torch
+
+    from tunewright.edge.runtime import Generator, load_bundle
+
+    model, tokenizer = tiny_causal_lm
+    bundle = load_bundle(generator_bundle)
+    assert isinstance(bundle, Generator)
+    messages = [{"role": "user", "content": "What is 3 plus 3?"}]
+    ids = bundle.prompt_ids(messages)
+    assert ids == list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    ours = list(bundle.generate_ids(ids, max_new_tokens=10, stop_at_eos=False))
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=10, min_new_tokens=10, do_sample=False)
+    theirs = out[0, len(ids):].tolist()
+    # int8-block weights: greedy paths may part on a near-tie, but not at once
+    assert ours[:3] == theirs[:3]
+    manifest = bundle.manifest
+    assert manifest["parity"]["bundle_vs_tuned"]["top1_agreement"] >= 0.9
+    assert manifest["parity"]["bundle_vs_tuned"]["kl_per_token"] < 0.05
+    assert manifest["preprocessing"]["chat_format"]["generation_prompt"] == "<|im_start|>assistant\n"
+    assert {i["name"] for i in manifest["model"]["inputs"]} >= {"input_ids", "past_key_values.0.key"}
+
+
+def test_generator_verify_and_sampling(generator_bundle):
+    from tunewright.edge.runtime import load_bundle, verify_bundle
+
+    assert verify_bundle(generator_bundle)["ok"]
+    bundle = load_bundle(generator_bundle)
+    a = bundle.generate("Hello", max_new_tokens=6, temperature=0.8, top_k=20, seed=1)
+    b = bundle.generate("Hello", max_new_tokens=6, temperature=0.8, top_k=20, seed=1)
+    assert a == b
+
+
+def test_genai_exporter_bundle_runs_through_onnxruntime_genai(tmp_path, tiny_causal_lm, chat_examples, edge_pm):
+    from tunewright.edge import export_bundle
+    from tunewright.edge.runtime import GenAIGenerator, load_bundle
+
+    model, tokenizer = tiny_causal_lm
+    result = export_bundle(model, tokenizer, "causal_lm", chat_examples[:4], tmp_path / "genai", quantize="int4",
+                           pm=edge_pm, fidelity_examples=2, new_tokens=8, bench=False, log=lambda m: None)
+    assert result.manifest["runtime"] == "onnxruntime-genai"
+    assert result.manifest["exporter"]["name"] == "genai"  # auto prefers the model builder for decoders
+    assert "genai_config.json" in result.manifest["files"]
+    bundle = load_bundle(tmp_path / "genai")
+    assert isinstance(bundle, GenAIGenerator)
+    ids = bundle.prompt_ids([{"role": "user", "content": "hi"}])
+    through_genai = list(bundle.generate_ids(ids, max_new_tokens=6, stop_at_eos=False))
+    through_numpy = list(bundle.numpy_generator.generate_ids(ids, max_new_tokens=6, stop_at_eos=False))
+    assert through_genai[:3] == through_numpy[:3]
+
+
+def test_quantize_auto_keeps_the_fastest_passing_candidate(tmp_path, tiny_classifier, classification_examples, edge_pm):
+    from tunewright.edge import export_bundle
+
+    model, tokenizer = tiny_classifier
+    result = export_bundle(model, tokenizer, "sequence_classification", classification_examples, tmp_path / "auto",
+                           quantize="auto", labels=["neg", "pos"], pm=edge_pm, bench=False, log=lambda m: None)
+    tried = {c["quantizer"]: c for c in result.candidates}
+    assert {"none", "int8", "int8-static", "int8-block"} <= set(tried)
+    passing = [c for c in result.candidates if c["passed"]]
+    fastest = min(passing, key=lambda c: c["latency_ms"])
+    assert result.manifest["quantization"]["name"] == fastest["quantizer"]
+    assert result.manifest["quantization"]["chosen_by"] == "auto"
+
+
+@pytest.mark.parametrize("name", ["none", "fp16", "int8-static", "int4"])
+def test_each_quantizer_passes_on_a_tiny_classifier(name, tmp_path, tiny_classifier, classification_examples, edge_pm):
+    from tunewright.edge import export_bundle
+    from tunewright.edge.runtime import load_bundle
+
+    model, tokenizer = tiny_classifier
+    result = export_bundle(model, tokenizer, "sequence_classification", classification_examples, tmp_path / name,
+                           quantize=name, labels=["neg", "pos"], pm=edge_pm, bench=False, log=lambda m: None)
+    assert result.manifest["quantization"]["name"] == name
+    assert result.parity.passed
+    assert load_bundle(tmp_path / name).predict(["good film"])[0]["label"] in ("neg", "pos")
+
+
+def test_torch_exporter_takes_models_optimum_does_not_know(tmp_path, classification_examples, tiny_classifier, edge_pm):
+    import torch
+
+    from tunewright.edge import export_bundle
+    from tunewright.edge.runtime import load_bundle
+
+    class BagOfWords(torch.nn.Module):
+        def __init__(self, vocab: int):
+            super().__init__()
+            self.embed = torch.nn.EmbeddingBag(vocab, 16)
+            self.head = torch.nn.Linear(16, 2)
+
+        def forward(self, input_ids, attention_mask):
+            return self.head(self.embed(input_ids, per_sample_weights=None))
+
+    _, tokenizer = tiny_classifier
+    torch.manual_seed(0)
+    model = BagOfWords(len(tokenizer)).eval()
+    result = export_bundle(model, tokenizer, "sequence_classification", classification_examples, tmp_path / "bow",
+                           quantize="none", labels=["neg", "pos"], pm=edge_pm, bench=False, log=lambda m: None)
+    assert result.manifest["exporter"]["name"] == "torch"
+    assert result.parity.figures["max_abs_diff"] < 1e-4
+    assert load_bundle(tmp_path / "bow").predict(["fun plot"])[0]["label"] in ("neg", "pos")
+
+
+def test_image_classifier_bundle(tmp_path, edge_pm):
+    import torch
+    from PIL import Image
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    from tunewright.edge import export_bundle
+    from tunewright.edge.runtime import ImageClassifier, load_bundle
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64, num_labels=3, id2label={0: "cat", 1: "dog", 2: "owl"},
+                       label2id={"cat": 0, "dog": 1, "owl": 2})
+    model = ViTForImageClassification(config).eval()
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray((rng.random((40 + i, 48, 3)) * 255).astype(np.uint8)) for i in range(12)]
+    examples = [{"image": image, "label": ["cat", "dog", "owl"][i % 3]} for i, image in enumerate(images)]
+    result = export_bundle(model, processor, "image_classification", examples, tmp_path / "vit", quantize="int8",
+                           labels=["cat", "dog", "owl"], pm=edge_pm, bench=False, log=lambda m: None)
+    assert result.manifest["exporter"]["name"] == "optimum"
+    assert result.manifest["preprocessing"]["size"] == {"height": 32, "width": 32}
+    bundle = load_bundle(tmp_path / "vit")
+    assert isinstance(bundle, ImageClassifier)
+    ours = bundle.pixel_values(images[:2])
+    theirs = processor(images=images[:2], return_tensors="np")["pixel_values"]
+    assert np.abs(ours - theirs).max() < 1e-5
+    assert bundle.predict(images[:1])[0]["label"] in ("cat", "dog", "owl")
