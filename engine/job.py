@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import torch
 import yaml
+from transformers import set_seed
 
 from .config import JobConfig
 from .data import prepare_data
@@ -107,6 +108,7 @@ class Job:
         self.labels = self.task.label_set(self.data.train)
         self.write_run_files()
         self.echo(f"loading {config.model} for {config.task} with {config.method}")
+        set_seed(config.seed)  # new heads and adapter weights are initialised from the seed
         model = self.task.load_model(path, self.labels, config, tokenizer=self.tokenizer)
         self.model = self.method.apply(model, self.method_settings, self.task.model_kind)
         if self.precision in ("bf16", "fp16"):

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .types import TrainResult
@@ -220,15 +220,17 @@ def train_local(job: Any) -> TrainResult:
         callbacks=callbacks,
         job=job,
     )
+    trainer.remove_callback(PrinterCallback)  # progress lines come from _Progress
     if resume_from:
         job.echo(f"resuming from {resume_from}")
+    tokens_before = 0
+    if resume_from:
+        state = json.loads((Path(resume_from) / "trainer_state.json").read_text())
+        tokens_before = state.get("num_input_tokens_seen", 0)
     started = time.monotonic()
     output = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.monotonic() - started
-    tokens = trainer.state.num_input_tokens_seen
-    if resume_from:
-        state = json.loads((Path(resume_from) / "trainer_state.json").read_text())
-        tokens -= state.get("num_input_tokens_seen", 0)
+    tokens = trainer.state.num_input_tokens_seen - tokens_before
     return TrainResult(
         run_dir=job.run_dir,
         global_step=trainer.state.global_step,

@@ -70,7 +70,8 @@ def evaluate_run(run_dir: Path, data_path: Path, pm: PluginManager) -> dict[str,
     examples, locations, problems = read_examples(data_path, pm.registries, format=run.config.data.format)
     problems = list(problems) + check_examples(
         examples, locations, run.task_name, pm, config=run.config, tokenizer=run.tokenizer,
-        max_length=run.config.data.max_length, reference_labels=run.labels)
+        max_length=run.config.data.max_length, reference_labels=run.labels,
+        split_name="evaluation")
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise DataError("\n".join(str(p) for p in errors))

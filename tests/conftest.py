@@ -52,6 +52,7 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     config = BertConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=2, max_position_embeddings=128,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,  # learns in a few dozen steps
     )
     model = BertModel(config)
     path = tmp_path_factory.mktemp("tiny-bert")

@@ -1,0 +1,181 @@
+"""Whole jobs on tiny models: losses fall, the run directory is complete, resume loses nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunewright import get_plugin_manager
+from tunewright.config import load_config
+from tunewright.job import Job
+from tunewright.runs import load_run
+
+
+def job_config(model_dir: Path, data: Path, out: Path, task: str = "chat", method: str = "lora", **training) -> dict:
+    raw = {
+        "model": str(model_dir),
+        "task": task,
+        "method": method,
+        "data": {"train": str(data), "validation": 0.2, "max_length": 64},
+        "training": {"max_steps": 30, "batch_size": 8, "learning_rate": 5e-3, "logging_steps": 5,
+                     "precision": "fp32", **training},
+        "output": str(out),
+        "seed": 7,
+    }
+    if method == "lora":
+        raw["lora"] = {"r": 8, "alpha": 16}
+    return raw
+
+
+def run_job(raw: dict, **kwargs):
+    pm = get_plugin_manager()
+    messages = []
+    result = Job(load_config(raw, pm.registries), pm, echo=messages.append, **kwargs).run()
+    return result, messages
+
+
+def test_chat_lora_job_learns_and_leaves_a_complete_run(tiny_llama_dir, chat_data, tmp_path):
+    out = tmp_path / "run"
+    result, messages = run_job(job_config(tiny_llama_dir, chat_data, out, eval_steps=15, precision="bf16"))
+    assert result.global_step == 30
+    results = json.loads((out / "eval.json").read_text())
+    assert results["train"]["precision"] == "bf16"
+    assert results["final"]["loss"] < results["baseline"]["loss"] - 0.5
+    assert results["final"]["mean_token_accuracy"] > results["baseline"]["mean_token_accuracy"]
+    assert results["primary_metric"] == "mean_token_accuracy"
+    for name in ("config.yaml", "plugins.json", "metrics.jsonl", "report.png", "labels.json",
+                 "adapter/adapter_config.json", "tokenizer/tokenizer_config.json", "data/validation.jsonl"):
+        assert (out / name).exists(), name
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    assert any("eval_loss" in r for r in rows)
+    plugins = {p["name"]: p for p in json.loads((out / "plugins.json").read_text())}
+    assert "methods:lora" in plugins["lora"]["used"] and plugins["lora"]["version"]
+    assert any(m.startswith("baseline:") for m in messages) and any(m.startswith("step 30/30") for m in messages)
+    # The tuned model reloads merged and gives the figures the job recorded.
+    run = load_run(out)
+    features = [run.task.tokenize(e, run.tokenizer, 64) for e in run.validation]
+    batches = [run.task.collate(features[i:i + 8], run.tokenizer) for i in range(0, len(features), 8)]
+    assert run.task.metrics(run.model, batches)["loss"] == pytest.approx(results["final"]["loss"], abs=1e-4)
+
+
+def test_classification_job_learns(tiny_bert_dir, classification_data, tmp_path):
+    out = tmp_path / "run"
+    raw = job_config(tiny_bert_dir, classification_data, out, task="classification", method="full",
+                     max_steps=60, learning_rate=5e-3)
+    run_job(raw)
+    results = json.loads((out / "eval.json").read_text())
+    assert results["final"]["accuracy"] > max(0.6, results["baseline"]["accuracy"] + 0.2)
+    assert set(results["final"]) >= {"accuracy", "precision", "recall", "f1", "loss"}
+    assert json.loads((out / "labels.json").read_text()) == ["negative", "neutral", "positive"]
+
+
+def test_seeded_runs_repeat_exactly(tiny_llama_dir, chat_data, tmp_path):
+    losses = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        run_job(job_config(tiny_llama_dir, chat_data, out, max_steps=4, logging_steps=1))
+        losses.append([json.loads(line).get("loss") for line in (out / "metrics.jsonl").read_text().splitlines()])
+    assert losses[0] == losses[1]
+
+
+def test_existing_run_dir_is_not_overwritten_silently(tiny_llama_dir, chat_data, tmp_path):
+    from tunewright import UsageError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(UsageError, match="exists already; pass --resume"):
+        run_job(job_config(tiny_llama_dir, chat_data, out))
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def cli(*args, cwd=None, env=None, **kwargs):
+    return subprocess.run([sys.executable, "-m", "tunewright", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, **kwargs)
+
+
+def test_killed_run_resumes_without_losing_a_step(tiny_llama_dir, chat_data, tmp_path):
+    out = tmp_path / "run"
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(job_config(tiny_llama_dir, chat_data, out, max_steps=40, save_steps=5,
+                                                save_total_limit=3, logging_steps=1)))
+    proc = subprocess.Popen([sys.executable, "-m", "tunewright", "train", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    checkpoints = out / "checkpoints"
+    while time.monotonic() < deadline:
+        done = [p for p in checkpoints.glob("checkpoint-*")] if checkpoints.exists() else []
+        if any(p.name == "checkpoint-15" for p in done):
+            break
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "adapter").exists()  # nothing that looks like a finished run
+    killed_at = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
+    assert killed_at < 40
+    for checkpoint in checkpoints.glob("checkpoint-*"):
+        assert (checkpoint / "trainable.safetensors").exists() and (checkpoint / "trainer_state.json").exists()
+
+    resumed = cli("train", str(config), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {checkpoints / f'checkpoint-{killed_at}'}" in resumed.stderr
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == list(range(1, 41))  # every step logged once: none lost, none twice
+    assert not list(checkpoints.glob(".staging-*"))
+    results = json.loads((out / "eval.json").read_text())
+    assert results["train"]["global_step"] == 40 and results["final"]["loss"] < results["baseline"]["loss"]
+
+
+def test_resume_without_checkpoint_is_a_usage_error(tiny_llama_dir, chat_data, tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(job_config(tiny_llama_dir, chat_data, tmp_path / "run")))
+    result = cli("train", str(config), "--resume")
+    assert result.returncode == 2 and "has no checkpoint to resume from" in result.stderr
+
+
+def test_lifecycle_hooks_are_called_in_order(tiny_llama_dir, chat_data, tmp_path):
+    from tunewright import hookimpl
+
+    calls = []
+
+    class Recorder:
+        @hookimpl
+        def on_train_begin(self, run):
+            calls.append(("on_train_begin", run.model is not None))
+
+        @hookimpl
+        def on_step_end(self, run, step, logs):
+            calls.append(("on_step_end", step))
+
+        @hookimpl
+        def on_evaluate(self, run, step, metrics):
+            calls.append(("on_evaluate", step))
+
+        @hookimpl
+        def on_checkpoint(self, run, step, path):
+            calls.append(("on_checkpoint", step, Path(path).exists()))
+
+        @hookimpl
+        def on_train_end(self, run, result):
+            calls.append(("on_train_end", result.global_step))
+
+    pm = get_plugin_manager(plugins=[("recorder", Recorder())])
+    raw = job_config(tiny_llama_dir, chat_data, tmp_path / "run", max_steps=4, save_steps=2, eval_steps=2, logging_steps=2)
+    Job(load_config(raw, pm.registries), pm, echo=lambda m: None).run()
+    assert calls[0] == ("on_evaluate", 0)
+    assert calls[1] == ("on_train_begin", True)
+    assert ("on_checkpoint", 2, True) in calls and ("on_checkpoint", 4, True) in calls
+    assert ("on_evaluate", 2) in calls and ("on_step_end", 4) in calls
+    assert calls[-1] == ("on_train_end", 4)
