@@ -16,7 +16,7 @@ For ``sequence_classification`` every method trains the classification head (``c
 ``score``...) as well, and saves it with its state: a head initialised at load time is random.
 
 ``freeze`` has two calls beyond the ``Method`` protocol that a trainer looks up with ``getattr``:
-``optimizer_parameters(model)`` and ``on_epoch_begin(model, epoch)`` (see its module).
+``on_epoch(model, epoch)`` (gradual unfreezing) and ``optimizer_parameters(model)``; see its module.
 
 Shared pieces: ``model_parts`` finds blocks, head and linear layers of any transformers model;
 ``peft_backed`` is the PEFT glue; ``state_files`` is the folder format of non-PEFT methods.

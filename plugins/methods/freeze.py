@@ -13,17 +13,20 @@ gradually (ULMFiT, https://arxiv.org/abs/1801.06146).
 
 Nothing is added to the model, so :meth:`FreezeMethod.merge` returns the model itself.
 
-What a trainer must call, beyond the ``Method`` protocol (both looked up with ``getattr``, since
-other methods do not have them):
+What a trainer must know, beyond the ``Method`` protocol (looked up with ``getattr``, since other
+methods do not have them):
 
-``optimizer_parameters(model) -> list[Parameter]``
-    Every parameter that trains at some epoch. Build the optimizer over these, not over the
-    parameters that have ``requires_grad`` now: a parameter that is still frozen has no gradient,
-    so the optimizer leaves it alone until it is unfrozen.
-``on_epoch_begin(model, epoch) -> None``
-    Call before the first step of every epoch (``epoch`` counts from 0) and after resuming. It sets
-    ``requires_grad`` for that epoch from the epoch number alone, so calling it twice is harmless.
-    Without ``gradual_unfreeze`` it changes nothing.
+- :meth:`FreezeMethod.apply` leaves trainable every parameter that trains at *some* epoch, so an
+  optimizer built from ``requires_grad`` right after ``apply`` (as transformers' Trainer does) holds
+  them all, and casting the frozen weights to bf16 leaves them alone.
+- ``on_epoch(model, epoch) -> None``: with ``gradual_unfreeze``, call it before the first step of
+  every epoch (``epoch`` counts from 0; ``int(state.epoch)`` after a resume). It freezes the blocks
+  not yet due, from the epoch number alone, so calling it twice is harmless. A frozen parameter
+  has no gradient, and torch optimizers skip a parameter without one (no update, no weight decay)
+  until it is unfrozen. Without ``gradual_unfreeze`` it changes nothing. A trainer that never
+  calls it trains all ``train_top_layers`` blocks from the start.
+- ``optimizer_parameters(model) -> list[Parameter]``: every parameter that trains at some epoch,
+  for a training loop that builds its optimizer after calling ``on_epoch``.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ class FreezeSettings(Section):
     gradual_unfreeze: bool = Field(
         False,
         description="start with the head only and unfreeze one more block from the top per epoch, "
-                    "down to train_top_layers blocks; the trainer calls on_epoch_begin")
+                    "down to train_top_layers blocks; the trainer calls on_epoch")
     train_head: bool | None = Field(
         None,
         description="train the task head; default: yes, except a causal LM head tied to the input "
@@ -89,7 +92,11 @@ class FreezeMethod:
             "settings": settings.model_dump(mode="json"), "trainable": trainable,
             "always": always, "layers": layers,
         }
-        self.on_epoch_begin(model, 0)
+        # every parameter that trains at some epoch, until on_epoch() narrows it (see above)
+        model.requires_grad_(False)
+        params = dict(model.named_parameters(remove_duplicate=False))
+        for name in trainable:
+            params[name].requires_grad_(True)
         return model
 
     def _record(self, model) -> dict:
@@ -104,7 +111,7 @@ class FreezeMethod:
         params = dict(model.named_parameters(remove_duplicate=False))
         return [params[name] for name in self._record(model)["trainable"]]
 
-    def on_epoch_begin(self, model, epoch: int) -> None:
+    def on_epoch(self, model, epoch: int) -> None:
         record = self._record(model)
         layers = record["layers"]
         unfrozen = min(epoch, len(layers)) if record["settings"]["gradual_unfreeze"] else len(layers)
@@ -127,7 +134,8 @@ class FreezeMethod:
 
     def load(self, model, path, settings, task_kind):
         """Apply the settings saved at ``path`` (they win over ``settings``) and load the state.
-        The model comes back as at epoch 0; call ``on_epoch_begin`` for the epoch to resume at."""
+        As after :meth:`apply`, every block that trains at some epoch is trainable; call
+        ``on_epoch`` for the epoch to resume at."""
         check_task_kind(self.name, task_kind)
         record, state = state_files.read(path, self.name, task_kind)
         model = self.apply(model, FreezeSettings.model_validate(record["settings"]), task_kind)

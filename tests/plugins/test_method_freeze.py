@@ -72,10 +72,12 @@ def test_gradual_unfreezing_adds_one_block_per_epoch(tiny_bert_dir):
     head = under(model, "bert.pooler", "classifier")
     top, second = under(model, "bert.encoder.layer.1"), under(model, "bert.encoder.layer.0")
     everything = set(FREEZE.trainable_state(model))
-    assert trainable(model) == head  # epoch 0 after apply
+    assert everything == head | top | second
+    # after apply, all that ever trains is trainable: an optimizer built now holds it all
+    assert trainable(model) == everything
     expected = {0: head, 1: head | top, 2: head | top | second, 5: head | top | second}
-    for epoch in (1, 2, 5, 0, 1):  # any order: the state follows the epoch number alone
-        FREEZE.on_epoch_begin(model, epoch)
+    for epoch in (0, 1, 2, 5, 0, 1):  # any order: the state follows the epoch number alone
+        FREEZE.on_epoch(model, epoch)
         assert trainable(model) == expected[epoch]
         # what the optimizer holds and what a federated round sends never change
         assert {id(p) for p in FREEZE.optimizer_parameters(model)} == {
@@ -83,10 +85,27 @@ def test_gradual_unfreezing_adds_one_block_per_epoch(tiny_bert_dir):
         assert set(FREEZE.trainable_state(model)) == everything
 
 
-def test_on_epoch_begin_without_gradual_unfreezing_changes_nothing(tiny_bert_dir):
+def test_gradual_unfreezing_with_an_optimizer_built_after_apply(tiny_bert_dir):
+    """What transformers' Trainer does: optimizer from requires_grad, then on_epoch per epoch."""
+    model = FREEZE.apply(bert(tiny_bert_dir), Settings(train_top_layers=1, gradual_unfreeze=True),
+                         "sequence_classification")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01,
+                                  weight_decay=0.1)
+    inputs = torch.randint(1000, 2000, (3, 6), generator=torch.Generator().manual_seed(0))
+    block = model.bert.encoder.layer[1].output.dense.weight
+    for epoch, block_trains in ((0, False), (1, True)):
+        FREEZE.on_epoch(model, epoch)
+        before = block.detach().clone()
+        model(input_ids=inputs, labels=torch.tensor([0, 1, 2])).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        assert torch.equal(block, before) != block_trains
+
+
+def test_on_epoch_without_gradual_unfreezing_changes_nothing(tiny_bert_dir):
     model = FREEZE.apply(bert(tiny_bert_dir), Settings(train_top_layers=1), "sequence_classification")
     before = trainable(model)
-    FREEZE.on_epoch_begin(model, 3)
+    FREEZE.on_epoch(model, 0)
     assert trainable(model) == before
 
 
