@@ -3,7 +3,12 @@
 Prompt tuning (https://arxiv.org/abs/2104.08691) keeps the whole model frozen and learns the
 embeddings of ``num_virtual_tokens`` tokens that are prepended to every input::
 
-    [p_1 … p_n] ++ embed(input_ids) ──► frozen model ──► logits (B, n + T, ...)
+    [p_1 … p_n] ++ embed(input_ids) ──► frozen model ──► logits (B, n + T, V) ──► (B, T, V)
+
+PEFT returns a causal LM's logits for the virtual positions too; the applied model here drops them
+(a forward hook), so that position ``t`` of the logits belongs to token ``t`` of the input, as with
+every other method, and a task's metrics need not know about virtual tokens. The loss is PEFT's
+(it includes predicting the first input token from the prompt). Generation is unaffected.
 
 Nothing is added to the weights, so there is nothing to merge: :meth:`merge` refuses with a
 :class:`tunewright.UsageError`. A prompt cannot be folded into weights (every layer attends to the
@@ -62,6 +67,9 @@ class PromptTuningMethod(PeftMethod):
             num_layers=getattr(config, "num_hidden_layers", None),
         )
 
+    def apply(self, model, settings, task_kind):
+        return _input_positions_only(super().apply(model, settings, task_kind))
+
     def load_folder(self, model, path, saved):
         # PeftModel.from_pretrained refuses is_trainable=True for prompt learning; wrapping with
         # the saved config and loading the weights gives the same model, ready to train on.
@@ -70,13 +78,30 @@ class PromptTuningMethod(PeftMethod):
         saved.inference_mode = False
         peft_model = get_peft_model(model, saved)
         set_peft_model_state_dict(peft_model, load_peft_weights(str(path), device="cpu"))
-        return peft_model
+        return _input_positions_only(peft_model)
 
     def merge(self, model):
         raise UsageError(
             "method 'prompt_tuning' keeps its learnt virtual tokens outside the weights, so it "
             "cannot be merged into a plain model for export; use the PEFT folder with PEFT, or "
             "train with lora, dora or ia3 to export a merged model")
+
+
+def _input_positions_only(peft_model):
+    def drop_virtual_positions(module, args, kwargs, output):
+        inputs = kwargs.get("input_ids", args[0] if args else None)
+        if inputs is None:
+            inputs = kwargs.get("inputs_embeds")
+        logits = getattr(output, "logits", None)
+        if inputs is None or logits is None or logits.dim() != 3:
+            return output
+        length = inputs.shape[1]
+        if logits.shape[1] > length:
+            output.logits = logits[:, -length:]  # (B, n + T, V) -> (B, T, V)
+        return output
+
+    peft_model.register_forward_hook(drop_virtual_positions, with_kwargs=True)
+    return peft_model
 
 
 @hookimpl

@@ -123,3 +123,23 @@ def test_state_from_another_model_is_refused(tiny_llama_dir):
 def test_unknown_task_kind(tiny_llama_dir):
     with pytest.raises(UsageError, match="unknown task kind 'seq2seq'"):
         METHODS["lora"].apply(llama(tiny_llama_dir), None, "seq2seq")
+
+
+def test_prompt_tuning_logits_cover_the_input_positions_only(tiny_llama_dir, tmp_path):
+    method = METHODS["prompt_tuning"]
+    settings = method.config_class(num_virtual_tokens=5)
+    model = method.apply(llama(tiny_llama_dir), settings, "causal_lm").eval()
+    inputs = torch.randint(5, 1000, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(input_ids=inputs).logits
+        assert logits.shape == (2, 7, model.config.vocab_size)
+        # the same numbers PEFT computes for those positions, with the hook out of the way
+        hooks = dict(model._forward_hooks)
+        model._forward_hooks.clear()
+        assert model(input_ids=inputs).logits.shape[1] == 5 + 7
+        torch.testing.assert_close(model(input_ids=inputs).logits[:, 5:], logits, atol=0, rtol=0)
+        model._forward_hooks.update(hooks)
+    method.save(model, tmp_path / "prompt")
+    loaded = method.load(llama(tiny_llama_dir), tmp_path / "prompt", None, "causal_lm").eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=inputs).logits, logits)
