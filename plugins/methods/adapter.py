@@ -16,8 +16,10 @@ An adapter cannot be folded into the neighbouring weights as LoRA can: the activ
 ``down`` and ``up`` is not linear, so ``h + up(act(down(h)))`` is no matrix product of ``h``.
 :meth:`AdapterMethod.merge` therefore returns the base transformers model with the adapters
 permanently inside (the same modules and hooks, trainable flags cleared): exporters that trace the
-forward pass (``torch.onnx.export``) see them; ``save_pretrained`` + ``from_pretrained`` of that
-model would drop them, so keep the adapter folder next to the base model.
+forward pass (``torch.onnx.export``, optimum's ``onnx_export_from_model``) see them;
+``save_pretrained`` + ``from_pretrained`` of that model would drop them, and so would an exporter
+that rebuilds the model from its saved files (onnxruntime-genai's model builder). Such a model says
+so: ``model.tunewright_method["weights_only"]`` is ``False``.
 """
 
 from __future__ import annotations
@@ -135,6 +137,7 @@ class AdapterMethod:
         model.tunewright_method = {
             "method": self.name, "task_kind": task_kind,
             "settings": settings.model_dump(mode="json"), "trainable": trainable,
+            "weights_only": False,  # save_pretrained alone does not capture the adapters
         }
         return model
 

@@ -115,3 +115,40 @@ def test_merged_adapter_model_keeps_adapters_and_trains_nothing(tiny_llama_dir):
     assert type(merged).__name__ == "LlamaForCausalLM"
     assert len(adapters(merged)) == 2
     assert not any(p.requires_grad for p in merged.parameters())
+
+
+# the legacy TorchScript exporter, as the built-in torch exporter uses; its warnings are not ours
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_merged_adapters_survive_onnx_export(tiny_bert_dir, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    model = ADAPTER.apply(bert(tiny_bert_dir), None, "sequence_classification")
+    with torch.no_grad():
+        for adapter in adapters(model).values():
+            adapter.up.weight.normal_(0, 0.5)
+    merged = ADAPTER.merge(model).eval()
+    assert merged.tunewright_method["weights_only"] is False
+    inputs = ids(merged.config.vocab_size, (2, 9))
+    with torch.no_grad():
+        expected = merged(input_ids=inputs).logits
+
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = merged
+
+        def forward(self, input_ids):
+            return self.model(input_ids=input_ids).logits
+
+    with torch.inference_mode():
+        torch.onnx.export(LogitsOnly().eval(), (inputs,), str(tmp_path / "model.onnx"),
+                          input_names=["input_ids"], output_names=["logits"], opset_version=17,
+                          dynamo=False)
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
+    (logits,) = session.run(None, {"input_ids": inputs.numpy()})
+    torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        for adapter in adapters(merged).values():
+            adapter.up.weight.zero_()
+        base = merged(input_ids=inputs).logits
+    assert not torch.allclose(base, expected, atol=1e-4)  # so the graph did hold the adapters
