@@ -99,9 +99,9 @@ class DynamicInt8:
         out_dir.mkdir(parents=True, exist_ok=True)
         _copy_side_files(exported, out_dir)
         quantize_dynamic(str(exported.path), str(out_dir / exported.model_file), per_channel=self.per_channel,
-                         weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                         weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm", "Gather"],
                          extra_options={"MatMulConstBOnly": True})
-        return exported.moved(out_dir, quantization={"name": "int8", "weights": "int8",
+        return exported.moved(out_dir, quantization={"name": "int8", "weights": "int8", "embeddings": "int8",
                                                      "per_channel": self.per_channel, "activations": "dynamic uint8"})
 
 
