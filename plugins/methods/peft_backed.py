@@ -21,6 +21,7 @@ from tunewright import ConfigError, UsageError
 from .model_parts import check_task_kind, head_names, linear_suffixes, model_summary
 
 PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "sequence_classification": "SEQ_CLS"}
+PEFT_ADDS_FOR_SEQ_CLS = ("classifier", "score")
 
 
 class PeftMethod:
@@ -118,7 +119,9 @@ class PeftMethod:
     def modules_to_save(self, model: Any, extra: list[str], task_kind: str) -> list[str] | None:
         names = list(extra)
         if task_kind == "sequence_classification":
-            names += [name for name in head_names(model) if name not in names]
+            # PEFT adds "classifier" and "score" for SEQ_CLS itself; add the heads named otherwise
+            names += [name for name in head_names(model)
+                      if name not in names and name not in PEFT_ADDS_FOR_SEQ_CLS]
         return names or None
 
     def resolve_targets(self, model: Any, wanted: Any, key: str) -> list[str]:

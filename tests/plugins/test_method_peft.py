@@ -143,3 +143,17 @@ def test_prompt_tuning_logits_cover_the_input_positions_only(tiny_llama_dir, tmp
     loaded = method.load(llama(tiny_llama_dir), tmp_path / "prompt", None, "causal_lm").eval()
     with torch.no_grad():
         assert torch.equal(loaded(input_ids=inputs).logits, logits)
+
+
+def test_heads_and_targets_are_found_beyond_llama_and_bert():
+    """DistilBERT names everything differently and has a two-layer head."""
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = DistilBertConfig(vocab_size=100, dim=16, hidden_dim=32, n_layers=2, n_heads=2, num_labels=3)
+    model = METHODS["lora"].apply(DistilBertForSequenceClassification(config), None, "sequence_classification")
+    suffixes = {name.rsplit(".", 1)[-1] for name in adapted(model)}
+    assert suffixes == {"q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    for head in ("pre_classifier", "classifier"):
+        assert any(n.startswith(f"base_model.model.{head}.modules_to_save.") for n in trainable), head

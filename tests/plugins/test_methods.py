@@ -154,6 +154,7 @@ def test_method_lifecycle(name, task_kind, tiny_llama_dir, tiny_bert_dir, batche
     assert torch.equal(evaluate(other, batch)[0], trained_logits)
 
     # save, then load into a fresh base whose random head differs: exactly the same logits
+    (tmp_path / "saved").mkdir()  # as the job does: save() gets an existing, empty folder
     method.save(model, tmp_path / "saved")
     fresh = load_base(task_kind, tiny_llama_dir, tiny_bert_dir, head_seed=1)
     loaded = method.load(fresh, tmp_path / "saved", settings_for(name), task_kind)
