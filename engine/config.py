@@ -161,7 +161,7 @@ def _format_error(err: dict, model: type[BaseModel], prefix: str) -> str:
     etype = err["type"]
     if etype == "extra_forbidden":
         parent_fields = _fields_at(model, err["loc"][:-1])
-        near = difflib.get_close_matches(str(err["loc"][-1]), parent_fields, n=1, cutoff=0.5)
+        near = nearest(str(err["loc"][-1]), parent_fields)
         hint = f"; did you mean {'.'.join(key.split('.')[:-1] + [near[0]])!r}?" if near else ""
         allowed = f" (allowed: {', '.join(sorted(parent_fields))})" if parent_fields else ""
         return f"{key}: unknown key{hint}{allowed}"
@@ -172,6 +172,15 @@ def _format_error(err: dict, model: type[BaseModel], prefix: str) -> str:
     if expected:
         return f"{key}: expected {expected}, got {got!r}"
     return f"{key}: {err['msg']} (got {got!r})"
+
+
+def nearest(key: str, candidates) -> list[str]:
+    """The closest valid key: by spelling, else one that the key starts with (``rank`` -> ``r``)."""
+    candidates = sorted(candidates)
+    near = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+    if not near:
+        near = sorted((c for c in candidates if key.startswith(c) or c.startswith(key)), key=len, reverse=True)[:1]
+    return near
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -214,7 +223,7 @@ def load_config(data: dict, registries: Any, source: str = "config") -> JobConfi
     for key in list(data):
         if key in CORE_KEYS or key in extra_allowed:
             continue
-        near = difflib.get_close_matches(str(key), sorted(CORE_KEYS | extra_allowed), n=1, cutoff=0.5)
+        near = nearest(str(key), CORE_KEYS | extra_allowed)
         hint = f"; did you mean {near[0]!r}?" if near else ""
         raise ConfigError(
             f"{source}: {key}: unknown key{hint} (allowed: {', '.join(sorted(CORE_KEYS))}, "

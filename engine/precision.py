@@ -46,23 +46,26 @@ def cast_frozen(model: torch.nn.Module, dtype: torch.dtype) -> int:
     """Cast every frozen parameter and buffer to ``dtype``; bridge modules that train.
 
     Returns the number of bridged modules. Modules with trainable parameters of their own keep
-    them in fp32, get floating inputs cast to fp32 and return their output in the dtype their
-    input came in.
+    all their own parameters as they are, get floating inputs cast to the trainable dtype and
+    return their output in the dtype their input came in.
     """
     bridged = 0
     for module in model.modules():
         own = list(module.parameters(recurse=False))
         trainable = [p for p in own if p.requires_grad]
+        if trainable:
+            # a module that trains keeps all its own parameters in one dtype (a LayerNorm whose
+            # bias trains needs its weight in fp32 too): it is bridged below instead
+            _bridge(module, trainable[0].dtype)
+            bridged += 1
+            continue
         for param in own:
-            if not param.requires_grad and param.is_floating_point():
+            if param.is_floating_point():
                 param.data = param.data.to(dtype)
         for name, buffer in module.named_buffers(recurse=False):
             # position tables and rotary frequencies stay fp32: they are tiny and precision-bound
             if buffer.is_floating_point() and "inv_freq" not in name:
                 setattr(module, name, buffer.to(dtype))
-        if trainable:
-            _bridge(module, trainable[0].dtype)
-            bridged += 1
     return bridged
 
 

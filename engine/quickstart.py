@@ -1,6 +1,6 @@
 """``tunewright quickstart``: the main job on the packaged offline defaults.
 
-Prepares chat data from chatterbot-corpus (English prompt/reply conversations in categories),
+Prepares chat data from chatterbot-corpus (English prompt/reply pairs in categories),
 measures SmolLM2-135M-Instruct on held-out conversations, tunes it with LoRA, and shows the
 tuned figures beside the baseline.
 """
@@ -17,11 +17,15 @@ import yaml
 from .errors import DataError
 
 
-def chatterbot_conversations() -> list[dict]:
-    """Every English chatterbot-corpus conversation as a chat example, with its category."""
+def chatterbot_pairs() -> list[dict]:
+    """Every English chatterbot-corpus prompt/reply pair as a one-turn chat example.
+
+    A corpus conversation is a list of statements, each the reply to the one before it; its
+    pairs are the adjacent statements.
+    """
     spec = importlib.util.find_spec("chatterbot_corpus")
     if spec is None or spec.origin is None:
-        raise DataError("quickstart: the package chatterbot-corpus is not installed (pip install chatterbot-corpus)")
+        raise DataError("quickstart: the package chatterbot-corpus is not installed (pip install --no-deps chatterbot-corpus)")
     folder = Path(spec.origin).parent / "data" / "english"
     examples = []
     for path in sorted(folder.glob("*.yml")):
@@ -29,12 +33,10 @@ def chatterbot_conversations() -> list[dict]:
         category = (data.get("categories") or [path.stem])[0]
         for conversation in data.get("conversations") or []:
             turns = [str(t).strip() for t in conversation if str(t).strip()]
-            if len(turns) < 2:
-                continue
-            turns = turns[: len(turns) // 2 * 2]  # end on a reply
-            messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": text}
-                        for i, text in enumerate(turns)]
-            examples.append({"messages": messages, "category": category})
+            for prompt, reply in zip(turns, turns[1:]):
+                examples.append({"messages": [{"role": "user", "content": prompt},
+                                              {"role": "assistant", "content": reply}],
+                                 "category": category})
     return examples
 
 
@@ -43,9 +45,9 @@ def write_dataset(folder: Path) -> Path:
     path = folder / "train.jsonl"
     seen = set()
     with path.open("w", encoding="utf-8") as handle:
-        for example in chatterbot_conversations():
+        for example in chatterbot_pairs():
             key = json.dumps(example["messages"], sort_keys=True)
-            if key in seen:  # the corpus repeats a few conversations across categories
+            if key in seen:  # the corpus repeats a few pairs across categories
                 continue
             seen.add(key)
             handle.write(json.dumps({"messages": example["messages"]}, ensure_ascii=False) + "\n")
@@ -58,7 +60,7 @@ def quickstart_config(workdir: Path, max_steps: int) -> dict:
         "task": "chat",
         "method": "lora",
         "lora": {"r": 8, "alpha": 16},
-        "data": {"train": str(workdir / "data" / "train.jsonl"), "validation": 0.1, "max_length": 256},
+        "data": {"train": str(workdir / "data" / "train.jsonl"), "validation": 0.1, "max_length": 512},
         "training": {"epochs": 1, "max_steps": max_steps, "batch_size": 8, "learning_rate": 2.0e-4,
                      "logging_steps": 5, "save_steps": 20, "warmup_ratio": 0.05},
         "output": str(workdir / "runs" / "chat-lora"),
@@ -74,7 +76,7 @@ def run_quickstart(workdir: Path, *, max_steps: int = 60, echo: Callable[[str], 
     pm = get_plugin_manager()
     data_path = write_dataset(workdir / "data")
     lines = sum(1 for _ in data_path.open(encoding="utf-8"))
-    echo(f"data: {lines} conversations from chatterbot-corpus in {data_path}")
+    echo(f"data: {lines} prompt/reply pairs from chatterbot-corpus in {data_path}")
     raw = quickstart_config(workdir, max_steps)
     (workdir / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     config = load_config(raw, pm.registries, source=str(workdir / "config.yaml"))

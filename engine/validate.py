@@ -66,7 +66,7 @@ def evaluate_run(run_dir: Path, data_path: Path, pm: PluginManager) -> dict[str,
     """The task's metrics of a tuned run on a data file, validated first like training data."""
     from .runs import load_run
 
-    run = load_run(run_dir, pm=pm)
+    run = load_run(run_dir, pm=pm, merged=False)  # every method evaluates unmerged, prompt tuning too
     examples, locations, problems = read_examples(data_path, pm.registries, format=run.config.data.format)
     problems = list(problems) + check_examples(
         examples, locations, run.task_name, pm, config=run.config, tokenizer=run.tokenizer,

@@ -71,7 +71,7 @@ class ChatTask:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(
-            path, torch_dtype=torch.float32, use_safetensors=None,
+            path, dtype=torch.float32, use_safetensors=None,
             trust_remote_code=bool(getattr(config, "trust_remote_code", False)))
         if tokenizer is not None and model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
@@ -187,7 +187,7 @@ class ClassificationTask:
         hf_logging.set_verbosity_error()
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
-                path, torch_dtype=torch.float32, trust_remote_code=bool(getattr(config, "trust_remote_code", False)),
+                path, dtype=torch.float32, trust_remote_code=bool(getattr(config, "trust_remote_code", False)),
                 **kwargs)
         finally:
             hf_logging.set_verbosity(level)

@@ -120,7 +120,7 @@ def test_plugin_config_section_is_validated():
             register("redaction", Redaction)
 
     registries = get_plugin_manager(plugins=[("redact", Plugin())], env={}).registries
-    config = load(MINIMAL + "redaction: {patterns: ['\\\\d+']}\n", registries)
-    assert config.section("redaction").patterns == ["\\d+"]
+    config = load(MINIMAL + "redaction: {patterns: ['[0-9]+']}\n", registries)
+    assert config.section("redaction").patterns == ["[0-9]+"]
     with pytest.raises(ConfigError, match="redaction.pattern: unknown key; did you mean 'redaction.patterns'"):
         load(MINIMAL + "redaction: {pattern: []}\n", registries)

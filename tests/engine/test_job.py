@@ -61,11 +61,11 @@ def test_chat_lora_job_learns_and_leaves_a_complete_run(tiny_llama_dir, chat_dat
     plugins = {p["name"]: p for p in json.loads((out / "plugins.json").read_text())}
     assert "methods:lora" in plugins["lora"]["used"] and plugins["lora"]["version"]
     assert any(m.startswith("baseline:") for m in messages) and any(m.startswith("step 30/30") for m in messages)
-    # The tuned model reloads merged and gives the figures the job recorded.
+    # The tuned model reloads merged (fp32) and gives the figures the job recorded (bf16 base).
     run = load_run(out)
     features = [run.task.tokenize(e, run.tokenizer, 64) for e in run.validation]
     batches = [run.task.collate(features[i:i + 8], run.tokenizer) for i in range(0, len(features), 8)]
-    assert run.task.metrics(run.model, batches)["loss"] == pytest.approx(results["final"]["loss"], abs=1e-4)
+    assert run.task.metrics(run.model, batches)["loss"] == pytest.approx(results["final"]["loss"], rel=2e-3)
 
 
 def test_classification_job_learns(tiny_bert_dir, classification_data, tmp_path):

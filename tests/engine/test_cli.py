@@ -1,0 +1,189 @@
+"""The command line as a user meets it: exit codes, messages, and a third-party plugin installed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from samples import chat_rows, classification_rows, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tw(*args, cwd=None, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "tunewright", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def write_config(path: Path, **changes) -> Path:
+    raw = {
+        "model": "smollm2-135m-instruct", "task": "chat", "method": "lora", "lora": {"r": 8, "alpha": 16},
+        "data": {"train": "data/train.jsonl", "validation": 0.1},
+        "training": {"epochs": 1, "max_steps": 60, "batch_size": 8, "learning_rate": 2.0e-4},
+        "output": "runs/chat-lora",
+    }
+    for key, value in changes.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_plugins_lists_builtins_as_json():
+    result = tw("plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    plugins = {p["name"]: p for p in json.loads(result.stdout)}
+    methods = {m for p in plugins.values() for m in p["registered"].get("methods", [])}
+    assert {"lora", "dora", "ia3", "prompt_tuning", "adapter", "full", "freeze"} <= methods
+    assert plugins["tasks"]["distribution"] == "tunewright" and plugins["tasks"]["version"]
+    text = tw("plugins")
+    assert "methods: lora, dora" in text.stdout and "built-in" in text.stdout
+
+
+def test_typo_in_config_exits_2_and_names_the_key(tmp_path):
+    config = write_config(tmp_path / "job.yaml")
+    config.write_text(config.read_text().replace("learning_rate", "learnin_rate"))
+    result = tw("train", str(config), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "training.learnin_rate: unknown key; did you mean 'training.learning_rate'?" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_model_name_lists_registered_models(tmp_path):
+    config = write_config(tmp_path / "job.yaml", model="smollm3-tiny")
+    write_jsonl(tmp_path / "data" / "train.jsonl", chat_rows(60))
+    result = tw("train", str(config), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "'smollm3-tiny' is neither a registered model (minilm-l6, smollm2-135m-instruct" in result.stderr
+
+
+def test_unknown_method_exits_2(tmp_path):
+    config = write_config(tmp_path / "job.yaml", method="loar")
+    result = tw("train", str(config), cwd=tmp_path)
+    assert result.returncode == 2 and "unknown method 'loar'; did you mean 'lora'?" in result.stderr
+
+
+def test_missing_data_file_exits_2_before_loading_the_model(tmp_path):
+    config = write_config(tmp_path / "job.yaml")
+    result = tw("train", str(config), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "data/train.jsonl" in result.stderr and "not found" in result.stderr
+    assert "loading" not in result.stderr  # failed before the model was touched
+    assert not (tmp_path / "runs" / "chat-lora" / "adapter").exists()
+
+
+def test_set_overrides_reach_the_job(tmp_path):
+    config = write_config(tmp_path / "job.yaml")
+    result = tw("train", str(config), "--set", "training.batch_size=eight", cwd=tmp_path)
+    assert result.returncode == 2 and "training.batch_size: expected an integer, got 'eight'" in result.stderr
+
+
+def test_validate_reports_every_problem_with_its_line(tmp_path):
+    rows = chat_rows(12)
+    lines = [json.dumps(r) for r in rows]
+    lines[2] = "{not json"
+    lines[4] = json.dumps({"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]})
+    lines[6] = json.dumps({"messages": [{"role": "user", "content": "only a question"}]})
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    result = tw("validate", str(data), "--task", "chat")
+    assert result.returncode == 2
+    assert f"{data}:3:" in result.stdout and f"{data}:5:" in result.stdout and f"{data}:7:" in result.stdout
+    assert "robot" in result.stdout
+    report = json.loads(tw("validate", str(data), "--json").stdout)
+    assert not report["ok"] and {e["location"] for e in report["errors"]} >= {f"{data}:3", f"{data}:5", f"{data}:7"}
+
+
+def test_validate_summarises_clean_data(tmp_path):
+    data = write_jsonl(tmp_path / "labels.jsonl", classification_rows(40))
+    result = tw("validate", str(data), "--task", "classification", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] and report["summary"]["examples"] == 40
+    assert sum(report["summary"]["labels"].values()) == 40
+    assert any("50 or more are recommended" in w["message"] for w in report["warnings"])
+
+
+def test_empty_file_is_an_error(tmp_path):
+    data = tmp_path / "empty.jsonl"
+    data.write_text("")
+    result = tw("validate", str(data))
+    assert result.returncode == 2 and "empty" in (result.stdout + result.stderr)
+
+
+def test_init_writes_a_config_that_validates(tmp_path):
+    assert tw("init", cwd=tmp_path).returncode == 0
+    from tunewright import get_plugin_manager
+    from tunewright.config import load_config, read_yaml
+
+    config = load_config(read_yaml(tmp_path / "tunewright.yaml"), get_plugin_manager().registries)
+    assert config.method == "lora" and config.training.save_steps == 20
+    assert tw("init", cwd=tmp_path).returncode == 2  # never overwrites silently
+
+
+def test_eval_scores_a_run_on_a_file(tiny_bert_dir, tmp_path):
+    data = write_jsonl(tmp_path / "train.jsonl", classification_rows(80))
+    test = write_jsonl(tmp_path / "test.jsonl", classification_rows(20, seed=3))
+    config = write_config(tmp_path / "job.yaml", model=str(tiny_bert_dir), task="classification", method="full",
+                          **{"data.train": str(data), "training.max_steps": 20, "training.learning_rate": 5e-3,
+                             "output": str(tmp_path / "run")})
+    raw = yaml.safe_load(config.read_text())
+    del raw["lora"]
+    config.write_text(yaml.safe_dump(raw))
+    trained = tw("train", str(config))
+    assert trained.returncode == 0, trained.stderr
+    result = tw("eval", str(tmp_path / "run"), "--data", str(test), "--json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert set(metrics) >= {"accuracy", "f1", "loss"} and 0.0 <= metrics["accuracy"] <= 1.0
+    unknown = write_jsonl(tmp_path / "bad.jsonl", [{"text": "x", "label": "sideways"}] * 12)
+    refused = tw("eval", str(tmp_path / "run"), "--data", str(unknown))
+    assert refused.returncode == 2 and "sideways" in refused.stderr
+
+
+@pytest.mark.slow
+def test_third_party_plugin_installs_lists_trains_and_uninstalls(tmp_path):
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", str(ROOT / "tests" / "example_plugin")],
+                   check=True, capture_output=True)
+    try:
+        listed = {p["name"]: p for p in json.loads(tw("plugins", "--json").stdout)}
+        assert listed["bitfit"]["distribution"] == "tunewright-bitfit"
+        assert listed["bitfit"]["version"] == "0.2.0" and not listed["bitfit"]["builtin"]
+        assert listed["bitfit"]["registered"] == {"methods": ["bitfit"]}
+
+        data = write_jsonl(tmp_path / "train.jsonl", classification_rows(120))
+        # BitFit tunes biases on top of pretrained features: the real MiniLM, not a random one
+        config = write_config(tmp_path / "job.yaml", model="minilm-l6", task="classification",
+                              method="bitfit", **{"data.train": str(data), "training.max_steps": 40,
+                                                  "training.learning_rate": 5e-3, "output": str(tmp_path / "run")})
+        raw = yaml.safe_load(config.read_text())
+        del raw["lora"]
+        raw["bitfit"] = {"train_head": True}
+        config.write_text(yaml.safe_dump(raw))
+        result = tw("train", str(config))
+        assert result.returncode == 0, result.stderr
+        results = json.loads((tmp_path / "run" / "eval.json").read_text())
+        assert results["final"]["accuracy"] > results["baseline"]["accuracy"] + 0.2
+        used = {p["name"]: p for p in json.loads((tmp_path / "run" / "plugins.json").read_text())}
+        assert used["bitfit"]["used"] == ["methods:bitfit"] and used["bitfit"]["version"] == "0.2.0"
+        # its config section is validated by its own schema
+        raw["bitfit"] = {"train_heads": True}
+        config.write_text(yaml.safe_dump(raw))
+        bad = tw("train", str(config), "--overwrite")
+        assert bad.returncode == 2 and "bitfit.train_heads: unknown key; did you mean 'bitfit.train_head'?" in bad.stderr
+        # the allow-list keeps it out
+        hidden = tw("plugins", "--json", env={"TUNEWRIGHT_LOAD_PLUGINS": "nothing"})
+        assert "bitfit" not in {p["name"] for p in json.loads(hidden.stdout)}
+    finally:
+        subprocess.run([*pip, "uninstall", "-y", "tunewright-bitfit"], check=True, capture_output=True)
+    assert "bitfit" not in {p["name"] for p in json.loads(tw("plugins", "--json").stdout)}
