@@ -17,6 +17,7 @@ fastest that passes the parity gate.
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -208,7 +209,13 @@ class BlockWise:
                                               accuracy_level=self.accuracy_level, bits=self.bits,
                                               op_types_to_quantize=ops, quant_axes=(("MatMul", 0), ("Gather", 1)))
         quantizer = MatMulNBitsQuantizer(model, algo_config=config)
-        quantizer.process()
+        log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+        level = log.level
+        log.setLevel(logging.WARNING)  # it logs every node it visits at INFO
+        try:
+            quantizer.process()
+        finally:
+            log.setLevel(level)
         _save(quantizer.model.model, out_dir / exported.model_file)
         return exported.moved(out_dir, quantization={
             "name": self.name, "op": "MatMulNBits", "bits": self.bits, "block_size": self.block_size,

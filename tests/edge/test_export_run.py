@@ -1,0 +1,67 @@
+"""``tunewright export RUN_DIR`` on a run the engine trained: the thin layer over ``export_bundle``."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_bert_dir):
+    work = tmp_path_factory.mktemp("run")
+    rng = random.Random(0)
+    words = ["good", "bad", "film", "plot", "great", "awful", "fun", "dull"]
+    with open(work / "train.jsonl", "w") as handle:
+        for _ in range(80):
+            handle.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(6)),
+                                     "label": rng.choice(["neg", "pos"])}) + "\n")
+    (work / "config.yaml").write_text(f"""model: {tiny_bert_dir}
+task: classification
+method: lora
+lora: {{r: 4, alpha: 8}}
+data:
+  train: train.jsonl
+  validation: 0.25
+training: {{epochs: 1, max_steps: 3, batch_size: 8, learning_rate: 1.0e-3}}
+output: runs/tiny
+""")
+    subprocess.run(["tunewright", "train", "config.yaml"], cwd=work, check=True, capture_output=True, timeout=600)
+    return work
+
+
+@pytest.mark.slow
+def test_export_a_trained_run_and_use_the_bundle(tiny_run):
+    done = subprocess.run(["tunewright", "export", "runs/tiny", "--out", "bundle", "--quantize", "int8", "--json"],
+                          cwd=tiny_run, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((tiny_run / "bundle" / "manifest.json").read_text())
+    assert (manifest["method"], manifest["task"], manifest["task_kind"]) == ("lora", "classification",
+                                                                             "sequence_classification")
+    assert manifest["labels"] == ["neg", "pos"]
+    assert manifest["run"]["eval"]["final"]["accuracy"] * 100 == pytest.approx(manifest["parity"]["tuned"], abs=1e-6)
+    verify = subprocess.run(["tunewright", "edge", "verify", "bundle"], cwd=tiny_run, capture_output=True, text=True)
+    assert verify.returncode == 0 and json.loads(verify.stdout)["ok"]
+    run = subprocess.run(["tunewright", "edge", "run", "bundle", "good film"], cwd=tiny_run, capture_output=True, text=True)
+    assert json.loads(run.stdout)[0]["label"] in ("neg", "pos")
+
+
+@pytest.mark.slow
+def test_failed_gate_exits_1_and_writes_nothing(tiny_run):
+    # a negative threshold demands that the bundle beat the tuned model: it cannot, so the gate fails
+    done = subprocess.run(["tunewright", "export", "runs/tiny", "--out", "gated", "--threshold", "-1"],
+                          cwd=tiny_run, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1
+    assert "parity gate failed" in done.stderr and "accuracy: tuned" in done.stderr
+    assert not (tiny_run / "gated").exists()
+    assert not [p for p in tiny_run.iterdir() if p.name.startswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_unknown_quantizer_exits_2_with_the_registered_names(tiny_run):
+    done = subprocess.run(["tunewright", "export", "runs/tiny", "--out", "b", "--quantize", "int3"],
+                          cwd=tiny_run, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2
+    assert "unknown quantizer 'int3'" in done.stderr and "int8-block" in done.stderr and "auto" in done.stderr
