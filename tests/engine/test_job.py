@@ -179,3 +179,19 @@ def test_lifecycle_hooks_are_called_in_order(tiny_llama_dir, chat_data, tmp_path
     assert ("on_checkpoint", 2, True) in calls and ("on_checkpoint", 4, True) in calls
     assert ("on_evaluate", 2) in calls and ("on_step_end", 4) in calls
     assert calls[-1] == ("on_train_end", 4)
+
+
+def test_early_stopping_stops_and_keeps_the_best_checkpoint(tiny_bert_dir, classification_data, tmp_path):
+    out = tmp_path / "run"
+    # a learning rate this high makes the validation loss rise after a few evaluations
+    raw = job_config(tiny_bert_dir, classification_data, out, task="classification", method="full",
+                     max_steps=200, learning_rate=0.3, eval_steps=4, logging_steps=4,
+                     early_stopping={"patience": 2, "metric": "loss"})
+    result, messages = run_job(raw)
+    assert result.global_step < 200
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    best = min(evals)
+    assert evals[-1] > best and evals[-2] > best  # two evaluations without improvement
+    final = json.loads((out / "eval.json").read_text())["final"]["loss"]
+    assert final == pytest.approx(best, rel=1e-3)  # the best checkpoint was reloaded

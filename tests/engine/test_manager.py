@@ -87,14 +87,14 @@ def test_duplicate_method_name_names_both_plugins(site):
         from tunewright import hookimpl
 
         @hookimpl
-        def register_tasks(register):
-            register("chat", object())
+        def register_methods(register):
+            register("lora", object())
     """)
     with pytest.raises(PluginError) as info:
         get_plugin_manager(env={}).registries
     message = str(info.value)
-    assert "'chat'" in message and "fake-dup" in message and "registered already" in message
-    assert "tunewright" in message
+    assert "registered method 'lora'" in message and "fake-dup 1.2.3" in message
+    assert "registered already" in message and "distribution tunewright" in message
 
 
 def test_bad_registered_name_is_refused():
