@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -127,6 +129,19 @@ def _quick_latency(predictor, manifest: dict) -> float:
     return figures.get("p50_ms") or figures.get("ms_per_token")
 
 
+@contextmanager
+def _scratch_cwd(folder: Path):
+    """Run in ``folder``: onnxruntime's shape inference saves temporary models (and their
+    external data under random names) in the current directory, which must not be the user's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def export_bundle(model, preprocessor, task_kind: str, examples: list[dict], out: str | Path, *,
                   exporter: str = AUTO, quantize: str = "int8", threshold: float = DEFAULT_THRESHOLD,
                   labels: list[str] | None = None, tokenize: Callable | None = None,
@@ -163,7 +178,7 @@ def export_bundle(model, preprocessor, task_kind: str, examples: list[dict], out
     calibration = _calibration(reference)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".tmp-export-{out.name}-", dir=out.parent) as work:
-        work = Path(work)
+        work = Path(work).resolve()
         log(f"export: {exporter_name} ({chosen_exporter.description})")
         base = chosen_exporter.export(model, preprocessor, task_kind, work / "export")
         base.exporter = base.exporter or exporter_name
@@ -180,7 +195,8 @@ def export_bundle(model, preprocessor, task_kind: str, examples: list[dict], out
         for name in names:
             log(f"quantize: {name}")
             try:
-                quantized = quantizers[name].quantize(base, work / f"q-{name}", calibration)
+                with _scratch_cwd(work / "scratch"):
+                    quantized = quantizers[name].quantize(base, work / f"q-{name}", calibration)
             except Exception as exc:
                 if quantize != AUTO:
                     raise

@@ -111,12 +111,18 @@ def test_genai_exporter_bundle_runs_through_onnxruntime_genai(tmp_path, tiny_cau
     assert through_genai[:3] == through_numpy[:3]
 
 
-def test_quantize_auto_keeps_the_fastest_passing_candidate(tmp_path, tiny_classifier, classification_examples, edge_pm):
+def test_quantize_auto_keeps_the_fastest_passing_candidate(tmp_path, tiny_classifier, classification_examples, edge_pm,
+                                                          monkeypatch):
     from tunewright.edge import export_bundle
 
     model, tokenizer = tiny_classifier
-    result = export_bundle(model, tokenizer, "sequence_classification", classification_examples, tmp_path / "auto",
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    result = export_bundle(model, tokenizer, "sequence_classification", classification_examples, "auto",
                            quantize="auto", labels=["neg", "pos"], pm=edge_pm, bench=False, log=lambda m: None)
+    # onnxruntime's shape inference writes temporary models to the current directory: not here
+    assert sorted(p.name for p in cwd.iterdir()) == ["auto"]
     tried = {c["quantizer"]: c for c in result.candidates}
     assert {"none", "int8", "int8-static", "int8-block"} <= set(tried)
     passing = [c for c in result.candidates if c["passed"]]
