@@ -90,6 +90,9 @@ def plugins(as_json: bool) -> None:
         click.echo(json.dumps(summary, indent=2))
         return
     for plugin in summary:
+        if plugin.get("unavailable"):
+            click.echo(f"{plugin['name']}  (built-in, unavailable: {plugin['unavailable']})")
+            continue
         origin = f"{plugin['distribution']} {plugin['version']}" if plugin["distribution"] else "local"
         click.echo(f"{plugin['name']}  ({origin}{', built-in' if plugin['builtin'] else ''})")
         click.echo(f"    hooks: {', '.join(plugin['hooks'])}")

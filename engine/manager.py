@@ -136,6 +136,8 @@ class PluginManager(pluggy.PluginManager):
         super().__init__(GROUP)
         self.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
+        #: built-in plugins skipped because a package of an extra is missing: name -> reason
+        self.unavailable: dict[str, str] = {}
         self._registries: Registries | None = None
 
     def register_plugin(self, plugin: Any, name: str, distribution: str | None = None,
@@ -221,6 +223,15 @@ def get_plugin_manager(*, load_entrypoints: bool = True, plugins: list[tuple[str
             info = PluginInfo(ep.name, dist, version)
             try:
                 plugin = ep.load()
+            except ModuleNotFoundError as exc:
+                if not builtin:
+                    raise PluginError(
+                        f"{info.describe()} failed to import ({ep.value}): {type(exc).__name__}: {exc}"
+                    ) from exc
+                # A built-in whose extra is not installed (a device with the runtime alone has no
+                # torch): listed as unavailable, so that what is installed still works.
+                pm.unavailable[ep.name] = f"needs {exc.name} (pip install 'tunewright[train,edge]')"
+                continue
             except Exception as exc:
                 raise PluginError(
                     f"{info.describe()} failed to import ({ep.value}): {type(exc).__name__}: {exc}"
@@ -255,7 +266,10 @@ def _normalise(dist: str | None) -> str | None:
 
 
 def plugin_summary(pm: PluginManager) -> list[dict]:
-    """Every plugin with its distribution, hooks and registered names (``tunewright plugins``)."""
+    """Every plugin with its distribution, hooks and registered names (``tunewright plugins``).
+
+    Built-ins skipped for a missing extra are listed with ``unavailable`` set to the reason.
+    """
     pm.registries  # fills PluginInfo.registered
     return [
         {
@@ -267,6 +281,10 @@ def plugin_summary(pm: PluginManager) -> list[dict]:
             "registered": info.registered,
         }
         for info in sorted(pm.infos.values(), key=lambda i: (not i.builtin, i.name))
+    ] + [
+        {"name": name, "distribution": BUILTIN_DISTRIBUTION, "version": None, "builtin": True,
+         "hooks": [], "registered": {}, "unavailable": reason}
+        for name, reason in sorted(pm.unavailable.items())
     ]
 
 
