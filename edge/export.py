@@ -27,6 +27,7 @@ from .reference import Reference, build_reference
 from .runtime.bench import bench_predictor, bundle_size_mb
 from .runtime.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST, manifest_digest, sha256_file
 from .runtime.predictors import predictor_for
+from .torch_bench import bench_torch
 
 AUTO = "auto"
 PARITY_FILE = "parity.npz"
@@ -235,6 +236,10 @@ def export_bundle(model, preprocessor, task_kind: str, examples: list[dict], out
                 manifest["benchmark"] = {**bench_predictor(predictor, manifest),
                                          "machine": _machine(), "size_mb": bundle_size_mb(staging)}
                 del predictor
+                torch_figures = bench_torch(model, preprocessor, task_kind)
+                if torch_figures:
+                    manifest["benchmark"]["torch_fp32"] = torch_figures
+                    manifest["benchmark"]["versus_torch"] = versus_torch(manifest["benchmark"], torch_figures)
             manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             manifest["export_seconds"] = round(time.perf_counter() - started, 1)
             manifest["files"] = {
@@ -245,6 +250,16 @@ def export_bundle(model, preprocessor, task_kind: str, examples: list[dict], out
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     log(f"bundle: {out} ({manifest['quantization']['name']}, {bundle_size_mb(out):.1f} MiB)")
     return ExportResult(out, manifest, best.parity, [c.summary() for c in candidates])
+
+
+def versus_torch(bundle: dict, torch_figures: dict) -> dict[str, float]:
+    """Speed and size of the bundle as ratios to the tuned PyTorch model (above 1: faster)."""
+    ratios = {"size": bundle["size_mb"] / torch_figures["size_mb"]}
+    if "tokens_per_second" in bundle and "tokens_per_second" in torch_figures:
+        ratios["speed"] = bundle["tokens_per_second"] / torch_figures["tokens_per_second"]
+    elif "p50_ms" in bundle and "p50_ms" in torch_figures:
+        ratios["speed"] = torch_figures["p50_ms"] / bundle["p50_ms"]
+    return ratios
 
 
 def _calibration(reference: Reference) -> list[dict[str, np.ndarray]]:

@@ -22,7 +22,9 @@ def test_classifier_bundle_has_manifest_with_every_figure(classifier_bundle):
     parity = manifest["parity"]
     assert parity["passed"] and parity["metric"] == "accuracy"
     assert {"max_abs_diff", "mean_abs_diff", "top1_agreement"} <= set(parity["bundle_vs_tuned"])
-    assert manifest["benchmark"]["p50_ms"] > 0
+    bench = manifest["benchmark"]
+    assert bench["p50_ms"] > 0 and bench["torch_fp32"]["p50_ms"] > 0 and bench["torch_fp32"]["size_mb"] > 0
+    assert bench["versus_torch"]["speed"] == pytest.approx(bench["torch_fp32"]["p50_ms"] / bench["p50_ms"])
     on_disk = {p.name for p in classifier_bundle.iterdir()} - {"manifest.json"}
     assert on_disk == set(manifest["files"]) == {"model.onnx", "tokenizer.json", "parity.npz"}
 
