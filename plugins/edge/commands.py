@@ -29,6 +29,19 @@ def _bundle_errors():
         raise UsageError(str(exc)) from None
 
 
+@click.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(), help="Bundle folder to write.")
+@click.option("--quantize", default="int8", show_default=True,
+              help="A registered quantizer (none, fp16, int8, int8-static, int8-block, int4...) or auto.")
+@click.option("--exporter", default="auto", show_default=True, help="A registered exporter, or auto.")
+@click.option("--threshold", default=1.0, show_default=True, type=float,
+              help="Largest allowed drop of the task metric, in points.")
+@click.option("--split", default="validation", show_default=True, type=click.Choice(["validation", "test"]),
+              help="Held-out examples the parity gate runs on.")
+@click.option("--ort-format", is_flag=True, help="Also write the model in the ORT format for mobile runtimes.")
+@click.option("--bench/--no-bench", default=True, help="Time the bundle and record it in the manifest.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def export_command(run_dir: str, out: str, quantize: str, exporter: str, threshold: float, split: str,
                    ort_format: bool, bench: bool, as_json: bool) -> None:
     """Export the tuned model of RUN_DIR to a quantized ONNX bundle, proven against it.
@@ -50,6 +63,18 @@ def export_command(run_dir: str, out: str, quantize: str, exporter: str, thresho
                    f"{parity['metric']} {parity['bundle']:.2f} (tuned {parity['tuned']:.2f})")
 
 
+@click.group("edge")
+def edge_group() -> None:
+    """Run, time and verify exported bundles (onnxruntime only, no torch)."""
+
+
+@edge_group.command("run")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.argument("inputs", nargs=-1)
+@click.option("--max-new-tokens", default=64, show_default=True)
+@click.option("--temperature", default=0.0, show_default=True)
+@click.option("--seed", default=None, type=int)
+@click.option("--raw", is_flag=True, help="Generation: use the prompt as is, without the chat format.")
 def run_command(bundle: str, inputs: tuple[str, ...], max_new_tokens: int, temperature: float,
                 seed: int | None, raw: bool) -> None:
     """Predict with BUNDLE for each input: texts, image paths, or prompts."""
@@ -63,6 +88,13 @@ def run_command(bundle: str, inputs: tuple[str, ...], max_new_tokens: int, tempe
     click.echo(json.dumps(out, indent=2, ensure_ascii=False))
 
 
+@edge_group.command("bench")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--tokens", default=16, show_default=True, help="Classifier input length.")
+@click.option("--batch", default=1, show_default=True)
+@click.option("--runs", default=50, show_default=True)
+@click.option("--new-tokens", default=64, show_default=True, help="Tokens generated per run.")
+@click.option("--threads", default=None, type=int, help="onnxruntime intra-op threads.")
 def bench_command(bundle: str, tokens: int, batch: int, runs: int, new_tokens: int, threads: int | None) -> None:
     """Latency p50/p95, throughput and peak memory of BUNDLE on this machine."""
     from tunewright.edge.runtime import bench_bundle
@@ -72,6 +104,8 @@ def bench_command(bundle: str, tokens: int, batch: int, runs: int, new_tokens: i
     click.echo(json.dumps(figures, indent=2))
 
 
+@edge_group.command("verify")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
 def verify_command(bundle: str) -> None:
     """Check every file's sha256 and rerun the parity examples recorded in BUNDLE (exit 1 if they differ)."""
     from tunewright.edge.runtime import verify_bundle
@@ -86,39 +120,5 @@ def verify_command(bundle: str) -> None:
 
 @hookimpl
 def register_commands(cli):
-    cli.command("export")(
-        click.argument("run_dir", type=click.Path(exists=True, file_okay=False))(
-        click.option("--out", required=True, type=click.Path(), help="Bundle folder to write.")(
-        click.option("--quantize", default="int8", show_default=True,
-                     help="A registered quantizer (none, fp16, int8, int8-static, int8-block, int4...) or auto.")(
-        click.option("--exporter", default="auto", show_default=True, help="A registered exporter, or auto.")(
-        click.option("--threshold", default=1.0, show_default=True, type=float,
-                     help="Largest allowed drop of the task metric, in points.")(
-        click.option("--split", default="validation", show_default=True, type=click.Choice(["validation", "test"]),
-                     help="Held-out examples the parity gate runs on.")(
-        click.option("--ort-format", is_flag=True, help="Also write the model in the ORT format for mobile runtimes.")(
-        click.option("--bench/--no-bench", default=True, help="Time the bundle and record it in the manifest.")(
-        click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(
-            export_command))))))))))
-
-    @cli.group()
-    def edge():
-        """Run, time and verify exported bundles (onnxruntime only, no torch)."""
-
-    edge.command("run")(
-        click.argument("bundle", type=click.Path(exists=True, file_okay=False))(
-        click.argument("inputs", nargs=-1)(
-        click.option("--max-new-tokens", default=64, show_default=True)(
-        click.option("--temperature", default=0.0, show_default=True)(
-        click.option("--seed", default=None, type=int)(
-        click.option("--raw", is_flag=True, help="Generation: use the prompt as is, without the chat format.")(
-            run_command)))))))
-    edge.command("bench")(
-        click.argument("bundle", type=click.Path(exists=True, file_okay=False))(
-        click.option("--tokens", default=16, show_default=True, help="Classifier input length.")(
-        click.option("--batch", default=1, show_default=True)(
-        click.option("--runs", default=50, show_default=True)(
-        click.option("--new-tokens", default=64, show_default=True, help="Tokens generated per run.")(
-        click.option("--threads", default=None, type=int, help="onnxruntime intra-op threads.")(
-            bench_command)))))))
-    edge.command("verify")(click.argument("bundle", type=click.Path(exists=True, file_okay=False))(verify_command))
+    cli.add_command(export_command)
+    cli.add_command(edge_group)
