@@ -126,9 +126,12 @@ def quickstart(workdir: str, max_steps: int) -> None:
 
 
 def build_cli(pm=None) -> click.Group:
+    """The core commands plus those the plugins add (``register_commands``), in a fresh group."""
     pm = pm or get_plugin_manager()
-    pm.hook.register_commands(cli=cli)
-    return cli
+    group = click.Group("tunewright", commands=dict(cli.commands), help=cli.help, params=list(cli.params),
+                        context_settings=cli.context_settings)
+    pm.hook.register_commands(cli=group)
+    return group
 
 
 def main(argv: list[str] | None = None) -> None:
