@@ -21,7 +21,7 @@ from .data import prepare_data
 from .errors import UsageError
 from .manager import PluginManager, plugin_summary
 from .models import atomic_directory, resolve_model
-from .precision import cast_frozen, resolve_precision
+from .precision import cast_frozen, prefer_eager_attention, resolve_precision
 from .report import write_report
 from .trainer import last_checkpoint
 from .types import TrainResult
@@ -110,6 +110,7 @@ class Job:
         self.echo(f"loading {config.model} for {config.task} with {config.method}")
         set_seed(config.seed)  # new heads and adapter weights are initialised from the seed
         model = self.task.load_model(path, self.labels, config, tokenizer=self.tokenizer)
+        prefer_eager_attention(model, config.data.max_length)
         self.model = self.method.apply(model, self.method_settings, self.task.model_kind)
         if self.precision in ("bf16", "fp16"):
             cast_frozen(self.model, torch.bfloat16 if self.precision == "bf16" else torch.float16)
