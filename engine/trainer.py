@@ -16,9 +16,9 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +228,10 @@ def train_local(job: Any) -> TrainResult:
         state = json.loads((Path(resume_from) / "trainer_state.json").read_text())
         tokens_before = state.get("num_input_tokens_seen", 0)
     started = time.monotonic()
-    output = trainer.train(resume_from_checkpoint=resume_from)
+    with warnings.catch_warnings():
+        # transformers 4.57 counts input tokens with torch.tensor(tensor) and warns on every step
+        warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
+        output = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.monotonic() - started
     tokens = trainer.state.num_input_tokens_seen - tokens_before
     return TrainResult(
@@ -239,6 +242,3 @@ def train_local(job: Any) -> TrainResult:
         train_seconds=seconds,
     )
 
-
-def echo(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
