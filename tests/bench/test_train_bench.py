@@ -1,0 +1,96 @@
+"""bench/train_bench.py: the shared data, the plain side's labels, the referee, a whole tiny run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "train_bench.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("train_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is AI?"}, {"role": "assistant", "content": "The study of machines that think."}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+     {"role": "user", "content": "How are you?"}, {"role": "assistant", "content": "Fine, thanks."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+     {"role": "assistant", "content": "4"}],
+]
+
+
+def test_plain_labels_match_the_chat_task(bench, tiny_llama_dir):
+    """The plain script masks exactly what tunewright's chat task masks, token for token."""
+    from tunewright import get_plugin_manager
+    from transformers import AutoTokenizer
+
+    task = get_plugin_manager().registries.get("tasks", "chat", key="task")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    for messages in CONVERSATIONS:
+        ours = bench.tokenize_assistant_only(messages, tokenizer)
+        theirs = task.tokenize({"messages": messages}, tokenizer, 512)
+        assert ours["input_ids"] == theirs["input_ids"]
+        assert ours["labels"] == theirs["labels"]
+        trained = tokenizer.decode([t for t in ours["labels"] if t != bench.IGNORE])
+        assert "user" not in trained and messages[-1]["content"] in trained
+
+
+def test_split_is_seeded_disjoint_and_drops_long_examples(bench, tiny_llama_dir, tmp_path):
+    first = bench.prepare_data(tmp_path / "a", str(tiny_llama_dir), seed=3, validation_fraction=0.1, max_length=64)
+    again = bench.prepare_data(tmp_path / "b", str(tiny_llama_dir), seed=3, validation_fraction=0.1, max_length=64)
+    other = bench.prepare_data(tmp_path / "c", str(tiny_llama_dir), seed=4, validation_fraction=0.1, max_length=64)
+    read = lambda data, name: Path(data[name]).read_text()  # noqa: E731
+    assert read(first, "validation") == read(again, "validation")
+    assert read(first, "validation") != read(other, "validation")
+    train = {json.dumps(r) for r in bench.read_jsonl(first["train"])}
+    validation = {json.dumps(r) for r in bench.read_jsonl(first["validation"])}
+    assert train and validation and not train & validation
+    assert first["dropped_longer_than_max_length"] > 0
+    assert first["train_examples"] + first["validation_examples"] + first["dropped_longer_than_max_length"] \
+        == first["examples"]
+
+
+def test_referee_loss_equals_the_chat_task_loss(bench, tiny_llama_dir):
+    """The bench's own held-out loss is the same number the chat task reports, in fp32."""
+    import torch
+    from tunewright import get_plugin_manager
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    task = get_plugin_manager().registries.get("tasks", "chat", key="task")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    features = [bench.tokenize_assistant_only(m, tokenizer) for m in CONVERSATIONS]
+    ours = bench.heldout_metrics(model, features, tokenizer.pad_token_id, batch_size=2)
+    theirs = task.metrics(model, [task.collate(features[i:i + 2], tokenizer) for i in range(0, len(features), 2)])
+    assert ours["tokens"] == theirs["tokens"]
+    assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_a_whole_bench_run_on_a_tiny_model(tiny_llama_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--model", str(tiny_llama_dir), "--max-steps", "2", "--max-length", "64",
+         "--workdir", str(tmp_path / "work"), "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(out.read_text())
+    runs = {run["key"]: run for run in report["runs"]}
+    assert set(runs) == {"tunewright-auto", "plain-fp32"}
+    assert runs["plain-fp32"]["lora"]["target_modules"] == runs["tunewright-auto"]["lora"]["target_modules"]
+    for run in runs.values():
+        assert run["global_step"] == 2 and run["train_tokens"] > 0 and run["peak_rss_mib"] > 0
+    assert report["heldout"]["tunewright-auto"]["tokens"] == report["heldout"]["plain-fp32"]["tokens"]
+    assert set(report["ratios_tunewright_over_plain"]) >= {"throughput", "peak_rss", "validation_loss"}
+    assert "tunewright-auto / plain-fp32" in completed.stdout
