@@ -38,6 +38,18 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
             "mean_ms": float(values.mean()), "min_ms": float(values.min())}
 
 
+def _time_logits(predictor, feeds, warmup: int, runs: int) -> list[float]:
+    """Seconds per call of ``predictor.logits(feeds)`` over ``runs`` calls after ``warmup``."""
+    for _ in range(warmup):
+        predictor.logits(feeds)
+    seconds = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        predictor.logits(feeds)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
 def classifier_ids(codec, tokens: int) -> list[int]:
     """Exactly ``tokens`` ids of ordinary text, special tokens included."""
     ids = codec.encode(SAMPLE_TEXT, truncate=False)
@@ -49,13 +61,7 @@ def bench_predictor(predictor, manifest: dict, *, tokens: int = 16, batch: int =
     kind = manifest["task_kind"]
     if kind == "sequence_classification":
         feeds = predictor.feeds([classifier_ids(predictor.codec, tokens)] * batch)
-        for _ in range(warmup):
-            predictor.logits(feeds)
-        seconds = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            predictor.logits(feeds)
-            seconds.append(time.perf_counter() - start)
+        seconds = _time_logits(predictor, feeds, warmup, runs)
         stats = _percentiles(seconds)
         return {"kind": kind, "batch": batch, "tokens": tokens, "runs": runs, **stats,
                 "examples_per_second": batch / float(np.median(seconds))}
@@ -66,13 +72,7 @@ def bench_predictor(predictor, manifest: dict, *, tokens: int = 16, batch: int =
         image = Image.fromarray((np.random.default_rng(0).random((size["height"], size["width"], 3)) * 255)
                                 .astype(np.uint8))
         feeds = {predictor.input_name: predictor.pixel_values([image] * batch)}
-        for _ in range(warmup):
-            predictor.logits(feeds)
-        seconds = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            predictor.logits(feeds)
-            seconds.append(time.perf_counter() - start)
+        seconds = _time_logits(predictor, feeds, warmup, runs)
         return {"kind": kind, "batch": batch, "runs": runs, **_percentiles(seconds),
                 "examples_per_second": batch / float(np.median(seconds))}
     # generation: a fixed prompt, then new_tokens greedy tokens without stopping at eos
