@@ -37,7 +37,7 @@ class PeftMethod:
     # -- what a subclass provides -------------------------------------------------------------
 
     def peft_config(self, model: Any, settings: Any, task_kind: str) -> Any:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}: each PEFT-backed method subclass builds its own PEFT config")
 
     def check_saved(self, saved: Any, path: Path) -> None:
         """Refuse a folder that PEFT can read but that another method wrote."""
