@@ -247,18 +247,21 @@ def run_tunewright(spec: dict, variant: str, out_dir: Path) -> dict:
     counter = job.task.collate
 
     # Wrapping the runner marks the training window for the RSS sampler and, for the autocast
-    # variant, puts only the training under autocast (baseline and final evaluation stay fp32).
+    # variant, runs the model's forward under autocast during training only, as Trainer's
+    # bf16=True does (backward and optimizer step outside it; baseline and final evaluation fp32).
     def timed_runner(job_):
         sampler.start_window()
         counter.active = True
         timed_runner.cpu = cpu_seconds()
+        if variant == "autocast":
+            forward = job_.model.forward
+            job_.model.forward = torch.autocast("cpu", dtype=torch.bfloat16)(forward)
         try:
             with profiled(spec, out_dir):
-                if variant == "autocast":
-                    with torch.autocast("cpu", dtype=torch.bfloat16):
-                        return runner(job_)
                 return runner(job_)
         finally:
+            if variant == "autocast":
+                job_.model.forward = forward
             counter.active = False
             timed_runner.cpu = cpu_seconds() - timed_runner.cpu
             timed_runner.train_peak = sampler.end_window()
@@ -272,7 +275,7 @@ def run_tunewright(spec: dict, variant: str, out_dir: Path) -> dict:
     return {
         "side": "tunewright",
         "variant": variant,
-        "precision": job.precision if variant != "autocast" else "fp32 weights + autocast bf16",
+        "precision": job.precision if variant != "autocast" else "fp32 weights, forward under autocast bf16",
         "global_step": result.global_step,
         "train_tokens": result.train_tokens,
         "train_seconds": result.train_seconds,
