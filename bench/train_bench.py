@@ -177,17 +177,6 @@ class PaddedCount:
         return batch
 
 
-class _CountingTask:
-    """The job's task with its ``collate`` counted; everything else is the task's own."""
-
-    def __init__(self, task):
-        self._task = task
-        self.collate = PaddedCount(task.collate)
-
-    def __getattr__(self, name):
-        return getattr(self._task, name)
-
-
 def profiled(spec: dict, out_dir: Path):
     """torch.profiler over the training when ``--profile`` asks for it, else nothing."""
     import contextlib
@@ -234,40 +223,46 @@ def run_tunewright(spec: dict, variant: str, out_dir: Path) -> dict:
     """``variant``: a ``training.precision`` value, or ``autocast`` (fp32 weights, bf16 autocast)."""
     import torch
     import tunewright
-    from tunewright.config import load_config
-    from tunewright.job import Job
 
     sampler = RssSampler()
-    pm = tunewright.get_plugin_manager()
     precision = "fp32" if variant == "autocast" else variant
     raw = tunewright_config(spec, precision, str(out_dir / "run"))
-    job = Job(load_config(raw, pm.registries), pm, overwrite=True)
-    runner = job.runner
-    job.task = _CountingTask(job.task)
-    counter = job.task.collate
+    counter = None
 
-    # Wrapping the runner marks the training window for the RSS sampler and, for the autocast
-    # variant, runs the model's forward under autocast during training only, as Trainer's
-    # bf16=True does (backward and optimizer step outside it; baseline and final evaluation fp32).
-    def timed_runner(job_):
+    # A runner of the bench's own, written as any plugin's would be: it marks the training window
+    # for the RSS sampler, counts padding in the task's batches and, for the autocast variant,
+    # runs the model's forward under autocast during training only, as Trainer's bf16=True does
+    # (backward and optimizer step outside it; baseline and final evaluation fp32).
+    def timed_runner(run):
+        nonlocal counter
         sampler.start_window()
+        collate = run.task.collate
+        counter = PaddedCount(collate)
         counter.active = True
+        run.task.collate = counter
         timed_runner.cpu = cpu_seconds()
         if variant == "autocast":
-            forward = job_.model.forward
-            job_.model.forward = torch.autocast("cpu", dtype=torch.bfloat16)(forward)
+            forward = run.model.forward
+            run.model.forward = torch.autocast("cpu", dtype=torch.bfloat16)(forward)
         try:
             with profiled(spec, out_dir):
-                return runner(job_)
+                return tunewright.train(run)
         finally:
             if variant == "autocast":
-                job_.model.forward = forward
+                run.model.forward = forward
             counter.active = False
+            run.task.collate = collate
             timed_runner.cpu = cpu_seconds() - timed_runner.cpu
             timed_runner.train_peak = sampler.end_window()
 
-    job.runner = timed_runner
-    result = job.run()
+    class BenchRunner:
+        @tunewright.hookimpl
+        def register_runners(self, register):
+            register("bench-timed", timed_runner)
+
+    pm = tunewright.get_plugin_manager(plugins=[("bench", BenchRunner())])
+    config = tunewright.load_config({**raw, "runner": "bench-timed"}, pm.registries)
+    result = tunewright.run_job(config, pm, overwrite=True)
     sampler.stop()
     eval_json = json.loads((out_dir / "run" / "eval.json").read_text())
     adapter = out_dir / "run" / "adapter"
@@ -275,7 +270,8 @@ def run_tunewright(spec: dict, variant: str, out_dir: Path) -> dict:
     return {
         "side": "tunewright",
         "variant": variant,
-        "precision": job.precision if variant != "autocast" else "fp32 weights, forward under autocast bf16",
+        "precision": json.loads((out_dir / "run" / "eval.json").read_text())["train"]["precision"]
+                     if variant != "autocast" else "fp32 weights, forward under autocast bf16",
         "global_step": result.global_step,
         "train_tokens": result.train_tokens,
         "train_seconds": result.train_seconds,
@@ -445,7 +441,7 @@ def tokenization_agreement(spec: dict, validation: list[dict], features: list[di
         tokenizer = task.load_tokenizer(spec["model_path"])
         same = 0
         for example, feature in zip(validation, features):
-            theirs = task.tokenize(example, tokenizer, spec["max_length"])
+            theirs = task.tokenize(example, tokenizer)
             same += theirs["input_ids"] == feature["input_ids"] and theirs["labels"] == feature["labels"]
     except Exception as exc:  # a referee detail, not worth failing the benchmark over
         return f"not checked ({type(exc).__name__}: {exc})"

@@ -321,7 +321,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, split: str = "validation
     max_length = getattr(getattr(run.config, "data", None), "max_length", 512) or 512
     tokenize = None
     if task_kind == "causal_lm" and hasattr(run.task, "tokenize"):
-        tokenize = lambda example, tokenizer, length: run.task.tokenize(example, tokenizer, length)
+        tokenize = lambda example, tokenizer, length: run.task.tokenize(example, tokenizer)
     info = {"base_model": run.base_model, "method": run.method, "task": run.task_name,
             "run": {"dir": str(Path(run_dir).resolve()), "eval": run.eval}}
     return export_bundle(run.model, run.tokenizer, task_kind, examples, out, labels=run.labels,

@@ -1,32 +1,50 @@
 """tunewright: a plugin-based fine-tuning engine.
 
-Plugin authors need only ``from tunewright import hookimpl`` (and the protocols and errors below
-when they implement one).
+Plugin authors need ``from tunewright import hookimpl`` and, when they implement one, the
+protocols, records and errors below; a runner (a federated one...) is written from
+:class:`Run`, :func:`prepare_run`, :func:`train` and :func:`evaluate`. Nothing here imports torch
+until it trains, so a device with ``tunewright[runtime]`` alone imports this package.
 """
 
-from .config import JobConfig, Section
+from typing import TYPE_CHECKING, Any
+
+from . import kinds
+from .config import JobConfig, Section, load_config, read_yaml
 from .errors import ConfigError, DataError, JobFailed, PluginError, TunewrightError, UsageError
 from .hookspecs import hookimpl
-from .manager import get_plugin_manager
-from .types import DatasetFormat, Method, ModelProvider, Problem, Task, TrainResult
+from .manager import PluginManager, get_plugin_manager
+from .models import atomic_directory, cache_dir
+from .run import RUN_MARKER, Run, evaluate, prepare_run, run_job
+from .types import (DatasetFormat, Method, ModelProvider, Problem, Runner, Task, Tracker, TrackerFactory,
+                    TrainResult)
+
+if TYPE_CHECKING:
+    from .training import train
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> Any:
+    # `train` needs torch: imported when first asked for, not with the package
+    if name == "train":
+        from .training import train
+
+        return train
+    raise AttributeError(f"module 'tunewright' has no attribute {name!r}")
+
+
 __all__ = [
-    "hookimpl",
-    "get_plugin_manager",
-    "JobConfig",
-    "Section",
-    "Problem",
-    "ModelProvider",
-    "DatasetFormat",
-    "Task",
-    "Method",
-    "TrainResult",
-    "TunewrightError",
-    "UsageError",
-    "ConfigError",
-    "DataError",
-    "PluginError",
-    "JobFailed",
+    # plugins
+    "hookimpl", "get_plugin_manager", "PluginManager",
+    # config
+    "JobConfig", "Section", "load_config", "read_yaml",
+    # what plugins implement
+    "ModelProvider", "DatasetFormat", "Task", "Method", "Tracker", "TrackerFactory", "Runner",
+    "kinds", "Problem",
+    # a job
+    "Run", "prepare_run", "train", "evaluate", "run_job", "TrainResult", "RUN_MARKER",
+    # files
+    "cache_dir", "atomic_directory",
+    # errors
+    "TunewrightError", "UsageError", "ConfigError", "DataError", "PluginError", "JobFailed",
 ]

@@ -1,4 +1,8 @@
-"""The ``tunewright`` command line. Exit codes: 0 done, 1 the job failed, 2 bad usage, config or data."""
+"""The ``tunewright`` command line. Exit codes: 0 done, 1 the job failed, 2 bad usage, config or data.
+
+One plugin manager per invocation: :func:`main` builds it, adds the plugins' commands to a fresh
+group and hands it to every command as the click context's object (``@click.pass_obj``).
+"""
 
 from __future__ import annotations
 
@@ -28,34 +32,35 @@ def cli() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. --set training.max_steps=20 (repeatable).")
 @click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
-def train(config_path: str, overrides: tuple[str, ...], resume: bool, overwrite: bool) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory (only one tunewright made).")
+@click.pass_obj
+def train(pm, config_path: str, overrides: tuple[str, ...], resume: bool, overwrite: bool) -> None:
     """Train the job described by CONFIG."""
-    from .job import Job
+    from .run import run_job
 
-    pm = get_plugin_manager()
     data = apply_overrides(read_yaml(config_path), list(overrides))
     config = load_config(data, pm.registries, source=config_path)
-    result = Job(config, pm, resume=resume, overwrite=overwrite, echo=_echo).run()
+    result = run_job(config, pm, resume=resume, overwrite=overwrite, echo=_echo)
     _echo(f"run written to {result.run_dir}")
 
 
 @cli.command()
 @click.argument("data_path", metavar="DATA", type=click.Path())
-@click.option("--task", default="chat", show_default=True, help="Task the data is for.")
+@click.option("--task", default=None, help="Task the data is for (default: what the file's format says).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="A job config: its model's tokenizer, max_length and training settings are used.")
-@click.option("--model", default=None, help="Model whose tokenizer counts tokens (default: the task's packaged model).")
+@click.option("--model", default=None, help="Model whose tokenizer counts tokens (default: the task's packaged model; lengths are checked against its context).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def validate(data_path: str, task: str, config_path: str | None, model: str | None, as_json: bool) -> None:
+@click.pass_obj
+def validate(pm, data_path: str, task: str | None, config_path: str | None, model: str | None, as_json: bool) -> None:
     """Check every example of DATA and summarise it. Exits 2 if any example has an error."""
     from .validate import validate_file
 
-    pm = get_plugin_manager()
     config = None
     if config_path:
         config = load_config(read_yaml(config_path), pm.registries, source=config_path)
-        task = config.task
+        if task is not None and task != config.task:
+            raise UsageError(f"--task {task!r} disagrees with the config's task {config.task!r}; pass one of them")
     report = validate_file(Path(data_path), task, pm, config=config, model=model)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
@@ -69,11 +74,12 @@ def validate(data_path: str, task: str, config_path: str | None, model: str | No
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--data", "data_path", required=True, type=click.Path(), help="Examples to evaluate on.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def eval_command(run_dir: str, data_path: str, as_json: bool) -> None:
+@click.pass_obj
+def eval_command(pm, run_dir: str, data_path: str, as_json: bool) -> None:
     """Evaluate a tuned run on a data file."""
     from .validate import evaluate_run
 
-    metrics = evaluate_run(Path(run_dir), Path(data_path), get_plugin_manager())
+    metrics = evaluate_run(Path(run_dir), Path(data_path), pm)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
     else:
@@ -83,9 +89,10 @@ def eval_command(run_dir: str, data_path: str, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def plugins(as_json: bool) -> None:
+@click.pass_obj
+def plugins(pm, as_json: bool) -> None:
     """List every plugin: distribution, hooks and what it registered."""
-    summary = plugin_summary(get_plugin_manager())
+    summary = plugin_summary(pm)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -118,11 +125,12 @@ def init(path: str, force: bool) -> None:
 @click.option("--workdir", default="tunewright-quickstart", show_default=True, type=click.Path(file_okay=False),
               help="Where the data, the run and the bundle go.")
 @click.option("--max-steps", default=60, show_default=True, help="Optimizer steps.")
-def quickstart(workdir: str, max_steps: int) -> None:
+@click.pass_obj
+def quickstart(pm, workdir: str, max_steps: int) -> None:
     """Tune SmolLM2-135M-Instruct with LoRA on chatterbot-corpus, offline, and compare."""
     from .quickstart import run_quickstart
 
-    run_quickstart(Path(workdir), max_steps=max_steps, echo=_echo)
+    run_quickstart(Path(workdir), max_steps=max_steps, echo=_echo, pm=pm)
 
 
 def build_cli(pm=None) -> click.Group:
@@ -136,8 +144,9 @@ def build_cli(pm=None) -> click.Group:
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        group = build_cli()
-        group.main(args=argv, prog_name="tunewright", standalone_mode=False)
+        pm = get_plugin_manager()
+        group = build_cli(pm)
+        group.main(args=argv, prog_name="tunewright", standalone_mode=False, obj=pm)
     except click.exceptions.Abort:
         _echo("aborted")
         sys.exit(1)

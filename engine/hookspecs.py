@@ -4,23 +4,34 @@ A plugin is a module or object whose functions carry ``@hookimpl`` (``from tunew
 hookimpl``) and whose names match a hook below. It is found through the entry-point group
 ``tunewright``; the built-in plugins are found the same way.
 
-Hooks only ever gain arguments: pluggy passes an implementation only the arguments it names, so an
-implementation written against an older release keeps working.
+Every hook is called through pluggy, which passes an implementation only the arguments it names:
+hooks only ever gain arguments, so an implementation written against an older release keeps
+working.
 
-Registration hooks are called once per plugin manager, each with a ``register`` callback bound to
-the calling plugin. ``register`` checks the name (lowercase letters, digits, ``-`` and ``_``,
-starting with a letter) and refuses a name that another plugin registered already; the error
-names both plugins and their distributions.
+Registration hooks are called once per plugin manager, for one plugin at a time, with a
+``register`` callback bound to that plugin. ``register`` checks the name (lowercase letters,
+digits, ``-`` and ``_``, starting with a letter) and refuses a name that another plugin registered
+already; the error names both plugins and their distributions.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pluggy
 
+if TYPE_CHECKING:
+    import click
+
+    from .config import JobConfig
+    from .run import Run
+    from .types import Problem, TrainResult
+
 hookspec = pluggy.HookspecMarker("tunewright")
 hookimpl = pluggy.HookimplMarker("tunewright")
+
+#: ``register(name, obj)``: what a registration hook receives
+Register = Callable[[str, Any], None]
 
 
 # -------------------------------------------------------------------------
@@ -29,7 +40,7 @@ hookimpl = pluggy.HookimplMarker("tunewright")
 
 
 @hookspec
-def register_models(register: Callable[..., None]) -> None:
+def register_models(register: Register) -> None:
     """Register pretrained models that a config can name in ``model:``.
 
     ``register(name, provider)``: ``provider`` is a :class:`tunewright.ModelProvider`; its
@@ -39,27 +50,28 @@ def register_models(register: Callable[..., None]) -> None:
 
 
 @hookspec
-def register_dataset_formats(register: Callable[..., None]) -> None:
-    """Register readers that turn a data file into examples.
+def register_dataset_formats(register: Register) -> None:
+    """Register readers that turn a data file (or folder) into examples.
 
     ``register(name, reader)``: ``reader`` is a :class:`tunewright.DatasetFormat`. Its
-    ``suffixes`` say which files it reads; ``read(path)`` yields ``(line_number, record)`` pairs
-    and ``to_example(record)`` turns one record into the task's example dictionary or raises
-    :class:`tunewright.DataError` saying what is wrong.
+    ``suffixes`` say which files it reads (``directory = True``: it reads folders);
+    ``read(path)`` yields ``(line_number, record)`` pairs and ``to_example(record)`` turns one
+    record into an example or raises :class:`tunewright.DataError` saying what is wrong.
     """
 
 
 @hookspec
-def register_tasks(register: Callable[..., None]) -> None:
+def register_tasks(register: Register) -> None:
     """Register tasks that a config can name in ``task:``.
 
-    ``register(name, task)``: ``task`` is a :class:`tunewright.Task`: it loads the model class
-    the task needs, tokenizes examples, collates batches and computes metrics.
+    ``register(name, task)``: ``task`` is a :class:`tunewright.Task`: it says what a valid
+    example is, names its labels, loads the model and the tokenizer (or image processor) the task
+    needs, tokenizes examples, collates batches and computes metrics, each with its direction.
     """
 
 
 @hookspec
-def register_methods(register: Callable[..., None]) -> None:
+def register_methods(register: Register) -> None:
     """Register fine-tuning methods that a config can name in ``method:``.
 
     ``register(name, method)``: ``method`` is a :class:`tunewright.Method`. If the method has a
@@ -69,67 +81,72 @@ def register_methods(register: Callable[..., None]) -> None:
 
 
 @hookspec
-def register_config_sections(register: Callable[..., None]) -> None:
+def register_config_sections(register: Register) -> None:
     """Register a top-level config section that is not tied to a method.
 
-    ``register(name, model_class)``: ``model_class`` is a pydantic model; the section named
-    ``name`` in a config is validated against it with the same error messages as the core keys,
-    and the validated object is passed to hooks as ``config.sections[name]``.
+    ``register(name, model_class)``: ``model_class`` is a pydantic model (subclass
+    :class:`tunewright.Section`); the section named ``name`` in a config is validated against it
+    with the same error messages as the core keys, and the validated object is available as
+    ``config.section(name)`` (``None`` when the config has no such section).
     """
 
 
 @hookspec
-def register_exporters(register: Callable[..., None]) -> None:
+def register_exporters(register: Register) -> None:
     """Register exporters that turn a tuned model into ONNX files (``tunewright export --exporter``).
 
     ``register(name, exporter)``: ``exporter`` is a :class:`tunewright.edge.Exporter`: its
-    ``supports(model, task_kind)`` says whether it can export a model (merged, fp32, eval mode) for
-    ``"sequence_classification"``, ``"causal_lm"`` or ``"image_classification"``, and
-    ``export(model, preprocessor, task_kind, out_dir)`` writes the files and returns a
-    :class:`tunewright.edge.ExportedModel`. ``--exporter auto`` picks the supporting exporter with
-    the highest ``preference``. Built-ins: ``genai``, ``optimum``, ``torch``.
+    ``supports(model, task_kind)`` says whether it can export a model (merged, fp32, eval mode) of
+    a task kind (:mod:`tunewright.kinds`), and ``export(model, preprocessor, task_kind, out_dir)``
+    writes the files and returns a :class:`tunewright.edge.ExportedModel`. ``--exporter auto``
+    picks the supporting exporter with the highest ``preference``.
     """
 
 
 @hookspec
-def register_quantizers(register: Callable[..., None]) -> None:
+def register_quantizers(register: Register) -> None:
     """Register quantizers that an export can name in ``--quantize``.
 
     ``register(name, quantizer)``: ``quantizer`` is a :class:`tunewright.edge.Quantizer`: its
     ``supports(exported)`` says whether it applies to a :class:`tunewright.edge.ExportedModel`, and
     ``quantize(exported, out_dir, calibration)`` writes the rewritten model (``calibration`` holds
     model inputs built from the run's held-out examples). Every result passes the parity gate
-    before it is shipped; ``--quantize auto`` tries those with ``auto_candidate`` set and keeps the
-    fastest that passes. Built-ins: ``none``, ``fp16``, ``int8``, ``int8-static``, ``int8-block``,
-    ``int4``.
+    before it is shipped.
     """
 
 
 @hookspec
-def register_trackers(register: Callable[..., None]) -> None:
+def register_trackers(register: Register) -> None:
     """Register experiment trackers that a config can list in ``trackers:``.
 
-    ``register(name, factory)``: ``factory(run_dir, config)`` returns an object with
-    ``log(step, metrics)`` and ``close()``. The built-in ``jsonl`` tracker writes
-    ``metrics.jsonl``.
+    ``register(name, factory)``: ``factory(run)`` is called once per job, on the main process,
+    with the :class:`tunewright.Run` (its ``run_dir``, ``config``, ``start_step``...), and returns
+    a :class:`tunewright.Tracker`: ``log(step, metrics)`` for every logged step and every
+    evaluation (``eval_<metric>`` keys, ``eval_stage`` baseline / training / final), and
+    ``close()`` once at the end. The built-in ``jsonl`` tracker writes ``metrics.jsonl``.
     """
 
 
 @hookspec
-def register_runners(register: Callable[..., None]) -> None:
+def register_runners(register: Register) -> None:
     """Register runners that a config can name in ``runner:`` (default ``local``).
 
-    ``register(name, runner)``: ``runner(job) -> TrainResult`` runs the training part of a job;
-    a federated runner trains on every site and aggregates the trainable state between rounds.
+    ``register(name, runner)``: ``runner(run) -> TrainResult`` runs the training part of a job
+    on a prepared :class:`tunewright.Run` whose baseline has been measured, and leaves the trained
+    state in ``run.model``; the engine then measures the final figures and writes the run
+    directory. It is written from public names: :func:`tunewright.train` (the built-in ``local``
+    runner is ``train(run)``), :func:`tunewright.evaluate`, :func:`tunewright.prepare_run`.
     """
 
 
 @hookspec
-def register_commands(cli: Any) -> None:
+def register_commands(cli: "click.Group") -> None:
     """Add commands to the ``tunewright`` command line.
 
-    ``cli`` is the top-level :class:`click.Group`; decorate functions with ``@cli.command()``.
-    Called once when the command line is built.
+    ``cli`` is the top-level :class:`click.Group`; decorate functions with ``@cli.command()`` or
+    call ``cli.add_command(...)``. Called once when the command line is built. The plugin
+    manager of the invocation is the click context's object: take it with ``@click.pass_obj``
+    rather than building another.
     """
 
 
@@ -139,54 +156,60 @@ def register_commands(cli: Any) -> None:
 
 
 @hookspec
-def validate_example(example: dict, task: str, config: Any, location: str) -> list | None:
-    """Check one example before anything is trained.
+def validate_example(example: dict, task: str, config: "JobConfig | None",
+                     location: str) -> "list[Problem] | None":
+    """Check one example before anything is trained, beside the task's own ``validate``.
 
     ``example`` is the record as the dataset format produced it, ``task`` the task name,
     ``config`` the validated job config (``None`` for ``tunewright validate`` without one) and
     ``location`` where it came from (``data/train.jsonl:17``). Return a list of
-    :class:`tunewright.Problem` (errors or warnings), or ``None``/``[]`` when the example is fine.
-    Every implementation is called; the problems of all are reported together.
+    :class:`tunewright.Problem` (``"error"``: nothing trains; ``"warning"``: reported;
+    ``"excluded"``: the example is left out and the job goes on), or ``None``/``[]`` when the
+    example is fine. Every implementation is called; the problems of all are reported together.
     """
 
 
 @hookspec
-def transform_example(example: dict, task: str, config: Any) -> dict | None:
-    """Rewrite one valid example before it is tokenized (low detail images, redaction...).
+def transform_example(example: dict, task: str, config: "JobConfig | None") -> dict | None:
+    """Rewrite one valid example before it is tokenized (low-detail images, redaction...).
 
-    Return the new example, or ``None`` to leave it as it is. Implementations run in turn, each
+    Return the new example, or ``None`` to leave it as it is; raise :class:`tunewright.DataError`
+    to refuse it (reported at its location, before training). Implementations run in turn, each
     seeing the previous one's output, in pluggy's call order (``tryfirst``/``trylast`` apply).
     """
 
 
 # -------------------------------------------------------------------------
-# Lifecycle: called by the trainer of a job, in this order.
+# Lifecycle: called by a job on its main process, in this order.
 # -------------------------------------------------------------------------
 
 
 @hookspec
-def on_train_begin(run: Any) -> None:
-    """Called once before the first training step. ``run`` is the :class:`tunewright.Run`
-    (its ``config``, ``run_dir``, ``model`` and ``method``)."""
+def on_train_begin(run: "Run") -> None:
+    """Called once per job, after the baseline evaluation and before the runner starts.
+    ``run`` is the prepared :class:`tunewright.Run`."""
 
 
 @hookspec
-def on_step_end(run: Any, step: int, logs: dict) -> None:
+def on_step_end(run: "Run", step: int, logs: dict) -> None:
     """Called at every logging step with the figures logged at that step (``loss``,
-    ``learning_rate``, ``tokens_per_second``...)."""
+    ``learning_rate``, ``tokens_per_second``, ``epoch``) and after every evaluation (its
+    ``eval_<metric>`` figures)."""
 
 
 @hookspec
-def on_evaluate(run: Any, step: int, metrics: dict) -> None:
-    """Called after every evaluation with its metrics; ``step`` is 0 for the baseline."""
+def on_evaluate(run: "Run", step: int, metrics: dict, stage: str) -> None:
+    """Called after every evaluation on the held-out data with the task's metrics, named as the
+    task names them (the same names every time). ``stage`` is ``"baseline"`` (before training,
+    ``step`` 0), ``"training"`` (every ``training.eval_steps``) or ``"final"`` (after training)."""
 
 
 @hookspec
-def on_checkpoint(run: Any, step: int, path: str) -> None:
+def on_checkpoint(run: "Run", step: int, path: str) -> None:
     """Called after a checkpoint was written completely and renamed into place at ``path``."""
 
 
 @hookspec
-def on_train_end(run: Any, result: Any) -> None:
-    """Called once after training and the final evaluation, with the
-    :class:`tunewright.TrainResult`."""
+def on_train_end(run: "Run", result: "TrainResult") -> None:
+    """Called once after training, the final evaluation and the run directory are written, with
+    the :class:`tunewright.TrainResult`."""

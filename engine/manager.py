@@ -159,13 +159,15 @@ class PluginManager(pluggy.PluginManager):
             registries = Registries(self.infos)
             for kind, hook_name in REGISTRY_HOOKS.items():
                 hook = getattr(self.hook, hook_name)
-                # Call each implementation on its own so that `register` knows who is calling:
-                # a bad or duplicate name is reported against the plugin that registered it.
+                # Each plugin's implementation is called on its own, through pluggy (which passes
+                # only the arguments it names), so that `register` knows who is calling: a bad or
+                # duplicate name is reported against the plugin that registered it.
                 for impl in reversed(hook.get_hookimpls()):
-                    register = _bound_register(registries, kind, impl.plugin_name)
+                    others = [p for p in self.get_plugins() if p is not impl.plugin]
+                    caller = self.subset_hook_caller(hook_name, remove_plugins=others)
                     info = self.infos.get(impl.plugin_name) or PluginInfo(impl.plugin_name, None, None)
                     try:
-                        impl.function(register=register)
+                        caller(register=_bound_register(registries, kind, impl.plugin_name))
                     except PluginError:
                         raise
                     except Exception as exc:  # a plugin's bug, reported against the plugin

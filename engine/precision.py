@@ -95,6 +95,8 @@ def prefer_eager_attention(model: torch.nn.Module, max_length: int) -> bool:
         return False
     if getattr(model.config, "_attn_implementation", None) != "sdpa":
         return False
+    if not getattr(model, "_supports_attention_backend", False):
+        return False  # an architecture that cannot switch (BERT in transformers 4.57 says so loudly)
     try:
         model.set_attn_implementation("eager")
     except (ValueError, AttributeError):  # an architecture without an eager path

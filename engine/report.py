@@ -1,4 +1,10 @@
-"""``report.png``: the loss curve and the evaluation metrics over steps, from metrics.jsonl."""
+"""``report.png``: training loss, and the held-out metrics from the baseline to the final
+evaluation, from ``metrics.jsonl``.
+
+Left: the training loss (its raw per-log values and a running mean, which is what to read on
+small batches) and the validation loss at every evaluation. Right: every other held-out metric.
+The baseline (before training) is drawn as a dashed reference line in both.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,18 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _running_mean(values: list[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def write_report(run_dir: Path) -> Path | None:
+    """Draw ``report.png`` into ``run_dir`` (atomically); ``None`` when nothing was logged."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,25 +41,37 @@ def write_report(run_dir: Path) -> Path | None:
         return None
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     evals = [r for r in rows if any(k.startswith("eval_") for k in r)]
-    eval_keys = sorted({k for r in evals for k in r if k.startswith("eval_") and k != "eval_tokens"})
+    baseline = next((r for r in evals if r.get("eval_stage") == "baseline"), None)
+    curve = [r for r in evals if r.get("eval_stage") != "baseline"]
+    keys = sorted({k for r in evals for k, v in r.items() if k.startswith("eval_") and isinstance(v, (int, float))})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    loss_ax, metric_ax = axes
     if train:
-        axes[0].plot(*zip(*train), label="train loss")
-    if evals and "eval_loss" in eval_keys:
-        axes[0].plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="validation loss")
-    axes[0].set_xlabel("step")
-    axes[0].set_title("loss")
-    axes[0].legend()
-    for key in eval_keys:
-        if key in ("eval_loss", "eval_perplexity"):
-            continue
-        axes[1].plot([r["step"] for r in evals if key in r], [r[key] for r in evals if key in r], "o-", label=key[5:])
-    axes[1].set_xlabel("step")
-    axes[1].set_title("validation metrics")
-    if axes[1].lines:
-        axes[1].legend()
+        steps, losses = zip(*train)
+        loss_ax.plot(steps, losses, color="tab:blue", alpha=0.3, label="train loss")
+        loss_ax.plot(steps, _running_mean(list(losses), 5), color="tab:blue", label="train loss (mean of 5)")
+    if "eval_loss" in keys:
+        points = [(r["step"], r["eval_loss"]) for r in ([baseline] if baseline else []) + curve if "eval_loss" in r]
+        loss_ax.plot(*zip(*points), "o-", color="tab:orange", label="validation loss")
+        if baseline:
+            loss_ax.axhline(baseline["eval_loss"], color="tab:orange", linestyle="--", linewidth=1,
+                            label="validation loss, baseline")
+    loss_ax.set_xlabel("step")
+    loss_ax.set_title("loss")
+    loss_ax.legend(fontsize=8)
+    skip = {"eval_loss", "eval_perplexity"}
+    for i, key in enumerate(k for k in keys if k not in skip):
+        color = f"C{(i + 2) % 10}"
+        points = [(r["step"], r[key]) for r in ([baseline] if baseline else []) + curve if key in r]
+        metric_ax.plot(*zip(*points), "o-", color=color, label=key[5:])
+        if baseline and key in baseline:
+            metric_ax.axhline(baseline[key], color=color, linestyle="--", linewidth=1)
+    metric_ax.set_xlabel("step")
+    metric_ax.set_title("held-out metrics (dashed: baseline)")
+    if metric_ax.lines:
+        metric_ax.legend(fontsize=8)
     else:
-        axes[1].text(0.5, 0.5, "no evaluation during training\n(set training.eval_steps)", ha="center", va="center")
+        metric_ax.text(0.5, 0.5, "no held-out evaluation\n(set data.validation)", ha="center", va="center")
     fig.tight_layout()
     path = Path(run_dir) / "report.png"
     tmp = path.with_name(".report.png.tmp")

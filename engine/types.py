@@ -2,85 +2,195 @@
 
 Protocols rather than base classes: a plugin's object needs the attributes and methods named here,
 nothing more, and never imports a private name of ours.
+
+A protocol's optional members are declared in a companion protocol (``TaskOptions`` beside
+``Task``...): a plugin may leave them out, and the engine then does what their docstring says it
+does without them. The engine looks up an optional member only through :func:`optional`, which
+refuses a name the companion does not declare, so this file is the complete list of what the engine
+asks of a plugin's objects (a test walks the engine's source to keep it so).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Protocol, runtime_checkable
+from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Mapping, Protocol,
+                    runtime_checkable)
+
+if TYPE_CHECKING:
+    from .run import Run
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with an example: ``data/train.jsonl:17: no assistant turn (...)``."""
+    """One thing wrong with an example: ``data/train.jsonl:17: no assistant turn (...)``.
+
+    ``severity``: ``"error"`` stops the job before anything trains; ``"warning"`` is reported and
+    the example is used; ``"excluded"`` is reported and the example is left out, the job goes on
+    (an image refused by content screening, for instance).
+    """
 
     location: str
     message: str
-    severity: Literal["error", "warning"] = "error"
+    severity: Literal["error", "warning", "excluded"] = "error"
 
     def __str__(self) -> str:
-        prefix = "warning: " if self.severity == "warning" else ""
+        prefix = {"warning": "warning: ", "excluded": "excluded: "}.get(self.severity, "")
         return f"{self.location}: {prefix}{self.message}"
+
+
+def optional(obj: Any, protocol: type, name: str, default: Any = None) -> Any:
+    """``obj.name`` if ``obj`` has it, else ``default``; ``name`` must be an optional member that
+    ``protocol`` declares (see :data:`OPTIONAL`), so the engine never asks for a name that a
+    plugin author cannot find documented here."""
+    if name not in OPTIONAL.get(protocol.__name__, ()):
+        raise AssertionError(f"{protocol.__name__} declares no optional member {name!r}")
+    return getattr(obj, name, default)
+
+
+# -------------------------------------------------------------------------
+# Models and data
+# -------------------------------------------------------------------------
 
 
 @runtime_checkable
 class ModelProvider(Protocol):
     """A pretrained model registered by name (``register_models``)."""
 
+    #: one line for ``tunewright plugins``
     description: str
 
     def resolve(self) -> Path:
-        """Return a local Hugging Face folder holding config, weights and tokenizer."""
+        """Return a local Hugging Face folder holding config, weights and preprocessing files
+        (converting or unpacking on first use, atomically, into ``tunewright.cache_dir()``)."""
 
 
 @runtime_checkable
 class DatasetFormat(Protocol):
-    """Reads one kind of data file (``register_dataset_formats``)."""
+    """Reads one kind of data file (``register_dataset_formats``).
+
+    Optional members: ``description`` (one line naming what a record looks like, shown when no
+    format takes a file), ``detect(record) -> bool`` (whether a record is this format's; without
+    it ``format: auto`` tries ``to_example``), ``directory`` (``True`` for a format that reads a
+    folder rather than a file: a folder per class of images, for instance) and
+    ``task_for(examples) -> str | None`` (the task its examples are for when the user names none:
+    ``tunewright validate data.jsonl`` without ``--task``).
+    """
 
     suffixes: tuple[str, ...]
 
     def read(self, path: Path) -> Iterator[tuple[int, Any]]:
         """Yield ``(line_number, record)``; a record that cannot be parsed is yielded as a
-        :class:`tunewright.DataError` so that every broken line can be reported at once."""
+        :class:`tunewright.DataError` so that every broken line can be reported at once. A folder
+        format numbers its records as it likes (a file's position in a sorted listing)."""
 
     def to_example(self, record: Any) -> dict:
         """Turn a parsed record into an example of the shape its task expects, or raise
         :class:`tunewright.DataError` with what is wrong and what is allowed."""
 
 
+
+class DatasetFormatOptions(Protocol):
+    """The optional members of a :class:`DatasetFormat` (see its docstring)."""
+
+    description: str
+    directory: bool
+
+    def detect(self, record: Any) -> bool: ...
+
+    def task_for(self, examples: list[dict]) -> str | None: ...
+
+
+# -------------------------------------------------------------------------
+# Tasks
+# -------------------------------------------------------------------------
+
+
 @runtime_checkable
 class Task(Protocol):
-    """What is learnt and how it is measured (``register_tasks``)."""
+    """What is learnt, from which examples, and how it is measured (``register_tasks``).
 
-    #: "causal_lm" or "sequence_classification": tells methods and exporters which head it has
+    A task owns its data: it says what a valid example is, what its labels are, how examples
+    are grouped when data is split, how long a tokenized example is, and how a batch is scored.
+    The engine knows no task by name; it asks.
+
+    Optional members: ``description``; ``check_split(examples, locations, *, split,
+    reference_labels) -> list[Problem]`` (rules across the examples of one file, such as a label
+    of the validation data that training never saw; default: none); ``stratify_key(example) ->
+    str | None`` (the group an example belongs to when data is split or balanced; default: no
+    stratification); ``num_tokens(features) -> int | None`` (the length of a tokenized example,
+    checked against ``data.max_length``; default: ``len(features["input_ids"])`` when present);
+    ``metric_for(labels) -> str`` (a primary metric that depends on the labels: ``mse`` for
+    regression; default: ``primary_metric``); ``summarize(examples) -> dict`` and
+    ``render_summary(summary) -> list[str]`` (facts of the task's own for ``tunewright validate``:
+    images and pixels, for instance); ``default_model`` (the registered model whose tokenizer or
+    image processor ``tunewright validate`` uses when no model or config is named).
+    """
+
+    #: the task kind (:mod:`tunewright.kinds`): what shape of model the task trains
     model_kind: str
-    #: the metric that early stopping and the parity gate watch by default
+    #: the metric early stopping and the parity gate watch unless told otherwise
     primary_metric: str
-    greater_is_better: bool
+    #: every metric :meth:`metrics` reports, mapped to ``"max"`` or ``"min"``: which way is better
+    metric_directions: Mapping[str, str]
 
     def load_tokenizer(self, path: Path | str, trust_remote_code: bool = False) -> Any:
-        """Load the tokenizer (with a pad token and, for chat, a chat template)."""
-
-    def label_set(self, examples: list[dict]) -> list[str] | None:
-        """The label names the training examples use (``None``: the task has none)."""
+        """Load what turns examples into model inputs: a tokenizer (with a pad token and, for
+        chat, a chat template), an image processor, or a processor of both."""
 
     def load_model(self, path: Path | str, labels: list[str] | None, config: Any,
                    tokenizer: Any = None) -> Any:
-        """Load the model from a local folder or hub id, shaped for the task (labels...)."""
+        """Load the model from a local folder or hub id, shaped for the task (a new head for
+        ``labels``...), in fp32 on the CPU; the engine applies the method and the precision."""
 
-    def tokenize(self, example: dict, tokenizer: Any, max_length: int,
-                 labels: list[str] | None = None) -> dict:
-        """Turn an example into model inputs (``input_ids``, ``attention_mask``, ``labels``)."""
+    def validate(self, example: dict, location: str, config: Any) -> list[Problem]:
+        """Check one example against the task's rules (roles, text, a label, images...);
+        ``config`` is the job config or ``None`` (``tunewright validate`` without one). Return
+        every problem; an empty list when the example is fine."""
 
-    def count_tokens(self, example: dict, tokenizer: Any) -> int:
-        """How many tokens the example takes, for validation and estimates."""
+    def label_set(self, examples: list[dict]) -> list[str] | None:
+        """The label names of the training examples, in the order the head's outputs take them
+        (``None``: the task has no labels)."""
+
+    def tokenize(self, example: dict, tokenizer: Any, labels: list[str] | None = None) -> dict:
+        """Turn a valid example into model inputs (``input_ids``, ``attention_mask``,
+        ``labels``, ``pixel_values``...). Never truncates: the engine checks the length with
+        ``num_tokens`` and reports an example that is too long before anything trains."""
 
     def collate(self, features: list[dict], tokenizer: Any) -> dict:
         """Pad a list of tokenized examples into a batch of tensors (dynamic padding)."""
 
     def metrics(self, model: Any, batches: Iterable[dict]) -> dict[str, float]:
-        """Evaluate ``model`` on batches; return the task's figures (``loss`` always)."""
+        """Evaluate ``model`` on batches from :meth:`collate`; return the task's figures, ``loss``
+        always, each named in :attr:`metric_directions`. ``model`` is anything whose
+        ``model(**inputs)`` returns an object with ``.logits``: the edge parity gate passes an
+        ONNX model through this same method."""
+
+
+
+class TaskOptions(Protocol):
+    """The optional members of a :class:`Task` (see its docstring)."""
+
+    description: str
+    default_model: str
+
+    def check_split(self, examples: list[dict], locations: list[str], *, split: str,
+                    reference_labels: list[str] | None) -> list[Problem]: ...
+
+    def stratify_key(self, example: dict) -> str | None: ...
+
+    def num_tokens(self, features: dict) -> int | None: ...
+
+    def metric_for(self, labels: list[str] | None) -> str: ...
+
+    def summarize(self, examples: list[dict]) -> dict: ...
+
+    def render_summary(self, summary: dict) -> list[str]: ...
+
+
+# -------------------------------------------------------------------------
+# Methods
+# -------------------------------------------------------------------------
 
 
 @runtime_checkable
@@ -88,6 +198,12 @@ class Method(Protocol):
     """A way to fine-tune: which parameters train and how they fold back (``register_methods``).
 
     ``config_class`` is a pydantic model for the method's own config section (or ``None``).
+
+    Optional members: ``task_kinds`` (the task kinds it can wrap; ``None`` or absent: any, and
+    :meth:`apply` refuses what it cannot do); ``description``; ``on_epoch(model, epoch)`` (called
+    before the first step of every epoch, ``epoch`` from 0: gradual unfreezing);
+    ``optimizer_parameters(model) -> list[Parameter]`` (the parameters the optimizer holds;
+    default: every parameter with ``requires_grad`` right after :meth:`apply`).
     """
 
     config_class: Any
@@ -98,10 +214,12 @@ class Method(Protocol):
         """Return the model ready to train: frozen where it should be, new layers added."""
 
     def trainable_state(self, model: Any) -> dict[str, Any]:
-        """The tensors that training changed, small enough to send between federated sites."""
+        """The tensors that training changes, by name, small enough to send between federated
+        sites; the same names every time for the same settings."""
 
     def load_trainable_state(self, model: Any, state: dict[str, Any]) -> None:
-        """Put a state from :meth:`trainable_state` back into an applied model."""
+        """Put a state from :meth:`trainable_state` back into an applied model; refuse (a
+        :class:`tunewright.UsageError`) a state whose names do not fit."""
 
     def save(self, model: Any, path: Path) -> None:
         """Write the trainable state to a folder (PEFT format where PEFT is used)."""
@@ -113,12 +231,74 @@ class Method(Protocol):
         """Return a plain ``transformers`` model with the method folded in, for export."""
 
 
+
+class MethodOptions(Protocol):
+    """The optional members of a :class:`Method` (see its docstring)."""
+
+    task_kinds: tuple[str, ...] | None
+    description: str
+
+    def on_epoch(self, model: Any, epoch: int) -> None: ...
+
+    def optimizer_parameters(self, model: Any) -> list: ...
+
+
+# -------------------------------------------------------------------------
+# Training: trackers, runners, results
+# -------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    """Where logged figures go (``register_trackers``). A tracker is made by its registered
+    factory, ``factory(run)``, once per job (on the main process only) after the baseline
+    evaluation; it sees every logged step and is closed when training ends."""
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        """Record the figures of one step: training lines carry ``loss``, ``learning_rate``,
+        ``tokens_per_second``, ``epoch``; evaluation lines carry ``eval_<metric>``."""
+
+    def close(self) -> None:
+        """Flush and release; called once."""
+
+
+#: ``factory(run) -> Tracker``
+TrackerFactory = Callable[["Run"], Tracker]
+
+#: ``runner(run) -> TrainResult``: the training part of a job (``register_runners``)
+Runner = Callable[["Run"], "TrainResult"]
+
+
 @dataclass
 class TrainResult:
-    """What a runner hands back to the job."""
+    """What :func:`tunewright.train` and a runner hand back.
+
+    ``metrics`` holds ``train_loss`` (mean over the steps trained) and, after a job, the final
+    held-out figures; ``checkpoint`` is the last checkpoint folder written (``None`` when none
+    was), which :func:`tunewright.train` takes as ``resume_from``.
+    """
 
     run_dir: Path
     global_step: int
     metrics: dict[str, float] = field(default_factory=dict)
     train_tokens: int = 0
     train_seconds: float = 0.0
+    checkpoint: Path | None = None
+
+
+def _members(protocol: type) -> tuple[str, ...]:
+    names = set(getattr(protocol, "__annotations__", {}))
+    names |= {n for n, v in vars(protocol).items() if callable(v) and not n.startswith("_")}
+    return tuple(sorted(names))
+
+
+#: the optional members of each protocol, by protocol name (see :func:`optional`)
+OPTIONAL: dict[str, tuple[str, ...]] = {
+    "DatasetFormat": _members(DatasetFormatOptions),
+    "Task": _members(TaskOptions),
+    "Method": _members(MethodOptions),
+}
+
+__all__ = ["Problem", "ModelProvider", "DatasetFormat", "DatasetFormatOptions", "Task", "TaskOptions",
+           "Method", "MethodOptions", "Tracker",
+           "TrackerFactory", "Runner", "TrainResult", "optional", "OPTIONAL"]

@@ -1,25 +1,31 @@
-"""``tunewright validate`` and ``tunewright eval``: the data checks and metrics outside a job."""
+"""``tunewright validate`` and ``tunewright eval``: the data checks and metrics outside a job.
+
+``validate`` runs the same checks a job runs before it trains: the task's rules and the
+``validate_example`` hooks, then the task's tokenization of every valid example, whose length is
+checked against ``data.max_length`` with a config, or against the model's context length without
+one.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import JobConfig
-from .data import check_examples, read_examples, render_report, summarize
-from .errors import DataError
+from .data import check_examples, check_lengths, read_file, render_report, summarize, task_for_file, tokenize_examples
+from .errors import DataError, UsageError
 from .manager import PluginManager
 from .models import resolve_model
-from .types import Problem
-
-# Which packaged model counts tokens when neither --model nor --config says.
-DEFAULT_TOKENIZER = {"chat": "smollm2-135m-instruct", "classification": "minilm-l6"}
+from .types import Problem, Task, optional
 
 
 @dataclass
 class ValidationReport:
     path: Path
+    task_name: str
+    task: Any
     problems: list[Problem]
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -27,55 +33,100 @@ class ValidationReport:
     def errors(self) -> list[Problem]:
         return [p for p in self.problems if p.severity == "error"]
 
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "warning"]
-
     def to_dict(self) -> dict:
-        return {
-            "path": str(self.path),
-            "ok": not self.errors,
-            "errors": [{"location": p.location, "message": p.message} for p in self.errors],
-            "warnings": [{"location": p.location, "message": p.message} for p in self.warnings],
-            "summary": self.summary,
-        }
+        def rows(severity: str) -> list[dict]:
+            return [{"location": p.location, "message": p.message} for p in self.problems if p.severity == severity]
+
+        return {"path": str(self.path), "task": self.task_name, "ok": not self.errors,
+                "errors": rows("error"), "excluded": rows("excluded"), "warnings": rows("warning"),
+                "summary": self.summary}
 
     def render(self) -> str:
-        return render_report(self.problems, self.summary)
+        return f"task: {self.task_name}\n" + render_report(self.problems, {"data": self.summary}, self.task)
 
 
-def validate_file(path: Path, task_name: str, pm: PluginManager, *, config: JobConfig | None = None,
+def context_length(model_path: Path | str, tokenizer: Any) -> int | None:
+    """The longest input the model takes, in tokens: its config's position limit, else the
+    tokenizer's ``model_max_length`` when that is a real number (transformers puts 1e30 there
+    when it does not know)."""
+    config_path = Path(model_path) / "config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+        for source in (config, config.get("text_config") or {}):
+            for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "n_ctx"):
+                if isinstance(source.get(key), int):
+                    return source[key]
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and limit < 10**6 else None
+
+
+def validate_file(path: Path, task_name: str | None, pm: PluginManager, *, config: JobConfig | None = None,
                   model: str | None = None) -> ValidationReport:
+    """Check every example of one file as training data for ``task_name`` (``None``: the task
+    the file's format says its examples are for)."""
     registries = pm.registries
+    data_format = config.data.format if config else "auto"
+    if config is not None:
+        task_name = config.task
+    if task_name is None:
+        task_name = task_for_file(path, registries, data_format)
+        if task_name is None:
+            raise UsageError(f"{path}: its format does not say which task its examples are for; "
+                             f"pass --task (registered: {', '.join(sorted(registries.kind('tasks')))})")
+        if task_name not in registries.kind("tasks"):
+            raise UsageError(f"{path}: the examples are for task {task_name!r}, which no installed "
+                             "plugin registers; install its plugin or pass --task")
     task = registries.get("tasks", task_name, key="--task")
-    model_name = model or (config.model if config else DEFAULT_TOKENIZER.get(task_name))
+    model_name = model or (config.model if config else optional(task, Task, "default_model"))
     tokenizer = None
+    limit_name, max_length = "data.max_length", None
     if model_name:
         model_path, _ = resolve_model(model_name, registries, key="--model")
-        tokenizer = task.load_tokenizer(model_path)
-    data_format = config.data.format if config else "auto"
-    max_length = config.data.max_length if config else None
-    examples, locations, problems = read_examples(path, registries, format=data_format)
-    problems = list(problems) + check_examples(
-        examples, locations, task_name, pm, config=config, tokenizer=tokenizer, max_length=max_length)
-    summary = summarize(examples, task_name, tokenizer=tokenizer, config=config) if examples else {}
-    return ValidationReport(path, problems, summary)
+        tokenizer = task.load_tokenizer(model_path, trust_remote_code=bool(config and config.trust_remote_code))
+        if config is not None:
+            max_length = config.data.max_length
+        else:
+            max_length = context_length(model_path, tokenizer)
+            limit_name = f"the context length of {model_name}"
+    read = read_file(path, registries, data_format)
+    if read.fatal is not None:
+        raise DataError(str(read.fatal))
+    problems = list(read.problems) + check_examples(read.examples, read.locations, task_name, pm, config,
+                                                    split="train", source=str(path))
+    refused = {p.location for p in problems if p.severity in ("error", "excluded")}
+    kept = [e for e, location in zip(read.examples, read.locations) if location not in refused]
+    labels = task.label_set(kept) if kept else None
+    features, examples, found = tokenize_examples(read.examples, read.locations, task, task_name, tokenizer,
+                                                  labels, pm, config, skip=refused)
+    length_problems, lengths = check_lengths(features, read.locations, task, max_length, limit=limit_name)
+    problems += found + length_problems
+    summary = summarize(examples, task, lengths=lengths, config=config) if examples else {}
+    if read.format:
+        summary["format"] = read.format
+    return ValidationReport(path, task_name, task, problems, summary)
 
 
 def evaluate_run(run_dir: Path, data_path: Path, pm: PluginManager) -> dict[str, float]:
-    """The task's metrics of a tuned run on a data file, validated first like training data."""
+    """The task's metrics of a tuned run on a data file, checked first like held-out data."""
     from .runs import load_run
 
     run = load_run(run_dir, pm=pm, merged=False)  # every method evaluates unmerged, prompt tuning too
-    examples, locations, problems = read_examples(data_path, pm.registries, format=run.config.data.format)
-    problems = list(problems) + check_examples(
-        examples, locations, run.task_name, pm, config=run.config, tokenizer=run.tokenizer,
-        max_length=run.config.data.max_length, reference_labels=run.labels,
-        split_name="evaluation")
-    errors = [p for p in problems if p.severity == "error"]
+    read = read_file(data_path, pm.registries, run.config.data.format)
+    if read.fatal is not None:
+        raise DataError(str(read.fatal))
+    problems = list(read.problems) + check_examples(
+        read.examples, read.locations, run.task_name, pm, config=run.config, split="evaluation",
+        reference_labels=run.labels, source=str(data_path))
+    refused = {p.location for p in problems if p.severity in ("error", "excluded")}
+    features, _, found = tokenize_examples(read.examples, read.locations, run.task, run.task_name, run.tokenizer,
+                                           run.labels, pm, run.config, skip=refused)
+    length_problems, _ = check_lengths(features, read.locations, run.task, run.config.data.max_length)
+    errors = [p for p in problems + found + length_problems if p.severity == "error"]
     if errors:
         raise DataError("\n".join(str(p) for p in errors))
-    features = [run.task.tokenize(e, run.tokenizer, run.config.data.max_length, labels=run.labels) for e in examples]
+    features = [f for f in features if f is not None]
+    if not features:
+        raise DataError(f"{data_path}: no example left to evaluate on")
     size = run.config.training.batch_size
     batches = (run.task.collate(features[i:i + size], run.tokenizer) for i in range(0, len(features), size))
     return run.task.metrics(run.model, batches)

@@ -1,4 +1,4 @@
-"""Built-in dataset formats and the generic checks of chat and classification examples.
+"""Built-in dataset formats: files of chat and classification examples.
 
 Every format turns one record of a file into one of the two canonical examples::
 
@@ -30,9 +30,9 @@ A ``.json`` file may hold JSON Lines or one JSON array of records. Auto-detectio
 each one's ``detect(record)`` about the first record that one of them recognises; a later line
 that another format would recognise is reported as a mixed file, line by line.
 
-``validate_example`` checks what every chat or classification example needs, whatever format it
-came from: known roles, text in every message, an assistant turn and nothing after the last one,
-a system message only first; text and a label for classification.
+A format only reads: whether an example is good for training is its task's to say
+(``Task.validate``). ``task_for`` names the task a file's examples are for when the user names
+none (``tunewright validate data.jsonl``): chat data with image parts is for ``image-to-text``.
 """
 
 from __future__ import annotations
@@ -40,12 +40,11 @@ from __future__ import annotations
 import codecs
 import csv
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from tunewright import DataError, Problem, hookimpl
+from tunewright import DataError, hookimpl
 
 ROLES = ("system", "user", "assistant")
 ALLOWED_ROLES = ", ".join(ROLES)
@@ -177,9 +176,22 @@ def _messages(value: Any, key: str) -> list[dict]:
     return [_message(item, number) for number, item in enumerate(value, start=1)]
 
 
+def _chat_task(examples: list[dict]) -> str:
+    """``image-to-text`` when a message carries an image part, else ``chat``."""
+    for example in examples:
+        for message in example.get("messages") or []:
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") != "text" for p in content):
+                return "image-to-text"
+    return "chat"
+
+
 class ChatFormat(JsonRecords):
     name = "chat"
     description = 'JSONL {"messages": [{"role", "content"}, ...]} (OpenAI fine-tuning format)'
+
+    def task_for(self, examples: list[dict]) -> str:
+        return _chat_task(examples)
 
     def detect(self, record: Any) -> bool:
         return isinstance(record, dict) and "messages" in record
@@ -196,6 +208,9 @@ class ChatFormat(JsonRecords):
 class PromptCompletionFormat(JsonRecords):
     name = "prompt-completion"
     description = 'JSONL {"prompt", "completion"} -> a user and an assistant message'
+
+    def task_for(self, examples: list[dict]) -> str:
+        return _chat_task(examples)
 
     def detect(self, record: Any) -> bool:
         return isinstance(record, dict) and "prompt" in record and "completion" in record
@@ -221,6 +236,9 @@ class PromptCompletionFormat(JsonRecords):
 class InstructionFormat(JsonRecords):
     name = "instruction"
     description = 'JSONL {"text": "### Human: ... ### Assistant: ..."}, one or more turns'
+
+    def task_for(self, examples: list[dict]) -> str:
+        return _chat_task(examples)
 
     def detect(self, record: Any) -> bool:
         return (isinstance(record, dict) and "label" not in record
@@ -258,6 +276,9 @@ class TextLabelFormat(JsonRecords):
     name = "text-label"
     description = 'JSONL {"text", "label"} for classification (a fractional label: regression)'
 
+    def task_for(self, examples: list[dict]) -> str:
+        return "classification"
+
     def detect(self, record: Any) -> bool:
         return isinstance(record, dict) and "text" in record and "label" in record
 
@@ -288,6 +309,9 @@ class CsvFormat:
     description = ("CSV/TSV with a header naming a text column (text, sentence) and a label "
                    "column (label, category, class)")
     suffixes = (".csv", ".tsv")
+
+    def task_for(self, examples: list[dict]) -> str:
+        return "classification"
 
     def detect(self, record: Any) -> bool:
         return isinstance(record, dict) and "text" in record and "label" in record
@@ -357,93 +381,3 @@ def register_dataset_formats(register):
     register("instruction", InstructionFormat())
     register("text-label", TextLabelFormat())
     register("csv", CsvFormat())
-
-
-# ---------------------------------------------------------------------------------------------
-# Checks of every example
-# ---------------------------------------------------------------------------------------------
-
-CHAT_TASKS = {"chat"}
-LABEL_TASKS = {"classification", "regression"}
-
-
-@hookimpl
-def validate_example(example: dict, task: str, location: str) -> list[Problem]:
-    """Check the example as its task's canonical shape; unknown tasks are checked by shape."""
-    if not isinstance(example, dict):
-        return [Problem(location, f"expected an example object, got {_type_name(example)}")]
-    if task in CHAT_TASKS or (task not in LABEL_TASKS and "messages" in example):
-        if "messages" not in example:
-            return [Problem(location, f"task {task} takes chat examples with 'messages', but this "
-                            f"example has {', '.join(map(str, example)) or 'no keys'} (use a chat, "
-                            "prompt-completion or instruction file)")]
-        return [Problem(location, message) for message in chat_problems(example["messages"])]
-    if task in LABEL_TASKS or "label" in example:
-        if "text" not in example and "label" not in example:
-            return [Problem(location, f"task {task} takes examples with 'text' and 'label', but "
-                            f"this example has {', '.join(map(str, example)) or 'no keys'} (use "
-                            "a text-label JSONL or a CSV file)")]
-        return [Problem(location, message) for message in classification_problems(example)]
-    return []
-
-
-def _is_empty(content: Any) -> bool:
-    if isinstance(content, str):
-        return not content.strip()
-    if isinstance(content, list):
-        for part in content:
-            if not isinstance(part, dict):
-                return False  # malformed parts are the business of whoever reads them
-            if part.get("type") != "text" or str(part.get("text", "")).strip():
-                return False
-        return True
-    return content is None
-
-
-def chat_problems(messages: Any) -> list[str]:
-    """What is wrong with one conversation, each a sentence with what is allowed."""
-    if not isinstance(messages, list) or not messages:
-        return ["no messages (a chat example needs at least a user and an assistant message)"]
-    problems = []
-    roles = []
-    for number, message in enumerate(messages, start=1):
-        if not isinstance(message, dict):
-            problems.append(f"message {number}: expected an object with role and content")
-            roles.append(None)
-            continue
-        role = message.get("role")
-        roles.append(role)
-        if role not in ROLES:
-            problems.append(f"message {number}: unknown role {role!r} (allowed: {ALLOWED_ROLES})")
-            continue
-        if _is_empty(message.get("content")):
-            problems.append(f"message {number} ({role}): empty content (every message needs text)")
-        if role == "system" and number > 1:
-            problems.append(f"message {number}: a system message after the first message "
-                            "(a system message is allowed only first)")
-    if "assistant" not in roles:
-        problems.append("no assistant message (a chat example needs an assistant reply to learn "
-                        "from)")
-    elif roles[-1] in ROLES and roles[-1] != "assistant":
-        problems.append(f"the last message is from {roles[-1]} (a conversation must end with "
-                        "an assistant message; nothing after it would be learnt)")
-    return problems
-
-
-def classification_problems(example: dict) -> list[str]:
-    """What is wrong with one text-and-label example."""
-    problems = []
-    text = example.get("text")
-    if not isinstance(text, str):
-        problems.append(f"no text (expected a string, got {_type_name(text)})")
-    elif not text.strip():
-        problems.append("empty text (every example needs text to classify)")
-    label = example.get("label")
-    if label is None or (isinstance(label, str) and not label.strip()):
-        problems.append("missing label (expected a class name, a whole number, or a number "
-                        "for regression)")
-    elif isinstance(label, bool) or not isinstance(label, (str, int, float)):
-        problems.append(f"label must be a string or a number, got {_type_name(label)}")
-    elif isinstance(label, float) and not math.isfinite(label):
-        problems.append(f"label {label} is not a finite number")
-    return problems

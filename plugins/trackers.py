@@ -1,4 +1,4 @@
-"""The ``jsonl`` tracker: one JSON line per logging step in ``metrics.jsonl``."""
+"""The ``jsonl`` tracker: one JSON line per logged step or evaluation in ``metrics.jsonl``."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ from tunewright import hookimpl
 
 
 class JsonlTracker:
-    def __init__(self, run_dir, config=None, start_step: int = 0):
-        self.path = Path(run_dir) / "metrics.jsonl"
+    """Appends to ``<run_dir>/metrics.jsonl``. A resumed run repeats the steps after its
+    checkpoint, so what was logged past ``run.start_step`` is dropped first: every step appears
+    once."""
+
+    def __init__(self, run):
+        self.path = Path(run.run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # A resumed run repeats the steps after its checkpoint: drop what it logged past them.
         kept = []
-        if start_step and self.path.exists():
+        if run.start_step and self.path.exists():
             lines = self.path.read_text(encoding="utf-8").splitlines()
-            kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= start_step]
+            kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= run.start_step]
         self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
         self.handle = self.path.open("a", encoding="utf-8")
 

@@ -7,9 +7,23 @@ tiny so that a method or an export runs in seconds.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """Converted models go to a cache of the test session's own, never the user's, unless
+    TUNEWRIGHT_TEST_CACHE names one to reuse between sessions (a developer's shortcut)."""
+    previous = os.environ.get("TUNEWRIGHT_CACHE")
+    os.environ["TUNEWRIGHT_CACHE"] = os.environ.get("TUNEWRIGHT_TEST_CACHE") or str(tmp_path_factory.mktemp("cache"))
+    yield Path(os.environ["TUNEWRIGHT_CACHE"])
+    if previous is None:
+        os.environ.pop("TUNEWRIGHT_CACHE", None)
+    else:
+        os.environ["TUNEWRIGHT_CACHE"] = previous
 
 
 def _tokenizer_source(name: str) -> Path:

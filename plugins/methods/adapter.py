@@ -30,10 +30,10 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from tunewright import ConfigError, Section, UsageError, hookimpl
+from tunewright import ConfigError, Section, UsageError, hookimpl, kinds
 
 from . import state_files
-from .model_parts import block_stack, check_task_kind, head_names, parameter_names_under
+from .model_parts import TEXT_KINDS, block_stack, check_task_kind, head_names, parameter_names_under
 
 REFERENCE = "https://arxiv.org/abs/1902.00751"
 MODULE_NAME = "bottleneck_adapter"
@@ -110,9 +110,10 @@ class AdapterMethod:
     name = "adapter"
     config_class = AdapterSettings
     reference = REFERENCE
+    task_kinds = TEXT_KINDS
 
     def apply(self, model, settings, task_kind):
-        check_task_kind(self.name, task_kind)
+        check_task_kind(self.name, task_kind, self.task_kinds)
         settings = settings if settings is not None else AdapterSettings()
         stack_name, blocks = block_stack(model)
         if any(hasattr(block, MODULE_NAME) for block in blocks):
@@ -129,7 +130,7 @@ class AdapterMethod:
             block.add_module(MODULE_NAME, adapter)
             block.register_forward_hook(adapter.after_block)
         trainable = [name for name, _ in model.named_parameters() if f".{MODULE_NAME}." in name]
-        if task_kind == "sequence_classification":
+        if task_kind in kinds.CLASSIFICATION_KINDS:
             trainable += parameter_names_under(model, head_names(model))
         params = dict(model.named_parameters(remove_duplicate=False))
         for name in trainable:
@@ -159,7 +160,7 @@ class AdapterMethod:
 
     def load(self, model, path, settings, task_kind):
         """Apply the settings saved at ``path`` (they win over ``settings``) and load the state."""
-        check_task_kind(self.name, task_kind)
+        check_task_kind(self.name, task_kind, self.task_kinds)
         record, state = state_files.read(path, self.name, task_kind)
         model = self.apply(model, AdapterSettings.model_validate(record["settings"]), task_kind)
         self.load_trainable_state(model, state)

@@ -33,10 +33,11 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from tunewright import ConfigError, Section, UsageError, hookimpl
+from tunewright import ConfigError, Section, UsageError, hookimpl, kinds
 
 from . import state_files
 from .model_parts import (
+    TEXT_KINDS,
     after_stack_names,
     block_stack,
     check_task_kind,
@@ -68,9 +69,10 @@ class FreezeMethod:
     name = "freeze"
     config_class = FreezeSettings
     reference = REFERENCE
+    task_kinds = TEXT_KINDS
 
     def apply(self, model, settings, task_kind):
-        check_task_kind(self.name, task_kind)
+        check_task_kind(self.name, task_kind, self.task_kinds)
         settings = settings if settings is not None else FreezeSettings()
         stack_name, blocks = block_stack(model)
         count, top = len(blocks), settings.train_top_layers
@@ -79,7 +81,7 @@ class FreezeMethod:
                               f"(allowed: 0..{count})")
         train_head = settings.train_head
         if train_head is None:
-            train_head = task_kind == "sequence_classification" or not head_is_tied(model)
+            train_head = task_kind in kinds.CLASSIFICATION_KINDS or not head_is_tied(model)
         always = (head_names(model) if train_head else []) + after_stack_names(model)
         layers = [f"{stack_name}.{i}" for i in reversed(range(count - top, count))]  # top first
         trainable = parameter_names_under(model, always + layers)
@@ -136,7 +138,7 @@ class FreezeMethod:
         """Apply the settings saved at ``path`` (they win over ``settings``) and load the state.
         As after :meth:`apply`, every block that trains at some epoch is trainable; call
         ``on_epoch`` for the epoch to resume at."""
-        check_task_kind(self.name, task_kind)
+        check_task_kind(self.name, task_kind, self.task_kinds)
         record, state = state_files.read(path, self.name, task_kind)
         model = self.apply(model, FreezeSettings.model_validate(record["settings"]), task_kind)
         self.load_trainable_state(model, state)

@@ -22,15 +22,17 @@ from typing import Any
 
 from torch import nn
 
-from tunewright import UsageError
+from tunewright import UsageError, kinds
 
-TASK_KINDS = ("causal_lm", "sequence_classification")
+#: the task kinds the built-in methods tune (see ``Method.task_kinds``)
+TEXT_KINDS = (kinds.CAUSAL_LM, kinds.SEQUENCE_CLASSIFICATION)
 
 
-def check_task_kind(method: str, task_kind: str) -> None:
-    if task_kind not in TASK_KINDS:
+def check_task_kind(method: str, task_kind: str, supported: tuple[str, ...] = TEXT_KINDS) -> None:
+    if task_kind not in supported:
         raise UsageError(
-            f"method {method!r}: unknown task kind {task_kind!r} (allowed: {', '.join(TASK_KINDS)})")
+            f"method {method!r}: cannot tune a model of task kind {task_kind!r} (it supports: "
+            f"{', '.join(supported)})")
 
 
 def _linear_types() -> tuple[type, ...]:

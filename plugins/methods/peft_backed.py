@@ -16,11 +16,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunewright import ConfigError, UsageError
+from tunewright import ConfigError, UsageError, kinds
 
 from .model_parts import check_task_kind, head_names, linear_suffixes, model_summary
 
-PEFT_TASK_TYPES = {"causal_lm": "CAUSAL_LM", "sequence_classification": "SEQ_CLS"}
+PEFT_TASK_TYPES = {kinds.CAUSAL_LM: "CAUSAL_LM", kinds.SEQUENCE_CLASSIFICATION: "SEQ_CLS"}
 PEFT_ADDS_FOR_SEQ_CLS = ("classifier", "score")
 
 
@@ -33,6 +33,8 @@ class PeftMethod:
     reference: str
     #: PEFT's name for the tuner, checked when a folder is loaded ("LORA", "IA3"...)
     peft_type: str
+    #: the task kinds it tunes (``Method.task_kinds``): those with a PEFT task type
+    task_kinds = tuple(PEFT_TASK_TYPES)
 
     # -- what a subclass provides -------------------------------------------------------------
 
@@ -47,7 +49,7 @@ class PeftMethod:
     def apply(self, model: Any, settings: Any, task_kind: str) -> Any:
         from peft import PeftModel, get_peft_model
 
-        check_task_kind(self.name, task_kind)
+        check_task_kind(self.name, task_kind, self.task_kinds)
         if isinstance(model, PeftModel):
             raise UsageError(f"method {self.name!r}: the model is wrapped by PEFT already; "
                              "apply a method to a plain base model once")
@@ -85,7 +87,7 @@ class PeftMethod:
         was trained."""
         from peft import PeftConfig
 
-        check_task_kind(self.name, task_kind)
+        check_task_kind(self.name, task_kind, self.task_kinds)
         path = Path(path)
         if not (path / "adapter_config.json").is_file():
             raise UsageError(f"{path}: not a PEFT adapter folder (no adapter_config.json)")
@@ -118,7 +120,7 @@ class PeftMethod:
 
     def modules_to_save(self, model: Any, extra: list[str], task_kind: str) -> list[str] | None:
         names = list(extra)
-        if task_kind == "sequence_classification":
+        if task_kind in kinds.CLASSIFICATION_KINDS:
             # PEFT adds "classifier" and "score" for SEQ_CLS itself; add the heads named otherwise
             names += [name for name in head_names(model)
                       if name not in names and name not in PEFT_ADDS_FOR_SEQ_CLS]

@@ -10,9 +10,12 @@ import pytest
 
 from tunewright import DataError, JobConfig, PluginError, Problem, get_plugin_manager, hookimpl
 from tunewright.data import (
-    DataProblems, PreparedData, balance, check_examples, count_tokens, label_names, prepare_data,
-    read_examples, render_report, split, summarize,
+    DataProblems, PreparedData, balance, check_examples, check_lengths, prepare_data, read_examples,
+    render_report, split, summarize,
 )
+from tunewright.plugins.tasks import ChatTask, ClassificationTask
+
+BY_LABEL = ClassificationTask().stratify_key
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +76,33 @@ def test_directory(tmp_path, pm):
     with pytest.raises(DataError, match=r": is a directory, not a data file \(expected a data file "
                                         r"ending in .*\.csv.*\.jsonl"):
         read_examples(tmp_path, pm.registries)
+
+
+def test_a_folder_format_reads_folders(tmp_path):
+    class Folders:
+        suffixes = ()
+        directory = True
+
+        def read(self, path):
+            for number, item in enumerate(sorted(path.iterdir()), start=1):
+                yield number, {"text": item.read_text(), "label": item.stem.split("-")[0]}
+
+        def to_example(self, record):
+            return record
+
+    class Plugin:
+        @hookimpl
+        def register_dataset_formats(self, register):
+            register("folders", Folders())
+
+    pm = get_plugin_manager(plugins=[("folders", Plugin())])
+    (tmp_path / "pos-1.txt").write_text("good")
+    (tmp_path / "neg-1.txt").write_text("bad")
+    examples, locations, problems = read_examples(tmp_path, pm.registries)
+    assert examples == [{"text": "bad", "label": "neg"}, {"text": "good", "label": "pos"}]
+    assert locations == [f"{tmp_path}:1", f"{tmp_path}:2"] and problems == []
+    with pytest.raises(DataError, match="is a file, and data.format 'folders' reads folders"):
+        read_examples(tmp_path / "pos-1.txt", pm.registries, format="folders")
 
 
 @pytest.mark.parametrize("content", [b"", b"\n  \n\n"])
@@ -182,14 +212,8 @@ def test_too_few_examples(tmp_path, pm, count, severity):
 def test_few_validation_examples_only_warn(tmp_path, pm):
     path = write_jsonl(tmp_path / "validation.jsonl", labelled(4))
     [problem] = check_examples(*read(path, pm), "classification", pm, reference_labels=["pos", "neg"],
-                               split_name="validation")
+                               split="validation")
     assert problem.severity == "warning" and "only 4 validation examples" in problem.message
-
-
-def test_with_reference_labels_the_data_is_evaluation_data(tmp_path, pm):
-    path = write_jsonl(tmp_path / "eval.jsonl", labelled(3, labels=("pos",)))
-    [problem] = check_examples(*read(path, pm), "classification", pm, reference_labels=["pos", "neg"])
-    assert problem.severity == "warning" and "only 3 evaluation examples" in problem.message
 
 
 def test_unknown_label_in_validation(tmp_path, pm):
@@ -197,15 +221,15 @@ def test_unknown_label_in_validation(tmp_path, pm):
     records[2]["label"] = "neutral"
     path = write_jsonl(tmp_path / "validation.jsonl", records)
     problems = check_examples(*read(path, pm), "classification", pm, reference_labels=["pos", "neg"],
-                              split_name="validation")
+                              split="validation")
     assert problems == [Problem(f"{path}:3", "label 'neutral' does not occur in the training data "
                                              "(training labels: neg, pos)")]
 
 
 def test_integer_labels_match_by_text(tmp_path, pm):
     path = write_jsonl(tmp_path / "validation.jsonl", labelled(12, labels=(0, 1)))
-    assert check_examples(*read(path, pm), "classification", pm, reference_labels=[1, 0],
-                          split_name="validation") == []
+    assert check_examples(*read(path, pm), "classification", pm, reference_labels=["1", "0"],
+                          split="validation") == []
 
 
 def test_mixed_label_kinds_and_single_class(tmp_path, pm):
@@ -223,37 +247,57 @@ def test_regression_labels_are_not_classes(tmp_path, pm):
     records = [{"text": f"t{i}", "label": i / 7} for i in range(60)]
     path = write_jsonl(tmp_path / "train.jsonl", records)
     assert check_examples(*read(path, pm), "classification", pm) == []
-    assert label_names(records) is None
-    assert label_names(labelled(4, labels=(10, 2))) == ["2", "10"]
+    assert ClassificationTask().label_set(records) is None
+    assert ClassificationTask().label_set(labelled(4, labels=(10, 2))) == ["2", "10"]
+
+
+def features_of(examples, task, tokenizer):
+    labels = task.label_set(examples)
+    return [task.tokenize(e, tokenizer, labels=labels) for e in examples]
 
 
 def test_too_long_classification_example(tmp_path, pm, bert_tokenizer):
     records = labelled(60)
     records[20]["text"] = "word " * 40
     path = write_jsonl(tmp_path / "train.jsonl", records)
-    [problem] = check_examples(*read(path, pm), "classification", pm, tokenizer=bert_tokenizer,
-                               max_length=16)
-    assert problem.location == f"{path}:21"
+    examples, locations = read(path, pm)
+    task = ClassificationTask()
+    [problem], lengths = check_lengths(features_of(examples, task, bert_tokenizer), locations, task, 16)
+    assert problem.location == f"{path}:21" and lengths[20] == 42
     assert re.fullmatch(r"42 tokens, longer than data.max_length 16 \(.*raise data.max_length\)",
                         problem.message)
 
 
-def test_too_long_chat_example_uses_the_chat_template(tmp_path, pm, chat_tokenizer):
+def test_too_long_chat_example_is_measured_as_tokenized(tmp_path, pm, chat_tokenizer):
     records = [chat(f"q{i}") for i in range(60)]
     records[5] = chat("a long question " * 20)
     path = write_jsonl(tmp_path / "train.jsonl", records)
     examples, locations = read(path, pm)
-    limit = len(chat_tokenizer.apply_chat_template(examples[0]["messages"], tokenize=True)) + 5
-    [problem] = check_examples(examples, locations, "chat", pm, tokenizer=chat_tokenizer,
-                               max_length=limit)
+    task = ChatTask()
+    features = features_of(examples, task, chat_tokenizer)
+    limit = len(features[0]["input_ids"]) + 5
+    [problem], lengths = check_lengths(features, locations, task, limit)
     assert problem.location == f"{path}:6" and "tokens, longer than data.max_length" in problem.message
+    assert lengths[5] == len(features[5]["input_ids"]) > limit
+
+
+def test_a_job_reports_long_examples_before_training(tmp_path, pm, chat_tokenizer):
+    """Checked once, on what the task's tokenize makes; nothing is cut silently later."""
+    records = [chat(f"q{i}") for i in range(60)]
+    records[9] = chat("many words " * 300)
+    path = write_jsonl(tmp_path / "train.jsonl", records)
+    with pytest.raises(DataProblems) as caught:
+        prepare_data(config(path, task="chat", max_length=128), pm, chat_tokenizer)
+    [error] = caught.value.problems
+    assert error.location == f"{path}:10" and "tokens, longer than data.max_length 128" in error.message
 
 
 def test_max_length_above_model_limit_warns(tmp_path, pm, bert_tokenizer):
     path = write_jsonl(tmp_path / "train.jsonl", labelled(60))
-    [problem] = check_examples(*read(path, pm), "classification", pm, tokenizer=bert_tokenizer,
-                               max_length=2048)
+    data = prepare_data(config(path, max_length=2048), pm, bert_tokenizer)
+    [problem] = data.problems
     assert problem.location == "data.max_length" and problem.severity == "warning"
+    assert "above the model's limit of 512 tokens" in problem.message
 
 
 def test_third_party_validators_are_all_called(tmp_path):
@@ -290,11 +334,11 @@ def test_a_failing_validator_is_named(tmp_path):
 
 def test_stratified_split_keeps_proportions_and_is_seeded():
     examples = labelled(100, labels=("a",) * 7 + ("b",) * 2 + ("c",))  # 70 / 20 / 10
-    kept, held = split(examples, 0.2, seed=1)
+    kept, held = split(examples, 0.2, seed=1, key=BY_LABEL)
     assert len(held) == 20 and len(kept) == 80
     assert Counter(e["label"] for e in held) == {"a": 14, "b": 4, "c": 2}
-    assert split(examples, 0.2, seed=1) == (kept, held)
-    assert split(examples, 0.2, seed=2)[1] != held
+    assert split(examples, 0.2, seed=1, key=BY_LABEL) == (kept, held)
+    assert split(examples, 0.2, seed=2, key=BY_LABEL)[1] != held
     assert sorted(kept + held, key=lambda e: e["text"]) == sorted(examples, key=lambda e: e["text"])
     assert kept == [e for e in examples if e in kept]  # original order
 
@@ -302,7 +346,7 @@ def test_stratified_split_keeps_proportions_and_is_seeded():
 def test_stratified_split_leaves_every_label_in_train():
     examples = labelled(20, labels=("a",) * 9 + ("b",)) + [{"text": "rare", "label": "c"}]
     for seed in range(5):
-        kept, held = split(examples, 0.5, seed=seed)
+        kept, held = split(examples, 0.5, seed=seed, key=BY_LABEL)
         assert {e["label"] for e in kept} == {"a", "b", "c"}
         assert len(held) == 10
 
@@ -317,20 +361,20 @@ def test_unstratified_split_of_chat_examples():
 
 def test_oversample_and_undersample():
     examples = labelled(10, labels=("a",) * 4 + ("b",))  # 8 a, 2 b
-    over = balance(examples, "oversample", seed=0)
+    over = balance(examples, "oversample", seed=0, key=BY_LABEL)
     assert Counter(e["label"] for e in over) == {"a": 8, "b": 8}
     assert over[:10] == examples
-    under = balance(examples, "undersample", seed=0)
+    under = balance(examples, "undersample", seed=0, key=BY_LABEL)
     assert Counter(e["label"] for e in under) == {"a": 2, "b": 2}
-    assert under == balance(examples, "undersample", seed=0)
-    assert balance(examples, "none", seed=0) == examples
+    assert under == balance(examples, "undersample", seed=0, key=BY_LABEL)
+    assert balance(examples, "none", seed=0, key=BY_LABEL) == examples
     odd = labelled(3, labels=("a",)) + labelled(2, labels=("b",), prefix="b")  # 3 a, 2 b
-    assert Counter(e["label"] for e in balance(odd, "oversample", 1)) == {"a": 3, "b": 3}
+    assert Counter(e["label"] for e in balance(odd, "oversample", 1, key=BY_LABEL)) == {"a": 3, "b": 3}
 
 
-def test_balance_needs_class_labels():
-    with pytest.raises(DataError, match="data.balance: oversample needs examples with class labels"):
-        balance([chat("x")], "oversample", seed=0)
+def test_balance_needs_groups():
+    with pytest.raises(DataError, match="data.balance: oversample needs examples the task groups by label"):
+        balance([chat("x")], "oversample", seed=0, key=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,25 +382,26 @@ def test_balance_needs_class_labels():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_summary_counts_tokens_labels_and_training(tmp_path, bert_tokenizer):
+def test_summary_counts_tokens_labels_and_training(bert_tokenizer):
     examples = labelled(40, labels=("a", "a", "b"))
+    task = ClassificationTask()
+    lengths = [len(f["input_ids"]) for f in features_of(examples, task, bert_tokenizer)]
     cfg = config("x.jsonl", training={"epochs": 2, "batch_size": 4, "gradient_accumulation_steps": 2})
-    summary = summarize(examples, "classification", bert_tokenizer, cfg)
-    counts, _ = count_tokens(examples, bert_tokenizer)
+    summary = summarize(examples, task, lengths=lengths, config=cfg)
     assert summary["examples"] == 40
-    assert summary["tokens"] == {"total": sum(counts), "mean": sum(counts) / 40, "max": max(counts)}
+    assert summary["tokens"] == {"total": sum(lengths), "mean": round(sum(lengths) / 40, 1), "max": max(lengths)}
     assert summary["labels"] == {"a": 27, "b": 13}
     assert summary["training"]["optimizer_steps"] == 10
-    assert summary["estimated_training_tokens"] == 2 * sum(counts)
+    assert summary["training"]["estimated_tokens"] == 2 * sum(lengths)
     capped = config("x.jsonl", training={"max_steps": 2, "batch_size": 4})
-    assert summarize(examples, "classification", bert_tokenizer, capped)["estimated_training_tokens"] \
-        == round(8 * sum(counts) / 40)
+    assert summarize(examples, task, lengths=lengths, config=capped)["training"]["estimated_tokens"] \
+        == round(8 * sum(lengths) / 40)
 
 
 def test_summary_of_regression_and_chat():
-    summary = summarize([{"text": "t", "label": 0.5}, {"text": "u", "label": 1.5}], "classification")
+    summary = summarize([{"text": "t", "label": 0.5}, {"text": "u", "label": 1.5}], ClassificationTask())
     assert summary["target"] == {"min": 0.5, "mean": 1.0, "max": 1.5} and "labels" not in summary
-    summary = summarize([chat("a"), chat("b")], "chat")
+    summary = summarize([chat("a"), chat("b")], ChatTask())
     assert summary["messages"] == {"mean": 2.0, "max": 2} and "tokens" not in summary
 
 
@@ -391,17 +436,23 @@ def test_prepare_splits_transforms_and_balances(tmp_path, bert_tokenizer):
     data = prepare_data(cfg, pm, bert_tokenizer)
     assert isinstance(data, PreparedData)
     assert (len(data.validation), len(data.test)) == (10, 20)
-    assert Counter(e["label"] for e in data.test) == {"a": 15, "b": 5}
-    assert Counter(e["label"] for e in data.train) == {"a": 52, "b": 52}
+    assert Counter(e["label"] for e in data.test.examples) == {"a": 15, "b": 5}
+    assert Counter(e["label"] for e in data.train.examples) == {"a": 52, "b": 52}
     assert data.labels == ["a", "b"]
-    assert all(re.fullmatch(r"TEXT \d+!", e["text"]) for e in data.train + data.validation + data.test)
+    every = data.train.examples + data.validation.examples + data.test.examples
+    assert all(re.fullmatch(r"TEXT \d+!", e["text"]) for e in every)
     assert calls[:2] == ["upper", "mark"]
-    assert len(data.locations["train"]) == len(data.train)
-    held = set(data.locations["validation"]) | set(data.locations["test"])
-    assert not held & set(data.locations["train"])
+    # the features are the task's tokenization of the transformed examples, labels as indices
+    first = data.train.examples[0]
+    assert data.train.features[0]["input_ids"] == bert_tokenizer(first["text"])["input_ids"]
+    assert data.train.features[0]["labels"] == data.labels.index(first["label"])
+    assert len(data.train.locations) == len(data.train)
+    held = set(data.validation.locations) | set(data.test.locations)
+    assert not held & set(data.train.locations)
     assert data.summary["train"]["examples"] == 104 and "training" in data.summary["train"]
     assert "split off" in data.summary["test"]["source"]
-    assert prepare_data(cfg, pm, bert_tokenizer).locations == data.locations  # seeded
+    again = prepare_data(cfg, pm, bert_tokenizer)  # seeded
+    assert again.train.locations == data.train.locations and again.test.locations == data.test.locations
 
 
 def test_prepare_raises_one_error_listing_every_file(tmp_path, pm, bert_tokenizer):
@@ -422,13 +473,14 @@ def test_prepare_raises_one_error_listing_every_file(tmp_path, pm, bert_tokenize
     error = caught.value
     assert isinstance(error, DataError)
     lines = str(error).splitlines()
-    assert lines[0].startswith(f"{len(error.errors)} errors in the data; nothing was trained")
+    errors = [p for p in error.problems if p.severity == "error"]
+    assert lines[0].startswith(f"{len(errors)} errors in the data; nothing was trained")
     assert f"{train_path}:5: empty text (every example needs text to classify)" in lines
     assert f"{train_path}:61: not valid JSON" in str(error)
     assert f"{validation_path}:4: label 'neutral' does not occur in the training data" in str(error)
     assert f"{tmp_path / 'test.jsonl'}: file not found" in str(error)
     assert any("tokens, longer than data.max_length 8" in line for line in lines)
-    warnings = [str(w) for w in error.warnings]
+    warnings = [str(w) for w in error.problems if w.severity == "warning"]
     assert any(w.startswith(f"{train_path}:32: warning: the same example as {train_path}:31") for w in warnings)
     assert any(w.startswith(f"{validation_path}:6: warning: the same example as {train_path}:1 in the training")
                for w in warnings)
@@ -440,23 +492,24 @@ def test_prepare_raises_one_error_listing_every_file(tmp_path, pm, bert_tokenize
 
 def test_prepare_rejects_balance_for_chat(tmp_path, pm):
     path = write_jsonl(tmp_path / "train.jsonl", [chat(f"q{i}") for i in range(60)])
-    with pytest.raises(DataProblems, match=r"data.balance: undersample needs examples with class labels"):
+    with pytest.raises(DataProblems, match=r"data.balance: undersample needs examples that task 'chat' groups by label"):
         prepare_data(config(path, task="chat", balance="undersample"), pm, None)
 
 
 def test_prepare_chat_without_tokenizer(tmp_path, pm):
     path = write_jsonl(tmp_path / "train.jsonl", [chat(f"q{i}") for i in range(60)])
     data = prepare_data(config(path, task="chat", validation=None), pm, None)
-    assert len(data.train) == 60 and data.validation == [] and data.labels is None
-    assert data.problems == []
+    assert len(data.train) == 60 and len(data.validation) == 0 and data.labels is None
+    assert data.problems == [] and data.train.features == [None] * 60
 
 
 def test_prepare_a_task_format_mismatch(tmp_path, pm):
     path = write_jsonl(tmp_path / "train.jsonl", labelled(60))
     with pytest.raises(DataProblems) as caught:
         prepare_data(config(path, task="chat"), pm, None)
-    assert len(caught.value.errors) == 60
-    assert "task chat takes chat examples with 'messages'" in caught.value.errors[0].message
+    errors = [p for p in caught.value.problems if p.severity == "error"]
+    assert len(errors) == 60
+    assert "the chat task takes examples with 'messages'" in errors[0].message
 
 
 def test_a_transform_can_reject_an_example(tmp_path):
@@ -470,7 +523,7 @@ def test_a_transform_can_reject_an_example(tmp_path):
     path = write_jsonl(tmp_path / "train.jsonl", labelled(60))
     with pytest.raises(DataProblems) as caught:
         prepare_data(config(path, validation=None), pm, None)
-    assert [p.location for p in caught.value.errors] == [
+    assert [p.location for p in caught.value.problems if p.severity == "error"] == [
         f"{path}:{i + 1}" for i in range(60) if "7" in f"text {i}"]
 
 
@@ -482,10 +535,10 @@ def test_every_problem_names_file_and_line(tmp_path, pm, bert_tokenizer):
         '{"messages": []}', '{"text": "fine", "label": "a"}',
         json.dumps({"text": "long " * 50, "label": "b"}),
     ]) + "\n")
-    examples, locations, problems = read_examples(path, pm.registries)
-    problems += check_examples(examples, locations, "classification", pm, tokenizer=bert_tokenizer,
-                               max_length=16)
-    per_line = [p for p in problems if p.location != str(path)]
+    cfg = config(path, max_length=16, validation=None)
+    with pytest.raises(DataProblems) as caught:
+        prepare_data(cfg, pm, bert_tokenizer)
+    per_line = [p for p in caught.value.problems if p.location != str(path)]
     assert len(per_line) == 8
     for problem in per_line:
         assert LOCATION.match(problem.location), problem
@@ -499,10 +552,31 @@ def test_render_report(tmp_path):
                                       "estimated_tokens": 2400}}}
     problems = [Problem("data/train.jsonl:9", "the same example as data/train.jsonl:2", "warning"),
                 Problem("data/train.jsonl:4", "empty text")]
-    report = render_report(problems, summary)
+    report = render_report(problems, summary, ClassificationTask())
     assert "train: data/train.jsonl (text-label)" in report
     assert "120 examples, 2,400 tokens (mean 20, max 31)" in report
     assert "labels: a 60, b 60" in report and "about 2,400 tokens" in report
     assert report.index("1 error:\n  data/train.jsonl:4: empty text") < report.index("1 warning:")
     assert "data/train.jsonl:9: warning: the same example" in report
-    assert render_report([], {"examples": 3}).endswith("no problems found")
+    assert render_report([], {"data": {"examples": 3}}).endswith("no problems found")
+
+
+def test_excluded_examples_are_left_out_and_reported(tmp_path, bert_tokenizer):
+    """An "excluded" problem costs its example only: the job goes on without it."""
+
+    class NoSecrets:
+        @hookimpl
+        def validate_example(self, example, location):
+            if "secret" in example["text"]:
+                return [Problem(location, "holds a secret (left out of training)", "excluded")]
+
+    pm = get_plugin_manager(plugins=[("nosecrets", NoSecrets())])
+    records = labelled(60)
+    for i in (3, 17):
+        records[i]["text"] += " secret"
+    path = write_jsonl(tmp_path / "train.jsonl", records)
+    data = prepare_data(config(path, validation=None), pm, bert_tokenizer)
+    assert len(data.train) == 58 and f"{path}:4" not in data.train.locations
+    assert [(p.location, p.severity) for p in data.problems] == [(f"{path}:4", "excluded"), (f"{path}:18", "excluded")]
+    report = render_report(data.problems, data.summary, ClassificationTask())
+    assert "2 examples excluded:" in report and f"{path}:4: excluded: holds a secret" in report

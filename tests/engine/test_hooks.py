@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from samples import chat_rows
 from tunewright import DataError, get_plugin_manager, hookimpl
 from tunewright.config import load_config
-from tunewright.job import Job
+from tunewright import run_job
 
 
 class TsvChat:
@@ -40,8 +40,8 @@ class Recorder:
 
     seen: list[tuple[int, dict]] = []
 
-    def __init__(self, run_dir, config, start_step=0):
-        self.closed = False
+    def __init__(self, run):
+        Recorder.made_for = run.run_dir
 
     def log(self, step, metrics):
         Recorder.seen.append((step, metrics))
@@ -61,20 +61,16 @@ class Plugin:
 
     @hookimpl
     def register_runners(self, register):
-        def twice(job):
-            """A runner that trains the job in two halves, as a federated round would."""
-            from tunewright.trainer import train_local
+        def halves(run):
+            """A runner that trains the job in two halves, from public names only."""
+            from tunewright import train
 
-            total = job.config.training.max_steps
-            job.config.training.max_steps = total // 2
-            first = train_local(job)
-            job.config.training.max_steps = total
-            job.resume = True
-            second = train_local(job)
+            first = train(run, stop_at_step=run.config.training.max_steps // 2)
+            second = train(run, resume_from=first.checkpoint)
             second.train_tokens += first.train_tokens
             return second
 
-        register("halves", twice)
+        register("halves", halves)
 
     @hookimpl
     def register_commands(self, cli):
@@ -96,13 +92,41 @@ def test_plugin_format_tracker_and_runner_drive_a_job(tiny_llama_dir, tmp_path):
                         "save_steps": 3, "precision": "fp32"},
            "output": str(tmp_path / "run")}
     Recorder.seen = []
-    result = Job(load_config(raw, pm.registries), pm, echo=lambda m: None).run()
+    config = load_config(raw, pm.registries)
+    before = config.model_dump()
+    result = run_job(config, pm, echo=lambda m: None)
     assert result.global_step == 6
+    assert config.model_dump() == before  # the runner changed nothing it was given
     steps = [step for step, metrics in Recorder.seen if "loss" in metrics]
     assert steps == [1, 2, 3, 4, 5, 6]  # the second half resumed from the first's checkpoint
-    assert Recorder.seen[-1] == (-1, {"closed": True})
+    assert Recorder.seen[-1] == (-1, {"closed": True}) and Recorder.made_for == tmp_path / "run"
+    # two halves are one run: the same losses as the built-in local runner's
+    local = load_config({**raw, "runner": "local", "output": str(tmp_path / "local")}, pm.registries)
+    Recorder.seen = []
+    run_job(local, pm, echo=lambda m: None)
+    read = lambda out: [json.loads(l)["loss"] for l in (out / "metrics.jsonl").read_text().splitlines() if "loss" in json.loads(l)]
+    assert read(tmp_path / "run") == pytest.approx(read(tmp_path / "local"), rel=1e-5)
     validation = [json.loads(line) for line in (tmp_path / "run" / "data" / "validation.jsonl").read_text().splitlines()]
     assert validation[0]["messages"][0]["role"] == "user"  # read through the plugin's format
+
+
+def test_registration_hooks_are_called_through_pluggy():
+    """A wrapper implementation runs around the plugin's own call, as pluggy promises; calling
+    the function directly would only have made a generator."""
+
+    class Method:
+        config_class = None
+        reference = "https://example.org"
+
+    class Wrapping:
+        @hookimpl(wrapper=True)
+        def register_methods(self, register):
+            register("wrapped", Method())
+            return (yield)
+
+    pm = get_plugin_manager(plugins=[("wrapping", Wrapping())])
+    assert "wrapped" in pm.registries.kind("methods")
+    assert pm.registries.owner("methods", "wrapped") == "wrapping"
 
 
 def test_plugin_format_errors_carry_the_line(tmp_path):

@@ -15,7 +15,7 @@ import yaml
 
 from tunewright import get_plugin_manager
 from tunewright.config import load_config
-from tunewright.job import Job
+from tunewright import run_job as engine_run_job
 from tunewright.runs import load_run
 
 
@@ -38,7 +38,7 @@ def job_config(model_dir: Path, data: Path, out: Path, task: str = "chat", metho
 def run_job(raw: dict, **kwargs):
     pm = get_plugin_manager()
     messages = []
-    result = Job(load_config(raw, pm.registries), pm, echo=messages.append, **kwargs).run()
+    result = engine_run_job(load_config(raw, pm.registries), pm, echo=messages.append, **kwargs)
     return result, messages
 
 
@@ -63,7 +63,7 @@ def test_chat_lora_job_learns_and_leaves_a_complete_run(tiny_llama_dir, chat_dat
     assert any(m.startswith("baseline:") for m in messages) and any(m.startswith("step 30/30") for m in messages)
     # The tuned model reloads merged (fp32) and gives the figures the job recorded (bf16 base).
     run = load_run(out)
-    features = [run.task.tokenize(e, run.tokenizer, 64) for e in run.validation]
+    features = [run.task.tokenize(e, run.tokenizer) for e in run.validation]
     batches = [run.task.collate(features[i:i + 8], run.tokenizer) for i in range(0, len(features), 8)]
     assert run.task.metrics(run.model, batches)["loss"] == pytest.approx(results["final"]["loss"], rel=2e-3)
 
@@ -94,9 +94,25 @@ def test_existing_run_dir_is_not_overwritten_silently(tiny_llama_dir, chat_data,
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(UsageError, match="exists already; pass --resume"):
+    with pytest.raises(UsageError, match="exists and is not empty; it is not a tunewright run directory"):
         run_job(job_config(tiny_llama_dir, chat_data, out))
+    # --overwrite replaces only a folder tunewright made: this one holds the user's file
+    with pytest.raises(UsageError, match="--overwrite replaces only a run directory"):
+        run_job(job_config(tiny_llama_dir, chat_data, out), overwrite=True)
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_overwrite_replaces_a_run_directory(tiny_llama_dir, chat_data, tmp_path):
+    from tunewright import RUN_MARKER, UsageError
+
+    out = tmp_path / "run"
+    run_job(job_config(tiny_llama_dir, chat_data, out, max_steps=2))
+    assert (out / RUN_MARKER).is_file()
+    (out / "note.txt").write_text("left by the first run")
+    with pytest.raises(UsageError, match="pass --resume to continue it, --overwrite to replace it"):
+        run_job(job_config(tiny_llama_dir, chat_data, out, max_steps=2))
+    run_job(job_config(tiny_llama_dir, chat_data, out, max_steps=2), overwrite=True)
+    assert not (out / "note.txt").exists() and (out / "adapter").is_dir()
 
 
 def cli(*args, cwd=None, env=None, **kwargs):
@@ -125,7 +141,7 @@ def test_killed_run_resumes_without_losing_a_step(tiny_llama_dir, chat_data, tmp
     killed_at = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
     assert killed_at < 40
     for checkpoint in checkpoints.glob("checkpoint-*"):
-        assert (checkpoint / "trainable.safetensors").exists() and (checkpoint / "trainer_state.json").exists()
+        assert {p.name for p in checkpoint.iterdir()} == {"trainable.safetensors", "optimizer.pt", "rng.pt", "state.json"}
 
     resumed = cli("train", str(config), "--resume")
     assert resumed.returncode == 0, resumed.stderr
@@ -136,6 +152,15 @@ def test_killed_run_resumes_without_losing_a_step(tiny_llama_dir, chat_data, tmp
     assert not list(checkpoints.glob(".staging-*"))
     results = json.loads((out / "eval.json").read_text())
     assert results["train"]["global_step"] == 40 and results["final"]["loss"] < results["baseline"]["loss"]
+    # the resumed run continued the same schedule, data order and random state: its losses are
+    # those of a run that was never interrupted
+    whole = tmp_path / "whole"
+    run_job(job_config(tiny_llama_dir, chat_data, whole, max_steps=40, save_steps=5, save_total_limit=3,
+                       logging_steps=1))
+    def losses(folder):
+        return [json.loads(line)["loss"] for line in (folder / "metrics.jsonl").read_text().splitlines()
+                if "loss" in json.loads(line)]
+    assert losses(out) == pytest.approx(losses(whole), rel=1e-5)
 
 
 def test_resume_without_checkpoint_is_a_usage_error(tiny_llama_dir, chat_data, tmp_path):
@@ -157,11 +182,11 @@ def test_lifecycle_hooks_are_called_in_order(tiny_llama_dir, chat_data, tmp_path
 
         @hookimpl
         def on_step_end(self, run, step, logs):
-            calls.append(("on_step_end", step))
+            calls.append(("on_step_end", step, "loss" in logs))
 
         @hookimpl
-        def on_evaluate(self, run, step, metrics):
-            calls.append(("on_evaluate", step))
+        def on_evaluate(self, run, step, metrics, stage):
+            calls.append(("on_evaluate", step, stage, tuple(sorted(metrics))))
 
         @hookimpl
         def on_checkpoint(self, run, step, path):
@@ -169,16 +194,32 @@ def test_lifecycle_hooks_are_called_in_order(tiny_llama_dir, chat_data, tmp_path
 
         @hookimpl
         def on_train_end(self, run, result):
-            calls.append(("on_train_end", result.global_step))
+            calls.append(("on_train_end", result.global_step, (run.run_dir / "adapter").is_dir()))
 
     pm = get_plugin_manager(plugins=[("recorder", Recorder())])
-    raw = job_config(tiny_llama_dir, chat_data, tmp_path / "run", max_steps=4, save_steps=2, eval_steps=2, logging_steps=2)
-    Job(load_config(raw, pm.registries), pm, echo=lambda m: None).run()
-    assert calls[0] == ("on_evaluate", 0)
-    assert calls[1] == ("on_train_begin", True)
-    assert ("on_checkpoint", 2, True) in calls and ("on_checkpoint", 4, True) in calls
-    assert ("on_evaluate", 2) in calls and ("on_step_end", 4) in calls
-    assert calls[-1] == ("on_train_end", 4)
+    raw = job_config(tiny_llama_dir, chat_data, tmp_path / "run", max_steps=4, save_steps=2, eval_steps=2,
+                     logging_steps=2)
+    engine_run_job(load_config(raw, pm.registries), pm, echo=lambda m: None)
+    names = ("loss", "mean_token_accuracy", "perplexity")
+    training = [c for c in calls if c[0] == "on_step_end" and c[2]]  # the training lines, not evaluations
+    assert training == [("on_step_end", 2, True), ("on_step_end", 4, True)]
+    assert [c for c in calls if c[0] != "on_step_end"] == [
+        ("on_evaluate", 0, "baseline", names),
+        ("on_train_begin", True),
+        ("on_evaluate", 2, "training", names),
+        ("on_checkpoint", 2, True),
+        ("on_checkpoint", 4, True),
+        ("on_evaluate", 4, "final", names),
+        ("on_train_end", 4, True),
+    ]
+    # every evaluation is logged too, and the training line of a step comes before its evaluation
+    order = [c[:2] for c in calls if c[0] in ("on_step_end", "on_evaluate")]
+    assert order.index(("on_step_end", 2)) < order.index(("on_evaluate", 2))
+
+
+def evaluations(out: Path, key: str) -> list[float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r[key] for r in rows if r.get("eval_stage") == "training"]
 
 
 def test_early_stopping_stops_and_keeps_the_best_checkpoint(tiny_bert_dir, classification_data, tmp_path):
@@ -189,9 +230,29 @@ def test_early_stopping_stops_and_keeps_the_best_checkpoint(tiny_bert_dir, class
                      early_stopping={"patience": 2, "metric": "loss"})
     result, messages = run_job(raw)
     assert result.global_step < 200
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    evals = evaluations(out, "eval_loss")
     best = min(evals)
     assert evals[-1] > best and evals[-2] > best  # two evaluations without improvement
     final = json.loads((out / "eval.json").read_text())["final"]["loss"]
-    assert final == pytest.approx(best, rel=1e-3)  # the best checkpoint was reloaded
+    assert final == pytest.approx(best, rel=1e-3)  # the best state was reloaded
+
+
+def test_early_stopping_on_a_metric_where_lower_is_better(tiny_llama_dir, chat_data, tmp_path):
+    """perplexity goes down when the model improves: its best is its lowest, whatever its name."""
+    out = tmp_path / "run"
+    raw = job_config(tiny_llama_dir, chat_data, out, max_steps=80, learning_rate=0.05, eval_steps=4,
+                     logging_steps=4, early_stopping={"patience": 2, "metric": "perplexity"})
+    result, _ = run_job(raw)
+    evals = evaluations(out, "eval_perplexity")
+    final = json.loads((out / "eval.json").read_text())["final"]["perplexity"]
+    assert len(evals) >= 3 and min(evals) < max(evals)
+    assert final == pytest.approx(min(evals), rel=1e-3)
+
+
+def test_unknown_early_stopping_metric_is_refused_before_training(tiny_llama_dir, chat_data, tmp_path):
+    from tunewright import ConfigError
+
+    raw = job_config(tiny_llama_dir, chat_data, tmp_path / "run", early_stopping={"metric": "acuracy"})
+    with pytest.raises(ConfigError, match="training.early_stopping.metric: task 'chat' reports no metric 'acuracy'"):
+        run_job(raw)
+    assert not (tmp_path / "run").exists()

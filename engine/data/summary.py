@@ -1,0 +1,84 @@
+"""What the data holds, as a JSON-ready dict and as the plain-text report of ``tunewright validate``.
+
+The core counts examples and tokens and estimates the training; everything else (labels, turns,
+images, pixels) is the task's to say, through its optional ``summarize`` and ``render_summary``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from ..types import Problem, Task, optional
+from .checks import sort_problems
+
+
+def summarize(examples: Sequence[dict], task: Any, *, lengths: Sequence[int | None] | None = None,
+              config: Any = None) -> dict:
+    """``examples``; ``tokens`` (``total``, ``mean``, ``max``) from the tokenized ``lengths``;
+    whatever the task's ``summarize`` adds; and with a job ``config``, ``training``: optimizer
+    steps, examples seen and ``estimated_tokens`` = tokens per epoch x epochs, capped by
+    ``training.max_steps`` x batch size x gradient accumulation x mean tokens."""
+    examples = list(examples)
+    summary: dict[str, Any] = {"examples": len(examples)}
+    counted = [n for n in (lengths or []) if n is not None]
+    if counted:
+        summary["tokens"] = {"total": sum(counted), "mean": round(sum(counted) / len(counted), 1),
+                             "max": max(counted)}
+    own = optional(task, Task, "summarize")
+    if own is not None and examples:
+        summary.update(own(examples))
+    training = getattr(config, "training", None)
+    if training is not None and examples:
+        per_step = training.batch_size * training.gradient_accumulation_steps
+        steps = math.ceil(training.epochs * math.ceil(len(examples) / per_step))
+        seen = len(examples) * training.epochs
+        if training.max_steps and 0 < training.max_steps < steps:
+            steps = training.max_steps
+            seen = min(seen, steps * per_step)
+        estimate = {"epochs": training.epochs, "optimizer_steps": steps, "examples_seen": int(round(seen))}
+        if counted:
+            estimate["estimated_tokens"] = int(round(seen * sum(counted) / len(counted)))
+        summary["training"] = estimate
+    return summary
+
+
+def render_report(problems: Sequence[Problem], summary: dict | None, task: Any = None) -> str:
+    """A plain-text report: what each file holds, then errors, exclusions and warnings.
+    ``summary`` maps a split (or file) name to a :func:`summarize` dict."""
+    lines: list[str] = []
+    render_own = optional(task, Task, "render_summary") if task is not None else None
+    for split_name, part in (summary or {}).items():
+        if not isinstance(part, dict):
+            continue
+        source = f" {part['source']}" if part.get("source") else ""
+        fmt = f" ({part['format']})" if part.get("format") else ""
+        lines.append(f"{split_name}:{source}{fmt}")
+        facts = [f"{part.get('examples', 0):,} examples"]
+        if part.get("tokens"):
+            tokens = part["tokens"]
+            facts.append(f"{tokens['total']:,} tokens (mean {tokens['mean']:g}, max {tokens['max']:,})")
+        lines.append("  " + ", ".join(facts))
+        if render_own is not None:
+            lines += [f"  {line}" for line in render_own(part)]
+        if part.get("training"):
+            training = part["training"]
+            text = (f"  training: {training['epochs']:g} epoch(s), {training['optimizer_steps']:,} "
+                    f"optimizer steps, {training['examples_seen']:,} examples seen")
+            if training.get("estimated_tokens") is not None:
+                text += f", about {training['estimated_tokens']:,} tokens"
+            lines.append(text)
+    problems = sort_problems(problems)
+    titles = {"error": ("error", "errors"), "excluded": ("example excluded", "examples excluded"),
+              "warning": ("warning", "warnings")}
+    for severity, (one, many) in titles.items():
+        group = [p for p in problems if p.severity == severity]
+        if group:
+            lines.append(f"{len(group)} {one if len(group) == 1 else many}:")
+            lines += [f"  {p}" for p in group]
+    if not problems:
+        lines.append("no problems found")
+    return "\n".join(lines)
+
+
+__all__ = ["summarize", "render_report"]

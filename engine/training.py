@@ -1,0 +1,341 @@
+"""The training step: one explicit loop from a prepared run to trained weights.
+
+::
+
+    for epoch:                                   method.on_epoch(model, epoch)
+        for batch in length-grouped, seeded order (this rank's share under torchrun):
+            loss = model(**batch).loss [+ extra_loss(model)]       (B, T) -> scalar
+            backward; every `gradient_accumulation_steps`: clip, step, schedule, zero
+            every logging_steps: run.log + a progress line
+            every eval_steps:    evaluate, early stopping
+            every save_steps:    checkpoint (trainable state, optimizer, schedule, RNG, data position)
+
+accelerate places the model and the batches, wraps the model for distributed data parallel under
+``torchrun``/``accelerate launch`` and scales fp16 gradients on a GPU; everything else is written
+out here so that a newcomer can follow it. Checkpoints hold the method's trainable state only and
+are written to a staging folder and renamed, so a killed run never leaves one that looks whole;
+resuming restores the optimizer, the schedule, the random state and the position in the data, so a
+resumed run logs every step exactly once and matches one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .types import Method, TrainResult, optional
+
+CHECKPOINT_PREFIX = "checkpoint-"
+TRAINABLE_FILE = "trainable.safetensors"
+STATE_FILE = "state.json"
+#: examples sorted by length together, as a multiple of the batch (transformers uses 50 too)
+MEGABATCH = 50
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run directory, or ``None``."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return None
+    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+             and p.name[len(CHECKPOINT_PREFIX):].isdigit() and (p / STATE_FILE).is_file()]
+    return max(found, key=checkpoint_step) if found else None
+
+
+def checkpoint_step(path: str | Path | None) -> int:
+    return int(Path(path).name[len(CHECKPOINT_PREFIX):]) if path else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Data order
+# ---------------------------------------------------------------------------------------------
+
+
+def batch_order(features: list[dict], batch_size: int, seed: int, epoch: int, group_by_length: bool,
+                length: Callable[[dict], int]) -> list[list[int]]:
+    """The batches of one epoch as lists of example indices, the same for the same seed and epoch.
+
+    Shuffled; with ``group_by_length``, examples are sorted by length inside megabatches of
+    ``MEGABATCH`` batches (less padding), and the megabatch's longest batch goes first so that a
+    run that runs out of memory does so at once.
+    """
+    order = list(range(len(features)))
+    random.Random(seed * 1000 + epoch).shuffle(order)
+    if group_by_length and len(order) > batch_size:
+        span = batch_size * MEGABATCH
+        chunks = [sorted(order[i:i + span], key=lambda j: -length(features[j])) for i in range(0, len(order), span)]
+        order = [j for chunk in chunks for j in chunk]
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        longest = max(range(len(batches)), key=lambda b: length(features[batches[b][0]]))
+        batches[0], batches[longest] = batches[longest], batches[0]
+        return batches
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _feature_length(feature: dict) -> int:
+    ids = feature.get("input_ids")
+    return len(ids) if ids is not None else 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Progress:
+    """Where a run stands: what a checkpoint records beside the weights and the optimizer."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of this epoch already trained
+    tokens: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    evaluations_without_improvement: int = 0
+    losses: list[float] = field(default_factory=list)  # every optimizer step's loss
+
+
+def _save_checkpoint(run: Any, progress: _Progress, optimizer, scheduler) -> Path:
+    root = run.run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"{CHECKPOINT_PREFIX}{progress.step}"
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    try:
+        state = {k: v.detach().to("cpu").contiguous() for k, v in run.method.trainable_state(run.model).items()}
+        save_file(state, str(staging / TRAINABLE_FILE))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                   staging / "optimizer.pt")
+        torch.save({"python": random.getstate(), "torch": torch.get_rng_state()}, staging / "rng.pt")
+        (staging / STATE_FILE).write_text(json.dumps(progress.__dict__, indent=1))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    # keep the newest save_total_limit checkpoints, and the best one of early stopping besides
+    best = f"{CHECKPOINT_PREFIX}{progress.best_step}" if progress.best_step is not None else None
+    done = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)),
+                  key=checkpoint_step)
+    for old in done[:-run.config.training.save_total_limit]:
+        if old.name != best:
+            shutil.rmtree(old)
+    run.pm.hook.on_checkpoint(run=run, step=progress.step, path=str(target))
+    return target
+
+
+def _load_checkpoint(run: Any, path: Path, optimizer, scheduler) -> _Progress:
+    run.method.load_trainable_state(run.model, load_file(str(path / TRAINABLE_FILE)))
+    saved = torch.load(path / "optimizer.pt", weights_only=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    rng = torch.load(path / "rng.pt", weights_only=False)
+    random.setstate(rng["python"])
+    torch.set_rng_state(rng["torch"])
+    return _Progress(**json.loads((path / STATE_FILE).read_text()))
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+def _optimizer(run: Any) -> torch.optim.Optimizer:
+    chosen = optional(run.method, Method, "optimizer_parameters")
+    params = list(chosen(run.model)) if chosen is not None else [p for p in run.model.parameters() if p.requires_grad]
+    if not params:
+        from .errors import UsageError
+
+        raise UsageError(f"method {run.method_name!r} left nothing to train in this model")
+    t = run.config.training
+    # no weight decay on biases and norms (vectors), as transformers' Trainer does
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": t.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=t.learning_rate)
+
+
+def _tokens(batch: dict) -> int:
+    mask = batch.get("attention_mask")
+    if isinstance(mask, torch.Tensor):
+        return int(mask.sum())
+    first = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
+    return int(first.shape[0]) if first is not None else 0
+
+
+def train(run: Any, *, max_steps: int | None = None, stop_at_step: int | None = None,
+          resume_from: str | Path | None = None, features: list[dict] | None = None,
+          extra_loss: Callable[[Any], torch.Tensor] | None = None, save_checkpoints: bool = True,
+          evaluate: bool = True) -> TrainResult:
+    """Train ``run.model`` in place with the config's training settings; return what happened.
+
+    - ``features``: the tokenized examples to train on (default ``run.train_features``);
+    - ``max_steps``: optimizer steps, overriding ``training.max_steps`` and ``epochs`` (the
+      length of the learning-rate schedule);
+    - ``stop_at_step``: stop at that step, with the schedule unchanged, and write a checkpoint
+      there: ``train(run, stop_at_step=n)`` then ``train(run, resume_from=result.checkpoint)``
+      is one run;
+    - ``resume_from``: a checkpoint folder (trainable state, optimizer, schedule, random state
+      and position in the data);
+    - ``extra_loss(model)``: a scalar added to the task's loss at every step (a proximal term);
+    - ``save_checkpoints=False``: write nothing under the run directory (a federated round);
+    - ``evaluate=False``: no evaluation (nor early stopping) during training.
+
+    ``TrainResult.metrics["train_loss"]`` is the mean loss over the steps trained.
+    """
+    from .run import evaluate as evaluate_run
+    from .run import metric_greater_is_better
+
+    t = run.config.training
+    accelerator = run.accelerator
+    features = run.train_features if features is None else features
+    world = accelerator.num_processes
+    per_step = t.batch_size * world  # examples in one micro-batch across every process
+    batches_per_epoch = max(1, math.ceil(len(features) / per_step))
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / t.gradient_accumulation_steps))
+    total = max_steps if max_steps is not None else t.max_steps
+    if total is None or total <= 0:
+        total = max(1, math.ceil(t.epochs * steps_per_epoch))
+    optimizer = _optimizer(run)
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total),
+                              num_training_steps=total)
+    progress = _Progress()
+    if save_checkpoints and run.is_main_process:
+        # a run killed while writing a checkpoint leaves its staging folder: never a checkpoint
+        for stale in (run.run_dir / "checkpoints").glob(".staging-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    if resume_from:
+        progress = _load_checkpoint(run, Path(resume_from), optimizer, scheduler)
+        run.say(f"resuming from {resume_from} (step {progress.step})")
+    stop = min(total, stop_at_step) if stop_at_step else total
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    model = accelerator.prepare_model(run.model) if world > 1 else run.model
+    model.train()
+    watching = evaluate and bool(run.validation_features)
+    metric_name, greater = run.primary_metric
+    early = t.early_stopping if watching else None
+    if early and early.metric:
+        metric_name = early.metric
+        greater = metric_greater_is_better(run.task, run.task_name, metric_name, key="training.early_stopping.metric")
+    eval_steps = t.eval_steps or (max(1, t.logging_steps * 4) if early else None)
+    save_steps = (eval_steps if early and not t.save_steps else t.save_steps) if save_checkpoints else None
+    on_epoch = optional(run.method, Method, "on_epoch")
+    best_state: dict[str, torch.Tensor] | None = None
+    started = time.monotonic()
+    start_step, start_tokens = progress.step, progress.tokens
+    window_loss, window_steps = 0.0, 0
+    checkpoint: Path | None = None
+    stopped_early = False
+
+    def micro_batches() -> Iterator[dict]:
+        while True:
+            if on_epoch is not None:
+                on_epoch(run.model, progress.epoch)
+            order = batch_order(features, per_step, run.config.seed, progress.epoch, t.group_by_length,
+                                _feature_length)
+            for position in range(progress.batch_in_epoch, len(order)):
+                progress.batch_in_epoch = position + 1
+                share = order[position][accelerator.process_index::world]  # this rank's examples
+                if not share:
+                    share = order[position][:1]
+                batch = run.task.collate([features[i] for i in share], run.tokenizer)
+                yield {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            progress.epoch += 1
+            progress.batch_in_epoch = 0
+
+    stream = micro_batches()
+    while progress.step < stop and not stopped_early:
+        step_loss = 0.0
+        for _ in range(t.gradient_accumulation_steps):
+            batch = next(stream)
+            progress.tokens += _tokens(batch) * world
+            with accelerator.autocast():
+                loss = model(**batch).loss  # the task's loss, as the model computes it for these labels
+                if extra_loss is not None:
+                    loss = loss + extra_loss(run.model)
+            loss = loss / t.gradient_accumulation_steps
+            accelerator.backward(loss)
+            step_loss += loss.detach().float().item()
+        if t.max_grad_norm:
+            accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.step += 1
+        if not math.isfinite(step_loss):
+            from .errors import JobFailed
+
+            raise JobFailed(f"the training loss became {step_loss} at step {progress.step} (lower "
+                            "training.learning_rate, or check the data); nothing more was trained")
+        progress.losses.append(step_loss)
+        window_loss += step_loss
+        window_steps += 1
+        if progress.step % t.logging_steps == 0 or progress.step == stop:
+            elapsed = time.monotonic() - started
+            rate = (progress.tokens - start_tokens) / elapsed if elapsed > 0 else 0.0
+            logs = {"loss": window_loss / window_steps, "learning_rate": scheduler.get_last_lr()[0],
+                    "tokens_per_second": rate, "epoch": round(progress.epoch + progress.batch_in_epoch / batches_per_epoch, 4)}
+            run.log(progress.step, logs)
+            done = progress.step - start_step
+            left = (stop - progress.step) * elapsed / done if done else float("nan")
+            run.say(f"step {progress.step}/{stop}  loss {logs['loss']:.4f}  lr {logs['learning_rate']:.2e}  "
+                    f"{rate:.0f} tok/s" + (f"  {int(left // 60)}:{int(left % 60):02d} left" if math.isfinite(left) else ""))
+            window_loss, window_steps = 0.0, 0
+        if watching and eval_steps and progress.step % eval_steps == 0 and progress.step < stop:
+            metrics = evaluate_run(run, step=progress.step, stage="training")
+            run.say(f"step {progress.step} eval  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            if early and run.is_main_process:
+                value = metrics[metric_name]
+                improved = progress.best_metric is None or (
+                    value > progress.best_metric + early.threshold if greater
+                    else value < progress.best_metric - early.threshold)
+                if improved:
+                    progress.best_metric, progress.best_step = value, progress.step
+                    progress.evaluations_without_improvement = 0
+                    best_state = {k: v.detach().clone() for k, v in run.method.trainable_state(run.model).items()}
+                else:
+                    progress.evaluations_without_improvement += 1
+                stopped_early = progress.evaluations_without_improvement >= early.patience
+            if early and world > 1:
+                stopped_early = _broadcast(stopped_early)
+        if save_steps and run.is_main_process and (progress.step % save_steps == 0 or progress.step == stop):
+            checkpoint = _save_checkpoint(run, progress, optimizer, scheduler)
+        if world > 1:
+            accelerator.wait_for_everyone()
+    if stopped_early:
+        run.say(f"early stopping at step {progress.step}: {metric_name} has not improved for "
+                f"{early.patience} evaluations (best {progress.best_metric:.4f} at step {progress.best_step})")
+        if save_steps and run.is_main_process and checkpoint_step(checkpoint) != progress.step:
+            checkpoint = _save_checkpoint(run, progress, optimizer, scheduler)
+    if early and best_state is not None:
+        run.method.load_trainable_state(run.model, best_state)
+        run.say(f"reloaded the best state: {metric_name} {progress.best_metric:.4f} at step {progress.best_step}")
+    seconds = time.monotonic() - started
+    trained = progress.losses[start_step:] if len(progress.losses) > start_step else progress.losses
+    return TrainResult(run_dir=run.run_dir, global_step=progress.step,
+                       metrics={"train_loss": sum(trained) / len(trained) if trained else float("nan")},
+                       train_tokens=progress.tokens - start_tokens, train_seconds=seconds, checkpoint=checkpoint)
+
+
+def _broadcast(flag: bool) -> bool:
+    """The main process's ``flag`` on every process."""
+    import torch.distributed as dist
+
+    box = [flag]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+
+__all__ = ["train", "last_checkpoint", "checkpoint_step", "batch_order", "CHECKPOINT_PREFIX"]

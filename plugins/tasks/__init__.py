@@ -1,0 +1,20 @@
+"""Built-in tasks: ``chat`` (a causal LM on the chat template) and ``classification`` (text).
+
+Each task owns its data: what a valid example is, its labels, how it is split, how it is
+tokenized and scored (the ``tunewright.Task`` protocol). Vision tasks come from
+``tunewright.plugins.vision`` in the same way.
+"""
+
+from tunewright import hookimpl
+
+from .chat import ChatTask
+from .classification import ClassificationTask, classification_metrics
+
+
+@hookimpl(trylast=True)
+def register_tasks(register):
+    register("chat", ChatTask())
+    register("classification", ClassificationTask())
+
+
+__all__ = ["ChatTask", "ClassificationTask", "classification_metrics", "register_tasks"]

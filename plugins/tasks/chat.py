@@ -1,0 +1,205 @@
+"""``chat``: a causal LM tuned on conversations, the loss on assistant tokens only.
+
+The conversation is rendered with the model's chat template turn by turn; what each assistant turn
+adds to the rendering (its content and the end-of-turn marker) is trained, everything else is
+masked with -100::
+
+    <|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n  Hello!<|im_end|>\\n
+    ---------------------- -100 -------------------------  ----- trained -----
+
+Examples are ``{"messages": [{"role": "system" | "user" | "assistant", "content": ...}]}`` as
+OpenAI's fine-tuning API takes them; ``content`` is text, or a list of ``{"type": "text"}`` parts.
+Image parts need a vision task (``image-to-text``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import torch
+
+from tunewright import DataError, Problem, kinds
+
+from .batching import IGNORE, model_device, pad, type_name
+
+ROLES = ("system", "user", "assistant")
+ALLOWED_ROLES = ", ".join(ROLES)
+
+# ChatML, for tokenizers that come without a chat template.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def image_parts(content: Any) -> int:
+    """How many non-text parts (images...) a message's content holds."""
+    if not isinstance(content, list):
+        return 0
+    return sum(1 for part in content if isinstance(part, dict) and part.get("type") != "text")
+
+
+def text_of(content: Any) -> str:
+    """The text of a message: the string, or its text parts joined by newlines."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(str(part.get("text", "")) for part in content
+                         if isinstance(part, dict) and part.get("type") == "text")
+    return ""
+
+
+def chat_problems(messages: Any) -> list[str]:
+    """What is wrong with one conversation, each a sentence with what is allowed."""
+    if not isinstance(messages, list) or not messages:
+        return ["no messages (a chat example needs at least a user and an assistant message)"]
+    problems = []
+    roles = []
+    for number, message in enumerate(messages, start=1):
+        if not isinstance(message, dict):
+            problems.append(f"message {number}: expected an object with role and content, got "
+                            f"{type_name(message)}")
+            roles.append(None)
+            continue
+        role = message.get("role")
+        roles.append(role)
+        if role not in ROLES:
+            problems.append(f"message {number}: unknown role {role!r} (allowed: {ALLOWED_ROLES})")
+            continue
+        content = message.get("content")
+        if not isinstance(content, (str, list)):
+            problems.append(f"message {number} ({role}): content must be text or a list of content "
+                            f"parts, got {type_name(content)}")
+        elif not text_of(content).strip() and not image_parts(content):
+            problems.append(f"message {number} ({role}): empty content (every message needs text)")
+        if role == "system" and number > 1:
+            problems.append(f"message {number}: a system message after the first message "
+                            "(a system message is allowed only first)")
+    if "assistant" not in roles:
+        problems.append("no assistant message (a chat example needs an assistant reply to learn "
+                        "from)")
+    elif roles[-1] in ROLES and roles[-1] != "assistant":
+        problems.append(f"the last message is from {roles[-1]} (a conversation must end with "
+                        "an assistant message; nothing after it would be learnt)")
+    return problems
+
+
+class ChatTask:
+    model_kind = kinds.CAUSAL_LM
+    primary_metric = "mean_token_accuracy"
+    metric_directions = {"loss": "min", "perplexity": "min", "mean_token_accuracy": "max"}
+    description = "causal LM on the chat template, loss on assistant turns only"
+    default_model = "smollm2-135m-instruct"
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def validate(self, example: dict, location: str, config: Any = None) -> list[Problem]:
+        if "messages" not in example:
+            return [Problem(location, (
+                f"the chat task takes examples with 'messages', but this example has "
+                f"{', '.join(map(str, example)) or 'no keys'} (use a chat, prompt-completion or "
+                "instruction file, or another task)"))]
+        problems = [Problem(location, message) for message in chat_problems(example["messages"])]
+        messages = example["messages"] if isinstance(example["messages"], list) else []
+        images = sum(image_parts(m.get("content")) for m in messages if isinstance(m, dict))
+        if images:
+            problems.append(Problem(location, (
+                f"{images} image part{'s' if images != 1 else ''}: the chat task trains on text "
+                "only; image parts need a vision task (task: image-to-text)")))
+        return problems
+
+    def label_set(self, examples: list[dict]) -> None:
+        return None
+
+    def summarize(self, examples: list[dict]) -> dict:
+        turns = [len(e["messages"]) for e in examples if isinstance(e.get("messages"), list)]
+        return {"messages": {"mean": round(sum(turns) / len(turns), 1), "max": max(turns)}} if turns else {}
+
+    def render_summary(self, summary: dict) -> list[str]:
+        messages = summary.get("messages")
+        return [f"messages per conversation: mean {messages['mean']:g}, max {messages['max']}"] if messages else []
+
+    # -- model ---------------------------------------------------------------------------------
+
+    def load_tokenizer(self, path, trust_remote_code: bool = False):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if not tokenizer.chat_template:
+            tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        return tokenizer
+
+    def load_model(self, path, labels, config, tokenizer=None):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, use_safetensors=None,
+            trust_remote_code=bool(config is not None and config.trust_remote_code))
+        if tokenizer is not None and model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        return model
+
+    # -- tokens --------------------------------------------------------------------------------
+
+    def segments(self, messages: list[dict], tokenizer) -> list[tuple[str, bool]]:
+        """Split the rendered conversation into ``(text, trained)`` pieces."""
+        messages = [{**m, "content": text_of(m.get("content"))} for m in messages]
+        pieces: list[tuple[str, bool]] = []
+        rendered = ""
+        for i, message in enumerate(messages):
+            if message["role"] == "assistant":
+                prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+                full = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+                if not (prompt.startswith(rendered) and full.startswith(prompt)):
+                    raise DataError(
+                        "the model's chat template does not render conversations turn by turn "
+                        "(a prefix changes when a turn is added); use a template that does")
+                pieces.append((prompt[len(rendered):], False))
+                pieces.append((full[len(prompt):], True))
+                rendered = full
+        return [(text, trained) for text, trained in pieces if text]
+
+    def tokenize(self, example: dict, tokenizer, labels=None) -> dict:
+        input_ids: list[int] = []
+        targets: list[int] = []
+        for text, trained in self.segments(example["messages"], tokenizer):
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            input_ids += ids
+            targets += ids if trained else [IGNORE] * len(ids)
+        return {"input_ids": input_ids, "labels": targets, "attention_mask": [1] * len(input_ids)}
+
+    def collate(self, features: list[dict], tokenizer) -> dict:
+        return {
+            "input_ids": pad([f["input_ids"] for f in features], tokenizer.pad_token_id),  # (B, T)
+            "attention_mask": pad([f["attention_mask"] for f in features], 0),  # (B, T)
+            "labels": pad([f["labels"] for f in features], IGNORE),  # (B, T)
+        }
+
+    # -- figures -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def metrics(self, model, batches: Iterable[dict]) -> dict[str, float]:
+        was_training = getattr(model, "training", False)
+        if hasattr(model, "eval"):
+            model.eval()
+        device = model_device(model)
+        loss_sum, tokens, correct = 0.0, 0, 0
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = logits[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
+            targets = batch["labels"][:, 1:]  # (B, T-1)
+            mask = targets != IGNORE
+            loss_sum += torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum").item()
+            correct += (logits.argmax(-1)[mask] == targets[mask]).sum().item()
+            tokens += int(mask.sum())
+        if was_training:
+            model.train()
+        if tokens == 0:
+            return {"loss": float("nan"), "perplexity": float("nan"), "mean_token_accuracy": 0.0}
+        loss = loss_sum / tokens
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "mean_token_accuracy": correct / tokens}
