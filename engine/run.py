@@ -30,7 +30,7 @@ from typing import Any, Callable
 import yaml
 
 from .config import JobConfig
-from .data import PreparedData, prepare_data
+from .data import PreparedData, Split, prepare_data
 from .errors import UsageError
 from .manager import PluginManager, plugin_summary
 from .models import atomic_directory, resolve_model
@@ -214,12 +214,17 @@ def _write_run_files(run: Run) -> None:
 
 
 def prepare_run(config: JobConfig, pm: PluginManager, *, resume: bool = False, overwrite: bool = False,
-                echo: Callable[[str], None] | None = None, run_dir: str | Path | None = None) -> Run:
+                echo: Callable[[str], None] | None = None, run_dir: str | Path | None = None,
+                labels: list[str] | None = None, with_data: bool = True) -> Run:
     """Check the run directory, load the tokenizer, prepare the data (every data error raised at
     once, before the model loads), load the model, apply the method and cast for the precision.
 
     ``run_dir`` overrides ``config.output`` (a federated site's own folder, for instance).
-    The main process writes the run directory's files; nothing is trained yet.
+    ``labels`` fixes the label set (the head's outputs, in order) instead of taking it from the
+    training data: every site of a federation shares the server's; an example whose label is not
+    among them is an error. ``with_data=False`` reads no data at all (a federated server without
+    data of its own): the splits are empty. The main process writes the run directory's files;
+    nothing is trained yet.
     """
     import torch
     from accelerate import Accelerator
@@ -250,7 +255,8 @@ def prepare_run(config: JobConfig, pm: PluginManager, *, resume: bool = False, o
     with accelerator.main_process_first():  # one process converts a packaged model into the cache
         path, _ = resolve_model(config.model, registries)
     tokenizer = task.load_tokenizer(path, trust_remote_code=config.trust_remote_code)
-    data = prepare_data(config, pm, tokenizer)
+    data = prepare_data(config, pm, tokenizer, labels=labels) if with_data else PreparedData(
+        Split(), Split(), Split(), labels, [], {})
     labels = data.labels
     resume_from = last_checkpoint(run_dir) if resume else None
     run = Run(config=config, run_dir=run_dir, pm=pm, task_name=config.task, task=task,

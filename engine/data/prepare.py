@@ -115,15 +115,17 @@ def tokenize_examples(examples: Sequence[dict], locations: Sequence[str], task: 
     return features, transformed, problems
 
 
-def prepare_data(config: Any, pm: Any, tokenizer: Any = None) -> PreparedData:
+def prepare_data(config: Any, pm: Any, tokenizer: Any = None, *, labels: list[str] | None = None) -> PreparedData:
     """Read, check, transform, tokenize, split and balance the data of a job config.
 
     ``config.data.train`` is read with ``config.data.format``; ``validation`` and ``test`` are
     files, or fractions of train split off with ``config.seed`` (stratified by the task's
     ``stratify_key``; test first, both fractions of the whole file). If anything is an error, one
     :class:`DataProblems` lists every error, in file and line order, before any training.
-    Without a ``tokenizer`` nothing is tokenized (and no length is checked).
+    Without a ``tokenizer`` nothing is tokenized (and no length is checked). ``labels`` fixes the
+    label set instead of taking it from the training data (checked against every split).
     """
+    fixed_labels = labels
     data = config.data
     task_name = config.task
     task = pm.registries.get("tasks", task_name, key="task")
@@ -140,13 +142,16 @@ def prepare_data(config: Any, pm: Any, tokenizer: Any = None) -> PreparedData:
         files[name] = read
 
     train = files["train"]
-    labels = task.label_set(train.examples) if train.readable and train.examples else None
+    if fixed_labels is not None:
+        labels = list(fixed_labels)
+    else:
+        labels = task.label_set(train.examples) if train.readable and train.examples else None
     for name, read in files.items():
         if not read.readable:
             continue
+        reference = labels if name != "train" or fixed_labels is not None else None
         problems += check_examples(read.examples, read.locations, task_name, pm, config,
-                                   split=name, reference_labels=None if name == "train" else labels,
-                                   source=read.source)
+                                   split=name, reference_labels=reference, source=read.source)
         if name != "train":
             problems += leaks(read.examples, read.locations, train.examples, train.locations, name)
 
@@ -172,7 +177,7 @@ def prepare_data(config: Any, pm: Any, tokenizer: Any = None) -> PreparedData:
 
     # Examples refused outright are not tokenized; excluded ones are left out from here on.
     refused = {p.location for p in problems if p.severity in ("error", "excluded")}
-    if train.readable:
+    if train.readable and fixed_labels is None:
         kept = [e for e, location in zip(train.examples, train.locations) if location not in refused]
         labels = task.label_set(kept) if kept else labels
     parts: dict[str, Split] = {}

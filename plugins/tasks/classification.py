@@ -68,8 +68,9 @@ def labels_across(examples: Sequence[dict], locations: Sequence[str], *, split: 
         shown = ", ".join(sorted(known)[:20]) + (", ..." if len(known) > 20 else "")
         for label, loc in pairs:
             if str(label) not in known:
+                where = "among the job's labels" if split == "train" else "in the training data"
                 problems.append(Problem(loc, (
-                    f"label {label!r} does not occur in the training data (training labels: {shown})")))
+                    f"label {label!r} does not occur {where} (training labels: {shown})")))
     if split == "train" and not regression and len(pairs) == len(examples):
         if len({str(label) for label, _ in pairs}) == 1:
             problems.append(Problem(source, (

@@ -561,6 +561,17 @@ def test_render_report(tmp_path):
     assert render_report([], {"data": {"examples": 3}}).endswith("no problems found")
 
 
+def test_fixed_labels_order_the_head_and_refuse_others(tmp_path, pm, bert_tokenizer):
+    """A federated site takes the server's labels, whatever its own data holds."""
+    path = write_jsonl(tmp_path / "train.jsonl", labelled(60, labels=("b", "c")))
+    data = prepare_data(config(path, validation=None), pm, bert_tokenizer, labels=["c", "b", "a"])
+    assert data.labels == ["c", "b", "a"]
+    assert [f["labels"] for f in data.train.features] == [["c", "b", "a"].index(e["label"])
+                                                          for e in data.train.examples]
+    with pytest.raises(DataProblems, match="label 'b' does not occur among the job's labels"):
+        prepare_data(config(path, validation=None), pm, bert_tokenizer, labels=["a", "c"])
+
+
 def test_excluded_examples_are_left_out_and_reported(tmp_path, bert_tokenizer):
     """An "excluded" problem costs its example only: the job goes on without it."""
 
