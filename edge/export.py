@@ -156,7 +156,7 @@ def export_bundle(model, preprocessor, task_kind: str, examples: list[dict], out
     nothing is written at ``out`` (a bundle already there is left as it was).
     """
     from tunewright import JobFailed, UsageError, get_plugin_manager
-    from tunewright.models import atomic_directory
+    from tunewright import atomic_directory
 
     if task_kind not in TASK_KINDS:
         raise UsageError(f"task kind {task_kind!r} cannot be exported (exportable: {', '.join(TASK_KINDS)})")
@@ -310,7 +310,7 @@ def _jsonable(value):
 def export_run(run_dir: str | Path, out: str | Path, *, split: str = "validation", pm=None, **options) -> ExportResult:
     """Export a finished run: its merged model, tokenizer, task and held-out examples."""
     from tunewright import UsageError, get_plugin_manager
-    from tunewright.runs import load_run
+    from tunewright import load_run
 
     pm = pm or get_plugin_manager()
     run = load_run(run_dir, pm=pm)

@@ -15,6 +15,7 @@ from .hookspecs import hookimpl
 from .manager import PluginManager, get_plugin_manager
 from .models import atomic_directory, cache_dir
 from .run import RUN_MARKER, Run, evaluate, prepare_run, run_job
+from .runs import LoadedRun, load_run
 from .types import (DatasetFormat, Method, ModelProvider, Problem, Runner, Task, Tracker, TrackerFactory,
                     TrainResult)
 
@@ -43,6 +44,8 @@ __all__ = [
     "kinds", "Problem",
     # a job
     "Run", "prepare_run", "train", "evaluate", "run_job", "TrainResult", "RUN_MARKER",
+    # a finished run
+    "load_run", "LoadedRun",
     # files
     "cache_dir", "atomic_directory",
     # errors

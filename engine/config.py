@@ -218,7 +218,7 @@ def load_config(data: dict, registries: Any, source: str = "config") -> JobConfi
     data = dict(data)
     methods = registries.kind("methods")
     sections = registries.kind("config_sections")
-    method_sections = {name for name, m in methods.items() if getattr(m, "config_class", None)}
+    method_sections = {name for name, m in methods.items() if m.config_class is not None}
     extra_allowed = method_sections | set(sections)
     for key in list(data):
         if key in CORE_KEYS or key in extra_allowed:
@@ -237,7 +237,7 @@ def load_config(data: dict, registries: Any, source: str = "config") -> JobConfi
     for tracker in config.trackers:
         registries.get("trackers", tracker, key=f"{source}: trackers")
     extras: dict[str, Any] = {}
-    if getattr(method, "config_class", None) is not None:
+    if method.config_class is not None:
         extras[config.method] = validate_section(
             method.config_class, data.get(config.method), config.method, source)
     for name, value in data.items():

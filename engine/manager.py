@@ -35,6 +35,12 @@ DISABLE_ENV = "TUNEWRIGHT_DISABLE_PLUGIN_AUTOLOAD"
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_\-]*$")
 
+def _protocols() -> dict[str, type]:
+    from .types import DatasetFormat, Method, ModelProvider, Task
+
+    return {"models": ModelProvider, "dataset_formats": DatasetFormat, "tasks": Task, "methods": Method}
+
+
 # kind -> the registration hook that fills it
 REGISTRY_HOOKS = {
     "models": "register_models",
@@ -90,6 +96,13 @@ class Registries:
                 f"{info.describe()} registered {kind[:-1].replace('_', ' ')} {name!r}: a name "
                 "must be lowercase letters, digits, '-' or '_', starting with a letter"
             )
+        protocol = _protocols().get(kind)
+        if protocol is not None and not isinstance(obj, protocol):
+            missing = [member for member in _required(protocol) if not hasattr(obj, member)]
+            raise PluginError(
+                f"{info.describe()} registered {kind[:-1].replace('_', ' ')} {name!r}, which lacks "
+                f"what a tunewright.{protocol.__name__} has: {', '.join(missing)} (see the "
+                f"{protocol.__name__} protocol in tunewright.types)")
         entries = self._entries[kind]
         if name in entries:
             other = self._infos.get(entries[name].plugin) or PluginInfo(entries[name].plugin, None, None)
@@ -176,6 +189,12 @@ class PluginManager(pluggy.PluginManager):
                         ) from exc
             self._registries = registries
         return self._registries
+
+
+def _required(protocol: type) -> list[str]:
+    names = set(getattr(protocol, "__annotations__", {}))
+    names |= {n for n, v in vars(protocol).items() if callable(v) and not n.startswith("_")}
+    return sorted(names)
 
 
 def _bound_register(registries: Registries, kind: str, plugin: str) -> Callable[..., None]:

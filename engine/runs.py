@@ -17,6 +17,11 @@ from .models import resolve_model
 
 @dataclass
 class LoadedRun:
+    """A finished run read back by :func:`load_run`: its resolved ``config``, the tuned ``model``
+    (merged into a plain transformers model unless ``merged=False``, fp32, eval mode), the
+    ``tokenizer`` it trained with, its ``task``, ``labels``, the held-out ``validation`` and
+    ``test`` examples it kept, and its ``eval.json``."""
+
     run_dir: Path
     config: JobConfig
     model: Any  # plain transformers model, method merged, fp32, eval mode

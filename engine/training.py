@@ -310,7 +310,9 @@ def train(run: Any, *, max_steps: int | None = None, stop_at_step: int | None = 
                 stopped_early = progress.evaluations_without_improvement >= early.patience
             if early and world > 1:
                 stopped_early = _broadcast(stopped_early)
-        if save_steps and run.is_main_process and (progress.step % save_steps == 0 or progress.step == stop):
+        paused = stop < total and progress.step == stop  # stop_at_step: the run goes on later from here
+        due = save_steps and (progress.step % save_steps == 0 or progress.step == stop)
+        if run.is_main_process and save_checkpoints and (due or paused):
             checkpoint = _save_checkpoint(run, progress, optimizer, scheduler)
         if world > 1:
             accelerator.wait_for_everyone()

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from tunewright import ConfigError, hookimpl
-from tunewright.models import atomic_directory, cache_dir
+from tunewright import atomic_directory, cache_dir
 
 
 def _package_dir(module: str, distribution: str) -> Path:
