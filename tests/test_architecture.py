@@ -141,3 +141,20 @@ def test_the_engine_asks_plugin_objects_only_for_declared_members():
     for rel, protocol, name, line in optionals:
         assert name in OPTIONAL.get(protocol, ()), (
             f"engine/{rel}:{line}: optional(..., {protocol}, {name!r}) names no optional member of {protocol}")
+
+
+def test_every_subprocess_a_test_starts_has_a_bound():
+    """A hung child must fail its test, not stall the suite: every subprocess call and every wait
+    for a child process names a timeout."""
+    unbounded = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            name = node.func.attr
+            owner = node.func.value.id if isinstance(node.func.value, ast.Name) else None
+            bounded = any(k.arg == "timeout" for k in node.keywords) or (name == "wait" and node.args)
+            if ((owner == "subprocess" and name in ("run", "check_output", "check_call", "call"))
+                    or name in ("wait", "communicate")) and not bounded:
+                unbounded.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}()")
+    assert unbounded == []

@@ -16,13 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_installed_wheel_works_outside_the_checkout(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path / "dist"), str(ROOT)], check=True, capture_output=True)
+                    "-w", str(tmp_path / "dist"), str(ROOT)], check=True, capture_output=True, timeout=600)
     wheel = next((tmp_path / "dist").glob("tunewright-*.whl"))
     # The venv sees the pinned stack of this interpreter but gets tunewright from the wheel alone.
     venv.create(tmp_path / "env", system_site_packages=True, with_pip=True)
     python = str(tmp_path / "env" / "bin" / "python")
     subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--disable-pip-version-check", str(wheel)],
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, timeout=600)
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     probe = (
@@ -31,15 +31,15 @@ def test_installed_wheel_works_outside_the_checkout(tmp_path):
         "print(json.dumps({'file': tunewright.__file__, 'plugins': tunewright.plugins.tasks.__file__,"
         "'template': files('tunewright').joinpath('templates/config.yaml').is_file()}))"
     )
-    result = subprocess.run([python, "-c", probe], cwd=outside, capture_output=True, text=True, check=True)
+    result = subprocess.run([python, "-c", probe], cwd=outside, capture_output=True, text=True, check=True, timeout=600)
     found = json.loads(result.stdout)
     site = str(tmp_path / "env")
     assert found["file"].startswith(site) and found["plugins"].startswith(site), found
     assert found["template"]
     listed = subprocess.run([str(tmp_path / "env" / "bin" / "tunewright"), "plugins", "--json"], cwd=outside,
-                            capture_output=True, text=True, check=True)
+                            capture_output=True, text=True, check=True, timeout=600)
     plugins = {p["name"]: p for p in json.loads(listed.stdout)}
     assert plugins["tasks"]["builtin"] and plugins["lora"]["builtin"]
     # no top-level `engine` or `plugins` package leaks into site-packages
-    names = subprocess.run([python, "-m", "zipfile", "-l", str(wheel)], capture_output=True, text=True).stdout
+    names = subprocess.run([python, "-m", "zipfile", "-l", str(wheel)], capture_output=True, text=True, timeout=600).stdout
     assert "engine/" not in names and " plugins/" not in names

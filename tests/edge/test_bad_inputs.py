@@ -52,7 +52,7 @@ def test_newer_format_version_is_refused(bundle_copy):
 
 def test_device_command_line_exit_codes(bundle_copy):
     run = lambda *args: subprocess.run([sys.executable, "-m", "tunewright.edge.runtime", *args],
-                                       capture_output=True, text=True)
+                                       capture_output=True, text=True, timeout=600)
     ok = run("run", str(bundle_copy), "good film")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)[0]["label"] in ("neg", "pos")

@@ -58,7 +58,7 @@ def test_runtime_imports_neither_torch_nor_transformers():
     code = ("import sys, tunewright.edge.runtime, tunewright.edge.runtime.__main__; "
             "bad = [m for m in ('torch', 'transformers', 'optimum') if m in sys.modules]; "
             "assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
 
 
 def test_generator_bundle_generates_what_torch_generates(generator_bundle, tiny_causal_lm):

@@ -42,9 +42,9 @@ def test_export_a_trained_run_and_use_the_bundle(tiny_run):
                                                                              "sequence_classification")
     assert manifest["labels"] == ["neg", "pos"]
     assert manifest["run"]["eval"]["final"]["accuracy"] * 100 == pytest.approx(manifest["parity"]["tuned"], abs=1e-6)
-    verify = subprocess.run(["tunewright", "edge", "verify", "bundle"], cwd=tiny_run, capture_output=True, text=True)
+    verify = subprocess.run(["tunewright", "edge", "verify", "bundle"], cwd=tiny_run, capture_output=True, text=True, timeout=600)
     assert verify.returncode == 0 and json.loads(verify.stdout)["ok"]
-    run = subprocess.run(["tunewright", "edge", "run", "bundle", "good film"], cwd=tiny_run, capture_output=True, text=True)
+    run = subprocess.run(["tunewright", "edge", "run", "bundle", "good film"], cwd=tiny_run, capture_output=True, text=True, timeout=600)
     assert json.loads(run.stdout)[0]["label"] in ("neg", "pos")
 
 

@@ -117,7 +117,7 @@ def test_overwrite_replaces_a_run_directory(tiny_llama_dir, chat_data, tmp_path)
 
 def cli(*args, cwd=None, env=None, **kwargs):
     return subprocess.run([sys.executable, "-m", "tunewright", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, **kwargs)
+                          cwd=cwd, env=env, **kwargs, timeout=600)
 
 
 def test_killed_run_resumes_without_losing_a_step(tiny_llama_dir, chat_data, tmp_path):
@@ -125,18 +125,18 @@ def test_killed_run_resumes_without_losing_a_step(tiny_llama_dir, chat_data, tmp
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(job_config(tiny_llama_dir, chat_data, out, max_steps=40, save_steps=5,
                                                 save_total_limit=3, logging_steps=1)))
+    checkpoints = out / "checkpoints"
     proc = subprocess.Popen([sys.executable, "-m", "tunewright", "train", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 240
-    checkpoints = out / "checkpoints"
-    while time.monotonic() < deadline:
-        done = [p for p in checkpoints.glob("checkpoint-*")] if checkpoints.exists() else []
-        if any(p.name == "checkpoint-15" for p in done):
-            break
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        deadline = time.monotonic() + 300
+        while not (checkpoints / "checkpoint-15").is_dir():
+            assert proc.poll() is None, f"training ended before checkpoint-15: {proc.stdout.read()}"
+            assert time.monotonic() < deadline, "no checkpoint-15 within 300 s"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
     assert not (out / "adapter").exists()  # nothing that looks like a finished run
     killed_at = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
     assert killed_at < 40
