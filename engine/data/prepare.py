@@ -77,7 +77,7 @@ def transform_example(example: dict, location: str, task_name: str, pm: Any, con
     current = example
     for impl in hookimpls(pm, "transform_example"):
         new = call_impl(pm, impl, "transform_example", location, example=current, task=task_name,
-                        config=config)
+                        config=config, location=location)
         if new is not None:
             current = new
     return current
