@@ -96,13 +96,6 @@ class Registries:
                 f"{info.describe()} registered {kind[:-1].replace('_', ' ')} {name!r}: a name "
                 "must be lowercase letters, digits, '-' or '_', starting with a letter"
             )
-        protocol = _protocols().get(kind)
-        if protocol is not None and not isinstance(obj, protocol):
-            missing = [member for member in _required(protocol) if not hasattr(obj, member)]
-            raise PluginError(
-                f"{info.describe()} registered {kind[:-1].replace('_', ' ')} {name!r}, which lacks "
-                f"what a tunewright.{protocol.__name__} has: {', '.join(missing)} (see the "
-                f"{protocol.__name__} protocol in tunewright.types)")
         entries = self._entries[kind]
         if name in entries:
             other = self._infos.get(entries[name].plugin) or PluginInfo(entries[name].plugin, None, None)
@@ -111,6 +104,13 @@ class Registries:
                 f"{other.describe()} registered already; uninstall one of them or limit "
                 f"plugins with {ALLOW_ENV}"
             )
+        protocol = _protocols().get(kind)
+        if protocol is not None and not isinstance(obj, protocol):
+            missing = [member for member in _required(protocol) if not hasattr(obj, member)]
+            raise PluginError(
+                f"{info.describe()} registered {kind[:-1].replace('_', ' ')} {name!r}, which lacks "
+                f"what a tunewright.{protocol.__name__} has: {', '.join(missing)} (see the "
+                f"{protocol.__name__} protocol in tunewright.types)")
         entries[name] = Registered(name, obj, plugin)
         info.registered.setdefault(kind, []).append(name)
 

@@ -46,9 +46,11 @@ def test_third_party_plugin_is_loaded_and_listed(site):
     install_fake_distribution(site, "fake-extra", "fake_extra", """
         from tunewright import hookimpl
 
+        from tunewright.plugins.tasks import ChatTask
+
         @hookimpl
         def register_tasks(register):
-            register("echo", object())
+            register("echo", ChatTask())
     """)
     pm = get_plugin_manager(env={})
     info = {p["name"]: p for p in plugin_summary(pm)}["fake_extra"]
@@ -61,9 +63,11 @@ def test_allow_list_and_autoload_switch(site):
     install_fake_distribution(site, "fake-listed", "fake_listed", """
         from tunewright import hookimpl
 
+        from tunewright.plugins.tasks import ChatTask
+
         @hookimpl
         def register_tasks(register):
-            register("listed", object())
+            register("listed", ChatTask())
     """)
     assert "listed" in get_plugin_manager(env={}).registries.tasks
     assert "listed" not in get_plugin_manager(env={ALLOW_ENV: "something-else"}).registries.tasks
