@@ -1,0 +1,75 @@
+"""Making an example self-contained before it is tokenized.
+
+``Task.tokenize(example, tokenizer, labels)`` receives the example alone: no location, no config.
+:func:`prepare_example` (the vision plugin's ``transform_example``) writes into the example what
+reading its images needs, so that :func:`~tunewright.vision.load_images` reads exactly what
+validation accepted:
+
+- ``image_source``: ``root``, the folder its relative paths resolve against, and the job's
+  reading settings (``allow_remote``, ``remote_timeout``, ``max_image_bytes``, ``max_pixels``);
+- the job's ``vision.detail``, when set, written over each image's own ``detail``.
+
+The input example is not changed; a new one is returned.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+from .checks import SOURCE_KEY, image_refs, local_path
+from .settings import settings_of
+
+_READING = ("allow_remote", "remote_timeout", "max_image_bytes", "max_pixels")
+
+
+def job_root(config: Any) -> str | None:
+    """The one folder that holds every data file of a job config (``data.train``, and
+    ``data.validation``/``data.test`` where they are files), or ``None`` when there is no config
+    or they are in different folders: then only the example's location could say which folder its
+    paths are relative to."""
+    data = getattr(config, "data", None)
+    if data is None:
+        return None
+    folders = set()
+    for value in (getattr(data, "train", None), getattr(data, "validation", None), getattr(data, "test", None)):
+        if isinstance(value, str):
+            path = Path(value)
+            folders.add(os.path.abspath(path if path.is_dir() else path.parent))
+    return folders.pop() if len(folders) == 1 else None
+
+
+def prepare_example(example: Any, config: Any = None, *, root: str | Path | None = None) -> Any:
+    """The example with ``image_source`` and the job's detail written in (see the module
+    docstring); an example without images comes back unchanged (the same object). ``root``: the
+    data folder when the caller knows it (from the example's location)."""
+    refs = image_refs(example)
+    if not refs:
+        return example
+    settings = settings_of(config)
+    result = dict(example)
+    source = dict(example.get(SOURCE_KEY) or {}) if isinstance(example.get(SOURCE_KEY), dict) else {}
+    if "root" not in source:
+        found = os.path.abspath(root) if root is not None else job_root(config)
+        if found is not None and any(local_path(r.reference) for r in refs):
+            source["root"] = found
+    if config is not None:
+        source.update({key: getattr(settings, key) for key in _READING})
+    if source:
+        result[SOURCE_KEY] = source
+    if settings.detail is not None:
+        if "image" in result:
+            result["detail"] = settings.detail
+        if isinstance(result.get("messages"), list):
+            result["messages"] = copy.deepcopy(result["messages"])
+            for ref in refs:
+                if ref.message is None or ref.reference is None:
+                    continue
+                part = result["messages"][ref.message - 1]["content"][ref.part - 1]
+                part["image_url"]["detail"] = settings.detail
+    return result
+
+
+__all__ = ["prepare_example", "job_root"]
