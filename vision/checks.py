@@ -146,7 +146,7 @@ def check_image(data: bytes, settings: VisionSettings | Any = None, *, declared_
         raise ImageRefused("corrupt", f"the image is empty: 0 bytes (allowed: {ALLOWED_TEXT} images)")
     found = sniff_format(data)
     if found not in ALLOWED_FORMATS:
-        what = (f"the bytes are a {found} file" if found else
+        what = (f"the bytes are {_article(found)} {found} file" if found else
                 f"the bytes are not an image format read here (they start {data[:8].hex(' ')})")
         raise ImageRefused("format", f"{what}, whatever its name or declared type says "
                                      f"(allowed: {ALLOWED_TEXT}; convert it, e.g. to PNG)")
@@ -163,8 +163,10 @@ def check_image(data: bytes, settings: VisionSettings | Any = None, *, declared_
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=[found])
     except Image.DecompressionBombError as exc:
-        raise ImageRefused("bomb", f"{exc} (refused before decoding; allowed: at most "
-                                   f"vision.max_pixels {settings.max_pixels:,} pixels)") from None
+        raise ImageRefused("bomb", (
+            f"its header claims more pixels than Pillow opens at all ({exc}); refused before "
+            f"decoding, as a decompression bomb (allowed: at most vision.max_pixels "
+            f"{settings.max_pixels:,} pixels)")) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageRefused("corrupt", f"the {found} header cannot be read: {exc} "
                                       f"(allowed: complete {ALLOWED_TEXT} files)") from None
@@ -183,11 +185,10 @@ def check_image(data: bytes, settings: VisionSettings | Any = None, *, declared_
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        message = str(exc)
-        if "truncated" in message:
-            message = f"the file is truncated ({message}): it ends before the image does"
-        raise ImageRefused("corrupt", f"the {found} image does not decode: {message} "
-                                      f"(allowed: complete {ALLOWED_TEXT} files)") from None
+        what = ("the file is truncated: it ends before the image does" if "truncated" in str(exc)
+                else "the image data is corrupt")
+        raise ImageRefused("corrupt", f"the {found} image does not decode: {what} (Pillow: {exc}; "
+                                      f"allowed: complete {ALLOWED_TEXT} files)") from None
     mode = image.mode
     oriented = False
     orientation = image.getexif().get(_ORIENTATION) if found in ALLOWED_FORMATS else None
@@ -196,6 +197,10 @@ def check_image(data: bytes, settings: VisionSettings | Any = None, *, declared_
         oriented = True
     image, converted = _to_rgb(image)
     return CheckedImage(image, found, image.width, image.height, mode, len(data), converted, oriented)
+
+
+def _article(name: str) -> str:
+    return "an" if name[0] in "AEFHILMNORSX" else "a"
 
 
 def _media_type(fmt: str) -> str:
@@ -316,16 +321,18 @@ def example_root(example: Any, location: str | None = None) -> str | None:
     """The folder an example's relative image paths resolve against: the one its dataset format
     or the vision transform recorded (``example["image_source"]["root"]``), else the folder of
     the data file named by ``location`` (``data/train.jsonl:17``; for a folder of images, the
-    folder itself), else ``None``."""
+    folder itself) when that file or folder exists, else ``None``."""
     source = example.get(SOURCE_KEY) if isinstance(example, dict) else None
     if isinstance(source, dict) and isinstance(source.get("root"), str):
         return source["root"]
     if not location:
         return None
     path, _, line = location.rpartition(":")
-    path = path if path and line.isdigit() else location
-    where = Path(path)
-    return os.path.abspath(where if where.is_dir() else where.parent)
+    where = Path(path if path and line.isdigit() else location)
+    if where.is_dir():
+        return os.path.abspath(where)
+    # only a data file that exists says where its images are ("example 3" says nothing)
+    return os.path.abspath(where.parent) if where.is_file() else None
 
 
 def reading_settings(example: Any, settings: VisionSettings | Any = None) -> VisionSettings:

@@ -97,7 +97,7 @@ def render_summary(summary: dict) -> list[str]:
     lines = []
     accepted = summary["accepted"]
     formats = ", ".join(f"{name} {count:,}" for name, count in summary["formats"].items())
-    head = (f"images: {summary['images']:,} in {summary['examples_with_images']:,} examples, "
+    head = (f"images: {summary['images']:,} in {_plural(summary['examples_with_images'], 'example')}, "
             f"{accepted:,} accepted" + (f" ({formats})" if formats else ""))
     if "width" in summary:
         w, h = summary["width"], summary["height"]
@@ -115,8 +115,8 @@ def render_summary(summary: dict) -> list[str]:
     refused = summary["refused"]
     if refused["reasons"]:
         why = ", ".join(f"{REASONS.get(code, code)} {count:,}" for code, count in refused["reasons"].items())
-        lines.append(f"  refused: {refused['images']:,} images in {refused['examples']:,} examples "
-                     f"({why})")
+        lines.append(f"  refused: {_plural(refused['images'], 'image')} in "
+                     f"{_plural(refused['examples'], 'example')} ({why})")
     if accepted:
         costs = summary["costs"]
         detail = summary["detail"]
@@ -130,6 +130,10 @@ def render_summary(summary: dict) -> list[str]:
         lines.append(f"  image tokens (OpenAI's count): {as_set['tokens']:,} as set; {low['tokens']:,} at low, "
                      f"{high['tokens']:,} at high")
     return lines
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
 
 
 def _count(value: int) -> str:
