@@ -31,6 +31,7 @@ import shutil
 import struct
 import sys
 import tempfile
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ PHOTOS = {
     "immunohistochemistry": ("cells.png", "Stained cells under a microscope."),
     "astronaut": ("astronaut.jpg", "An astronaut."),
 }
+_EPOCH = time.gmtime(1_704_067_200)  # 2024-01-01: a PDF records its date, which must not vary
 _PIL_FORMAT = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 
 
@@ -175,7 +177,7 @@ def bad_images() -> dict[str, tuple[bytes, str]]:
         "gif-named.png": (_encode(cat, "GIF"), "format"),
         "scan.bmp": (_encode(cat, "BMP"), "format"),
         "scan.tiff": (_encode(cat, "TIFF"), "format"),
-        "page.pdf": (_encode(cat, "PDF"), "format"),
+        "page.pdf": (_encode(cat, "PDF", creationDate=_EPOCH, modDate=_EPOCH), "format"),
         "drawing.svg": (svg, "format"),
         "phone.heic": (heic_header(), "format"),
         "truncated.jpg": (jpeg[: len(jpeg) * 2 // 3], "corrupt"),
