@@ -12,8 +12,9 @@ step 1.1), then, only when it finds nothing, the profile cascade on the image an
 neighbours: at 3 it fires on cat faces; scale step 1.2: a third faster than 1.1 and, on the set
 below, as good).
 
-Speed: the cascades cost about 100 ms per 640-pixel photo and 5-10 ms per small image on one idle
-core (three passes when no frontal face is found, the usual case); screening is the slowest part
+Speed: the cascades cost about 0.5 s per 640-pixel photo and 20 ms per small image on one thread of
+a loaded 2-core machine (three passes when no frontal face is found, the usual case); not yet
+measured idle. Screening is the slowest part
 of validation by far (``bench/vision_validate_bench.py``), and ``vision.screening: false`` skips it.
 
 Measured on scikit-image's ``lfw_subset`` (100 faces and 100 non-faces, 25 x 25), 500 MNIST
