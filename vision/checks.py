@@ -47,12 +47,15 @@ DECLARED_TYPES = {"image/jpeg": "JPEG", "image/jpg": "JPEG", "image/pjpeg": "JPE
                   "image/png": "PNG", "image/webp": "WEBP"}
 
 #: the key under which an example carries where its images are read from: ``root`` (the data
-#: folder relative paths resolve against) and, once the vision transform ran, the reading settings
-#: of the job (``allow_remote``, ``remote_timeout``, ``max_image_bytes``, ``max_pixels``), since
+#: folder relative paths resolve against) and, once the vision transform ran, the job's reading
+#: settings and limits (:data:`READING_KEYS`), since
 #: ``Task.tokenize`` receives the example alone
 SOURCE_KEY = "image_source"
 
-_READING_KEYS = ("allow_remote", "remote_timeout", "max_image_bytes", "max_pixels")
+#: what an example carries of the job's settings (``image_source``), so that ``load_images``
+#: applies at tokenize time exactly the limits validation applied
+READING_KEYS = ("allow_remote", "remote_timeout", "max_images", "max_image_bytes", "max_example_bytes",
+                "max_pixels")
 _ORIENTATION = 0x0112
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs"}
 
@@ -341,7 +344,7 @@ def reading_settings(example: Any, settings: VisionSettings | Any = None) -> Vis
     source = example.get(SOURCE_KEY) if isinstance(example, dict) else None
     if not isinstance(source, dict):
         return settings
-    carried = {key: source[key] for key in _READING_KEYS if key in source}
+    carried = {key: source[key] for key in READING_KEYS if key in source}
     return settings.model_copy(update=carried) if carried else settings
 
 

@@ -6,7 +6,8 @@ reading its images needs, so that :func:`~tunewright.vision.load_images` reads e
 validation accepted:
 
 - ``image_source``: ``root``, the folder its relative paths resolve against, and the job's
-  reading settings (``allow_remote``, ``remote_timeout``, ``max_image_bytes``, ``max_pixels``);
+  reading settings and limits (``allow_remote``, ``remote_timeout``, ``max_images``,
+  ``max_image_bytes``, ``max_example_bytes``, ``max_pixels``);
 - the job's ``vision.detail``, when set, written over each image's own ``detail``.
 
 The input example is not changed; a new one is returned.
@@ -19,11 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .checks import SOURCE_KEY, image_refs, local_path
+from .checks import READING_KEYS, SOURCE_KEY, image_refs, local_path
 from .settings import settings_of
-
-_READING = ("allow_remote", "remote_timeout", "max_image_bytes", "max_pixels")
-
 
 def job_root(config: Any) -> str | None:
     """The one folder that holds every data file of a job config (``data.train``, and
@@ -56,7 +54,7 @@ def prepare_example(example: Any, config: Any = None, *, root: str | Path | None
         if found is not None and any(local_path(r.reference) for r in refs):
             source["root"] = found
     if config is not None:
-        source.update({key: getattr(settings, key) for key in _READING})
+        source.update({key: getattr(settings, key) for key in READING_KEYS})
     if source:
         result[SOURCE_KEY] = source
     if settings.detail is not None:

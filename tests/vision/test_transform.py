@@ -66,6 +66,17 @@ def test_prepare_example_writes_folder_settings_and_detail(registries, tmp_path,
         load_images(CHAT)
 
 
+def test_limits_raised_in_the_config_hold_at_tokenize_time(registries, tmp_path, folder):
+    many = {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "cats/1.png"}} for _ in range(12)]},
+        {"role": "assistant", "content": "twelve cats"}]}
+    config = job(registries, tmp_path, max_images=12)
+    prepared = prepare_example(many, config)
+    assert len(load_images(prepared)) == 12
+    with pytest.raises(DataError, match="more than vision.max_images 10"):
+        load_images(prepare_example(many, job(registries, tmp_path)))
+
+
 def test_classification_examples_get_the_detail_too(registries, tmp_path, folder):
     example = {"image": "cats/1.png", "label": "cat", SOURCE_KEY: {"root": str(folder)}}
     prepared = prepare_example(example, job(registries, tmp_path, detail="high"))
