@@ -20,14 +20,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .checks import READING_KEYS, SOURCE_KEY, image_refs, local_path
+from .checks import READING_KEYS, SOURCE_KEY, example_root, image_refs, local_path
 from .settings import settings_of
 
 def job_root(config: Any) -> str | None:
     """The one folder that holds every data file of a job config (``data.train``, and
     ``data.validation``/``data.test`` where they are files), or ``None`` when there is no config
-    or they are in different folders: then only the example's location could say which folder its
-    paths are relative to."""
+    or they are in different folders. A fallback for callers that know no location."""
     data = getattr(config, "data", None)
     if data is None:
         return None
@@ -39,10 +38,13 @@ def job_root(config: Any) -> str | None:
     return folders.pop() if len(folders) == 1 else None
 
 
-def prepare_example(example: Any, config: Any = None, *, root: str | Path | None = None) -> Any:
+def prepare_example(example: Any, config: Any = None, *, location: str | None = None,
+                    root: str | Path | None = None) -> Any:
     """The example with ``image_source`` and the job's detail written in (see the module
-    docstring); an example without images comes back unchanged (the same object). ``root``: the
-    data folder when the caller knows it (from the example's location)."""
+    docstring); an example without images comes back unchanged (the same object). The folder is,
+    in this order: what the example carries already (an image dataset format wrote it), ``root``,
+    the folder of the data file ``location`` names (``data/train.jsonl:17``: what validation
+    resolved against), or the one folder of the job's data files."""
     refs = image_refs(example)
     if not refs:
         return example
@@ -50,7 +52,11 @@ def prepare_example(example: Any, config: Any = None, *, root: str | Path | None
     result = dict(example)
     source = dict(example.get(SOURCE_KEY) or {}) if isinstance(example.get(SOURCE_KEY), dict) else {}
     if "root" not in source:
-        found = os.path.abspath(root) if root is not None else job_root(config)
+        if root is not None:
+            found = os.path.abspath(root)
+        else:
+            found = example_root(example, location) if location else None
+            found = found if found is not None else job_root(config)
         if found is not None and any(local_path(r.reference) for r in refs):
             source["root"] = found
     if config is not None:

@@ -93,6 +93,11 @@ def test_a_root_is_only_guessed_from_one_folder(registries, tmp_path, folder):
     assert "root" not in prepare_example(CHAT, split).get(SOURCE_KEY, {})
     assert prepare_example(CHAT, split, root=folder)[SOURCE_KEY]["root"] == str(folder)
     assert job_root(None) is None
+    # the example's location says it: what the engine passes to transform_example
+    (folder / "train.jsonl").write_text("{}\n")
+    located = prepare_example(CHAT, split, location=f"{folder / 'train.jsonl'}:1")
+    assert located[SOURCE_KEY]["root"] == str(folder)
+    assert prepare_example(CHAT, None, location=f"{folder / 'train.jsonl'}:1")[SOURCE_KEY] == {"root": str(folder)}
 
 
 def test_examples_without_images_pass_untouched(registries, tmp_path):

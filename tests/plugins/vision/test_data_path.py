@@ -168,10 +168,8 @@ def test_validate_lists_refusals_and_summarises_images(pm, data):
     json.dumps(as_json)  # JSON-ready
 
 
-@pytest.mark.xfail(strict=True, reason="transform_example gets no location: a chat file's relative "
-                   "image paths resolve in a job whose data files share a folder, not in "
-                   "`tunewright validate` without a config (engine change asked for in the report)")
 def test_chat_paths_resolve_in_validate_without_a_config(pm, tmp_path):
+    """transform_example gets the example's location: no config is needed to find its folder."""
     folder = tmp_path / "chat"
     folder.mkdir()
     (folder / "a.png").write_bytes(encode(Image.new("RGB", (20, 20)), "PNG"))

@@ -35,14 +35,16 @@ def test_transform_example_hook_makes_examples_self_contained(pm, tmp_path):
                           "vision": {"detail": "low"}}, pm.registries)
     example = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "img/a.jpg"}}]},
                             {"role": "assistant", "content": "grey"}]}
-    results = [r for r in pm.hook.transform_example(example=example, task="image-to-text", config=config)
+    (folder / "train.jsonl").write_text(json.dumps(example) + "\n")
+    results = [r for r in pm.hook.transform_example(example=example, task="image-to-text", config=config,
+                                                    location=f"{folder / 'train.jsonl'}:1")
                if r is not None]
     [prepared] = results
     assert prepared[SOURCE_KEY]["root"] == str(folder)
     [image] = load_images(prepared)
     assert (image.image.mode, image.detail()) == ("RGB", "low")
     text = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
-    assert not any(pm.hook.transform_example(example=text, task="chat", config=config))
+    assert not any(pm.hook.transform_example(example=text, task="chat", config=config, location="x:1"))
 
 
 def test_importing_vision_pulls_neither_torch_nor_opencv():
