@@ -73,8 +73,9 @@ def test_missing_file(tmp_path, pm):
 
 
 def test_directory(tmp_path, pm):
-    with pytest.raises(DataError, match=r": is a directory, not a data file \(expected a data file "
-                                        r"ending in .*\.csv.*\.jsonl"):
+    # A folder format is built in (image-folder, a folder per class), so a folder is read with it.
+    with pytest.raises(DataError, match=r"the folder is empty: it holds no records \(expected a data "
+                                        r"file ending in .*\.csv.*\.jsonl.*, or a folder read by image-folder"):
         read_examples(tmp_path, pm.registries)
 
 
