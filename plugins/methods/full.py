@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tunewright import UsageError, hookimpl
 
-from .model_parts import TEXT_KINDS, check_task_kind
+from .model_parts import TEXT_AND_IMAGE_KINDS, check_task_kind
 
 REFERENCE = "https://arxiv.org/abs/1810.04805"  # BERT: fine-tuning all pretrained parameters
 
@@ -21,7 +21,7 @@ class FullMethod:
     name = "full"
     config_class = None
     reference = REFERENCE
-    task_kinds = TEXT_KINDS
+    task_kinds = TEXT_AND_IMAGE_KINDS
 
     def apply(self, model, settings, task_kind):
         check_task_kind(self.name, task_kind, self.task_kinds)

@@ -72,7 +72,7 @@ class Ia3Method(PeftMethod):
             raise ConfigError(f"ia3.feedforward_modules: {', '.join(map(repr, stray))} must also be "
                               f"in target_modules ({', '.join(targets)})")
         return IA3Config(
-            task_type=PEFT_TASK_TYPES[task_kind],
+            task_type=PEFT_TASK_TYPES.get(task_kind),
             target_modules=targets,
             feedforward_modules=feedforward,
             modules_to_save=self.modules_to_save(model, settings.modules_to_save, task_kind),

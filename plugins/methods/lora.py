@@ -21,6 +21,7 @@ from pydantic import Field, field_validator
 
 from tunewright import Section, UsageError, hookimpl
 
+from .model_parts import TEXT_AND_IMAGE_KINDS
 from .peft_backed import PEFT_TASK_TYPES, PeftMethod
 
 LORA_REFERENCE = "https://arxiv.org/abs/2106.09685"
@@ -61,6 +62,8 @@ class DoraSettings(LoraSettings):
 
 class LoraMethod(PeftMethod):
     peft_type = "LORA"
+    #: image classifiers too: without a PEFT task type, the head goes in modules_to_save
+    task_kinds = TEXT_AND_IMAGE_KINDS
 
     def __init__(self, name: str = "lora", use_dora: bool = False):
         self.name = name
@@ -72,7 +75,7 @@ class LoraMethod(PeftMethod):
         from peft import LoraConfig
 
         return LoraConfig(
-            task_type=PEFT_TASK_TYPES[task_kind],
+            task_type=PEFT_TASK_TYPES.get(task_kind),
             r=settings.r,
             lora_alpha=settings.alpha,
             lora_dropout=settings.dropout,

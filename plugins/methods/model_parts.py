@@ -14,10 +14,22 @@ A model with a task head looks the same from far enough away::
 - the *head* is every top-level child with parameters that is not the base model;
 - the modules *after the stack* are the base model's children registered after the one holding the
   stack (a final norm, a pooler): they see only the top block's output.
+
+Image classifiers have the same shape (``MobileNetV2ForImageClassification``: ``mobilenet_v2`` with
+the block stack ``layer`` and ``conv_1x1`` after it, head ``classifier``; ViT like BERT). A CNN's
+blocks hold convolutions, not linear layers: their 1x1 convolutions are matrix products over the
+channels at every pixel, and LoRA adapts them as it adapts a linear layer (depthwise 3x3
+convolutions, one small filter per channel, are left alone).
+
+BatchNorm (CNNs): its running statistics are buffers, not parameters, so no method's trainable
+state carries them. Methods other than ``full`` call :func:`keep_batchnorm_statistics`, so that the
+statistics stay the pretrained ones while training: the saved state then describes the tuned model
+completely (a reloaded adapter, a resumed run and a federated round compute what was trained).
 """
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 from torch import nn
@@ -26,6 +38,8 @@ from tunewright import UsageError, kinds
 
 #: the task kinds the built-in methods tune (see ``Method.task_kinds``)
 TEXT_KINDS = (kinds.CAUSAL_LM, kinds.SEQUENCE_CLASSIFICATION)
+#: and image classifiers (CNNs and ViTs), for the methods that need nothing text-specific
+TEXT_AND_IMAGE_KINDS = TEXT_KINDS + (kinds.IMAGE_CLASSIFICATION,)
 
 
 def check_task_kind(method: str, task_kind: str, supported: tuple[str, ...] = TEXT_KINDS) -> None:
@@ -115,6 +129,32 @@ def linear_suffixes(model: nn.Module) -> list[str]:
         if name.startswith(stack_name + ".") and isinstance(module, _linear_types()):
             seen.setdefault(name.rsplit(".", 1)[-1], None)
     return list(seen)
+
+
+def pointwise_convolutions(model: nn.Module) -> list[str]:
+    """Qualified names of the 1x1, ungrouped ``nn.Conv2d`` layers inside the blocks, in model order
+    (MobileNetV2: every ``expand_1x1.convolution`` and ``reduce_1x1.convolution``)."""
+    stack_name, _ = block_stack(model)
+    return [name for name, module in model.named_modules()
+            if name.startswith(stack_name + ".") and isinstance(module, nn.Conv2d)
+            and module.kernel_size == (1, 1) and module.groups == 1]
+
+
+def _always_eval(self: nn.Module, mode: bool = True) -> nn.Module:
+    return nn.Module.train(self, False)
+
+
+def keep_batchnorm_statistics(model: nn.Module) -> int:
+    """Keep every BatchNorm layer in eval mode, whatever ``model.train()`` says: it normalises
+    with, and keeps, its pretrained running statistics (its affine weights still train where the
+    method makes them trainable). Returns how many layers it changed."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.train = types.MethodType(_always_eval, module)
+            module.train(False)
+            count += 1
+    return count
 
 
 def parameter_names_under(model: nn.Module, prefixes: list[str]) -> list[str]:

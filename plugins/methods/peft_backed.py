@@ -18,8 +18,17 @@ from typing import Any
 
 from tunewright import ConfigError, UsageError, kinds
 
-from .model_parts import check_task_kind, head_names, linear_suffixes, model_summary
+from .model_parts import (
+    check_task_kind,
+    head_names,
+    keep_batchnorm_statistics,
+    linear_suffixes,
+    model_summary,
+    pointwise_convolutions,
+)
 
+#: PEFT's task type per task kind; a kind without one (image classification) wraps with
+#: ``task_type=None`` and puts the head in ``modules_to_save`` itself
 PEFT_TASK_TYPES = {kinds.CAUSAL_LM: "CAUSAL_LM", kinds.SEQUENCE_CLASSIFICATION: "SEQ_CLS"}
 PEFT_ADDS_FOR_SEQ_CLS = ("classifier", "score")
 
@@ -56,9 +65,11 @@ class PeftMethod:
         settings = settings if settings is not None else self.config_class()
         config = self.peft_config(model, settings, task_kind)
         try:
-            return get_peft_model(model, config)
+            wrapped = get_peft_model(model, config)
         except ValueError as exc:  # PEFT's "target modules not found" and the like
             raise ConfigError(f"{self.name}: {exc}") from exc
+        keep_batchnorm_statistics(wrapped)  # the adapter does not carry them (see model_parts)
+        return wrapped
 
     def trainable_state(self, model: Any) -> dict[str, Any]:
         from peft import get_peft_model_state_dict
@@ -95,7 +106,7 @@ class PeftMethod:
         found = getattr(saved.peft_type, "value", saved.peft_type)
         if found != self.peft_type:
             raise UsageError(f"{path}: holds a PEFT {found} adapter, not one of method {self.name!r}")
-        if saved.task_type != PEFT_TASK_TYPES[task_kind]:
+        if saved.task_type != PEFT_TASK_TYPES.get(task_kind):
             raise UsageError(f"{path}: the adapter was trained for PEFT task {saved.task_type}, "
                              f"not {task_kind!r}")
         self.check_saved(saved, path)
@@ -104,7 +115,9 @@ class PeftMethod:
     def load_folder(self, model: Any, path: Path, saved: Any) -> Any:
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(model, str(path), is_trainable=True)
+        wrapped = PeftModel.from_pretrained(model, str(path), is_trainable=True)
+        keep_batchnorm_statistics(wrapped)
+        return wrapped
 
     def merge(self, model: Any) -> Any:
         """Fold the adapter into the base weights and return the plain transformers model.
@@ -122,13 +135,15 @@ class PeftMethod:
         names = list(extra)
         if task_kind in kinds.CLASSIFICATION_KINDS:
             # PEFT adds "classifier" and "score" for SEQ_CLS itself; add the heads named otherwise
-            names += [name for name in head_names(model)
-                      if name not in names and name not in PEFT_ADDS_FOR_SEQ_CLS]
+            added = PEFT_ADDS_FOR_SEQ_CLS if PEFT_TASK_TYPES.get(task_kind) == "SEQ_CLS" else ()
+            names += [name for name in head_names(model) if name not in names and name not in added]
         return names or None
 
     def resolve_targets(self, model: Any, wanted: Any, key: str) -> list[str]:
-        """``auto`` -> every linear layer inside the blocks; a list -> checked against the model."""
-        available = linear_suffixes(model)
+        """``auto`` -> every linear layer inside the blocks, and every 1x1 convolution there (by its
+        qualified name: a CNN's depthwise convolutions share the suffix); a list -> checked against
+        the model."""
+        available = linear_suffixes(model) + pointwise_convolutions(model)
         if wanted == "auto":
             if not available:
                 raise ConfigError(f"{key}: auto found no linear layers in the blocks of "
