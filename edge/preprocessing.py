@@ -97,23 +97,17 @@ def write_text_preprocessing(tokenizer, folder: Path, *, task_kind: str, max_len
 
 
 def image_preprocessing(processor) -> dict[str, Any]:
-    """The settings of a ViT-style image processor, as the runtime applies them with pillow."""
-    size = dict(getattr(processor, "size", None) or {})
-    if "height" not in size:
-        edge = size.get("shortest_edge") or 224
-        size = {"height": edge, "width": edge}
-    return {
-        "kind": "image",
-        "size": {"height": int(size["height"]), "width": int(size["width"])},
-        "do_resize": bool(getattr(processor, "do_resize", True)),
-        "resample": int(getattr(processor, "resample", 2)),
-        "do_rescale": bool(getattr(processor, "do_rescale", True)),
-        "rescale_factor": float(getattr(processor, "rescale_factor", 1 / 255)),
-        "do_normalize": bool(getattr(processor, "do_normalize", True)),
-        "image_mean": [float(x) for x in getattr(processor, "image_mean", [0.5, 0.5, 0.5])],
-        "image_std": [float(x) for x in getattr(processor, "image_std", [0.5, 0.5, 0.5])],
-        "layout": "NCHW", "channels": "RGB",
-    }
+    """The image processor's settings, as the runtime applies them with pillow and numpy
+    (:func:`tunewright.edge.runtime.images.image_settings`); a processor the runtime cannot
+    reproduce exactly is refused with a :class:`tunewright.UsageError`."""
+    from .runtime.images import UnsupportedProcessor, image_settings
+
+    try:
+        return image_settings(processor)
+    except UnsupportedProcessor as exc:
+        from tunewright import UsageError
+
+        raise UsageError(f"export: {exc}; the bundle must preprocess as training did") from exc
 
 
 def copy_files(source: Path, target: Path) -> None:

@@ -80,12 +80,10 @@ def classification_reference(model, preprocessor, task_kind: str, examples: list
     feeds = []
     for example in examples:
         if task_kind == "image_classification":
-            image = example["image"]
-            if not hasattr(image, "convert"):
-                from PIL import Image
+            from .runtime.images import open_rgb
 
-                image = Image.open(image)
-            pixel = preprocessor(images=image.convert("RGB"), return_tensors="np")["pixel_values"]
+            image = open_rgb(example["image"])  # upright and RGB, as training and the runtime see it
+            pixel = preprocessor(images=image, return_tensors="np")["pixel_values"]
             feeds.append({"pixel_values": pixel.astype(np.float32)})
         else:
             enc = preprocessor(example["text"], truncation=True, max_length=max_length, return_tensors="np")

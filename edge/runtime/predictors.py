@@ -13,6 +13,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .bundle import BundleError
+from .images import pixel_values
 from .text import TextCodec
 
 
@@ -87,8 +88,9 @@ class TextClassifier(_OnnxPredictor):
 
 
 class ImageClassifier(_OnnxPredictor):
-    """``predict([path_or_PIL_image, ...])``: resizes, rescales and normalises as the tuned model's
-    image processor did (the settings are in the manifest), with pillow and numpy."""
+    """``predict([path_or_PIL_image, ...])``: turns images upright, resizes, crops, rescales and
+    normalises as the tuned model's image processor did (the settings are in the manifest), with
+    pillow and numpy (:mod:`tunewright.edge.runtime.images`)."""
 
     def __init__(self, folder: Path, manifest: dict, **kwargs):
         super().__init__(folder, manifest, **kwargs)
@@ -96,24 +98,8 @@ class ImageClassifier(_OnnxPredictor):
         self.input_name = self.input_names[0]
 
     def pixel_values(self, images: Sequence[Any]) -> np.ndarray:
-        from PIL import Image
-
-        pre = self.pre
-        height, width = pre["size"]["height"], pre["size"]["width"]
-        out = []
-        for image in images:
-            if not isinstance(image, Image.Image):
-                image = Image.open(image)
-            image = image.convert("RGB")
-            if pre.get("do_resize", True):
-                image = image.resize((width, height), resample=int(pre.get("resample", 2)))
-            array = np.asarray(image, dtype=np.float32)  # (H, W, C)
-            if pre.get("do_rescale", True):
-                array = array * np.float32(pre.get("rescale_factor", 1 / 255))
-            if pre.get("do_normalize", True):
-                array = (array - np.asarray(pre["image_mean"], np.float32)) / np.asarray(pre["image_std"], np.float32)
-            out.append(array.transpose(2, 0, 1))  # (C, H, W)
-        return np.stack(out).astype(np.float32)
+        """(N, 3, H, W) model input: the tuned model's image processor, as the manifest records it."""
+        return pixel_values(images, self.pre)
 
     def logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self.session.run(["logits"], feeds)[0]
