@@ -22,6 +22,20 @@ def bench_torch(model, tokenizer, task_kind: str, *, tokens: int = 16, runs: int
 
     model = model.eval()
     with torch.inference_mode():
+        if task_kind == "image_classification":
+            from .preprocessing import image_preprocessing
+
+            size = image_preprocessing(tokenizer)["size"]
+            pixels = torch.from_numpy(np.random.default_rng(0).standard_normal(
+                (1, 3, size["height"], size["width"])).astype(np.float32))  # (1, 3, H, W)
+            seconds = []
+            for i in range(warmup + runs):
+                start = time.perf_counter()
+                model(pixel_values=pixels)
+                if i >= warmup:
+                    seconds.append(time.perf_counter() - start)
+            return {"engine": "torch fp32 eager", "batch": 1, "image": [size["height"], size["width"]],
+                    **_percentiles(seconds), "size_mb": model_size_mb(model)}
         if task_kind == "sequence_classification":
             ids = tokenizer(SAMPLE_TEXT, add_special_tokens=True)["input_ids"]
             ids = torch.tensor([ids[: tokens - 1] + ids[-1:]])  # (1, tokens) with the closing special token

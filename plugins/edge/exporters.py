@@ -116,9 +116,10 @@ class TorchExporter:
         out_dir.mkdir(parents=True, exist_ok=True)
         model.eval()
         if task_kind == "image_classification":
-            size = getattr(preprocessor, "size", None) or {"height": 224, "width": 224}
-            height = size.get("height") or size.get("shortest_edge") or 224
-            width = size.get("width") or size.get("shortest_edge") or 224
+            from tunewright.edge.preprocessing import image_preprocessing
+
+            size = image_preprocessing(preprocessor)["size"]  # what reaches the model, after any crop
+            height, width = size["height"], size["width"]
             names = ["pixel_values"]
             args = (torch.zeros(1, 3, height, width),)
             axes = {"pixel_values": {0: "batch_size"}, "logits": {0: "batch_size"}}
