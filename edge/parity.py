@@ -24,6 +24,9 @@ from .runtime.predictors import log_softmax
 DEFAULT_THRESHOLD = 1.0  # metric points
 #: how many examples' inputs and reference outputs the bundle keeps for ``edge verify``
 VERIFY_EXAMPLES = 16
+#: and at most this many bytes of their inputs (at least one example): sixteen 224 x 224 images
+#: in float32 would weigh 9.6 MB, more than an int8 MobileNetV2
+VERIFY_BYTES = 2 << 20
 
 
 @dataclass
@@ -67,8 +70,14 @@ def classification_parity(predictor, reference: Reference, threshold: float) -> 
     figures = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
                "top1_agreement": float((logits.argmax(-1) == ref.logits.argmax(-1)).mean()),
                "examples": float(len(ref.feeds))}
-    arrays: dict[str, np.ndarray] = {"count": np.asarray(min(VERIFY_EXAMPLES, len(ref.feeds)))}
-    for i, feed in enumerate(feeds[:VERIFY_EXAMPLES]):
+    kept, used = 0, 0
+    for feed in feeds[:VERIFY_EXAMPLES]:
+        size = sum(value.nbytes for value in feed.values())
+        if kept and used + size > VERIFY_BYTES:
+            break
+        kept, used = kept + 1, used + size
+    arrays: dict[str, np.ndarray] = {"count": np.asarray(kept)}
+    for i, feed in enumerate(feeds[:kept]):
         for key, value in feed.items():
             arrays[f"{i}.feed.{key}"] = value
         arrays[f"{i}.reference_logits"] = ref.logits[i: i + 1].astype(np.float32)
