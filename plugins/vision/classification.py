@@ -30,9 +30,9 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
-from tunewright import ConfigError, Problem, hookimpl
+from tunewright import ConfigError, Problem, hookimpl, kinds
 
-KIND = "image_classification"
+KIND = kinds.IMAGE_CLASSIFICATION
 
 
 # -------------------------------------------------------------------------
@@ -49,7 +49,7 @@ class MobileNetV2Provider:
     version = "1"  # bump to rebuild cached conversions after a change in the remap or processor
 
     def resolve(self) -> Path:
-        from tunewright.models import atomic_directory, cache_dir
+        from tunewright import atomic_directory, cache_dir
         from tunewright.vision.classifiers import WeightsError, save_mobilenet_v2
 
         target = cache_dir() / "models" / f"mobilenet-v2-v{self.version}"
@@ -164,10 +164,10 @@ class ImageClassificationTask:
 
     model_kind = KIND
     primary_metric = "accuracy"
-    greater_is_better = True
     metric_directions = {"loss": "min", "accuracy": "max", "precision": "max", "recall": "max", "f1": "max"}
     description = ("image classification (MobileNetV2, ViT, ConvNeXt...): a new head for the labels, "
                    "cross-entropy; images checked by tunewright.vision")
+    default_model = "mobilenet-v2"
 
     # -- model and processor ------------------------------------------------------------------
 
@@ -287,23 +287,45 @@ class ImageClassificationTask:
                 "labels": torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)}  # (B,)
 
     def metrics(self, model, batches: Iterable[dict]) -> dict[str, float]:
+        """Figures of anything whose ``model(pixel_values=...)`` has ``.logits``: the tuned torch
+        model, or the edge parity gate's ONNX session behind a torch-like adapter."""
         import torch
 
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
+        was_training = getattr(model, "training", False)
+        if hasattr(model, "eval"):
+            model.eval()
+        parameters = getattr(model, "parameters", None)
+        first = next(iter(parameters()), None) if parameters is not None else None
+        device = first.device if first is not None else torch.device("cpu")
         logits, labels = [], []
         with torch.no_grad():
             for batch in batches:
                 out = model(pixel_values=batch["pixel_values"].to(device))
-                logits.append(out.logits.float().cpu())
+                logits.append(torch.as_tensor(out.logits).float().cpu())
                 labels.append(batch["labels"].cpu())
-        model.train(was_training)
+        if was_training:
+            model.train()
         if not logits:
             return {"loss": math.nan, "accuracy": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0}
         logits_all, labels_all = torch.cat(logits), torch.cat(labels)  # (N, C), (N,)
         loss = float(torch.nn.functional.cross_entropy(logits_all, labels_all))
         return confusion_metrics(logits_all, labels_all, loss)
+
+    # -- validate's report --------------------------------------------------------------------
+
+    def summarize(self, examples) -> dict:
+        counts: dict[str, int] = {}
+        for example in examples:
+            if _label_problem(example.get("label")) is None:
+                name = label_name(example["label"])
+                counts[name] = counts.get(name, 0) + 1
+        order = self.label_set(examples) or []
+        return {"images": len(examples), "labels": {name: counts[name] for name in order}}
+
+    def render_summary(self, summary: dict) -> list[str]:
+        labels = summary.get("labels") or {}
+        shown = ", ".join(f"{name} {count:,}" for name, count in list(labels.items())[:20])
+        return [f"labels: {shown}{', ...' if len(labels) > 20 else ''}"] if labels else []
 
 
 @hookimpl(trylast=True)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import tunewright
 from tunewright import ConfigError, get_plugin_manager
 from tunewright.plugins.vision.classification import confusion_metrics, open_image
 
@@ -32,9 +33,9 @@ def photo(name):
 
 
 def test_task_is_registered_with_its_kind_and_metrics():
-    seams = ("load_tokenizer", "load_model", "validate", "check_split", "label_set", "stratify_key", "tokenize",
-             "num_tokens", "collate", "metrics", "description")
-    assert all(hasattr(TASK, name) for name in seams)
+    assert isinstance(TASK, tunewright.Task)
+    assert all(hasattr(TASK, name) for name in ("check_split", "stratify_key", "summarize", "render_summary"))
+    assert TASK.default_model == "mobilenet-v2"
     assert TASK.model_kind == "image_classification"
     assert TASK.primary_metric == "accuracy"
     assert TASK.metric_directions == {"loss": "min", "accuracy": "max", "precision": "max", "recall": "max",
