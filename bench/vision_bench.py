@@ -8,7 +8,8 @@
 2. The tuned model (the first method's) exported merged to ONNX: fp32 and int8 (static QDQ,
    per-channel, calibrated on held-out digits), each through the parity gate. Batch-1 latency
    against PyTorch fp32 eager (interleaved rounds, so that a busy machine slows every variant
-   alike), model file size, and held-out accuracy drop, as ratios.
+   alike), model file size, and held-out accuracy drop, as ratios; ``parity_passed`` says whether
+   a variant passes the export's 1-point gate (the bench measures it either way).
 
 The training loop here is the task's and the method's own code (``tokenize``, ``collate``,
 ``apply``, ``merge``) under AdamW with a linear schedule, the hyperparameters of the recipe in
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from tunewright import get_plugin_manager
-    from tunewright.edge import export_bundle
+    from tunewright.edge import DEFAULT_THRESHOLD, export_bundle
 
     torch.set_num_threads(args.threads)
     pm = get_plugin_manager()
@@ -169,8 +170,10 @@ def main(argv: list[str] | None = None) -> dict:
         bundles, parity = {}, {}
         for quantize in ("none", "int8-static"):
             out = Path(tmp) / quantize
+            # the gate is opened wide here so that a variant that would fail still gets measured;
+            # "parity_passed" below says whether it passes the real 1-point gate
             result = export_bundle(first, processor, KIND, held_out, out, quantize=quantize, labels=names,
-                                   bench=False, pm=pm, log=lambda message: None)
+                                   bench=False, pm=pm, log=lambda message: None, threshold=100.0)
             bundles[f"onnx_{quantize.replace('-', '_')}"] = out
             parity[quantize] = result.manifest["parity"]
         torch_mb = sum(p.numel() * p.element_size() for p in first.parameters()) / 2**20
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "tuned_accuracy": parity[quantize]["tuned"], "bundle_accuracy": parity[quantize]["bundle"],
                          "accuracy_drop_points": round(parity[quantize]["drop_points"], 2),
                          "top1_agreement": parity[quantize]["bundle_vs_tuned"]["top1_agreement"],
-                         "parity_passed": parity[quantize]["passed"]}
+                         "parity_passed": parity[quantize]["drop_points"] <= DEFAULT_THRESHOLD + 1e-9}
         results["edge"] = edge
     text = json.dumps(results, indent=2)
     print(text)

@@ -37,6 +37,9 @@ def test_quick_run_reports_every_figure(bench, tmp_path, monkeypatch):
     assert lora["steps"] == 4 and lora["trainable_parameters"] < 200_000
     edge = results["edge"]
     assert edge["onnx_none"]["accuracy_drop_points"] == pytest.approx(0.0, abs=1e-9)  # fp32 ONNX: same answers
+    assert edge["onnx_none"]["parity_passed"] and edge["onnx_none"]["top1_agreement"] == 1.0
+    int8 = edge["onnx_int8_static"]
+    assert int8["parity_passed"] == (int8["accuracy_drop_points"] <= 1.0)
     assert edge["onnx_int8_static"]["model_mb"] < 0.35 * edge["onnx_none"]["model_mb"]
     assert edge["onnx_none"]["size_vs_torch"] == pytest.approx(1.0, abs=0.05)  # same weights, fp32
     for key in ("onnx_none", "onnx_int8_static"):
