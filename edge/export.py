@@ -318,6 +318,10 @@ def export_run(run_dir: str | Path, out: str | Path, *, split: str = "validation
     if examples is None:
         raise UsageError(f"--split: a run keeps 'validation' and 'test' examples, not {split!r}")
     task_kind = run.task.model_kind
+    load_image = getattr(run.task, "load_image", None)
+    if task_kind == "image_classification" and load_image is not None:
+        # the view the task trained on (paths relative to the data, checks, detail), decoded once
+        examples = [{**example, "image": load_image(example)} for example in examples]
     max_length = getattr(getattr(run.config, "data", None), "max_length", 512) or 512
     tokenize = None
     if task_kind == "causal_lm" and hasattr(run.task, "tokenize"):

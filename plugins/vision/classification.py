@@ -92,6 +92,14 @@ def _label_problem(value: Any) -> str | None:
     return None
 
 
+def _in_memory(image: Any) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:
+        return False
+    return isinstance(image, Image.Image)
+
+
 def open_image(reference: Any, base: Path | None = None):
     """A decoded RGB PIL image from a PIL image, bytes, or a path (relative to ``base``).
 
@@ -235,6 +243,10 @@ class ImageClassificationTask:
         message = _label_problem(example.get("label"))
         if message:
             problems.append(Problem(location, message))
+        if example.get("image") not in (None, "") and not _in_memory(example["image"]):
+            from tunewright.vision import check_example
+
+            problems += check_example(example, location, config)  # format, size, decoding, limits
         return problems
 
     def check_split(self, examples, locations, *, split: str, reference_labels) -> list[Problem]:
@@ -268,8 +280,16 @@ class ImageClassificationTask:
     # -- features and batches -----------------------------------------------------------------
 
     def load_image(self, example: dict):
-        """The example's image, decoded as validation decoded it."""
-        return open_image(example["image"], example.get("image_base"))
+        """The one view the classifier sees of the example's image: decoded, upright and checked
+        by :func:`tunewright.vision.load_images` (every check of validation again), fit within
+        512 x 512 at low detail, RGB. An in-memory PIL image (programmatic use) is taken as it is."""
+        if _in_memory(example["image"]):
+            return open_image(example["image"])
+        from tunewright.vision import load_images, low_view
+
+        image = load_images(example)[0]
+        view = low_view(image.image) if image.detail() == "low" else image.image
+        return view if view.mode == "RGB" else view.convert("RGB")
 
     def tokenize(self, example: dict, tokenizer, labels=None) -> dict:
         pixels = resize_and_crop(tokenizer, self.load_image(example))
@@ -314,18 +334,26 @@ class ImageClassificationTask:
     # -- validate's report --------------------------------------------------------------------
 
     def summarize(self, examples) -> dict:
+        """tunewright.vision's image facts (formats, sizes, refusals, pixels at low and high
+        detail) and the label counts."""
+        from tunewright.vision import summarize
+
         counts: dict[str, int] = {}
         for example in examples:
             if _label_problem(example.get("label")) is None:
                 name = label_name(example["label"])
                 counts[name] = counts.get(name, 0) + 1
         order = self.label_set(examples) or []
-        return {"images": len(examples), "labels": {name: counts[name] for name in order}}
+        on_disk = [e for e in examples if not _in_memory(e.get("image"))]
+        return {**summarize(on_disk), "labels": {name: counts[name] for name in order}}
 
     def render_summary(self, summary: dict) -> list[str]:
+        from tunewright.vision import render_summary
+
         labels = summary.get("labels") or {}
         shown = ", ".join(f"{name} {count:,}" for name, count in list(labels.items())[:20])
-        return [f"labels: {shown}{', ...' if len(labels) > 20 else ''}"] if labels else []
+        lines = render_summary({k: v for k, v in summary.items() if k != "labels"})
+        return lines + ([f"labels: {shown}{', ...' if len(labels) > 20 else ''}"] if labels else [])
 
 
 @hookimpl(trylast=True)

@@ -56,8 +56,8 @@ def test_task_is_registered_with_its_kind_and_metrics():
     ({"image": "a.png", "label": ["cat"]}, "is a list"),
     ({"image": "a.png", "label": "  "}, "label is empty"),
 ])
-def test_validate_says_what_is_wrong_and_what_is_allowed(example, expected):
-    problems = TASK.validate(example, "data/train.jsonl:7", None)
+def test_validate_says_what_is_wrong_and_what_is_allowed(example, expected, photo_dir):
+    problems = TASK.validate(on_disk(example, photo_dir), "data/train.jsonl:7", None)
     assert len(problems) == 1
     assert problems[0].location == "data/train.jsonl:7"
     assert expected in problems[0].message
@@ -65,8 +65,35 @@ def test_validate_says_what_is_wrong_and_what_is_allowed(example, expected):
 
 
 @pytest.mark.parametrize("label", ["cat", 3, 3.0, "3"])
-def test_validate_accepts_names_and_whole_numbers(label):
-    assert TASK.validate({"image": "a.png", "label": label}, "x:1", None) == []
+def test_validate_accepts_names_and_whole_numbers(label, photo_dir):
+    assert TASK.validate(on_disk({"image": "a.png", "label": label}, photo_dir), "x:1", None) == []
+
+
+def test_validate_checks_the_image_itself_through_tunewright_vision(photo_dir):
+    """A GIF renamed .png and a truncated JPEG: refused by their bytes, the example excluded."""
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), "red").save(photo_dir / "fake.png", format="GIF")
+    photo("coffee").save(photo_dir / "cut.jpg", quality=90)
+    data = (photo_dir / "cut.jpg").read_bytes()
+    (photo_dir / "cut.jpg").write_bytes(data[: len(data) // 2])
+    for name, reason in (("fake.png", "GIF"), ("cut.jpg", "truncated")):
+        problems = TASK.validate(on_disk({"image": name, "label": "cat"}, photo_dir), "t.jsonl:3", None)
+        assert len(problems) == 1 and problems[0].severity == "excluded", problems
+        assert reason.lower() in problems[0].message.lower() and problems[0].location == "t.jsonl:3"
+
+
+@pytest.fixture()
+def photo_dir(tmp_path):
+    photo("chelsea").save(tmp_path / "a.png")
+    return tmp_path
+
+
+def on_disk(example, folder):
+    """The example as the image dataset formats hand it over: its folder written in."""
+    from tunewright.vision import prepare_example
+
+    return prepare_example(example, root=folder)
 
 
 def test_training_data_needs_two_labels():
@@ -134,7 +161,7 @@ def test_tokenize_then_collate_is_exactly_the_processors_own_call(model, mobilen
     assert batch["labels"].tolist() == [1, 0, 1]
 
 
-def test_images_are_seen_upright_and_in_rgb(mobilenet_v2_dir):
+def test_images_are_seen_upright_and_in_rgb(mobilenet_v2_dir, tmp_path):
     from PIL import Image
 
     processor = TASK.load_tokenizer(mobilenet_v2_dir)
@@ -144,7 +171,8 @@ def test_images_are_seen_upright_and_in_rgb(mobilenet_v2_dir):
     assert stored.size == (300, 451)
     rgba = open_image(rgba_png())
     assert rgba.mode == "RGB"
-    features = TASK.tokenize({"image": exif_rotated_jpeg(), "label": "cat"}, processor, ["cat"])
+    (tmp_path / "sideways.jpg").write_bytes(exif_rotated_jpeg())
+    features = TASK.tokenize(on_disk({"image": "sideways.jpg", "label": "cat"}, tmp_path), processor, ["cat"])
     assert np.array_equal(features["pixel_values"], TASK.tokenize({"image": upright, "label": "cat"}, processor,
                                                                   ["cat"])["pixel_values"])
 

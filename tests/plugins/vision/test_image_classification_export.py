@@ -72,7 +72,10 @@ def test_runtime_preprocessing_equals_the_image_processor(model, mobilenet_v2_di
     assert ours.dtype == np.float32
     np.testing.assert_array_equal(ours, expected)
     # and what the task trains on is the same again
-    features = [TASK.tokenize({"image": str(p), "label": "x"}, processor, ["x"]) for p in image_files]
+    from tunewright.vision import prepare_example
+
+    features = [TASK.tokenize(prepare_example({"image": p.name, "label": "x"}, root=p.parent), processor, ["x"])
+                for p in image_files]
     np.testing.assert_array_equal(TASK.collate(features, processor)["pixel_values"].numpy(), expected)
 
 
@@ -166,7 +169,10 @@ def test_tuned_mobilenet_exports_to_int8_and_passes_the_parity_gate(tuned_mobile
         example["image"].save(path, lossless=True)
         files.append(path)
     predictions = [p["label"] for p in bundle.predict(files)]
-    batch = TASK.collate([TASK.tokenize({"image": str(f), "label": "0"}, processor, names) for f in files], processor)
+    from tunewright.vision import prepare_example
+
+    batch = TASK.collate([TASK.tokenize(prepare_example({"image": f.name, "label": "0"}, root=f.parent), processor,
+                                        names) for f in files], processor)
     with torch.no_grad():
         expected = [names[i] for i in model(pixel_values=batch["pixel_values"]).logits.argmax(-1).tolist()]
     assert sum(a == b for a, b in zip(predictions, expected)) >= len(files) - 1

@@ -1,9 +1,6 @@
-"""A whole job through the engine: ``mobilenet-v2`` tuned on real digit files beats its untrained
-head, leaves a run directory that reloads, and exports to a bundle the runtime runs on files.
-
-The image dataset formats belong to ``tunewright.vision`` (another plugin); this test reads its
-JSONL with a small format of its own, registered as any plugin registers one.
-"""
+"""A whole job through the engine: ``mobilenet-v2`` tuned on real digit files (a folder per class,
+read by the built-in ``image-folder`` format, checked by ``tunewright.vision``) beats its untrained
+head, leaves a run directory that reloads, and exports to a bundle the runtime runs on files."""
 
 from __future__ import annotations
 
@@ -13,30 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tunewright import DataError, get_plugin_manager, hookimpl, load_config, load_run, run_job
-
-
-class ImageJsonl:
-    """``{"image": "relative/path.png", "label": ...}`` lines; paths resolved against the file."""
-
-    suffixes = (".jsonl",)
-
-    def read(self, path: Path):
-        for number, line in enumerate(Path(path).read_text().splitlines(), 1):
-            record = json.loads(line)
-            record["image"] = str((Path(path).parent / record["image"]).resolve())
-            yield number, record
-
-    def to_example(self, record):
-        if "image" not in record:
-            raise DataError("no image")
-        return dict(record)
-
-
-class Formats:
-    @hookimpl
-    def register_dataset_formats(self, register):
-        register("image-jsonl-test", ImageJsonl())
+from tunewright import get_plugin_manager, load_config, load_run, run_job
 
 
 @pytest.fixture(autouse=True)
@@ -49,20 +23,16 @@ def one_thread():
 
 @pytest.fixture()
 def digit_files(tmp_path, mnist_digits) -> Path:
-    """120 digits 0-3 written as PNG, JPEG and WEBP files, listed in a JSONL."""
+    """120 digits 0-3 written as PNG, JPEG and WEBP files, a folder per class."""
     images, labels = mnist_digits
     folder = tmp_path / "digits"
-    rows = []
     chosen = [(image, label) for image, label in zip(images, labels) if label < 4][:120]
     for i, (image, label) in enumerate(chosen):
         suffix = ("png", "jpg", "webp")[i % 3]
         path = folder / str(label) / f"{i}.{suffix}"
         path.parent.mkdir(parents=True, exist_ok=True)
         image.save(path, **({"quality": 95} if suffix == "jpg" else {"lossless": True} if suffix == "webp" else {}))
-        rows.append({"image": f"digits/{label}/{i}.{suffix}", "label": label})
-    data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return data
+    return folder
 
 
 @pytest.mark.slow
@@ -71,11 +41,11 @@ def test_mobilenet_job_beats_its_untrained_head_and_exports(digit_files, tmp_pat
     from tunewright.edge.runtime import load_bundle
 
     monkeypatch.setenv("TUNEWRIGHT_CACHE", str(tmp_path / "cache"))
-    pm = get_plugin_manager(plugins=[("image-jsonl-test", Formats())])
+    pm = get_plugin_manager()
     out = tmp_path / "run"
     raw = {"model": "mobilenet-v2", "task": "image-classification", "method": "freeze",
            "freeze": {"train_top_layers": 0},  # the last 1x1 convolution and the head: quick on a CPU
-           "data": {"train": str(digit_files), "format": "image-jsonl-test", "validation": 0.25},
+           "data": {"train": str(digit_files), "validation": 0.25},
            "training": {"epochs": 3, "batch_size": 15, "learning_rate": 1e-3, "precision": "fp32",
                         "logging_steps": 3},
            "output": str(out), "seed": 7}
@@ -97,7 +67,7 @@ def test_mobilenet_job_beats_its_untrained_head_and_exports(digit_files, tmp_pat
     result = export_run(out, bundle, quantize="none", bench=False, pm=pm, log=lambda message: None)
     assert result.parity.passed and result.manifest["parity"]["drop_points"] == pytest.approx(0.0)
     predictor = load_bundle(bundle)
-    files = [e["image"] for e in run.validation]
+    files = [e["image_source"]["root"] + "/" + e["image"] for e in run.validation]
     predicted = [p["label"] for p in predictor.predict(files)]
     expected = [run.labels[i] for i in torch.cat([run.model(pixel_values=b["pixel_values"]).logits.argmax(-1)
                                                   for b in batches]).tolist()]
