@@ -353,6 +353,10 @@ class ImageClassificationTask:
         labels = summary.get("labels") or {}
         shown = ", ".join(f"{name} {count:,}" for name, count in list(labels.items())[:20])
         lines = render_summary({k: v for k, v in summary.items() if k != "labels"})
+        if summary.get("images"):
+            # vision's pixel counts are of the views it makes; a classifier resizes one view
+            lines.append("the classifier sees one view per image at its image processor's input size "
+                         "(224 x 224 for mobilenet-v2) at any detail; low detail only pre-fits large images")
         return lines + ([f"labels: {shown}{', ...' if len(labels) > 20 else ''}"] if labels else [])
 
 
