@@ -19,7 +19,7 @@ from typing import Literal, Union
 
 from pydantic import Field, field_validator
 
-from tunewright import Section, UsageError, hookimpl
+from tunewright import Section, UsageError, hookimpl, kinds
 
 from .model_parts import TEXT_AND_IMAGE_KINDS
 from .peft_backed import PEFT_TASK_TYPES, PeftMethod
@@ -62,8 +62,9 @@ class DoraSettings(LoraSettings):
 
 class LoraMethod(PeftMethod):
     peft_type = "LORA"
-    #: image classifiers too: without a PEFT task type, the head goes in modules_to_save
-    task_kinds = TEXT_AND_IMAGE_KINDS
+    #: image classifiers too (without a PEFT task type the head goes in modules_to_save), and
+    #: image-text models (adapters in the language model, the projector in modules_to_save)
+    task_kinds = TEXT_AND_IMAGE_KINDS + (kinds.IMAGE_TEXT_TO_TEXT,)
 
     def __init__(self, name: str = "lora", use_dora: bool = False):
         self.name = name
@@ -79,8 +80,8 @@ class LoraMethod(PeftMethod):
             r=settings.r,
             lora_alpha=settings.alpha,
             lora_dropout=settings.dropout,
-            target_modules=self.resolve_targets(model, settings.target_modules,
-                                                f"{self.name}.target_modules"),
+            target_modules=self.target_modules(model, settings.target_modules,
+                                               f"{self.name}.target_modules", task_kind),
             bias=settings.bias,
             modules_to_save=self.modules_to_save(model, settings.modules_to_save, task_kind),
             use_dora=self.use_dora,

@@ -49,6 +49,37 @@ def check_task_kind(method: str, task_kind: str, supported: tuple[str, ...] = TE
             f"{', '.join(supported)})")
 
 
+#: the module that carries image features into a language model's embedding space, by the names
+#: transformers' image-text models give it (Llava, Gemma 3, Mistral 3: multi_modal_projector;
+#: Idefics 3, SmolVLM: connector)
+PROJECTOR_NAMES = ("multi_modal_projector", "mm_projector", "connector")
+
+
+def projector_names(model: nn.Module) -> list[str]:
+    """Qualified names of an image-text model's projector (the outermost module named one of
+    :data:`PROJECTOR_NAMES`); PEFT wraps the named module and trains it in full."""
+    found = [name for name, _ in model.named_modules()
+             if name.rsplit(".", 1)[-1] in PROJECTOR_NAMES]
+    found = [name for name in found if not any(name.startswith(other + ".") for other in found)]
+    if not found:
+        raise UsageError(
+            f"{type(model).__name__}: found no projector between the vision tower and the language "
+            f"model (a module named {', '.join(PROJECTOR_NAMES)}); list the modules to train in full "
+            "in the method's modules_to_save")
+    return found
+
+
+def language_model(model: nn.Module) -> tuple[nn.Module, str]:
+    """``(module, qualified name)`` of an image-text model's language model (its decoder)."""
+    get_decoder = getattr(model, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    for name, module in model.named_modules():
+        if decoder is not None and module is decoder:
+            return decoder, name
+    raise UsageError(f"{model_summary(model)}: could not find the language model of this "
+                     "image-text model (transformers' get_decoder())")
+
+
 def _linear_types() -> tuple[type, ...]:
     # GPT-2 style models use transformers' Conv1D, a linear layer with transposed weights.
     from transformers.pytorch_utils import Conv1D

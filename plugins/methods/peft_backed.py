@@ -5,6 +5,10 @@ Each method builds a ``peft.PeftConfig`` from its settings; everything else is P
 (``adapter_config.json`` + ``adapter_model.safetensors``), ``PeftModel.from_pretrained`` reads it back
 and ``merge_and_unload`` folds the update into the base weights.
 
+For ``image_text_to_text`` (lora and dora only) the adapters go into the language model's blocks,
+never into the vision tower, and the projector between them (:func:`model_parts.projector_names`)
+is trained in full through ``modules_to_save``; there is no PEFT task type for it (``None``).
+
 For ``sequence_classification`` the head (``classifier``, ``score``: found with
 :func:`model_parts.head_names`) goes into PEFT's ``modules_to_save``: it is trained in full, saved
 with the adapter and swapped in by ``merge_and_unload``. A freshly initialised head would otherwise
@@ -13,22 +17,26 @@ stay random.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from tunewright import ConfigError, UsageError, kinds
 
 from .model_parts import (
+    block_stack,
     check_task_kind,
     head_names,
     keep_batchnorm_statistics,
+    language_model,
     linear_suffixes,
     model_summary,
     pointwise_convolutions,
+    projector_names,
 )
 
-#: PEFT's task type per task kind; a kind without one (image classification) wraps with
-#: ``task_type=None`` and puts the head in ``modules_to_save`` itself
+#: PEFT's task type per task kind; a kind without one (image classification, image-text) wraps
+#: with ``task_type=None`` and puts what trains in full in ``modules_to_save`` itself
 PEFT_TASK_TYPES = {kinds.CAUSAL_LM: "CAUSAL_LM", kinds.SEQUENCE_CLASSIFICATION: "SEQ_CLS"}
 PEFT_ADDS_FOR_SEQ_CLS = ("classifier", "score")
 
@@ -133,6 +141,8 @@ class PeftMethod:
 
     def modules_to_save(self, model: Any, extra: list[str], task_kind: str) -> list[str] | None:
         names = list(extra)
+        if task_kind == kinds.IMAGE_TEXT_TO_TEXT:
+            names += [name for name in projector_names(model) if name not in names]
         if task_kind in kinds.CLASSIFICATION_KINDS:
             # PEFT adds "classifier" and "score" for SEQ_CLS itself; add the heads named otherwise
             added = PEFT_ADDS_FOR_SEQ_CLS if PEFT_TASK_TYPES.get(task_kind) == "SEQ_CLS" else ()
@@ -156,3 +166,14 @@ class PeftMethod:
                 f"{key}: {', '.join(map(repr, unknown))} names no module of {model_summary(model)} "
                 f"(its linear layers in the blocks: {', '.join(available) or 'none'}; or use auto)")
         return list(wanted)
+
+    def target_modules(self, model: Any, wanted: Any, key: str, task_kind: str) -> list[str] | str:
+        """:meth:`resolve_targets`, and for an image-text model a regular expression that keeps
+        the adapters inside its language model's blocks (a CLIP tower has ``q_proj`` layers too)."""
+        if task_kind != kinds.IMAGE_TEXT_TO_TEXT:
+            return self.resolve_targets(model, wanted, key)
+        decoder, prefix = language_model(model)
+        names = self.resolve_targets(decoder, wanted, key)
+        stack_name, _ = block_stack(decoder)
+        stack = f"{prefix}.{stack_name}" if prefix else stack_name
+        return rf"{re.escape(stack)}\.\d+\.(?:.*\.)?(?:{'|'.join(map(re.escape, names))})"
