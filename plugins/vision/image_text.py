@@ -1,0 +1,603 @@
+"""The ``image-to-text`` task and the packaged ``mobilenet-smollm2-vlm`` model.
+
+``image-to-text``: an image (or several) and a prompt in, text out. Examples are chat JSONL as
+the hosted fine-tuning APIs take it: user (or system) turns hold OpenAI content parts,
+``{"type": "image_url", "image_url": {"url": ..., "detail": "low" | "high" | "auto"}}`` beside
+``{"type": "text", "text": ...}``. The loss covers assistant tokens only, rendered turn by turn
+as the ``chat`` task does; every image becomes the views its ``detail`` asks for (low: one view
+of the image fit within 512x512; high: an overview and 512-pixel tiles of the image fit within
+2048x2048 with its shortest side at most 768), and each view one ``<image>`` marker that the
+model's processor expands into its image tokens (49 per view for the packaged model)::
+
+    {"type": "image_url", "image_url": {"url": "7.png", "detail": "high"}}
+      -> views [overview, tile 1, tile 2, ...]            (pixels, decoded lazily in collate)
+      -> "<image><image><image>..."                        (one marker per view, in the prompt)
+      -> 49 image tokens per view                          (the processor)
+
+Any Hugging Face image-text model works (``AutoModelForImageTextToText`` + ``AutoProcessor``)
+whose processor takes a list of views; ``mobilenet-smollm2-vlm`` is the offline default: stock
+Llava around the ImageNet MobileNetV2 tower, a projector and SmolLM2-135M-Instruct
+(:mod:`tunewright.vision.models`), built once into the cache.
+
+Metrics on held-out examples: loss, perplexity and next-token accuracy on the assistant tokens;
+exact match of the greedy answer to the last assistant turn on at most ``exact_match_examples``
+examples; image tokens and pixels per example (what ``detail`` saves).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from tunewright import ConfigError, DataError, Problem, hookimpl
+
+IGNORE = -100
+TASK_KIND = "image_text_to_text"
+DETAILS = ("low", "high", "auto")
+IMAGE_ROLES = ("user", "system")
+
+
+# ---------------------------------------------------------------------------------------------
+# Images and views.
+# Provisional: helper "vision-data" lands the shared image references, checks and detail
+# geometry in tunewright.vision; these few functions give way to those when it does.
+# ---------------------------------------------------------------------------------------------
+
+LOW_SIDE = 512
+HIGH_FIT = 2048
+HIGH_SHORT_SIDE = 768
+TILE = 512
+
+
+def open_image(url: str):
+    """Decode an image reference (a base64 ``data:`` URL or a file path) into an RGB image,
+    EXIF orientation applied. Raises :class:`tunewright.DataError` saying why not."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not isinstance(url, str) or not url:
+        raise DataError("the image_url holds no url (expected a data: URL or a file path)")
+    if url.startswith("data:"):
+        head, _, payload = url.partition(",")
+        if ";base64" not in head:
+            raise DataError("a data: URL image must be base64 encoded (data:image/png;base64,...)")
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise DataError(f"the data: URL is not valid base64 ({exc})") from exc
+        source: Any = io.BytesIO(data)
+    elif url.startswith(("http://", "https://")):
+        raise DataError("remote image URLs are not fetched by this task (use a local file or a data: URL)")
+    else:
+        source = Path(url).expanduser()
+        if not source.is_file():
+            raise DataError(f"image file {url} not found")
+    try:
+        with Image.open(source, formats=["JPEG", "PNG", "WEBP"]) as image:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"the image cannot be decoded as JPEG, PNG or WEBP ({exc})") from exc
+
+
+def _fit_within(image, side: int):
+    from PIL import ImageOps
+
+    if image.width <= side and image.height <= side:
+        return image  # downscale only
+    return ImageOps.contain(image, (side, side))
+
+
+def choose_detail(width: int, height: int, detail: str) -> str:
+    """``auto``: ``high`` when the image is larger than one 512x512 tile, else ``low`` (a small
+    image gains nothing from tiles but their cost)."""
+    if detail != "auto":
+        return detail
+    return "high" if max(width, height) > LOW_SIDE else "low"
+
+
+def image_views(image, detail: str) -> list:
+    """The views of an image the model sees at ``detail``: ``low`` one view fit within 512x512
+    (downscaled only); ``high`` an overview (the low view) and the 512x512 tiles, row by row, of
+    the image fit within 2048x2048 with its shortest side scaled down to at most 768."""
+    detail = choose_detail(image.width, image.height, detail)
+    overview = _fit_within(image, LOW_SIDE)
+    if detail == "low":
+        return [overview]
+    fitted = _fit_within(image, HIGH_FIT)
+    short = min(fitted.width, fitted.height)
+    if short > HIGH_SHORT_SIDE:
+        scale = HIGH_SHORT_SIDE / short
+        fitted = fitted.resize((max(1, round(fitted.width * scale)), max(1, round(fitted.height * scale))),
+                               resample=3)
+    tiles = [fitted.crop((x, y, min(x + TILE, fitted.width), min(y + TILE, fitted.height)))
+             for y in range(0, fitted.height, TILE) for x in range(0, fitted.width, TILE)]
+    return [overview, *tiles]
+
+
+# ---------------------------------------------------------------------------------------------
+# Example structure
+# ---------------------------------------------------------------------------------------------
+
+
+def image_parts(example: dict) -> list[tuple[int, dict]]:
+    """``(message index, part)`` of every image part, in order."""
+    found = []
+    for index, message in enumerate(example.get("messages") or []):
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            found += [(index, part) for part in content
+                      if isinstance(part, dict) and part.get("type") == "image_url"]
+    return found
+
+
+def _part_url_and_detail(part: dict) -> tuple[Any, Any]:
+    spec = part.get("image_url")
+    if isinstance(spec, dict):
+        return spec.get("url"), spec.get("detail", "auto")
+    return None, None
+
+
+def structure_problems(example: dict) -> list[str]:
+    """What is wrong with the content parts of an image-to-text example (the conversation's
+    roles and order are the chat checks' business)."""
+    problems = []
+    messages = example.get("messages")
+    if not isinstance(messages, list):
+        return ["no messages (an image-to-text example is a chat example with image parts)"]
+    for number, message in enumerate(messages, start=1):
+        if not isinstance(message, dict) or not isinstance(message.get("content"), list):
+            continue
+        role = message.get("role")
+        images = 0
+        for part_number, part in enumerate(message["content"], start=1):
+            where = f"message {number} ({role}) part {part_number}"
+            if not isinstance(part, dict) or part.get("type") not in ("text", "image_url"):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                problems.append(f"{where}: unknown content part {kind!r} (allowed: text, image_url)")
+                continue
+            if part["type"] == "text":
+                if not isinstance(part.get("text"), str):
+                    problems.append(f"{where}: a text part needs 'text' as a string")
+                continue
+            images += 1
+            url, detail = _part_url_and_detail(part)
+            if url is None:
+                problems.append(f"{where}: an image_url part needs {{\"image_url\": {{\"url\": ...}}}}")
+            elif detail not in DETAILS:
+                problems.append(f"{where}: detail {detail!r} (allowed: {', '.join(DETAILS)})")
+        if images and role not in IMAGE_ROLES:
+            problems.append(f"message {number} ({role}): {images} image(s) in an {role} turn "
+                            f"(images are allowed in {' and '.join(IMAGE_ROLES)} turns only)")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# The task
+# ---------------------------------------------------------------------------------------------
+
+
+def _register_auto_classes() -> None:
+    from tunewright.vision.models import register_auto_classes
+
+    register_auto_classes()
+
+
+def _quiet_transformers():
+    """transformers' per-load notices (slow image processor, ...) would only alarm here."""
+    from contextlib import contextmanager
+
+    from transformers.utils import logging as hf_logging
+
+    @contextmanager
+    def quiet():
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            yield
+        finally:
+            hf_logging.set_verbosity(level)
+
+    return quiet()
+
+
+def _image_token(processor) -> str:
+    return getattr(processor, "image_token", None) or "<image>"
+
+
+def _image_token_id(model_or_processor) -> int | None:
+    config = getattr(model_or_processor, "config", None)
+    for source in (config, model_or_processor):
+        for name in ("image_token_id", "image_token_index"):
+            value = getattr(source, name, None)
+            if isinstance(value, int):
+                return value
+    return None
+
+
+def _pad(sequences: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(s) for s in sequences)
+    return torch.tensor([s + [value] * (width - len(s)) for s in sequences], dtype=torch.long)
+
+
+class ImageTextTask:
+    """The ``image-to-text`` task: see the module docstring."""
+
+    model_kind = TASK_KIND
+    primary_metric = "mean_token_accuracy"
+    greater_is_better = True
+    metric_directions = {
+        "loss": "min", "perplexity": "min", "mean_token_accuracy": "max", "exact_match": "max",
+        "image_tokens_per_example": "min", "pixels_per_example": "min",
+    }
+    description = "image(s) and a prompt in, text out: chat JSONL with image_url parts, loss on assistant turns"
+
+    def __init__(self, exact_match_examples: int = 32):
+        #: held-out examples whose greedy answer is compared with the reference (bounded: a
+        #: generation per example)
+        self.exact_match_examples = exact_match_examples
+
+    # -- model and processor ------------------------------------------------------------------
+
+    def load_tokenizer(self, path, trust_remote_code: bool = False):
+        """The model's processor (tokenizer + image processor + chat template), with a pad token."""
+        from transformers import AutoProcessor
+
+        _register_auto_classes()
+        with _quiet_transformers():
+            try:
+                processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+            except (OSError, ValueError, KeyError) as exc:
+                raise ConfigError(f"model: {path} has no image-text processor that transformers can "
+                                  f"load ({type(exc).__name__}: {exc})") from exc
+        tokenizer = getattr(processor, "tokenizer", None)
+        if tokenizer is None or not hasattr(processor, "image_processor"):
+            raise ConfigError(f"model: {path} has a {type(processor).__name__}, not an image-text "
+                              "processor (expected a tokenizer and an image processor)")
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        if not getattr(processor, "chat_template", None):
+            from tunewright.vision.models import chat_template
+
+            processor.chat_template = chat_template()
+        return processor
+
+    def load_model(self, path, labels, config, tokenizer=None):
+        from transformers import AutoModelForImageTextToText
+
+        _register_auto_classes()
+        with _quiet_transformers():
+            model = AutoModelForImageTextToText.from_pretrained(
+                path, dtype=torch.float32,
+                trust_remote_code=bool(getattr(config, "trust_remote_code", False)))
+        pad = getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", None)
+        if pad is not None and getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = pad
+        return model
+
+    # -- data rules -----------------------------------------------------------------------------
+
+    def validate(self, example: dict, location: str, config: Any = None) -> list[Problem]:
+        """Content parts, detail values, images only in user or system turns, and every image
+        decodes. An example without images is fine but warned about."""
+        problems = [Problem(location, message) for message in structure_problems(example)]
+        if problems:
+            return problems
+        parts = image_parts(example)
+        if not parts:
+            return [Problem(location, "no image in this example (image-to-text examples carry "
+                            "image_url parts; this one trains the language model only)", "warning")]
+        for number, (_, part) in enumerate(parts, start=1):
+            url, _ = _part_url_and_detail(part)
+            try:
+                open_image(url)
+            except DataError as exc:
+                problems.append(Problem(f"{location}: image {number}", str(exc)))
+        return problems
+
+    def check_split(self, examples, locations, *, split: str, reference_labels=None) -> list[Problem]:
+        return []
+
+    def label_set(self, examples: list[dict]) -> None:
+        return None
+
+    def stratify_key(self, example: dict) -> None:
+        return None
+
+    # -- features -------------------------------------------------------------------------------
+
+    def example_views(self, example: dict) -> list[tuple[int, list]]:
+        """``(message index, views)`` for every image part, in order."""
+        out = []
+        for index, part in image_parts(example):
+            url, detail = _part_url_and_detail(part)
+            out.append((index, image_views(open_image(url), detail or "auto")))
+        return out
+
+    def _messages_with_markers(self, example: dict, views: list[tuple[int, list]]) -> list[dict]:
+        """The conversation with each image part replaced by one ``{"type": "image"}`` part per
+        view, as processors' chat templates expect."""
+        counts = iter(len(v) for _, v in views)
+        messages = []
+        for message in example["messages"]:
+            content = message["content"]
+            if isinstance(content, list):
+                parts = []
+                for part in content:
+                    if part.get("type") == "image_url":
+                        parts += [{"type": "image"}] * next(counts)
+                    else:
+                        parts.append({"type": "text", "text": part.get("text", "")})
+                content = parts
+            messages.append({"role": message["role"], "content": content})
+        return messages
+
+    def segments(self, messages: list[dict], processor) -> list[tuple[str, bool, int]]:
+        """``(text, trained, first message index after it)`` pieces of the rendered conversation:
+        the prompt before each assistant turn (not trained) and the turn itself (trained)."""
+        pieces: list[tuple[str, bool, int]] = []
+        rendered = ""
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            prompt = processor.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+            full = processor.apply_chat_template(messages[: i + 1], tokenize=False)
+            if not (prompt.startswith(rendered) and full.startswith(prompt)):
+                raise DataError(
+                    "the model's chat template does not render conversations turn by turn "
+                    "(a prefix changes when a turn is added); use a template that does")
+            pieces.append((prompt[len(rendered):], False, i))
+            pieces.append((full[len(prompt):], True, i + 1))
+            rendered = full
+        return [piece for piece in pieces if piece[0]]
+
+    def tokenize(self, example: dict, tokenizer, max_length: int | None = None, labels=None) -> dict:
+        """Input ids with the image tokens expanded, labels (-100 outside assistant turns), and
+        where the pixels come from (decoded again in :meth:`collate`, so that a data set's
+        images are never all held in memory). Never truncates."""
+        processor = tokenizer
+        views = self.example_views(example)
+        messages = self._messages_with_markers(example, views)
+        refs = [_part_url_and_detail(part) for _, part in image_parts(example)]
+        input_ids: list[int] = []
+        targets: list[int] = []
+        pixels, done = 0, 0  # images consumed so far
+        for text, trained, upto in self.segments(messages, processor):
+            mine = [group for index, group in views[done:] if index < upto]
+            done += len(mine)
+            piece_views = [view for group in mine for view in group]
+            encoded = processor(text=text, images=piece_views or None, add_special_tokens=False,
+                                return_tensors="np")
+            ids = [int(i) for i in encoded["input_ids"][0]]
+            if piece_views:
+                pixel = encoded["pixel_values"]  # (V, C, H, W) for Llava-style processors
+                pixels += int(pixel.size // pixel.shape[-3]) if pixel.ndim >= 3 else int(pixel.size)
+            input_ids += ids
+            targets += ids if trained else [IGNORE] * len(ids)
+        image_id = _image_token_id(processor)
+        return {
+            "input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": targets,
+            # images after the last assistant turn are not rendered, so not kept either
+            "images": [(url, detail or "auto") for url, detail in refs[:done]],
+            "views": sum(len(group) for _, group in views[:done]),
+            "image_tokens": sum(1 for i in input_ids if i == image_id) if image_id is not None else 0,
+            "pixels": pixels,
+        }
+
+    def num_tokens(self, features: dict) -> int:
+        return len(features["input_ids"])
+
+    def count_tokens(self, example: dict, tokenizer) -> int:
+        return len(self.tokenize(example, tokenizer)["input_ids"])
+
+    def collate(self, features: list[dict], tokenizer) -> dict:
+        """Right-padded ids, mask and labels (B, T); the pixel values of every view of every
+        example, in order, as the image processor makes them (V, C, H, W)."""
+        processor = tokenizer
+        pad_id = processor.tokenizer.pad_token_id
+        batch = {
+            "input_ids": _pad([f["input_ids"] for f in features], pad_id),  # (B, T)
+            "attention_mask": _pad([f["attention_mask"] for f in features], 0),  # (B, T)
+            "labels": _pad([f["labels"] for f in features], IGNORE),  # (B, T)
+        }
+        views = []
+        for feature in features:
+            group = [view for url, detail in feature["images"] for view in image_views(open_image(url), detail)]
+            if len(group) != feature["views"]:
+                raise DataError(f"an image changed since it was tokenized ({len(group)} views, "
+                                f"{feature['views']} expected)")
+            views += group
+        if views:
+            with _quiet_transformers():
+                images = processor.image_processor(views, return_tensors="pt")
+            batch.update({key: value for key, value in images.items() if isinstance(value, torch.Tensor)})
+        return batch
+
+    # -- metrics -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def metrics(self, model, batches: Iterable[dict]) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        image_id = _image_token_id(model)
+        eos = _eos_ids(model)
+        loss_sum, tokens, correct, examples = 0.0, 0, 0, 0
+        image_tokens, pixels = 0, 0
+        matches, judged = 0, 0
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            logits = model(**inputs).logits
+            logits = logits[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
+            targets = batch["labels"][:, 1:]  # (B, T-1)
+            mask = targets != IGNORE
+            loss_sum += torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum").item()
+            correct += (logits.argmax(-1)[mask] == targets[mask]).sum().item()
+            tokens += int(mask.sum())
+            examples += batch["input_ids"].shape[0]
+            if image_id is not None:
+                image_tokens += int((batch["input_ids"] == image_id).sum())
+            if "pixel_values" in batch:
+                pixel = batch["pixel_values"]
+                pixels += int(pixel.numel() // pixel.shape[-3]) if pixel.ndim >= 3 else int(pixel.numel())
+            for row, pixel_values in enumerate(split_pixel_values(batch, image_id)):
+                if judged >= self.exact_match_examples:
+                    break
+                prompt, answer = last_answer(batch["input_ids"][row], batch["labels"][row], batch["attention_mask"][row])
+                if prompt is None:
+                    continue
+                reply = greedy_answer(model, prompt, pixel_values, eos, max_new_tokens=len(answer) + 1)
+                judged += 1
+                matches += int(reply == strip_at_eos(answer, eos))
+        model.train(was_training)
+        loss = loss_sum / tokens if tokens else float("nan")
+        return {
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)) if tokens else float("nan"),
+            "mean_token_accuracy": correct / tokens if tokens else 0.0,
+            "exact_match": matches / judged if judged else float("nan"),
+            "image_tokens_per_example": image_tokens / examples if examples else 0.0,
+            "pixels_per_example": pixels / examples if examples else 0.0,
+        }
+
+
+def _eos_ids(model) -> set[int]:
+    config = getattr(model, "generation_config", None)
+    value = getattr(config, "eos_token_id", None)
+    if value is None:
+        value = getattr(getattr(model, "config", None), "eos_token_id", None)
+    if value is None:
+        return set()
+    return {int(v) for v in (value if isinstance(value, (list, tuple)) else [value])}
+
+
+def split_pixel_values(batch: dict, image_id: int | None) -> list[torch.Tensor | None]:
+    """The pixel values of each example of a batch (views are stacked in example order, and each
+    view costs the same number of image tokens). ``None`` for an example without images."""
+    ids = batch["input_ids"]
+    pixel = batch.get("pixel_values")
+    if pixel is None or image_id is None:
+        return [None] * ids.shape[0]
+    per_example = (ids == image_id).sum(-1)  # (B,)
+    total = int(per_example.sum())
+    if pixel.ndim != 4 or total == 0 or total % pixel.shape[0]:
+        raise ValueError(f"cannot tell which pixel values belong to which example "
+                         f"(pixel_values {tuple(pixel.shape)}, {total} image tokens)")
+    per_view = total // pixel.shape[0]
+    out, start = [], 0
+    for count in per_example.tolist():
+        views = count // per_view
+        out.append(pixel[start: start + views] if views else None)
+        start += views
+    return out
+
+
+def last_answer(input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor
+                ) -> tuple[torch.Tensor | None, list[int]]:
+    """``(prompt ids, answer ids)`` of an example's last assistant turn: the last run of
+    trained tokens, and everything before it."""
+    length = int(attention_mask.sum())
+    trained = (labels[:length] != IGNORE).tolist()
+    if not any(trained):
+        return None, []
+    end = length - trained[::-1].index(True)
+    start = end
+    while start > 0 and trained[start - 1]:
+        start -= 1
+    return input_ids[:start], input_ids[start:end].tolist()
+
+
+def strip_at_eos(ids: list[int], eos: set[int]) -> list[int]:
+    for position, token in enumerate(ids):
+        if token in eos:
+            return ids[:position]
+    return ids
+
+
+def greedy_answer(model, prompt: torch.Tensor, pixel_values: torch.Tensor | None, eos: set[int],
+                  max_new_tokens: int) -> list[int]:
+    """The model's greedy continuation of ``prompt`` (T,) up to an end token, through its cache."""
+    inputs = {"input_ids": prompt[None], "attention_mask": torch.ones_like(prompt)[None], "use_cache": True}
+    if pixel_values is not None:
+        inputs["pixel_values"] = pixel_values
+    out = model(**inputs)
+    tokens: list[int] = []
+    length = prompt.shape[0]
+    for _ in range(max_new_tokens):
+        token = int(out.logits[0, -1].argmax())
+        if token in eos:
+            break
+        tokens.append(token)
+        length += 1
+        step = torch.tensor([[token]], device=prompt.device)
+        out = model(input_ids=step, attention_mask=torch.ones((1, length), dtype=torch.long, device=prompt.device),
+                    past_key_values=out.past_key_values, use_cache=True)
+    return tokens
+
+
+# ---------------------------------------------------------------------------------------------
+# The packaged model
+# ---------------------------------------------------------------------------------------------
+
+
+class MobileNetSmolLM2:
+    """``mobilenet-smollm2-vlm``: the composed model, built once into the cache from the packaged
+    SmolLM2-135M-Instruct conversion and the packaged ImageNet MobileNetV2."""
+
+    description = ("image+text -> text: ImageNet MobileNetV2 tower + projector + SmolLM2-135M-Instruct "
+                   "(stock Llava; 49 image tokens per 224x224 view)")
+    version = "1"  # bump to rebuild cached builds after a change here
+    language_model = "smollm2-135m-instruct"
+
+    def resolve(self) -> Path:
+        from tunewright import get_plugin_manager
+        from tunewright.models import atomic_directory, cache_dir
+
+        target = cache_dir() / "models" / f"mobilenet-smollm2-vlm-v{self.version}"
+        if (target / "config.json").is_file():
+            return target
+        providers = get_plugin_manager().registries.kind("models")
+        if self.language_model not in providers:
+            raise ConfigError(f"model: mobilenet-smollm2-vlm needs the registered model "
+                              f"{self.language_model!r}, which no plugin provides")
+        source = Path(providers[self.language_model].resolve())
+        build_composed_folder(source, target, atomic_directory)
+        return target
+
+
+def build_composed_folder(language_model_dir: Path, target: Path, atomic_directory) -> None:
+    """Compose the packaged model from a causal LM folder and write it, with its processor, to
+    ``target`` atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunewright.vision.models import compose_image_text_model, mobilenet_v2_weights_path
+
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(language_model_dir)
+        language_model = AutoModelForCausalLM.from_pretrained(language_model_dir, dtype=torch.float32)
+        model, processor = compose_image_text_model(language_model, tokenizer, imagenet_weights=True)
+    with atomic_directory(target) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        processor.save_pretrained(staging)
+        (staging / "tunewright_build.json").write_text(json.dumps({
+            "language_model": str(language_model_dir),
+            "vision_weights": mobilenet_v2_weights_path().name,
+        }, indent=2) + "\n")
+
+
+@hookimpl(trylast=True)
+def register_models(register):
+    register("mobilenet-smollm2-vlm", MobileNetSmolLM2())
+
+
+@hookimpl(trylast=True)
+def register_tasks(register):
+    register("image-to-text", ImageTextTask())
