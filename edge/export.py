@@ -328,5 +328,11 @@ def export_run(run_dir: str | Path, out: str | Path, *, split: str = "validation
         tokenize = lambda example, tokenizer, length: run.task.tokenize(example, tokenizer)
     info = {"base_model": run.base_model, "method": run.method, "task": run.task_name,
             "run": {"dir": str(Path(run_dir).resolve()), "eval": run.eval}}
+    if task_kind not in TASK_KINDS:
+        # a kind this module does not export: an exporter plugin may carry the whole path
+        _, exporter = choose_exporter(pm.registries, options.pop("exporter", AUTO), run.model, task_kind)
+        if hasattr(exporter, "export_bundle"):
+            return exporter.export_bundle(run.model, run.tokenizer, run.task, examples, out, info=info, pm=pm,
+                                          **options)
     return export_bundle(run.model, run.tokenizer, task_kind, examples, out, labels=run.labels,
                          tokenize=tokenize, info=info, pm=pm, max_length=max_length, **options)

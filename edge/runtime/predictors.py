@@ -275,6 +275,10 @@ PREDICTORS = {
 
 def predictor_for(folder: Path, manifest: dict, *, threads: int | None = None):
     key = (manifest.get("runtime"), manifest.get("task_kind"))
+    if key == ("onnxruntime", "image_text_to_text"):
+        from .image_text import ImageTextGenerator  # imports this module: looked up late
+
+        return ImageTextGenerator(folder, manifest, threads=threads)
     cls = PREDICTORS.get(key)
     if cls is None:
         known = ", ".join(f"{r}/{k}" for r, k in PREDICTORS)

@@ -37,6 +37,7 @@ from typing import Any, Iterable
 import torch
 
 from tunewright import ConfigError, DataError, Problem, hookimpl
+from tunewright.edge.runtime.image_text import image_views
 
 IGNORE = -100
 TASK_KIND = "image_text_to_text"
@@ -47,13 +48,9 @@ IMAGE_ROLES = ("user", "system")
 # ---------------------------------------------------------------------------------------------
 # Images and views.
 # Provisional: helper "vision-data" lands the shared image references, checks and detail
-# geometry in tunewright.vision; these few functions give way to those when it does.
+# geometry in tunewright.vision; open_image gives way to those when it does. The view geometry
+# is the edge runtime's, so that training and a bundle cut the same views.
 # ---------------------------------------------------------------------------------------------
-
-LOW_SIDE = 512
-HIGH_FIT = 2048
-HIGH_SHORT_SIDE = 768
-TILE = 512
 
 
 def open_image(url: str):
@@ -85,41 +82,6 @@ def open_image(url: str):
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataError(f"the image cannot be decoded as JPEG, PNG or WEBP ({exc})") from exc
-
-
-def _fit_within(image, side: int):
-    from PIL import ImageOps
-
-    if image.width <= side and image.height <= side:
-        return image  # downscale only
-    return ImageOps.contain(image, (side, side))
-
-
-def choose_detail(width: int, height: int, detail: str) -> str:
-    """``auto``: ``high`` when the image is larger than one 512x512 tile, else ``low`` (a small
-    image gains nothing from tiles but their cost)."""
-    if detail != "auto":
-        return detail
-    return "high" if max(width, height) > LOW_SIDE else "low"
-
-
-def image_views(image, detail: str) -> list:
-    """The views of an image the model sees at ``detail``: ``low`` one view fit within 512x512
-    (downscaled only); ``high`` an overview (the low view) and the 512x512 tiles, row by row, of
-    the image fit within 2048x2048 with its shortest side scaled down to at most 768."""
-    detail = choose_detail(image.width, image.height, detail)
-    overview = _fit_within(image, LOW_SIDE)
-    if detail == "low":
-        return [overview]
-    fitted = _fit_within(image, HIGH_FIT)
-    short = min(fitted.width, fitted.height)
-    if short > HIGH_SHORT_SIDE:
-        scale = HIGH_SHORT_SIDE / short
-        fitted = fitted.resize((max(1, round(fitted.width * scale)), max(1, round(fitted.height * scale))),
-                               resample=3)
-    tiles = [fitted.crop((x, y, min(x + TILE, fitted.width), min(y + TILE, fitted.height)))
-             for y in range(0, fitted.height, TILE) for x in range(0, fitted.width, TILE)]
-    return [overview, *tiles]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,6 +382,12 @@ class ImageTextTask:
             batch.update({key: value for key, value in images.items() if isinstance(value, torch.Tensor)})
         return batch
 
+    def prompt_of(self, batch: dict, model) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(prompt ids, pixel values)`` before the last assistant turn of a one-example batch
+        (``None`` prompt when it has no trained tokens): what generation starts from."""
+        prompt, _ = last_answer(batch["input_ids"][0], batch["labels"][0], batch["attention_mask"][0])
+        return prompt, split_pixel_values(batch, _image_token_id(model))[0]
+
     # -- metrics -------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -524,22 +492,29 @@ def strip_at_eos(ids: list[int], eos: set[int]) -> list[int]:
 
 def greedy_answer(model, prompt: torch.Tensor, pixel_values: torch.Tensor | None, eos: set[int],
                   max_new_tokens: int) -> list[int]:
-    """The model's greedy continuation of ``prompt`` (T,) up to an end token, through its cache."""
+    """The model's greedy continuation of ``prompt`` (T,) up to an end token: through its cache
+    when its output carries one, else by running the whole sequence again (an ONNX adapter)."""
+    device = prompt.device
     inputs = {"input_ids": prompt[None], "attention_mask": torch.ones_like(prompt)[None], "use_cache": True}
     if pixel_values is not None:
         inputs["pixel_values"] = pixel_values
     out = model(**inputs)
+    sequence = prompt.tolist()
     tokens: list[int] = []
-    length = prompt.shape[0]
     for _ in range(max_new_tokens):
         token = int(out.logits[0, -1].argmax())
         if token in eos:
             break
         tokens.append(token)
-        length += 1
-        step = torch.tensor([[token]], device=prompt.device)
-        out = model(input_ids=step, attention_mask=torch.ones((1, length), dtype=torch.long, device=prompt.device),
-                    past_key_values=out.past_key_values, use_cache=True)
+        sequence.append(token)
+        past = getattr(out, "past_key_values", None)
+        if past is not None:
+            out = model(input_ids=torch.tensor([[token]], device=device),
+                        attention_mask=torch.ones((1, len(sequence)), dtype=torch.long, device=device),
+                        past_key_values=past, use_cache=True)
+        else:
+            full = torch.tensor([sequence], device=device)
+            out = model(**{**inputs, "input_ids": full, "attention_mask": torch.ones_like(full)})
     return tokens
 
 

@@ -1,0 +1,278 @@
+"""Image+text -> text bundles with onnxruntime, numpy, tokenizers and pillow: no torch.
+
+A bundle holds three parts that torch's model computes in one module::
+
+    images ──views──► pixel values (V, 3, S, S) ──vision.onnx──► image features (V, N, D)
+                                                                          │ overwrite the
+    prompt ──tokenizer.json──► ids (T,) ──embeddings.npy[ids]──► (T, D) ◄─┘ <image> rows
+                                                                  │
+                               model.onnx (decoder, inputs_embeds, KV cache) ──► logits (T, vocab)
+
+``vision.onnx`` is the vision tower and the projector; ``model.onnx`` the language model built by
+onnxruntime-genai's model builder with ``exclude_embeds`` (inputs_embeds in, logits and the KV
+cache out); ``embeddings.npy`` the input embedding matrix. The views of an image follow its
+``detail`` exactly as training made them (:func:`image_views`, settings in the manifest), and each
+view is resized and normalised as the model's image processor did.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from .bundle import BundleError
+from .predictors import make_session
+from .text import TextCodec
+
+#: detail geometry (OpenAI's): low fits within 512x512; high fits within 2048x2048, brings the
+#: shortest side down to 768 and cuts 512x512 tiles, after one low overview
+VIEWS = {"low_side": 512, "high_fit": 2048, "high_short_side": 768, "tile": 512}
+DETAILS = ("low", "high", "auto")
+
+
+# ---------------------------------------------------------------------------------------------
+# Views and pixels (shared with training: the image-to-text task imports these)
+# ---------------------------------------------------------------------------------------------
+
+
+def _fit_within(image, side: int):
+    from PIL import ImageOps
+
+    if image.width <= side and image.height <= side:
+        return image  # downscale only
+    return ImageOps.contain(image, (side, side))
+
+
+def choose_detail(width: int, height: int, detail: str, views: dict | None = None) -> str:
+    """``auto``: ``high`` when the image is larger than one low view (512x512), else ``low``:
+    a small image gains nothing from tiles but their cost."""
+    if detail != "auto":
+        return detail
+    side = (views or VIEWS)["low_side"]
+    return "high" if max(width, height) > side else "low"
+
+
+def image_views(image, detail: str, views: dict | None = None) -> list:
+    """The views of an RGB image at ``detail``: ``low`` one view fit within 512x512 (only ever
+    downscaled); ``high`` that overview, then the 512x512 tiles, row by row, of the image fit
+    within 2048x2048 with its shortest side brought down to 768 (edge tiles are smaller)."""
+    settings = views or VIEWS
+    detail = choose_detail(image.width, image.height, detail, settings)
+    if detail not in ("low", "high"):
+        raise ValueError(f"detail {detail!r} (allowed: {', '.join(DETAILS)})")
+    overview = _fit_within(image, settings["low_side"])
+    if detail == "low":
+        return [overview]
+    fitted = _fit_within(image, settings["high_fit"])
+    short = min(fitted.width, fitted.height)
+    if short > settings["high_short_side"]:
+        scale = settings["high_short_side"] / short
+        fitted = fitted.resize((max(1, round(fitted.width * scale)), max(1, round(fitted.height * scale))),
+                               resample=3)
+    tile = settings["tile"]
+    tiles = [fitted.crop((x, y, min(x + tile, fitted.width), min(y + tile, fitted.height)))
+             for y in range(0, fitted.height, tile) for x in range(0, fitted.width, tile)]
+    return [overview, *tiles]
+
+
+def pixel_values(views: Sequence[Any], image: dict) -> np.ndarray:
+    """Views resized, rescaled and normalised as the model's image processor does
+    (``image``: the manifest's settings) -> (V, 3, H, W) float32."""
+    height, width = image["size"]["height"], image["size"]["width"]
+    mean = np.asarray(image["image_mean"], np.float32)
+    std = np.asarray(image["image_std"], np.float32)
+    out = []
+    for view in views:
+        view = view.convert("RGB")
+        if image.get("do_resize", True):
+            view = view.resize((width, height), resample=int(image.get("resample", 2)))
+        array = np.asarray(view, dtype=np.float32)  # (H, W, C)
+        if image.get("do_rescale", True):
+            array = array * np.float32(image.get("rescale_factor", 1 / 255))
+        if image.get("do_normalize", True):
+            array = (array - mean) / std
+        out.append(array.transpose(2, 0, 1))  # (C, H, W)
+    return np.stack(out).astype(np.float32)
+
+
+def open_image(source: Any):
+    """An RGB image from a PIL image, a path, bytes or a base64 ``data:`` URL (EXIF applied)."""
+    from PIL import Image, ImageOps
+
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    elif isinstance(source, str) and source.startswith("data:"):
+        source = io.BytesIO(base64.b64decode(source.partition(",")[2]))
+    with Image.open(source, formats=["JPEG", "PNG", "WEBP"]) as image:
+        image.load()
+        return ImageOps.exif_transpose(image).convert("RGB")
+
+
+# ---------------------------------------------------------------------------------------------
+# The predictor
+# ---------------------------------------------------------------------------------------------
+
+
+class ImageTextGenerator:
+    """Generation from images and a prompt with a bundle's three parts.
+
+    ``generate(messages)``: messages as the image-to-text task takes them (OpenAI content parts;
+    an ``image_url`` url may be a path, a data URL, or a PIL image). ``logits(batch)`` and
+    ``teacher_forced_logits(...)`` serve the parity gate and ``verify``.
+    """
+
+    def __init__(self, folder: Path, manifest: dict, *, threads: int | None = None):
+        self.folder = Path(folder)
+        self.manifest = manifest
+        self.labels = None
+        model = manifest["model"]
+        pre = manifest["preprocessing"]
+        self.pre = pre
+        self.codec = TextCodec(self.folder, pre)
+        self.eos_token_ids = set(self.codec.eos_token_ids)
+        self.vision = make_session(self.folder / model["vision_file"], threads=threads)
+        self.decoder = make_session(self.folder / model["file"], threads=threads)
+        embeddings = self.folder / model["embeddings_file"]
+        if not embeddings.is_file():
+            raise BundleError(f"{folder}: the manifest names {model['embeddings_file']!r}, which is missing")
+        self.embeddings = np.load(embeddings, mmap_mode="r")  # (vocab, D)
+        self.image_token_id = int(pre["image_token_id"])
+        self.tokens_per_view = int(pre["tokens_per_view"])
+        self.views = dict(pre.get("views") or VIEWS)
+        inputs = self.decoder.get_inputs()
+        self.input_names = [i.name for i in inputs]
+        self.past_inputs = [i for i in inputs if i.name.startswith("past_key_values")]
+        self.present_names = [i.name.replace("past_key_values", "present") for i in self.past_inputs]
+        self.uses_position_ids = "position_ids" in self.input_names
+
+    # -- pieces ---------------------------------------------------------------------------------
+
+    def image_features(self, pixels: np.ndarray) -> np.ndarray:
+        """(V, 3, S, S) -> (V, N, D)."""
+        return self.vision.run(None, {self.vision.get_inputs()[0].name: pixels.astype(np.float32)})[0]
+
+    def embed(self, ids: Sequence[int], pixels: np.ndarray | None) -> np.ndarray:
+        """Input embeddings (1, T, D) of ``ids`` with the ``<image>`` rows replaced, in order, by
+        the image features of ``pixels``."""
+        ids = np.asarray(ids, dtype=np.int64)
+        embeds = np.asarray(self.embeddings[ids], dtype=np.float32)  # (T, D)
+        slots = np.flatnonzero(ids == self.image_token_id)
+        if slots.size:
+            if pixels is None:
+                raise ValueError(f"the prompt holds {slots.size} image tokens but no image was given")
+            features = self.image_features(pixels).reshape(-1, embeds.shape[-1])  # (V*N, D)
+            if features.shape[0] != slots.size:
+                raise ValueError(f"{slots.size} image tokens in the prompt, {features.shape[0]} image "
+                                 "features from the views")
+            embeds[slots] = features
+        return embeds[None]
+
+    def empty_past(self) -> dict[str, np.ndarray]:
+        past = {}
+        for meta in self.past_inputs:
+            _, heads, _, head_dim = meta.shape
+            dtype = np.float16 if "float16" in meta.type else np.float32
+            past[meta.name] = np.zeros((1, int(heads), 0, int(head_dim)), dtype=dtype)
+        return past
+
+    def step(self, embeds: np.ndarray, past: dict[str, np.ndarray], past_length: int):
+        """Run new positions ``embeds`` (1, T, D) after ``past_length`` cached ones."""
+        total = past_length + embeds.shape[1]
+        feeds = {"inputs_embeds": embeds, "attention_mask": np.ones((1, total), dtype=np.int64), **past}
+        if self.uses_position_ids:
+            feeds["position_ids"] = np.arange(past_length, total, dtype=np.int64)[None]
+        outputs = self.decoder.run(["logits", *self.present_names], feeds)
+        return outputs[0], {meta.name: value for meta, value in zip(self.past_inputs, outputs[1:])}
+
+    # -- what the parity gate and verify call ---------------------------------------------------
+
+    def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """Logits (B, T, vocab) of a right-padded batch as the task collates it (``input_ids``,
+        ``attention_mask``, ``pixel_values`` of every view in example order); one pass per row."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        pixels = batch.get("pixel_values")
+        rows, start = [], 0
+        width = ids.shape[1]
+        for row in range(ids.shape[0]):
+            length = int(mask[row].sum())
+            views = int((ids[row, :length] == self.image_token_id).sum()) // self.tokens_per_view
+            mine = pixels[start: start + views] if views else None
+            start += views
+            logits, _ = self.step(self.embed(ids[row, :length], mine), self.empty_past(), 0)
+            padded = np.zeros((width, logits.shape[-1]), dtype=np.float32)
+            padded[:length] = logits[0]
+            rows.append(padded)
+        return np.stack(rows)
+
+    def teacher_forced_logits(self, prompt_ids: Sequence[int], continuation: Sequence[int],
+                              pixel_values: np.ndarray | None = None) -> np.ndarray:
+        """Logits predicting each token of ``continuation`` (len, vocab): the prompt (with its
+        images) in one pass, then one token at a time through the cache, as generation runs."""
+        logits, past = self.step(self.embed(prompt_ids, pixel_values), self.empty_past(), 0)
+        rows = [logits[0, -1]]
+        length = len(prompt_ids)
+        for token in list(continuation)[:-1]:
+            logits, past = self.step(self.embed([token], None), past, length)
+            length += 1
+            rows.append(logits[0, -1])
+        return np.stack(rows).astype(np.float32)
+
+    # -- what a user calls ----------------------------------------------------------------------
+
+    def encode(self, messages: list[dict]) -> tuple[list[int], np.ndarray | None]:
+        """Prompt ids (image tokens expanded) and pixel values for chat ``messages``."""
+        if not self.codec.chat_format:
+            raise BundleError("this bundle has no chat format; it cannot render image prompts")
+        marker = self.pre.get("image_token", "<image>")
+        rendered, views = [], []
+        for message in messages:
+            content = message.get("content", "")
+            if isinstance(content, list):
+                text = []
+                for part in content:
+                    if part.get("type") == "text":
+                        text.append(part.get("text", ""))
+                    elif part.get("type") == "image_url":
+                        spec = part.get("image_url") or {}
+                        mine = image_views(open_image(spec.get("url")), spec.get("detail", "auto"), self.views)
+                        views += mine
+                        text.append(marker * len(mine))
+                    else:
+                        raise BundleError(f"content part {part.get('type')!r} is not text or image_url")
+                content = "".join(text)
+            rendered.append({"role": message.get("role"), "content": content})
+        ids = self.codec.encode(self.codec.render_chat(rendered), add_special_tokens=False, truncate=False)
+        expanded: list[int] = []
+        for token in ids:
+            expanded += [token] * self.tokens_per_view if token == self.image_token_id else [token]
+        pixels = pixel_values(views, self.pre["image"]) if views else None
+        return expanded, pixels
+
+    def generate_ids(self, prompt_ids: Sequence[int], pixel_values: np.ndarray | None = None, *,
+                     max_new_tokens: int = 64, stop_at_eos: bool = True) -> Iterator[int]:
+        """Greedy tokens after the prompt, through the KV cache."""
+        logits, past = self.step(self.embed(prompt_ids, pixel_values), self.empty_past(), 0)
+        length = len(prompt_ids)
+        for _ in range(max_new_tokens):
+            token = int(np.argmax(logits[0, -1]))
+            if stop_at_eos and token in self.eos_token_ids:
+                return
+            yield token
+            logits, past = self.step(self.embed([token], None), past, length)
+            length += 1
+
+    def generate(self, messages: list[dict] | str, *, max_new_tokens: int = 64, **_: Any) -> str:
+        """The reply to chat ``messages`` (or one user text) with their images."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        ids, pixels = self.encode(messages)
+        return self.codec.decode(list(self.generate_ids(ids, pixels, max_new_tokens=max_new_tokens)))
+
+
+__all__ = ["ImageTextGenerator", "image_views", "choose_detail", "pixel_values", "open_image", "VIEWS"]
