@@ -115,3 +115,26 @@ def mnist_digits():
     chosen = chosen[np.random.default_rng(0).permutation(len(chosen))]
     images = [Image.fromarray(pixels[i].reshape(28, 28).astype(np.uint8), mode="L") for i in chosen]
     return images, [int(labels[i]) for i in chosen]
+
+
+# -- image to text ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_image_text_dir(tiny_llama_dir, tmp_path_factory) -> Path:
+    """The composed image-text model in miniature, with its processor: tiny_llama as the language
+    model, a MobileNetV2 tower at depth 0.35 on 64x64 views (4 image tokens per view), random."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunewright.vision.models import CnnTowerConfig, compose_image_text_model, torchvision_mobilenet_v2_config
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    language_model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    tower = CnnTowerConfig(backbone_config=torchvision_mobilenet_v2_config(depth_multiplier=0.35).to_dict(),
+                           image_size=64)
+    model, processor = compose_image_text_model(language_model, tokenizer, tower, imagenet_weights=False)
+    path = tmp_path_factory.mktemp("tiny-image-text")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path

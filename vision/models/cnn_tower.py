@@ -96,17 +96,13 @@ class CnnTowerModel(PreTrainedModel):
         super().__init__(config)
         backbone = {k: v for k, v in config.backbone_config.items() if k != "model_type"}
         self.backbone = MobileNetV2Model(MobileNetV2Config(**backbone), add_pooling_layer=False)
+        # the backbone initialised itself with transformers' normal(0, 0.02); post_init leaves a
+        # nested PreTrainedModel to its own _init_weights, so the backbone is re-initialised here
+        self.backbone.apply(_torchvision_init)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.backbone_config.get("initializer_range", 0.02)
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            module.weight.data.normal_(mean=0.0, std=std)
-            if module.bias is not None:
-                module.bias.data.zero_()
-        elif isinstance(module, nn.BatchNorm2d):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
+        _torchvision_init(module)
 
     def train(self, mode: bool = True) -> "CnnTowerModel":
         super().train(mode)
@@ -118,10 +114,30 @@ class CnnTowerModel(PreTrainedModel):
 
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, **kwargs: Any) -> BaseModelOutputWithPooling:
-        features = self.backbone(pixel_values, return_dict=True).last_hidden_state  # (B, C, h, w)
+        # pixels arrive in float32 from the processor; a tower cast to bf16 computes in bf16
+        dtype = self.backbone.conv_stem.first_conv.convolution.weight.dtype
+        features = self.backbone(pixel_values.to(dtype), return_dict=True).last_hidden_state  # (B, C, h, w)
         tokens = features.flatten(2).transpose(1, 2)  # (B, h*w, C)
         return BaseModelOutputWithPooling(
             last_hidden_state=tokens, pooler_output=tokens.mean(1), hidden_states=(tokens,))
+
+
+def _torchvision_init(module: nn.Module) -> None:
+    """He initialisation by fan-in, which keeps the activations' scale through the layers while
+    batch norm is frozen. transformers' normal(0, 0.02), and torchvision's fan-out variant (made
+    for batch norm in training mode), shrink them to 1e-25 and 1e-8 by the last layer of a random
+    tower in eval mode, which leaves a randomly initialised model blind."""
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, 0, 0.01)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
 
 
 def register_auto_classes() -> None:
