@@ -122,15 +122,30 @@ def mnist_digits():
 
 @pytest.fixture(scope="session")
 def tiny_image_text_dir(tiny_llama_dir, tmp_path_factory) -> Path:
-    """The composed image-text model in miniature, with its processor: tiny_llama as the language
-    model, a MobileNetV2 tower at depth 0.35 on 64x64 views (4 image tokens per view), random."""
+    """The composed image-text model in miniature, with its processor: a 2-layer Llama (hidden 64)
+    with SmolLM2's tokenizer, a MobileNetV2 tower at depth 0.35 on 64x64 views (4 image tokens per
+    view), random weights.
+
+    Drawn so that a test can watch it learn to read an image, which tiny_llama's draw forbids:
+    layers at std 1/8 (~1/sqrt(hidden)), not 0.02, at which every layer adds a thousandth of the
+    residual stream and the answer position barely sees the image tokens; embeddings at std 1/2,
+    since the head is tied to them and frozen under LoRA (at 1/8 no logit rises far enough above
+    the other 49k to be confident); and no padding_idx, which would leave <|im_end|>'s row zero
+    and the end of an answer unpredictable."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from tunewright.vision.models import CnnTowerConfig, compose_image_text_model, torchvision_mobilenet_v2_config
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    language_model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    torch.manual_seed(0)
+    language_model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.125,
+        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id))
+    language_model.config.pad_token_id = tokenizer.pad_token_id
+    with torch.no_grad():
+        language_model.get_input_embeddings().weight.mul_(4.0)
     tower = CnnTowerConfig(backbone_config=torchvision_mobilenet_v2_config(depth_multiplier=0.35).to_dict(),
                            image_size=64)
     model, processor = compose_image_text_model(language_model, tokenizer, tower, imagenet_weights=False)
