@@ -56,6 +56,39 @@ def choose_detail(width: int, height: int, detail: str, views: dict | None = Non
     return "high" if max(width, height) > side else "low"
 
 
+def _fit_size(width: int, height: int, side: int) -> tuple[int, int]:
+    """The size ``ImageOps.contain`` gives an image fit within ``side`` x ``side`` (never larger)."""
+    if width <= side and height <= side:
+        return width, height
+    ratio_image, ratio_box = width / height, 1.0
+    if ratio_image > ratio_box:
+        return side, max(1, round(height * side / width))
+    return max(1, round(width * side / height)), side
+
+
+def _high_size(width: int, height: int, settings: dict) -> tuple[int, int]:
+    width, height = _fit_size(width, height, settings["high_fit"])
+    short = min(width, height)
+    if short > settings["high_short_side"]:
+        scale = settings["high_short_side"] / short
+        width, height = max(1, round(width * scale)), max(1, round(height * scale))
+    return width, height
+
+
+def view_sizes(width: int, height: int, detail: str, views: dict | None = None) -> list[tuple[int, int]]:
+    """The sizes of the views :func:`image_views` cuts from a ``width`` x ``height`` image,
+    without decoding it (what ``validate`` counts)."""
+    settings = views or VIEWS
+    detail = choose_detail(width, height, detail, settings)
+    overview = _fit_size(width, height, settings["low_side"])
+    if detail == "low":
+        return [overview]
+    width, height = _high_size(width, height, settings)
+    tile = settings["tile"]
+    return [overview] + [(min(tile, width - x), min(tile, height - y))
+                         for y in range(0, height, tile) for x in range(0, width, tile)]
+
+
 def image_views(image, detail: str, views: dict | None = None) -> list:
     """The views of an RGB image at ``detail``: ``low`` one view fit within 512x512 (only ever
     downscaled); ``high`` that overview, then the 512x512 tiles, row by row, of the image fit
@@ -68,11 +101,9 @@ def image_views(image, detail: str, views: dict | None = None) -> list:
     if detail == "low":
         return [overview]
     fitted = _fit_within(image, settings["high_fit"])
-    short = min(fitted.width, fitted.height)
-    if short > settings["high_short_side"]:
-        scale = settings["high_short_side"] / short
-        fitted = fitted.resize((max(1, round(fitted.width * scale)), max(1, round(fitted.height * scale))),
-                               resample=3)
+    size = _high_size(image.width, image.height, settings)
+    if fitted.size != size:
+        fitted = fitted.resize(size, resample=3)
     tile = settings["tile"]
     tiles = [fitted.crop((x, y, min(x + tile, fitted.width), min(y + tile, fitted.height)))
              for y in range(0, fitted.height, tile) for x in range(0, fitted.width, tile)]
@@ -275,4 +306,4 @@ class ImageTextGenerator:
         return self.codec.decode(list(self.generate_ids(ids, pixels, max_new_tokens=max_new_tokens)))
 
 
-__all__ = ["ImageTextGenerator", "image_views", "choose_detail", "pixel_values", "open_image", "VIEWS"]
+__all__ = ["ImageTextGenerator", "image_views", "view_sizes", "choose_detail", "pixel_values", "open_image", "VIEWS"]

@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -119,7 +120,9 @@ class ImageTextExporter:
         example = torch.zeros(2, 3, *side)
         started = time.perf_counter()
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), warnings.catch_warnings():
+                # torch 2.13 calls the TorchScript exporter legacy; the dynamo one needs onnxscript
+                warnings.simplefilter("ignore", DeprecationWarning)
                 torch.onnx.export(_vision_module(parts), (example,), str(out_dir / VISION_FILE),
                                   input_names=["pixel_values"], output_names=["image_features"],
                                   dynamic_axes={"pixel_values": {0: "views"}, "image_features": {0: "views"}},
@@ -329,11 +332,10 @@ def export_image_text_bundle(model, processor, task, examples: list[dict], out, 
     Raises :class:`tunewright.JobFailed` when the bundle's next-token accuracy falls more than
     ``threshold`` points below the tuned model's; nothing is written at ``out`` then.
     """
-    from tunewright import get_plugin_manager
+    from tunewright import atomic_directory, get_plugin_manager
     from tunewright.edge.runtime.bench import bundle_size_mb
     from tunewright.edge.runtime.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST, manifest_digest, sha256_file
     from tunewright.edge.runtime.image_text import ImageTextGenerator
-    from tunewright.models import atomic_directory
 
     out = Path(out)
     if out.exists() and not (out / MANIFEST).is_file():

@@ -36,12 +36,13 @@ from typing import Any, Iterable
 
 import torch
 
-from tunewright import ConfigError, DataError, Problem, hookimpl
-from tunewright.edge.runtime.image_text import image_views
+from tunewright import ConfigError, DataError, Problem, hookimpl, kinds
+from tunewright.edge.runtime.image_text import image_views, view_sizes
 
 IGNORE = -100
-TASK_KIND = "image_text_to_text"
+TASK_KIND = kinds.IMAGE_TEXT_TO_TEXT
 DETAILS = ("low", "high", "auto")
+ROLES = ("system", "user", "assistant")
 IMAGE_ROLES = ("user", "system")
 
 
@@ -107,13 +108,46 @@ def _part_url_and_detail(part: dict) -> tuple[Any, Any]:
     return None, None
 
 
+def conversation_problems(messages: Any) -> list[str]:
+    """What is wrong with one conversation as a whole: roles, empty turns, the order of turns."""
+    if not isinstance(messages, list) or not messages:
+        return ["no messages (an image-to-text example is a conversation: a user turn with images "
+                "and text, then an assistant reply)"]
+    problems, roles = [], []
+    for number, message in enumerate(messages, start=1):
+        if not isinstance(message, dict):
+            problems.append(f"message {number}: expected an object with role and content")
+            roles.append(None)
+            continue
+        role = message.get("role")
+        roles.append(role)
+        if role not in ROLES:
+            problems.append(f"message {number}: unknown role {role!r} (allowed: {', '.join(ROLES)})")
+            continue
+        content = message.get("content")
+        if not isinstance(content, (str, list)):
+            problems.append(f"message {number} ({role}): content must be text or a list of content parts")
+        elif isinstance(content, str) and not content.strip() or (isinstance(content, list) and not any(
+                isinstance(p, dict) and (p.get("type") == "image_url" or str(p.get("text", "")).strip())
+                for p in content)):
+            problems.append(f"message {number} ({role}): empty content (every message needs text or an image)")
+        if role == "system" and number > 1:
+            problems.append(f"message {number}: a system message after the first message "
+                            "(a system message is allowed only first)")
+    if "assistant" not in roles:
+        problems.append("no assistant message (an example needs an assistant reply to learn from)")
+    elif roles[-1] in ROLES and roles[-1] != "assistant":
+        problems.append(f"the last message is from {roles[-1]} (a conversation must end with an "
+                        "assistant message; nothing after it would be learnt)")
+    return problems
+
+
 def structure_problems(example: dict) -> list[str]:
-    """What is wrong with the content parts of an image-to-text example (the conversation's
-    roles and order are the chat checks' business)."""
+    """What is wrong with the content parts of an image-to-text example."""
     problems = []
     messages = example.get("messages")
     if not isinstance(messages, list):
-        return ["no messages (an image-to-text example is a chat example with image parts)"]
+        return []
     for number, message in enumerate(messages, start=1):
         if not isinstance(message, dict) or not isinstance(message.get("content"), list):
             continue
@@ -139,6 +173,26 @@ def structure_problems(example: dict) -> list[str]:
             problems.append(f"message {number} ({role}): {images} image(s) in an {role} turn "
                             f"(images are allowed in {' and '.join(IMAGE_ROLES)} turns only)")
     return problems
+
+
+def image_size(url: str) -> tuple[str, int, int] | None:
+    """``(format, width, height)`` of an image reference from its header (nothing decoded), or
+    ``None`` when it cannot be read."""
+    from PIL import Image
+
+    try:
+        if url.startswith("data:"):
+            source: Any = io.BytesIO(base64.b64decode(url.partition(",")[2]))
+        else:
+            source = Path(url).expanduser()
+        with Image.open(source) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1)
+            if orientation in (5, 6, 7, 8):  # EXIF rotates by 90 degrees: the model sees it turned
+                width, height = height, width
+            return image.format, width, height
+    except Exception:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,10 +224,6 @@ def _quiet_transformers():
     return quiet()
 
 
-def _image_token(processor) -> str:
-    return getattr(processor, "image_token", None) or "<image>"
-
-
 def _image_token_id(model_or_processor) -> int | None:
     config = getattr(model_or_processor, "config", None)
     for source in (config, model_or_processor):
@@ -194,12 +244,12 @@ class ImageTextTask:
 
     model_kind = TASK_KIND
     primary_metric = "mean_token_accuracy"
-    greater_is_better = True
     metric_directions = {
         "loss": "min", "perplexity": "min", "mean_token_accuracy": "max", "exact_match": "max",
         "image_tokens_per_example": "min", "pixels_per_example": "min",
     }
     description = "image(s) and a prompt in, text out: chat JSONL with image_url parts, loss on assistant turns"
+    default_model = "mobilenet-smollm2-vlm"
 
     def __init__(self, exact_match_examples: int = 32):
         #: held-out examples whose greedy answer is compared with the reference (bounded: a
@@ -247,9 +297,15 @@ class ImageTextTask:
     # -- data rules -----------------------------------------------------------------------------
 
     def validate(self, example: dict, location: str, config: Any = None) -> list[Problem]:
-        """Content parts, detail values, images only in user or system turns, and every image
-        decodes. An example without images is fine but warned about."""
-        problems = [Problem(location, message) for message in structure_problems(example)]
+        """The conversation (roles, order, an assistant reply last), its content parts, detail
+        values, images only in user or system turns, and every image decodes. An example without
+        images is fine but warned about."""
+        if not isinstance(example, dict) or "messages" not in example:
+            found = ", ".join(map(str, example)) if isinstance(example, dict) else type(example).__name__
+            return [Problem(location, f"image-to-text takes chat examples with 'messages', but this "
+                            f"example has {found or 'no keys'} (use a chat JSONL with image_url parts)")]
+        problems = [Problem(location, m) for m in conversation_problems(example["messages"])
+                    + structure_problems(example)]
         if problems:
             return problems
         parts = image_parts(example)
@@ -263,6 +319,40 @@ class ImageTextTask:
             except DataError as exc:
                 problems.append(Problem(f"{location}: image {number}", str(exc)))
         return problems
+
+    def summarize(self, examples: list[dict]) -> dict:
+        """Images and what reaches the model at each detail: views and their pixels as the data
+        asks (``detail`` of each part), all low, and all high (headers only, nothing decoded)."""
+        images, formats = 0, {}
+        totals = {"as_given": [0, 0], "low": [0, 0], "high": [0, 0]}  # views, pixels
+        for example in examples:
+            for _, part in image_parts(example):
+                url, detail = _part_url_and_detail(part)
+                found = image_size(url) if isinstance(url, str) else None
+                if found is None:
+                    continue
+                fmt, width, height = found
+                images += 1
+                formats[fmt] = formats.get(fmt, 0) + 1
+                for key, wanted in (("as_given", detail or "auto"), ("low", "low"), ("high", "high")):
+                    sizes = view_sizes(width, height, wanted if wanted in DETAILS else "auto")
+                    totals[key][0] += len(sizes)
+                    totals[key][1] += sum(w * h for w, h in sizes)
+        return {"images": images, "formats": formats,
+                "views": {k: v[0] for k, v in totals.items()},
+                "view_pixels": {k: v[1] for k, v in totals.items()}} if images else {}
+
+    def render_summary(self, summary: dict) -> list[str]:
+        if not summary.get("images"):
+            return []
+        views, pixels = summary["views"], summary["view_pixels"]
+        formats = ", ".join(f"{name} {count}" for name, count in sorted(summary["formats"].items()))
+        saving = pixels["high"] / pixels["low"] if pixels["low"] else float("nan")
+        return [f"images: {summary['images']:,} ({formats})",
+                f"views reaching the model: {views['as_given']:,} as the data asks, {views['low']:,} "
+                f"all low, {views['high']:,} all high",
+                f"view pixels: {pixels['as_given']:,} as the data asks, {pixels['low']:,} all low, "
+                f"{pixels['high']:,} all high ({saving:.1f}x fewer at low detail)"]
 
     def check_split(self, examples, locations, *, split: str, reference_labels=None) -> list[Problem]:
         return []
@@ -320,7 +410,7 @@ class ImageTextTask:
             rendered = full
         return [piece for piece in pieces if piece[0]]
 
-    def tokenize(self, example: dict, tokenizer, max_length: int | None = None, labels=None) -> dict:
+    def tokenize(self, example: dict, tokenizer, labels=None) -> dict:
         """Input ids with the image tokens expanded, labels (-100 outside assistant turns), and
         where the pixels come from (decoded again in :meth:`collate`, so that a data set's
         images are never all held in memory). Never truncates."""
@@ -355,9 +445,6 @@ class ImageTextTask:
 
     def num_tokens(self, features: dict) -> int:
         return len(features["input_ids"])
-
-    def count_tokens(self, example: dict, tokenizer) -> int:
-        return len(self.tokenize(example, tokenizer)["input_ids"])
 
     def collate(self, features: list[dict], tokenizer) -> dict:
         """Right-padded ids, mask and labels (B, T); the pixel values of every view of every
@@ -533,8 +620,7 @@ class MobileNetSmolLM2:
     language_model = "smollm2-135m-instruct"
 
     def resolve(self) -> Path:
-        from tunewright import get_plugin_manager
-        from tunewright.models import atomic_directory, cache_dir
+        from tunewright import atomic_directory, cache_dir, get_plugin_manager
 
         target = cache_dir() / "models" / f"mobilenet-smollm2-vlm-v{self.version}"
         if (target / "config.json").is_file():

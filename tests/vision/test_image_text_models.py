@@ -181,8 +181,7 @@ def test_packaged_model_builds_and_keeps_smollm2(tmp_path):
     back through the Auto classes; on text it is SmolLM2."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-    from tunewright import get_plugin_manager
-    from tunewright.models import atomic_directory
+    from tunewright import atomic_directory, get_plugin_manager
     from tunewright.plugins.vision.image_text import build_composed_folder
 
     smollm2 = Path(get_plugin_manager().registries.kind("models")["smollm2-135m-instruct"].resolve())
