@@ -121,7 +121,8 @@ def test_state_from_another_model_is_refused(tiny_llama_dir):
 
 
 def test_unknown_task_kind(tiny_llama_dir):
-    with pytest.raises(UsageError, match=r"cannot tune a model of task kind 'seq2seq' \(it supports: causal_lm, sequence_classification, image_classification\)"):
+    with pytest.raises(UsageError, match=r"cannot tune a model of task kind 'seq2seq' \(it supports: causal_lm, "
+                                         r"sequence_classification, image_classification, image_text_to_text\)"):
         METHODS["lora"].apply(llama(tiny_llama_dir), None, "seq2seq")
 
 
