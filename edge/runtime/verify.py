@@ -59,7 +59,10 @@ def verify_bundle(folder: str | Path, *, threads: int | None = None) -> dict[str
         agree, kl = [], []
         for example in examples:
             prompt, continuation = example["prompt_ids"].tolist(), example["continuation"].tolist()
-            logits = predictor.teacher_forced_logits(prompt, continuation)
+            # an image-text bundle records the pixel values of its prompts' images beside them
+            pixels = example.get("pixel_values")
+            extra = {"pixel_values": pixels} if pixels is not None and len(pixels) else {}
+            logits = predictor.teacher_forced_logits(prompt, continuation, **extra)
             agree.extend((logits.argmax(-1) == example["reference_top1"]).tolist())
             # KL(tuned || bundle) over the reference's recorded top tokens (a lower bound of the full KL)
             ref_idx, ref_logp = example["reference_top_ids"], example["reference_top_logprobs"].astype(np.float64)

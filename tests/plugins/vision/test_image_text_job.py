@@ -84,6 +84,13 @@ def test_job_learns_to_read_images_and_exports_a_bundle_that_runs_without_torch(
         "embeddings.npy", "manifest.json", "model.onnx", "model.onnx.data", "parity.npz", "tokenizer.json",
         "vision.onnx"]
 
+    # verify reruns the recorded examples, images included, and finds what the export recorded
+    from tunewright.edge.runtime import verify_bundle
+
+    report = verify_bundle(bundle)
+    assert report["ok"], report
+    assert report["rerun"]["top1_agreement"] == 1.0
+
     # the bundle on its own: no torch, no transformers; it names each held-out colour
     examples = [json.loads(line) for line in (out / "data" / "validation.jsonl").read_text().splitlines()]
     script = (
