@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -90,6 +91,20 @@ def test_job_learns_to_read_images_and_exports_a_bundle_that_runs_without_torch(
     report = verify_bundle(bundle)
     assert report["ok"], report
     assert report["rerun"]["top1_agreement"] == 1.0
+
+    # the bundle cuts, resizes and tokenizes a user's prompt exactly as training did
+    from tunewright.edge.runtime import load_bundle
+
+    predictor = load_bundle(bundle)
+    task = pm.registries.get("tasks", "image-to-text")
+    processor = task.load_tokenizer(out / "tokenizer")
+    held_out = [json.loads(line) for line in (out / "data" / "validation.jsonl").read_text().splitlines()]
+    for example in held_out[:2]:
+        batch = task.collate([task.tokenize(example, processor)], processor)
+        prompt, pixels = task.prompt_of(batch, SimpleNamespace(config=processor))  # its image_token_id
+        ids, ours = predictor.encode(example["messages"][:-1])
+        assert ids == prompt.tolist()
+        assert abs(ours - pixels.numpy()).max() < 1e-5
 
     # the bundle on its own: no torch, no transformers; it names each held-out colour
     examples = [json.loads(line) for line in (out / "data" / "validation.jsonl").read_text().splitlines()]
