@@ -259,11 +259,15 @@ def _eos(model) -> set[int]:
     return {int(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None}
 
 
-def _link_files(source: Path, target: Path, names: list[str] | None = None) -> None:
+def _link_files(source: Path, target: Path, names: list[str] | None = None, *, copy: bool = False) -> None:
+    """Hard-link (or, with ``copy`` or across file systems, copy) files of ``source`` into
+    ``target``. onnx refuses external data with several links, so what a quantizer reads is copied."""
     target.mkdir(parents=True, exist_ok=True)
     for path in sorted(Path(source).iterdir()):
         if path.is_file() and (names is None or path.name in names):
             try:
+                if copy:
+                    raise OSError("copy asked for")
                 (target / path.name).hardlink_to(path)
             except OSError:
                 shutil.copy2(path, target / path.name)
@@ -372,9 +376,11 @@ def export_image_text_bundle(model, processor, task, examples: list[dict], out, 
             decoder = base
             if name != "none":
                 log(f"quantize: {name} (the decoder)")
-                _link_files(base.folder, work / "decoder", [p.name for p in base.folder.iterdir()
-                                                            if p.name.startswith("model.onnx")])
-                alone = ExportedModel(work / "decoder", "causal_lm", exporter=base.exporter)
+                _link_files(base.folder, work / f"decoder-{name}", [p.name for p in base.folder.iterdir()
+                                                                    if p.name.startswith("model.onnx")],
+                            copy=True)
+                # the decoder alone is what a causal-LM quantizer knows (inputs_embeds aside)
+                alone = ExportedModel(work / f"decoder-{name}", "causal_lm", exporter=base.exporter)
                 if not quantizers[name].supports(alone):
                     if quantize != "auto":
                         raise UsageError(f"--quantize: {name!r} does not apply to this model's decoder")
@@ -390,7 +396,6 @@ def export_image_text_bundle(model, processor, task, examples: list[dict], out, 
                     continue
                 finally:
                     os.chdir(previous)
-                shutil.rmtree(work / "decoder", ignore_errors=True)
             _link_files(base.folder, stage, [VISION_FILE, EMBEDDINGS_FILE, "tokenizer.json"])
             _link_files(decoder.folder, stage, [p.name for p in Path(decoder.folder).iterdir()
                                                 if p.name.startswith("model.onnx")])
