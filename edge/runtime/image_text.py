@@ -10,7 +10,8 @@ A bundle holds three parts that torch's model computes in one module::
 
 ``vision.onnx`` is the vision tower and the projector; ``model.onnx`` the language model built by
 onnxruntime-genai's model builder with ``exclude_embeds`` (inputs_embeds in, logits and the KV
-cache out); ``embeddings.npy`` the input embedding matrix. The views of an image follow its
+cache out); ``embeddings.npy`` the input embedding matrix (``embeddings-int8.npz``, int8 rows with
+a scale each, beside a quantized decoder). The views of an image follow its
 ``detail`` exactly as training made them (:func:`image_views`, settings in the manifest), and each
 view is resized and normalised as the model's image processor did.
 """
@@ -172,7 +173,13 @@ class ImageTextGenerator:
         embeddings = self.folder / model["embeddings_file"]
         if not embeddings.is_file():
             raise BundleError(f"{folder}: the manifest names {model['embeddings_file']!r}, which is missing")
-        self.embeddings = np.load(embeddings, mmap_mode="r")  # (vocab, D)
+        if model.get("embeddings_dtype", "float32") == "int8-rows":
+            with np.load(embeddings, allow_pickle=False) as data:
+                self.embeddings = data["weight"]  # (vocab, D) int8
+                self.embedding_scale = data["scale"]  # (vocab,)
+        else:
+            self.embeddings = np.load(embeddings, mmap_mode="r")  # (vocab, D)
+            self.embedding_scale = None
         self.image_token_id = int(pre["image_token_id"])
         self.tokens_per_view = int(pre["tokens_per_view"])
         self.views = dict(pre.get("views") or VIEWS)
@@ -193,6 +200,8 @@ class ImageTextGenerator:
         the image features of ``pixels``."""
         ids = np.asarray(ids, dtype=np.int64)
         embeds = np.asarray(self.embeddings[ids], dtype=np.float32)  # (T, D)
+        if self.embedding_scale is not None:
+            embeds *= self.embedding_scale[ids][:, None]
         slots = np.flatnonzero(ids == self.image_token_id)
         if slots.size:
             if pixels is None:
