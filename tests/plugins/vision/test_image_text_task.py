@@ -253,7 +253,7 @@ def test_other_methods_refuse_the_kind(model):
 
     found = {}
     register_ia3(lambda name, method: found.setdefault(name, method))
-    with pytest.raises(UsageError, match="unknown task kind 'image_text_to_text'"):
+    with pytest.raises(UsageError, match="cannot tune a model of task kind 'image_text_to_text'"):
         found["ia3"].apply(model, None, "image_text_to_text")
 
 
