@@ -75,14 +75,15 @@ def open_image(url: str):
     else:
         source = Path(url).expanduser()
         if not source.is_file():
-            raise DataError(f"image file {url} not found")
+            raise DataError(f"image file {url} not found (a path, or a data: URL with the image in base64)")
     try:
         with Image.open(source, formats=["JPEG", "PNG", "WEBP"]) as image:
             image.load()
             image = ImageOps.exif_transpose(image)
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"the image cannot be decoded as JPEG, PNG or WEBP ({exc})") from exc
+        raise DataError(f"the image cannot be decoded ({exc}; allowed: complete JPEG, PNG or WEBP "
+                        "files)") from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,7 +318,8 @@ class ImageTextTask:
             try:
                 open_image(url)
             except DataError as exc:
-                problems.append(Problem(f"{location}: image {number}", str(exc)))
+                # the example's own location, so that the engine leaves the example out whole
+                problems.append(Problem(location, f"image {number}: {exc}"))
         return problems
 
     def summarize(self, examples: list[dict]) -> dict:

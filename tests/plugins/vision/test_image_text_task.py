@@ -122,9 +122,12 @@ def test_validate_decodes_every_image(task, tmp_path):
                                      {"type": "text", "text": "?"}]},
         {"role": "assistant", "content": "x"}]}
     problems = task.validate(example, "d.jsonl:4")
-    where = [p.location for p in problems]
-    assert where == ["d.jsonl:4: image 1", "d.jsonl:4: image 2", "d.jsonl:4: image 3"]  # the data URL is fine
-    assert "cannot be decoded" in problems[0].message and "not found" in problems[2].message
+    # each at the example's location (the engine leaves the example out whole), naming the image
+    assert [str(p).split(" (")[0] for p in problems] == [
+        "d.jsonl:4: image 1: the image cannot be decoded",
+        "d.jsonl:4: image 2: the image cannot be decoded",  # a GIF is not one of the formats
+        f"d.jsonl:4: image 3: image file {tmp_path / 'nope.png'} not found"]  # the data URL is fine
+    assert "allowed: complete JPEG, PNG or WEBP files" in problems[1].message
 
 
 # -- features --------------------------------------------------------------------------------------
