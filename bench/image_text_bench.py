@@ -54,7 +54,7 @@ def write_digits(folder: Path, *, train: int, heldout: int, image_size: int, see
         path.parent.mkdir(exist_ok=True)
         digit = Image.fromarray(images[index].reshape(28, 28).astype(np.uint8)).convert("RGB")
         digit.resize((image_size, image_size), resample=Image.Resampling.BILINEAR).save(path)
-        rows.append((str(path), str(int(labels[index]))))
+        rows.append((path.relative_to(folder).as_posix(), str(int(labels[index]))))
     files = {}
     for detail in ("low", "high"):
         for split, part in (("train", rows[:train]), ("heldout", rows[train:])):

@@ -12,14 +12,12 @@ A bundle holds three parts that torch's model computes in one module::
 onnxruntime-genai's model builder with ``exclude_embeds`` (inputs_embeds in, logits and the KV
 cache out); ``embeddings.npy`` the input embedding matrix (``embeddings-int8.npz``, int8 rows with
 a scale each, beside a quantized decoder). The views of an image follow its
-``detail`` exactly as training made them (:func:`image_views`, settings in the manifest), and each
-view is resized and normalised as the model's image processor did.
+``detail`` exactly as training made them (:func:`tunewright.vision.views`), and each view is
+resized and normalised as the model's image processor did (its settings are in the manifest).
 """
 
 from __future__ import annotations
 
-import base64
-import io
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -29,86 +27,25 @@ from .bundle import BundleError
 from .predictors import make_session
 from .text import TextCodec
 
-#: detail geometry (OpenAI's): low fits within 512x512; high fits within 2048x2048, brings the
-#: shortest side down to 768 and cuts 512x512 tiles, after one low overview
-VIEWS = {"low_side": 512, "high_fit": 2048, "high_short_side": 768, "tile": 512}
-DETAILS = ("low", "high", "auto")
-
-
 # ---------------------------------------------------------------------------------------------
-# Views and pixels (shared with training: the image-to-text task imports these)
+# Views and pixels. The views are tunewright.vision's (what training cut); the pixels follow the
+# model's image processor, whose settings the manifest carries.
 # ---------------------------------------------------------------------------------------------
 
 
-def _fit_within(image, side: int):
-    from PIL import ImageOps
+def geometry() -> dict[str, int]:
+    """The detail geometry the views follow (recorded in a bundle's manifest)."""
+    from tunewright.vision import detail
 
-    if image.width <= side and image.height <= side:
-        return image  # downscale only
-    return ImageOps.contain(image, (side, side))
-
-
-def choose_detail(width: int, height: int, detail: str, views: dict | None = None) -> str:
-    """``auto``: ``high`` when the image is larger than one low view (512x512), else ``low``:
-    a small image gains nothing from tiles but their cost."""
-    if detail != "auto":
-        return detail
-    side = (views or VIEWS)["low_side"]
-    return "high" if max(width, height) > side else "low"
+    return {"low_side": detail.LOW_SIZE, "high_fit": detail.HIGH_FIT,
+            "high_short_side": detail.HIGH_SHORT_SIDE, "tile": detail.TILE}
 
 
-def _fit_size(width: int, height: int, side: int) -> tuple[int, int]:
-    """The size ``ImageOps.contain`` gives an image fit within ``side`` x ``side`` (never larger)."""
-    if width <= side and height <= side:
-        return width, height
-    ratio_image, ratio_box = width / height, 1.0
-    if ratio_image > ratio_box:
-        return side, max(1, round(height * side / width))
-    return max(1, round(width * side / height)), side
+def image_views(image, detail: str | None) -> list:
+    """The views of an image at ``detail``: :func:`tunewright.vision.views`, in RGB."""
+    from tunewright.vision import views
 
-
-def _high_size(width: int, height: int, settings: dict) -> tuple[int, int]:
-    width, height = _fit_size(width, height, settings["high_fit"])
-    short = min(width, height)
-    if short > settings["high_short_side"]:
-        scale = settings["high_short_side"] / short
-        width, height = max(1, round(width * scale)), max(1, round(height * scale))
-    return width, height
-
-
-def view_sizes(width: int, height: int, detail: str, views: dict | None = None) -> list[tuple[int, int]]:
-    """The sizes of the views :func:`image_views` cuts from a ``width`` x ``height`` image,
-    without decoding it (what ``validate`` counts)."""
-    settings = views or VIEWS
-    detail = choose_detail(width, height, detail, settings)
-    overview = _fit_size(width, height, settings["low_side"])
-    if detail == "low":
-        return [overview]
-    width, height = _high_size(width, height, settings)
-    tile = settings["tile"]
-    return [overview] + [(min(tile, width - x), min(tile, height - y))
-                         for y in range(0, height, tile) for x in range(0, width, tile)]
-
-
-def image_views(image, detail: str, views: dict | None = None) -> list:
-    """The views of an RGB image at ``detail``: ``low`` one view fit within 512x512 (only ever
-    downscaled); ``high`` that overview, then the 512x512 tiles, row by row, of the image fit
-    within 2048x2048 with its shortest side brought down to 768 (edge tiles are smaller)."""
-    settings = views or VIEWS
-    detail = choose_detail(image.width, image.height, detail, settings)
-    if detail not in ("low", "high"):
-        raise ValueError(f"detail {detail!r} (allowed: {', '.join(DETAILS)})")
-    overview = _fit_within(image, settings["low_side"])
-    if detail == "low":
-        return [overview]
-    fitted = _fit_within(image, settings["high_fit"])
-    size = _high_size(image.width, image.height, settings)
-    if fitted.size != size:
-        fitted = fitted.resize(size, resample=3)
-    tile = settings["tile"]
-    tiles = [fitted.crop((x, y, min(x + tile, fitted.width), min(y + tile, fitted.height)))
-             for y in range(0, fitted.height, tile) for x in range(0, fitted.width, tile)]
-    return [overview, *tiles]
+    return [view if view.mode == "RGB" else view.convert("RGB") for view in views(image, detail)]
 
 
 def pixel_values(views: Sequence[Any], image: dict) -> np.ndarray:
@@ -132,18 +69,25 @@ def pixel_values(views: Sequence[Any], image: dict) -> np.ndarray:
 
 
 def open_image(source: Any):
-    """An RGB image from a PIL image, a path, bytes or a base64 ``data:`` URL (EXIF applied)."""
-    from PIL import Image, ImageOps
+    """An image a user hands the bundle: a PIL image, a path, bytes or a base64 ``data:`` URL,
+    checked and decoded as training checked its images (:func:`tunewright.vision.check_image`:
+    format from the bytes, EXIF orientation, RGB). Raises :class:`BundleError` saying why not."""
+    from PIL import Image
+
+    from tunewright.vision import ImageRefused, check_image, check_reference
 
     if isinstance(source, Image.Image):
-        return source.convert("RGB")
-    if isinstance(source, (bytes, bytearray)):
-        source = io.BytesIO(source)
-    elif isinstance(source, str) and source.startswith("data:"):
-        source = io.BytesIO(base64.b64decode(source.partition(",")[2]))
-    with Image.open(source, formats=["JPEG", "PNG", "WEBP"]) as image:
-        image.load()
-        return ImageOps.exif_transpose(image).convert("RGB")
+        return source
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            return check_image(bytes(source)).image
+        if isinstance(source, str) and source.startswith("data:"):
+            return check_reference(source).image
+        return check_image(Path(source).read_bytes()).image
+    except ImageRefused as exc:
+        raise BundleError(f"image {str(source)[:80]}: {exc}") from None
+    except OSError as exc:
+        raise BundleError(f"image {str(source)[:80]}: cannot be read ({exc.strerror or exc})") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,7 +126,6 @@ class ImageTextGenerator:
             self.embedding_scale = None
         self.image_token_id = int(pre["image_token_id"])
         self.tokens_per_view = int(pre["tokens_per_view"])
-        self.views = dict(pre.get("views") or VIEWS)
         inputs = self.decoder.get_inputs()
         self.input_names = [i.name for i in inputs]
         self.past_inputs = [i for i in inputs if i.name.startswith("past_key_values")]
@@ -280,7 +223,7 @@ class ImageTextGenerator:
                         text.append(part.get("text", ""))
                     elif part.get("type") == "image_url":
                         spec = part.get("image_url") or {}
-                        mine = image_views(open_image(spec.get("url")), spec.get("detail", "auto"), self.views)
+                        mine = image_views(open_image(spec.get("url")), spec.get("detail"))
                         views += mine
                         text.append(marker * len(mine))
                     else:
@@ -315,4 +258,4 @@ class ImageTextGenerator:
         return self.codec.decode(list(self.generate_ids(ids, pixels, max_new_tokens=max_new_tokens)))
 
 
-__all__ = ["ImageTextGenerator", "image_views", "view_sizes", "choose_detail", "pixel_values", "open_image", "VIEWS"]
+__all__ = ["ImageTextGenerator", "image_views", "pixel_values", "open_image", "geometry"]

@@ -215,7 +215,7 @@ class OnnxImageTextModel:
 
 
 def _preprocessing(processor, model, folder: Path) -> dict[str, Any]:
-    from tunewright.edge.runtime.image_text import VIEWS
+    from tunewright.edge.runtime.image_text import geometry
 
     tokenizer = processor.tokenizer
     if not getattr(tokenizer, "is_fast", False):
@@ -239,7 +239,7 @@ def _preprocessing(processor, model, folder: Path) -> dict[str, Any]:
         "image_token": getattr(processor, "image_token", "<image>"),
         "image_token_id": image_token_id,
         "tokens_per_view": tokens_per_view,
-        "views": dict(VIEWS),
+        "views": geometry(),
         "image": {
             "size": {"height": int(size["height"]), "width": int(size["width"])},
             "do_resize": bool(getattr(image, "do_resize", True)),

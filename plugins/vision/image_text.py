@@ -26,9 +26,6 @@ examples; image tokens and pixels per example (what ``detail`` saves).
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import json
 import math
 from pathlib import Path
@@ -37,76 +34,17 @@ from typing import Any, Iterable
 import torch
 
 from tunewright import ConfigError, DataError, Problem, hookimpl, kinds
-from tunewright.edge.runtime.image_text import image_views, view_sizes
 
 IGNORE = -100
 TASK_KIND = kinds.IMAGE_TEXT_TO_TEXT
-DETAILS = ("low", "high", "auto")
 ROLES = ("system", "user", "assistant")
-IMAGE_ROLES = ("user", "system")
+#: part types tunewright.vision reads as images (it refuses all but image_url with a reason)
+IMAGE_PART_TYPES = ("image_url", "image", "input_image", "image_file")
 
 
 # ---------------------------------------------------------------------------------------------
-# Images and views.
-# Provisional: helper "vision-data" lands the shared image references, checks and detail
-# geometry in tunewright.vision; open_image gives way to those when it does. The view geometry
-# is the edge runtime's, so that training and a bundle cut the same views.
+# Example structure (the images themselves are tunewright.vision's business)
 # ---------------------------------------------------------------------------------------------
-
-
-def open_image(url: str):
-    """Decode an image reference (a base64 ``data:`` URL or a file path) into an RGB image,
-    EXIF orientation applied. Raises :class:`tunewright.DataError` saying why not."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    if not isinstance(url, str) or not url:
-        raise DataError("the image_url holds no url (expected a data: URL or a file path)")
-    if url.startswith("data:"):
-        head, _, payload = url.partition(",")
-        if ";base64" not in head:
-            raise DataError("a data: URL image must be base64 encoded (data:image/png;base64,...)")
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise DataError(f"the data: URL is not valid base64 ({exc})") from exc
-        source: Any = io.BytesIO(data)
-    elif url.startswith(("http://", "https://")):
-        raise DataError("remote image URLs are not fetched by this task (use a local file or a data: URL)")
-    else:
-        source = Path(url).expanduser()
-        if not source.is_file():
-            raise DataError(f"image file {url} not found (a path, or a data: URL with the image in base64)")
-    try:
-        with Image.open(source, formats=["JPEG", "PNG", "WEBP"]) as image:
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"the image cannot be decoded ({exc}; allowed: complete JPEG, PNG or WEBP "
-                        "files)") from exc
-
-
-# ---------------------------------------------------------------------------------------------
-# Example structure
-# ---------------------------------------------------------------------------------------------
-
-
-def image_parts(example: dict) -> list[tuple[int, dict]]:
-    """``(message index, part)`` of every image part, in order."""
-    found = []
-    for index, message in enumerate(example.get("messages") or []):
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list):
-            found += [(index, part) for part in content
-                      if isinstance(part, dict) and part.get("type") == "image_url"]
-    return found
-
-
-def _part_url_and_detail(part: dict) -> tuple[Any, Any]:
-    spec = part.get("image_url")
-    if isinstance(spec, dict):
-        return spec.get("url"), spec.get("detail", "auto")
-    return None, None
 
 
 def conversation_problems(messages: Any) -> list[str]:
@@ -144,56 +82,21 @@ def conversation_problems(messages: Any) -> list[str]:
 
 
 def structure_problems(example: dict) -> list[str]:
-    """What is wrong with the content parts of an image-to-text example."""
+    """Content parts that are neither text nor an image (the image parts themselves, their
+    references, detail and roles, are checked by :func:`tunewright.vision.check_example`)."""
     problems = []
-    messages = example.get("messages")
-    if not isinstance(messages, list):
-        return []
-    for number, message in enumerate(messages, start=1):
+    for number, message in enumerate(example.get("messages") or [], start=1):
         if not isinstance(message, dict) or not isinstance(message.get("content"), list):
             continue
-        role = message.get("role")
-        images = 0
         for part_number, part in enumerate(message["content"], start=1):
-            where = f"message {number} ({role}) part {part_number}"
-            if not isinstance(part, dict) or part.get("type") not in ("text", "image_url"):
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                problems.append(f"{where}: unknown content part {kind!r} (allowed: text, image_url)")
-                continue
-            if part["type"] == "text":
+            where = f"message {number} ({message.get('role')}) part {part_number}"
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind == "text":
                 if not isinstance(part.get("text"), str):
                     problems.append(f"{where}: a text part needs 'text' as a string")
-                continue
-            images += 1
-            url, detail = _part_url_and_detail(part)
-            if url is None:
-                problems.append(f"{where}: an image_url part needs {{\"image_url\": {{\"url\": ...}}}}")
-            elif detail not in DETAILS:
-                problems.append(f"{where}: detail {detail!r} (allowed: {', '.join(DETAILS)})")
-        if images and role not in IMAGE_ROLES:
-            problems.append(f"message {number} ({role}): {images} image(s) in an {role} turn "
-                            f"(images are allowed in {' and '.join(IMAGE_ROLES)} turns only)")
+            elif kind not in IMAGE_PART_TYPES:
+                problems.append(f"{where}: unknown content part {kind!r} (allowed: text, image_url)")
     return problems
-
-
-def image_size(url: str) -> tuple[str, int, int] | None:
-    """``(format, width, height)`` of an image reference from its header (nothing decoded), or
-    ``None`` when it cannot be read."""
-    from PIL import Image
-
-    try:
-        if url.startswith("data:"):
-            source: Any = io.BytesIO(base64.b64decode(url.partition(",")[2]))
-        else:
-            source = Path(url).expanduser()
-        with Image.open(source) as image:
-            width, height = image.size
-            orientation = image.getexif().get(0x0112, 1)
-            if orientation in (5, 6, 7, 8):  # EXIF rotates by 90 degrees: the model sees it turned
-                width, height = height, width
-            return image.format, width, height
-    except Exception:
-        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,54 +210,30 @@ class ImageTextTask:
                             f"example has {found or 'no keys'} (use a chat JSONL with image_url parts)")]
         problems = [Problem(location, m) for m in conversation_problems(example["messages"])
                     + structure_problems(example)]
-        if problems:
-            return problems
-        parts = image_parts(example)
-        if not parts:
-            return [Problem(location, "no image in this example (image-to-text examples carry "
-                            "image_url parts; this one trains the language model only)", "warning")]
-        for number, (_, part) in enumerate(parts, start=1):
-            url, _ = _part_url_and_detail(part)
-            try:
-                open_image(url)
-            except DataError as exc:
-                # the example's own location, so that the engine leaves the example out whole
-                problems.append(Problem(location, f"image {number}: {exc}"))
-        return problems
+        from tunewright.vision import check_example, has_images
+
+        if not has_images(example):
+            return problems + [Problem(location, "no image in this example (image-to-text examples carry "
+                                       "image_url parts; this one trains the language model only)", "warning")]
+        # every image rule (references, formats, sizes, detail values, no images from the
+        # assistant...): "excluded", or "error" under vision.on_refused: error
+        return problems + check_example(example, location, config)
 
     def summarize(self, examples: list[dict]) -> dict:
-        """Images and what reaches the model at each detail: views and their pixels as the data
-        asks (``detail`` of each part), all low, and all high (headers only, nothing decoded)."""
-        images, formats = 0, {}
-        totals = {"as_given": [0, 0], "low": [0, 0], "high": [0, 0]}  # views, pixels
-        for example in examples:
-            for _, part in image_parts(example):
-                url, detail = _part_url_and_detail(part)
-                found = image_size(url) if isinstance(url, str) else None
-                if found is None:
-                    continue
-                fmt, width, height = found
-                images += 1
-                formats[fmt] = formats.get(fmt, 0) + 1
-                for key, wanted in (("as_given", detail or "auto"), ("low", "low"), ("high", "high")):
-                    sizes = view_sizes(width, height, wanted if wanted in DETAILS else "auto")
-                    totals[key][0] += len(sizes)
-                    totals[key][1] += sum(w * h for w, h in sizes)
-        return {"images": images, "formats": formats,
-                "views": {k: v[0] for k, v in totals.items()},
-                "view_pixels": {k: v[1] for k, v in totals.items()}} if images else {}
+        """tunewright.vision's image facts: formats, sizes, refusals, views and pixels at the detail
+        each image asks for, at low and at high detail."""
+        from tunewright.vision import summarize
+
+        return summarize(examples)
 
     def render_summary(self, summary: dict) -> list[str]:
-        if not summary.get("images"):
-            return []
-        views, pixels = summary["views"], summary["view_pixels"]
-        formats = ", ".join(f"{name} {count}" for name, count in sorted(summary["formats"].items()))
-        saving = pixels["high"] / pixels["low"] if pixels["low"] else float("nan")
-        return [f"images: {summary['images']:,} ({formats})",
-                f"views reaching the model: {views['as_given']:,} as the data asks, {views['low']:,} "
-                f"all low, {views['high']:,} all high",
-                f"view pixels: {pixels['as_given']:,} as the data asks, {pixels['low']:,} all low, "
-                f"{pixels['high']:,} all high ({saving:.1f}x fewer at low detail)"]
+        from tunewright.vision import render_summary
+
+        lines = render_summary(summary)
+        if summary.get("images"):
+            lines.append("  this task: each view costs the model's own image tokens "
+                         "(49 per view for mobilenet-smollm2-vlm)")
+        return lines
 
     def check_split(self, examples, locations, *, split: str, reference_labels=None) -> list[Problem]:
         return []
@@ -368,12 +247,14 @@ class ImageTextTask:
     # -- features -------------------------------------------------------------------------------
 
     def example_views(self, example: dict) -> list[tuple[int, list]]:
-        """``(message index, views)`` for every image part, in order."""
-        out = []
-        for index, part in image_parts(example):
-            url, detail = _part_url_and_detail(part)
-            out.append((index, image_views(open_image(url), detail or "auto")))
-        return out
+        """``(message index, views)`` of every image, in order: decoded and checked again by
+        :func:`tunewright.vision.load_images` (an image that changed since validation is refused,
+        never trained on), cut by :func:`tunewright.vision.views` at the image's detail, in RGB."""
+        from tunewright.edge.runtime.image_text import image_views
+        from tunewright.vision import load_images
+
+        return [(image.ref.message - 1, image_views(image.image, image.detail()))
+                for image in load_images(example)]
 
     def _messages_with_markers(self, example: dict, views: list[tuple[int, list]]) -> list[dict]:
         """The conversation with each image part replaced by one ``{"type": "image"}`` part per
@@ -385,7 +266,7 @@ class ImageTextTask:
             if isinstance(content, list):
                 parts = []
                 for part in content:
-                    if part.get("type") == "image_url":
+                    if part.get("type") in IMAGE_PART_TYPES:
                         parts += [{"type": "image"}] * next(counts)
                     else:
                         parts.append({"type": "text", "text": part.get("text", "")})
@@ -419,7 +300,6 @@ class ImageTextTask:
         processor = tokenizer
         views = self.example_views(example)
         messages = self._messages_with_markers(example, views)
-        refs = [_part_url_and_detail(part) for _, part in image_parts(example)]
         input_ids: list[int] = []
         targets: list[int] = []
         pixels, done = 0, 0  # images consumed so far
@@ -438,8 +318,10 @@ class ImageTextTask:
         image_id = _image_token_id(processor)
         return {
             "input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": targets,
-            # images after the last assistant turn are not rendered, so not kept either
-            "images": [(url, detail or "auto") for url, detail in refs[:done]],
+            # where the pixels come from: the example (which carries its image folder and the
+            # job's reading settings) and how many of its images the rendering used (images after
+            # the last assistant turn are not rendered)
+            "example": example, "images": done,
             "views": sum(len(group) for _, group in views[:done]),
             "image_tokens": sum(1 for i in input_ids if i == image_id) if image_id is not None else 0,
             "pixels": pixels,
@@ -450,7 +332,9 @@ class ImageTextTask:
 
     def collate(self, features: list[dict], tokenizer) -> dict:
         """Right-padded ids, mask and labels (B, T); the pixel values of every view of every
-        example, in order, as the image processor makes them (V, C, H, W)."""
+        example, in order, as the image processor makes them (V, C, H, W). The images are read
+        and checked again here rather than held from tokenize: a data set's pixels never sit in
+        memory all at once."""
         processor = tokenizer
         pad_id = processor.tokenizer.pad_token_id
         batch = {
@@ -460,7 +344,10 @@ class ImageTextTask:
         }
         views = []
         for feature in features:
-            group = [view for url, detail in feature["images"] for view in image_views(open_image(url), detail)]
+            if not feature["images"]:
+                continue
+            group = [view for _, views_of in self.example_views(feature["example"])[: feature["images"]]
+                     for view in views_of]
             if len(group) != feature["views"]:
                 raise DataError(f"an image changed since it was tokenized ({len(group)} views, "
                                 f"{feature['views']} expected)")
@@ -641,7 +528,8 @@ def build_composed_folder(language_model_dir: Path, target: Path, atomic_directo
     ``target`` atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunewright.vision.models import compose_image_text_model, mobilenet_v2_weights_path
+    from tunewright.vision.classifiers import MOBILENET_V2_DISTRIBUTION, MOBILENET_V2_SHA256
+    from tunewright.vision.models import compose_image_text_model
 
     with _quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(language_model_dir)
@@ -652,7 +540,7 @@ def build_composed_folder(language_model_dir: Path, target: Path, atomic_directo
         processor.save_pretrained(staging)
         (staging / "tunewright_build.json").write_text(json.dumps({
             "language_model": str(language_model_dir),
-            "vision_weights": mobilenet_v2_weights_path().name,
+            "vision_weights": {"distribution": MOBILENET_V2_DISTRIBUTION, "sha256": MOBILENET_V2_SHA256},
         }, indent=2) + "\n")
 
 

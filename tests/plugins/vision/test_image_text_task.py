@@ -12,6 +12,7 @@ from PIL import Image
 
 from tunewright import DataError
 from tunewright.edge.runtime.image_text import image_views
+from tunewright.vision import prepare_example
 from tunewright.plugins.methods.lora import LoraMethod, LoraSettings
 from tunewright.plugins.vision.image_text import (
     IGNORE,
@@ -50,11 +51,13 @@ def _png(path: Path, size=(40, 30), colour=(220, 30, 30)) -> str:
     return str(path)
 
 
-def _example(url: str, answer: str = "red", detail: str | None = None, question: str = "What colour is this?"):
-    spec = {"url": url} if detail is None else {"url": url, "detail": detail}
-    return {"messages": [
+def _example(path: str, answer: str = "red", detail: str | None = None, question: str = "What colour is this?"):
+    """A chat example naming the image by its path relative to its folder, which the example
+    carries as the vision transform writes it (``image_source``) for an example of a data file."""
+    spec = {"url": Path(path).name} if detail is None else {"url": Path(path).name, "detail": detail}
+    return prepare_example({"messages": [
         {"role": "user", "content": [{"type": "image_url", "image_url": spec}, {"type": "text", "text": question}]},
-        {"role": "assistant", "content": answer}]}
+        {"role": "assistant", "content": answer}]}, root=Path(path).parent)
 
 
 def _colour_examples(folder: Path, sizes=((40, 30),)) -> list[dict]:
@@ -84,50 +87,51 @@ def test_views_follow_the_detail_geometry(size, detail, expected):
 
 
 def test_validate_accepts_a_good_example_and_warns_without_images(task, tmp_path):
-    assert task.validate(_example(_png(tmp_path / "a.png")), "data.jsonl:1") == []
+    assert task.validate(_example(_png(tmp_path / "a.png")), "data.jsonl:1", None) == []
     problems = task.validate({"messages": [{"role": "user", "content": "hi"},
                                            {"role": "assistant", "content": "hello"}]}, "data.jsonl:2")
     assert [p.severity for p in problems] == ["warning"]
 
 
 def test_validate_reports_each_broken_part(task, tmp_path):
-    good = _png(tmp_path / "a.png")
-    example = {"messages": [
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": good, "detail": "medium"}},
+    _png(tmp_path / "a.png")
+    example = prepare_example({"messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "a.png", "detail": "medium"}},
                                      {"type": "audio", "audio": "x"},
                                      {"type": "image_url", "image_url": "not an object"}]},
-        {"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": good}}]}]}
+        {"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": "a.png"}}]}]}, root=tmp_path)
     messages = [str(p) for p in task.validate(example, "d.jsonl:3")]
-    assert any("detail 'medium' (allowed: low, high, auto)" in m for m in messages)
-    assert any("unknown content part 'audio'" in m for m in messages)
-    assert any("part 3: an image_url part needs" in m for m in messages)
-    assert any("message 2 (assistant): 1 image(s) in an assistant turn" in m for m in messages)
     assert all(m.startswith("d.jsonl:3: ") for m in messages)
+    assert any("unknown content part 'audio' (allowed: text, image_url)" in m for m in messages)
+    # the image rules are tunewright.vision's: each image named, the example excluded
+    assert any("image 1 (a.png): message 1 part 1: 'detail' is 'medium' (allowed: low, high, auto)" in m
+               for m in messages)
+    assert any("image 2 (malformed): message 1 part 3: 'image_url' must be an object" in m for m in messages)
+    assert any("image 3 (a.png): in message 2, an assistant turn" in m for m in messages)
 
 
 def test_validate_decodes_every_image(task, tmp_path):
     png = tmp_path / "truncated.png"
     Image.new("RGB", (64, 64), (1, 2, 3)).save(png)
     png.write_bytes(png.read_bytes()[:-40])
-    gif = tmp_path / "animated.png"  # a GIF under a PNG name
-    Image.new("RGB", (8, 8)).save(gif, format="GIF")
+    Image.new("RGB", (8, 8)).save(tmp_path / "animated.png", format="GIF")  # a GIF under a PNG name
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), (0, 9, 0)).save(buffer, format="PNG")
     data_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    example = {"messages": [
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": str(png)}},
-                                     {"type": "image_url", "image_url": {"url": str(gif)}},
-                                     {"type": "image_url", "image_url": {"url": str(tmp_path / "nope.png")}},
+    example = prepare_example({"messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "truncated.png"}},
+                                     {"type": "image_url", "image_url": {"url": "animated.png"}},
+                                     {"type": "image_url", "image_url": {"url": "nope.png"}},
                                      {"type": "image_url", "image_url": {"url": data_url}},
                                      {"type": "text", "text": "?"}]},
-        {"role": "assistant", "content": "x"}]}
+        {"role": "assistant", "content": "x"}]}, root=tmp_path)
     problems = task.validate(example, "d.jsonl:4")
     # each at the example's location (the engine leaves the example out whole), naming the image
-    assert [str(p).split(" (")[0] for p in problems] == [
-        "d.jsonl:4: image 1: the image cannot be decoded",
-        "d.jsonl:4: image 2: the image cannot be decoded",  # a GIF is not one of the formats
-        f"d.jsonl:4: image 3: image file {tmp_path / 'nope.png'} not found"]  # the data URL is fine
-    assert "allowed: complete JPEG, PNG or WEBP files" in problems[1].message
+    assert [p.message.split(":")[0] for p in problems] == [
+        "image 1 (truncated.png)", "image 2 (animated.png)", "image 3 (nope.png)"]  # the data URL is fine
+    assert {p.severity for p in problems} == {"excluded"}
+    assert "does not decode" in problems[0].message and "GIF" in problems[1].message
+    assert "no such file" in problems[2].message
 
 
 # -- features --------------------------------------------------------------------------------------
@@ -179,7 +183,7 @@ def test_an_image_changed_after_tokenizing_is_caught(task, processor, tmp_path):
     url = _png(tmp_path / "c.png", (1024, 1024))
     features = task.tokenize(_example(url, detail="auto"), processor)
     _png(tmp_path / "c.png", (100, 100))  # now a single view
-    with pytest.raises(DataError, match="changed since it was tokenized"):
+    with pytest.raises(DataError, match="changed since it was tokenized"):  # 1 view now, 5 before
         task.collate([features], processor)
 
 
