@@ -151,7 +151,7 @@ def test_unknown_exporter_and_unexportable_task(tmp_path, tiny_classifier, class
     from tunewright.edge import export_bundle
 
     model, tokenizer = tiny_classifier
-    with pytest.raises(ConfigError, match="unknown exporter 'tflite'.*registered: genai, optimum, torch"):
+    with pytest.raises(ConfigError, match="unknown exporter 'tflite'.*registered: genai, image-text, optimum, torch"):
         export_bundle(model, tokenizer, "sequence_classification", classification_examples, tmp_path / "b",
                       exporter="tflite", pm=edge_pm, log=lambda m: None)
     with pytest.raises(UsageError, match="task kind 'token_classification' cannot be exported"):
