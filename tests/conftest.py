@@ -117,7 +117,7 @@ def mnist_digits():
     return images, [int(labels[i]) for i in chosen]
 
 
-# -- image to text ---------------------------------------------------------------------------------
+# -- image to text ------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")

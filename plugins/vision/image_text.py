@@ -10,14 +10,17 @@ of the image fit within 512x512; high: an overview and 512-pixel tiles of the im
 model's processor expands into its image tokens (49 per view for the packaged model)::
 
     {"type": "image_url", "image_url": {"url": "7.png", "detail": "high"}}
-      -> views [overview, tile 1, tile 2, ...]            (pixels, decoded lazily in collate)
+      -> views [overview, tile 1, tile 2, ...]            (tunewright.vision: checked, decoded,
+                                                           cut; again in collate, not kept)
       -> "<image><image><image>..."                        (one marker per view, in the prompt)
       -> 49 image tokens per view                          (the processor)
 
 Any Hugging Face image-text model works (``AutoModelForImageTextToText`` + ``AutoProcessor``)
 whose processor takes a list of views; ``mobilenet-smollm2-vlm`` is the offline default: stock
 Llava around the ImageNet MobileNetV2 tower, a projector and SmolLM2-135M-Instruct
-(:mod:`tunewright.vision.models`), built once into the cache.
+(:mod:`tunewright.vision.models`), built once into the cache. Every image rule (references
+relative to the data file, formats, sizes, decoding, no images from the assistant, detail) is
+:mod:`tunewright.vision`'s, as for every vision task.
 
 Metrics on held-out examples: loss, perplexity and next-token accuracy on the assistant tokens;
 exact match of the greedy answer to the last assistant turn on at most ``exact_match_examples``
