@@ -63,7 +63,10 @@ def test_unknown_model_name_lists_registered_models(tmp_path):
     write_jsonl(tmp_path / "data" / "train.jsonl", chat_rows(60))
     result = tw("train", str(config), cwd=tmp_path)
     assert result.returncode == 2
-    assert "'smollm3-tiny' is neither a registered model (minilm-l6, smollm2-135m-instruct" in result.stderr
+    assert "'smollm3-tiny' is neither a registered model (" in result.stderr
+    listed = result.stderr.split("registered model (", 1)[1].split(")", 1)[0].split(", ")
+    assert {"minilm-l6", "smollm2-135m-instruct", "mobilenet-v2"} <= set(listed)
+    assert listed == sorted(listed)
 
 
 def test_unknown_method_exits_2(tmp_path):
