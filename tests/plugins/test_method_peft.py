@@ -9,16 +9,10 @@ import torch
 
 from tunewright import ConfigError, UsageError, get_plugin_manager
 
+# Tiny matrices: one thread is faster, and several oversubscribe a busy 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 METHODS = get_plugin_manager().registries.methods
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matrices: one thread is faster, and several oversubscribe a busy 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def llama(tiny_llama_dir):

@@ -14,6 +14,9 @@ import tunewright
 from tunewright import ConfigError, UsageError, get_plugin_manager
 from tunewright.config import validate_section
 
+# Tiny matrices: one thread is faster, and several oversubscribe a busy 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # Collected from a fresh manager, so methods of installed third-party plugins join the table.
 PM = get_plugin_manager()
 METHODS = PM.registries.methods
@@ -47,15 +50,6 @@ CANNOT_MERGE = {"prompt_tuning"}
 TEXTS = ["The cat sat on the mat.", "Paris is the capital of France.",
          "I loved this film, truly.", "Terrible service, never again!"]
 LABELS = [0, 1, 2, 1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matrices: one thread is faster, and several oversubscribe a busy 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

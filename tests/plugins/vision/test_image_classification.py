@@ -13,16 +13,11 @@ import tunewright
 from tunewright import ConfigError, get_plugin_manager
 from tunewright.plugins.vision.classification import confusion_metrics, open_image
 
+# Tiny matrices: one thread is faster, and several oversubscribe a busy 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PM = get_plugin_manager()
 TASK = PM.registries.tasks["image-classification"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def photo(name):
@@ -137,8 +132,6 @@ def exif_rotated_jpeg() -> bytes:
 
 
 def rgba_png() -> bytes:
-    from PIL import Image
-
     image = photo("coffee").convert("RGBA")
     image.putalpha(128)
     buffer = io.BytesIO()

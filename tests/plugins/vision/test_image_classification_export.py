@@ -16,17 +16,12 @@ import torch
 from tunewright import JobFailed, UsageError, get_plugin_manager
 from tunewright.edge.runtime.images import UnsupportedProcessor, image_settings, open_rgb, pixel_values
 
+# Tiny matrices: one thread is faster, and several oversubscribe a busy 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PM = get_plugin_manager()
 TASK = PM.registries.tasks["image-classification"]
 REPO = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def photo(name):

@@ -12,13 +12,8 @@ import torch
 
 from tunewright import get_plugin_manager, load_config, load_run, run_job
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny matrices: one thread is faster, and several oversubscribe a busy 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

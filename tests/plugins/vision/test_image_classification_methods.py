@@ -8,6 +8,9 @@ import torch
 
 from tunewright import UsageError, get_plugin_manager
 
+# Tiny matrices: one thread is faster, and several oversubscribe a busy 2-core machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PM = get_plugin_manager()
 METHODS = PM.registries.methods
 TASK = PM.registries.tasks["image-classification"]
@@ -18,14 +21,6 @@ STEPS = 15
 LEARNING_RATES = {"mobilenet-v2": {"lora": 2e-3, "freeze": 1e-3, "full": 1e-3},
                   "tiny-vit": {"lora": 3e-2, "freeze": 3e-2, "full": 1e-2}}
 LOSS_RATIO = {"mobilenet-v2": 0.5, "tiny-vit": 0.85}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module", params=["mobilenet-v2", "tiny-vit"])
