@@ -43,3 +43,19 @@ def test_installed_wheel_works_outside_the_checkout(tmp_path):
     # no top-level `engine` or `plugins` package leaks into site-packages
     names = subprocess.run([python, "-m", "zipfile", "-l", str(wheel)], capture_output=True, text=True, timeout=600).stdout
     assert "engine/" not in names and " plugins/" not in names
+
+
+def test_every_package_folder_is_in_the_wheel():
+    """A new sub-package (a folder with ``__init__.py``) must be listed in pyproject.toml, or the
+    wheel silently lacks it while the editable install still works."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    roots = setuptools["package-dir"]
+    on_disk = set()
+    for name, folder in roots.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(ROOT / folder)
+            on_disk.add(".".join([name, *relative.parts]))
+    assert on_disk - set(setuptools["packages"]) == set()
+    assert set(setuptools["packages"]) - on_disk == set()
