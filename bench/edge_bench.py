@@ -125,7 +125,7 @@ def _measure(spec: dict) -> dict:
     kind = spec["kind"]
     if spec["engine"] == "torch":
         return _measure_torch(spec)
-    from tunewright.edge.runtime.predictors import predictor_for
+    from tunewright.edge.runtime import predictor_for
 
     folder = Path(spec["folder"])
     manifest = json.loads(Path(spec["manifest"]).read_text()) if spec.get("manifest") else None
@@ -136,7 +136,7 @@ def _measure(spec: dict) -> dict:
         manifest = predictor.manifest
     else:
         predictor = predictor_for(folder, manifest)
-    figures = bench_predictor(predictor, manifest, tokens=16, runs=100 if kind != "causal_lm" else 3, new_tokens=64)
+    figures = bench_predictor(predictor, tokens=16, runs=100 if kind != "causal_lm" else 3, new_tokens=64)
     figures.update(peak_memory_mb=peak_memory_mb(), size_mb=spec.get("size_mb") or bundle_size_mb(folder))
     return figures
 
@@ -222,7 +222,7 @@ def run_model(name: str, work: Path, variants: list[tuple[str, str]]) -> list[di
     from tunewright import get_plugin_manager
     from tunewright.edge import export_bundle, measure_parity
     from tunewright.edge.reference import build_reference
-    from tunewright.edge.runtime.predictors import predictor_for
+    from tunewright.edge.runtime import predictor_for
 
     pm = get_plugin_manager()
     if name == "classifier":

@@ -26,7 +26,7 @@ from .protocols import TASK_KINDS, ExportedModel
 from .reference import Reference, build_reference
 from .runtime.bench import bench_predictor, bundle_size_mb
 from .runtime.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST, manifest_digest, sha256_file
-from .runtime.predictors import predictor_for
+from .runtime.registry import predictor_for
 from .torch_bench import bench_torch
 
 AUTO = "auto"
@@ -125,8 +125,8 @@ def _stage(candidate_model: ExportedModel, stage: Path, preprocessor, task_kind:
     }
 
 
-def _quick_latency(predictor, manifest: dict) -> float:
-    figures = bench_predictor(predictor, manifest, runs=15, warmup=3, new_tokens=16)
+def _quick_latency(predictor) -> float:
+    figures = bench_predictor(predictor, runs=15, warmup=3, new_tokens=16)
     return figures.get("p50_ms") or figures.get("ms_per_token")
 
 
@@ -205,11 +205,11 @@ def export_bundle(model, preprocessor, task_kind: str, examples: list[dict], out
                 continue
             stage = work / f"stage-{name}"
             draft = _stage(quantized, stage, preprocessor, task_kind, labels=labels, max_length=max_length, info=info)
-            predictor = predictor_for(stage, draft)
+            predictor = predictor_for(stage, draft, pm=pm)
             parity = measure_parity(predictor, reference, threshold)
             candidate = Candidate(name, quantized, stage, draft, parity, size_mb=bundle_size_mb(stage))
             if quantize == AUTO and parity.passed:
-                candidate.latency_ms = _quick_latency(predictor, draft)
+                candidate.latency_ms = _quick_latency(predictor)
             log(f"  parity {'passed' if parity.passed else 'FAILED'}\n{parity.table()}"
                 + (f"\n  latency {candidate.latency_ms:.2f} ms" if candidate.latency_ms else ""))
             candidates.append(candidate)
@@ -232,8 +232,8 @@ def export_bundle(model, preprocessor, task_kind: str, examples: list[dict], out
                                             "candidates": [c.summary() for c in candidates]}
             if bench:
                 log("bench: batch 1 on this machine")
-                predictor = predictor_for(staging, manifest)
-                manifest["benchmark"] = {**bench_predictor(predictor, manifest),
+                predictor = predictor_for(staging, manifest, pm=pm)
+                manifest["benchmark"] = {**bench_predictor(predictor),
                                          "machine": _machine(), "size_mb": bundle_size_mb(staging)}
                 del predictor
                 torch_figures = bench_torch(model, preprocessor, task_kind)

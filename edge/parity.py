@@ -60,8 +60,7 @@ class ParityReport:
 
 def classification_parity(predictor, reference: Reference, threshold: float) -> ParityReport:
     ref = reference.classification
-    names = set(predictor.input_names)
-    feeds = [{k: v for k, v in feed.items() if k in names} for feed in ref.feeds]
+    feeds = ref.feeds
     logits = np.concatenate([predictor.logits(feed) for feed in feeds])  # (N, C)
     diff = np.abs(logits - ref.logits)
     known = ref.labels >= 0
@@ -88,9 +87,8 @@ def generation_parity(predictor, reference: Reference, threshold: float, *, top:
     ref = reference.generation
     # task metric: next-token accuracy on the held-out assistant tokens, one full pass each
     ours_hits, tuned_hits, ours_nll, tuned_nll = [], [], [], []
-    numpy_generator = getattr(predictor, "numpy_generator", predictor)
     for ids, targets, logp_ref, hits_ref in zip(ref.sequences, ref.targets, ref.token_logprobs, ref.token_hits):
-        logits, _ = numpy_generator.step(ids[None, :], numpy_generator.empty_past(), 0)
+        logits = predictor.logits({"input_ids": ids[None, :]})
         logits = logits[0, :-1].astype(np.float64)  # (T-1, V): position t predicts t+1
         nxt = ids[1:]
         scored = targets[1:]
@@ -129,6 +127,6 @@ def generation_parity(predictor, reference: Reference, threshold: float, *, top:
 
 def measure_parity(predictor, reference: Reference, threshold: float = DEFAULT_THRESHOLD) -> ParityReport:
     """Run the ONNX side (a runtime predictor) on the reference's inputs and compare."""
-    if reference.task_kind == "causal_lm":
+    if predictor.generates:
         return generation_parity(predictor, reference, threshold)
     return classification_parity(predictor, reference, threshold)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .runtime.bench import SAMPLE_TEXT, _percentiles
+from .runtime.bench import SAMPLE_TEXT, percentiles
 
 
 def model_size_mb(model) -> float:
@@ -46,7 +46,7 @@ def bench_torch(model, tokenizer, task_kind: str, *, tokens: int = 16, runs: int
                 model(**feeds)
                 if i >= warmup:
                     seconds.append(time.perf_counter() - start)
-            return {"engine": "torch fp32 eager", "batch": 1, "tokens": tokens, **_percentiles(seconds),
+            return {"engine": "torch fp32 eager", "batch": 1, "tokens": tokens, **percentiles(seconds),
                     "size_mb": model_size_mb(model)}
         if task_kind == "causal_lm":
             prompt = torch.tensor([tokenizer(SAMPLE_TEXT, add_special_tokens=False)["input_ids"][:prompt_tokens]])

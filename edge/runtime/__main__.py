@@ -18,15 +18,8 @@ def run_bundle(folder, inputs: list[str], *, max_new_tokens: int = 64, temperatu
                seed: int | None = None, as_chat: bool = True) -> list:
     """Predict for each input (texts, image paths, or prompts); returns JSON-ready results."""
     predictor = load_bundle(folder)
-    kind = predictor.manifest["task_kind"]
-    if kind in ("sequence_classification", "image_classification"):
-        return predictor.predict(list(inputs))
-    results = []
-    for text in inputs:
-        prompt = [{"role": "user", "content": text}] if as_chat and predictor.codec.chat_format else text
-        results.append({"prompt": text, "reply": predictor.generate(
-            prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)})
-    return results
+    return predictor.run(list(inputs), max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                         raw=not as_chat)
 
 
 def main(argv: list[str] | None = None) -> int:
