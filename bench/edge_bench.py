@@ -189,9 +189,9 @@ def _measure_torch(spec: dict) -> dict:
 
 def _draft_manifest(folder: Path, model_file: str, tokenizer, task_kind: str, labels) -> Path:
     """A manifest for a folder that optimum's CLI wrote, so that the same predictor times it."""
-    from tunewright.edge.preprocessing import write_text_preprocessing
+    from tunewright.edge.preprocessing import write_preprocessing
 
-    pre = write_text_preprocessing(tokenizer, folder, task_kind=task_kind, max_length=512)
+    pre = write_preprocessing(tokenizer, folder, max_length=512)
     manifest = {"runtime": "onnxruntime", "task_kind": task_kind, "model": {"file": model_file},
                 "preprocessing": pre, "labels": labels}
     path = folder / "draft-manifest.json"
@@ -233,9 +233,11 @@ def run_model(name: str, work: Path, variants: list[tuple[str, str]]) -> list[di
         model, tokenizer, _ = tuned_generator()
         labels = None
         kind, task, examples = "causal_lm", "text-generation-with-past", chat_data()
-    reference = build_reference(model, tokenizer, kind, examples, labels=labels, fidelity_examples=8, new_tokens=32)
+    our_task = pm.registries.tasks["classification" if name == "classifier" else "chat"]
+    reference = build_reference(model, tokenizer, our_task, examples, labels=labels, fidelity_examples=8,
+                                new_tokens=32)
     rows = [{"variant": "torch fp32 eager", **measure_in_subprocess({"engine": "torch", "kind": kind})}]
-    rows[0].update(metric=measure_parity_torch(reference))
+    rows[0].update(metric=reference.tuned_metrics[reference.metric] * 100)
     print(json.dumps(rows[-1]), flush=True)
 
     start = time.perf_counter()
@@ -259,7 +261,7 @@ def run_model(name: str, work: Path, variants: list[tuple[str, str]]) -> list[di
         shutil.rmtree(out, ignore_errors=True)
         start = time.perf_counter()
         try:
-            result = export_bundle(model, tokenizer, kind, examples, out, exporter=exporter, quantize=quantize,
+            result = export_bundle(model, tokenizer, our_task, examples, out, exporter=exporter, quantize=quantize,
                                    labels=labels, pm=pm, bench=False, log=lambda m: None)
         except Exception as exc:  # a failed gate is a figure too
             row = {"variant": f"ours {exporter} {quantize}", "error": str(exc).splitlines()[0]}
@@ -275,17 +277,8 @@ def run_model(name: str, work: Path, variants: list[tuple[str, str]]) -> list[di
     return rows
 
 
-def measure_parity_torch(reference) -> float:
-    if reference.classification is not None:
-        ref = reference.classification
-        return float((ref.logits.argmax(-1) == ref.labels).mean() * 100)
-    ref = reference.generation
-    hits = np.concatenate([h[t[1:]] for h, t in zip(ref.token_hits, ref.targets)])
-    return float(hits.mean() * 100)
-
-
 def _parity_row(parity) -> dict:
-    return {"metric": parity.bundle_metric, "tuned_metric": parity.tuned_metric, "passed": parity.passed,
+    return {"metric": parity.bundle_metric * 100, "tuned_metric": parity.tuned_metric * 100, "passed": parity.passed,
             **{k: v for k, v in parity.figures.items() if k in ("max_abs_diff", "top1_agreement", "kl_per_token")}}
 
 

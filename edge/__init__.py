@@ -11,12 +11,12 @@ module at import time).
 from .export import AUTO, ExportResult, export_bundle, export_run
 from .parity import DEFAULT_THRESHOLD, ParityReport, measure_parity
 from .preprocessing import chat_format
-from .protocols import TASK_KINDS, ExportedModel, Exporter, Quantizer
+from .protocols import ExportedModel, Exporter, Quantizer
 from .runtime.bundle import FORMAT_VERSION, BundleError
 from .runtime.protocol import Inputs, Predictor
 
 __all__ = [
-    "Exporter", "Quantizer", "ExportedModel", "TASK_KINDS",
+    "Exporter", "Quantizer", "ExportedModel",
     "export_bundle", "export_run", "ExportResult", "AUTO",
     "measure_parity", "ParityReport", "DEFAULT_THRESHOLD",
     "chat_format", "FORMAT_VERSION", "BundleError", "Predictor", "Inputs",

@@ -16,14 +16,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-#: task kinds an exporter may be asked for: the task's ``model_kind`` plus image classification
-TASK_KINDS = ("sequence_classification", "causal_lm", "image_classification")
-
-
 @dataclass
 class ExportedModel:
-    """Model files in ``folder``, ready to run on ``runtime`` ("onnxruntime" or
-    "onnxruntime-genai"). ``model_file`` is the ONNX file the runtime opens, relative to ``folder``."""
+    """Model files in ``folder``, ready to run on ``runtime`` ("onnxruntime", "onnxruntime-genai"
+    or a plugin's) for ``task_kind``: the bundle's manifest records both, and the edge runtime
+    registered for that pair (``register_edge_runtimes``) opens it. ``model_file`` is the ONNX file
+    the runtime opens, relative to ``folder``."""
 
     folder: Path
     task_kind: str

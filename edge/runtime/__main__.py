@@ -11,6 +11,8 @@ import argparse
 import json
 import sys
 
+from tunewright import TunewrightError
+
 from . import BundleError, bench_bundle, load_bundle, verify_bundle
 
 
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         report = verify_bundle(args.bundle)
         print(json.dumps(report, indent=2))
         return 0 if report["ok"] else 1
-    except BundleError as exc:
+    except (BundleError, TunewrightError) as exc:  # a bad bundle, or a broken plugin (exit 2)
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
 

@@ -21,6 +21,8 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from tunewright import hookimpl
 from tunewright.edge import ExportedModel
 
@@ -107,8 +109,20 @@ class DynamicInt8:
 
 
 class _Reader:
+    """Calibration feeds as onnxruntime's calibrator reads them: only the model's inputs, with
+    ``attention_mask`` (ones) and ``token_type_ids`` (zeros) filled where a task does not make them."""
+
     def __init__(self, feeds, names):
-        self._it = iter([{k: v for k, v in feed.items() if k in names} for feed in feeds])
+        rows = []
+        for feed in feeds:
+            row = {k: v for k, v in feed.items() if k in names}
+            if "input_ids" in row:
+                if "attention_mask" in names and "attention_mask" not in row:
+                    row["attention_mask"] = np.ones_like(row["input_ids"])
+                if "token_type_ids" in names and "token_type_ids" not in row:
+                    row["token_type_ids"] = np.zeros_like(row["input_ids"])
+            rows.append(row)
+        self._it = iter(rows)
 
     def get_next(self):
         return next(self._it, None)

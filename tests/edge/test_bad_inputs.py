@@ -123,10 +123,11 @@ def test_failed_parity_gate_leaves_no_bundle(tmp_path, tiny_classifier, classifi
     examples = [{"text": e["text"], "label": ["neg", "pos"][p]} for e, p in zip(classification_examples, predicted)]
     out = tmp_path / "bundle"
     with pytest.raises(JobFailed) as info:
-        export_bundle(model, tokenizer, "sequence_classification", examples, out, quantize="wreck",
+        export_bundle(model, tokenizer, "classification", examples, out, quantize="wreck",
                       labels=["neg", "pos"], pm=pm, bench=False, log=lambda m: None)
     message = str(info.value)
-    assert "parity gate failed" in message and "accuracy: tuned 100.00" in message and "no bundle written" in message
+    assert "parity gate failed" in message and "no bundle written" in message
+    assert "accuracy (higher is better): tuned 1.0000, bundle " in message and "allowed 1.00" in message
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == []  # no temporary folder left either
 
@@ -137,7 +138,7 @@ def test_unknown_quantizer_lists_the_registered_ones(tmp_path, tiny_classifier, 
 
     model, tokenizer = tiny_classifier
     with pytest.raises(ConfigError) as info:
-        export_bundle(model, tokenizer, "sequence_classification", classification_examples, tmp_path / "b",
+        export_bundle(model, tokenizer, "classification", classification_examples, tmp_path / "b",
                       quantize="int3", pm=edge_pm, log=lambda m: None)
     message = str(info.value)
     assert "--quantize: unknown quantizer 'int3'" in message
@@ -151,9 +152,12 @@ def test_unknown_exporter_and_unexportable_task(tmp_path, tiny_classifier, class
     from tunewright.edge import export_bundle
 
     model, tokenizer = tiny_classifier
-    with pytest.raises(ConfigError, match="unknown exporter 'tflite'.*registered: genai, image-text, optimum, torch"):
-        export_bundle(model, tokenizer, "sequence_classification", classification_examples, tmp_path / "b",
+    with pytest.raises(ConfigError, match="unknown exporter 'tflite'.*registered: genai, optimum, torch"):
+        export_bundle(model, tokenizer, "classification", classification_examples, tmp_path / "b",
                       exporter="tflite", pm=edge_pm, log=lambda m: None)
-    with pytest.raises(UsageError, match="task kind 'token_classification' cannot be exported"):
-        export_bundle(model, tokenizer, "token_classification", classification_examples, tmp_path / "b",
-                      pm=edge_pm, log=lambda m: None)
+    tagger = type("Tagger", (), {"model_kind": "token_classification"})()
+    with pytest.raises(UsageError, match="no registered exporter can export a BertForSequenceClassification for "
+                                         "task kind 'token_classification' \\(registered: genai, optimum, torch\\)"):
+        export_bundle(model, tokenizer, tagger, classification_examples, tmp_path / "b", pm=edge_pm,
+                      log=lambda m: None)
+    assert not (tmp_path / "b").exists()

@@ -100,7 +100,7 @@ def test_genai_exporter_bundle_runs_through_onnxruntime_genai(tmp_path, tiny_cau
     from tunewright.edge.runtime import GenAIGenerator, load_bundle
 
     model, tokenizer = tiny_causal_lm
-    result = export_bundle(model, tokenizer, "causal_lm", chat_examples[:4], tmp_path / "genai", quantize="int4",
+    result = export_bundle(model, tokenizer, "chat", chat_examples[:4], tmp_path / "genai", quantize="int4",
                            pm=edge_pm, fidelity_examples=2, new_tokens=8, bench=False, log=lambda m: None)
     assert result.manifest["runtime"] == "onnxruntime-genai"
     assert result.manifest["exporter"]["name"] == "genai"  # auto prefers the model builder for decoders
@@ -121,7 +121,7 @@ def test_quantize_auto_keeps_the_fastest_passing_candidate(tmp_path, tiny_classi
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    result = export_bundle(model, tokenizer, "sequence_classification", classification_examples, "auto",
+    result = export_bundle(model, tokenizer, "classification", classification_examples, "auto",
                            quantize="auto", labels=["neg", "pos"], pm=edge_pm, bench=False, log=lambda m: None)
     # onnxruntime's shape inference writes temporary models to the current directory: not here
     assert sorted(p.name for p in cwd.iterdir()) == ["auto"]
@@ -139,7 +139,7 @@ def test_each_quantizer_passes_on_a_tiny_classifier(name, tmp_path, tiny_classif
     from tunewright.edge.runtime import load_bundle
 
     model, tokenizer = tiny_classifier
-    result = export_bundle(model, tokenizer, "sequence_classification", classification_examples, tmp_path / name,
+    result = export_bundle(model, tokenizer, "classification", classification_examples, tmp_path / name,
                            quantize=name, labels=["neg", "pos"], pm=edge_pm, bench=False, log=lambda m: None)
     assert result.manifest["quantization"]["name"] == name
     assert result.parity.passed
@@ -152,6 +152,8 @@ def test_torch_exporter_takes_models_optimum_does_not_know(tmp_path, classificat
     from tunewright.edge import export_bundle
     from tunewright.edge.runtime import load_bundle
 
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
     class BagOfWords(torch.nn.Module):
         def __init__(self, vocab: int):
             super().__init__()
@@ -159,16 +161,47 @@ def test_torch_exporter_takes_models_optimum_does_not_know(tmp_path, classificat
             self.head = torch.nn.Linear(16, 2)
 
         def forward(self, input_ids, attention_mask):
-            return self.head(self.embed(input_ids, per_sample_weights=None))
+            # a model a task can evaluate answers `.logits`, as transformers' models do
+            return SequenceClassifierOutput(logits=self.head(self.embed(input_ids, per_sample_weights=None)))
 
     _, tokenizer = tiny_classifier
     torch.manual_seed(0)
     model = BagOfWords(len(tokenizer)).eval()
-    result = export_bundle(model, tokenizer, "sequence_classification", classification_examples, tmp_path / "bow",
+    result = export_bundle(model, tokenizer, "classification", classification_examples, tmp_path / "bow",
                            quantize="none", labels=["neg", "pos"], pm=edge_pm, bench=False, log=lambda m: None)
     assert result.manifest["exporter"]["name"] == "torch"
     assert result.parity.figures["max_abs_diff"] < 1e-4
     assert load_bundle(tmp_path / "bow").predict(["fun plot"])[0]["label"] in ("neg", "pos")
+
+
+class ImageTask:
+    """The least an image classification task needs for export: pixel values in, accuracy out.
+    (The real task is ``tunewright.vision``'s; this one keeps the edge tests independent of it.)"""
+
+    model_kind = "image_classification"
+    primary_metric = "accuracy"
+    metric_directions = {"loss": "min", "accuracy": "max"}
+
+    def tokenize(self, example, processor, labels=None):
+        pixels = processor(images=example["image"].convert("RGB"), return_tensors="np")["pixel_values"][0]
+        return {"pixel_values": pixels, "labels": labels.index(example["label"])}
+
+    def collate(self, features, processor):
+        import torch
+
+        return {"pixel_values": torch.from_numpy(np.stack([f["pixel_values"] for f in features])),  # (B, C, H, W)
+                "labels": torch.tensor([f["labels"] for f in features])}  # (B,)
+
+    def metrics(self, model, batches):
+        import torch
+
+        losses, hits = [], []
+        with torch.no_grad():
+            for batch in batches:
+                logits = model(pixel_values=batch["pixel_values"]).logits
+                losses.append(torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none"))
+                hits.append(logits.argmax(-1) == batch["labels"])
+        return {"loss": torch.cat(losses).mean().item(), "accuracy": torch.cat(hits).float().mean().item()}
 
 
 def test_image_classifier_bundle(tmp_path, edge_pm):
@@ -188,7 +221,7 @@ def test_image_classifier_bundle(tmp_path, edge_pm):
     rng = np.random.default_rng(0)
     images = [Image.fromarray((rng.random((40 + i, 48, 3)) * 255).astype(np.uint8)) for i in range(12)]
     examples = [{"image": image, "label": ["cat", "dog", "owl"][i % 3]} for i, image in enumerate(images)]
-    result = export_bundle(model, processor, "image_classification", examples, tmp_path / "vit", quantize="int8",
+    result = export_bundle(model, processor, ImageTask(), examples, tmp_path / "vit", quantize="int8",
                            labels=["cat", "dog", "owl"], pm=edge_pm, bench=False, log=lambda m: None)
     assert result.manifest["exporter"]["name"] == "optimum"
     assert result.manifest["preprocessing"]["size"] == {"height": 32, "width": 32}
