@@ -103,7 +103,7 @@ class _Wrecker:
         return exported.moved(out_dir, quantization={"name": "wreck"})
 
 
-def test_failed_parity_gate_leaves_no_bundle(tmp_path, tiny_classifier, classification_examples):
+def test_failed_parity_gate_leaves_no_bundle(tmp_path, tiny_classifier, classification_examples, classifier_bundle):
     from tunewright import JobFailed, get_plugin_manager, hookimpl
     from tunewright.edge import export_bundle
 
@@ -130,6 +130,14 @@ def test_failed_parity_gate_leaves_no_bundle(tmp_path, tiny_classifier, classifi
     assert "accuracy (higher is better): tuned 1.0000, bundle " in message and "allowed 1.00" in message
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == []  # no temporary folder left either
+    # --overwrite of an existing bundle: a failed gate leaves the old bundle as it was
+    shutil.copytree(classifier_bundle, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(JobFailed):
+        export_bundle(model, tokenizer, "classification", examples, out, quantize="wreck", overwrite=True,
+                      labels=["neg", "pos"], pm=pm, bench=False, log=lambda m: None)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
 
 
 def test_unknown_quantizer_lists_the_registered_ones(tmp_path, tiny_classifier, classification_examples, edge_pm):

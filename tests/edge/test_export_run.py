@@ -67,3 +67,17 @@ def test_unknown_quantizer_exits_2_with_the_registered_names(tiny_run):
                           cwd=tiny_run, capture_output=True, text=True, timeout=600)
     assert done.returncode == 2
     assert "unknown quantizer 'int3'" in done.stderr and "int8-block" in done.stderr and "auto" in done.stderr
+
+
+@pytest.mark.slow
+def test_export_refuses_an_out_folder_holding_the_users_files(tiny_run):
+    # the run's own folder holds the user's data and config: exporting over it must not touch them
+    before = {p.name: p.read_bytes() for p in tiny_run.iterdir() if p.is_file()}
+    for extra in ([], ["--overwrite"]):
+        done = subprocess.run(["tunewright", "export", "runs/tiny", "--out", ".", *extra], cwd=tiny_run,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 2, done.stderr
+        assert "is not a tunewright bundle" in done.stderr and "nothing was changed" in done.stderr
+        assert "Traceback" not in done.stderr
+    assert {p.name: p.read_bytes() for p in tiny_run.iterdir() if p.is_file()} == before
+    assert (tiny_run / "runs" / "tiny" / "adapter").is_dir()
