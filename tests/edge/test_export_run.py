@@ -46,7 +46,8 @@ def test_export_a_trained_run_and_use_the_bundle(tiny_run):
     verify = subprocess.run(["tunewright", "edge", "verify", "bundle"], cwd=tiny_run, capture_output=True, text=True,
                             timeout=120)
     assert verify.returncode == 0 and json.loads(verify.stdout)["ok"]
-    run = subprocess.run(["tunewright", "edge", "run", "bundle", "good film"], cwd=tiny_run, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(["tunewright", "edge", "run", "bundle", "good film"], cwd=tiny_run, capture_output=True, text=True,
+                            timeout=120)
     assert json.loads(run.stdout)[0]["label"] in ("neg", "pos")
 
 

@@ -53,6 +53,6 @@ def test_bundles_run_in_a_fresh_venv_without_torch(tmp_path, classifier_bundle, 
                               text=True, env=env, cwd=tmp_path, timeout=600)
     assert verified.returncode == 0, verified.stderr
     plugins = {p["name"]: p for p in json.loads(subprocess.run(
-        [tunewright, "plugins", "--json"], capture_output=True, text=True, env=env, check=True, timeout=600).stdout)}
+        [tunewright, "plugins", "--json"], capture_output=True, text=True, env=env, check=True, timeout=300).stdout)}
     assert "torch" in plugins["tasks"]["unavailable"] and not plugins["edge-commands"].get("unavailable")
 
