@@ -267,7 +267,7 @@ def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Pa
     log(f"reference: the tuned model on {min(len(examples), max_examples)} held-out examples")
     reference = build_reference(model, preprocessor, task, examples, labels=labels, max_examples=max_examples,
                                 fidelity_examples=fidelity_examples, new_tokens=new_tokens,
-                                batch_size=batch_size, max_length=max_length)
+                                batch_size=batch_size)
     bundle_max_length = int(max_length or 512)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".tmp-export-{out.name}-", dir=out.parent) as work:

@@ -15,7 +15,6 @@ The fidelity parts are computed on first use and kept, so ``--quantize auto`` pa
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -25,29 +24,19 @@ import numpy as np
 IGNORE = -100
 
 
-def tokenize(task, example: dict, tokenizer, labels, max_length: int | None = None) -> dict:
-    """``task.tokenize(example, tokenizer, labels=labels)``. Tasks written against the first
-    protocol also take ``max_length``; they get it."""
-    params = inspect.signature(task.tokenize).parameters
-    if "max_length" in params:
-        return task.tokenize(example, tokenizer, max_length or 512, labels=labels)
-    return task.tokenize(example, tokenizer, labels=labels)
-
-
 def gate_metric(task, labels) -> tuple[str, str]:
     """The metric the gate watches and its direction ("max" or "min"): ``task.metric_for(labels)``
-    when the task has it (regression -> mse), else ``task.primary_metric``."""
+    when the task has it (regression -> mse), else ``task.primary_metric``; the direction from
+    ``task.metric_directions``."""
+    from tunewright import PluginError
+
     metric_for = getattr(task, "metric_for", None)
     name = metric_for(labels) if callable(metric_for) else task.primary_metric
-    greater = None
-    if isinstance(name, tuple):  # the first Task protocol: (name, greater_is_better)
-        name, greater = name
-    directions = getattr(task, "metric_directions", None) or {}
-    if name in directions:
-        return name, directions[name]
-    if greater is None:
-        greater = getattr(task, "greater_is_better", True)
-    return name, "max" if greater else "min"
+    direction = (getattr(task, "metric_directions", None) or {}).get(name)
+    if direction not in ("max", "min"):
+        raise PluginError(f"the task {type(task).__name__} watches the metric {name!r} but its metric_directions "
+                          f"say {direction!r} for it (expected 'max' or 'min')")
+    return name, direction
 
 
 def as_numpy(batch: dict) -> dict[str, np.ndarray]:
@@ -167,12 +156,11 @@ class Reference:
 
 
 def build_reference(model, tokenizer, task, examples: list[dict], *, labels=None, max_examples: int = 256,
-                    fidelity_examples: int = 8, new_tokens: int = 32, batch_size: int = 8,
-                    max_length: int | None = None) -> Reference:
+                    fidelity_examples: int = 8, new_tokens: int = 32, batch_size: int = 8) -> Reference:
     """Tokenize up to ``max_examples`` held-out examples with the task and compute the tuned
     model's task metrics on them (``model`` in eval mode, as exported)."""
     model.eval()
-    features = [tokenize(task, example, tokenizer, labels, max_length) for example in examples[:max_examples]]
+    features = [task.tokenize(example, tokenizer, labels=labels) for example in examples[:max_examples]]
     metric, direction = gate_metric(task, labels)
     reference = Reference(model, task, tokenizer, features, metric, direction, batch_size=batch_size,
                           fidelity_examples=fidelity_examples, new_tokens=new_tokens)

@@ -107,9 +107,14 @@ def _plugin(*registrations):
     return Plugin()
 
 
-def test_a_plugin_brings_a_runtime_for_a_new_kind(classifier_bundle, tmp_path):
-    from tunewright import get_plugin_manager
+def test_hook_register_edge_runtimes_brings_a_runtime_for_a_new_kind(classifier_bundle, tmp_path):
+    from tunewright import get_plugin_manager, hookimpl
     from tunewright.edge.runtime import BundleError, bench_bundle, load_bundle, verify_bundle
+
+    class ToyPlugin:
+        @hookimpl
+        def register_edge_runtimes(self, register):
+            register("echo", EchoClassifier)
 
     bundle = tmp_path / "toy"
     shutil.copytree(classifier_bundle, bundle)
@@ -117,7 +122,8 @@ def test_a_plugin_brings_a_runtime_for_a_new_kind(classifier_bundle, tmp_path):
     with pytest.raises(BundleError, match=r"no edge runtime registered for runtime 'toy-runtime' and task kind "
                                           r"'toy_kind' \(registered: .*onnxruntime/causal_lm.*\)"):
         load_bundle(bundle)
-    pm = get_plugin_manager(plugins=[("toy", _plugin(("echo", EchoClassifier)))])
+    pm = get_plugin_manager(plugins=[("toy", ToyPlugin())])
+    assert pm.registries.edge_runtimes["echo"] is EchoClassifier and pm.registries.owner("edge_runtimes", "echo") == "toy"
     predictor = load_bundle(bundle, pm=pm)
     assert isinstance(predictor, EchoClassifier)
     assert predictor.run(["hi"]) == [{"echo": "hi"}]
