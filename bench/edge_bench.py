@@ -1,17 +1,24 @@
 """Edge benchmark: PyTorch fp32 eager vs optimum's CLI defaults vs our bundles, side by side.
 
-    python bench/edge_bench.py [--only classifier|generator] [--out bench-out] [--json results.json]
+    python bench/edge_bench.py [--only classifier|generator] [--rounds 3] [--quick]
+                               [--out bench-out] [--json results.json]
 
 - ``minilm-l6`` text classification (chatterbot-corpus categories; the head is fitted here in a few
-  seconds on frozen features, so that the metric means something): bundle size, batch-1 latency
-  p50 at 16 tokens, peak memory, fidelity (max abs logit diff, top-1 agreement), accuracy.
+  seconds on frozen features, so that the metric means something): size, batch-1 latency at 16
+  tokens, peak memory, fidelity (max abs logit diff, top-1 agreement) and accuracy.
 - ``smollm2-135m-instruct`` generation (chatterbot-corpus prompts): size, tokens per second
-  (greedy, 64 new tokens after a 32-token prompt, KV cache), peak memory, fidelity (teacher-forced
-  top-1 agreement and KL along the model's own continuations), next-token accuracy on held-out
-  replies.
+  (greedy, 64 new tokens after a 32-token prompt, KV cache, the first token left out), peak memory,
+  fidelity (teacher-forced top-1 agreement and KL along the model's own continuations) and the
+  chat task's mean token accuracy on held-out replies.
 
-Timings and peak memory come from a fresh process per variant, so one variant's memory does not
-count against the next. Ratios are against PyTorch fp32 eager.
+Every figure of quality comes from the same code: the task's own metrics (``task.metrics``) on the
+same held-out batches, for PyTorch and for every ONNX variant (through the edge parity gate).
+Timings and peak memory come from a fresh process per variant and round; with ``--rounds N`` the
+variants take turns N times and each speed figure is the median over rounds, so that a load that
+comes and goes falls on all of them alike. The load average is recorded before and after: figures
+taken with a load above the core count are not to be quoted as the machine's speed. Ratios are
+against PyTorch fp32 eager. ``--quick`` is a smoke run (minutes): fewer examples, runs and
+variants.
 """
 
 from __future__ import annotations
@@ -19,8 +26,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import random
-import shutil
 import subprocess
 import sys
 import time
@@ -29,6 +36,8 @@ from pathlib import Path
 import numpy as np
 
 CATEGORIES = ["food", "sports", "money", "science", "history", "computers"]
+#: bound of one measuring child process, and of one optimum-cli call
+CHILD_TIMEOUT_S = 900
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,7 +112,7 @@ def tuned_generator():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = model_dir("smollm2-135m-instruct")
-    return AutoModelForCausalLM.from_pretrained(path, torch_dtype="float32").eval(), AutoTokenizer.from_pretrained(path), path
+    return AutoModelForCausalLM.from_pretrained(path, dtype="float32").eval(), AutoTokenizer.from_pretrained(path), path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -111,7 +120,11 @@ def tuned_generator():
 # ----------------------------------------------------------------------------------------------
 
 def measure_in_subprocess(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True, text=True)
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True,
+                              text=True, timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {CHILD_TIMEOUT_S} s"}
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -119,68 +132,63 @@ def measure_in_subprocess(spec: dict) -> dict:
 
 def _measure(spec: dict) -> dict:
     """Runs in the child: time one variant, report its figures and the process's peak memory."""
-    from tunewright.edge.runtime import peak_memory_mb
+    from tunewright.edge.runtime import load_bundle, peak_memory_mb, predictor_for
     from tunewright.edge.runtime.bench import bench_predictor, bundle_size_mb
 
-    kind = spec["kind"]
     if spec["engine"] == "torch":
         return _measure_torch(spec)
-    from tunewright.edge.runtime import predictor_for
-
     folder = Path(spec["folder"])
-    manifest = json.loads(Path(spec["manifest"]).read_text()) if spec.get("manifest") else None
-    if manifest is None:
-        from tunewright.edge.runtime import load_bundle
-
-        predictor = load_bundle(folder)
-        manifest = predictor.manifest
+    if spec.get("manifest"):  # a folder optimum's CLI wrote, described by a draft manifest
+        predictor = predictor_for(folder, json.loads(Path(spec["manifest"]).read_text()))
     else:
-        predictor = predictor_for(folder, manifest)
-    figures = bench_predictor(predictor, tokens=16, runs=100 if kind != "causal_lm" else 3, new_tokens=64)
+        predictor = load_bundle(folder)
+    figures = bench_predictor(predictor, tokens=16, runs=spec["runs"], new_tokens=spec["new_tokens"])
     figures.update(peak_memory_mb=peak_memory_mb(), size_mb=spec.get("size_mb") or bundle_size_mb(folder))
     return figures
 
 
 def _measure_torch(spec: dict) -> dict:
+    """The tuned model, fp32 eager, on the inputs the bundles' benchmark uses (same text, same
+    token counts, the first generated token left out of tokens per second)."""
     import torch
 
     from tunewright.edge.runtime import peak_memory_mb
-    from tunewright.edge.runtime.bench import SAMPLE_TEXT
+    from tunewright.edge.runtime.bench import SAMPLE_TEXT, percentiles
 
-    torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     if spec["kind"] == "causal_lm":
         model, tokenizer, path = tuned_generator()
         size = sum(p.stat().st_size for p in Path(path).glob("*.safetensors")) / 2**20
-        prompt = tokenizer(SAMPLE_TEXT, add_special_tokens=False)["input_ids"][:32]
-        ids = torch.tensor([prompt])
+        ids = torch.tensor([tokenizer(SAMPLE_TEXT, add_special_tokens=False)["input_ids"][:32]])  # (1, 32)
+        after_first = spec["new_tokens"] - 1
         with torch.inference_mode():
-            model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+            model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)  # warm up
             rates = []
             for _ in range(3):
                 out = model(input_ids=ids, use_cache=True)
-                token = out.logits[:, -1].argmax(-1, keepdim=True)
+                token = out.logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)
                 start = time.perf_counter()
-                for _ in range(63):
+                for _ in range(after_first):
                     out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
                     token = out.logits[:, -1].argmax(-1, keepdim=True)
-                rates.append(63 / (time.perf_counter() - start))
+                rates.append(after_first / (time.perf_counter() - start))
         return {"tokens_per_second": float(np.median(rates)), "peak_memory_mb": peak_memory_mb(), "size_mb": size}
     train, _, labels = classification_data()
     model, tokenizer = tuned_classifier(train, labels)
     size = sum(p.numel() * 4 for p in model.parameters()) / 2**20
     ids = tokenizer(SAMPLE_TEXT, add_special_tokens=True)["input_ids"]
-    ids = torch.tensor([ids[:15] + ids[-1:]])
-    feeds = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    ids = torch.tensor([ids[:15] + ids[-1:]])  # (1, 16), [SEP] kept
+    feeds = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     seconds = []
     with torch.inference_mode():
         for _ in range(5):
             model(**feeds)
-        for _ in range(100):
+        for _ in range(spec["runs"]):
             start = time.perf_counter()
             model(**feeds)
             seconds.append(time.perf_counter() - start)
-    return {"p50_ms": float(np.percentile(seconds, 50) * 1000), "p95_ms": float(np.percentile(seconds, 95) * 1000),
-            "min_ms": float(np.min(seconds) * 1000), "peak_memory_mb": peak_memory_mb(), "size_mb": size}
+    return {**percentiles(seconds), "peak_memory_mb": peak_memory_mb(), "size_mb": size}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,9 +207,8 @@ def _draft_manifest(folder: Path, model_file: str, tokenizer, task_kind: str, la
     return path
 
 
-def _folder_mb(folder: Path, names: list[str] | None = None) -> float:
-    files = [folder / n for n in names] if names else [p for p in folder.rglob("*") if p.is_file()]
-    return sum(p.stat().st_size for p in files if p.exists()) / 2**20
+def _folder_mb(folder: Path, names: list[str]) -> float:
+    return sum((folder / n).stat().st_size for n in names if (folder / n).exists()) / 2**20
 
 
 def optimum_cli(model, tokenizer, task: str, work: Path) -> tuple[Path, Path]:
@@ -212,13 +219,18 @@ def optimum_cli(model, tokenizer, task: str, work: Path) -> tuple[Path, Path]:
     tokenizer.save_pretrained(hf)
     exported, quantized = work / "onnx", work / "onnx-q"
     subprocess.run(["optimum-cli", "export", "onnx", "--model", str(hf), "--task", task, str(exported)],
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, timeout=CHILD_TIMEOUT_S)
     subprocess.run(["optimum-cli", "onnxruntime", "quantize", "--onnx_model", str(exported), "--avx512_vnni",
-                    "-o", str(quantized)], check=True, capture_output=True)
+                    "-o", str(quantized)], check=True, capture_output=True, timeout=CHILD_TIMEOUT_S)
     return exported, quantized
 
 
-def run_model(name: str, work: Path, variants: list[tuple[str, str]]) -> list[dict]:
+def _parity_row(parity) -> dict:
+    return {"metric": parity.bundle_metric * 100, "tuned_metric": parity.tuned_metric * 100, "passed": parity.passed,
+            **{k: v for k, v in parity.figures.items() if k in ("max_abs_diff", "top1_agreement", "kl_per_token")}}
+
+
+def run_model(name: str, work: Path, *, quick: bool, rounds: int) -> list[dict]:
     from tunewright import get_plugin_manager
     from tunewright.edge import export_bundle, measure_parity
     from tunewright.edge.reference import build_reference
@@ -228,87 +240,112 @@ def run_model(name: str, work: Path, variants: list[tuple[str, str]]) -> list[di
     if name == "classifier":
         train, held_out, labels = classification_data()
         model, tokenizer = tuned_classifier(train, labels)
-        kind, task, examples = "sequence_classification", "text-classification", held_out
+        kind, cli_task, task = "sequence_classification", "text-classification", pm.registries.tasks["classification"]
+        examples = held_out[:60] if quick else held_out
+        variants = [("optimum", "int8")] if quick else CLASSIFIER_VARIANTS
+        runs, new_tokens, with_cli = (30 if quick else 200), 64, True
     else:
         model, tokenizer, _ = tuned_generator()
         labels = None
-        kind, task, examples = "causal_lm", "text-generation-with-past", chat_data()
-    our_task = pm.registries.tasks["classification" if name == "classifier" else "chat"]
-    reference = build_reference(model, tokenizer, our_task, examples, labels=labels, fidelity_examples=8,
-                                new_tokens=32)
-    rows = [{"variant": "torch fp32 eager", **measure_in_subprocess({"engine": "torch", "kind": kind})}]
-    rows[0].update(metric=reference.tuned_metrics[reference.metric] * 100)
-    print(json.dumps(rows[-1]), flush=True)
+        kind, cli_task, task = "causal_lm", "text-generation-with-past", pm.registries.tasks["chat"]
+        examples = chat_data(count=8 if quick else 64)
+        variants = [("genai", "int8")] if quick else GENERATOR_VARIANTS
+        runs, new_tokens, with_cli = 3, (16 if quick else 64), not quick
+    reference = build_reference(model, tokenizer, task, examples, labels=labels,
+                                fidelity_examples=2 if quick else 8, new_tokens=32)
+    print(f"{name}: the tuned model's {reference.metric} on {len(examples)} held-out examples: "
+          f"{reference.tuned_metrics[reference.metric]:.4f}", flush=True)
+    # each entry: a row of quality figures, and how to time it (None: nothing to time)
+    entries: list[tuple[dict, dict | None]] = [(
+        {"variant": "torch fp32 eager", "metric": reference.tuned_metrics[reference.metric] * 100},
+        {"engine": "torch", "kind": kind, "runs": runs, "new_tokens": new_tokens})]
 
-    start = time.perf_counter()
-    exported, quantized = optimum_cli(model, tokenizer, task, work / f"{name}-optimum-cli")
-    cli_seconds = time.perf_counter() - start
-    for label, folder in (("optimum-cli fp32", exported), ("optimum-cli default int8", quantized)):
-        model_file = "model_quantized.onnx" if "int8" in label else "model.onnx"
-        manifest_path = _draft_manifest(folder, model_file, tokenizer, kind, labels)
-        manifest = json.loads(manifest_path.read_text())
-        parity = measure_parity(predictor_for(folder, manifest), reference)
-        row = {"variant": label, "export_s": round(cli_seconds, 1),
-               **measure_in_subprocess({"engine": "onnx", "kind": kind, "folder": str(folder),
-                                        "manifest": str(manifest_path),
-                                        "size_mb": _folder_mb(folder, [model_file, model_file + "_data"])}),
-               **_parity_row(parity)}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    if with_cli:
+        start = time.perf_counter()
+        exported, quantized = optimum_cli(model, tokenizer, cli_task, work / f"{name}-optimum-cli")
+        cli_seconds = time.perf_counter() - start
+        for label, folder in (("optimum-cli fp32", exported), ("optimum-cli default int8", quantized)):
+            model_file = "model_quantized.onnx" if "int8" in label else "model.onnx"
+            manifest_path = _draft_manifest(folder, model_file, tokenizer, kind, labels)
+            parity = measure_parity(predictor_for(folder, json.loads(manifest_path.read_text())), reference)
+            entries.append(({"variant": label, "export_s": round(cli_seconds, 1), **_parity_row(parity)},
+                            {"engine": "onnx", "kind": kind, "folder": str(folder), "manifest": str(manifest_path),
+                             "size_mb": _folder_mb(folder, [model_file, model_file + "_data"]), "runs": runs,
+                             "new_tokens": new_tokens}))
 
     for exporter, quantize in variants:
         out = work / f"{name}-{exporter}-{quantize}"
-        shutil.rmtree(out, ignore_errors=True)
         start = time.perf_counter()
         try:
-            result = export_bundle(model, tokenizer, our_task, examples, out, exporter=exporter, quantize=quantize,
-                                   labels=labels, pm=pm, bench=False, log=lambda m: None)
+            result = export_bundle(model, tokenizer, task, examples, out, exporter=exporter, quantize=quantize,
+                                   labels=labels, pm=pm, bench=False, overwrite=out.exists(),
+                                   fidelity_examples=2 if quick else 8, log=lambda m: None)
         except Exception as exc:  # a failed gate is a figure too
-            row = {"variant": f"ours {exporter} {quantize}", "error": str(exc).splitlines()[0]}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            entries.append(({"variant": f"ours {exporter} {quantize}", "error": str(exc).splitlines()[0]}, None))
             continue
-        row = {"variant": f"ours {exporter} {result.manifest['quantization']['name']}",
-               "export_s": round(time.perf_counter() - start, 1),
-               **measure_in_subprocess({"engine": "bundle", "kind": kind, "folder": str(out)}),
-               **_parity_row(result.parity)}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        quantization = result.manifest["quantization"]
+        entries.append(({"variant": f"ours {exporter} {quantize} ({quantization['name']})",
+                         "export_s": round(time.perf_counter() - start, 1), **_parity_row(result.parity)},
+                        {"engine": "bundle", "kind": kind, "folder": str(out), "runs": runs,
+                         "new_tokens": new_tokens}))
+
+    timings: list[list[dict]] = [[] for _ in entries]
+    for round_index in range(rounds):
+        for index, (row, spec) in enumerate(entries):
+            if spec is not None:
+                timings[index].append(measure_in_subprocess(spec))
+        print(f"{name}: round {round_index + 1} of {rounds} timed", flush=True)
+    rows = []
+    for (row, spec), measured in zip(entries, timings):
+        rows.append({**row, **_median_figures(measured)})
+        print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
-def _parity_row(parity) -> dict:
-    return {"metric": parity.bundle_metric * 100, "tuned_metric": parity.tuned_metric * 100, "passed": parity.passed,
-            **{k: v for k, v in parity.figures.items() if k in ("max_abs_diff", "top1_agreement", "kl_per_token")}}
+def _median_figures(measured: list[dict]) -> dict:
+    """One figure per key: the median over rounds (sizes do not change); the first error if every
+    round failed."""
+    good = [m for m in measured if "error" not in m]
+    if not good:
+        return {"error": measured[0]["error"]} if measured else {}
+    out = dict(good[0])
+    for key in ("p50_ms", "p95_ms", "min_ms", "mean_ms", "tokens_per_second", "first_token_ms", "peak_memory_mb"):
+        if all(key in m for m in good):
+            out[key] = float(np.median([m[key] for m in good]))
+    out["rounds"] = len(good)
+    return out
 
 
 def table(name: str, rows: list[dict]) -> str:
     base = rows[0]
     speed_key = "tokens_per_second" if "tokens_per_second" in base else "p50_ms"
-    lines = [f"\n{name}", f"{'variant':34} {'size MiB':>9} {'x size':>7} {speed_key:>17} {'x speed':>8} "
+    lines = [f"\n{name}", f"{'variant':44} {'size MiB':>9} {'x size':>7} {speed_key:>17} {'x speed':>8} "
              f"{'peak MiB':>9} {'top1 agr':>8} {'maxdiff/KL':>10} {'metric':>7}"]
     for row in rows:
-        if "error" in row:
-            lines.append(f"{row['variant']:34} {row['error']}")
+        if "error" in row or speed_key not in row:
+            lines.append(f"{row['variant']:44} {row.get('error', 'not timed')}")
             continue
-        speed = row.get(speed_key)
+        speed = row[speed_key]
         ratio = (speed / base[speed_key]) if speed_key == "tokens_per_second" else (base[speed_key] / speed)
-        fid = row.get("kl_per_token", row.get("max_abs_diff", 0.0))
-        lines.append(f"{row['variant']:34} {row['size_mb']:9.1f} {row['size_mb'] / base['size_mb']:7.2f} "
+        fidelity = row.get("kl_per_token", row.get("max_abs_diff", 0.0))
+        lines.append(f"{row['variant']:44} {row['size_mb']:9.1f} {row['size_mb'] / base['size_mb']:7.2f} "
                      f"{speed:17.2f} {ratio:8.2f} {row['peak_memory_mb']:9.0f} "
-                     f"{row.get('top1_agreement', 1.0):8.3f} {fid:10.4f} {row['metric']:7.2f}")
+                     f"{row.get('top1_agreement', 1.0):8.3f} {fidelity:10.4f} {row['metric']:7.2f}")
     return "\n".join(lines)
 
 
-CLASSIFIER_VARIANTS = [("optimum", "none"), ("optimum", "int8"), ("optimum", "int8-static"), ("optimum", "int8-block")]
-GENERATOR_VARIANTS = [("optimum", "int8-block"), ("genai", "none"), ("genai", "int8-block"), ("genai", "int4")]
+CLASSIFIER_VARIANTS = [("optimum", "none"), ("optimum", "int8"), ("optimum", "int8-static"),
+                       ("optimum", "int8-block")]
+GENERATOR_VARIANTS = [("genai", "none"), ("genai", "int8"), ("genai", "int4"), ("optimum", "int8-block")]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=["classifier", "generator"])
-    parser.add_argument("--out", default="bench-out")
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--out", default="bench-out", help="working folder for exports (kept, reused)")
+    parser.add_argument("--json", default=None, help="write every figure to this file")
+    parser.add_argument("--rounds", type=int, default=1, help="time every variant this many times, in turns")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: fewer examples, runs and variants")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -316,13 +353,21 @@ def main() -> None:
         return
     work = Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
-    results = {}
-    if args.only in (None, "classifier"):
-        results["minilm-l6 classification (batch 1, 16 tokens)"] = run_model("classifier", work, CLASSIFIER_VARIANTS)
-    if args.only in (None, "generator"):
-        results["smollm2-135m-instruct generation (64 new tokens)"] = run_model("generator", work, GENERATOR_VARIANTS)
-    for name, rows in results.items():
-        print(table(name, rows))
+    results: dict = {"load_average_before": os.getloadavg(), "cores": os.cpu_count(), "quick": args.quick,
+                     "rounds": args.rounds}
+    names = {"classifier": "minilm-l6 classification (batch 1, 16 tokens)",
+             "generator": "smollm2-135m-instruct generation (greedy, batch 1)"}
+    for key, title in names.items():
+        if args.only in (None, key):
+            results[title] = run_model(key, work, quick=args.quick, rounds=args.rounds)
+    results["load_average_after"] = os.getloadavg()
+    for title in names.values():
+        if title in results:
+            print(table(title, results[title]))
+    before, after = results["load_average_before"][0], results["load_average_after"][0]
+    loaded = max(before, after) > 0.5 * (os.cpu_count() or 1)
+    print(f"\nload average {before:.1f} before, {after:.1f} after, {os.cpu_count()} cores"
+          + (": UNDER LOAD, timings are not the machine's speed" if loaded else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -70,9 +70,12 @@ def test_tunewright_edge_commands(classifier_bundle, bundle_copy):
 
     runner = CliRunner()
     cli = build_cli()
-    result = runner.invoke(cli, ["edge", "bench", str(classifier_bundle), "--runs", "5"])
+    result = runner.invoke(cli, ["edge", "bench", str(classifier_bundle), "--runs", "5", "--tokens", "12"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["p50_ms"] > 0
+    figures = json.loads(result.output)
+    assert (figures["runs"], figures["tokens"], figures["batch"]) == (5, 12, 1)
+    assert figures["min_ms"] <= figures["p50_ms"] <= figures["p95_ms"]
+    assert figures["size_mb"] == pytest.approx(sum(p.stat().st_size for p in classifier_bundle.iterdir()) / 2**20)
     (bundle_copy / "model.onnx").write_bytes(b"broken")
     with pytest.raises(SystemExit) as exit_info:
         main(["edge", "verify", str(bundle_copy)])
@@ -169,3 +172,39 @@ def test_unknown_exporter_and_unexportable_task(tmp_path, tiny_classifier, class
         export_bundle(model, tokenizer, tagger, classification_examples, tmp_path / "b", pm=edge_pm,
                       log=lambda m: None)
     assert not (tmp_path / "b").exists()
+
+
+def _resign_files(folder) -> None:
+    """Record every file's new hash in the manifest, and the manifest's own: what a forger who
+    knows the format would do, so that only verify's rerun can tell."""
+    from tunewright.edge.runtime.bundle import manifest_digest, sha256_file
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"] = {name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
+                         for name in manifest["files"]}
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_verify_catches_a_resigned_bundle_that_computes_something_else(bundle_copy):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from tunewright.cli import main
+    from tunewright.edge.runtime import load_bundle, verify_bundle
+
+    model = onnx.load(str(bundle_copy / "model.onnx"))
+    # the head's bias moved by 0.5: a model that still runs and predicts, but not what was proven
+    bias = next(t for t in model.graph.initializer if t.name == "classifier.bias")
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + np.float32([0.5, 0.0]), bias.name))
+    onnx.save(model, str(bundle_copy / "model.onnx"))
+    _resign_files(bundle_copy)
+    load_bundle(bundle_copy)  # the hashes agree: it opens
+    report = verify_bundle(bundle_copy)
+    assert not report["ok"]
+    assert any(problem.startswith("max abs logit difference is") for problem in report["problems"])
+    assert report["rerun"]["max_abs_diff"] == pytest.approx(0.5, abs=0.01)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["edge", "verify", str(bundle_copy)])
+    assert exit_info.value.code == 1

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 
-def test_classifier_bundle_has_manifest_with_every_figure(classifier_bundle):
+def test_classifier_bundle_has_manifest_with_every_figure(classifier_bundle, tiny_classifier):
     manifest = json.loads((classifier_bundle / "manifest.json").read_text())
     assert manifest["format"] == "tunewright-bundle" and manifest["format_version"] == 1
     assert manifest["base_model"] == "tiny-bert" and manifest["task"] == "classification"
@@ -25,8 +25,13 @@ def test_classifier_bundle_has_manifest_with_every_figure(classifier_bundle):
     assert parity["passed"] and parity["metric"] == "accuracy"
     assert {"max_abs_diff", "mean_abs_diff", "top1_agreement"} <= set(parity["bundle_vs_tuned"])
     bench = manifest["benchmark"]
-    assert bench["p50_ms"] > 0 and bench["torch_fp32"]["p50_ms"] > 0 and bench["torch_fp32"]["size_mb"] > 0
+    # the bundle and the tuned model were timed on the same inputs, and the ratios are theirs
+    assert bench["tokens"] == bench["torch_fp32"]["tokens"] == 16 and bench["batch"] == bench["torch_fp32"]["batch"] == 1
+    assert bench["min_ms"] <= bench["p50_ms"] <= bench["p95_ms"]
     assert bench["versus_torch"]["speed"] == pytest.approx(bench["torch_fp32"]["p50_ms"] / bench["p50_ms"])
+    model, _ = tiny_classifier
+    assert bench["torch_fp32"]["size_mb"] * 2**20 == sum(p.numel() * 4 for p in model.parameters())
+    assert bench["versus_torch"]["size"] == pytest.approx(bench["size_mb"] / bench["torch_fp32"]["size_mb"])
     on_disk = {p.name for p in classifier_bundle.iterdir()} - {"manifest.json"}
     assert on_disk == set(manifest["files"]) == {"model.onnx", "tokenizer.json", "parity.npz"}
 
