@@ -243,7 +243,10 @@ def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Pa
     ``model_kind`` chooses exporters and the edge runtime, its ``tokenize``/``collate``/``metrics``
     give both models' figures on ``examples``. ``info`` goes into the manifest as is
     (``base_model``, ``method``, ``task``, ``run``...). ``out`` must not exist, be empty, or (with
-    ``overwrite``) hold a bundle and nothing else (:func:`check_out`).
+    ``overwrite``) hold a bundle and nothing else (:func:`check_out`). ``max_length``: the longest
+    text the bundle's runtime tokenizes for a classifier (default 512, capped by the tokenizer's
+    ``model_max_length``). ``max_examples`` held-out examples are scored, ``fidelity_examples`` of
+    them continued ``new_tokens`` tokens by a generator for teacher-forced fidelity.
 
     Raises :class:`tunewright.UsageError` (exit 2) for a bad ``out``, name or input before any
     heavy work, and :class:`tunewright.JobFailed` (exit 1) when no candidate passes the parity

@@ -242,3 +242,26 @@ def test_image_classifier_bundle(tmp_path, edge_pm):
     theirs = processor(images=images[:2], return_tensors="np")["pixel_values"]
     assert np.abs(ours - theirs).max() < 1e-5
     assert bundle.predict(images[:1])[0]["label"] in ("cat", "dog", "owl")
+
+
+def test_ort_format_is_written_hashed_and_loadable(tmp_path, tiny_classifier, classification_examples, edge_pm):
+    import onnxruntime as ort
+
+    from tunewright.edge import export_bundle
+    from tunewright.edge.runtime import verify_bundle
+
+    model, tokenizer = tiny_classifier
+    result = export_bundle(model, tokenizer, "classification", classification_examples, tmp_path / "b",
+                           quantize="int8", labels=["neg", "pos"], pm=edge_pm, bench=False, ort_format=True,
+                           log=lambda m: None)
+    ort_file = result.manifest["model"]["ort_file"]
+    assert ort_file == "model.ort" and ort_file in result.manifest["files"]
+    assert verify_bundle(tmp_path / "b")["ok"]
+    # the ORT-format file is the same model: same logits on the recorded inputs
+    onnx_session = ort.InferenceSession(str(tmp_path / "b" / "model.onnx"), providers=["CPUExecutionProvider"])
+    ort_session = ort.InferenceSession(str(tmp_path / "b" / ort_file), providers=["CPUExecutionProvider"])
+    ids = np.asarray([tokenizer("good film")["input_ids"]])
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    feeds = {i.name: feeds[i.name] for i in onnx_session.get_inputs()}
+    np.testing.assert_allclose(ort_session.run(["logits"], feeds)[0], onnx_session.run(["logits"], feeds)[0],
+                               atol=1e-5)
