@@ -122,6 +122,9 @@ def test_genai_exporter_bundle_runs_through_onnxruntime_genai(tmp_path, tiny_cau
     through_genai = list(bundle.generate_ids(ids, max_new_tokens=6, stop_at_eos=False))
     through_numpy = list(bundle.numpy_generator.generate_ids(ids, max_new_tokens=6, stop_at_eos=False))
     assert through_genai[:3] == through_numpy[:3]
+    # one intra-op thread (the genai config overlaid): the same greedy tokens
+    one_thread = load_bundle(tmp_path / "genai", threads=1)
+    assert list(one_thread.generate_ids(ids, max_new_tokens=6, stop_at_eos=False)) == through_genai
 
 
 def test_quantize_auto_keeps_the_fastest_passing_candidate(tmp_path, tiny_classifier, classification_examples, edge_pm,
