@@ -1,16 +1,19 @@
 """Which predictor opens a bundle: the ``edge_runtimes`` registry, filled by ``register_edge_runtimes``.
 
 A bundle's manifest names its ``runtime`` and ``task_kind``; the predictor registered for that pair
-opens it. The built-in predictors are registered by the built-in plugin
-``tunewright.plugins.edge.runtimes``, as any plugin's would be. On a device that has only
-``tunewright[runtime]``, the built-in plugins that need torch are skipped (listed as unavailable)
-and this one still loads.
+opens it. Built-in predictors are registered by built-in plugins, as any plugin's would be: text
+classification, image classification and generation by ``edge-runtimes``
+(``tunewright.plugins.edge.runtimes``), image+text generation by ``edge-image-text``, the plugin
+that exports those bundles. On a device that has only ``tunewright[runtime]``, the built-in
+plugins that need torch are skipped (listed as unavailable); these load without it.
 
 Looking a predictor up without a plugin manager in hand (``python -m tunewright.edge.runtime``)
 would import every plugin, and with them torch where it is installed: seconds and hundreds of MiB
 that a bundle does not need. So when no third-party plugin is installed at all (the entry-point
-group holds only tunewright's own) and a built-in predictor serves the bundle, that one is used
-directly: the plugin manager would give the same answer. Otherwise the plugin manager decides.
+group holds only tunewright's own), a plugin manager of the built-in plugins named in
+:data:`BUILTIN_RUNTIME_PLUGINS` alone answers (the full one would give the same answer: no other
+built-in plugin registers a predictor, which a test checks). Otherwise every installed plugin
+decides.
 """
 
 from __future__ import annotations
@@ -24,10 +27,13 @@ from .bundle import BundleError
 KIND = "edge_runtimes"
 ENTRY_POINT_GROUP = "tunewright"
 BUILTIN_DISTRIBUTION = "tunewright"
+#: the built-in plugins (entry-point names) that implement ``register_edge_runtimes``; none needs torch
+BUILTIN_RUNTIME_PLUGINS = ("edge-runtimes", "edge-image-text")
 
 
 def builtin_predictors() -> dict[str, type]:
-    """The predictors the built-in ``edge-runtimes`` plugin registers, by name."""
+    """The predictors the built-in ``edge-runtimes`` plugin registers, by name (image+text
+    generation comes with the ``edge-image-text`` plugin)."""
     from .predictors import GenAIGenerator, Generator, ImageClassifier, TextClassifier
 
     return {"text-classifier": TextClassifier, "image-classifier": ImageClassifier,
@@ -38,15 +44,32 @@ def _serves(cls: Any, runtime: str, task_kind: str) -> bool:
     return getattr(cls, "runtime", None) == runtime and getattr(cls, "task_kind", None) == task_kind
 
 
-def _third_party_plugins_installed() -> bool:
-    import importlib.metadata
+def _is_builtin(ep) -> bool:
     import re
 
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        dist = ep.dist.name if ep.dist is not None else ""
-        if re.sub(r"[-_.]+", "-", dist or "").lower() != BUILTIN_DISTRIBUTION:
-            return True
-    return False
+    dist = ep.dist.name if ep.dist is not None else ""
+    return re.sub(r"[-_.]+", "-", dist or "").lower() == BUILTIN_DISTRIBUTION
+
+
+def _runtime_plugin_manager():
+    """A plugin manager of the built-in runtime plugins alone, or ``None`` when a third-party
+    plugin is installed (then every plugin must have its say)."""
+    import importlib.metadata
+
+    from tunewright import get_plugin_manager
+
+    entry_points = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    if not all(_is_builtin(ep) for ep in entry_points):
+        return None
+    plugins = []
+    for ep in entry_points:
+        if ep.name not in BUILTIN_RUNTIME_PLUGINS:
+            continue
+        try:
+            plugins.append((ep.name, ep.load()))
+        except ModuleNotFoundError:  # its extra is not installed (pillow...): as the full manager skips it
+            continue
+    return get_plugin_manager(load_entrypoints=False, plugins=plugins)
 
 
 def _known(entries: dict[str, Any]) -> str:
@@ -62,13 +85,11 @@ def find_predictor(runtime: str, task_kind: str, *, pm: Any = None) -> type:
     :class:`BundleError` (exit 2) when none serves the pair, listing those that are registered.
     """
     if pm is None:
-        if not _third_party_plugins_installed():
-            match = [cls for cls in builtin_predictors().values() if _serves(cls, runtime, task_kind)]
-            if len(match) == 1:
-                return match[0]
-        from tunewright import get_plugin_manager
+        pm = _runtime_plugin_manager()
+        if pm is None:
+            from tunewright import get_plugin_manager
 
-        pm = get_plugin_manager()
+            pm = get_plugin_manager()
     registries = pm.registries
     entries = registries.kind(KIND)
     matches = [name for name, cls in entries.items() if _serves(cls, runtime, task_kind)]
@@ -96,4 +117,4 @@ def predictor_for(folder: str | Path, manifest: dict, *, threads: int | None = N
     return cls(Path(folder), manifest, threads=threads)
 
 
-__all__ = ["find_predictor", "predictor_for", "builtin_predictors", "KIND"]
+__all__ = ["find_predictor", "predictor_for", "builtin_predictors", "KIND", "BUILTIN_RUNTIME_PLUGINS"]

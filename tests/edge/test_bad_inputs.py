@@ -163,12 +163,12 @@ def test_unknown_exporter_and_unexportable_task(tmp_path, tiny_classifier, class
     from tunewright.edge import export_bundle
 
     model, tokenizer = tiny_classifier
-    with pytest.raises(ConfigError, match="unknown exporter 'tflite'.*registered: genai, optimum, torch"):
+    with pytest.raises(ConfigError, match="unknown exporter 'tflite'.*registered: genai, image-text, optimum, torch"):
         export_bundle(model, tokenizer, "classification", classification_examples, tmp_path / "b",
                       exporter="tflite", pm=edge_pm, log=lambda m: None)
     tagger = type("Tagger", (), {"model_kind": "token_classification"})()
     with pytest.raises(UsageError, match="no registered exporter can export a BertForSequenceClassification for "
-                                         "task kind 'token_classification' \\(registered: genai, optimum, torch\\)"):
+                                         "task kind 'token_classification' \\(registered: genai, image-text, optimum, torch\\)"):
         export_bundle(model, tokenizer, tagger, classification_examples, tmp_path / "b", pm=edge_pm,
                       log=lambda m: None)
     assert not (tmp_path / "b").exists()

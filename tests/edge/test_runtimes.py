@@ -21,7 +21,7 @@ def resign(folder, **changes) -> None:
     path.write_text(json.dumps(manifest))
 
 
-def test_builtin_runtimes_are_registered_by_the_edge_runtimes_plugin(edge_pm):
+def test_builtin_runtimes_are_registered_by_the_builtin_plugins(edge_pm):
     entries = edge_pm.registries.edge_runtimes
     served = {name: (cls.runtime, cls.task_kind, cls.generates) for name, cls in entries.items()}
     assert served == {
@@ -29,14 +29,27 @@ def test_builtin_runtimes_are_registered_by_the_edge_runtimes_plugin(edge_pm):
         "image-classifier": ("onnxruntime", "image_classification", False),
         "generator": ("onnxruntime", "causal_lm", True),
         "genai-generator": ("onnxruntime-genai", "causal_lm", True),
+        "image-text-generator": ("onnxruntime", "image_text_to_text", True),
     }
-    assert {edge_pm.registries.owner("edge_runtimes", name) for name in entries} == {"edge-runtimes"}
+    owners = {name: edge_pm.registries.owner("edge_runtimes", name) for name in entries}
+    # image+text bundles are opened by what the plugin that exports them registers
+    assert owners.pop("image-text-generator") == "edge-image-text"
+    assert set(owners.values()) == {"edge-runtimes"}
     for cls in entries.values():  # every method of the protocol is there
         missing = [m for m in ("logits", "teacher_forced_logits", "benchmark_inputs", "stream", "run")
                    if not callable(getattr(cls, m, None))]
         assert not missing, (cls, missing)
 
 
+def test_the_device_side_knows_every_builtin_plugin_that_registers_a_runtime(edge_pm):
+    """The look-up without a plugin manager loads only BUILTIN_RUNTIME_PLUGINS: they must be exactly
+    the built-in plugins that implement register_edge_runtimes, or a bundle would open on a device
+    with another predictor than in the full plugin manager, or not at all."""
+    from tunewright.edge.runtime.registry import BUILTIN_RUNTIME_PLUGINS
+
+    implementing = {name for name, info in edge_pm.infos.items() if info.builtin
+                    and "register_edge_runtimes" in info.hooks}
+    assert implementing == set(BUILTIN_RUNTIME_PLUGINS)
 def test_a_loaded_bundle_satisfies_the_protocol(classifier_bundle, generator_bundle):
     from tunewright.edge.runtime import Predictor, load_bundle
 
@@ -157,13 +170,15 @@ def test_a_plugin_runtime_wins_over_a_builtin_and_two_plugins_are_an_error(class
 
 
 def test_a_builtin_bundle_opens_without_importing_the_other_plugins(classifier_bundle):
-    from tunewright.edge.runtime.registry import _third_party_plugins_installed
+    from tunewright.edge.runtime.registry import _runtime_plugin_manager
 
-    if _third_party_plugins_installed():
+    if _runtime_plugin_manager() is None:
         pytest.skip("a third-party tunewright plugin is installed: the plugin manager decides then")
-    code = ("import sys; from tunewright.edge.runtime import load_bundle; "
+    code = ("import sys; from tunewright.edge.runtime import find_predictor, load_bundle; "
             f"p = load_bundle({str(classifier_bundle)!r}); p.predict(['good film']); "
-            "print(sorted(m for m in ('torch', 'transformers', 'tunewright.plugins.tasks') if m in sys.modules))")
+            "image_text = find_predictor('onnxruntime', 'image_text_to_text').__name__; "
+            "print(image_text, sorted(m for m in ('torch', 'transformers', 'tunewright.plugins.tasks', "
+            "'tunewright.plugins.vision.image_text') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert done.stdout.strip() == "ImageTextGenerator []"
