@@ -68,13 +68,22 @@ class Exporter(Protocol):
         Raise :class:`tunewright.JobFailed` with the reason when the export itself fails.
         """
 
+    # Optional: an exporter whose bundle is more than one model file that the generic path lays
+    # out (an image+text model: vision part, decoder, embedding table) may carry the whole path:
+    # ``export_bundle(model, preprocessor, task, examples, out, *, quantize, threshold, info, pm,
+    # bench, overwrite, config, log, **options) -> ExportResult``. tunewright.edge.export_bundle
+    # hands it over when the exporter has one; it must keep the same promises: --out checked with
+    # tunewright.edge.check_out, the parity gate on the task's metric, the bundle written through
+    # tunewright.edge.bundle_folder (atomic; an old bundle replaced only with overwrite).
+
 
 @runtime_checkable
 class Quantizer(Protocol):
     """Rewrites an exported model into a smaller or faster one.
 
     ``auto_candidate``: whether ``--quantize auto`` tries it (it keeps the fastest candidate that
-    passes the parity gate).
+    passes the parity gate). Optional: ``refusal(exported) -> str | None``, the reason (naming what
+    applies instead) that ``--quantize`` shows when ``supports`` is False.
     """
 
     description: str

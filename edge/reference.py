@@ -114,6 +114,8 @@ class Reference:
     fidelity_examples: int = 8
     new_tokens: int = 32
     tuned_metrics: dict[str, float] = field(default_factory=dict)
+    #: features quantizers calibrate on (training examples); empty: the held-out ones
+    calibration_features: list[dict] = field(default_factory=list)
 
     def batches(self):
         """The held-out features collated by the task, ``batch_size`` at a time (a fresh iterator)."""
@@ -150,20 +152,33 @@ class Reference:
             out.append((inputs, tokens, logits))
         return out
 
+    @property
+    def calibration_source(self) -> str:
+        """Where :meth:`calibration` draws from: ``"training"`` or ``"held-out"`` examples."""
+        return "training" if self.calibration_features else "held-out"
+
     def calibration(self, count: int = 64) -> list[dict[str, np.ndarray]]:
-        """Model inputs of the first ``count`` examples, one each, for quantizers that calibrate."""
-        return [self.example_inputs(i) for i in range(min(count, len(self.features)))]
+        """Model inputs of up to ``count`` examples, one each, for quantizers that calibrate: the
+        training examples given to :func:`build_reference`, else the held-out ones."""
+        features = self.calibration_features or self.features
+        return [as_numpy(self.task.collate([features[i]], self.tokenizer)) for i in range(min(count, len(features)))]
 
 
 def build_reference(model, tokenizer, task, examples: list[dict], *, labels=None, max_examples: int = 256,
-                    fidelity_examples: int = 8, new_tokens: int = 32, batch_size: int = 8) -> Reference:
+                    fidelity_examples: int = 8, new_tokens: int = 32, batch_size: int = 8,
+                    calibration_examples: list[dict] | None = None, calibration_count: int = 64) -> Reference:
     """Tokenize up to ``max_examples`` held-out examples with the task and compute the tuned
-    model's task metrics on them (``model`` in eval mode, as exported)."""
+    model's task metrics on them (``model`` in eval mode, as exported); tokenize up to
+    ``calibration_count`` of ``calibration_examples`` (training examples) for quantizers that
+    calibrate."""
     model.eval()
     features = [task.tokenize(example, tokenizer, labels=labels) for example in examples[:max_examples]]
+    calibration = [task.tokenize(example, tokenizer, labels=labels)
+                   for example in (calibration_examples or [])[:calibration_count]]
     metric, direction = gate_metric(task, labels)
     reference = Reference(model, task, tokenizer, features, metric, direction, batch_size=batch_size,
-                          fidelity_examples=fidelity_examples, new_tokens=new_tokens)
+                          fidelity_examples=fidelity_examples, new_tokens=new_tokens,
+                          calibration_features=calibration)
     reference.tuned_metrics = dict(task.metrics(model, reference.batches()))
     if metric not in reference.tuned_metrics:
         from tunewright import UsageError

@@ -30,7 +30,9 @@ def exports(tmp_path_factory, tiny_classifier, tiny_causal_lm, edge_pm):
 
     torch.manual_seed(0)
     cnn = SmallCNN().eval()
-    processor = type("Processor", (), {"size": {"height": 16, "width": 16}})()
+    from transformers import ViTImageProcessor
+
+    processor = ViTImageProcessor(size={"height": 16, "width": 16})
     return {
         "encoder": exporters["optimum"].export(classifier, bert_tokenizer, "sequence_classification", root / "enc"),
         "decoder": exporters["optimum"].export(llama, llama_tokenizer, "causal_lm", root / "dec"),
