@@ -108,8 +108,9 @@ def check_out(out: Path, *, overwrite: bool) -> None:
 
 
 @contextmanager
-def _bundle_folder(out: Path, *, overwrite: bool) -> Iterator[Path]:
-    """Yield a staging folder beside ``out``; on success put it at ``out``.
+def bundle_folder(out: Path, *, overwrite: bool) -> Iterator[Path]:
+    """Yield a staging folder beside ``out``; on success put it at ``out`` (:func:`check_out` is
+    asked again first, so ``out`` must still be new, empty, or a bundle replaced with ``overwrite``).
 
     An old bundle at ``out`` is checked again (it may have changed during the export), renamed
     aside, replaced by the new one, and only then deleted: at no moment is there a half-written
@@ -172,10 +173,21 @@ def check_quantizer_name(registries, name: str) -> None:
 
 
 def _resolve_task(task, pm):
-    """A task object, or the name of a registered one."""
-    if isinstance(task, str):
-        return pm.registries.get("tasks", task, key="task")
-    return task
+    """A task object, the name of a registered one, or a task kind that exactly one registered task
+    trains (``sequence_classification`` -> ``classification``)."""
+    if not isinstance(task, str):
+        return task
+    tasks = pm.registries.kind("tasks")
+    if task not in tasks:
+        serving = [name for name, candidate in tasks.items() if getattr(candidate, "model_kind", None) == task]
+        if len(serving) == 1:
+            return tasks[serving[0]]
+        if serving:
+            from tunewright import UsageError
+
+            raise UsageError(f"task: several registered tasks train the kind {task!r} ({', '.join(sorted(serving))}); "
+                             "name the task")
+    return pm.registries.get("tasks", task, key="task")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,10 +205,10 @@ def _describe_io(path: Path) -> dict[str, list[dict]]:
 
 
 def _stage(candidate_model: ExportedModel, stage: Path, preprocessor, *, labels, max_length: int,
-           info: dict[str, Any]) -> dict:
+           info: dict[str, Any], config=None) -> dict:
     """Lay out a bundle (without its manifest hashes) in ``stage``; return the draft manifest."""
     copy_files(candidate_model.folder, stage)
-    pre = write_preprocessing(preprocessor, stage, max_length=max_length)
+    pre = write_preprocessing(preprocessor, stage, max_length=max_length, config=config)
     io = _describe_io(stage / candidate_model.model_file)
     return {
         "format": FORMAT_NAME,
@@ -235,11 +247,13 @@ def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Pa
                   threshold: float = DEFAULT_THRESHOLD, info: dict[str, Any] | None = None,
                   ort_format: bool = False, bench: bool = True, overwrite: bool = False, pm=None,
                   max_length: int | None = None, max_examples: int = 256, fidelity_examples: int = 8,
-                  new_tokens: int = 32, batch_size: int = 8,
+                  new_tokens: int = 32, batch_size: int = 8, config=None,
+                  calibration_examples: list[dict] | None = None,
                   log: Callable[[str], None] = _log_default) -> ExportResult:
     """Export ``model``, quantize it, prove it against ``model`` on ``examples`` and write the bundle.
 
-    ``task`` is the :class:`tunewright.Task` that trained the model (or its registered name): its
+    ``task`` is the :class:`tunewright.Task` that trained the model (or its registered name, or a
+    task kind that one registered task trains): its
     ``model_kind`` chooses exporters and the edge runtime, its ``tokenize``/``collate``/``metrics``
     give both models' figures on ``examples``. ``info`` goes into the manifest as is
     (``base_model``, ``method``, ``task``, ``run``...). ``out`` must not exist, be empty, or (with
@@ -247,6 +261,14 @@ def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Pa
     text the bundle's runtime tokenizes for a classifier (default 512, capped by the tokenizer's
     ``model_max_length``). ``max_examples`` held-out examples are scored, ``fidelity_examples`` of
     them continued ``new_tokens`` tokens by a generator for teacher-forced fidelity.
+    ``config``: the job config the model trained with (its ``vision:`` settings decide how the
+    bundle cuts images, as training did). ``calibration_examples``: examples that quantizers which
+    calibrate activations (int8-static) see, the run's training examples where there are some
+    (default: the held-out ones).
+
+    An exporter that carries the whole path itself (``export_bundle``, see
+    :class:`tunewright.edge.Exporter`: an image+text model is three files the path here does not
+    lay out) is handed the same arguments.
 
     Raises :class:`tunewright.UsageError` (exit 2) for a bad ``out``, name or input before any
     heavy work, and :class:`tunewright.JobFailed` (exit 1) when no candidate passes the parity
@@ -265,12 +287,17 @@ def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Pa
     if not examples:
         raise UsageError("the parity gate needs held-out examples, and there are none (the run kept no "
                          "validation data)")
+    if callable(getattr(chosen_exporter, "export_bundle", None)):
+        return chosen_exporter.export_bundle(
+            model, preprocessor, task, examples, out, quantize=quantize, threshold=threshold, info=info,
+            ort_format=ort_format, bench=bench, overwrite=overwrite, pm=pm, max_length=max_length, config=config,
+            calibration_examples=calibration_examples, log=log)
     info = dict(info or {})
     started = time.perf_counter()
     log(f"reference: the tuned model on {min(len(examples), max_examples)} held-out examples")
     reference = build_reference(model, preprocessor, task, examples, labels=labels, max_examples=max_examples,
                                 fidelity_examples=fidelity_examples, new_tokens=new_tokens,
-                                batch_size=batch_size)
+                                batch_size=batch_size, calibration_examples=calibration_examples)
     bundle_max_length = int(max_length or 512)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".tmp-export-{out.name}-", dir=out.parent) as work:
@@ -284,8 +311,11 @@ def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Pa
         else:
             if not quantizers[quantize].supports(base):
                 fits = [n for n, q in quantizers.items() if q.supports(base)]
+                why = getattr(quantizers[quantize], "refusal", None)
+                reason = why(base) if callable(why) else None
                 raise UsageError(f"--quantize: {quantize!r} does not apply to a {base.runtime} {task_kind} model "
-                                 f"from {base.exporter} (quantizers that do: {', '.join(fits)})")
+                                 f"from {base.exporter}" + (f": {reason}" if reason else "")
+                                 + f" (quantizers that do: {', '.join(fits)})")
             names = [quantize]
         candidates: list[Candidate] = []
         for name in names:
@@ -300,8 +330,11 @@ def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Pa
                 continue
             if quantized.quantization.get("name") != name:
                 quantized.quantization = {**quantized.quantization, "requested": name}
+            if "calibration_examples" in quantized.quantization:
+                quantized.quantization = {**quantized.quantization, "calibration": reference.calibration_source}
             stage = work / f"stage-{name}"
-            draft = _stage(quantized, stage, preprocessor, labels=labels, max_length=bundle_max_length, info=info)
+            draft = _stage(quantized, stage, preprocessor, labels=labels, max_length=bundle_max_length, info=info,
+                           config=config)
             predictor = predictor_for(stage, draft, pm=pm)
             parity = measure_parity(predictor, reference, threshold)
             candidate = Candidate(name, quantized, stage, draft, parity, size_mb=bundle_size_mb(stage))
@@ -317,7 +350,7 @@ def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Pa
             raise JobFailed(f"parity gate failed: the exported model falls more than {threshold:g} points "
                             f"below the tuned model; no bundle written at {out}\n{figures}")
         best = min(passing, key=lambda c: (c.latency_ms if c.latency_ms is not None else 0.0))
-        with _bundle_folder(out, overwrite=overwrite) as staging:
+        with bundle_folder(out, overwrite=overwrite) as staging:
             copy_files(best.stage, staging)
             np.savez(staging / PARITY_FILE, **best.parity.arrays)
             manifest = dict(best.manifest)
@@ -394,8 +427,26 @@ def _jsonable(value):
     return str(value)
 
 
+#: how many training examples a run lends to quantizers that calibrate
+CALIBRATION_EXAMPLES = 64
+
+
+def training_examples(run_dir: Path, count: int = CALIBRATION_EXAMPLES) -> list[dict]:
+    """Up to ``count`` of a run's training examples (``data/train.jsonl``, as the run transformed
+    them), spread evenly over the file; none when the run kept no training data."""
+    path = Path(run_dir) / "data" / "train.jsonl"
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(lines) > count:
+        step = len(lines) / count
+        lines = [lines[int(i * step)] for i in range(count)]
+    return [json.loads(line) for line in lines]
+
+
 def export_run(run_dir: str | Path, out: str | Path, *, split: str = "validation", pm=None, **options) -> ExportResult:
-    """Export a finished run: its merged model, tokenizer, task, labels and held-out examples."""
+    """Export a finished run: its merged model, tokenizer, task, labels and held-out examples;
+    quantizers that calibrate see its training examples, the parity gate the held-out ones."""
     from tunewright import UsageError, get_plugin_manager
     from tunewright import load_run
 
@@ -408,5 +459,6 @@ def export_run(run_dir: str | Path, out: str | Path, *, split: str = "validation
     max_length = getattr(getattr(run.config, "data", None), "max_length", None)
     info = {"base_model": run.base_model, "method": run.method, "task": run.task_name,
             "run": {"dir": str(Path(run_dir).resolve()), "eval": run.eval}}
+    options.setdefault("calibration_examples", training_examples(Path(run_dir)) or None)
     return export_bundle(run.model, run.tokenizer, run.task, examples, out, labels=run.labels, info=info, pm=pm,
-                         max_length=max_length, **options)
+                         max_length=max_length, config=run.config, **options)

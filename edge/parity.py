@@ -120,14 +120,18 @@ def predictor_module(predictor):
 def _classifier_fidelity(predictor, reference: Reference) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     diffs, agree = [], []
     arrays: dict[str, np.ndarray] = {}
+    kept, used = 0, 0
     for index, (inputs, tuned) in enumerate(reference.example_logits):
         ours = np.asarray(predictor.logits(inputs), dtype=np.float32)
         diffs.append(np.abs(ours - tuned))
         agree.append(ours.argmax(-1) == tuned.argmax(-1))
-        if index < VERIFY_EXAMPLES:
+        size = sum(np.asarray(value).nbytes for value in inputs.values())
+        # verify's examples: at most VERIFY_EXAMPLES of them and VERIFY_BYTES of inputs, at least one
+        if kept == index and kept < VERIFY_EXAMPLES and (not kept or used + size <= VERIFY_BYTES):
             arrays.update({f"{index}.feed.{name}": value for name, value in inputs.items()})
             arrays[f"{index}.reference_logits"] = tuned.astype(np.float32)
-    arrays["count"] = np.asarray(min(VERIFY_EXAMPLES, len(reference.example_logits)))
+            kept, used = kept + 1, used + size
+    arrays["count"] = np.asarray(kept)
     diff = np.concatenate([d.ravel() for d in diffs]) if diffs else np.zeros(1)
     figures = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
                "top1_agreement": float(np.concatenate(agree).mean()) if agree else 0.0,

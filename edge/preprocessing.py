@@ -99,22 +99,31 @@ def write_text_preprocessing(tokenizer, folder: Path, *, max_length: int) -> dic
     return pre
 
 
-def write_preprocessing(preprocessor, folder: Path, *, max_length: int) -> dict[str, Any]:
+def write_preprocessing(preprocessor, folder: Path, *, max_length: int, config=None) -> dict[str, Any]:
     """What the bundle needs to turn raw input into model input, from the tuned model's tokenizer,
     image processor, or processor holding both (``.tokenizer`` and ``.image_processor``): the text
     settings (with ``tokenizer.json`` written into ``folder``), the image settings, or the text
-    settings with the image ones under ``"image"``."""
+    settings with the image ones under ``"image"``. Image settings record the view training cut
+    (``views``: the job ``config``'s ``vision.detail`` and the low-detail side)."""
     tokenizer = preprocessor if hasattr(preprocessor, "backend_tokenizer") else getattr(preprocessor, "tokenizer", None)
     images = preprocessor if hasattr(preprocessor, "image_mean") else getattr(preprocessor, "image_processor", None)
     if tokenizer is None and images is None:
         raise ValueError(f"cannot describe the preprocessing of a {type(preprocessor).__name__}: it is neither a "
                          "fast tokenizer, an image processor, nor a processor holding them")
     if tokenizer is None:
-        return image_preprocessing(images)
+        return {**image_preprocessing(images), "views": view_settings(config)}
     pre = write_text_preprocessing(tokenizer, folder, max_length=max_length)
     if images is not None:
         pre["image"] = image_preprocessing(images)
     return pre
+
+
+def view_settings(config=None) -> dict[str, Any]:
+    """How a classifier's training saw each image (:meth:`tunewright.vision` low detail: fit within
+    ``low_side`` x ``low_side`` first), with the job's ``vision.detail`` (``None``: by size)."""
+    from tunewright.vision import LOW_SIZE, settings_of
+
+    return {"detail": settings_of(config).detail, "low_side": LOW_SIZE}
 
 
 def image_preprocessing(processor) -> dict[str, Any]:

@@ -10,10 +10,11 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from .bundle import BundleError
 from .predictors import SAMPLE_TEXT  # noqa: F401  (re-exported: the sample text every bench uses)
 
 
@@ -75,22 +76,47 @@ def _time_generation(predictor, inputs, runs: int, new_tokens: int) -> dict[str,
             "ms_per_token": 1000 / rate if rate else None, "total_s": float(np.median(totals))}
 
 
+def takes_images(method) -> bool:
+    """Whether a predictor's method (``run``, ``benchmark_inputs``) takes an ``images`` option."""
+    import inspect
+
+    try:
+        return "images" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def images_refused(predictor) -> str:
+    """The sentence for ``--image`` given to a predictor that takes no images beside its inputs."""
+    hint = " (give the image paths as its inputs)" if predictor.task_kind == "image_classification" else ""
+    return f"--image: a {predictor.task_kind} bundle takes no images beside its inputs{hint}"
+
+
 def bench_predictor(predictor, *, tokens: int = 16, batch: int = 1, runs: int = 50, warmup: int = 5,
-                    new_tokens: int = 64, prompt_tokens: int = 32) -> dict[str, Any]:
+                    new_tokens: int = 64, prompt_tokens: int = 32, images: Sequence[Any] = ()) -> dict[str, Any]:
     """Time ``predictor`` on its own benchmark inputs.
 
     Classifiers: ``runs`` forward passes of ``batch`` x ``tokens`` after ``warmup``; p50/p95/mean/min
     in ms and examples per second. Generators: ``new_tokens`` greedy tokens after a
-    ``prompt_tokens`` prompt, the median of ``min(runs, 3)`` runs: tokens per second after the
-    first token, and the first token's latency.
+    ``prompt_tokens`` prompt (shown ``images`` first, for a predictor that takes images), the median
+    of ``min(runs, 3)`` runs: tokens per second after the first token, and the first token's
+    latency (the prompt, its images included). Raises :class:`BundleError` for ``images`` given to
+    a predictor that takes none.
     """
     figures: dict[str, Any] = {"kind": predictor.task_kind, "runtime": predictor.runtime}
+    extra: dict[str, Any] = {}
+    if images:
+        if not takes_images(predictor.benchmark_inputs):
+            raise BundleError(images_refused(predictor))
+        extra["images"] = list(images)
     if predictor.generates:
-        inputs = predictor.benchmark_inputs(batch=1, tokens=prompt_tokens)
+        inputs = predictor.benchmark_inputs(batch=1, tokens=prompt_tokens, **extra)
         runs = max(1, min(runs, 3))
+        if "pixel_values" in inputs:
+            figures["views"] = int(np.asarray(inputs["pixel_values"]).shape[0])
         return {**figures, "prompt_tokens": int(inputs["input_ids"].shape[1]), "new_tokens": new_tokens,
                 "runs": runs, **_time_generation(predictor, inputs, runs, new_tokens)}
-    inputs = predictor.benchmark_inputs(batch=batch, tokens=tokens)
+    inputs = predictor.benchmark_inputs(batch=batch, tokens=tokens, **extra)
     seconds = _time_logits(predictor, inputs, warmup, runs)
     if "input_ids" in inputs:
         figures["tokens"] = int(inputs["input_ids"].shape[1])

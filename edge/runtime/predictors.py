@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 import numpy as np
 
 from .bundle import BundleError
-from .images import pixel_values
+from .images import check_views, pixel_values
 from .protocol import Inputs
 from .text import TextCodec
 
@@ -155,6 +155,9 @@ class ImageClassifier(OnnxPredictor):
         super().__init__(folder, manifest, **kwargs)
         self.pre = manifest["preprocessing"]
         self.input_name = self.input_names[0]
+        problem = check_views(self.pre.get("views"))
+        if problem:
+            raise BundleError(f"{folder}: {problem}")
 
     def pixel_values(self, images: Sequence[Any]) -> np.ndarray:
         """(N, 3, H, W) model input: the tuned model's image processor, as the manifest records it."""

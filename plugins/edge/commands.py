@@ -80,16 +80,19 @@ def edge_group() -> None:
 @click.option("--temperature", default=0.0, show_default=True)
 @click.option("--seed", default=None, type=int)
 @click.option("--raw", is_flag=True, help="Generation: use the prompt as is, without the chat format.")
+@click.option("--image", "images", multiple=True, type=click.Path(),
+              help="Image+text bundles: an image shown before each prompt (repeat for several).")
 def run_command(bundle: str, inputs: tuple[str, ...], max_new_tokens: int, temperature: float,
-                seed: int | None, raw: bool) -> None:
-    """Predict with BUNDLE for each input: texts, image paths, or prompts."""
+                seed: int | None, raw: bool, images: tuple[str, ...]) -> None:
+    """Predict with BUNDLE for each input: texts, image paths, or prompts (with --image, an
+    image+text bundle answers each prompt about the images)."""
     from tunewright.edge.runtime.__main__ import run_bundle
 
     if not inputs:
         raise UsageError("edge run: give at least one input (a text, an image path or a prompt)")
     with _bundle_errors():
         out = run_bundle(bundle, list(inputs), max_new_tokens=max_new_tokens, temperature=temperature,
-                         seed=seed, as_chat=not raw)
+                         seed=seed, as_chat=not raw, images=list(images))
     click.echo(json.dumps(out, indent=2, ensure_ascii=False))
 
 
@@ -100,12 +103,16 @@ def run_command(bundle: str, inputs: tuple[str, ...], max_new_tokens: int, tempe
 @click.option("--runs", default=50, show_default=True)
 @click.option("--new-tokens", default=64, show_default=True, help="Tokens generated per run.")
 @click.option("--threads", default=None, type=int, help="onnxruntime intra-op threads.")
-def bench_command(bundle: str, tokens: int, batch: int, runs: int, new_tokens: int, threads: int | None) -> None:
+@click.option("--image", "images", multiple=True, type=click.Path(),
+              help="Image+text bundles: time prompts that show this image (default: one of noise).")
+def bench_command(bundle: str, tokens: int, batch: int, runs: int, new_tokens: int, threads: int | None,
+                  images: tuple[str, ...]) -> None:
     """Latency p50/p95, throughput and peak memory of BUNDLE on this machine."""
     from tunewright.edge.runtime import bench_bundle
 
     with _bundle_errors():
-        figures = bench_bundle(bundle, tokens=tokens, batch=batch, runs=runs, new_tokens=new_tokens, threads=threads)
+        figures = bench_bundle(bundle, tokens=tokens, batch=batch, runs=runs, new_tokens=new_tokens, threads=threads,
+                               images=list(images))
     click.echo(json.dumps(figures, indent=2))
 
 
