@@ -336,7 +336,7 @@ def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Pa
             draft = _stage(quantized, stage, preprocessor, labels=labels, max_length=bundle_max_length, info=info,
                            config=config)
             predictor = predictor_for(stage, draft, pm=pm)
-            parity = measure_parity(predictor, reference, threshold)
+            parity = measure_parity(predictor, reference, threshold, model_bytes=quantized.size_bytes())
             candidate = Candidate(name, quantized, stage, draft, parity, size_mb=bundle_size_mb(stage))
             if quantize == AUTO and parity.passed:
                 candidate.latency_ms = _quick_latency(predictor)
@@ -352,7 +352,7 @@ def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Pa
         best = min(passing, key=lambda c: (c.latency_ms if c.latency_ms is not None else 0.0))
         with bundle_folder(out, overwrite=overwrite) as staging:
             copy_files(best.stage, staging)
-            np.savez(staging / PARITY_FILE, **best.parity.arrays)
+            np.savez_compressed(staging / PARITY_FILE, **best.parity.arrays)
             manifest = dict(best.manifest)
             if ort_format:
                 manifest["model"]["ort_file"] = _write_ort(staging, best.exported.model_file)

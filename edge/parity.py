@@ -32,6 +32,8 @@ VERIFY_EXAMPLES = 16
 #: and at most this many bytes of their inputs (at least one example): sixteen 224 x 224 images
 #: in float32 would weigh 9.6 MB, more than an int8 MobileNetV2
 VERIFY_BYTES = 2 << 20
+#: nor more than this share of the model's own bytes: verify's inputs must not double a small bundle
+VERIFY_SHARE = 0.125
 
 
 @dataclass
@@ -117,7 +119,14 @@ def predictor_module(predictor):
     return PredictorModule().eval()
 
 
-def _classifier_fidelity(predictor, reference: Reference) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def verify_budget(model_bytes: int | None) -> int:
+    """Bytes of verify inputs a bundle keeps: ``VERIFY_BYTES``, or ``VERIFY_SHARE`` of a model of
+    ``model_bytes`` when that is less (at least one example is kept whatever its size)."""
+    return VERIFY_BYTES if not model_bytes else min(VERIFY_BYTES, int(model_bytes * VERIFY_SHARE))
+
+
+def _classifier_fidelity(predictor, reference: Reference,
+                         budget: int = VERIFY_BYTES) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     diffs, agree = [], []
     arrays: dict[str, np.ndarray] = {}
     kept, used = 0, 0
@@ -126,8 +135,8 @@ def _classifier_fidelity(predictor, reference: Reference) -> tuple[dict[str, flo
         diffs.append(np.abs(ours - tuned))
         agree.append(ours.argmax(-1) == tuned.argmax(-1))
         size = sum(np.asarray(value).nbytes for value in inputs.values())
-        # verify's examples: at most VERIFY_EXAMPLES of them and VERIFY_BYTES of inputs, at least one
-        if kept == index and kept < VERIFY_EXAMPLES and (not kept or used + size <= VERIFY_BYTES):
+        # verify's examples: at most VERIFY_EXAMPLES of them and ``budget`` bytes of inputs, at least one
+        if kept == index and kept < VERIFY_EXAMPLES and (not kept or used + size <= budget):
             arrays.update({f"{index}.feed.{name}": value for name, value in inputs.items()})
             arrays[f"{index}.reference_logits"] = tuned.astype(np.float32)
             kept, used = kept + 1, used + size
@@ -162,11 +171,15 @@ def _generator_fidelity(predictor, reference: Reference, top: int = 32) -> tuple
     return figures, arrays
 
 
-def measure_parity(predictor, reference: Reference, threshold: float = DEFAULT_THRESHOLD) -> ParityReport:
+def measure_parity(predictor, reference: Reference, threshold: float = DEFAULT_THRESHOLD, *,
+                   model_bytes: int | None = None) -> ParityReport:
     """Run the bundle's predictor on the reference's examples: the task's metrics through
-    :func:`predictor_module`, then the fidelity figures the predictor's kind allows."""
+    :func:`predictor_module`, then the fidelity figures the predictor's kind allows. ``model_bytes``
+    (the model files' size) bounds the verify inputs kept (:func:`verify_budget`)."""
     bundle_metrics = dict(reference.task.metrics(predictor_module(predictor), reference.batches()))
-    fidelity = _generator_fidelity if predictor.generates else _classifier_fidelity
-    figures, arrays = fidelity(predictor, reference)
+    if predictor.generates:
+        figures, arrays = _generator_fidelity(predictor, reference)
+    else:
+        figures, arrays = _classifier_fidelity(predictor, reference, verify_budget(model_bytes))
     return ParityReport(reference.metric, reference.direction, dict(reference.tuned_metrics), bundle_metrics,
                         threshold, figures, arrays)

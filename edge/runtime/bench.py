@@ -88,8 +88,8 @@ def takes_images(method) -> bool:
 
 def images_refused(predictor) -> str:
     """The sentence for ``--image`` given to a predictor that takes no images beside its inputs."""
-    hint = " (give the image paths as its inputs)" if predictor.task_kind == "image_classification" else ""
-    return f"--image: a {predictor.task_kind} bundle takes no images beside its inputs{hint}"
+    return (f"--image: a {predictor.task_kind} bundle takes no images beside its inputs (an image classifier "
+            "takes image paths as its inputs)")
 
 
 def bench_predictor(predictor, *, tokens: int = 16, batch: int = 1, runs: int = 50, warmup: int = 5,

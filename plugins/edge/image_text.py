@@ -458,7 +458,7 @@ def export_image_text_bundle(model, processor, task, examples: list[dict], out, 
         name, stage, manifest, report, predictor = min(passing, key=lambda c: bundle_size_mb(c[1]))
         with bundle_folder(out, overwrite=overwrite) as staging:
             _link_files(stage, staging)
-            np.savez(staging / PARITY_FILE, **report.arrays)
+            np.savez_compressed(staging / PARITY_FILE, **report.arrays)
             manifest["parity"] = {**report.as_dict(), "examples_file": PARITY_FILE}
             if quantize == "auto":
                 manifest["quantization"]["chosen_by"] = "auto"

@@ -77,6 +77,10 @@ def test_the_table_puts_every_variant_against_pytorch(bench):
     assert ours.split()[-1] == "pass"
     assert any(line.split() == ["optimum-cli", "defaults", "(int8", "dynamic)", "exit", "1"] for line in text.splitlines())
     assert "speed_vs_torch >= 5: met, speed_vs_optimum >= 1: no figure, drop_points <= 1: met" in text
+    summary["also"] = {"ours int4 (int4-block)": {"targets": bench.verdicts(
+        "classifier", {"speed_vs_torch": 4.0, "speed_vs_optimum": 1.1, "drop_points": 2.0})}}
+    assert ("ours int4 (int4-block): speed_vs_torch >= 5: MISSED, speed_vs_optimum >= 1: met, drop_points <= 1: "
+            "MISSED") in bench.table("classifier", rows, summary)
 
 
 def test_a_child_times_a_real_bundle_and_the_torch_side_gets_the_same_inputs(bench, tmp_path, tiny_bert_dir):

@@ -122,6 +122,12 @@ def test_genai_exporter_bundle_runs_through_onnxruntime_genai(tmp_path, tiny_cau
     through_genai = list(bundle.generate_ids(ids, max_new_tokens=6, stop_at_eos=False))
     through_numpy = list(bundle.numpy_generator.generate_ids(ids, max_new_tokens=6, stop_at_eos=False))
     assert through_genai[:3] == through_numpy[:3]
+    # onnxruntime-genai would run on one thread: the bundle asks for one per physical core
+    import os
+
+    from tunewright.edge.runtime.predictors import physical_cores
+
+    assert bundle.threads == physical_cores() and 1 <= physical_cores() <= os.cpu_count()
     # one intra-op thread (the genai config overlaid): the same greedy tokens
     one_thread = load_bundle(tmp_path / "genai", threads=1)
     assert list(one_thread.generate_ids(ids, max_new_tokens=6, stop_at_eos=False)) == through_genai
@@ -147,6 +153,23 @@ def test_quantize_auto_keeps_the_fastest_passing_candidate(tmp_path, tiny_classi
     assert result.manifest["quantization"]["chosen_by"] == "auto"
 
 
+#: how far a bundle's probabilities may be from the tuned model's, per scheme (tiny random BERT)
+TOLERANCE = {"none": 1e-5, "fp16": 1e-2, "int8-static": 0.05, "int4-block": 0.05}
+
+
+def torch_probabilities(model, tokenizer, texts) -> np.ndarray:
+    """(N, 2) softmax of the tuned PyTorch model, each text alone as the bundle runs it."""
+    import torch
+
+    rows = []
+    with torch.no_grad():
+        for text in texts:
+            inputs = tokenizer(text, return_tensors="pt")
+            inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+            rows.append(torch.softmax(model(**inputs).logits[0], -1).numpy())
+    return np.stack(rows)
+
+
 @pytest.mark.parametrize("name", ["none", "fp16", "int8-static", "int4-block"])
 def test_each_quantizer_passes_on_a_tiny_classifier(name, tmp_path, tiny_classifier, classification_examples, edge_pm):
     from tunewright.edge import export_bundle
@@ -157,7 +180,10 @@ def test_each_quantizer_passes_on_a_tiny_classifier(name, tmp_path, tiny_classif
                            quantize=name, labels=["neg", "pos"], pm=edge_pm, bench=False, log=lambda m: None)
     assert result.manifest["quantization"]["name"] == name
     assert result.parity.passed
-    assert load_bundle(tmp_path / name).predict(["good film"])[0]["label"] in ("neg", "pos")
+    # what a user gets from predict() is the tuned model's answer, within the scheme's rounding
+    texts = ["good film", "awful plot and slow actors", "great fun"]
+    scores = [[row["scores"][label] for label in ("neg", "pos")] for row in load_bundle(tmp_path / name).predict(texts)]
+    assert np.abs(np.asarray(scores) - torch_probabilities(model, tokenizer, texts)).max() < TOLERANCE[name]
 
 
 def test_torch_exporter_takes_models_optimum_does_not_know(tmp_path, classification_examples, tiny_classifier, edge_pm):
@@ -185,7 +211,9 @@ def test_torch_exporter_takes_models_optimum_does_not_know(tmp_path, classificat
                            quantize="none", labels=["neg", "pos"], pm=edge_pm, bench=False, log=lambda m: None)
     assert result.manifest["exporter"]["name"] == "torch"
     assert result.parity.figures["max_abs_diff"] < 1e-4
-    assert load_bundle(tmp_path / "bow").predict(["fun plot"])[0]["label"] in ("neg", "pos")
+    scores = load_bundle(tmp_path / "bow").predict(["fun plot"])[0]["scores"]
+    np.testing.assert_allclose([scores["neg"], scores["pos"]], torch_probabilities(model, tokenizer, ["fun plot"])[0],
+                               atol=1e-5)
 
 
 class ImageTask:
@@ -244,7 +272,18 @@ def test_image_classifier_bundle(tmp_path, edge_pm):
     ours = bundle.pixel_values(images[:2])
     theirs = processor(images=images[:2], return_tensors="np")["pixel_values"]
     assert np.abs(ours - theirs).max() < 1e-5
-    assert bundle.predict(images[:1])[0]["label"] in ("cat", "dog", "owl")
+    with torch.no_grad():
+        expected = model(pixel_values=torch.from_numpy(theirs)).logits.argmax(-1).tolist()
+    assert [p["label"] for p in bundle.predict(images[:2])] == [["cat", "dog", "owl"][i] for i in expected]
+    # verify's recorded inputs stay a small share of a small model (one example at least)
+    from tunewright.edge.parity import VERIFY_SHARE
+    from tunewright.edge.runtime import verify_bundle
+
+    with np.load(tmp_path / "vit" / "parity.npz") as data:
+        kept, feed_bytes = int(data["count"]), sum(data[k].nbytes for k in data.files if ".feed." in k)
+    model_bytes = (tmp_path / "vit" / "model.onnx").stat().st_size
+    assert kept >= 1 and (kept == 1 or feed_bytes <= VERIFY_SHARE * model_bytes)
+    assert kept < len(examples) and verify_bundle(tmp_path / "vit")["ok"]
 
 
 def test_ort_format_is_written_hashed_and_loadable(tmp_path, tiny_classifier, classification_examples, edge_pm):
