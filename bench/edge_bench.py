@@ -168,7 +168,7 @@ def image_job(work: Path, quick: bool) -> dict:
     return {
         "model": "mobilenet-v2", "task": "image-classification", "method": "lora", "lora": {"r": 8, "alpha": 16},
         "data": {"train": str(work / "data" / "train"), "validation": str(work / "data" / "validation")},
-        "training": {"epochs": 1 if quick else 2, "batch_size": 16, "learning_rate": 3e-3, "lr_scheduler": "linear",
+        "training": {"epochs": 1 if quick else 2, "batch_size": 16, "learning_rate": 1e-3, "lr_scheduler": "linear",
                      "precision": "fp32"},
         "output": str(work / "run"), "seed": 0, "trackers": [],
     }
