@@ -86,3 +86,31 @@ def test_the_tied_embedding_table_is_quantized_once_and_shared(exports, edge_pm,
     ours, reference = _run_logits(quantized.path, ids), _run_logits(exported.path, ids)
     assert (ours.argmax(-1) == reference.argmax(-1)).mean() >= 0.85
     assert np.abs(ours - reference).max() < 0.05 * np.abs(reference).max()
+
+
+def test_int8_static_compacts_the_qdq_graph_names_and_computes_the_same(exports, edge_pm, tmp_path):
+    import shutil
+
+    import onnx
+    import onnxruntime as ort
+
+    from tunewright.plugins.edge.quantizers import compact_names
+
+    cnn = exports["cnn"]
+    pixels = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    copy = tmp_path / "copy.onnx"
+    shutil.copy(cnn.path, copy)
+    saved = compact_names(copy)
+    before, after = onnx.load(str(cnn.path)).graph, onnx.load(str(copy)).graph
+    assert saved == cnn.path.stat().st_size - copy.stat().st_size > 0
+    assert [n.name for n in after.node] == [f"n{i}" for i in range(len(before.node))]
+    assert [v.name for v in after.input] == ["pixel_values"] and [v.name for v in after.output] == ["logits"]
+    run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(  # noqa: E731
+        None, {"pixel_values": pixels})[0]
+    np.testing.assert_array_equal(run(copy), run(cnn.path))
+    calibration = [{"pixel_values": np.random.default_rng(i).standard_normal((1, 3, 16, 16)).astype(np.float32)}
+                   for i in range(8)]
+    quantized = edge_pm.registries.quantizers["int8-static"].quantize(cnn, tmp_path / "q", calibration)
+    assert quantized.quantization["names_compacted_bytes"] > 0
+    assert quantized.quantization["calibration_method"] == "percentile 99.999"  # one input shape: images
+    assert np.abs(run(quantized.path) - run(cnn.path)).max() < 0.1 * np.abs(run(cnn.path)).max()
