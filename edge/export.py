@@ -1,8 +1,9 @@
 """From a tuned model to a proven bundle: export, quantize, parity gate, manifest, atomic rename.
 
 ``export_bundle`` takes a model in memory (merged, fp32, eval mode), its tokenizer or image
-processor, the task kind and held-out examples; ``export_run`` is the thin layer that reads those
-from a run directory. Exporters and quantizers come from the plugin registries.
+processor, the task that trained it and held-out examples; ``export_run`` is the thin layer that
+reads those from a run directory. Exporters, quantizers and edge runtimes come from the plugin
+registries.
 """
 
 from __future__ import annotations
@@ -11,22 +12,23 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from .parity import DEFAULT_THRESHOLD, ParityReport, measure_parity
-from .preprocessing import copy_files, image_preprocessing, write_text_preprocessing
-from .protocols import TASK_KINDS, ExportedModel
-from .reference import Reference, build_reference
+from .preprocessing import copy_files, write_preprocessing
+from .protocols import ExportedModel
+from .reference import build_reference
 from .runtime.bench import bench_predictor, bundle_size_mb
 from .runtime.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST, manifest_digest, sha256_file
-from .runtime.predictors import predictor_for
+from .runtime.registry import predictor_for
 from .torch_bench import bench_torch
 
 AUTO = "auto"
@@ -44,8 +46,9 @@ class Candidate:
     size_mb: float = 0.0
 
     def summary(self) -> dict[str, Any]:
-        return {"quantizer": self.quantizer, "passed": self.parity.passed, "size_mb": round(self.size_mb, 2),
-                "latency_ms": self.latency_ms, **self.parity.as_dict()}
+        return {"quantizer": self.quantizer, "scheme": self.exported.quantization.get("name"),
+                "passed": self.parity.passed, "size_mb": round(self.size_mb, 2), "latency_ms": self.latency_ms,
+                **self.parity.as_dict()}
 
 
 @dataclass
@@ -60,6 +63,83 @@ def _log_default(message: str) -> None:
     print(message, flush=True)
 
 
+# ----------------------------------------------------------------------------------------------
+# --out: a bundle folder is recognised by its manifest; nothing else is ever replaced
+# ----------------------------------------------------------------------------------------------
+
+def _listing(folder: Path, names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_out(out: Path, *, overwrite: bool) -> None:
+    """Refuse an ``--out`` that a new bundle must not replace; raises :class:`tunewright.UsageError`.
+
+    Allowed: a path that does not exist, an empty folder, and, with ``overwrite``, a folder holding
+    a tunewright bundle and nothing else (its ``manifest.json`` names the format and lists every
+    other file). A file, a folder holding anything else, or a bundle with files added to it are
+    refused: they may be the user's, and nothing of theirs is ever deleted.
+    """
+    from tunewright import UsageError
+
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise UsageError(f"--out: {out} exists and is not a folder; choose a new folder for the bundle")
+    present = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() or p.is_symlink())
+    if not present and not any(out.iterdir()):
+        return
+    manifest = None
+    try:
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise UsageError(f"--out: {out} exists and is not a tunewright bundle (it holds {_listing(out, present)}); "
+                         "nothing was changed; choose a new folder, or an existing bundle with --overwrite")
+    listed = set(manifest.get("files") or {}) | {MANIFEST}
+    foreign = [name for name in present if name not in listed]
+    if foreign:
+        raise UsageError(f"--out: {out} holds a bundle and files that are not part of it ({_listing(out, foreign)}); "
+                         "nothing was changed; move those files away or choose a new folder")
+    if not overwrite:
+        raise UsageError(f"--out: {out} holds a bundle already; pass --overwrite to replace it, or choose a new folder")
+
+
+@contextmanager
+def bundle_folder(out: Path, *, overwrite: bool) -> Iterator[Path]:
+    """Yield a staging folder beside ``out``; on success put it at ``out`` (:func:`check_out` is
+    asked again first, so ``out`` must still be new, empty, or a bundle replaced with ``overwrite``).
+
+    An old bundle at ``out`` is checked again (it may have changed during the export), renamed
+    aside, replaced by the new one, and only then deleted: at no moment is there a half-written
+    folder at ``out``, and an error leaves the old bundle where it was.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+    old = None
+    try:
+        yield staging
+        check_out(out, overwrite=overwrite)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".old-{out.name}-", dir=out.parent))
+            os.replace(out, old / "bundle")
+        os.replace(staging, out)
+    except BaseException:
+        if old is not None and not out.exists():
+            os.replace(old / "bundle", out)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# choosing the exporter and the quantizers
+# ----------------------------------------------------------------------------------------------
+
 def choose_exporter(registries, name: str, model, task_kind: str) -> tuple[str, Any]:
     from tunewright import UsageError
 
@@ -73,7 +153,7 @@ def choose_exporter(registries, name: str, model, task_kind: str) -> tuple[str, 
         return name, exporter
     fits = sorted(((e.preference, n) for n, e in exporters.items() if e.supports(model, task_kind)), reverse=True)
     if not fits:
-        raise UsageError(f"no registered exporter can export a {type(model).__name__} for {task_kind} "
+        raise UsageError(f"no registered exporter can export a {type(model).__name__} for task kind {task_kind!r} "
                          f"(registered: {', '.join(sorted(exporters)) or 'none'})")
     return fits[0][1], exporters[fits[0][1]]
 
@@ -92,30 +172,49 @@ def check_quantizer_name(registries, name: str) -> None:
             raise ConfigError(f"{exc}; or {AUTO!r} to keep the fastest that passes the parity gate") from None
 
 
+def _resolve_task(task, pm):
+    """A task object, the name of a registered one, or a task kind that exactly one registered task
+    trains (``sequence_classification`` -> ``classification``)."""
+    if not isinstance(task, str):
+        return task
+    tasks = pm.registries.kind("tasks")
+    if task not in tasks:
+        serving = [name for name, candidate in tasks.items() if getattr(candidate, "model_kind", None) == task]
+        if len(serving) == 1:
+            return tasks[serving[0]]
+        if serving:
+            from tunewright import UsageError
+
+            raise UsageError(f"task: several registered tasks train the kind {task!r} ({', '.join(sorted(serving))}); "
+                             "name the task")
+    return pm.registries.get("tasks", task, key="task")
+
+
+# ----------------------------------------------------------------------------------------------
+# the bundle
+# ----------------------------------------------------------------------------------------------
+
 def _describe_io(path: Path) -> dict[str, list[dict]]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    row = lambda v: {"name": v.name, "shape": [d if isinstance(d, int) else str(d) for d in v.shape], "dtype": v.type}
+    row = lambda v: {"name": v.name, "shape": [d if isinstance(d, int) else str(d) for d in v.shape], "dtype": v.type}  # noqa: E731
     return {"inputs": [row(v) for v in session.get_inputs()], "outputs": [row(v) for v in session.get_outputs()]}
 
 
-def _stage(candidate_model: ExportedModel, stage: Path, preprocessor, task_kind: str, *, labels, max_length: int,
-           info: dict[str, Any]) -> dict:
+def _stage(candidate_model: ExportedModel, stage: Path, preprocessor, *, labels, max_length: int,
+           info: dict[str, Any], config=None) -> dict:
     """Lay out a bundle (without its manifest hashes) in ``stage``; return the draft manifest."""
     copy_files(candidate_model.folder, stage)
-    if task_kind == "image_classification":
-        pre = image_preprocessing(preprocessor)
-    else:
-        pre = write_text_preprocessing(preprocessor, stage, task_kind=task_kind, max_length=max_length)
+    pre = write_preprocessing(preprocessor, stage, max_length=max_length, config=config)
     io = _describe_io(stage / candidate_model.model_file)
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "runtime": candidate_model.runtime,
-        "task_kind": task_kind,
+        "task_kind": candidate_model.task_kind,
         **info,
         "exporter": {"name": candidate_model.exporter, **candidate_model.details},
         "quantization": candidate_model.quantization,
@@ -125,8 +224,8 @@ def _stage(candidate_model: ExportedModel, stage: Path, preprocessor, task_kind:
     }
 
 
-def _quick_latency(predictor, manifest: dict) -> float:
-    figures = bench_predictor(predictor, manifest, runs=15, warmup=3, new_tokens=16)
+def _quick_latency(predictor) -> float:
+    figures = bench_predictor(predictor, runs=15, warmup=3, new_tokens=16)
     return figures.get("p50_ms") or figures.get("ms_per_token")
 
 
@@ -143,40 +242,63 @@ def _scratch_cwd(folder: Path):
         os.chdir(previous)
 
 
-def export_bundle(model, preprocessor, task_kind: str, examples: list[dict], out: str | Path, *,
-                  exporter: str = AUTO, quantize: str = "int8", threshold: float = DEFAULT_THRESHOLD,
-                  labels: list[str] | None = None, tokenize: Callable | None = None,
-                  info: dict[str, Any] | None = None, ort_format: bool = False, bench: bool = True,
-                  pm=None, max_length: int = 512, max_examples: int = 256, fidelity_examples: int = 8, new_tokens: int = 32,
+def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Path, *,
+                  labels: list[str] | None = None, exporter: str = AUTO, quantize: str = "int8",
+                  threshold: float = DEFAULT_THRESHOLD, info: dict[str, Any] | None = None,
+                  ort_format: bool = False, bench: bool = True, overwrite: bool = False, pm=None,
+                  max_length: int | None = None, max_examples: int = 256, fidelity_examples: int = 8,
+                  new_tokens: int = 32, batch_size: int = 8, config=None,
+                  calibration_examples: list[dict] | None = None,
                   log: Callable[[str], None] = _log_default) -> ExportResult:
     """Export ``model``, quantize it, prove it against ``model`` on ``examples`` and write the bundle.
 
-    ``info`` goes into the manifest as is (``base_model``, ``method``, ``task``, ``run_eval``...).
-    Raises :class:`tunewright.JobFailed` (exit 1) when no candidate passes the parity gate; then
-    nothing is written at ``out`` (a bundle already there is left as it was).
+    ``task`` is the :class:`tunewright.Task` that trained the model (or its registered name, or a
+    task kind that one registered task trains): its
+    ``model_kind`` chooses exporters and the edge runtime, its ``tokenize``/``collate``/``metrics``
+    give both models' figures on ``examples``. ``info`` goes into the manifest as is
+    (``base_model``, ``method``, ``task``, ``run``...). ``out`` must not exist, be empty, or (with
+    ``overwrite``) hold a bundle and nothing else (:func:`check_out`). ``max_length``: the longest
+    text the bundle's runtime tokenizes for a classifier (default 512, capped by the tokenizer's
+    ``model_max_length``). ``max_examples`` held-out examples are scored, ``fidelity_examples`` of
+    them continued ``new_tokens`` tokens by a generator for teacher-forced fidelity.
+    ``config``: the job config the model trained with (its ``vision:`` settings decide how the
+    bundle cuts images, as training did). ``calibration_examples``: examples that quantizers which
+    calibrate activations (int8-static) see, the run's training examples where there are some
+    (default: the held-out ones).
+
+    An exporter that carries the whole path itself (``export_bundle``, see
+    :class:`tunewright.edge.Exporter`: an image+text model is three files the path here does not
+    lay out) is handed the same arguments.
+
+    Raises :class:`tunewright.UsageError` (exit 2) for a bad ``out``, name or input before any
+    heavy work, and :class:`tunewright.JobFailed` (exit 1) when no candidate passes the parity
+    gate; then nothing is written at ``out`` (a bundle already there is left as it was).
     """
     from tunewright import JobFailed, UsageError, get_plugin_manager
-    from tunewright import atomic_directory
 
-    if task_kind not in TASK_KINDS:
-        raise UsageError(f"task kind {task_kind!r} cannot be exported (exportable: {', '.join(TASK_KINDS)})")
     out = Path(out)
-    if out.exists() and not (out / MANIFEST).is_file():
-        raise UsageError(f"--out: {out} exists and is not a bundle; choose a new folder")
+    check_out(out, overwrite=overwrite)
     pm = pm or get_plugin_manager()
     registries = pm.registries
+    task = _resolve_task(task, pm)
+    task_kind = task.model_kind
     check_quantizer_name(registries, quantize)
     exporter_name, chosen_exporter = choose_exporter(registries, exporter, model, task_kind)
     if not examples:
         raise UsageError("the parity gate needs held-out examples, and there are none (the run kept no "
                          "validation data)")
+    if callable(getattr(chosen_exporter, "export_bundle", None)):
+        return chosen_exporter.export_bundle(
+            model, preprocessor, task, examples, out, quantize=quantize, threshold=threshold, info=info,
+            ort_format=ort_format, bench=bench, overwrite=overwrite, pm=pm, max_length=max_length, config=config,
+            calibration_examples=calibration_examples, log=log)
     info = dict(info or {})
     started = time.perf_counter()
-    log(f"reference: running the tuned model on {min(len(examples), max_examples)} held-out examples")
-    reference = build_reference(model, preprocessor, task_kind, examples, labels=labels, tokenize=tokenize,
-                                max_examples=max_examples, fidelity_examples=fidelity_examples,
-                                new_tokens=new_tokens, max_length=max_length)
-    calibration = _calibration(reference)
+    log(f"reference: the tuned model on {min(len(examples), max_examples)} held-out examples")
+    reference = build_reference(model, preprocessor, task, examples, labels=labels, max_examples=max_examples,
+                                fidelity_examples=fidelity_examples, new_tokens=new_tokens,
+                                batch_size=batch_size, calibration_examples=calibration_examples)
+    bundle_max_length = int(max_length or 512)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".tmp-export-{out.name}-", dir=out.parent) as work:
         work = Path(work).resolve()
@@ -189,27 +311,35 @@ def export_bundle(model, preprocessor, task_kind: str, examples: list[dict], out
         else:
             if not quantizers[quantize].supports(base):
                 fits = [n for n, q in quantizers.items() if q.supports(base)]
+                why = getattr(quantizers[quantize], "refusal", None)
+                reason = why(base) if callable(why) else None
                 raise UsageError(f"--quantize: {quantize!r} does not apply to a {base.runtime} {task_kind} model "
-                                 f"from {base.exporter} (quantizers that do: {', '.join(fits)})")
+                                 f"from {base.exporter}" + (f": {reason}" if reason else "")
+                                 + f" (quantizers that do: {', '.join(fits)})")
             names = [quantize]
         candidates: list[Candidate] = []
         for name in names:
             log(f"quantize: {name}")
             try:
                 with _scratch_cwd(work / "scratch"):
-                    quantized = quantizers[name].quantize(base, work / f"q-{name}", calibration)
+                    quantized = quantizers[name].quantize(base, work / f"q-{name}", reference.calibration())
             except Exception as exc:
                 if quantize != AUTO:
                     raise
                 log(f"  {name} failed ({type(exc).__name__}: {exc}); skipped")
                 continue
+            if quantized.quantization.get("name") != name:
+                quantized.quantization = {**quantized.quantization, "requested": name}
+            if "calibration_examples" in quantized.quantization:
+                quantized.quantization = {**quantized.quantization, "calibration": reference.calibration_source}
             stage = work / f"stage-{name}"
-            draft = _stage(quantized, stage, preprocessor, task_kind, labels=labels, max_length=max_length, info=info)
-            predictor = predictor_for(stage, draft)
-            parity = measure_parity(predictor, reference, threshold)
+            draft = _stage(quantized, stage, preprocessor, labels=labels, max_length=bundle_max_length, info=info,
+                           config=config)
+            predictor = predictor_for(stage, draft, pm=pm)
+            parity = measure_parity(predictor, reference, threshold, model_bytes=quantized.size_bytes())
             candidate = Candidate(name, quantized, stage, draft, parity, size_mb=bundle_size_mb(stage))
             if quantize == AUTO and parity.passed:
-                candidate.latency_ms = _quick_latency(predictor, draft)
+                candidate.latency_ms = _quick_latency(predictor)
             log(f"  parity {'passed' if parity.passed else 'FAILED'}\n{parity.table()}"
                 + (f"\n  latency {candidate.latency_ms:.2f} ms" if candidate.latency_ms else ""))
             candidates.append(candidate)
@@ -220,9 +350,9 @@ def export_bundle(model, preprocessor, task_kind: str, examples: list[dict], out
             raise JobFailed(f"parity gate failed: the exported model falls more than {threshold:g} points "
                             f"below the tuned model; no bundle written at {out}\n{figures}")
         best = min(passing, key=lambda c: (c.latency_ms if c.latency_ms is not None else 0.0))
-        with atomic_directory(out) as staging:
+        with bundle_folder(out, overwrite=overwrite) as staging:
             copy_files(best.stage, staging)
-            np.savez(staging / PARITY_FILE, **best.parity.arrays)
+            np.savez_compressed(staging / PARITY_FILE, **best.parity.arrays)
             manifest = dict(best.manifest)
             if ort_format:
                 manifest["model"]["ort_file"] = _write_ort(staging, best.exported.model_file)
@@ -232,14 +362,13 @@ def export_bundle(model, preprocessor, task_kind: str, examples: list[dict], out
                                             "candidates": [c.summary() for c in candidates]}
             if bench:
                 log("bench: batch 1 on this machine")
-                predictor = predictor_for(staging, manifest)
-                manifest["benchmark"] = {**bench_predictor(predictor, manifest),
-                                         "machine": _machine(), "size_mb": bundle_size_mb(staging)}
+                predictor = predictor_for(staging, manifest, pm=pm)
+                manifest["benchmark"] = {**bench_predictor(predictor), "machine": _machine(),
+                                         "size_mb": bundle_size_mb(staging)}
+                torch_figures = bench_torch(model, predictor)
                 del predictor
-                torch_figures = bench_torch(model, preprocessor, task_kind)
-                if torch_figures:
-                    manifest["benchmark"]["torch_fp32"] = torch_figures
-                    manifest["benchmark"]["versus_torch"] = versus_torch(manifest["benchmark"], torch_figures)
+                manifest["benchmark"]["torch_fp32"] = torch_figures
+                manifest["benchmark"]["versus_torch"] = versus_torch(manifest["benchmark"], torch_figures)
             manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             manifest["export_seconds"] = round(time.perf_counter() - started, 1)
             manifest["files"] = {
@@ -262,15 +391,10 @@ def versus_torch(bundle: dict, torch_figures: dict) -> dict[str, float]:
     return ratios
 
 
-def _calibration(reference: Reference) -> list[dict[str, np.ndarray]]:
-    if reference.classification is not None:
-        return list(reference.classification.feeds[:64])
-    return []
-
-
 def _write_ort(folder: Path, model_file: str) -> str:
-    from tunewright import JobFailed
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    from tunewright import JobFailed
 
     source = folder / model_file
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
@@ -289,8 +413,6 @@ def _write_ort(folder: Path, model_file: str) -> str:
 
 
 def _machine() -> dict[str, Any]:
-    import os
-
     import onnxruntime
 
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
@@ -302,37 +424,41 @@ def _jsonable(value):
         return int(value)
     if isinstance(value, (np.floating,)):
         return float(value)
-    if isinstance(value, Path):
-        return str(value)
     return str(value)
 
 
+#: how many training examples a run lends to quantizers that calibrate
+CALIBRATION_EXAMPLES = 64
+
+
+def training_examples(run_dir: Path, count: int = CALIBRATION_EXAMPLES) -> list[dict]:
+    """Up to ``count`` of a run's training examples (``data/train.jsonl``, as the run transformed
+    them), spread evenly over the file; none when the run kept no training data."""
+    path = Path(run_dir) / "data" / "train.jsonl"
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(lines) > count:
+        step = len(lines) / count
+        lines = [lines[int(i * step)] for i in range(count)]
+    return [json.loads(line) for line in lines]
+
+
 def export_run(run_dir: str | Path, out: str | Path, *, split: str = "validation", pm=None, **options) -> ExportResult:
-    """Export a finished run: its merged model, tokenizer, task and held-out examples."""
+    """Export a finished run: its merged model, tokenizer, task, labels and held-out examples;
+    quantizers that calibrate see its training examples, the parity gate the held-out ones."""
     from tunewright import UsageError, get_plugin_manager
     from tunewright import load_run
 
     pm = pm or get_plugin_manager()
+    check_out(Path(out), overwrite=bool(options.get("overwrite")))  # before the model loads
     run = load_run(run_dir, pm=pm)
     examples = getattr(run, split, None)
     if examples is None:
         raise UsageError(f"--split: a run keeps 'validation' and 'test' examples, not {split!r}")
-    task_kind = run.task.model_kind
-    load_image = getattr(run.task, "load_image", None)
-    if task_kind == "image_classification" and load_image is not None:
-        # the view the task trained on (paths relative to the data, checks, detail), decoded once
-        examples = [{**example, "image": load_image(example)} for example in examples]
-    max_length = getattr(getattr(run.config, "data", None), "max_length", 512) or 512
-    tokenize = None
-    if task_kind == "causal_lm" and hasattr(run.task, "tokenize"):
-        tokenize = lambda example, tokenizer, length: run.task.tokenize(example, tokenizer)
+    max_length = getattr(getattr(run.config, "data", None), "max_length", None)
     info = {"base_model": run.base_model, "method": run.method, "task": run.task_name,
             "run": {"dir": str(Path(run_dir).resolve()), "eval": run.eval}}
-    if task_kind not in TASK_KINDS:
-        # a kind this module does not export: an exporter plugin may carry the whole path
-        _, exporter = choose_exporter(pm.registries, options.pop("exporter", AUTO), run.model, task_kind)
-        if hasattr(exporter, "export_bundle"):
-            return exporter.export_bundle(run.model, run.tokenizer, run.task, examples, out, info=info, pm=pm,
-                                          **options)
-    return export_bundle(run.model, run.tokenizer, task_kind, examples, out, labels=run.labels,
-                         tokenize=tokenize, info=info, pm=pm, max_length=max_length, **options)
+    options.setdefault("calibration_examples", training_examples(Path(run_dir)) or None)
+    return export_bundle(run.model, run.tokenizer, run.task, examples, out, labels=run.labels, info=info, pm=pm,
+                         max_length=max_length, config=run.config, **options)

@@ -75,8 +75,9 @@ def render(fmt: dict[str, Any], messages: list[dict[str, str]]) -> str:
     return "".join(parts) + fmt["generation_prompt"]
 
 
-def write_text_preprocessing(tokenizer, folder: Path, *, task_kind: str, max_length: int) -> dict[str, Any]:
-    """Save ``tokenizer.json`` into the bundle folder and describe how to use it."""
+def write_text_preprocessing(tokenizer, folder: Path, *, max_length: int) -> dict[str, Any]:
+    """Save ``tokenizer.json`` into the bundle folder and describe how to use it (with the chat
+    format when the tokenizer has a chat template that reduces to plain strings)."""
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("the bundle needs a fast tokenizer (tokenizer.json); this model's tokenizer is not one")
     (Path(folder) / "tokenizer.json").unlink(missing_ok=True)  # never write through a hard link
@@ -87,13 +88,42 @@ def write_text_preprocessing(tokenizer, folder: Path, *, task_kind: str, max_len
         "tokenizer": "tokenizer.json",
         "max_length": int(min(max_length, getattr(tokenizer, "model_max_length", max_length) or max_length)),
         "pad_token_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)),
-        "add_special_tokens": task_kind != "causal_lm",
+        # what the tokenizer does when called on a text (classifiers); generators render prompts
+        # with the chat format, whose special tokens are spelled out, and add none
+        "add_special_tokens": True,
         "eos_token_ids": [int(eos)] if eos is not None else [],
         "padding_side": "right",
     }
-    if task_kind == "causal_lm":
+    if getattr(tokenizer, "chat_template", None):
         pre["chat_format"] = chat_format(tokenizer)
     return pre
+
+
+def write_preprocessing(preprocessor, folder: Path, *, max_length: int, config=None) -> dict[str, Any]:
+    """What the bundle needs to turn raw input into model input, from the tuned model's tokenizer,
+    image processor, or processor holding both (``.tokenizer`` and ``.image_processor``): the text
+    settings (with ``tokenizer.json`` written into ``folder``), the image settings, or the text
+    settings with the image ones under ``"image"``. Image settings record the view training cut
+    (``views``: the job ``config``'s ``vision.detail`` and the low-detail side)."""
+    tokenizer = preprocessor if hasattr(preprocessor, "backend_tokenizer") else getattr(preprocessor, "tokenizer", None)
+    images = preprocessor if hasattr(preprocessor, "image_mean") else getattr(preprocessor, "image_processor", None)
+    if tokenizer is None and images is None:
+        raise ValueError(f"cannot describe the preprocessing of a {type(preprocessor).__name__}: it is neither a "
+                         "fast tokenizer, an image processor, nor a processor holding them")
+    if tokenizer is None:
+        return {**image_preprocessing(images), "views": view_settings(config)}
+    pre = write_text_preprocessing(tokenizer, folder, max_length=max_length)
+    if images is not None:
+        pre["image"] = image_preprocessing(images)
+    return pre
+
+
+def view_settings(config=None) -> dict[str, Any]:
+    """How a classifier's training saw each image (:meth:`tunewright.vision` low detail: fit within
+    ``low_side`` x ``low_side`` first), with the job's ``vision.detail`` (``None``: by size)."""
+    from tunewright.vision import LOW_SIZE, settings_of
+
+    return {"detail": settings_of(config).detail, "low_side": LOW_SIZE}
 
 
 def image_preprocessing(processor) -> dict[str, Any]:

@@ -16,14 +16,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-#: task kinds an exporter may be asked for: the task's ``model_kind`` plus image classification
-TASK_KINDS = ("sequence_classification", "causal_lm", "image_classification")
-
-
 @dataclass
 class ExportedModel:
-    """Model files in ``folder``, ready to run on ``runtime`` ("onnxruntime" or
-    "onnxruntime-genai"). ``model_file`` is the ONNX file the runtime opens, relative to ``folder``."""
+    """Model files in ``folder``, ready to run on ``runtime`` ("onnxruntime", "onnxruntime-genai"
+    or a plugin's) for ``task_kind``: the bundle's manifest records both, and the edge runtime
+    registered for that pair (``register_edge_runtimes``) opens it. ``model_file`` is the ONNX file
+    the runtime opens, relative to ``folder``."""
 
     folder: Path
     task_kind: str
@@ -70,13 +68,22 @@ class Exporter(Protocol):
         Raise :class:`tunewright.JobFailed` with the reason when the export itself fails.
         """
 
+    # Optional: an exporter whose bundle is more than one model file that the generic path lays
+    # out (an image+text model: vision part, decoder, embedding table) may carry the whole path:
+    # ``export_bundle(model, preprocessor, task, examples, out, *, quantize, threshold, info, pm,
+    # bench, overwrite, config, log, **options) -> ExportResult``. tunewright.edge.export_bundle
+    # hands it over when the exporter has one; it must keep the same promises: --out checked with
+    # tunewright.edge.check_out, the parity gate on the task's metric, the bundle written through
+    # tunewright.edge.bundle_folder (atomic; an old bundle replaced only with overwrite).
+
 
 @runtime_checkable
 class Quantizer(Protocol):
     """Rewrites an exported model into a smaller or faster one.
 
     ``auto_candidate``: whether ``--quantize auto`` tries it (it keeps the fastest candidate that
-    passes the parity gate).
+    passes the parity gate). Optional: ``refusal(exported) -> str | None``, the reason (naming what
+    applies instead) that ``--quantize`` shows when ``supports`` is False.
     """
 
     description: str

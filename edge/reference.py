@@ -1,137 +1,98 @@
-"""Held-out examples turned into model inputs, and what the tuned PyTorch model makes of them.
+"""Held-out examples turned into model inputs by the task, and what the tuned PyTorch model makes of them.
 
-This is the PyTorch side of the parity gate. Its results (:class:`Reference`) are compared with
-the ONNX side in :mod:`tunewright.edge.parity`.
+This is the PyTorch side of the parity gate (:mod:`tunewright.edge.parity` is the bundle side).
+Everything goes through the task, as training and evaluation did:
 
-- classification (text or image): logits of every held-out example, and its label index;
-- generation: for the task metric, each held-out conversation teacher-forced (logits at every
-  position, the assistant tokens marked); for fidelity, the tuned model's own greedy continuation
-  of a few prompts, with its logits at every continuation step.
+- ``task.tokenize`` turns each held-out example into features and ``task.collate`` into batches;
+- ``task.metrics(model, batches)`` gives the tuned model's figures, with the same code that gave the
+  run's ``eval.json`` (the bundle's figures come from the same call on the bundle);
+- for fidelity, each example's inputs alone (batch 1) with the tuned model's logits on them, and,
+  for models that generate, the tuned model's own greedy continuation of the prompt (the features
+  before the last run of trained tokens) with its logits at every step.
+
+The fidelity parts are computed on first use and kept, so ``--quantize auto`` pays for them once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from functools import cached_property
+from typing import Any
 
 import numpy as np
 
-from .protocols import TASK_KINDS
+IGNORE = -100
 
 
-@dataclass
-class ClassificationReference:
-    feeds: list[dict[str, np.ndarray]]   # one batch-1 input dict per example
-    labels: np.ndarray                    # (N,) label index, -1 when unknown
-    logits: np.ndarray                    # (N, C) tuned model
+def gate_metric(task, labels) -> tuple[str, str]:
+    """The metric the gate watches and its direction ("max" or "min"): ``task.metric_for(labels)``
+    when the task has it (regression -> mse), else ``task.primary_metric``; the direction from
+    ``task.metric_directions``."""
+    from tunewright import PluginError
+
+    metric_for = getattr(task, "metric_for", None)
+    name = metric_for(labels) if callable(metric_for) else task.primary_metric
+    direction = (getattr(task, "metric_directions", None) or {}).get(name)
+    if direction not in ("max", "min"):
+        raise PluginError(f"the task {type(task).__name__} watches the metric {name!r} but its metric_directions "
+                          f"say {direction!r} for it (expected 'max' or 'min')")
+    return name, direction
 
 
-@dataclass
-class GenerationReference:
-    sequences: list[np.ndarray]           # held-out conversations, token ids (T,)
-    targets: list[np.ndarray]             # (T,) bool: the token at t is an assistant token
-    token_logprobs: list[np.ndarray]      # tuned model, log-prob of the true next token (T-1,)
-    token_hits: list[np.ndarray]          # tuned model, argmax == true next token (T-1,)
-    prompts: list[list[int]]              # prompts for fidelity
-    continuations: list[list[int]]        # tuned model's greedy continuation of each prompt
-    continuation_logits: list[np.ndarray] # (len(cont), V) tuned model's logits predicting each token
+def as_numpy(batch: dict) -> dict[str, np.ndarray]:
+    """Model inputs of a collated batch as numpy arrays, ``labels`` left out."""
+    return {name: value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+            for name, value in batch.items() if name != "labels"}
 
 
-@dataclass
-class Reference:
-    task_kind: str
-    classification: ClassificationReference | None = None
-    generation: GenerationReference | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+def prompt_of(features: dict) -> dict[str, Any] | None:
+    """The features of a generation example before its last run of trained tokens (its last
+    reply): sequence features cut there, the others (pixel values...) kept whole. ``None`` when
+    nothing is trained or nothing precedes it."""
+    ids = list(features["input_ids"])
+    labels = features.get("labels")
+    if labels is None or len(labels) != len(ids):
+        return None
+    trained = [int(label) != IGNORE for label in labels]
+    end = len(trained)
+    while end > 0 and not trained[end - 1]:
+        end -= 1
+    start = end
+    while start > 0 and trained[start - 1]:
+        start -= 1
+    if start == 0 or end == 0:
+        return None
+    cut = {}
+    for name, value in features.items():
+        if name == "labels":
+            continue
+        is_sequence = hasattr(value, "__len__") and not isinstance(value, (str, bytes)) and len(value) == len(ids) \
+            and np.ndim(value) == 1
+        cut[name] = list(value)[:start] if is_sequence else value
+    return cut
 
 
-def label_index(label: Any, labels: list[str] | None, model) -> int:
-    if label is None:
-        return -1
-    if labels and str(label) in labels:
-        return labels.index(str(label))
-    if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
-        return int(label)
-    label2id = getattr(getattr(model, "config", None), "label2id", None) or {}
-    if label in label2id:
-        return int(label2id[label])
-    if isinstance(label, str) and label.isdigit():
-        return int(label)
-    return -1
-
-
-def _torch_logits(model, feeds: dict[str, np.ndarray]) -> np.ndarray:
+def _torch_logits(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
     import torch
 
     with torch.inference_mode():
-        out = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+        out = model(**{name: torch.from_numpy(np.asarray(value)) for name, value in inputs.items()})
     logits = out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, (tuple, list)) else out)
     return logits.float().numpy()
 
 
-def classification_reference(model, preprocessor, task_kind: str, examples: list[dict],
-                             labels: list[str] | None, *, max_length: int = 128,
-                             input_names: tuple[str, ...] | None = None) -> ClassificationReference:
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    accepted = {"input_ids", "attention_mask", "token_type_ids"} if takes_any else set(params)
-    feeds = []
-    for example in examples:
-        if task_kind == "image_classification":
-            from .runtime.images import open_rgb
-
-            image = open_rgb(example["image"])  # upright and RGB, as training and the runtime see it
-            pixel = preprocessor(images=image, return_tensors="np")["pixel_values"]
-            feeds.append({"pixel_values": pixel.astype(np.float32)})
-        else:
-            enc = preprocessor(example["text"], truncation=True, max_length=max_length, return_tensors="np")
-            feed = {k: v.astype(np.int64) for k, v in enc.items()
-                    if k in ("input_ids", "attention_mask", "token_type_ids") and k in accepted}
-            feeds.append(feed)
-    logits = np.concatenate([_torch_logits(model, feed) for feed in feeds]) if feeds else np.zeros((0, 0))
-    label_ids = np.asarray([label_index(e.get("label"), labels, model) for e in examples], dtype=np.int64)
-    return ClassificationReference(feeds=feeds, labels=label_ids, logits=logits)
-
-
-def chat_split(example: dict, tokenizer, tokenize: Callable | None = None,
-               max_length: int = 512) -> tuple[list[int], np.ndarray, list[int]]:
-    """``(ids, assistant_mask, prompt_ids)`` of a chat example: the whole conversation, which of its
-    tokens the assistant wrote, and the prompt before the last assistant turn.
-
-    ``tokenize`` is the task's own ``tokenize(example, tokenizer, max_length)`` when the engine gives
-    one (its ``labels`` mark the trained tokens with anything but -100); otherwise the chat template
-    decides, as transformers' assistant masks do.
-    """
-    messages = example["messages"]
-    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    if tokenize is not None:
-        features = tokenize(example, tokenizer, max_length)
-        ids = [int(i) for i in features["input_ids"]]
-        mask = np.asarray([int(l) != -100 for l in features["labels"]], dtype=bool)
-        # the prompt ends where the last run of trained (assistant) tokens starts
-        start = len(ids)
-        while start > 0 and mask[start - 1]:
-            start -= 1
-        return ids, mask, ids[:start] if 0 < start < len(ids) else ids[:-1]
-    prompt_ids = list(tokenizer.apply_chat_template(messages[:last], add_generation_prompt=True, tokenize=True))
-    ids = list(tokenizer.apply_chat_template(messages[: last + 1], tokenize=True))[:max_length]
-    mask = np.zeros(len(ids), dtype=bool)
-    mask[len(prompt_ids):] = True
-    return ids, mask, prompt_ids
-
-
-def greedy_continuation(model, prompt_ids: list[int], new_tokens: int) -> tuple[list[int], np.ndarray]:
-    """The tuned model's greedy continuation (eos not special: the gate wants ``new_tokens``
-    positions) and its logits predicting each token, (new_tokens, V)."""
+def greedy_continuation(model, prompt: dict[str, np.ndarray], new_tokens: int) -> tuple[list[int], np.ndarray]:
+    """The tuned model's greedy continuation of ``prompt`` (batch-1 model inputs; eos not special:
+    the gate wants ``new_tokens`` positions) and its logits predicting each token, (new_tokens, V)."""
     import torch
 
     tokens, rows = [], []
+    # one unpadded row: no attention mask needed, and later steps take the new token alone
+    inputs = {name: torch.from_numpy(np.asarray(value)) for name, value in prompt.items() if name != "attention_mask"}
     with torch.inference_mode():
-        out = model(input_ids=torch.tensor([prompt_ids]), use_cache=True)
+        out = model(**inputs, use_cache=True)
         for _ in range(new_tokens):
-            last = out.logits[0, -1].float()
+            last = out.logits[0, -1].float()  # (V,)
             rows.append(last.numpy().copy())
             token = int(last.argmax())
             tokens.append(token)
@@ -139,43 +100,89 @@ def greedy_continuation(model, prompt_ids: list[int], new_tokens: int) -> tuple[
     return tokens, np.stack(rows)
 
 
-def generation_reference(model, tokenizer, examples: list[dict], *, tokenize: Callable | None = None,
-                         fidelity_examples: int = 8, new_tokens: int = 32,
-                         max_length: int = 512) -> GenerationReference:
-    import torch
+@dataclass
+class Reference:
+    """The tuned model on the held-out examples: its task metrics, and what fidelity needs."""
 
-    ref = GenerationReference([], [], [], [], [], [], [])
-    prompts = []
-    for example in examples:
-        ids, mask, prompt_ids = chat_split(example, tokenizer, tokenize, max_length)
-        prompts.append(prompt_ids)
-        with torch.inference_mode():
-            logits = model(input_ids=torch.tensor([ids])).logits[0].float()
-        logp = torch.log_softmax(logits[:-1], -1)
-        nxt = torch.tensor(ids[1:])
-        ref.sequences.append(np.asarray(ids, dtype=np.int64))
-        ref.targets.append(mask)
-        ref.token_logprobs.append(logp.gather(-1, nxt[:, None])[:, 0].numpy())
-        ref.token_hits.append((logits[:-1].argmax(-1) == nxt).numpy())
-    for prompt_ids in prompts[:fidelity_examples]:
-        continuation, logits = greedy_continuation(model, prompt_ids, new_tokens)
-        ref.prompts.append(list(prompt_ids))
-        ref.continuations.append(continuation)
-        ref.continuation_logits.append(logits)
-    return ref
+    model: Any
+    task: Any
+    tokenizer: Any
+    features: list[dict]
+    metric: str
+    direction: str
+    batch_size: int = 8
+    fidelity_examples: int = 8
+    new_tokens: int = 32
+    tuned_metrics: dict[str, float] = field(default_factory=dict)
+    #: features quantizers calibrate on (training examples); empty: the held-out ones
+    calibration_features: list[dict] = field(default_factory=list)
+
+    def batches(self):
+        """The held-out features collated by the task, ``batch_size`` at a time (a fresh iterator)."""
+        for start in range(0, len(self.features), self.batch_size):
+            yield self.task.collate(self.features[start: start + self.batch_size], self.tokenizer)
+
+    def example_inputs(self, index: int) -> dict[str, np.ndarray]:
+        """Example ``index`` alone as model inputs (batch 1, numpy), as the task collates it."""
+        return as_numpy(self.task.collate([self.features[index]], self.tokenizer))
+
+    @cached_property
+    def example_logits(self) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
+        """``(inputs, tuned logits)`` of every example alone: classifier fidelity."""
+        out = []
+        for index in range(len(self.features)):
+            inputs = self.example_inputs(index)
+            out.append((inputs, _torch_logits(self.model, inputs)))
+        return out
+
+    @cached_property
+    def continuations(self) -> list[tuple[dict[str, np.ndarray], list[int], np.ndarray]]:
+        """``(prompt inputs, greedy continuation, tuned logits (N, V))`` for up to
+        ``fidelity_examples`` examples that have a prompt: generator fidelity."""
+        out = []
+        for features in self.features:
+            if len(out) >= self.fidelity_examples:
+                break
+            prompt = prompt_of(features)
+            if prompt is None:
+                continue
+            inputs = as_numpy(self.task.collate([{**prompt, "labels": [IGNORE] * len(prompt["input_ids"])}],
+                                                self.tokenizer))
+            tokens, logits = greedy_continuation(self.model, inputs, self.new_tokens)
+            out.append((inputs, tokens, logits))
+        return out
+
+    @property
+    def calibration_source(self) -> str:
+        """Where :meth:`calibration` draws from: ``"training"`` or ``"held-out"`` examples."""
+        return "training" if self.calibration_features else "held-out"
+
+    def calibration(self, count: int = 64) -> list[dict[str, np.ndarray]]:
+        """Model inputs of up to ``count`` examples, one each, for quantizers that calibrate: the
+        training examples given to :func:`build_reference`, else the held-out ones."""
+        features = self.calibration_features or self.features
+        return [as_numpy(self.task.collate([features[i]], self.tokenizer)) for i in range(min(count, len(features)))]
 
 
-def build_reference(model, preprocessor, task_kind: str, examples: list[dict], *, labels=None,
-                    tokenize: Callable | None = None, max_examples: int = 256,
-                    fidelity_examples: int = 8, new_tokens: int = 32, max_length: int = 512) -> Reference:
-    if task_kind not in TASK_KINDS:
-        raise ValueError(f"task kind {task_kind!r} is not one of {', '.join(TASK_KINDS)}")
+def build_reference(model, tokenizer, task, examples: list[dict], *, labels=None, max_examples: int = 256,
+                    fidelity_examples: int = 8, new_tokens: int = 32, batch_size: int = 8,
+                    calibration_examples: list[dict] | None = None, calibration_count: int = 64) -> Reference:
+    """Tokenize up to ``max_examples`` held-out examples with the task and compute the tuned
+    model's task metrics on them (``model`` in eval mode, as exported); tokenize up to
+    ``calibration_count`` of ``calibration_examples`` (training examples) for quantizers that
+    calibrate."""
     model.eval()
-    if task_kind == "causal_lm":
-        gen = generation_reference(model, preprocessor, examples[:max_examples], tokenize=tokenize,
-                                   fidelity_examples=fidelity_examples, new_tokens=new_tokens,
-                                   max_length=max_length)
-        return Reference(task_kind, generation=gen)
-    cls = classification_reference(model, preprocessor, task_kind, examples[:max_examples], labels,
-                                   max_length=max_length)
-    return Reference(task_kind, classification=cls)
+    features = [task.tokenize(example, tokenizer, labels=labels) for example in examples[:max_examples]]
+    calibration = [task.tokenize(example, tokenizer, labels=labels)
+                   for example in (calibration_examples or [])[:calibration_count]]
+    metric, direction = gate_metric(task, labels)
+    reference = Reference(model, task, tokenizer, features, metric, direction, batch_size=batch_size,
+                          fidelity_examples=fidelity_examples, new_tokens=new_tokens,
+                          calibration_features=calibration)
+    reference.tuned_metrics = dict(task.metrics(model, reference.batches()))
+    if metric not in reference.tuned_metrics:
+        from tunewright import UsageError
+
+        raise UsageError(f"the parity gate watches {metric!r}, which the task's metrics do not report "
+                         f"(they report {', '.join(sorted(reference.tuned_metrics))})")
+    return reference

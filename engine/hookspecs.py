@@ -116,6 +116,26 @@ def register_quantizers(register: Register) -> None:
 
 
 @hookspec
+def register_edge_runtimes(register: Register) -> None:
+    """Register predictors that open exported bundles on a device (``tunewright edge run|bench|verify``,
+    ``tunewright.edge.runtime.load_bundle``, and the parity gate at export time).
+
+    ``register(name, predictor_class)``: ``predictor_class`` implements
+    :class:`tunewright.edge.runtime.Predictor`. Its class attributes ``runtime`` and ``task_kind``
+    say which bundles it opens (a manifest's ``runtime`` and ``task_kind``, as the exporter's
+    :class:`tunewright.edge.ExportedModel` set them), and ``generates`` whether it produces token
+    sequences; ``predictor_class(folder, manifest, threads=None)`` opens one bundle. Give a new
+    task kind a runtime by registering a predictor for it beside the exporter that makes its bundles.
+
+    The module implementing this hook runs on devices that have only ``tunewright[runtime]``: it
+    must import neither torch nor transformers. When two plugins serve the same runtime and task
+    kind, a third-party one is used over a built-in one; two third-party ones are an error that
+    names both. Built-ins (plugin ``edge-runtimes``): ``text-classifier``, ``image-classifier``,
+    ``generator`` (onnxruntime, ``causal_lm``) and ``genai-generator`` (onnxruntime-genai).
+    """
+
+
+@hookspec
 def register_trackers(register: Register) -> None:
     """Register experiment trackers that a config can list in ``trackers:``.
 

@@ -50,6 +50,7 @@ REGISTRY_HOOKS = {
     "config_sections": "register_config_sections",
     "exporters": "register_exporters",
     "quantizers": "register_quantizers",
+    "edge_runtimes": "register_edge_runtimes",
     "trackers": "register_trackers",
     "runners": "register_runners",
 }

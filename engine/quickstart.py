@@ -99,9 +99,9 @@ def export_and_verify(run_dir: Path, out: Path, pm, echo: Callable[[str], None])
     from tunewright.edge import export_run
     from tunewright.edge.runtime import verify_bundle
 
-    # Block-wise 8-bit weights: optimum's per-channel dynamic int8 damages this decoder
-    # (activations into down_proj have large outliers); block-wise 8-bit keeps it faithful.
-    result = export_run(run_dir, out, quantize="int8-block", pm=pm, log=echo)
+    # int8 names a bit width: for this decoder it means block-wise 8-bit weights (int8-block;
+    # per-channel dynamic int8 damages it: activations into down_proj have large outliers).
+    result = export_run(run_dir, out, quantize="int8", pm=pm, log=echo)
     check = verify_bundle(out)
     if not check["ok"]:
         from .errors import JobFailed
@@ -116,7 +116,7 @@ def export_and_verify(run_dir: Path, out: Path, pm, echo: Callable[[str], None])
     echo(f"{'size (MiB)':<24}{torch_figures['size_mb']:>14.1f}{bench['size_mb']:>14.1f}{ratios['size']:>8.2f}")
     echo(f"{'generation (tokens/s)':<24}{torch_figures['tokens_per_second']:>14.1f}"
          f"{bench['tokens_per_second']:>14.1f}{ratios['speed']:>8.2f}")
-    echo(f"parity on held-out data: {parity['metric']} tuned {parity['tuned']:.2f}, bundle {parity['bundle']:.2f} "
+    echo(f"parity on held-out data: {parity['metric']} tuned {parity['tuned']:.4f}, bundle {parity['bundle']:.4f} "
          f"(drop {parity['drop_points']:.2f} points, allowed {parity['threshold_points']:.2f}); "
          + ", ".join(f"{k} {v:.4g}" for k, v in parity["bundle_vs_tuned"].items()))
     echo(f"verified: {check['files']} files, recorded examples rerun")

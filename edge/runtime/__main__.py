@@ -11,22 +11,26 @@ import argparse
 import json
 import sys
 
+from tunewright import TunewrightError
+
 from . import BundleError, bench_bundle, load_bundle, verify_bundle
 
 
 def run_bundle(folder, inputs: list[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
-               seed: int | None = None, as_chat: bool = True) -> list:
-    """Predict for each input (texts, image paths, or prompts); returns JSON-ready results."""
+               seed: int | None = None, as_chat: bool = True, images: list[str] = ()) -> list:
+    """Predict for each input (texts, image paths, or prompts; an image+text bundle shows each
+    prompt ``images`` first); returns JSON-ready results. Raises :class:`BundleError` for
+    ``images`` given to a bundle that takes none beside its inputs."""
+    from .bench import images_refused, takes_images
+
     predictor = load_bundle(folder)
-    kind = predictor.manifest["task_kind"]
-    if kind in ("sequence_classification", "image_classification"):
-        return predictor.predict(list(inputs))
-    results = []
-    for text in inputs:
-        prompt = [{"role": "user", "content": text}] if as_chat and predictor.codec.chat_format else text
-        results.append({"prompt": text, "reply": predictor.generate(
-            prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)})
-    return results
+    extra = {}
+    if images:
+        if not takes_images(predictor.run):
+            raise BundleError(images_refused(predictor))
+        extra["images"] = list(images)
+    return predictor.run(list(inputs), max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                         raw=not as_chat, **extra)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--temperature", type=float, default=0.0)
     run.add_argument("--seed", type=int, default=None)
     run.add_argument("--raw", action="store_true", help="generation: use the prompt as is, no chat format")
+    run.add_argument("--image", action="append", default=[], metavar="PATH",
+                     help="image+text bundles: an image shown before each prompt (repeat for several)")
     bench = commands.add_parser("bench", help="latency p50/p95, throughput, peak memory")
     bench.add_argument("bundle")
     bench.add_argument("--tokens", type=int, default=16)
@@ -47,23 +53,26 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--runs", type=int, default=50)
     bench.add_argument("--new-tokens", type=int, default=64)
     bench.add_argument("--threads", type=int, default=None)
+    bench.add_argument("--image", action="append", default=[], metavar="PATH",
+                       help="image+text bundles: time prompts that show this image (default: one of noise)")
     verify = commands.add_parser("verify", help="check hashes and rerun the recorded parity examples")
     verify.add_argument("bundle")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
             out = run_bundle(args.bundle, args.inputs, max_new_tokens=args.max_new_tokens,
-                             temperature=args.temperature, seed=args.seed, as_chat=not args.raw)
+                             temperature=args.temperature, seed=args.seed, as_chat=not args.raw, images=args.image)
             print(json.dumps(out, indent=2, ensure_ascii=False))
             return 0
         if args.command == "bench":
             print(json.dumps(bench_bundle(args.bundle, tokens=args.tokens, batch=args.batch, runs=args.runs,
-                                          new_tokens=args.new_tokens, threads=args.threads), indent=2))
+                                          new_tokens=args.new_tokens, threads=args.threads, images=args.image),
+                             indent=2))
             return 0
         report = verify_bundle(args.bundle)
         print(json.dumps(report, indent=2))
         return 0 if report["ok"] else 1
-    except BundleError as exc:
+    except (BundleError, TunewrightError) as exc:  # a bad bundle, or a broken plugin (exit 2)
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
 

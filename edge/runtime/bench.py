@@ -1,4 +1,8 @@
-"""``bench``: batch-1 latency (p50/p95), throughput and peak memory of a bundle on this machine."""
+"""``bench``: batch-1 latency (p50/p95), throughput and peak memory of a bundle on this machine.
+
+What is timed comes from the predictor (``benchmark_inputs``): one forward pass for a predictor
+that does not generate, greedy generation without stopping at eos for one that does.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,12 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-SAMPLE_TEXT = ("the quick brown fox jumps over the lazy dog while the band plays a slow song "
-               "about rivers, mountains and the long road home ") * 8
+from .bundle import BundleError
+from .predictors import SAMPLE_TEXT  # noqa: F401  (re-exported: the sample text every bench uses)
 
 
 def peak_memory_mb() -> float:
@@ -31,85 +35,107 @@ def peak_memory_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def _percentiles(seconds: list[float]) -> dict[str, float]:
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    """p50, p95, mean and min of durations in seconds, as milliseconds."""
     values = np.asarray(seconds) * 1000
     # min beside the percentiles: on a shared machine it shows what the model costs without contention
     return {"p50_ms": float(np.percentile(values, 50)), "p95_ms": float(np.percentile(values, 95)),
             "mean_ms": float(values.mean()), "min_ms": float(values.min())}
 
 
-def _time_logits(predictor, feeds, warmup: int, runs: int) -> list[float]:
-    """Seconds per call of ``predictor.logits(feeds)`` over ``runs`` calls after ``warmup``."""
+def _time_logits(predictor, inputs, warmup: int, runs: int) -> list[float]:
+    """Seconds per call of ``predictor.logits(inputs)`` over ``runs`` calls after ``warmup``."""
     for _ in range(warmup):
-        predictor.logits(feeds)
+        predictor.logits(inputs)
     seconds = []
     for _ in range(runs):
         start = time.perf_counter()
-        predictor.logits(feeds)
+        predictor.logits(inputs)
         seconds.append(time.perf_counter() - start)
     return seconds
 
 
-def classifier_ids(codec, tokens: int) -> list[int]:
-    """Exactly ``tokens`` ids of ordinary text, special tokens included."""
-    ids = codec.encode(SAMPLE_TEXT, truncate=False)
-    return ids[: tokens - 1] + ids[-1:] if codec.add_special_tokens else ids[:tokens]
-
-
-def bench_predictor(predictor, manifest: dict, *, tokens: int = 16, batch: int = 1, runs: int = 50,
-                    warmup: int = 5, new_tokens: int = 64, prompt_tokens: int = 32) -> dict[str, Any]:
-    kind = manifest["task_kind"]
-    if kind == "sequence_classification":
-        feeds = predictor.feeds([classifier_ids(predictor.codec, tokens)] * batch)
-        seconds = _time_logits(predictor, feeds, warmup, runs)
-        stats = _percentiles(seconds)
-        return {"kind": kind, "batch": batch, "tokens": tokens, "runs": runs, **stats,
-                "examples_per_second": batch / float(np.median(seconds))}
-    if kind == "image_classification":
-        from PIL import Image
-
-        size = manifest["preprocessing"]["size"]
-        image = Image.fromarray((np.random.default_rng(0).random((size["height"], size["width"], 3)) * 255)
-                                .astype(np.uint8))
-        feeds = {predictor.input_name: predictor.pixel_values([image] * batch)}
-        seconds = _time_logits(predictor, feeds, warmup, runs)
-        return {"kind": kind, "batch": batch, "runs": runs, **_percentiles(seconds),
-                "examples_per_second": batch / float(np.median(seconds))}
-    # generation: a fixed prompt, then new_tokens greedy tokens without stopping at eos
-    prompt = predictor.codec.encode(SAMPLE_TEXT, add_special_tokens=False, truncate=False)[:prompt_tokens]
-    list(predictor.generate_ids(prompt, max_new_tokens=4, stop_at_eos=False))  # warm up
-    runs = max(1, min(runs, 3))
+def _time_generation(predictor, inputs, runs: int, new_tokens: int) -> dict[str, Any]:
+    list(predictor.stream(inputs, max_new_tokens=4, stop_at_eos=False))  # warm up
     rates, firsts, totals = [], [], []
     for _ in range(runs):
         start = time.perf_counter()
         first = None
         count = 0
-        for _token in predictor.generate_ids(prompt, max_new_tokens=new_tokens, stop_at_eos=False):
+        for _token in predictor.stream(inputs, max_new_tokens=new_tokens, stop_at_eos=False):
             count += 1
             if first is None:
                 first = time.perf_counter()
         end = time.perf_counter()
         firsts.append(first - start)
         totals.append(end - start)
+        # tokens after the first, over the time after the first: the prompt's cost stays out
         rates.append((count - 1) / (end - first) if count > 1 else 0.0)
-    return {"kind": kind, "prompt_tokens": len(prompt), "new_tokens": new_tokens, "runs": runs,
-            "tokens_per_second": float(np.median(rates)),
-            "first_token_ms": float(np.median(firsts) * 1000),
-            "ms_per_token": float(1000 / np.median(rates)) if np.median(rates) else None,
-            "total_s": float(np.median(totals))}
+    rate = float(np.median(rates))
+    return {"tokens_per_second": rate, "first_token_ms": float(np.median(firsts) * 1000),
+            "ms_per_token": 1000 / rate if rate else None, "total_s": float(np.median(totals))}
+
+
+def takes_images(method) -> bool:
+    """Whether a predictor's method (``run``, ``benchmark_inputs``) takes an ``images`` option."""
+    import inspect
+
+    try:
+        return "images" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def images_refused(predictor) -> str:
+    """The sentence for ``--image`` given to a predictor that takes no images beside its inputs."""
+    return (f"--image: a {predictor.task_kind} bundle takes no images beside its inputs (an image classifier "
+            "takes image paths as its inputs)")
+
+
+def bench_predictor(predictor, *, tokens: int = 16, batch: int = 1, runs: int = 50, warmup: int = 5,
+                    new_tokens: int = 64, prompt_tokens: int = 32, images: Sequence[Any] = ()) -> dict[str, Any]:
+    """Time ``predictor`` on its own benchmark inputs.
+
+    Classifiers: ``runs`` forward passes of ``batch`` x ``tokens`` after ``warmup``; p50/p95/mean/min
+    in ms and examples per second. Generators: ``new_tokens`` greedy tokens after a
+    ``prompt_tokens`` prompt (shown ``images`` first, for a predictor that takes images), the median
+    of ``min(runs, 3)`` runs: tokens per second after the first token, and the first token's
+    latency (the prompt, its images included). Raises :class:`BundleError` for ``images`` given to
+    a predictor that takes none.
+    """
+    figures: dict[str, Any] = {"kind": predictor.task_kind, "runtime": predictor.runtime}
+    extra: dict[str, Any] = {}
+    if images:
+        if not takes_images(predictor.benchmark_inputs):
+            raise BundleError(images_refused(predictor))
+        extra["images"] = list(images)
+    if predictor.generates:
+        inputs = predictor.benchmark_inputs(batch=1, tokens=prompt_tokens, **extra)
+        runs = max(1, min(runs, 3))
+        if "pixel_values" in inputs:
+            figures["views"] = int(np.asarray(inputs["pixel_values"]).shape[0])
+        return {**figures, "prompt_tokens": int(inputs["input_ids"].shape[1]), "new_tokens": new_tokens,
+                "runs": runs, **_time_generation(predictor, inputs, runs, new_tokens)}
+    inputs = predictor.benchmark_inputs(batch=batch, tokens=tokens, **extra)
+    seconds = _time_logits(predictor, inputs, warmup, runs)
+    if "input_ids" in inputs:
+        figures["tokens"] = int(inputs["input_ids"].shape[1])
+    return {**figures, "batch": batch, "runs": runs, **percentiles(seconds),
+            "examples_per_second": batch / float(np.median(seconds))}
 
 
 def bundle_size_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / (1024 * 1024)
 
 
-def bench_bundle(folder: str | Path, *, threads: int | None = None, **options) -> dict[str, Any]:
-    """Load a bundle (hashes checked) and time it; figures in ms, MiB, per second."""
+def bench_bundle(folder: str | Path, *, threads: int | None = None, pm: Any = None, **options) -> dict[str, Any]:
+    """Load a bundle (hashes checked) and time it (:func:`bench_predictor`); figures in ms, MiB,
+    per second, plus ``load_s``, ``size_mb`` and the process's ``peak_memory_mb``."""
     from . import load_bundle
 
     start = time.perf_counter()
-    predictor = load_bundle(folder, threads=threads)
+    predictor = load_bundle(folder, threads=threads, pm=pm)
     load_s = time.perf_counter() - start
-    figures = bench_predictor(predictor, predictor.manifest, **options)
+    figures = bench_predictor(predictor, **options)
     figures.update(load_s=load_s, size_mb=bundle_size_mb(Path(folder)), peak_memory_mb=peak_memory_mb())
     return figures

@@ -19,12 +19,13 @@ resized and normalised as the model's image processor did (its settings are in t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from .bundle import BundleError
-from .predictors import make_session
+from .predictors import SAMPLE_TEXT, _pick, make_session
+from .protocol import Inputs
 from .text import TextCodec
 
 # ---------------------------------------------------------------------------------------------
@@ -41,11 +42,30 @@ def geometry() -> dict[str, int]:
             "high_short_side": detail.HIGH_SHORT_SIDE, "tile": detail.TILE}
 
 
-def image_views(image, detail: str | None) -> list:
-    """The views of an image at ``detail``: :func:`tunewright.vision.views`, in RGB."""
+def view_settings(job_detail: str | None = None) -> dict[str, Any]:
+    """What a bundle records of how training cut its views: the geometry and the job's
+    ``vision.detail`` (``None``: each image's own detail, ``auto`` where it names none)."""
+    return {**geometry(), "detail": job_detail}
+
+
+def check_views(recorded: Mapping[str, Any], folder: Any = "") -> None:
+    """Raise :class:`BundleError` when this tunewright would cut views other than the ones the
+    bundle's model was trained on (its recorded geometry differs)."""
+    current = geometry()
+    differs = {key: (recorded.get(key), value) for key, value in current.items()
+               if key in recorded and recorded.get(key) != value}
+    if differs:
+        said = ", ".join(f"{key} {was} (here {now})" for key, (was, now) in differs.items())
+        raise BundleError(f"{folder}: the bundle's model was trained on views cut with {said}; this "
+                          "tunewright cuts them otherwise: run it with the tunewright version that made it")
+
+
+def image_views(image, detail: str | None, job_detail: str | None = None) -> list:
+    """The views of an image at ``detail``: :func:`tunewright.vision.views`, in RGB. ``job_detail``
+    (the job's ``vision.detail``) wins over the image's own, as it did in training."""
     from tunewright.vision import views
 
-    return [view if view.mode == "RGB" else view.convert("RGB") for view in views(image, detail)]
+    return [view if view.mode == "RGB" else view.convert("RGB") for view in views(image, job_detail or detail)]
 
 
 def pixel_values(views: Sequence[Any], image: dict) -> np.ndarray:
@@ -96,12 +116,20 @@ def open_image(source: Any):
 
 
 class ImageTextGenerator:
-    """Generation from images and a prompt with a bundle's three parts.
+    """Generation from images and a prompt with a bundle's three parts: the
+    :class:`~tunewright.edge.runtime.Predictor` of ``onnxruntime`` / ``image_text_to_text``
+    bundles (registered by the ``edge-image-text`` plugin).
 
     ``generate(messages)``: messages as the image-to-text task takes them (OpenAI content parts;
-    an ``image_url`` url may be a path, a data URL, or a PIL image). ``logits(batch)`` and
-    ``teacher_forced_logits(...)`` serve the parity gate and ``verify``.
+    an ``image_url`` url may be a path, a data URL, or a PIL image). Model inputs
+    (``logits``, ``teacher_forced_logits``, ``stream``) are ``input_ids`` with the ``<image>``
+    tokens expanded and ``pixel_values`` (V, 3, S, S) of every view in order, as the task collates
+    them.
     """
+
+    runtime: ClassVar[str] = "onnxruntime"
+    task_kind: ClassVar[str] = "image_text_to_text"
+    generates: ClassVar[bool] = True
 
     def __init__(self, folder: Path, manifest: dict, *, threads: int | None = None):
         self.folder = Path(folder)
@@ -110,6 +138,8 @@ class ImageTextGenerator:
         model = manifest["model"]
         pre = manifest["preprocessing"]
         self.pre = pre
+        self.views = dict(pre.get("views") or {})
+        check_views(self.views, self.folder)
         self.codec = TextCodec(self.folder, pre)
         self.eos_token_ids = set(self.codec.eos_token_ids)
         self.vision = make_session(self.folder / model["vision_file"], threads=threads)
@@ -175,10 +205,11 @@ class ImageTextGenerator:
 
     # -- what the parity gate and verify call ---------------------------------------------------
 
-    def logits(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+    def logits(self, batch: Inputs) -> np.ndarray:
         """Logits (B, T, vocab) of a right-padded batch as the task collates it (``input_ids``,
         ``attention_mask``, ``pixel_values`` of every view in example order); one pass per row."""
-        ids, mask = batch["input_ids"], batch["attention_mask"]
+        ids = np.asarray(batch["input_ids"])
+        mask = np.asarray(batch.get("attention_mask", np.ones_like(ids)))
         pixels = batch.get("pixel_values")
         rows, start = [], 0
         width = ids.shape[1]
@@ -193,10 +224,23 @@ class ImageTextGenerator:
             rows.append(padded)
         return np.stack(rows)
 
-    def teacher_forced_logits(self, prompt_ids: Sequence[int], continuation: Sequence[int],
+    @staticmethod
+    def _prompt(prompt: Inputs | Sequence[int], pixel_values: np.ndarray | None) -> tuple[list[int], np.ndarray | None]:
+        """Token ids and pixel values of a prompt given as model inputs (batch 1) or as ids."""
+        if isinstance(prompt, Mapping):
+            ids = np.asarray(prompt["input_ids"])
+            pixels = prompt.get("pixel_values", pixel_values)
+            if pixels is not None and not len(pixels):
+                pixels = None
+            return [int(i) for i in ids.reshape(-1)], pixels
+        return [int(i) for i in prompt], pixel_values
+
+    def teacher_forced_logits(self, prompt: Inputs | Sequence[int], continuation: Sequence[int],
                               pixel_values: np.ndarray | None = None) -> np.ndarray:
         """Logits predicting each token of ``continuation`` (len, vocab): the prompt (with its
-        images) in one pass, then one token at a time through the cache, as generation runs."""
+        images: ``pixel_values`` in the inputs, or given beside plain ids) in one pass, then one
+        token at a time through the cache, as generation runs."""
+        prompt_ids, pixel_values = self._prompt(prompt, pixel_values)
         logits, past = self.step(self.embed(prompt_ids, pixel_values), self.empty_past(), 0)
         rows = [logits[0, -1]]
         length = len(prompt_ids)
@@ -209,7 +253,9 @@ class ImageTextGenerator:
     # -- what a user calls ----------------------------------------------------------------------
 
     def encode(self, messages: list[dict]) -> tuple[list[int], np.ndarray | None]:
-        """Prompt ids (image tokens expanded) and pixel values for chat ``messages``."""
+        """Prompt ids (image tokens expanded) and pixel values for chat ``messages``; each image is
+        cut into views at its own ``detail``, or at the job's ``vision.detail`` when the bundle
+        records one (training cut them so)."""
         if not self.codec.chat_format:
             raise BundleError("this bundle has no chat format; it cannot render image prompts")
         marker = self.pre.get("image_token", "<image>")
@@ -223,7 +269,8 @@ class ImageTextGenerator:
                         text.append(part.get("text", ""))
                     elif part.get("type") == "image_url":
                         spec = part.get("image_url") or {}
-                        mine = image_views(open_image(spec.get("url")), spec.get("detail"))
+                        mine = image_views(open_image(spec.get("url")), spec.get("detail"),
+                                           self.views.get("detail"))
                         views += mine
                         text.append(marker * len(mine))
                     else:
@@ -237,25 +284,67 @@ class ImageTextGenerator:
         pixels = pixel_values(views, self.pre["image"]) if views else None
         return expanded, pixels
 
-    def generate_ids(self, prompt_ids: Sequence[int], pixel_values: np.ndarray | None = None, *,
-                     max_new_tokens: int = 64, stop_at_eos: bool = True) -> Iterator[int]:
-        """Greedy tokens after the prompt, through the KV cache."""
-        logits, past = self.step(self.embed(prompt_ids, pixel_values), self.empty_past(), 0)
+    def stream(self, inputs: Inputs, *, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
+               top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True) -> Iterator[int]:
+        """Tokens after the prompt (``input_ids`` (1, T), ``pixel_values``), through the KV cache:
+        greedy at ``temperature`` 0, else sampled (``top_k``, ``top_p``, ``seed``)."""
+        prompt_ids, pixels = self._prompt(inputs, None)
+        rng = np.random.default_rng(seed)
+        logits, past = self.step(self.embed(prompt_ids, pixels), self.empty_past(), 0)
         length = len(prompt_ids)
         for _ in range(max_new_tokens):
-            token = int(np.argmax(logits[0, -1]))
+            token = _pick(logits[0, -1], temperature, top_k, top_p, rng)
             if stop_at_eos and token in self.eos_token_ids:
                 return
             yield token
             logits, past = self.step(self.embed([token], None), past, length)
             length += 1
 
-    def generate(self, messages: list[dict] | str, *, max_new_tokens: int = 64, **_: Any) -> str:
-        """The reply to chat ``messages`` (or one user text) with their images."""
+    def generate_ids(self, prompt_ids: Sequence[int], pixel_values: np.ndarray | None = None, *,
+                     max_new_tokens: int = 64, stop_at_eos: bool = True, **options: Any) -> Iterator[int]:
+        """:meth:`stream` from plain ids and the pixel values of their images."""
+        inputs = {"input_ids": np.asarray([list(prompt_ids)], dtype=np.int64)}
+        if pixel_values is not None:
+            inputs["pixel_values"] = pixel_values
+        return self.stream(inputs, max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos, **options)
+
+    def messages(self, text: str, images: Sequence[Any] = (), detail: str | None = None) -> list[dict]:
+        """One user turn: the ``images`` (paths, data URLs or PIL images) then ``text``."""
+        parts: list[dict] = [{"type": "image_url", "image_url": {"url": image, **({"detail": detail} if detail else {})}}
+                             for image in images]
+        return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
+
+    def generate(self, messages: list[dict] | str, *, max_new_tokens: int = 64, images: Sequence[Any] = (),
+                 **options: Any) -> str:
+        """The reply to chat ``messages`` with their images, or to one user text with ``images``."""
         if isinstance(messages, str):
-            messages = [{"role": "user", "content": messages}]
+            messages = self.messages(messages, images)
         ids, pixels = self.encode(messages)
-        return self.codec.decode(list(self.generate_ids(ids, pixels, max_new_tokens=max_new_tokens)))
+        return self.codec.decode(list(self.generate_ids(ids, pixels, max_new_tokens=max_new_tokens, **options)))
+
+    def benchmark_inputs(self, *, batch: int = 1, tokens: int = 32, images: Sequence[Any] = ()) -> dict[str, np.ndarray]:
+        """A prompt of about ``tokens`` text tokens after ``images`` (default: one 256 x 256 image of
+        noise, one view at low detail), as model inputs (batch 1)."""
+        if not images:
+            from PIL import Image
+
+            noise = np.random.default_rng(0).random((256, 256, 3)) * 255
+            images = [Image.fromarray(noise.astype(np.uint8))]
+        words = self.codec.decode(self.codec.encode(SAMPLE_TEXT, add_special_tokens=False, truncate=False)[:tokens])
+        ids, pixels = self.encode(self.messages(words, images))
+        inputs = {"input_ids": np.asarray([ids], dtype=np.int64)}
+        if pixels is not None:
+            inputs["pixel_values"] = pixels
+        return inputs
+
+    def run(self, inputs: Sequence[str], *, images: Sequence[Any] = (), max_new_tokens: int = 64,
+            temperature: float = 0.0, seed: int | None = None, **options: Any) -> list[dict[str, Any]]:
+        """One reply per prompt in ``inputs``, each prompt shown ``images`` (paths) first."""
+        return [{"prompt": text, "images": [str(image) for image in images],
+                 "reply": self.generate(text, images=images, max_new_tokens=max_new_tokens,
+                                        temperature=temperature, seed=seed)}
+                for text in inputs]
 
 
-__all__ = ["ImageTextGenerator", "image_views", "pixel_values", "open_image", "geometry"]
+__all__ = ["ImageTextGenerator", "image_views", "pixel_values", "open_image", "geometry", "view_settings",
+           "check_views"]

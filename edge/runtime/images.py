@@ -113,9 +113,36 @@ def _resize_shape(height: int, width: int, resize: dict[str, int]) -> tuple[int,
     return resize["height"], resize["width"]
 
 
+def check_views(views: dict[str, Any] | None) -> str | None:
+    """Why this runtime cannot cut the views a bundle records (another low-detail side), or ``None``."""
+    if not views:
+        return None
+    from tunewright.vision import LOW_SIZE
+
+    if int(views.get("low_side", LOW_SIZE)) != LOW_SIZE:
+        return (f"the bundle's model saw images fit within {views.get('low_side')} pixels; this tunewright fits "
+                f"them within {LOW_SIZE}: run it with the version that made it")
+    return None
+
+
+def training_view(image, views: dict[str, Any] | None):
+    """The view of ``image`` a classifier trained on (:meth:`tunewright.vision` detail): fit within
+    ``low_side`` x ``low_side`` (never enlarged) when the recorded ``detail`` (the job's, or by
+    size where none) resolves to low; the image itself otherwise or when nothing is recorded."""
+    if not views:
+        return image
+    from tunewright.vision import low_view, resolve_detail
+
+    if resolve_detail(views.get("detail"), image.size) == "low":
+        view = low_view(image)
+        return view if view.mode == "RGB" else view.convert("RGB")
+    return image
+
+
 def pixel_values(images: Sequence[Any], settings: dict[str, Any], *, exif_transpose: bool | None = None) -> np.ndarray:
     """``(N, 3, H, W)`` float32 model input for images (paths or PIL images), per ``settings``
-    (a manifest's ``preprocessing``)."""
+    (a manifest's ``preprocessing``): the view training saw (:func:`training_view`), then the
+    image processor's steps."""
     rows = []
     upright = settings.get("exif_transpose", False) if exif_transpose is None else exif_transpose
     for image in images:
@@ -126,6 +153,7 @@ def pixel_values(images: Sequence[Any], settings: dict[str, Any], *, exif_transp
 
             image = image if isinstance(image, Image.Image) else Image.open(image)
             image = image.convert("RGB")
+        image = training_view(image, settings.get("views"))
         resize = settings.get("resize") or settings["size"]
         if settings.get("do_resize", True):
             height, width = _resize_shape(image.height, image.width, resize)

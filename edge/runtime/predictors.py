@@ -1,23 +1,48 @@
-"""Predictors over a bundle's ONNX model: text and image classification, and generation with the
-KV cache kept in numpy (or handed to onnxruntime-genai for bundles made by its model builder).
+"""The built-in predictors (:class:`~tunewright.edge.runtime.Predictor`): text and image
+classification, and generation with the KV cache kept in numpy (or handed to onnxruntime-genai for
+bundles made by its model builder).
 
 Nothing here imports torch or transformers.
 """
 
 from __future__ import annotations
 
-import time
+import json
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from .bundle import BundleError
-from .images import pixel_values
+from .images import check_views, pixel_values
+from .protocol import Inputs
 from .text import TextCodec
+
+SAMPLE_TEXT = ("the quick brown fox jumps over the lazy dog while the band plays a slow song "
+               "about rivers, mountains and the long road home ") * 8
+
+
+def physical_cores() -> int:
+    """Physical CPU cores this process may run on (hyper-threads of one core counted once): what
+    onnxruntime's sessions use by default. Linux's CPU topology; the logical count elsewhere."""
+    import os
+
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in allowed:
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
 
 
 def make_session(path: Path, *, threads: int | None = None):
+    """An onnxruntime CPU session with every graph optimisation on; ``threads`` intra-op threads
+    (``None``: onnxruntime's default, one per physical core)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -40,6 +65,7 @@ def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def describe_logits(row: np.ndarray, labels: list[str] | None) -> dict[str, Any]:
+    """``{"label", "index", "score", "scores"}`` of one classifier output row."""
     probs = softmax(row.astype(np.float64))
     best = int(np.argmax(row))
     names = labels or [str(i) for i in range(len(row))]
@@ -47,77 +73,175 @@ def describe_logits(row: np.ndarray, labels: list[str] | None) -> dict[str, Any]
             "scores": {names[i]: float(p) for i, p in enumerate(probs)}}
 
 
-class _OnnxPredictor:
+def as_prompt_inputs(prompt: Inputs | Sequence[int]) -> dict[str, np.ndarray]:
+    """Model inputs of batch 1 from either model inputs or plain token ids."""
+    if isinstance(prompt, Mapping):
+        return {name: np.asarray(value) for name, value in prompt.items()}
+    return {"input_ids": np.asarray([list(prompt)], dtype=np.int64)}
+
+
+class OnnxPredictor:
+    """Shared by the built-in predictors: one onnxruntime session over the manifest's model file.
+
+    Plugin predictors may subclass it; nothing in the protocol requires it.
+    """
+
+    runtime: ClassVar[str] = "onnxruntime"
+    task_kind: ClassVar[str] = ""
+    generates: ClassVar[bool] = False
+
     def __init__(self, folder: Path, manifest: dict, *, threads: int | None = None):
         self.folder = Path(folder)
         self.manifest = manifest
-        model = manifest["model"]
-        self.session = make_session(self.folder / model["file"], threads=threads)
+        self.session = make_session(self.folder / manifest["model"]["file"], threads=threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.logits_name = "logits" if "logits" in self.output_names else self.output_names[0]
         self.labels = manifest.get("labels")
 
+    def feeds(self, inputs: Inputs) -> dict[str, np.ndarray]:
+        """The session's feeds from model inputs: names it does not take dropped, integer inputs
+        as int64, ``attention_mask`` (ones) and ``token_type_ids`` (zeros) filled when missing."""
+        feeds = {name: np.asarray(value) for name, value in inputs.items() if name in self.input_names}
+        ids = feeds.get("input_ids")
+        if ids is not None:
+            if "attention_mask" in self.input_names and "attention_mask" not in feeds:
+                feeds["attention_mask"] = np.ones_like(ids)
+            if "token_type_ids" in self.input_names and "token_type_ids" not in feeds:
+                feeds["token_type_ids"] = np.zeros_like(ids)
+        for name, value in feeds.items():
+            if np.issubdtype(value.dtype, np.integer) and value.dtype != np.int64:
+                feeds[name] = value.astype(np.int64)
+        return feeds
 
-class TextClassifier(_OnnxPredictor):
+    def logits(self, inputs: Inputs) -> np.ndarray:
+        return self.session.run([self.logits_name], self.feeds(inputs))[0]
+
+    def teacher_forced_logits(self, prompt, continuation) -> np.ndarray:
+        raise NotImplementedError(f"a {self.task_kind} predictor does not generate")
+
+    def stream(self, inputs: Inputs, **options) -> Iterator[int]:
+        raise NotImplementedError(f"a {self.task_kind} predictor does not generate")
+
+
+class TextClassifier(OnnxPredictor):
     """``predict(["a text", ...])`` -> one ``{"label", "score", "scores"}`` per text."""
+
+    task_kind = "sequence_classification"
 
     def __init__(self, folder: Path, manifest: dict, **kwargs):
         super().__init__(folder, manifest, **kwargs)
         self.codec = TextCodec(self.folder, manifest["preprocessing"])
 
-    def feeds(self, ids_list: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
-        """Right-padded batch inputs for the model from token ids."""
+    def encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Right-padded model inputs for texts, tokenized as the tuned model's tokenizer did."""
+        return self.pad([self.codec.encode(text) for text in texts])
+
+    def pad(self, ids_list: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+        """Right-padded ``input_ids`` and ``attention_mask`` (B, T) from token ids."""
         width = max(len(ids) for ids in ids_list)
         input_ids = np.full((len(ids_list), width), self.codec.pad_token_id, dtype=np.int64)
         mask = np.zeros((len(ids_list), width), dtype=np.int64)
         for row, ids in enumerate(ids_list):
             input_ids[row, : len(ids)] = ids
             mask[row, : len(ids)] = 1
-        feeds = {"input_ids": input_ids, "attention_mask": mask,
-                 "token_type_ids": np.zeros_like(input_ids)}
-        return {name: feeds[name] for name in self.input_names}
+        return {"input_ids": input_ids, "attention_mask": mask}
 
-    def logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run(["logits"], feeds)[0]
+    def benchmark_inputs(self, *, batch: int = 1, tokens: int = 16) -> dict[str, np.ndarray]:
+        ids = self.codec.encode(SAMPLE_TEXT, truncate=False)
+        # exactly `tokens` ids, the closing special token ([SEP]) kept as the tokenizer would
+        ids = ids[: tokens - 1] + ids[-1:] if self.codec.add_special_tokens else ids[:tokens]
+        return self.pad([ids] * batch)
 
-    def predict(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+    def predict(self, texts: Sequence[str] | str) -> list[dict[str, Any]]:
         if isinstance(texts, str):
             texts = [texts]
-        logits = self.logits(self.feeds([self.codec.encode(text) for text in texts]))
-        return [describe_logits(row, self.labels) for row in logits]
+        return [describe_logits(row, self.labels) for row in self.logits(self.encode(texts))]
+
+    def run(self, inputs: Sequence[str], **options) -> list[dict[str, Any]]:
+        return self.predict(list(inputs))
 
 
-class ImageClassifier(_OnnxPredictor):
+class ImageClassifier(OnnxPredictor):
     """``predict([path_or_PIL_image, ...])``: turns images upright, resizes, crops, rescales and
     normalises as the tuned model's image processor did (the settings are in the manifest), with
     pillow and numpy (:mod:`tunewright.edge.runtime.images`)."""
+
+    task_kind = "image_classification"
 
     def __init__(self, folder: Path, manifest: dict, **kwargs):
         super().__init__(folder, manifest, **kwargs)
         self.pre = manifest["preprocessing"]
         self.input_name = self.input_names[0]
+        problem = check_views(self.pre.get("views"))
+        if problem:
+            raise BundleError(f"{folder}: {problem}")
 
     def pixel_values(self, images: Sequence[Any]) -> np.ndarray:
         """(N, 3, H, W) model input: the tuned model's image processor, as the manifest records it."""
         return pixel_values(images, self.pre)
 
-    def logits(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run(["logits"], feeds)[0]
+    def encode(self, images: Sequence[Any]) -> dict[str, np.ndarray]:
+        return {self.input_name: self.pixel_values(images)}
 
-    def predict(self, images: Sequence[Any]) -> list[dict[str, Any]]:
+    def benchmark_inputs(self, *, batch: int = 1, tokens: int = 16) -> dict[str, np.ndarray]:
+        from PIL import Image
+
+        size = self.pre["size"]
+        noise = np.random.default_rng(0).random((size["height"], size["width"], 3)) * 255
+        return self.encode([Image.fromarray(noise.astype(np.uint8))] * batch)
+
+    def predict(self, images: Sequence[Any] | Any) -> list[dict[str, Any]]:
         if not isinstance(images, (list, tuple)):
             images = [images]
-        logits = self.logits({self.input_name: self.pixel_values(images)})
-        return [describe_logits(row, self.labels) for row in logits]
+        return [describe_logits(row, self.labels) for row in self.logits(self.encode(images))]
+
+    def run(self, inputs: Sequence[str], **options) -> list[dict[str, Any]]:
+        return self.predict(list(inputs))
 
 
-class Generator(_OnnxPredictor):
+class _TextGeneration:
+    """Prompts, chat messages and replies: what both generators share (they need ``codec``)."""
+
+    generates: ClassVar[bool] = True
+    codec: TextCodec
+
+    def prompt_ids(self, prompt: str | list[dict[str, str]]) -> list[int]:
+        """Token ids of a raw prompt, or of chat messages rendered with the bundle's chat format."""
+        text = prompt if isinstance(prompt, str) else self.codec.render_chat(prompt)
+        return self.codec.encode(text, add_special_tokens=False, truncate=False)
+
+    def generate_ids(self, prompt_ids: Sequence[int], **options) -> Iterator[int]:
+        """:meth:`stream` from plain token ids."""
+        return self.stream(as_prompt_inputs(prompt_ids), **options)
+
+    def generate(self, prompt: str | list[dict[str, str]], **options) -> str:
+        """Generate a reply to a raw prompt or to chat messages (``[{"role", "content"}...]``)."""
+        return self.codec.decode(list(self.generate_ids(self.prompt_ids(prompt), **options)))
+
+    def benchmark_inputs(self, *, batch: int = 1, tokens: int = 32) -> dict[str, np.ndarray]:
+        ids = self.codec.encode(SAMPLE_TEXT, add_special_tokens=False, truncate=False)[:tokens]
+        return {"input_ids": np.asarray([ids] * batch, dtype=np.int64)}
+
+    def run(self, inputs: Sequence[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
+            seed: int | None = None, raw: bool = False, **options) -> list[dict[str, Any]]:
+        results = []
+        for text in inputs:
+            prompt = text if raw or not self.codec.chat_format else [{"role": "user", "content": text}]
+            results.append({"prompt": text, "reply": self.generate(
+                prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)})
+        return results
+
+
+class Generator(_TextGeneration, OnnxPredictor):
     """Greedy or sampled generation from a decoder exported with its KV cache.
 
     The cache lives in numpy between steps: ``past_key_values.N.key/value`` go in,
     ``present.N.key/value`` come out and are fed back. Works for optimum's decoder exports and for
     onnxruntime-genai model-builder files alike (the latter take no ``position_ids``).
     """
+
+    task_kind = "causal_lm"
 
     def __init__(self, folder: Path, manifest: dict, **kwargs):
         super().__init__(folder, manifest, **kwargs)
@@ -143,28 +267,42 @@ class Generator(_OnnxPredictor):
                  "attention_mask": np.ones((ids.shape[0], total), dtype=np.int64), **past}
         if self.uses_position_ids:
             feeds["position_ids"] = np.arange(past_length, total, dtype=np.int64)[None, :].repeat(ids.shape[0], 0)
-        outputs = self.session.run(["logits", *self.present_names], feeds)
+        outputs = self.session.run([self.logits_name, *self.present_names], feeds)
         new_past = {meta.name: value for meta, value in zip(self.past_inputs, outputs[1:])}
         return outputs[0], new_past
 
-    def teacher_forced_logits(self, prompt_ids: Sequence[int], continuation: Sequence[int]) -> np.ndarray:
-        """Logits predicting each token of ``continuation`` (len(continuation), V), fed one token at a
-        time through the cache exactly as generation does."""
-        logits, past = self.step(np.asarray([prompt_ids]), self.empty_past(), 0)
+    def logits(self, inputs: Inputs) -> np.ndarray:
+        """(B, T, V) for every position of ``input_ids``, from an empty cache. Rows are run one at a
+        time over their unpadded tokens (padding, left or right, gets zeros): the cache-shaped
+        graph takes no padding mask of its own."""
+        ids = np.asarray(inputs["input_ids"], dtype=np.int64)  # (B, T)
+        mask = np.asarray(inputs.get("attention_mask", np.ones_like(ids))).astype(bool)
+        out = None
+        for row in range(ids.shape[0]):
+            keep = mask[row]
+            logits, _ = self.step(ids[row][keep][None, :], self.empty_past(), 0)  # (1, n, V)
+            if out is None:
+                out = np.zeros((*ids.shape, logits.shape[-1]), dtype=np.float32)
+            out[row, keep] = logits[0]
+        return out
+
+    def teacher_forced_logits(self, prompt, continuation) -> np.ndarray:
+        ids = as_prompt_inputs(prompt)["input_ids"]
+        logits, past = self.step(ids, self.empty_past(), 0)
         rows = [logits[0, -1]]
-        length = len(prompt_ids)
+        length = ids.shape[1]
         for token in list(continuation)[:-1]:
             logits, past = self.step(np.asarray([[token]]), past, length)
             length += 1
             rows.append(logits[0, -1])
         return np.stack(rows).astype(np.float32)
 
-    def generate_ids(self, prompt_ids: Sequence[int], *, max_new_tokens: int = 64, temperature: float = 0.0,
-                     top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                     stop_at_eos: bool = True) -> Iterator[int]:
+    def stream(self, inputs: Inputs, *, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
+               top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True) -> Iterator[int]:
         rng = np.random.default_rng(seed)
-        logits, past = self.step(np.asarray([list(prompt_ids)]), self.empty_past(), 0)
-        length = len(prompt_ids)
+        ids = np.asarray(inputs["input_ids"], dtype=np.int64)
+        logits, past = self.step(ids, self.empty_past(), 0)
+        length = ids.shape[1]
         for _ in range(max_new_tokens):
             token = _pick(logits[0, -1], temperature, top_k, top_p, rng)
             if stop_at_eos and token in self.eos_token_ids:
@@ -172,15 +310,6 @@ class Generator(_OnnxPredictor):
             yield token
             logits, past = self.step(np.asarray([[token]]), past, length)
             length += 1
-
-    def prompt_ids(self, prompt: str | list[dict[str, str]]) -> list[int]:
-        if isinstance(prompt, str):
-            return self.codec.encode(prompt, add_special_tokens=False, truncate=False)
-        return self.codec.encode(self.codec.render_chat(prompt), add_special_tokens=False, truncate=False)
-
-    def generate(self, prompt: str | list[dict[str, str]], **options) -> str:
-        """Generate a reply to a raw prompt or to chat messages (``[{"role", "content"}...]``)."""
-        return self.codec.decode(list(self.generate_ids(self.prompt_ids(prompt), **options)))
 
 
 def _pick(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng) -> int:
@@ -201,13 +330,17 @@ def _pick(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng)
     return int(rng.choice(len(probs), p=probs))
 
 
-class GenAIGenerator:
+class GenAIGenerator(_TextGeneration):
     """Generation through onnxruntime-genai for bundles made by its model builder.
 
     Prompts are tokenized by the bundle's ``tokenizer.json`` (the same ids as the tuned model's
-    tokenizer); onnxruntime-genai runs the search loop and keeps the cache. ``teacher_forced_logits``
-    uses the numpy loop over the same ONNX file, so parity is measured on exactly these weights.
+    tokenizer); onnxruntime-genai runs the search loop and keeps the cache. ``logits`` and
+    ``teacher_forced_logits`` use the numpy loop over the same ONNX file, so parity is measured
+    on exactly these weights.
     """
+
+    runtime: ClassVar[str] = "onnxruntime-genai"
+    task_kind: ClassVar[str] = "causal_lm"
 
     def __init__(self, folder: Path, manifest: dict, *, threads: int | None = None):
         import onnxruntime_genai as og
@@ -218,27 +351,35 @@ class GenAIGenerator:
         self.codec = TextCodec(self.folder, manifest["preprocessing"])
         self.eos_token_ids = set(self.codec.eos_token_ids)
         self._og = og
-        self.model = og.Model(str(self.folder))
+        config = og.Config(str(self.folder))
+        # onnxruntime-genai runs its session on one thread unless told otherwise (measured: the
+        # 135M SmolLM2 decodes 100 tokens/s on one of two cores, 132 on both): one per physical
+        # core by default, as onnxruntime's own sessions do
+        self.threads = threads or physical_cores()
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": self.threads}}}}))
+        self.model = og.Model(config)
         self._numpy: Generator | None = None
         self._threads = threads
 
     @property
     def numpy_generator(self) -> Generator:
+        """A :class:`Generator` over the same ONNX file (opened on first use)."""
         if self._numpy is None:
             self._numpy = Generator(self.folder, self.manifest, threads=self._threads)
         return self._numpy
 
-    def teacher_forced_logits(self, prompt_ids, continuation) -> np.ndarray:
-        return self.numpy_generator.teacher_forced_logits(prompt_ids, continuation)
+    def logits(self, inputs: Inputs) -> np.ndarray:
+        return self.numpy_generator.logits(inputs)
 
-    prompt_ids = Generator.prompt_ids
+    def teacher_forced_logits(self, prompt, continuation) -> np.ndarray:
+        return self.numpy_generator.teacher_forced_logits(prompt, continuation)
 
-    def generate_ids(self, prompt_ids: Sequence[int], *, max_new_tokens: int = 64, temperature: float = 0.0,
-                     top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                     stop_at_eos: bool = True) -> Iterator[int]:
+    def stream(self, inputs: Inputs, *, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
+               top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True) -> Iterator[int]:
         og = self._og
+        ids = np.asarray(inputs["input_ids"], dtype=np.int32)  # (1, T)
         params = og.GeneratorParams(self.model)
-        options: dict[str, Any] = {"max_length": len(prompt_ids) + max_new_tokens}
+        options: dict[str, Any] = {"max_length": ids.shape[1] + max_new_tokens}
         if temperature > 0:
             options.update(do_sample=True, temperature=temperature, top_p=top_p)
             if top_k:
@@ -246,12 +387,12 @@ class GenAIGenerator:
         else:
             options["do_sample"] = False
         if not stop_at_eos:
-            options["min_length"] = len(prompt_ids) + max_new_tokens
+            options["min_length"] = ids.shape[1] + max_new_tokens
         params.set_search_options(**options)
         if seed is not None:
             params.set_search_options(random_seed=seed)
         generator = og.Generator(self.model, params)
-        generator.append_tokens(np.asarray([list(prompt_ids)], dtype=np.int32))
+        generator.append_tokens(ids)
         produced = 0
         while not generator.is_done() and produced < max_new_tokens:
             generator.generate_next_token()
@@ -261,33 +402,6 @@ class GenAIGenerator:
             produced += 1
             yield token
 
-    def generate(self, prompt, **options) -> str:
-        return self.codec.decode(list(self.generate_ids(self.prompt_ids(prompt), **options)))
 
-
-PREDICTORS = {
-    ("onnxruntime", "sequence_classification"): TextClassifier,
-    ("onnxruntime", "image_classification"): ImageClassifier,
-    ("onnxruntime", "causal_lm"): Generator,
-    ("onnxruntime-genai", "causal_lm"): GenAIGenerator,
-}
-
-
-def predictor_for(folder: Path, manifest: dict, *, threads: int | None = None):
-    key = (manifest.get("runtime"), manifest.get("task_kind"))
-    if key == ("onnxruntime", "image_text_to_text"):
-        from .image_text import ImageTextGenerator  # imports this module: looked up late
-
-        return ImageTextGenerator(folder, manifest, threads=threads)
-    cls = PREDICTORS.get(key)
-    if cls is None:
-        known = ", ".join(f"{r}/{k}" for r, k in PREDICTORS)
-        raise BundleError(f"{folder}: runtime {key[0]!r} with task kind {key[1]!r} is not one this "
-                          f"runtime knows ({known})")
-    return cls(folder, manifest, threads=threads)
-
-
-def timed(fn, *args, **kwargs) -> tuple[Any, float]:
-    start = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return result, time.perf_counter() - start
+__all__ = ["OnnxPredictor", "TextClassifier", "ImageClassifier", "Generator", "GenAIGenerator",
+           "make_session", "softmax", "log_softmax", "describe_logits", "as_prompt_inputs", "BundleError"]

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from .bundle import BundleError, open_bundle
-from .predictors import log_softmax, predictor_for
+from .predictors import log_softmax
+from .registry import predictor_for
 
 #: how far a rerun may fall from the recorded figures before verify fails
 AGREEMENT_SLACK = 0.05
@@ -28,9 +29,48 @@ def _examples(arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
             for i in range(count)]
 
 
-def verify_bundle(folder: str | Path, *, threads: int | None = None) -> dict[str, Any]:
+def _named(example: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {key[len(prefix):]: value for key, value in example.items() if key.startswith(prefix)}
+
+
+def _rerun_classifier(predictor, examples) -> dict[str, float]:
+    diffs, agree = [], []
+    for example in examples:
+        logits = predictor.logits(_named(example, "feed."))
+        reference = example["reference_logits"]
+        diffs.append(float(np.abs(logits - reference).max()))
+        agree.extend((logits.argmax(-1) == reference.argmax(-1)).tolist())
+    return {"max_abs_diff": max(diffs), "top1_agreement": float(np.mean(agree))}
+
+
+def _rerun_generator(predictor, examples) -> dict[str, float]:
+    agree, kl = [], []
+    for example in examples:
+        prompt = _named(example, "prompt.")
+        if not prompt:  # bundles written before prompts were stored as model inputs
+            prompt = {"input_ids": example["prompt_ids"][None, :]}
+        # an image-text bundle records the pixel values of its prompts' images beside them
+        pixels = example.get("pixel_values")
+        if pixels is not None and len(pixels):
+            prompt["pixel_values"] = pixels
+        logits = predictor.teacher_forced_logits(prompt, example["continuation"].tolist())
+        agree.extend((logits.argmax(-1) == example["reference_top1"]).tolist())
+        # KL(tuned || bundle) over the reference's recorded top tokens (a lower bound of the full KL)
+        ref_idx, ref_logp = example["reference_top_ids"], example["reference_top_logprobs"].astype(np.float64)
+        ours = log_softmax(logits.astype(np.float64))
+        ours_top = np.take_along_axis(ours, ref_idx.astype(np.int64), axis=-1)
+        kl.append(float((np.exp(ref_logp) * (ref_logp - ours_top)).sum(-1).mean()))
+    return {"top1_agreement": float(np.mean(agree)), "kl_top": float(np.mean(kl))}
+
+
+def verify_bundle(folder: str | Path, *, threads: int | None = None, pm: Any = None) -> dict[str, Any]:
     """Return ``{"ok", "files", "recorded", "rerun", "problems"}``; raise :class:`BundleError` when a
-    file was changed or the format is newer."""
+    file was changed or the format is newer.
+
+    ``ok`` is False, with a sentence per figure in ``problems``, when the rerun's top-1 agreement
+    falls more than ``AGREEMENT_SLACK`` below the recorded one, or its largest logit difference
+    exceeds ``DIFF_FACTOR`` times the recorded one (plus ``DIFF_FLOOR``).
+    """
     folder = Path(folder)
     manifest = open_bundle(folder, verify=True)
     parity = manifest.get("parity") or {}
@@ -43,33 +83,9 @@ def verify_bundle(folder: str | Path, *, threads: int | None = None) -> dict[str
         return report
     with np.load(folder / name, allow_pickle=False) as data:
         arrays = {key: data[key] for key in data.files}
-    predictor = predictor_for(folder, manifest, threads=threads)
+    predictor = predictor_for(folder, manifest, threads=threads, pm=pm)
     examples = _examples(arrays)
-    kind = manifest["task_kind"]
-    if kind in ("sequence_classification", "image_classification"):
-        diffs, agree = [], []
-        for example in examples:
-            feeds = {key[len("feed."):]: value for key, value in example.items() if key.startswith("feed.")}
-            logits = predictor.logits(feeds)
-            reference = example["reference_logits"]
-            diffs.append(float(np.abs(logits - reference).max()))
-            agree.extend((logits.argmax(-1) == reference.argmax(-1)).tolist())
-        rerun = {"max_abs_diff": max(diffs), "top1_agreement": float(np.mean(agree))}
-    else:
-        agree, kl = [], []
-        for example in examples:
-            prompt, continuation = example["prompt_ids"].tolist(), example["continuation"].tolist()
-            # an image-text bundle records the pixel values of its prompts' images beside them
-            pixels = example.get("pixel_values")
-            extra = {"pixel_values": pixels} if pixels is not None and len(pixels) else {}
-            logits = predictor.teacher_forced_logits(prompt, continuation, **extra)
-            agree.extend((logits.argmax(-1) == example["reference_top1"]).tolist())
-            # KL(tuned || bundle) over the reference's recorded top tokens (a lower bound of the full KL)
-            ref_idx, ref_logp = example["reference_top_ids"], example["reference_top_logprobs"].astype(np.float64)
-            ours = log_softmax(logits.astype(np.float64))
-            ours_top = np.take_along_axis(ours, ref_idx.astype(np.int64), axis=-1)
-            kl.append(float((np.exp(ref_logp) * (ref_logp - ours_top)).sum(-1).mean()))
-        rerun = {"top1_agreement": float(np.mean(agree)), "kl_top": float(np.mean(kl))}
+    rerun = _rerun_generator(predictor, examples) if predictor.generates else _rerun_classifier(predictor, examples)
     report["rerun"] = rerun
     recorded = report["recorded"]
     if "top1_agreement" in recorded and rerun["top1_agreement"] < recorded["top1_agreement"] - AGREEMENT_SLACK:

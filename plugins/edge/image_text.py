@@ -36,7 +36,8 @@ from typing import Any, Callable
 import numpy as np
 
 from tunewright import JobFailed, UsageError, hookimpl
-from tunewright.edge import DEFAULT_THRESHOLD, ExportedModel, ExportResult, ParityReport, chat_format
+from tunewright.edge import (DEFAULT_THRESHOLD, ExportedModel, ExportResult, ParityReport, bundle_folder, chat_format,
+                             check_out)
 
 TASK_KIND = "image_text_to_text"
 #: language models the onnxruntime-genai builder knows, by their transformers model type
@@ -162,12 +163,15 @@ class ImageTextExporter:
 
     def export_bundle(self, model, processor, task, examples: list[dict], out, *, quantize: str = "none",
                       threshold: float = DEFAULT_THRESHOLD, info: dict | None = None, pm=None,
-                      bench: bool = True, max_examples: int = 64, fidelity_examples: int = 4,
-                      new_tokens: int = 16, log: Callable[[str], None] = print, **_: Any) -> ExportResult:
+                      bench: bool = True, overwrite: bool = False, config=None, max_examples: int = 64,
+                      fidelity_examples: int = 4, new_tokens: int = 16, log: Callable[[str], None] = print,
+                      **_: Any) -> ExportResult:
+        """The whole path for an image+text model (:func:`tunewright.edge.export_bundle` hands it
+        over): :func:`export_image_text_bundle`."""
         return export_image_text_bundle(
             model, processor, task, examples, out, exporter=self, quantize=quantize, threshold=threshold,
-            info=info, pm=pm, bench=bench, max_examples=max_examples, fidelity_examples=fidelity_examples,
-            new_tokens=new_tokens, log=log)
+            info=info, pm=pm, bench=bench, overwrite=overwrite, config=config, max_examples=max_examples,
+            fidelity_examples=fidelity_examples, new_tokens=new_tokens, log=log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,8 +218,12 @@ class OnnxImageTextModel:
 # ---------------------------------------------------------------------------------------------
 
 
-def _preprocessing(processor, model, folder: Path) -> dict[str, Any]:
-    from tunewright.edge.runtime.image_text import geometry
+def _preprocessing(processor, model, folder: Path, config=None) -> dict[str, Any]:
+    """The bundle's ``preprocessing``: the tokenizer, chat format and image tokens, the image
+    processor's settings, and the views as training cut them (the job ``config``'s
+    ``vision.detail`` over each image's own)."""
+    from tunewright.edge.runtime.image_text import view_settings
+    from tunewright.vision import settings_of
 
     tokenizer = processor.tokenizer
     if not getattr(tokenizer, "is_fast", False):
@@ -239,7 +247,7 @@ def _preprocessing(processor, model, folder: Path) -> dict[str, Any]:
         "image_token": getattr(processor, "image_token", "<image>"),
         "image_token_id": image_token_id,
         "tokens_per_view": tokens_per_view,
-        "views": geometry(),
+        "views": view_settings(settings_of(config).detail),
         "image": {
             "size": {"height": int(size["height"]), "width": int(size["width"])},
             "do_resize": bool(getattr(image, "do_resize", True)),
@@ -338,23 +346,25 @@ def _fidelity(model, predictor, task, features: list[dict], processor, *, exampl
 
 def export_image_text_bundle(model, processor, task, examples: list[dict], out, *, exporter=None,
                              quantize: str = "none", threshold: float = DEFAULT_THRESHOLD,
-                             info: dict | None = None, pm=None, bench: bool = True, max_examples: int = 64,
-                             fidelity_examples: int = 4, new_tokens: int = 16,
-                             log: Callable[[str], None] = print) -> ExportResult:
+                             info: dict | None = None, pm=None, bench: bool = True, overwrite: bool = False,
+                             config=None, max_examples: int = 64, fidelity_examples: int = 4,
+                             new_tokens: int = 16, log: Callable[[str], None] = print) -> ExportResult:
     """Export a tuned image-text ``model`` (merged, fp32, eval mode), prove it against itself on
     held-out ``examples`` with ``task``'s metric, and write the bundle at ``out`` atomically.
+    ``out`` follows :func:`tunewright.edge.check_out` (an existing bundle is replaced only with
+    ``overwrite``; anything else is refused). ``config``: the job config (its ``vision.detail``
+    is recorded, so that the runtime cuts views as training did).
 
     Raises :class:`tunewright.JobFailed` when the bundle's next-token accuracy falls more than
     ``threshold`` points below the tuned model's; nothing is written at ``out`` then.
     """
-    from tunewright import atomic_directory, get_plugin_manager
+    from tunewright import get_plugin_manager
+    from tunewright.edge.runtime import predictor_for
     from tunewright.edge.runtime.bench import bundle_size_mb
     from tunewright.edge.runtime.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST, manifest_digest, sha256_file
-    from tunewright.edge.runtime.image_text import ImageTextGenerator
 
     out = Path(out)
-    if out.exists() and not (out / MANIFEST).is_file():
-        raise UsageError(f"--out: {out} exists and is not a bundle; choose a new folder")
+    check_out(out, overwrite=overwrite)
     if not examples:
         raise UsageError("the parity gate needs held-out examples, and there are none (the run kept no "
                          "validation data)")
@@ -375,12 +385,13 @@ def export_image_text_bundle(model, processor, task, examples: list[dict], out, 
     log(f"reference: the tuned model on {len(features)} held-out examples")
     tuned = task.metrics(model, batches)
     metric = task.primary_metric
+    direction = dict(getattr(task, "metric_directions", None) or {}).get(metric, "max")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".tmp-export-{out.name}-", dir=out.parent) as work:
         work = Path(work).resolve()
         log(f"export: {exporter.description}")
         base = exporter.export(model, processor, TASK_KIND, work / "export")
-        pre = _preprocessing(processor, model, work / "export")
+        pre = _preprocessing(processor, model, work / "export", config)
         candidates = []
         for name in names:
             stage = work / f"stage-{name}"
@@ -427,14 +438,15 @@ def export_image_text_bundle(model, processor, task, examples: list[dict], out, 
                 "preprocessing": pre,
                 "labels": None,
             }
-            predictor = ImageTextGenerator(stage, manifest)
+            predictor = predictor_for(stage, manifest, pm=pm)
             adapter = OnnxImageTextModel(predictor, model.config, model.generation_config)
             ours = task.metrics(adapter, batches)
             figures, arrays = _fidelity(model, predictor, task, features, processor,
                                         examples=fidelity_examples, new_tokens=new_tokens)
             figures.update({f"tuned_{k}": float(v) for k, v in tuned.items()})
             figures.update({f"bundle_{k}": float(v) for k, v in ours.items()})
-            report = ParityReport(metric, 100 * tuned[metric], 100 * ours[metric], threshold, figures, arrays)
+            report = ParityReport(metric, direction, {k: float(v) for k, v in tuned.items()},
+                                  {k: float(v) for k, v in ours.items()}, threshold, figures, arrays)
             log(f"  {name}: parity {'passed' if report.passed else 'FAILED'}\n{report.table()}")
             candidates.append((name, stage, manifest, report, predictor))
         passing = [c for c in candidates if c[3].passed]
@@ -444,9 +456,9 @@ def export_image_text_bundle(model, processor, task, examples: list[dict], out, 
                             f"below the tuned model; no bundle written at {out}\n{tables}")
         # the smallest that passes: every candidate runs the same tokens, so size decides
         name, stage, manifest, report, predictor = min(passing, key=lambda c: bundle_size_mb(c[1]))
-        with atomic_directory(out) as staging:
+        with bundle_folder(out, overwrite=overwrite) as staging:
             _link_files(stage, staging)
-            np.savez(staging / PARITY_FILE, **report.arrays)
+            np.savez_compressed(staging / PARITY_FILE, **report.arrays)
             manifest["parity"] = {**report.as_dict(), "examples_file": PARITY_FILE}
             if quantize == "auto":
                 manifest["quantization"]["chosen_by"] = "auto"
@@ -502,3 +514,10 @@ def _jsonable(value):
 @hookimpl(trylast=True)
 def register_exporters(register):
     register("image-text", ImageTextExporter())
+
+
+@hookimpl(trylast=True)
+def register_edge_runtimes(register):
+    from tunewright.edge.runtime.image_text import ImageTextGenerator
+
+    register("image-text-generator", ImageTextGenerator)

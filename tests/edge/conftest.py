@@ -52,7 +52,7 @@ def classifier_bundle(tmp_path_factory, tiny_classifier, classification_examples
 
     model, tokenizer = tiny_classifier
     out = tmp_path_factory.mktemp("bundles") / "classifier"
-    export_bundle(model, tokenizer, "sequence_classification", classification_examples, out, quantize="int8",
+    export_bundle(model, tokenizer, "classification", classification_examples, out, quantize="int8",
                   labels=["neg", "pos"], info={"base_model": "tiny-bert", "method": "none", "task": "classification"},
                   pm=edge_pm, log=lambda message: None)
     return out
@@ -64,7 +64,7 @@ def generator_bundle(tmp_path_factory, tiny_causal_lm, chat_examples, edge_pm) -
 
     model, tokenizer = tiny_causal_lm
     out = tmp_path_factory.mktemp("bundles") / "generator"
-    export_bundle(model, tokenizer, "causal_lm", chat_examples, out, exporter="optimum", quantize="int8-block",
+    export_bundle(model, tokenizer, "chat", chat_examples, out, exporter="optimum", quantize="int8-block",
                   info={"base_model": "tiny-llama", "method": "none", "task": "chat"}, pm=edge_pm,
                   fidelity_examples=3, new_tokens=12, log=lambda message: None)
     return out

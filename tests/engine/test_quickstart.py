@@ -33,6 +33,8 @@ def test_quickstart_tunes_smollm2_and_beats_the_baseline(tmp_path):
     assert (run / "adapter" / "adapter_model.safetensors").exists() and (run / "report.png").exists()
     # it ends with a verified 8-bit bundle, compared with PyTorch
     manifest = json.loads((tmp_path / "qs" / "bundle" / "manifest.json").read_text())
-    assert manifest["quantization"]["name"] == "int8-block" and manifest["parity"]["passed"]
-    assert manifest["benchmark"]["versus_torch"]["size"] < 0.6
+    # int8 is the bit width the user names; the scheme it chose for this decoder is block-wise
+    assert manifest["quantization"]["requested"] == "int8" and manifest["quantization"]["name"] == "int8-block"
+    assert manifest["parity"]["passed"]
+    assert manifest["benchmark"]["versus_torch"]["size"] <= 0.3  # 8-bit weights, the tied table once
     assert "verified:" in result.stderr and "tokens/s" in result.stderr

@@ -67,3 +67,24 @@ def test_mobilenet_job_beats_its_untrained_head_and_exports(digit_files, tmp_pat
     expected = [run.labels[i] for i in torch.cat([run.model(pixel_values=b["pixel_values"]).logits.argmax(-1)
                                                   for b in batches]).tolist()]
     assert predicted == expected
+
+    # int8 is a bit width: for a CNN, static per-channel QDQ on the convolutions (dynamic int8 would
+    # leave them in fp32), its activation ranges calibrated on the run's training images
+    from tunewright import UsageError
+
+    int8 = export_run(out, tmp_path / "int8", quantize="int8", bench=False, pm=pm, log=lambda message: None)
+    quantization = int8.manifest["quantization"]
+    assert (quantization["requested"], quantization["name"]) == ("int8", "int8-static")
+    assert quantization["calibration"] == "training" and quantization["calibration_examples"] == 64
+    assert int8.parity.passed
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "int8" / "model.onnx")).graph
+    weights = {i.name: i for i in graph.initializer}
+    quantized_convs = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in weights
+                       and weights[n.input[0]].data_type == onnx.TensorProto.INT8 and len(weights[n.input[0]].dims) == 4]
+    assert len(quantized_convs) == sum(n.op_type == "Conv" for n in graph.node)  # every convolution's weights
+    # 4 bits: no faithful scheme for a CNN; the refusal says why and what applies, and writes nothing
+    with pytest.raises(UsageError, match="'int4' does not apply.*convolutions in fp32; use int8 \\(int8-static"):
+        export_run(out, tmp_path / "int4", quantize="int4", bench=False, pm=pm, log=lambda message: None)
+    assert not (tmp_path / "int4").exists()

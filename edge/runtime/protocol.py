@@ -1,0 +1,89 @@
+"""What every edge predictor provides: the one protocol the runtime, ``bench``, ``verify`` and the
+parity gate talk to.
+
+A predictor opens one bundle's model on one runtime (onnxruntime, onnxruntime-genai...) for one
+task kind. The code around it never asks which kind it is: it asks the predictor.
+
+::
+
+    predictor = PredictorClass(folder, manifest, threads=None)
+    predictor.logits(inputs)                      # one forward pass: the parity gate and verify
+    predictor.teacher_forced_logits(prompt, ids)  # generators: fidelity along a continuation
+    predictor.benchmark_inputs(batch=1, tokens=16)   # what ``bench`` times
+    predictor.stream(inputs, max_new_tokens=64)      # generators: token ids, one at a time
+    predictor.run(["a text", ...])                # what ``edge run`` prints
+
+Inputs are always model inputs by name, as numpy arrays with the batch first (``input_ids``
+``(B, T)``, ``attention_mask`` ``(B, T)``, ``pixel_values`` ``(B, C, H, W)``...): the names the
+task's ``collate`` produces. A predictor ignores names its model does not take (``labels``) and
+fills the ones it can default (``token_type_ids`` zeros, ``attention_mask`` ones).
+
+A plugin brings a runtime for a new kind with the ``register_edge_runtimes`` hook::
+
+    @hookimpl
+    def register_edge_runtimes(register):
+        register("my-captioner", Captioner)   # Captioner.runtime, Captioner.task_kind say what it runs
+
+This module imports neither torch nor transformers, and neither may a predictor module: it runs on
+devices that have only ``tunewright[runtime]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+#: model inputs by name, numpy arrays with the batch first
+Inputs = Mapping[str, np.ndarray]
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """A bundle's model, ready to run. Registered as a class (``register_edge_runtimes``).
+
+    Class attributes say which bundles it opens: the manifest's ``runtime`` and ``task_kind``.
+    ``generates`` says whether it produces token sequences (then ``teacher_forced_logits`` and
+    ``stream`` work) or one prediction per input (classifiers).
+    """
+
+    runtime: ClassVar[str]
+    task_kind: ClassVar[str]
+    generates: ClassVar[bool]
+
+    #: the bundle's manifest as read from ``manifest.json``
+    manifest: dict[str, Any]
+    #: label names, index order (classifiers); ``None`` otherwise
+    labels: list[str] | None
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], *, threads: int | None = None) -> None:
+        """Open the model files of the bundle in ``folder`` (already checked against ``manifest``).
+        ``threads``: intra-op threads, ``None`` for the runtime's default (one per core)."""
+
+    def logits(self, inputs: Inputs) -> np.ndarray:
+        """One forward pass, no cache. Returns ``(B, C)`` for a classifier, ``(B, T, V)`` for a
+        generator (the logits at every position of ``input_ids``: position t predicts t + 1)."""
+
+    def teacher_forced_logits(self, prompt: Inputs | Sequence[int], continuation: Sequence[int]) -> np.ndarray:
+        """Generators: ``(len(continuation), V)`` logits predicting each token of ``continuation``
+        after ``prompt`` (model inputs of batch 1, or plain token ids), fed one token at a time
+        through the cache exactly as generation feeds them. Classifiers raise ``NotImplementedError``."""
+
+    def benchmark_inputs(self, *, batch: int = 1, tokens: int = 16) -> dict[str, np.ndarray]:
+        """Model inputs of a typical request, for ``bench``: ``batch`` rows of ``tokens`` tokens of
+        ordinary text (a text classifier), an image (an image classifier), or a prompt of ``tokens``
+        tokens (a generator, ``batch`` 1)."""
+
+    def stream(self, inputs: Inputs, *, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
+               top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True) -> Iterator[int]:
+        """Generators: the token ids generated after ``inputs`` (batch 1), one at a time; greedy at
+        ``temperature`` 0. Classifiers raise ``NotImplementedError``."""
+
+    def run(self, inputs: Sequence[str], **options: Any) -> list[dict[str, Any]]:
+        """What ``edge run`` prints, one JSON-ready result per raw input (a text, an image path, a
+        prompt). Generators take ``max_new_tokens``, ``temperature``, ``seed`` and ``raw`` (the
+        prompt as is, without the chat format); classifiers ignore options."""
+
+
+__all__ = ["Predictor", "Inputs"]
