@@ -120,3 +120,24 @@ def test_a_whole_bench_run_on_a_tiny_model(tiny_llama_dir, tmp_path):
     assert set(report["targets"]) == {"throughput_at_least_3x_plain_bf16", "peak_rss_at_most_half_of_plain",
                                       "validation_loss_no_worse"}
     assert "tunewright-auto / plain-fp32" in completed.stdout
+
+
+@pytest.mark.slow
+def test_the_step_profile_measures_every_lever_on_a_tiny_model(tiny_llama_dir, tmp_path):
+    out = tmp_path / "steps.json"
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--model", str(tiny_llama_dir), "--max-length", "64", "--step-profile",
+         "--step-profile-batches", "1", "--step-profile-rounds", "1", "--threads", "1",
+         "--workdir", str(tmp_path / "work"), "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(out.read_text())["step_profile"]
+    setups = result["setups"]
+    assert set(setups) == {"plain-fp32", "plain-bf16", "tunewright", "tw-before", "tw-fp32", "tw-lora-fp32-copies",
+                           "tw-every-position", "tw-sdpa", "tw-packed-eager", "tw-packed-sdpa"}
+    assert all(row["tokens_per_cpu_second"] > 0 for row in setups.values())
+    saved = {name: row["saved_for_backward_mib_longest_batch"] for name, row in setups.items()}
+    # a vocabulary of 49,152 and a hidden size of 64: the logits are most of what is kept
+    assert saved["tunewright"] < 0.7 * saved["tw-every-position"]
+    assert saved["tunewright"] < saved["tw-lora-fp32-copies"]
+    assert max(result["packed_vs_unpacked_max_relative_difference"].values()) < 1e-4

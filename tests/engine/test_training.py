@@ -219,7 +219,9 @@ def launcher(kind: str) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["torchrun", "accelerate"])
 def test_two_processes_train_as_one_with_the_same_global_batch(kind, tiny_llama_dir, tmp_path):
-    data = write_jsonl(tmp_path / "chat.jsonl", uneven_chat_rows(80))
+    # 25 training examples: micro-batches of 8, 8, 8 and 1, so at step 4 one process has no
+    # example of its own and must still take part in the step
+    data = write_jsonl(tmp_path / "chat.jsonl", uneven_chat_rows(28))
     raw = config(tiny_llama_dir, data, tmp_path / "two", max_steps=4, batch_size=4, logging_steps=1,
                  eval_steps=2, learning_rate=5e-3, max_forward_tokens="auto", group_by_length=True)
     raw["training"]["max_grad_norm"] = 1.0
@@ -241,6 +243,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(kind, tiny_llama_
         for key in ("loss", "eval_loss", "eval_mean_token_accuracy"):
             if key in theirs:
                 assert ours[key] == pytest.approx(theirs[key], rel=1e-4), (key, ours["step"])
+    assert len((tmp_path / "two" / "data" / "train.jsonl").read_text().splitlines()) == 25
     results = {name: json.loads((tmp_path / name / "eval.json").read_text()) for name in ("one", "two")}
     assert results["two"]["train"]["tokens"] == results["one"]["train"]["tokens"]
     assert results["two"]["final"]["loss"] < results["two"]["baseline"]["loss"] - 0.1
