@@ -202,7 +202,7 @@ def launch(command: list[str], cwd: Path, env: dict | None = None, timeout: int 
         except ProcessLookupError:
             pass
         if process.returncode is None:
-            process.communicate()
+            process.communicate(timeout=30)  # killed above: only its pipes are left to drain
     return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
