@@ -41,7 +41,10 @@ def train(pm, config_path: str, overrides: tuple[str, ...], resume: bool, overwr
     data = apply_overrides(read_yaml(config_path), list(overrides))
     config = load_config(data, pm.registries, source=config_path)
     result = run_job(config, pm, resume=resume, overwrite=overwrite, echo=_echo)
-    _echo(f"run written to {result.run_dir}")
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # under torchrun, the process that wrote it
+        _echo(f"run written to {result.run_dir}")
 
 
 @cli.command()

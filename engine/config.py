@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -65,7 +65,18 @@ class TrainingConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 weights where the CPU or GPU multiplies bf16 fast, else fp32")
     group_by_length: bool = Field(True, description="batch examples of similar length together")
+    max_forward_tokens: Literal["auto"] | StrictInt | None = Field(
+        "auto", description="a micro-batch with more padded positions (examples x longest) runs forward "
+        "and backward in pieces, with the same gradient: the peak memory follows a typical batch; "
+        "auto: twice the median micro-batch's; null: never split")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+
+    @field_validator("max_forward_tokens")
+    @classmethod
+    def _positive(cls, value):
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1 (or auto, or null to never split)")
+        return value
 
 
 class JobConfig(Section):

@@ -252,7 +252,9 @@ def prepare_run(config: JobConfig, pm: PluginManager, *, resume: bool = False, o
                                  key="training.early_stopping.metric")
     if main:
         check_run_dir(run_dir, resume=resume, overwrite=overwrite)
-    with accelerator.main_process_first():  # one process converts a packaged model into the cache
+    # A packaged model is converted into the cache once: by the main process first, then by each
+    # node's local main (a node whose cache is not shared with the main's), then the rest read it.
+    with accelerator.main_process_first(), accelerator.local_main_process_first():
         path, _ = resolve_model(config.model, registries)
     tokenizer = task.load_tokenizer(path, trust_remote_code=config.trust_remote_code)
     data = prepare_data(config, pm, tokenizer, labels=labels) if with_data else PreparedData(

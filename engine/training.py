@@ -3,12 +3,25 @@
 ::
 
     for epoch:                                   method.on_epoch(model, epoch)
-        for batch in length-grouped, seeded order (this rank's share under torchrun):
-            loss = model(**batch).loss [+ extra_loss(model)]       (B, T) -> scalar
-            backward; every `gradient_accumulation_steps`: clip, step, schedule, zero
+        for step: gradient_accumulation_steps micro-batches of batch_size examples per process,
+                  in length-grouped, seeded order (this rank's share under torchrun)
+            for piece of the micro-batch (a long one runs in pieces, see below):
+                summed, count = task.loss(model, piece)           (B, T) -> scalar, items summed
+                backward(summed / normaliser)
+            gradient *= normaliser / count of every item of the step on every process
+            [+ extra_loss(model): backward once]
+            clip, optimizer step, schedule, zero
             every logging_steps: run.log + a progress line
             every eval_steps:    evaluate, early stopping
             every save_steps:    checkpoint (trainable state, optimizer, schedule, RNG, data position)
+
+The loss of a step is the sum over every trained item (label token, example) of the step divided
+by how many there are, as transformers does with ``num_items_in_batch``: not the mean of
+per-micro-batch means, which would weigh a token of a short micro-batch more than one of a long
+one. So 2 processes x batch b, 1 process x 2 micro-batches of b and 1 process x batch 2b take the
+same step. The same holds inside a micro-batch: one with far more padded positions than usual
+(``training.max_forward_tokens``) runs forward and backward in pieces, which bounds the peak
+memory by a typical batch's rather than by the longest one's, at no cost in what is learnt.
 
 accelerate places the model and the batches, wraps the model for distributed data parallel under
 ``torchrun``/``accelerate launch`` and scales fp16 gradients on a GPU; everything else is written
@@ -20,8 +33,10 @@ resumed run logs every step exactly once and matches one that was never interrup
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import statistics
 import os
 import random
 import shutil
@@ -34,7 +49,7 @@ from typing import Any, Callable, Iterator
 import torch
 from safetensors.torch import load_file, save_file
 
-from .types import Method, TrainResult, optional
+from .types import Method, Task, TrainResult, optional
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINABLE_FILE = "trainable.safetensors"
@@ -86,6 +101,33 @@ def batch_order(features: list[dict], batch_size: int, seed: int, epoch: int, gr
 def _feature_length(feature: dict) -> int:
     ids = feature.get("input_ids")
     return len(ids) if ids is not None else 1
+
+
+def split_to_budget(indices: list[int], length: Callable[[int], int], budget: int | None) -> list[list[int]]:
+    """``indices`` (one micro-batch) in consecutive pieces whose padded size, examples x the
+    longest of them, stays within ``budget`` positions; one piece when ``budget`` is ``None``.
+    An example longer than the budget is a piece of its own."""
+    if not budget:
+        return [indices]
+    pieces: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in indices:
+        if current and (len(current) + 1) * max(longest, length(i)) > budget:
+            pieces.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, length(i))
+    return pieces + [current] if current else pieces
+
+
+def forward_budget(setting: int | str | None, batches: list[list[int]], length: Callable[[int], int]) -> int | None:
+    """``training.max_forward_tokens`` as a number of padded positions: ``auto`` is twice the
+    median micro-batch's (examples x longest), so that a typical micro-batch never splits."""
+    if setting != "auto":
+        return setting  # a number, or None: never split
+    sizes = [len(b) * max(length(i) for i in b) for b in batches if b]
+    return 2 * int(statistics.median(sizes)) if sizes else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,12 +207,28 @@ def _optimizer(run: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=t.learning_rate)
 
 
-def _tokens(batch: dict) -> int:
-    mask = batch.get("attention_mask")
-    if isinstance(mask, torch.Tensor):
-        return int(mask.sum())
+def _rows(batch: dict) -> int:
     first = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
-    return int(first.shape[0]) if first is not None else 0
+    return int(first.shape[0]) if first is not None else 1
+
+
+def summed_loss(task: Any, model: Any, batch: dict) -> tuple[torch.Tensor, float]:
+    """``(loss summed over the items of the batch, how many)``: the task's ``loss`` where it has
+    one; otherwise the model's own loss, a mean over the batch's examples."""
+    task_loss = optional(task, Task, "loss")
+    if task_loss is not None:
+        summed, count = task_loss(model, batch)
+        return summed, float(count)
+    rows = _rows(batch)
+    return model(**batch).loss * rows, float(rows)
+
+
+@dataclass
+class _Piece:
+    """A collated part of one process's share of a micro-batch."""
+
+    batch: dict
+    weight: float = 1.0  # 0: a stand-in that keeps an idle process in step under torchrun
 
 
 def train(run: Any, *, max_steps: int | None = None, stop_at_step: int | None = None,
@@ -187,11 +245,14 @@ def train(run: Any, *, max_steps: int | None = None, stop_at_step: int | None = 
       is one run;
     - ``resume_from``: a checkpoint folder (trainable state, optimizer, schedule, random state
       and position in the data);
-    - ``extra_loss(model)``: a scalar added to the task's loss at every step (a proximal term);
+    - ``extra_loss(model)``: a scalar added to the task's loss of every step (a proximal term);
     - ``save_checkpoints=False``: write nothing under the run directory (a federated round);
     - ``evaluate=False``: no evaluation (nor early stopping) during training.
 
-    ``TrainResult.metrics["train_loss"]`` is the mean loss over the steps trained.
+    Under ``torchrun`` every process calls this with the same run: each trains on its share of
+    every micro-batch, the gradients are averaged, and only the main process evaluates, logs,
+    prints and writes checkpoints. ``TrainResult.metrics["train_loss"]`` is the mean loss over
+    the steps trained.
     """
     from .run import evaluate as evaluate_run
     from .run import metric_greater_is_better
@@ -199,7 +260,7 @@ def train(run: Any, *, max_steps: int | None = None, stop_at_step: int | None = 
     t = run.config.training
     accelerator = run.accelerator
     features = run.train_features if features is None else features
-    world = accelerator.num_processes
+    world, rank = accelerator.num_processes, accelerator.process_index
     per_step = t.batch_size * world  # examples in one micro-batch across every process
     batches_per_epoch = max(1, math.ceil(len(features) / per_step))
     steps_per_epoch = max(1, math.ceil(batches_per_epoch / t.gradient_accumulation_steps))
@@ -232,6 +293,9 @@ def train(run: Any, *, max_steps: int | None = None, stop_at_step: int | None = 
     eval_steps = t.eval_steps or (max(1, t.logging_steps * 4) if early else None)
     save_steps = (eval_steps if early and not t.save_steps else t.save_steps) if save_checkpoints else None
     on_epoch = optional(run.method, Method, "on_epoch")
+    length = lambda i: _feature_length(features[i])  # noqa: E731
+    budget = forward_budget(t.max_forward_tokens, [b[rank::world] for b in batch_order(
+        features, per_step, run.config.seed, 0, t.group_by_length, _feature_length)], length)
     best_state: dict[str, torch.Tensor] | None = None
     started = time.monotonic()
     start_step, start_tokens = progress.step, progress.tokens
@@ -239,7 +303,9 @@ def train(run: Any, *, max_steps: int | None = None, stop_at_step: int | None = 
     checkpoint: Path | None = None
     stopped_early = False
 
-    def micro_batches() -> Iterator[dict]:
+    def micro_batches() -> Iterator[tuple[list[_Piece], int]]:
+        """Each micro-batch as this process's pieces, with the positions of the whole micro-batch
+        (every process's examples): the same number on every process, known without asking."""
         while True:
             if on_epoch is not None:
                 on_epoch(run.model, progress.epoch)
@@ -247,27 +313,53 @@ def train(run: Any, *, max_steps: int | None = None, stop_at_step: int | None = 
                                 _feature_length)
             for position in range(progress.batch_in_epoch, len(order)):
                 progress.batch_in_epoch = position + 1
-                share = order[position][accelerator.process_index::world]  # this rank's examples
-                if not share:
-                    share = order[position][:1]
-                batch = run.task.collate([features[i] for i in share], run.tokenizer)
-                yield {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                share = order[position][rank::world]  # this process's examples
+                if share:
+                    pieces = [_Piece(run.task.collate([features[i] for i in part], run.tokenizer))
+                              for part in split_to_budget(share, length, budget)]
+                else:  # fewer examples than processes: train on a copy, weighed 0
+                    pieces = [_Piece(run.task.collate([features[order[position][0]]], run.tokenizer), 0.0)]
+                for piece in pieces:
+                    piece.batch = {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v
+                                   for k, v in piece.batch.items()}
+                yield pieces, sum(length(i) for i in order[position])
             progress.epoch += 1
             progress.batch_in_epoch = 0
 
     stream = micro_batches()
     while progress.step < stop and not stopped_early:
-        step_loss = 0.0
-        for _ in range(t.gradient_accumulation_steps):
-            batch = next(stream)
-            progress.tokens += _tokens(batch) * world
-            with accelerator.autocast():
-                loss = model(**batch).loss  # the task's loss, as the model computes it for these labels
-                if extra_loss is not None:
-                    loss = loss + extra_loss(run.model)
-            loss = loss / t.gradient_accumulation_steps
-            accelerator.backward(loss)
-            step_loss += loss.detach().float().item()
+        # -- one optimizer step ------------------------------------------------------------------
+        step_batches = [next(stream) for _ in range(t.gradient_accumulation_steps)]
+        pieces = [piece for batch_pieces, _ in step_batches for piece in batch_pieces]
+        positions = sum(n for _, n in step_batches)  # non-padding positions of the step, every process
+        progress.tokens += positions
+        # Backward passes see the loss over a normaliser every process knows in advance (the
+        # step's positions), so that gradients keep the size of a mean's (fp16 needs that); the
+        # exact division, by every item of the step on every process, is applied after.
+        normaliser = float(max(positions, 1))
+        loss_sum, items = 0.0, 0.0
+        for i, piece in enumerate(pieces):
+            # DDP averages gradients over the processes in the last backward pass of the step only
+            syncing = world == 1 or i == len(pieces) - 1
+            with contextlib.nullcontext() if syncing else model.no_sync():
+                with accelerator.autocast():
+                    summed, count = summed_loss(run.task, model, piece.batch)  # scalar, items it sums
+                accelerator.backward(summed * piece.weight / normaliser)
+            loss_sum += summed.detach().double().item() * piece.weight
+            items += count * piece.weight
+        if world > 1:
+            totals = torch.tensor([loss_sum, items], dtype=torch.float64, device=accelerator.device)
+            loss_sum, items = accelerator.reduce(totals, reduction="sum").tolist()
+        # the gradient now is the mean over processes of (summed loss / normaliser): make it
+        # (summed loss over every process) / items
+        for param in trainable:
+            if param.grad is not None:
+                param.grad.mul_(normaliser * world / max(items, 1.0))
+        step_loss = loss_sum / items if items else 0.0
+        if extra_loss is not None:  # a term on the weights themselves (FedProx's), once per step
+            extra = extra_loss(run.model)
+            accelerator.backward(extra)
+            step_loss += extra.detach().float().item()
         if t.max_grad_norm:
             accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
         optimizer.step()
@@ -282,6 +374,8 @@ def train(run: Any, *, max_steps: int | None = None, stop_at_step: int | None = 
         progress.losses.append(step_loss)
         window_loss += step_loss
         window_steps += 1
+
+        # -- logging, evaluation, early stopping, checkpoints ---------------------------------------
         if progress.step % t.logging_steps == 0 or progress.step == stop:
             elapsed = time.monotonic() - started
             rate = (progress.tokens - start_tokens) / elapsed if elapsed > 0 else 0.0
@@ -340,4 +434,5 @@ def _broadcast(flag: bool) -> bool:
     return bool(box[0])
 
 
-__all__ = ["train", "last_checkpoint", "checkpoint_step", "batch_order", "CHECKPOINT_PREFIX"]
+__all__ = ["train", "last_checkpoint", "checkpoint_step", "batch_order", "split_to_budget", "forward_budget",
+           "summed_loss", "CHECKPOINT_PREFIX"]

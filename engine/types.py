@@ -124,7 +124,12 @@ class Task(Protocol):
     regression; default: ``primary_metric``); ``summarize(examples) -> dict`` and
     ``render_summary(summary) -> list[str]`` (facts of the task's own for ``tunewright validate``:
     images and pixels, for instance); ``default_model`` (the registered model whose tokenizer or
-    image processor ``tunewright validate`` uses when no model or config is named).
+    image processor ``tunewright validate`` uses when no model or config is named);
+    ``loss(model, batch) -> (summed_loss, count)`` (the training loss of a batch from
+    :meth:`collate`, summed over the items it counts, label tokens or examples, and how many
+    there are: the engine divides by the count over every micro-batch of a step and every process,
+    so gradient accumulation and ``torchrun`` give the gradient of one big batch; default:
+    ``model(**batch).loss`` taken as the mean over the batch's examples).
     """
 
     #: the task kind (:mod:`tunewright.kinds`): what shape of model the task trains
@@ -186,6 +191,8 @@ class TaskOptions(Protocol):
     def summarize(self, examples: list[dict]) -> dict: ...
 
     def render_summary(self, summary: dict) -> list[str]: ...
+
+    def loss(self, model: Any, batch: dict) -> tuple[Any, int]: ...
 
 
 # -------------------------------------------------------------------------

@@ -179,7 +179,12 @@ class ChatTask:
             "labels": pad([f["labels"] for f in features], IGNORE),  # (B, T)
         }
 
-    # -- figures -------------------------------------------------------------------------------
+    # -- loss and figures ----------------------------------------------------------------------
+
+    def loss(self, model, batch: dict) -> tuple[torch.Tensor, int]:
+        """Cross-entropy summed over the trained (assistant) tokens, and how many there are."""
+        logits, targets = scored_logits(model, batch)  # (K, V), (K,)
+        return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum"), targets.numel()
 
     @torch.no_grad()
     def metrics(self, model, batches: Iterable[dict]) -> dict[str, float]:
@@ -190,16 +195,42 @@ class ChatTask:
         loss_sum, tokens, correct = 0.0, 0, 0
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            logits = logits[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
-            targets = batch["labels"][:, 1:]  # (B, T-1)
-            mask = targets != IGNORE
-            loss_sum += torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum").item()
-            correct += (logits.argmax(-1)[mask] == targets[mask]).sum().item()
-            tokens += int(mask.sum())
+            logits, targets = scored_logits(model, batch)
+            logits = logits.float()  # (K, V)
+            loss_sum += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+            correct += (logits.argmax(-1) == targets).sum().item()
+            tokens += targets.numel()
         if was_training:
             model.train()
         if tokens == 0:
             return {"loss": float("nan"), "perplexity": float("nan"), "mean_token_accuracy": 0.0}
         loss = loss_sum / tokens
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "mean_token_accuracy": correct / tokens}
+
+
+def scored_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits of the positions that predict a trained token, and those tokens: ``(K, V)``, ``(K,)``.
+
+    The LM head runs on those positions only: a hook hands the model's output embeddings ``(K, C)``
+    hidden states instead of ``(B, T, C)``. In a chat batch about a third of the positions
+    predict an assistant token; the logits of the rest (49,152 floats each for SmolLM2) and their
+    gradient are never made. A model whose head cannot be reached (an ONNX session behind a
+    torch-like adapter) gives every position's logits and the scored ones are picked from those.
+    """
+    targets = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)  # (B, T): t predicts t+1
+    keep = targets != IGNORE  # (B, T)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    inner = getattr(model, "module", model)  # the model inside DistributedDataParallel
+    get_head = getattr(inner, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if head is None:
+        logits = model(**inputs).logits  # (B, T, V)
+    else:
+        handle = head.register_forward_pre_hook(lambda module, args: (args[0][keep], *args[1:]))
+        try:
+            logits = model(**inputs, use_cache=False).logits  # (K, V)
+        finally:
+            handle.remove()
+    if logits.dim() == keep.dim() + 1:  # the head ran on every position after all
+        logits = logits[keep]  # (K, V)
+    return logits, targets[keep]

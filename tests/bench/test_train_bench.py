@@ -73,8 +73,32 @@ def test_referee_loss_equals_the_chat_task_loss(bench, tiny_llama_dir):
     features = [bench.tokenize_assistant_only(m, tokenizer) for m in CONVERSATIONS]
     ours = bench.heldout_metrics(model, features, tokenizer.pad_token_id, batch_size=2)
     theirs = task.metrics(model, [task.collate(features[i:i + 2], tokenizer) for i in range(0, len(features), 2)])
-    assert ours["tokens"] == theirs["tokens"]
+    assert ours["tokens"] == sum(sum(1 for t in f["labels"][1:] if t != bench.IGNORE) for f in features)
     assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
+    assert ours["mean_token_accuracy"] == pytest.approx(theirs["mean_token_accuracy"], rel=1e-6)
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_packed_rows_give_each_example_its_unpacked_loss(bench, tiny_llama_dir, attention):
+    """The bench's packing lever is measured on a packing that keeps examples apart."""
+    import torch
+    from tunewright import get_plugin_manager
+    from transformers import AutoModelForCausalLM
+
+    task = get_plugin_manager().registries.get("tasks", "chat", key="task")
+    tokenizer = task.load_tokenizer(tiny_llama_dir)
+    batch = task.collate([task.tokenize({"messages": m}, tokenizer) for m in CONVERSATIONS], tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32, attn_implementation=attention)
+    unpacked = bench.per_example_losses(model, batch, packed=False)
+    assert bench.per_example_losses(model, batch, packed=True) == pytest.approx(unpacked, rel=1e-5)
+    # positions that run on from one example into the next let each see the ones before it
+    leaky = bench.pack(batch)
+    leaky["position_ids"] = torch.arange(leaky["input_ids"].shape[1])[None]
+    losses, example = bench.packed_token_losses(model, leaky)
+    with torch.no_grad():
+        seen = torch.zeros(len(CONVERSATIONS)).index_add_(0, example, losses).tolist()
+    assert seen[0] == pytest.approx(unpacked[0], rel=1e-5)
+    assert max(abs(a - b) / abs(b) for a, b in zip(seen[1:], unpacked[1:])) > 1e-3  # 100x the tolerance above
 
 
 @pytest.mark.slow
@@ -92,5 +116,28 @@ def test_a_whole_bench_run_on_a_tiny_model(tiny_llama_dir, tmp_path):
     for run in runs.values():
         assert run["global_step"] == 2 and run["train_tokens"] > 0 and run["peak_rss_mib"] > 0
     assert report["heldout"]["tunewright-auto"]["tokens"] == report["heldout"]["plain-fp32"]["tokens"]
-    assert set(report["ratios_tunewright_over_plain"]) >= {"throughput", "peak_rss", "validation_loss"}
+    assert set(report["ratios_tunewright_over_plain"]["plain-fp32"]) >= {"throughput", "peak_rss", "validation_loss"}
+    assert set(report["targets"]) == {"throughput_at_least_3x_plain_bf16", "peak_rss_at_most_half_of_plain",
+                                      "validation_loss_no_worse"}
     assert "tunewright-auto / plain-fp32" in completed.stdout
+
+
+@pytest.mark.slow
+def test_the_step_profile_measures_every_lever_on_a_tiny_model(tiny_llama_dir, tmp_path):
+    out = tmp_path / "steps.json"
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--model", str(tiny_llama_dir), "--max-length", "64", "--step-profile",
+         "--step-profile-batches", "1", "--step-profile-rounds", "1", "--threads", "1",
+         "--workdir", str(tmp_path / "work"), "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(out.read_text())["step_profile"]
+    setups = result["setups"]
+    assert set(setups) == {"plain-fp32", "plain-bf16", "tunewright", "tw-before", "tw-fp32", "tw-lora-fp32-copies",
+                           "tw-every-position", "tw-sdpa", "tw-packed-eager", "tw-packed-sdpa"}
+    assert all(row["tokens_per_cpu_second"] > 0 for row in setups.values())
+    saved = {name: row["saved_for_backward_mib_longest_batch"] for name, row in setups.items()}
+    # a vocabulary of 49,152 and a hidden size of 64: the logits are most of what is kept
+    assert saved["tunewright"] < 0.7 * saved["tw-every-position"]
+    assert saved["tunewright"] < saved["tw-lora-fp32-copies"]
+    assert max(result["packed_vs_unpacked_max_relative_difference"].values()) < 1e-4
