@@ -25,8 +25,10 @@ def chat_examples() -> list[dict]:
 
 @pytest.fixture(scope="session")
 def tiny_classifier(tiny_bert_dir):
+    import torch
     from transformers import AutoTokenizer, BertForSequenceClassification
 
+    torch.manual_seed(0)  # the new head: the same model whichever test asks first
     model = BertForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2).eval()
     return model, AutoTokenizer.from_pretrained(tiny_bert_dir)
 

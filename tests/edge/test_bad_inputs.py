@@ -88,22 +88,20 @@ def test_tunewright_edge_commands(classifier_bundle, bundle_copy):
 class _Wrecker:
     """A quantizer plugin that ruins the model: the parity gate must stop it."""
 
-    description = "zeroes every weight"
+    description = "negates the logits: every prediction flips, whatever the weights are"
     auto_candidate = False
 
     def supports(self, exported):
         return exported.runtime == "onnxruntime"
 
     def quantize(self, exported, out_dir, calibration):
-        import numpy as np
         import onnx
-        from onnx import numpy_helper
 
         model = onnx.load(str(exported.path))
-        for tensor in model.graph.initializer:
-            array = numpy_helper.to_array(tensor)
-            if array.dtype == np.float32 and array.ndim == 2:
-                tensor.CopyFrom(numpy_helper.from_array(np.zeros_like(array), tensor.name))
+        output = model.graph.output[0].name
+        for node in model.graph.node:
+            node.output[:] = [f"{name}_before_wreck" if name == output else name for name in node.output]
+        model.graph.node.append(onnx.helper.make_node("Neg", [f"{output}_before_wreck"], [output]))
         out_dir.mkdir(parents=True)
         onnx.save(model, str(out_dir / exported.model_file))
         return exported.moved(out_dir, quantization={"name": "wreck"})

@@ -146,7 +146,7 @@ def test_hook_register_edge_runtimes_brings_a_runtime_for_a_new_kind(classifier_
     # something else than the tuned model, and verify says so
     report = verify_bundle(bundle, pm=pm)
     assert report["rerun"]["max_abs_diff"] > report["recorded"]["max_abs_diff"]
-    assert not report["ok"] and "max abs logit difference" in report["problems"][0]
+    assert not report["ok"] and any("max abs logit difference" in problem for problem in report["problems"])
 
 
 def test_a_plugin_runtime_wins_over_a_builtin_and_two_plugins_are_an_error(classifier_bundle):
