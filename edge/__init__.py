@@ -8,7 +8,7 @@ registered with ``register_edge_runtimes``), which imports neither torch nor tra
 module at import time).
 """
 
-from .export import AUTO, ExportResult, bundle_folder, check_out, export_bundle, export_run
+from .export import AUTO, ExportResult, bundle_folder, check_out, export_bundle, export_run, write_manifest
 from .parity import DEFAULT_THRESHOLD, ParityReport, measure_parity
 from .preprocessing import chat_format
 from .protocols import ExportedModel, Exporter, Quantizer
@@ -17,7 +17,7 @@ from .runtime.protocol import Inputs, Predictor
 
 __all__ = [
     "Exporter", "Quantizer", "ExportedModel",
-    "export_bundle", "export_run", "ExportResult", "AUTO", "check_out", "bundle_folder",
+    "export_bundle", "export_run", "ExportResult", "AUTO", "check_out", "bundle_folder", "write_manifest",
     "measure_parity", "ParityReport", "DEFAULT_THRESHOLD",
     "chat_format", "FORMAT_VERSION", "BundleError", "Predictor", "Inputs",
 ]

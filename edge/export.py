@@ -369,14 +369,7 @@ def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Pa
                 del predictor
                 manifest["benchmark"]["torch_fp32"] = torch_figures
                 manifest["benchmark"]["versus_torch"] = versus_torch(manifest["benchmark"], torch_figures)
-            manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-            manifest["export_seconds"] = round(time.perf_counter() - started, 1)
-            manifest["files"] = {
-                p.relative_to(staging).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                for p in sorted(staging.rglob("*")) if p.is_file() and p.name != MANIFEST}
-            manifest = json.loads(json.dumps(manifest, default=_jsonable))
-            manifest["manifest_sha256"] = manifest_digest(manifest)
-            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+            manifest = write_manifest(staging, manifest, started=started)
     log(f"bundle: {out} ({manifest['quantization']['name']}, {bundle_size_mb(out):.1f} MiB)")
     return ExportResult(out, manifest, best.parity, [c.summary() for c in candidates])
 
@@ -410,6 +403,23 @@ def _write_ort(folder: Path, model_file: str) -> str:
         target = source.with_suffix(".ort")
         made[0].replace(target)
     return target.relative_to(folder).as_posix()
+
+
+def write_manifest(staging: Path, manifest: dict[str, Any], *, started: float) -> dict[str, Any]:
+    """Seal a bundle being written in ``staging``: stamp ``manifest`` with the time and how long
+    the export took (since ``started``, a ``time.perf_counter()``), the size and SHA-256 of every
+    file already in the folder, and its own digest; write it as ``manifest.json``. Call it last,
+    once every other file is in place. Returns the manifest as written (JSON types only)."""
+    manifest = dict(manifest)
+    manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    manifest["export_seconds"] = round(time.perf_counter() - started, 1)
+    manifest["files"] = {
+        p.relative_to(staging).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        for p in sorted(staging.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    manifest = json.loads(json.dumps(manifest, default=_jsonable))
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
 
 
 def _machine() -> dict[str, Any]:

@@ -21,9 +21,7 @@ and KL(tuned || bundle) along the tuned model's own greedy continuations, throug
 from __future__ import annotations
 
 import contextlib
-import datetime
 import io
-import json
 import os
 import shutil
 import tempfile
@@ -37,7 +35,7 @@ import numpy as np
 
 from tunewright import JobFailed, UsageError, hookimpl
 from tunewright.edge import (DEFAULT_THRESHOLD, ExportedModel, ExportResult, ParityReport, bundle_folder, chat_format,
-                             check_out)
+                             check_out, write_manifest)
 
 TASK_KIND = "image_text_to_text"
 #: language models the onnxruntime-genai builder knows, by their transformers model type
@@ -361,7 +359,7 @@ def export_image_text_bundle(model, processor, task, examples: list[dict], out, 
     from tunewright import get_plugin_manager
     from tunewright.edge.runtime import predictor_for
     from tunewright.edge.runtime.bench import bundle_size_mb
-    from tunewright.edge.runtime.bundle import FORMAT_NAME, FORMAT_VERSION, MANIFEST, manifest_digest, sha256_file
+    from tunewright.edge.runtime.bundle import FORMAT_NAME, FORMAT_VERSION
 
     out = Path(out)
     check_out(out, overwrite=overwrite)
@@ -469,14 +467,7 @@ def export_image_text_bundle(model, processor, task, examples: list[dict], out, 
                 log("bench: batch 1 on this machine")
                 manifest["benchmark"] = {**bench_image_text(predictor, features[0], task, processor, model),
                                          "size_mb": bundle_size_mb(staging)}
-            manifest["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-            manifest["export_seconds"] = round(time.perf_counter() - started, 1)
-            manifest["files"] = {
-                p.relative_to(staging).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                for p in sorted(staging.rglob("*")) if p.is_file() and p.name != MANIFEST}
-            manifest = json.loads(json.dumps(manifest, default=_jsonable))
-            manifest["manifest_sha256"] = manifest_digest(manifest)
-            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+            manifest = write_manifest(staging, manifest, started=started)
         del predictor, candidates
     log(f"bundle: {out} ({manifest['quantization']['name']}, {bundle_size_mb(out):.1f} MiB)")
     return ExportResult(out, manifest, report, [])
@@ -502,13 +493,6 @@ def bench_image_text(predictor, feature: dict, task, processor, model, *, new_to
             "first_token_ms": (first - start) * 1000 if first else 0.0,
             "tokens_per_second": rate, "new_tokens": float(new_tokens)}
 
-
-def _jsonable(value):
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    return str(value)
 
 
 @hookimpl(trylast=True)
