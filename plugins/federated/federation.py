@@ -1,0 +1,230 @@
+"""The server's rounds: send the state, collect replies within a deadline, check them, aggregate,
+evaluate, record.
+
+Flower's ``Strategy.start`` waits for sites without a deadline, polls every 3 s and keeps no
+per-site record; this loop drives the same strategy objects (``configure_train``,
+``aggregate_train``, ``configure_evaluate``) through the public ``Grid`` API and adds:
+
+- a deadline for ``min_sites`` to connect (``wait_for_sites``) and for replies (``round_timeout``):
+  a site that crashed or hangs is left out when the deadline passes, the round goes on;
+- every reply checked against what was sent (:mod:`replies`) before it is aggregated;
+- a site whose config differs from the server's is refused from its first reply on;
+- one record per round: bytes each site received and sent, who was left out and why, timings,
+  the scheme's report, the DP noise, site and central metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+
+from tunewright import JobFailed
+
+from .replies import describe, reply_problems
+from .strategies import WEIGHT_KEY, build_strategy, noise_stdev
+
+#: in an error reply, what marks a site refused for its config (see site.check_fingerprint)
+REFUSED_MARK = "differs from the server's"
+POLL_SECONDS = 0.25
+
+
+def wait_for_sites(grid: Any, count: int, timeout: float, echo: Callable[[str], None]) -> list[int]:
+    """Wait until ``count`` sites are connected; a :class:`tunewright.JobFailed` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    said = -1
+    while True:
+        nodes = list(grid.get_node_ids())
+        if len(nodes) >= count:
+            return nodes
+        if time.monotonic() >= deadline:
+            raise JobFailed(
+                f"federated.min_sites: {len(nodes)} of the {count} sites needed had connected after "
+                f"{timeout:.0f} s (federated.wait_for_sites); start more sites, check that they reach "
+                "the server, or lower min_sites")
+        if len(nodes) != said:
+            echo(f"waiting for sites: {len(nodes)} of {count} connected")
+            said = len(nodes)
+        time.sleep(POLL_SECONDS)
+
+
+def exchange(grid: Any, messages: list[Message], timeout: float) -> list[Message]:
+    """Push ``messages`` and pull replies until all arrived or ``timeout`` seconds passed."""
+    pending = {m for m in grid.push_messages(messages) if m}
+    deadline = time.monotonic() + timeout
+    replies: list[Message] = []
+    while pending and time.monotonic() < deadline:
+        got = list(grid.pull_messages(pending))
+        replies += got
+        pending -= {m.metadata.reply_to_message_id for m in got}
+        if pending:
+            time.sleep(POLL_SECONDS)
+    return replies
+
+
+def to_arrays(state: Mapping[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+
+
+def to_state(arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in arrays.items()}
+
+
+def _metrics(reply: Message) -> dict[str, Any]:
+    records = reply.content.metric_records
+    return dict(next(iter(records.values()))) if records else {}
+
+
+def _site_name(reply: Message, names: dict[int, str]) -> str:
+    node = reply.metadata.src_node_id
+    if reply.has_content() and "site" in reply.content.config_records:
+        names[node] = str(reply.content["site"].get("name", node))
+    return names.get(node, f"node {node}")
+
+
+def _weighted(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Example-weighted mean of every numeric metric the rows share."""
+    rows = [r for r in rows if r.get(WEIGHT_KEY, 0) > 0]
+    if not rows:
+        return {}
+    keys = set.intersection(*(set(r) for r in rows)) - {WEIGHT_KEY}
+    total = sum(r[WEIGHT_KEY] for r in rows)
+    return {k: sum(r[k] * r[WEIGHT_KEY] for r in rows) / total for k in sorted(keys)
+            if all(isinstance(r[k], (int, float)) for r in rows)}
+
+
+class Federation:
+    """One federated training on a Flower ``Grid``: ``run()`` returns the final state."""
+
+    def __init__(self, grid: Any, settings: Any, initial: Mapping[str, np.ndarray], fingerprint: dict,
+                 *, dp_sites: int, central_eval: Callable[[dict[str, np.ndarray]], dict] | None = None,
+                 on_round: Callable[[dict], None] | None = None, echo: Callable[[str], None] = print):
+        self.grid = grid
+        self.settings = settings
+        self.initial = dict(initial)
+        self.expected = describe(initial)
+        self.fingerprint = fingerprint
+        self.dp_sites = dp_sites
+        self.central_eval = central_eval
+        self.on_round = on_round or (lambda record: None)
+        self.echo = echo
+        self.strategy, self.inner = build_strategy(settings, dp_sites)
+        self.refused: dict[int, str] = {}
+        self.names: dict[int, str] = {}
+
+    def train_config(self) -> ConfigRecord:
+        return ConfigRecord({"fingerprint": json.dumps(self.fingerprint, sort_keys=True),
+                             "local-steps": self.settings.local_steps})
+
+    def run(self) -> tuple[dict[str, np.ndarray], list[dict]]:
+        s = self.settings
+        arrays = to_arrays(self.initial)
+        records = []
+        for rnd in range(1, s.rounds + 1):
+            record, arrays = self.round(rnd, arrays)
+            records.append(record)
+            self.on_round(record)
+        return to_state(arrays), records
+
+    def round(self, rnd: int, arrays: ArrayRecord) -> tuple[dict, ArrayRecord]:
+        s = self.settings
+        started = time.monotonic()
+        wait_for_sites(self.grid, s.min_sites + len(self.refused), s.wait_for_sites, self.echo)
+        messages = [m for m in self.strategy.configure_train(rnd, arrays, self.train_config(), self.grid)
+                    if m.metadata.dst_node_id not in self.refused]
+        if len(messages) < s.min_sites:
+            raise JobFailed(f"round {rnd}: {len(messages)} site(s) left to train, fewer than "
+                            f"federated.min_sites ({s.min_sites}); refused: "
+                            + "; ".join(self.refused.values()))
+        down = arrays.count_bytes()
+        asked = {m.metadata.dst_node_id for m in messages}
+        self.echo(f"round {rnd}/{s.rounds}: training on {len(messages)} site(s)")
+        replies = exchange(self.grid, messages, s.round_timeout)
+        trained_at = time.monotonic()
+        sites: dict[int, dict] = {n: {"node": n, "site": self.names.get(n, f"node {n}"), "received_bytes": down,
+                                     "sent_bytes": 0, "status": "no reply",
+                                     "problems": [f"no reply within {s.round_timeout:g} s (federated.round_timeout)"]}
+                                  for n in asked}
+        usable, failed = [], []
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            row = sites.setdefault(node, {"node": node, "received_bytes": down, "sent_bytes": 0})
+            row["site"] = _site_name(reply, self.names)
+            if reply.has_error():
+                reason = reply.error.reason
+                row.update(status="failed", problems=[reason])
+                if REFUSED_MARK in reason:
+                    row["status"] = "refused"
+                    self.refused[node] = f"{row['site']}: {reason}"
+                failed.append(reply)
+                continue
+            content = reply.content
+            state = to_state(content["arrays"]) if "arrays" in content.array_records else {}
+            metrics = _metrics(reply)
+            row["sent_bytes"] = content["arrays"].count_bytes() if "arrays" in content.array_records else 0
+            row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            problems = reply_problems(self.expected, state, metrics.get(WEIGHT_KEY))
+            if problems:
+                row.update(status="dropped", problems=problems)
+            else:
+                row.update(status="ok", problems=[])
+                usable.append(reply)
+        for row in sites.values():
+            if row["status"] != "ok":
+                self.echo(f"round {rnd}: {row['site']} left out ({row['status']}): {'; '.join(row['problems'])}")
+        aggregated, reason = False, None
+        left_out = [r for r in sites.values() if r["status"] != "ok"]
+        if not usable:
+            reason = "no usable reply"
+        elif s.privacy is not None and any(r["status"] == "dropped" for r in left_out):
+            # the noise is calibrated for dp_sites clipped updates: aggregating fewer would weaken it
+            reason = ("a reply was dropped and DP noise is calibrated for every sampled site; "
+                      "aggregation skipped, the state stays as it was")
+        else:
+            # with Flower's DP wrappers an error reply makes the wrapper skip the aggregation
+            passed = usable + (failed if s.privacy is not None else [])
+            new, _ = self.strategy.aggregate_train(rnd, passed)
+            if new is not None:
+                arrays, aggregated = new, True
+            else:
+                reason = ("Flower's DP wrapper skipped the aggregation: a site failed "
+                          "(its noise is calibrated for every sampled site)") if s.privacy else "aggregation returned nothing"
+        if reason:
+            self.echo(f"round {rnd}: not aggregated: {reason}")
+        record: dict[str, Any] = {
+            "round": rnd, "aggregated": aggregated, "skipped_reason": reason,
+            "sites": sorted(sites.values(), key=lambda r: str(r["site"])),
+            "train": _weighted([_metrics(r) for r in usable]),
+            "train_seconds_wall": round(trained_at - started, 3),
+        }
+        if aggregated and self.inner.last_report:
+            record["aggregation"] = dict(self.inner.last_report)
+        if s.privacy is not None:
+            record["privacy"] = {"clipping": s.privacy.clipping, "noise_multiplier": s.privacy.noise_multiplier,
+                                 "clipping_norm": s.privacy.clipping_norm, "sites": self.dp_sites,
+                                 "noise_stdev": noise_stdev(s, self.dp_sites) if aggregated else 0.0}
+        if s.site_evaluation:
+            record["evaluate"], record["evaluate_sites"] = self.evaluate_sites(rnd, arrays)
+        if self.central_eval is not None:
+            record["central"] = self.central_eval(to_state(arrays))
+        record["seconds"] = round(time.monotonic() - started, 3)
+        return record, arrays
+
+    def evaluate_sites(self, rnd: int, arrays: ArrayRecord) -> tuple[dict[str, float], list[dict]]:
+        messages = [m for m in self.strategy.configure_evaluate(rnd, arrays, ConfigRecord(), self.grid)
+                    if m.metadata.dst_node_id not in self.refused]
+        replies = exchange(self.grid, messages, self.settings.round_timeout)
+        rows = []
+        for reply in replies:
+            name = _site_name(reply, self.names)
+            if reply.has_error():
+                rows.append({"site": name, "status": "failed", "problems": [reply.error.reason]})
+                continue
+            rows.append({"site": name, "status": "ok", **{k: v for k, v in _metrics(reply).items()
+                                                          if isinstance(v, (int, float))}})
+        ok = [r for r in rows if r["status"] == "ok"]
+        return _weighted(ok), sorted(rows, key=lambda r: str(r["site"]))
