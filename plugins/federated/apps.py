@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.serverapp import Grid, ServerApp
@@ -67,11 +68,31 @@ def clipping_when_asked(msg: Message, context: Context, call_next: Callable) -> 
     return call_next(msg, context)
 
 
+def site_name(context: Context) -> str:
+    node = context.node_config
+    return str(node["name"]) if "name" in node else f"site-{node.get('partition-id', context.node_id)}"
+
+
+def named_failures(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+    """Turn an exception into an error reply whose reason starts with ``[site NAME]``: an error
+    reply carries no content, and the server's records should say which site failed."""
+
+    def wrapped(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception as exc:  # every failure becomes the reply; Flower's own would lose the name
+            reason = f"[site {site_name(context)}] {type(exc).__name__}: {exc}"
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+
+    return wrapped
+
+
 def make_client_app(get_site: Callable[[Context], Any]) -> ClientApp:
     """A ClientApp whose train and evaluate handlers run ``get_site(context)``'s site."""
     app = ClientApp(mods=[clipping_when_asked])
 
     @app.train()
+    @named_failures
     def train(msg: Message, context: Context) -> Message:
         age = process_age()
         site = get_site(context)
@@ -84,6 +105,7 @@ def make_client_app(get_site: Callable[[Context], Any]) -> ClientApp:
                                    "site": ConfigRecord({"name": site.name})}), reply_to=msg)
 
     @app.evaluate()
+    @named_failures
     def evaluate(msg: Message, context: Context) -> Message:
         site = get_site(context)
         examples, metrics = site.evaluate(to_state(msg.content["arrays"]))

@@ -16,6 +16,7 @@ per-site record; this loop drives the same strategy objects (``configure_train``
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -80,8 +81,13 @@ def _metrics(reply: Message) -> dict[str, Any]:
 
 
 def _site_name(reply: Message, names: dict[int, str]) -> str:
+    """A reply's site name (error replies name it ``[site NAME]``), remembered by node id."""
     node = reply.metadata.src_node_id
-    if reply.has_content() and "site" in reply.content.config_records:
+    if reply.has_error():
+        found = re.match(r"\[site (.+?)\] ", reply.error.reason)
+        if found:
+            names[node] = found.group(1)
+    elif "site" in reply.content.config_records:
         names[node] = str(reply.content["site"].get("name", node))
     return names.get(node, f"node {node}")
 
