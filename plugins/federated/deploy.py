@@ -288,10 +288,15 @@ def run_site(args: list[str], workdir: Path, server_address: str, connect_timeou
         code = 130
     finally:
         stop(proc)
-    if code == SUPERNODE_NO_SERVER or "Failed to initialize the connection" in tail(log, 30):
+    text = tail(log, 40)
+    if "Failed to activate SuperNode" in text:  # Flower's [code: 2004]
+        raise JobFailed(f"--server {server_address}: the server refused this site: its key is not among "
+                        "the server's federated.server.authorized_sites (or --auth-key is missing)")
+    if code == SUPERNODE_NO_SERVER or "Failed to initialize the connection" in text:
+        reason = text.split("Failed to initialize the connection to the SuperLink. |", 1)[-1].split("|")[0].strip()
         raise JobFailed(f"--server {server_address}: could not reach the server within {connect_timeout:g} s "
-                        f"(federated.connect_timeout): {tail(log, 3)}")
-    if "2004" in tail(log, 30) or "Failed to activate" in tail(log, 30):
-        raise JobFailed(f"--server {server_address}: the server refused this site (its key is not "
-                        f"registered in federated.server.authorized_sites): {tail(log, 3)}")
+                        f"(federated.connect_timeout): {reason}")
+    if code not in (0, 130, -signal.SIGTERM):
+        found = text.split("Exit Code:", 1)[-1].split("| For more information", 1)[0].strip(" |")
+        raise JobFailed(f"the site's Flower SuperNode stopped with exit code {code}: {found}")
     return code
