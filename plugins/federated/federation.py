@@ -54,12 +54,20 @@ def wait_for_sites(grid: Any, count: int, timeout: float, echo: Callable[[str], 
 
 
 def exchange(grid: Any, messages: list[Message], timeout: float) -> list[Message]:
-    """Push ``messages`` and pull replies until all arrived or ``timeout`` seconds passed."""
-    pending = {m for m in grid.push_messages(messages) if m}
+    """Push ``messages`` and pull replies until all arrived or ``timeout`` seconds passed.
+
+    A reply the SuperLink writes itself (``Node Unavailable`` for a site that stopped sending
+    heartbeats) comes from the SuperLink's node id: each reply is tagged with the node it answers
+    for (``metadata.dst_node_id`` of the message it replies to) in ``reply.answering_node``."""
+    ids = list(grid.push_messages(messages))
+    node_of = {i: m.metadata.dst_node_id for i, m in zip(ids, messages) if i}
+    pending = {i for i in ids if i}
     deadline = time.monotonic() + timeout
     replies: list[Message] = []
     while pending and time.monotonic() < deadline:
         got = list(grid.pull_messages(pending))
+        for reply in got:
+            reply.answering_node = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
         replies += got
         pending -= {m.metadata.reply_to_message_id for m in got}
         if pending:
@@ -82,7 +90,7 @@ def _metrics(reply: Message) -> dict[str, Any]:
 
 def _site_name(reply: Message, names: dict[int, str]) -> str:
     """A reply's site name (error replies name it ``[site NAME]``), remembered by node id."""
-    node = reply.metadata.src_node_id
+    node = getattr(reply, "answering_node", reply.metadata.src_node_id)
     if reply.has_error():
         found = re.match(r"\[site (.+?)\] ", reply.error.reason)
         if found:
@@ -157,7 +165,7 @@ class Federation:
                                   for n in asked}
         usable, failed = [], []
         for reply in replies:
-            node = reply.metadata.src_node_id
+            node = getattr(reply, "answering_node", reply.metadata.src_node_id)
             row = sites.setdefault(node, {"node": node, "received_bytes": down, "sent_bytes": 0})
             row["site"] = _site_name(reply, self.names)
             if reply.has_error():
