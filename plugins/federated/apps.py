@@ -17,15 +17,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
-from flwr.common.constant import ErrorCode
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
+# no public name for the error codes of an error reply; this one is what Flower itself sets when a
+# ClientApp raises (flwr.app.Error takes a bare int)
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from .federation import to_arrays, to_state
+from .federation import CLIENT_CLIPPING, REFUSED_MARK, to_arrays, to_state
 from .strategies import WEIGHT_KEY
 
 #: the grid of the deployed ServerApp that is running now, seen by the federated runner
@@ -59,11 +59,12 @@ def process_age() -> float:
 
 
 def clipping_when_asked(msg: Message, context: Context, call_next: Callable) -> Message:
-    """Flower's ``fixedclipping_mod`` for the rounds whose config carries a clipping norm (the
-    client-side DP wrapper sends one); a pass-through otherwise, so one ClientApp serves both."""
+    """Flower's ``fixedclipping_mod`` for the rounds whose config asks for it (the server runs
+    Flower's client-side DP wrapper, which also sends the clipping norm); a pass-through
+    otherwise, so one ClientApp serves both."""
     configs = msg.content.config_records
-    if msg.metadata.message_type.startswith("train") and len(configs) == 1 \
-            and KEY_CLIPPING_NORM in next(iter(configs.values())):
+    if msg.metadata.message_type.startswith("train") and "config" in configs \
+            and configs["config"].get(CLIENT_CLIPPING):
         return fixedclipping_mod(msg, context, call_next)
     return call_next(msg, context)
 
@@ -81,7 +82,12 @@ def named_failures(handler: Callable[[Message, Context], Message]) -> Callable[[
         try:
             return handler(msg, context)
         except Exception as exc:  # every failure becomes the reply; Flower's own would lose the name
-            reason = f"[site {site_name(context)}] {type(exc).__name__}: {exc}"
+            kind = getattr(exc, "kind", type(exc).__name__)  # an error raised in a deployed site's process
+            if kind in ("ConfigError", "DataError", "UsageError"):
+                # the site cannot train for this server (config or data): left out from now on
+                reason = f"[site {site_name(context)}{REFUSED_MARK}{exc}"
+            else:
+                reason = f"[site {site_name(context)}] {kind}: {exc}"
             return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
 
     return wrapped
@@ -95,12 +101,15 @@ def make_client_app(get_site: Callable[[Context], Any]) -> ClientApp:
     @named_failures
     def train(msg: Message, context: Context) -> Message:
         age = process_age()
+        started = time.monotonic()
         site = get_site(context)
         config = dict(msg.content["config"])
         state, examples, metrics = site.fit(to_state(msg.content["arrays"]), config)
         sent = list(msg.content["arrays"].keys())
+        # the keys in the order they were sent (Flower's clipping mod compares the order)
         arrays = to_arrays({k: state[k] for k in sent if k in state} | {k: v for k, v in state.items() if k not in sent})
-        metrics.update({WEIGHT_KEY: examples, "process_age_seconds": age, "load_seconds": site.load_seconds})
+        metrics.update({WEIGHT_KEY: examples, "process_age_seconds": age, "load_seconds": site.load_seconds,
+                        "site_seconds": getattr(site, "site_seconds", time.monotonic() - started)})
         return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics),
                                    "site": ConfigRecord({"name": site.name})}), reply_to=msg)
 
@@ -108,7 +117,8 @@ def make_client_app(get_site: Callable[[Context], Any]) -> ClientApp:
     @named_failures
     def evaluate(msg: Message, context: Context) -> Message:
         site = get_site(context)
-        examples, metrics = site.evaluate(to_state(msg.content["arrays"]))
+        config = dict(msg.content["config"]) if "config" in msg.content.config_records else {}
+        examples, metrics = site.evaluate(to_state(msg.content["arrays"]), config)
         return Message(RecordDict({"metrics": MetricRecord({WEIGHT_KEY: examples, **metrics}),
                                    "site": ConfigRecord({"name": site.name})}), reply_to=msg)
 
@@ -117,24 +127,13 @@ def make_client_app(get_site: Callable[[Context], Any]) -> ClientApp:
 
 # -- deployment -------------------------------------------------------------------------------
 
-_DEPLOYED_SITE: dict[str, Any] = {}
-
-
 def _deployed_site(context: Context) -> Any:
-    """The site of this SuperNode, from its ``--node-config`` (config, data, name, workdir)."""
-    from tunewright import get_plugin_manager
-
-    from .configs import site_config
+    """The site of this SuperNode: its ``tunewright federate site`` process, reached through the
+    socket named in the SuperNode's ``--node-config`` (see :mod:`worker`)."""
+    from .worker import RemoteSite
 
     node = context.node_config
-    key = json.dumps({k: node[k] for k in sorted(node)}, default=str)
-    if key not in _DEPLOYED_SITE:  # one per process: Flower starts a process per message here
-        from .site import Site
-
-        pm = get_plugin_manager()
-        config = site_config(str(node["config"]), str(node["data"]), str(node["workdir"]), pm)
-        _DEPLOYED_SITE[key] = Site(config, pm, str(node["workdir"]), str(node["name"]))
-    return _DEPLOYED_SITE[key]
+    return RemoteSite(str(node["socket"]), str(node["name"]))
 
 
 client_app = make_client_app(_deployed_site)

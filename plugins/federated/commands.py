@@ -91,11 +91,16 @@ def add_commands(cli: click.Group) -> None:
     @click.option("--insecure", is_flag=True, help="Plain HTTP (a server started with insecure: true).")
     def site(config_path: str, data_path: str, server_address: str, name: str | None, workdir: str | None,
              root_certificates: str | None, auth_key: str | None, insecure: bool) -> None:
-        """Join a federation as a site that trains on its own data."""
+        """Join a federation as a site that trains on its own data.
+
+        The site prepares its run (data checked, model loaded) before it connects, keeps it for
+        the whole federation, and answers every round from it."""
         from tunewright import UsageError, get_plugin_manager
 
         from .configs import site_config
         from .deploy import free_port, run_site, site_args
+        from .site import Site
+        from .worker import SiteServer
 
         if ":" not in server_address:
             raise UsageError(f"--server {server_address!r}: expected HOST:PORT, e.g. 127.0.0.1:9092")
@@ -103,9 +108,21 @@ def add_commands(cli: click.Group) -> None:
             raise UsageError("--root-certificates: required for a TLS server (or --insecure for plain HTTP)")
         name = name or Path(data_path).stem
         folder = Path(workdir or f".tunewright-site-{name}")
-        config = site_config(config_path, data_path, str(folder / "run"), get_plugin_manager())  # fails fast
+        pm = get_plugin_manager()
+        config = site_config(config_path, data_path, str(folder / "run"), pm)  # fails fast
+        site = Site(config, pm, folder / "run", name, echo=_echo)
+        site.prepare()  # every data error now, before the site joins
+
+        def announce(op: str, config: dict) -> None:
+            _echo(f"site {name}: round {config.get('server-round', '?')}: {op}")
+
+        server = SiteServer(site, on_request=announce)
         timeout = config.section("federated").connect_timeout
-        args = site_args(Path(config_path), Path(data_path), server_address, name=name, workdir=folder / "run",
-                         port=free_port(), connect_timeout=timeout, root_certificates=root_certificates,
-                         auth_key=auth_key, insecure=insecure)
-        raise SystemExit(run_site(args, folder, server_address, timeout, _echo))
+        try:
+            args = site_args(server_address, name=name, socket=server.start(), port=free_port(),
+                             connect_timeout=timeout, root_certificates=root_certificates, auth_key=auth_key,
+                             insecure=insecure)
+            code = run_site(args, folder, server_address, timeout, _echo)
+        finally:
+            server.close()
+        raise SystemExit(code)

@@ -4,8 +4,9 @@
 (HTTP(S) on one port since Flower 1.40), registers the sites' public keys when site
 authentication is on, submits a generated Flower app whose ServerApp runs the job
 (:data:`apps.server_app`), waits for it, and stops the SuperLink. ``tunewright federate site``
-starts ``flower-supernode`` with the site's config, data and working folder in its
-``--node-config``; Flower starts a fresh ``flwr-clientapp`` process for every message it gets.
+prepares the site's run, serves it on a private Unix socket (:mod:`worker`) and starts
+``flower-supernode`` with that socket in its ``--node-config``; Flower starts a fresh
+``flwr-clientapp`` process for every message, which forwards the message to the socket.
 
 The Flower executables are taken from the scripts folder of the Python running tunewright (so the
 processes import the same tunewright), and every process started here is stopped by its id, its
@@ -257,10 +258,10 @@ def serve_federation(config_path: Path, server: Any, *, overwrite: bool, echo: C
 SUPERNODE_NO_SERVER = 305  # Flower's exit code when the SuperLink cannot be reached
 
 
-def site_args(config_path: Path, data: Path, server_address: str, *, name: str, workdir: Path, port: int,
-              connect_timeout: float, root_certificates: str | None, auth_key: str | None, insecure: bool) -> list[str]:
-    node_config = " ".join(f"{k}={json.dumps(str(v))}" for k, v in {
-        "config": config_path.resolve(), "data": data.resolve(), "name": name, "workdir": workdir.resolve()}.items())
+def site_args(server_address: str, *, name: str, socket: Path, port: int, connect_timeout: float,
+              root_certificates: str | None, auth_key: str | None, insecure: bool) -> list[str]:
+    """``flower-supernode``'s command line for a site served on ``socket`` (see :mod:`worker`)."""
+    node_config = " ".join(f"{k}={json.dumps(str(v))}" for k, v in {"name": name, "socket": socket}.items())
     args = [executable("flower-supernode"), "--superlink", server_address, "--port", str(port),
             "--node-config", node_config, "--max-wait-time", str(connect_timeout)]
     if insecure:

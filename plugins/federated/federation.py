@@ -29,8 +29,13 @@ from tunewright import JobFailed
 from .replies import describe, reply_problems
 from .strategies import WEIGHT_KEY, build_strategy, noise_stdev
 
-#: in an error reply, what marks a site refused for its config (see site.check_fingerprint)
-REFUSED_MARK = "differs from the server's"
+#: an error reply whose reason holds this is a site that refuses the server's config or data
+#: (``[site NAME] refused: ...``, see :func:`apps.named_failures`): it is left out from then on
+REFUSED_MARK = "] refused: "
+#: in a train message's config: clip the update at the site (Flower's client-side DP wrapper is on)
+CLIENT_CLIPPING = "client-clipping"
+#: a site's figures of the state it received, in its train reply's metrics (``evaluate/loss``...)
+EVALUATE_PREFIX = "evaluate/"
 POLL_SECONDS = 0.25
 
 
@@ -130,25 +135,59 @@ class Federation:
         self.refused: dict[int, str] = {}
         self.names: dict[int, str] = {}
 
-    def train_config(self) -> ConfigRecord:
-        return ConfigRecord({"fingerprint": json.dumps(self.fingerprint, sort_keys=True),
-                             "local-steps": self.settings.local_steps})
+    def train_config(self, rnd: int) -> ConfigRecord:
+        s = self.settings
+        config: dict[str, Any] = {"fingerprint": json.dumps(self.fingerprint, sort_keys=True),
+                                  "local-steps": s.local_steps, "round-timeout": float(s.round_timeout),
+                                  # the previous round's aggregate is evaluated by the sites as they get it
+                                  "evaluate-first": bool(s.site_evaluation and rnd > 1)}
+        if s.privacy is not None and s.privacy.clipping == "client":
+            config[CLIENT_CLIPPING] = True
+        return ConfigRecord(config)
 
     def run(self) -> tuple[dict[str, np.ndarray], list[dict]]:
+        """Every round; the final state and one record per round.
+
+        A round's record is complete (and handed to ``on_round``) when the sites' evaluation of its
+        aggregate is in: it rides on the next round's train replies, and after the last round on
+        one evaluate message per site. So a deployed site starts one Flower process per round (and
+        one more at the end), not two."""
         s = self.settings
         arrays = to_arrays(self.initial)
-        records = []
-        for rnd in range(1, s.rounds + 1):
-            record, arrays = self.round(rnd, arrays)
-            records.append(record)
-            self.on_round(record)
+        records: list[dict] = []
+        pending: dict | None = None
+        try:
+            for rnd in range(1, s.rounds + 1):
+                record, arrays, evaluations = self.round(rnd, arrays)
+                if pending is not None:
+                    self.finish(pending, evaluations)
+                    records.append(pending)
+                pending = record
+            if pending is not None:
+                evaluations = self.evaluate_sites(s.rounds, arrays) if s.site_evaluation else None
+                self.finish(pending, evaluations)
+                records.append(pending)
+                pending = None
+        finally:
+            if pending is not None:  # a later round failed: what this one did is still recorded
+                self.finish(pending, None)
         return to_state(arrays), records
 
-    def round(self, rnd: int, arrays: ArrayRecord) -> tuple[dict, ArrayRecord]:
+    def finish(self, record: dict, evaluations: list[dict] | None) -> None:
+        """Add the sites' evaluation of the round's aggregate and hand the record on."""
+        if evaluations is not None:
+            ok = [r for r in evaluations if r["status"] == "ok"]
+            record["evaluate"] = _weighted(ok)
+            record["evaluate_sites"] = sorted(evaluations, key=lambda r: str(r["site"]))
+        self.on_round(record)
+
+    def round(self, rnd: int, arrays: ArrayRecord) -> tuple[dict, ArrayRecord, list[dict]]:
+        """Train one round; its record, the new state, and the sites' evaluation of the state
+        they received (the previous round's aggregate)."""
         s = self.settings
         started = time.monotonic()
         wait_for_sites(self.grid, s.min_sites + len(self.refused), s.wait_for_sites, self.echo)
-        messages = [m for m in self.strategy.configure_train(rnd, arrays, self.train_config(), self.grid)
+        messages = [m for m in self.strategy.configure_train(rnd, arrays, self.train_config(rnd), self.grid)
                     if m.metadata.dst_node_id not in self.refused]
         if len(messages) < s.min_sites:
             raise JobFailed(f"round {rnd}: {len(messages)} site(s) left to train, fewer than "
@@ -163,7 +202,7 @@ class Federation:
                                      "sent_bytes": 0, "status": "no reply",
                                      "problems": [f"no reply within {s.round_timeout:g} s (federated.round_timeout)"]}
                                   for n in asked}
-        usable, failed = [], []
+        usable, failed, evaluations = [], [], []
         for reply in replies:
             node = getattr(reply, "answering_node", reply.metadata.src_node_id)
             row = sites.setdefault(node, {"node": node, "received_bytes": down, "sent_bytes": 0})
@@ -175,10 +214,16 @@ class Federation:
                     row["status"] = "refused"
                     self.refused[node] = f"{row['site']}: {reason}"
                 failed.append(reply)
+                if rnd > 1 and s.site_evaluation:
+                    evaluations.append({"site": row["site"], "status": row["status"], "problems": [reason]})
                 continue
             content = reply.content
             state = to_state(content["arrays"]) if "arrays" in content.array_records else {}
             metrics = _metrics(reply)
+            evaluated = {k[len(EVALUATE_PREFIX):]: v for k, v in metrics.items() if k.startswith(EVALUATE_PREFIX)}
+            if evaluated:
+                evaluations.append({"site": row["site"], "status": "ok", **evaluated})
+            metrics = {k: v for k, v in metrics.items() if not k.startswith(EVALUATE_PREFIX)}
             row["sent_bytes"] = content["arrays"].count_bytes() if "arrays" in content.array_records else 0
             row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
             problems = reply_problems(self.expected, state, metrics.get(WEIGHT_KEY))
@@ -221,15 +266,15 @@ class Federation:
             record["privacy"] = {"clipping": s.privacy.clipping, "noise_multiplier": s.privacy.noise_multiplier,
                                  "clipping_norm": s.privacy.clipping_norm, "sites": self.dp_sites,
                                  "noise_stdev": noise_stdev(s, self.dp_sites) if aggregated else 0.0}
-        if s.site_evaluation:
-            record["evaluate"], record["evaluate_sites"] = self.evaluate_sites(rnd, arrays)
         if self.central_eval is not None:
             record["central"] = self.central_eval(to_state(arrays))
         record["seconds"] = round(time.monotonic() - started, 3)
-        return record, arrays
+        return record, arrays, evaluations
 
-    def evaluate_sites(self, rnd: int, arrays: ArrayRecord) -> tuple[dict[str, float], list[dict]]:
-        messages = [m for m in self.strategy.configure_evaluate(rnd, arrays, ConfigRecord(), self.grid)
+    def evaluate_sites(self, rnd: int, arrays: ArrayRecord) -> list[dict]:
+        """Every site's figures of ``arrays`` on its held-out data (after the last round)."""
+        started = time.monotonic()
+        messages = [m for m in self.strategy.configure_evaluate(rnd, arrays, self.train_config(rnd), self.grid)
                     if m.metadata.dst_node_id not in self.refused]
         replies = exchange(self.grid, messages, self.settings.round_timeout)
         rows = []
@@ -240,5 +285,5 @@ class Federation:
                 continue
             rows.append({"site": name, "status": "ok", **{k: v for k, v in _metrics(reply).items()
                                                           if isinstance(v, (int, float))}})
-        ok = [r for r in rows if r["status"] == "ok"]
-        return _weighted(ok), sorted(rows, key=lambda r: str(r["site"]))
+        self.echo(f"round {rnd}: sites evaluated the final state in {time.monotonic() - started:.1f} s")
+        return rows

@@ -66,11 +66,15 @@ def serve(run: Any, grid: Any, settings: FederatedSettings, *, dp_sites: int) ->
     def on_round(record: dict) -> None:
         with rounds_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, default=float) + "\n")
+        # one row per round (step = round): report.png draws the rounds as a local run's steps
         row: dict[str, Any] = {"round": record["round"]}
         if "train_loss" in record["train"]:
             row["loss"] = record["train"]["train_loss"]
         row.update({f"eval_{k}": v for k, v in record.get("central", {}).items()})
         row.update({f"eval_sites_{k}": v for k, v in record.get("evaluate", {}).items()})
+        if any(k.startswith("eval_") for k in row):
+            row["eval_stage"] = "training"
+        row["sites_aggregated"] = sum(s["status"] == "ok" for s in record["sites"])
         row["sent_bytes_per_site"] = max((s["received_bytes"] for s in record["sites"]), default=0)
         row["received_bytes_per_site"] = max((s["sent_bytes"] for s in record["sites"]), default=0)
         run.log(record["round"], row)
@@ -193,8 +197,9 @@ class _SimulatedSites:
         from .site import Site
 
         spec = self.specs[int(context.node_config["partition-id"])]
-        # workers are not pinned to sites: two may prepare the same site, each in its own folder
-        key = (spec["name"], os.getpid())
+        # workers are not pinned to sites: two may prepare the same site, each in its own folder;
+        # Ray may reuse a worker process for a later simulation: the folder names the federation
+        key = (spec["workdir"], os.getpid())
         if key not in _SIMULATED:
             pm = get_plugin_manager()
             config = load_config(spec["config"], pm.registries, source=f"{spec['name']} config")

@@ -96,29 +96,68 @@ def load_state(method: Any, model: Any, arrays: dict[str, np.ndarray]) -> None:
 
 
 class Site:
-    """A site's prepared run. ``fit`` and ``evaluate`` take the server's arrays and return replies."""
+    """A site's prepared run. ``fit`` and ``evaluate`` take the server's arrays and return replies.
+
+    The run is prepared on first use (or by :meth:`prepare`) and kept: a simulated site lives in a
+    Ray worker, a deployed one in its ``tunewright federate site`` process (:mod:`worker`), so
+    neither pays for loading the model more than once. The label set (the head's outputs) is the
+    server's: a site whose own data yields other labels prepares its run again with the server's.
+    """
 
     def __init__(self, config: JobConfig, pm: Any, workdir: str | Path, name: str,
                  echo: Callable[[str], None] | None = None):
-        from tunewright import prepare_run
-
-        started = time.monotonic()
         self.name = name
         self.config = config
+        self.pm = pm
+        self.workdir = Path(workdir)
         self.settings = config.section("federated")
-        self.run = prepare_run(config, pm, overwrite=True, run_dir=workdir, echo=echo or (lambda m: None))
-        if self.settings.aggregation == "ffa":
-            freeze_lora_a(self.run.model, config.seed)
-        self.fingerprint = fingerprint(config, self.run.labels)
-        self.load_seconds = time.monotonic() - started
+        self.echo = echo or (lambda message: None)
+        self.run: Any = None
+        self.fingerprint: dict[str, Any] | None = None
+        self.load_seconds = 0.0
 
-    def fit(self, arrays: dict[str, np.ndarray], config: dict[str, Any]) -> tuple[dict[str, np.ndarray], int, dict]:
-        """Train ``local-steps`` steps from the server's state; the new state, examples and figures."""
+    def prepare(self, labels: list[str] | None = None, *, fixed: bool = False) -> Any:
+        """Prepare the site's run (once; again only when ``fixed`` labels differ from its own)."""
+        from tunewright import prepare_run
+
+        if self.run is not None and (not fixed or self.run.labels == labels):
+            return self.run
+        started = time.monotonic()
+        if self.run is not None:
+            self.echo(f"site {self.name}: preparing again with the server's labels {labels}")
+        self.run = prepare_run(self.config, self.pm, overwrite=True, run_dir=self.workdir, echo=self.echo,
+                               labels=labels if fixed else None)
+        if self.settings.aggregation == "ffa":
+            freeze_lora_a(self.run.model, self.config.seed)
+        self.fingerprint = fingerprint(self.config, self.run.labels)
+        self.load_seconds += time.monotonic() - started
+        return self.run
+
+    def _for_server(self, config: dict[str, Any]) -> Any:
+        """The run, prepared with the server's labels, after checking the server's fingerprint."""
+        server = json.loads(str(config["fingerprint"]))
+        # every key but the labels first: a site with a different base model is refused before it loads it
+        check_fingerprint(fingerprint(self.config, server.get("labels")), server, self.name)
+        return self.prepare(server.get("labels"), fixed=server.get("labels") is not None)
+
+    def fit(self, arrays: dict[str, np.ndarray], config: dict[str, Any]
+            ) -> tuple[dict[str, np.ndarray], int, dict[str, float]]:
+        """Train ``local-steps`` steps from the server's state; the new state, examples and figures.
+
+        With ``evaluate-first`` in ``config`` the server's state is first evaluated on the site's
+        held-out data (``evaluate/...`` figures): the evaluation of the previous round's aggregate
+        rides on this round's message instead of costing a message of its own.
+        """
         from tunewright import train
 
-        check_fingerprint(self.fingerprint, json.loads(str(config["fingerprint"])), self.name)
-        run = self.run
+        run = self._for_server(config)
+        use_threads(run.config)
         load_state(run.method, run.model, arrays)
+        metrics: dict[str, float] = {}
+        if config.get("evaluate-first"):
+            examples, figures = self._evaluate(run)
+            metrics.update({f"evaluate/{k}": v for k, v in figures.items()})
+            metrics["evaluate/num-examples"] = examples
         round_number = int(config.get("server-round", 1))
         extra_loss = proximal_term(run.model, float(config.get("proximal-mu", 0.0)))
         # a different order each round, or every round would start from the same first batches
@@ -127,21 +166,39 @@ class Site:
         started = time.monotonic()
         result = train(run, max_steps=int(config["local-steps"]), features=[run.train_features[i] for i in order],
                        extra_loss=extra_loss, save_checkpoints=False, evaluate=False)
-        metrics = {"train_loss": float(result.metrics.get("train_loss", float("nan"))),
-                   "train_tokens": int(result.train_tokens),
-                   "train_seconds": time.monotonic() - started}
+        metrics.update({"train_loss": float(result.metrics.get("train_loss", float("nan"))),
+                        "train_tokens": int(result.train_tokens),
+                        "train_seconds": time.monotonic() - started})
         return travelling_state(run.method, run.model, self.settings.aggregation), len(run.train_features), metrics
 
-    def evaluate(self, arrays: dict[str, np.ndarray]) -> tuple[int, dict[str, float]]:
+    def evaluate(self, arrays: dict[str, np.ndarray], config: dict[str, Any]) -> tuple[int, dict[str, float]]:
         """The task's metrics of the server's state on this site's held-out data."""
+        run = self._for_server(config)
+        use_threads(run.config)
+        load_state(run.method, run.model, arrays)
+        return self._evaluate(run)
+
+    @staticmethod
+    def _evaluate(run: Any) -> tuple[int, dict[str, float]]:
         from tunewright import evaluate
 
-        load_state(self.run.method, self.run.model, arrays)
-        features = self.run.validation_features
+        features = run.validation_features
         if not features:
             return 0, {}
-        return len(features), {k: float(v) for k, v in evaluate(self.run, features).items()
+        return len(features), {k: float(v) for k, v in evaluate(run, features).items()
                                if isinstance(v, (int, float))}
+
+
+def use_threads(config: JobConfig) -> None:
+    """Apply ``training.num_threads`` in the calling thread (a deployed site trains in the thread
+    that serves it, and OpenMP keeps its thread count per thread): on a busy machine more torch
+    threads than free cores make small models many times slower, not faster."""
+    threads = config.training.num_threads
+    if threads:
+        import torch
+
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def proximal_term(model: Any, mu: float) -> Callable[[Any], Any] | None:

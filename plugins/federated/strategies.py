@@ -15,7 +15,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import (DifferentialPrivacyClientSideFixedClipping,
                                      DifferentialPrivacyServerSideFixedClipping, FedAdam, FedAvg, FedProx)
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+from tunewright import ConfigError
 
 from .aggregation import aggregate
 
@@ -41,10 +42,16 @@ class SchemeAveraging(FedAvg):
             return None, None
         contents = [m.content for m in usable]
         states = [{k: v.numpy() for k, v in c[self.arrayrecord_key].items()} for c in contents]
-        weights = [float(next(iter(c.metric_records.values()))[self.weighted_by_key]) for c in contents]
+        metrics = [dict(c["metrics"]) for c in contents]
+        weights = [float(m[self.weighted_by_key]) for m in metrics]
         state, self.last_report = aggregate(self.scheme, states, weights)
         arrays = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
-        return arrays, aggregate_metricrecords(contents, self.weighted_by_key)
+        # the example-weighted mean of the figures every site reported (train_loss...)
+        shared = set.intersection(*(set(m) for m in metrics)) - {self.weighted_by_key}
+        total = sum(weights)
+        averaged = {k: sum(w * float(m[k]) for w, m in zip(weights, metrics)) / total for k in sorted(shared)
+                    if all(isinstance(m[k], (int, float)) for m in metrics)}
+        return arrays, MetricRecord(averaged)
 
 
 class SchemeFedProx(FedProx, SchemeAveraging):
@@ -52,7 +59,20 @@ class SchemeFedProx(FedProx, SchemeAveraging):
 
 
 class SchemeFedAdam(FedAdam, SchemeAveraging):
-    """FedAdam (https://arxiv.org/abs/2003.00295) over a tunewright aggregation scheme."""
+    """FedAdam (https://arxiv.org/abs/2003.00295) over a tunewright aggregation scheme: the
+    server's Adam step moves the current state towards the scheme's aggregate
+    (``Δ = aggregate - current``), per tensor."""
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        # FedOpt keeps the state it sent as numpy arrays
+        dtypes = {k: np.asarray(v).dtype for k, v in (self.current_arrays or {}).items()}
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is None:
+            return arrays, metrics
+        # Flower's step is float64 (its bias-corrected rate is a numpy float64): back to each tensor's dtype
+        return ArrayRecord({k: Array(np.ascontiguousarray(v.numpy().astype(dtypes.get(k, v.numpy().dtype))))
+                            for k, v in arrays.items()}), metrics
 
 
 def build_strategy(settings: Any, dp_sites: int) -> tuple[Any, SchemeAveraging]:
@@ -63,6 +83,10 @@ def build_strategy(settings: Any, dp_sites: int) -> tuple[Any, SchemeAveraging]:
     common = dict(fraction_train=1.0, fraction_evaluate=1.0 if settings.site_evaluation else 0.0,
                   min_train_nodes=settings.min_sites, min_evaluate_nodes=settings.min_sites,
                   min_available_nodes=settings.min_sites, weighted_by_key=WEIGHT_KEY)
+    if settings.strategy == "fedadam" and settings.aggregation == "product":
+        raise ConfigError("federated.strategy: fedadam steps every tensor towards the aggregate, but "
+                          "aggregation: product factors B·A afresh by SVD each round (the factors' basis "
+                          "changes, so their difference means nothing); use fedadam with fedavg or ffa")
     if settings.strategy == "fedprox":
         inner: SchemeAveraging = SchemeFedProx(proximal_mu=settings.proximal_mu, **common)
     elif settings.strategy == "fedadam":
@@ -81,8 +105,7 @@ def build_strategy(settings: Any, dp_sites: int) -> tuple[Any, SchemeAveraging]:
 
 
 def noise_stdev(settings: Any, dp_sites: int) -> float:
-    """The standard deviation of the Gaussian noise Flower adds to each aggregate."""
-    from flwr.supercore.differential_privacy import compute_stdv
-
+    """The standard deviation of the Gaussian noise Flower's fixed-clipping wrappers add to each
+    aggregate: ``noise_multiplier * clipping_norm / sampled sites`` (their ``compute_stdv``)."""
     p = settings.privacy
-    return float(compute_stdv(p.noise_multiplier, p.clipping_norm, dp_sites))
+    return float(p.noise_multiplier * p.clipping_norm / dp_sites)

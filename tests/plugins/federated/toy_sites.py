@@ -26,15 +26,19 @@ class ToySite:
         check_fingerprint(self.fingerprint, json.loads(str(config["fingerprint"])), self.name)
         if self.behaviour == "crash":
             raise RuntimeError(f"{self.name} crashed while training")
+        evaluated = {}
+        if config.get("evaluate-first"):  # the state received, evaluated before training
+            examples, metrics = self.evaluate(arrays, config)
+            evaluated = {f"evaluate/{k}": v for k, v in metrics.items()} | {"evaluate/num-examples": examples}
         state = {k: (v + 0.5 * (self.target - v)).astype(v.dtype) for k, v in arrays.items()}
         if self.behaviour == "nan":
             state["bias"][1] = np.nan
         if self.behaviour == "rank-1":
             state["layer.lora_A.weight"] = state["layer.lora_A.weight"][:1]
         return state, 10 * (1 + int(self.name.rsplit("-", 1)[1])), {"train_loss": float(self.target),
-                                                                    "pid": float(os.getpid())}
+                                                                    "pid": float(os.getpid()), **evaluated}
 
-    def evaluate(self, arrays):
+    def evaluate(self, arrays, config):
         if self.behaviour == "crash":
             raise RuntimeError(f"{self.name} crashed while evaluating")
         return 5, {"loss": float(np.abs(arrays["bias"] - self.target).mean())}
