@@ -154,8 +154,14 @@ def _serve(grid: Grid, context: Context) -> None:
     try:
         pm = get_plugin_manager()
         config = federated_config(str(run_config["config"]), pm)
+        overwrite = bool(run_config.get("overwrite", False))
         with active_grid(grid):
-            result = run_job(config, pm, overwrite=bool(run_config.get("overwrite", False)))
+            if config.section("federated").server.own_data:
+                result = run_job(config, pm, overwrite=overwrite)
+            else:
+                from .runner import run_without_data
+
+                result = run_without_data(config, pm, overwrite=overwrite)
         outcome = {"status": "completed", "run_dir": str(result.run_dir), "metrics": result.metrics}
     except TunewrightError as exc:
         outcome = {"status": "failed", "error": str(exc), "exit_code": exc.exit_code}

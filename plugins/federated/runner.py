@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunewright import ConfigError, TrainResult, UsageError, atomic_directory
+from tunewright import ConfigError, TrainResult, UsageError, atomic_directory, kinds
 
 from .settings import FederatedSettings
 
@@ -47,7 +47,10 @@ def serve(run: Any, grid: Any, settings: FederatedSettings, *, dp_sites: int) ->
     from .federation import Federation
     from .site import fingerprint, freeze_lora_a, load_state, travelling_state
 
+    from .site import use_threads
+
     started = time.monotonic()
+    use_threads(run.config)
     if settings.aggregation == "ffa":
         freeze_lora_a(run.model, run.config.seed)
     initial = travelling_state(run.method, run.model, settings.aggregation)
@@ -96,11 +99,93 @@ def serve(run: Any, grid: Any, settings: FederatedSettings, *, dp_sites: int) ->
         "seconds": round(time.monotonic() - started, 2),
     }
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    draw_rounds(records, folder / "rounds.png", run.primary_metric[0])
     tokens = sum(int(s.get("train_tokens", 0)) for r in records for s in r["sites"] if s["status"] == "ok")
     last = records[-1]["train"] if records else {}
     return TrainResult(run_dir=Path(run.run_dir), global_step=settings.rounds,
                        metrics={"train_loss": last.get("train_loss", float("nan"))},
                        train_tokens=tokens, train_seconds=time.monotonic() - started)
+
+
+def draw_rounds(records: list[dict], path: Path, metric: str) -> Path | None:
+    """``federated/rounds.png``: per round, each site's training loss (left) and each site's and
+    the central figures of ``metric`` for the aggregate (right). Written atomically."""
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    names = sorted({str(s["site"]) for r in records for s in r["sites"]})
+    for name in names:
+        points = [(r["round"], s["train_loss"]) for r in records for s in r["sites"]
+                  if str(s["site"]) == name and s["status"] == "ok" and "train_loss" in s]
+        if points:
+            loss_ax.plot(*zip(*points), "o-", alpha=0.7, label=name)
+        points = [(r["round"], e[metric]) for r in records for e in r.get("evaluate_sites", [])
+                  if str(e["site"]) == name and e.get("status") == "ok" and metric in e]
+        if points:
+            metric_ax.plot(*zip(*points), "o-", alpha=0.7, label=name)
+    central = [(r["round"], r["central"][metric]) for r in records if metric in r.get("central", {})]
+    if central:
+        metric_ax.plot(*zip(*central), "s-", color="black", label="central test set")
+    weighted = [(r["round"], r["evaluate"][metric]) for r in records if metric in r.get("evaluate", {})]
+    if weighted:
+        metric_ax.plot(*zip(*weighted), "--", color="gray", label="sites, weighted")
+    for ax, title in ((loss_ax, "local training loss"), (metric_ax, f"{metric} of the aggregate")):
+        ax.set_xlabel("round")
+        ax.set_title(title)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def run_without_data(config: Any, pm: Any, *, overwrite: bool = False, echo: Any = None) -> TrainResult:
+    """A deployed server that reads no data (``federated.server.own_data: false``): the job as
+    :func:`tunewright.run_job` runs it, from the same public steps, with no held-out data of its
+    own, so no baseline or final evaluation; the sites' evaluation of the final state stands in
+    ``eval.json`` as ``final_sites``, and ``report.png`` is the per-round figure.
+
+    (``run_job`` prepares the run with data; were it to take ``with_data``/``labels`` and pass them
+    to ``prepare_run``, this function would be one call to it.)
+    """
+    from tunewright import prepare_run
+
+    settings = config.section("federated")
+    task = pm.registries.get("tasks", config.task, key="task")
+    if settings.labels is None and task.model_kind == kinds.SEQUENCE_CLASSIFICATION:
+        raise ConfigError("federated.labels: a server without data (federated.server.own_data: false) "
+                          f"of a {config.task} job needs the label set, in order, e.g. labels: [negative, positive]")
+    run = prepare_run(config, pm, overwrite=overwrite, echo=echo, with_data=False, labels=settings.labels)
+    factories = pm.registries.kind("trackers")
+    run.trackers = [factories[name](run) for name in config.trackers]
+    try:
+        pm.hook.on_train_begin(run=run)
+        result = federated_runner(run)
+    finally:
+        for tracker in run.trackers:
+            tracker.close()
+    with atomic_directory(run.run_dir / "adapter") as staging:
+        run.method.save(run.model, staging)
+    records = [json.loads(line) for line in (run.run_dir / "federated" / "rounds.jsonl").read_text().splitlines()]
+    results = {"split": None, "primary_metric": run.primary_metric[0],
+               "final_sites": records[-1].get("evaluate", {}) if records else {},
+               "train": {"global_step": result.global_step, "tokens": result.train_tokens,
+                         "seconds": round(result.train_seconds, 2), "precision": run.precision}}
+    tmp = run.run_dir / ".eval.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(run.run_dir / "eval.json")
+    shutil.copyfile(run.run_dir / "federated" / "rounds.png", run.run_dir / "report.png")
+    pm.hook.on_train_end(run=run, result=result)
+    return result
 
 
 # -- simulation ---------------------------------------------------------------------------------
@@ -117,14 +202,13 @@ def split_sites(run: Any, settings: FederatedSettings) -> list[dict]:
     elif settings.partition == "dirichlet":
         stratify = getattr(run.task, "stratify_key", None)
         keys = field_values(examples, settings.partition_field or "", stratify)
+        # every label at every site: the data rules refuse a classification site with one label
         parts = dirichlet(keys, settings.sites, seed, settings.dirichlet_alpha,
                           every_key_everywhere=run.labels is not None)
         held = None
     else:
+        # a site takes the server's labels, so one that lacks some still builds the whole head
         values = field_values(examples, settings.partition_field or "")
-        if run.labels is not None:
-            raise ConfigError("federated.partition: field splits whole groups apart, so a site may miss "
-                              "labels its head needs; use dirichlet for a classification task")
         parts, held = by_field(values, settings.sites, settings.partition_field or "")
     return [{"name": f"site-{k}", "indices": part, **({"values": held[k]} if held else {})}
             for k, part in enumerate(parts)]

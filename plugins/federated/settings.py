@@ -37,6 +37,10 @@ class ServerSettings(Section):
     ca_certfile: str | None = Field(None, description="CA certificate (PEM) that signed certfile")
     certfile: str | None = Field(None, description="server certificate (PEM); needs SANs for its addresses")
     keyfile: str | None = Field(None, description="server private key (PEM)")
+    own_data: bool = Field(
+        True, description="the server reads the config's data: its held-out split (data.validation) is "
+        "the central test set, evaluated every round; false: it reads none (a classification job then "
+        "names its labels in federated.labels) and the sites' evaluation is all there is")
     authorized_sites: list[str] | None = Field(
         None, description="public keys (OpenSSH, EC SECP384R1) of the sites allowed to join; set, "
         "it turns site authentication on and refuses every other site (needs TLS)")
@@ -79,6 +83,8 @@ class FederatedSettings(Section):
     min_sites: int = Field(2, ge=1, description="sites that must take part in a round")
     wait_for_sites: float = Field(120.0, gt=0, description="seconds to wait for min_sites to connect before failing")
     round_timeout: float = Field(600.0, gt=0, description="seconds a round waits for replies; later sites are left out")
+    labels: list[str] | None = Field(None, description="the label set, in order, of a server without data "
+                                     "(federated.server.own_data: false); the sites take the server's labels")
     site_evaluation: bool = Field(True, description="each site evaluates the aggregate on its held-out data every round")
     privacy: PrivacySettings | None = Field(None, description="differential privacy on the updates (off by default)")
     simulation_cpus: int = Field(2, ge=1, description="simulation: CPU cores Flower's Ray backend may use")

@@ -24,7 +24,7 @@ class ToySite:
 
     def fit(self, arrays, config):
         check_fingerprint(self.fingerprint, json.loads(str(config["fingerprint"])), self.name)
-        if self.behaviour == "crash":
+        if self.behaviour == "crash" or (self.behaviour == "crash-once" and config.get("server-round") == 1):
             raise RuntimeError(f"{self.name} crashed while training")
         evaluated = {}
         if config.get("evaluate-first"):  # the state received, evaluated before training
@@ -36,7 +36,9 @@ class ToySite:
         if self.behaviour == "rank-1":
             state["layer.lora_A.weight"] = state["layer.lora_A.weight"][:1]
         return state, 10 * (1 + int(self.name.rsplit("-", 1)[1])), {"train_loss": float(self.target),
-                                                                    "pid": float(os.getpid()), **evaluated}
+                                                                    "pid": float(os.getpid()),
+                                                                    "proximal_mu": float(config.get("proximal-mu", 0.0)),
+                                                                    **evaluated}
 
     def evaluate(self, arrays, config):
         if self.behaviour == "crash":
