@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from conftest import federated_config, sentiment_rows, write_jsonl
+from federated_jobs import federated_config, sentiment_rows, write_jsonl
 from tunewright.plugins.federated import deploy
 
 pytestmark = pytest.mark.slow

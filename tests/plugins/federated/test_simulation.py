@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import federated_config, sentiment_rows, write_jsonl
+from federated_jobs import federated_config, sentiment_rows, write_jsonl
 
 pytestmark = pytest.mark.slow
 
