@@ -1,0 +1,175 @@
+"""Flower's ClientApp and ServerApp: thin glue between Flower messages and :mod:`site` /
+:mod:`federation`.
+
+``client_app`` and ``server_app`` at the bottom are what a deployed federation runs (the app that
+``tunewright federate server`` submits names them); simulation builds its own with
+:func:`make_client_app` and a closure over the prepared run.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+# no public name for the error codes of an error reply; this one is what Flower itself sets when a
+# ClientApp raises (flwr.app.Error takes a bare int)
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid, ServerApp
+
+from .federation import CLIENT_CLIPPING, REFUSED_MARK, to_arrays, to_state
+from .strategies import WEIGHT_KEY
+
+#: the grid of the deployed ServerApp that is running now, seen by the federated runner
+_ACTIVE_GRID: contextvars.ContextVar[Any] = contextvars.ContextVar("tunewright_federated_grid", default=None)
+#: a process starts once and may serve many messages (simulation actors): when it started
+_PROCESS_STARTED = time.time()
+
+
+@contextmanager
+def active_grid(grid: Any) -> Iterator[None]:
+    token = _ACTIVE_GRID.set(grid)
+    try:
+        yield
+    finally:
+        _ACTIVE_GRID.reset(token)
+
+
+def current_grid() -> Any:
+    """The grid of a deployed ServerApp, or ``None`` (then the runner simulates)."""
+    return _ACTIVE_GRID.get()
+
+
+def process_age() -> float:
+    """Seconds since this process started (the OS's clock where readable, else this module's import)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.time() - _PROCESS_STARTED
+
+
+def clipping_when_asked(msg: Message, context: Context, call_next: Callable) -> Message:
+    """Flower's ``fixedclipping_mod`` for the rounds whose config asks for it (the server runs
+    Flower's client-side DP wrapper, which also sends the clipping norm); a pass-through
+    otherwise, so one ClientApp serves both."""
+    configs = msg.content.config_records
+    if msg.metadata.message_type.startswith("train") and "config" in configs \
+            and configs["config"].get(CLIENT_CLIPPING):
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+def site_name(context: Context) -> str:
+    node = context.node_config
+    return str(node["name"]) if "name" in node else f"site-{node.get('partition-id', context.node_id)}"
+
+
+def named_failures(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+    """Turn an exception into an error reply whose reason starts with ``[site NAME]``: an error
+    reply carries no content, and the server's records should say which site failed."""
+
+    def wrapped(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception as exc:  # every failure becomes the reply; Flower's own would lose the name
+            kind = getattr(exc, "kind", type(exc).__name__)  # an error raised in a deployed site's process
+            if kind in ("ConfigError", "DataError", "UsageError"):
+                # the site cannot train for this server (config or data): left out from now on
+                reason = f"[site {site_name(context)}{REFUSED_MARK}{exc}"
+            else:
+                reason = f"[site {site_name(context)}] {kind}: {exc}"
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+
+    return wrapped
+
+
+def make_client_app(get_site: Callable[[Context], Any]) -> ClientApp:
+    """A ClientApp whose train and evaluate handlers run ``get_site(context)``'s site."""
+    app = ClientApp(mods=[clipping_when_asked])
+
+    @app.train()
+    @named_failures
+    def train(msg: Message, context: Context) -> Message:
+        age = process_age()
+        started = time.monotonic()
+        site = get_site(context)
+        config = dict(msg.content["config"])
+        state, examples, metrics = site.fit(to_state(msg.content["arrays"]), config)
+        sent = list(msg.content["arrays"].keys())
+        # the keys in the order they were sent (Flower's clipping mod compares the order)
+        arrays = to_arrays({k: state[k] for k in sent if k in state} | {k: v for k, v in state.items() if k not in sent})
+        metrics.update({WEIGHT_KEY: examples, "process_age_seconds": age, "load_seconds": site.load_seconds,
+                        "site_seconds": getattr(site, "site_seconds", time.monotonic() - started)})
+        return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics),
+                                   "site": ConfigRecord({"name": site.name})}), reply_to=msg)
+
+    @app.evaluate()
+    @named_failures
+    def evaluate(msg: Message, context: Context) -> Message:
+        site = get_site(context)
+        config = dict(msg.content["config"]) if "config" in msg.content.config_records else {}
+        examples, metrics = site.evaluate(to_state(msg.content["arrays"]), config)
+        return Message(RecordDict({"metrics": MetricRecord({WEIGHT_KEY: examples, **metrics}),
+                                   "site": ConfigRecord({"name": site.name})}), reply_to=msg)
+
+    return app
+
+
+# -- deployment -------------------------------------------------------------------------------
+
+def _deployed_site(context: Context) -> Any:
+    """The site of this SuperNode: its ``tunewright federate site`` process, reached through the
+    socket named in the SuperNode's ``--node-config`` (see :mod:`worker`)."""
+    from .worker import RemoteSite
+
+    node = context.node_config
+    return RemoteSite(str(node["socket"]), str(node["name"]))
+
+
+client_app = make_client_app(_deployed_site)
+server_app = ServerApp()
+
+
+@server_app.main()
+def _serve(grid: Grid, context: Context) -> None:
+    """Run the server's job (``tunewright federate server``): the federated runner uses ``grid``.
+    Whatever happens is written to the result file the command waits for."""
+    from tunewright import TunewrightError, get_plugin_manager, run_job
+
+    from .configs import federated_config
+
+    run_config = context.run_config
+    result_path = Path(str(run_config["result"]))
+    outcome: dict[str, Any] = {"status": "failed"}
+    try:
+        pm = get_plugin_manager()
+        config = federated_config(str(run_config["config"]), pm)
+        overwrite = bool(run_config.get("overwrite", False))
+        with active_grid(grid):
+            if config.section("federated").server.own_data:
+                result = run_job(config, pm, overwrite=overwrite)
+            else:
+                from .runner import run_without_data
+
+                result = run_without_data(config, pm, overwrite=overwrite)
+        outcome = {"status": "completed", "run_dir": str(result.run_dir), "metrics": result.metrics}
+    except TunewrightError as exc:
+        outcome = {"status": "failed", "error": str(exc), "exit_code": exc.exit_code}
+    except Exception as exc:  # reported to the waiting command, then re-raised for Flower's log
+        outcome = {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                   "traceback": traceback.format_exc(), "exit_code": 1}
+        raise
+    finally:
+        tmp = result_path.with_name(f".{result_path.name}.tmp")
+        tmp.write_text(json.dumps(outcome, default=str))
+        tmp.replace(result_path)

@@ -1,0 +1,128 @@
+"""``tunewright federate``: simulate a federation on this machine, or run its server or a site.
+
+    tunewright federate CONFIG                                    # simulation (Flower + Ray)
+    tunewright federate server CONFIG                             # Flower SuperLink + the job
+    tunewright federate site CONFIG --data FILE --server HOST:PORT  # one site with its own data
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def _echo(message: str) -> None:
+    click.echo(message, err=True)
+
+
+class _SimulateByDefault(click.Group):
+    """``federate CONFIG`` means ``federate simulate CONFIG``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["simulate", *args]
+        return super().parse_args(ctx, args)
+
+
+def add_commands(cli: click.Group) -> None:
+    @cli.group(cls=_SimulateByDefault)
+    def federate() -> None:
+        """Federated fine-tuning with Flower: only adapter weights leave a site.
+
+        \b
+        tunewright federate CONFIG              simulate the sites on this machine
+        tunewright federate server CONFIG       run the server of a deployed federation
+        tunewright federate site CONFIG --data FILE --server HOST:PORT
+        """
+
+    @federate.command()
+    @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+    @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+    def simulate(config_path: str, overwrite: bool) -> None:
+        """Split CONFIG's data into federated.sites sites and train across them in simulation."""
+        from tunewright import get_plugin_manager, run_job
+
+        from .configs import federated_config
+
+        pm = get_plugin_manager()
+        config = federated_config(config_path, pm)
+        result = run_job(config, pm, overwrite=overwrite, echo=_echo)
+        _echo(f"run written to {result.run_dir}")
+
+    @federate.command()
+    @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+    @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+    @click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+    def server(config_path: str, overwrite: bool, timeout: float | None) -> None:
+        """Start the server (Flower SuperLink) on federated.server's address and run CONFIG's job
+        with the sites that connect. Its data is the central held-out set."""
+        from tunewright import ConfigError, JobFailed, UsageError, get_plugin_manager
+
+        from .configs import federated_config
+        from .deploy import serve_federation
+
+        pm = get_plugin_manager()
+        config = federated_config(config_path, pm)
+        settings = config.section("federated")
+        if settings.server is None:
+            raise ConfigError(f"{config_path}: federated.server: required for a deployed server "
+                              "(host, port, and TLS files or insecure: true)")
+        output = Path(config.output)
+        outcome = serve_federation(Path(config_path), settings.server, overwrite=overwrite, echo=_echo,
+                                   workdir=output.parent / f".{output.name}.server", timeout=timeout)
+        if outcome.get("status") != "completed":
+            error = outcome.get("error", "unknown error")
+            raise (UsageError if outcome.get("exit_code") == 2 else JobFailed)(error)
+        _echo(f"run written to {outcome['run_dir']}")
+
+    @federate.command()
+    @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+    @click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
+                  help="This site's own data (split into training and held-out as data.validation says).")
+    @click.option("--server", "server_address", required=True, metavar="HOST:PORT", help="The server's address.")
+    @click.option("--name", default=None, help="This site's name in the server's records (default: the data file's name).")
+    @click.option("--workdir", type=click.Path(file_okay=False), default=None,
+                  help="Where the site keeps its working files (default: .tunewright-site-NAME).")
+    @click.option("--root-certificates", type=click.Path(dir_okay=False), default=None,
+                  help="CA certificate (PEM) that signed the server's certificate (TLS).")
+    @click.option("--auth-key", type=click.Path(dir_okay=False), default=None,
+                  help="This site's private key (OpenSSH, EC SECP384R1), when the server authenticates sites.")
+    @click.option("--insecure", is_flag=True, help="Plain HTTP (a server started with insecure: true).")
+    def site(config_path: str, data_path: str, server_address: str, name: str | None, workdir: str | None,
+             root_certificates: str | None, auth_key: str | None, insecure: bool) -> None:
+        """Join a federation as a site that trains on its own data.
+
+        The site prepares its run (data checked, model loaded) before it connects, keeps it for
+        the whole federation, and answers every round from it."""
+        from tunewright import UsageError, get_plugin_manager
+
+        from .configs import site_config
+        from .deploy import free_port, run_site, site_args
+        from .site import Site
+        from .worker import SiteServer
+
+        if ":" not in server_address:
+            raise UsageError(f"--server {server_address!r}: expected HOST:PORT, e.g. 127.0.0.1:9092")
+        if not insecure and not root_certificates:
+            raise UsageError("--root-certificates: required for a TLS server (or --insecure for plain HTTP)")
+        name = name or Path(data_path).stem
+        folder = Path(workdir or f".tunewright-site-{name}")
+        pm = get_plugin_manager()
+        config = site_config(config_path, data_path, str(folder / "run"), pm)  # fails fast
+        site = Site(config, pm, folder / "run", name, echo=_echo)
+        site.prepare()  # every data error now, before the site joins
+
+        def announce(op: str, config: dict) -> None:
+            _echo(f"site {name}: round {config.get('server-round', '?')}: {op}")
+
+        server = SiteServer(site, on_request=announce)
+        timeout = config.section("federated").connect_timeout
+        try:
+            args = site_args(server_address, name=name, socket=server.start(), port=free_port(),
+                             connect_timeout=timeout, root_certificates=root_certificates, auth_key=auth_key,
+                             insecure=insecure)
+            code = run_site(args, folder, server_address, timeout, _echo)
+        finally:
+            server.close()
+        raise SystemExit(code)

@@ -1,0 +1,303 @@
+"""Deployment: Flower's SuperLink (the server) and SuperNodes (the sites) as child processes.
+
+``tunewright federate server CONFIG`` starts ``flower-superlink`` on the configured host and port
+(HTTP(S) on one port since Flower 1.40), registers the sites' public keys when site
+authentication is on, submits a generated Flower app whose ServerApp runs the job
+(:data:`apps.server_app`), waits for it, and stops the SuperLink. ``tunewright federate site``
+prepares the site's run, serves it on a private Unix socket (:mod:`worker`) and starts
+``flower-supernode`` with that socket in its ``--node-config``; Flower starts a fresh
+``flwr-clientapp`` process for every message, which forwards the message to the socket.
+
+The Flower executables are taken from the scripts folder of the Python running tunewright (so the
+processes import the same tunewright), and every process started here is stopped by its id, its
+children with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from tunewright import JobFailed, UsageError
+
+POLL_SECONDS = 0.5
+
+
+def executable(name: str) -> str:
+    """A Flower executable beside this interpreter (the same environment, the same tunewright)."""
+    for folder in (Path(sysconfig.get_path("scripts")), Path(sys.executable).parent):
+        if (folder / name).exists():
+            return str(folder / name)
+    raise UsageError(f"{name} not found beside {sys.executable}; install the federated extra: "
+                     "pip install 'tunewright[federated]'")
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """The environment of every Flower process: its own ``FLWR_HOME``, this environment's
+    executables first on ``PATH`` (Flower starts its helpers by name), no update check."""
+    env = dict(os.environ)
+    env["FLWR_HOME"] = str(flwr_home)
+    env["PATH"] = os.pathsep.join([str(Path(executable("flwr")).parent), env.get("PATH", "")])
+    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    return env
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def stop(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """Stop a process we started and everything it started, each by its id: TERM, then KILL."""
+    if proc.poll() is not None and not descendants(proc.pid):
+        return
+    family = [proc.pid] + descendants(proc.pid)
+    for pid in family:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(pid) for pid in family):
+        proc.poll()
+        time.sleep(0.1)
+    for pid in family + descendants(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise JobFailed(f"{what} exited with code {proc.returncode} before it listened on "
+                            f"{host}:{port}: {tail(log)}")
+        try:
+            with socket.create_connection((host if host != "0.0.0.0" else "127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(POLL_SECONDS)
+    raise JobFailed(f"{what} did not listen on {host}:{port} within {timeout:.0f} s: {tail(log)}")
+
+
+def tail(log: Path, lines: int = 8) -> str:
+    try:
+        text = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(line.strip() for line in text[-lines:] if line.strip())
+
+
+def flwr(args: list[str], env: dict[str, str], timeout: float = 120) -> dict:
+    """Run the ``flwr`` command line with ``--format json``; its JSON answer."""
+    try:
+        done = subprocess.run([executable("flwr"), *args, "--format", "json"], env=env, capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise JobFailed(f"flwr {' '.join(args[:2])} did not answer within {timeout:.0f} s") from exc
+    start = done.stdout.find("{")
+    try:
+        answer = json.loads(done.stdout[start:]) if start >= 0 else {}
+    except json.JSONDecodeError:
+        answer = {}
+    if done.returncode != 0 or not answer.get("success", False):
+        raise JobFailed(f"flwr {' '.join(args[:2])} failed: {answer.get('error-message') or done.stderr.strip()[-500:] or done.stdout.strip()[-500:]}")
+    return answer
+
+
+# -- the server -----------------------------------------------------------------------------------
+
+APP_PYPROJECT = """\
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "tunewright-federation"
+version = "1.0.0"
+description = "A tunewright federated job"
+# empty: the sites and the server use the tunewright installed beside Flower
+dependencies = []
+
+[tool.flwr.app]
+publisher = "tunewright"
+
+[tool.flwr.app.components]
+serverapp = "tunewright.plugins.federated.apps:server_app"
+clientapp = "tunewright.plugins.federated.apps:client_app"
+
+[tool.flwr.app.config]
+config = {config}
+result = {result}
+overwrite = {overwrite}
+"""
+
+
+def write_app(folder: Path, config_path: Path, result: Path, overwrite: bool) -> Path:
+    """A Flower app (a ``pyproject.toml``) that runs this job: what ``flwr run`` submits."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pyproject.toml").write_text(APP_PYPROJECT.format(
+        config=json.dumps(str(config_path.resolve())), result=json.dumps(str(result.resolve())),
+        overwrite="true" if overwrite else "false"))
+    (folder / "federation.py").write_text('"""The app\'s code is tunewright\'s: see pyproject.toml."""\n')
+    return folder
+
+
+def connection_toml(name: str, address: str, server: Any) -> str:
+    lines = ["[superlink]", f'default = "{name}"', "", f"[superlink.{name}]", f'address = "{address}"']
+    if server.insecure:
+        lines.append("insecure = true")
+    else:
+        lines.append(f"root-certificates = {json.dumps(str(Path(server.ca_certfile).resolve()))}")
+    return "\n".join(lines) + "\n"
+
+
+def superlink_args(server: Any) -> list[str]:
+    args = [executable("flower-superlink"), "--disable-runtime-dependency-installation",
+            "--host", server.host, "--port", str(server.port)]
+    if server.insecure:
+        args.append("--insecure")
+    else:
+        args += ["--ssl-ca-certfile", server.ca_certfile, "--ssl-certfile", server.certfile,
+                 "--ssl-keyfile", server.keyfile]
+    if server.authorized_sites:
+        args.append("--enable-supernode-auth")
+    return args
+
+
+def serve_federation(config_path: Path, server: Any, *, overwrite: bool, echo: Callable[[str], None],
+                     workdir: Path, timeout: float | None = None) -> dict:
+    """Start the SuperLink, admit the sites, run the job, stop everything; the job's outcome."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="flwr-home-", dir=workdir))
+    env = flower_env(home)
+    address = f"{'127.0.0.1' if server.host in ('0.0.0.0', '::') else server.host}:{server.port}"
+    (home / "config.toml").write_text(connection_toml("tunewright", address, server))
+    log = workdir / "superlink.log"
+    result = workdir / "result.json"
+    result.unlink(missing_ok=True)
+    with log.open("ab") as handle:
+        proc = subprocess.Popen(superlink_args(server), env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_port(server.host, server.port, 60, proc, "flower-superlink", log)
+        echo(f"server listening on {address} ({'plain HTTP' if server.insecure else 'TLS'}"
+             f"{', site authentication on' if server.authorized_sites else ''}); log: {log}")
+        for key in server.authorized_sites or []:
+            if not Path(key).is_file():
+                raise UsageError(f"federated.server.authorized_sites: {key}: file not found")
+            flwr(["supernode", "register", str(Path(key).resolve()), "tunewright"], env)
+            echo(f"site key registered: {key}")
+        app = write_app(workdir / "app", config_path, result, overwrite)
+        submitted = flwr(["run", str(app), "tunewright"], env)
+        run_id = submitted["run-id"]
+        echo(f"federated run {run_id} submitted; waiting for sites")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if result.exists():
+                return json.loads(result.read_text())
+            if proc.poll() is not None:
+                raise JobFailed(f"flower-superlink exited with code {proc.returncode}: {tail(log)}")
+            status = flwr(["ls", "tunewright", "--run-id", str(run_id)], env)["runs"][0]["status"]
+            if status.startswith("finished") and not result.exists():
+                time.sleep(1)  # the result file is written before the run is marked finished
+                if not result.exists():
+                    raise JobFailed(f"federated run {run_id} ended ({status}) without a result: {tail(log)}")
+            if deadline is not None and time.monotonic() > deadline:
+                flwr(["stop", str(run_id), "tunewright"], env)
+                raise JobFailed(f"federated run {run_id} did not finish within {timeout:.0f} s")
+            time.sleep(2)
+    finally:
+        stop(proc)
+
+
+# -- a site ---------------------------------------------------------------------------------------
+
+SUPERNODE_NO_SERVER = 305  # Flower's exit code when the SuperLink cannot be reached
+
+
+def site_args(server_address: str, *, name: str, socket: Path, port: int, connect_timeout: float,
+              root_certificates: str | None, auth_key: str | None, insecure: bool) -> list[str]:
+    """``flower-supernode``'s command line for a site served on ``socket`` (see :mod:`worker`)."""
+    node_config = " ".join(f"{k}={json.dumps(str(v))}" for k, v in {"name": name, "socket": socket}.items())
+    args = [executable("flower-supernode"), "--superlink", server_address, "--port", str(port),
+            "--node-config", node_config, "--max-wait-time", str(connect_timeout)]
+    if insecure:
+        args.append("--insecure")
+    elif root_certificates:
+        args += ["--root-certificates", root_certificates]
+    if auth_key:
+        args += ["--auth-supernode-private-key", auth_key]
+    return args
+
+
+def run_site(args: list[str], workdir: Path, server_address: str, connect_timeout: float,
+             echo: Callable[[str], None]) -> int:
+    """Run a SuperNode until it ends or is interrupted; a clear error when the server is unreachable."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="flwr-home-", dir=workdir))
+    log = workdir / "supernode.log"
+    with log.open("ab") as handle:
+        proc = subprocess.Popen(args, env=flower_env(home), stdout=handle, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    echo(f"site started (pid {proc.pid}), connecting to {server_address}; log: {log}")
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        stop(proc)
+    text = tail(log, 40)
+    if "Failed to activate SuperNode" in text:  # Flower's [code: 2004]
+        raise JobFailed(f"--server {server_address}: the server refused this site: its key is not among "
+                        "the server's federated.server.authorized_sites (or --auth-key is missing)")
+    if code == SUPERNODE_NO_SERVER or "Failed to initialize the connection" in text:
+        reason = text.split("Failed to initialize the connection to the SuperLink. |", 1)[-1].split("|")[0].strip()
+        raise JobFailed(f"--server {server_address}: could not reach the server within {connect_timeout:g} s "
+                        f"(federated.connect_timeout): {reason}")
+    if code not in (0, 130, -signal.SIGTERM):
+        found = text.split("Exit Code:", 1)[-1].split("| For more information", 1)[0].strip(" |")
+        raise JobFailed(f"the site's Flower SuperNode stopped with exit code {code}: {found}")
+    return code

@@ -1,0 +1,289 @@
+"""The server's rounds: send the state, collect replies within a deadline, check them, aggregate,
+evaluate, record.
+
+Flower's ``Strategy.start`` waits for sites without a deadline, polls every 3 s and keeps no
+per-site record; this loop drives the same strategy objects (``configure_train``,
+``aggregate_train``, ``configure_evaluate``) through the public ``Grid`` API and adds:
+
+- a deadline for ``min_sites`` to connect (``wait_for_sites``) and for replies (``round_timeout``):
+  a site that crashed or hangs is left out when the deadline passes, the round goes on;
+- every reply checked against what was sent (:mod:`replies`) before it is aggregated;
+- a site whose config differs from the server's is refused from its first reply on;
+- one record per round: bytes each site received and sent, who was left out and why, timings,
+  the scheme's report, the DP noise, site and central metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+
+from tunewright import JobFailed
+
+from .replies import describe, reply_problems
+from .strategies import WEIGHT_KEY, build_strategy, noise_stdev
+
+#: an error reply whose reason holds this is a site that refuses the server's config or data
+#: (``[site NAME] refused: ...``, see :func:`apps.named_failures`): it is left out from then on
+REFUSED_MARK = "] refused: "
+#: in a train message's config: clip the update at the site (Flower's client-side DP wrapper is on)
+CLIENT_CLIPPING = "client-clipping"
+#: a site's figures of the state it received, in its train reply's metrics (``evaluate/loss``...)
+EVALUATE_PREFIX = "evaluate/"
+POLL_SECONDS = 0.25
+
+
+def wait_for_sites(grid: Any, count: int, timeout: float, echo: Callable[[str], None]) -> list[int]:
+    """Wait until ``count`` sites are connected; a :class:`tunewright.JobFailed` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    said = -1
+    while True:
+        nodes = list(grid.get_node_ids())
+        if len(nodes) >= count:
+            return nodes
+        if time.monotonic() >= deadline:
+            raise JobFailed(
+                f"federated.min_sites: {len(nodes)} of the {count} sites needed had connected after "
+                f"{timeout:.0f} s (federated.wait_for_sites); start more sites, check that they reach "
+                "the server, or lower min_sites")
+        if len(nodes) != said:
+            echo(f"waiting for sites: {len(nodes)} of {count} connected")
+            said = len(nodes)
+        time.sleep(POLL_SECONDS)
+
+
+def exchange(grid: Any, messages: list[Message], timeout: float) -> list[Message]:
+    """Push ``messages`` and pull replies until all arrived or ``timeout`` seconds passed.
+
+    A reply the SuperLink writes itself (``Node Unavailable`` for a site that stopped sending
+    heartbeats) comes from the SuperLink's node id: each reply is tagged with the node it answers
+    for (``metadata.dst_node_id`` of the message it replies to) in ``reply.answering_node``."""
+    ids = list(grid.push_messages(messages))
+    node_of = {i: m.metadata.dst_node_id for i, m in zip(ids, messages) if i}
+    pending = {i for i in ids if i}
+    deadline = time.monotonic() + timeout
+    replies: list[Message] = []
+    while pending and time.monotonic() < deadline:
+        got = list(grid.pull_messages(pending))
+        for reply in got:
+            reply.answering_node = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+        replies += got
+        pending -= {m.metadata.reply_to_message_id for m in got}
+        if pending:
+            time.sleep(POLL_SECONDS)
+    return replies
+
+
+def to_arrays(state: Mapping[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+
+
+def to_state(arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in arrays.items()}
+
+
+def _metrics(reply: Message) -> dict[str, Any]:
+    records = reply.content.metric_records
+    return dict(next(iter(records.values()))) if records else {}
+
+
+def _site_name(reply: Message, names: dict[int, str]) -> str:
+    """A reply's site name (error replies name it ``[site NAME]``), remembered by node id."""
+    node = getattr(reply, "answering_node", reply.metadata.src_node_id)
+    if reply.has_error():
+        found = re.match(r"\[site (.+?)\] ", reply.error.reason)
+        if found:
+            names[node] = found.group(1)
+    elif "site" in reply.content.config_records:
+        names[node] = str(reply.content["site"].get("name", node))
+    return names.get(node, f"node {node}")
+
+
+def _weighted(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Example-weighted mean of every numeric metric the rows share."""
+    rows = [r for r in rows if r.get(WEIGHT_KEY, 0) > 0]
+    if not rows:
+        return {}
+    keys = set.intersection(*(set(r) for r in rows)) - {WEIGHT_KEY}
+    total = sum(r[WEIGHT_KEY] for r in rows)
+    return {k: sum(r[k] * r[WEIGHT_KEY] for r in rows) / total for k in sorted(keys)
+            if all(isinstance(r[k], (int, float)) for r in rows)}
+
+
+class Federation:
+    """One federated training on a Flower ``Grid``: ``run()`` returns the final state."""
+
+    def __init__(self, grid: Any, settings: Any, initial: Mapping[str, np.ndarray], fingerprint: dict,
+                 *, dp_sites: int, central_eval: Callable[[dict[str, np.ndarray]], dict] | None = None,
+                 on_round: Callable[[dict], None] | None = None, echo: Callable[[str], None] = print):
+        self.grid = grid
+        self.settings = settings
+        self.initial = dict(initial)
+        self.expected = describe(initial)
+        self.fingerprint = fingerprint
+        self.dp_sites = dp_sites
+        self.central_eval = central_eval
+        self.on_round = on_round or (lambda record: None)
+        self.echo = echo
+        self.strategy, self.inner = build_strategy(settings, dp_sites)
+        self.refused: dict[int, str] = {}
+        self.names: dict[int, str] = {}
+
+    def train_config(self, rnd: int) -> ConfigRecord:
+        s = self.settings
+        config: dict[str, Any] = {"fingerprint": json.dumps(self.fingerprint, sort_keys=True),
+                                  "local-steps": s.local_steps, "round-timeout": float(s.round_timeout),
+                                  # the previous round's aggregate is evaluated by the sites as they get it
+                                  "evaluate-first": bool(s.site_evaluation and rnd > 1)}
+        if s.privacy is not None and s.privacy.clipping == "client":
+            config[CLIENT_CLIPPING] = True
+        return ConfigRecord(config)
+
+    def run(self) -> tuple[dict[str, np.ndarray], list[dict]]:
+        """Every round; the final state and one record per round.
+
+        A round's record is complete (and handed to ``on_round``) when the sites' evaluation of its
+        aggregate is in: it rides on the next round's train replies, and after the last round on
+        one evaluate message per site. So a deployed site starts one Flower process per round (and
+        one more at the end), not two."""
+        s = self.settings
+        arrays = to_arrays(self.initial)
+        records: list[dict] = []
+        pending: dict | None = None
+        try:
+            for rnd in range(1, s.rounds + 1):
+                record, arrays, evaluations = self.round(rnd, arrays)
+                if pending is not None:
+                    self.finish(pending, evaluations)
+                    records.append(pending)
+                pending = record
+            if pending is not None:
+                evaluations = self.evaluate_sites(s.rounds, arrays) if s.site_evaluation else None
+                self.finish(pending, evaluations)
+                records.append(pending)
+                pending = None
+        finally:
+            if pending is not None:  # a later round failed: what this one did is still recorded
+                self.finish(pending, None)
+        return to_state(arrays), records
+
+    def finish(self, record: dict, evaluations: list[dict] | None) -> None:
+        """Add the sites' evaluation of the round's aggregate and hand the record on."""
+        if evaluations is not None:
+            ok = [r for r in evaluations if r["status"] == "ok"]
+            record["evaluate"] = _weighted(ok)
+            record["evaluate_sites"] = sorted(evaluations, key=lambda r: str(r["site"]))
+        self.on_round(record)
+
+    def round(self, rnd: int, arrays: ArrayRecord) -> tuple[dict, ArrayRecord, list[dict]]:
+        """Train one round; its record, the new state, and the sites' evaluation of the state
+        they received (the previous round's aggregate)."""
+        s = self.settings
+        started = time.monotonic()
+        wait_for_sites(self.grid, s.min_sites + len(self.refused), s.wait_for_sites, self.echo)
+        messages = [m for m in self.strategy.configure_train(rnd, arrays, self.train_config(rnd), self.grid)
+                    if m.metadata.dst_node_id not in self.refused]
+        if len(messages) < s.min_sites:
+            raise JobFailed(f"round {rnd}: {len(messages)} site(s) left to train, fewer than "
+                            f"federated.min_sites ({s.min_sites}); refused: "
+                            + "; ".join(self.refused.values()))
+        down = arrays.count_bytes()
+        asked = {m.metadata.dst_node_id for m in messages}
+        self.echo(f"round {rnd}/{s.rounds}: training on {len(messages)} site(s)")
+        replies = exchange(self.grid, messages, s.round_timeout)
+        trained_at = time.monotonic()
+        sites: dict[int, dict] = {n: {"node": n, "site": self.names.get(n, f"node {n}"), "received_bytes": down,
+                                     "sent_bytes": 0, "status": "no reply",
+                                     "problems": [f"no reply within {s.round_timeout:g} s (federated.round_timeout)"]}
+                                  for n in asked}
+        usable, failed, evaluations = [], [], []
+        for reply in replies:
+            node = getattr(reply, "answering_node", reply.metadata.src_node_id)
+            row = sites.setdefault(node, {"node": node, "received_bytes": down, "sent_bytes": 0})
+            row["site"] = _site_name(reply, self.names)
+            if reply.has_error():
+                reason = reply.error.reason
+                row.update(status="failed", problems=[reason])
+                if REFUSED_MARK in reason:
+                    row["status"] = "refused"
+                    self.refused[node] = f"{row['site']}: {reason}"
+                failed.append(reply)
+                if rnd > 1 and s.site_evaluation:
+                    evaluations.append({"site": row["site"], "status": row["status"], "problems": [reason]})
+                continue
+            content = reply.content
+            state = to_state(content["arrays"]) if "arrays" in content.array_records else {}
+            metrics = _metrics(reply)
+            evaluated = {k[len(EVALUATE_PREFIX):]: v for k, v in metrics.items() if k.startswith(EVALUATE_PREFIX)}
+            if evaluated:
+                evaluations.append({"site": row["site"], "status": "ok", **evaluated})
+            metrics = {k: v for k, v in metrics.items() if not k.startswith(EVALUATE_PREFIX)}
+            row["sent_bytes"] = content["arrays"].count_bytes() if "arrays" in content.array_records else 0
+            row.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            problems = reply_problems(self.expected, state, metrics.get(WEIGHT_KEY))
+            if problems:
+                row.update(status="dropped", problems=problems)
+            else:
+                row.update(status="ok", problems=[])
+                usable.append(reply)
+        for row in sites.values():
+            if row["status"] != "ok":
+                self.echo(f"round {rnd}: {row['site']} left out ({row['status']}): {'; '.join(row['problems'])}")
+        aggregated, reason = False, None
+        left_out = [r for r in sites.values() if r["status"] != "ok"]
+        if not usable:
+            reason = "no usable reply"
+        elif s.privacy is not None and any(r["status"] == "dropped" for r in left_out):
+            # the noise is calibrated for dp_sites clipped updates: aggregating fewer would weaken it
+            reason = ("a reply was dropped and DP noise is calibrated for every sampled site; "
+                      "aggregation skipped, the state stays as it was")
+        else:
+            # with Flower's DP wrappers an error reply makes the wrapper skip the aggregation
+            passed = usable + (failed if s.privacy is not None else [])
+            new, _ = self.strategy.aggregate_train(rnd, passed)
+            if new is not None:
+                arrays, aggregated = new, True
+            else:
+                reason = ("Flower's DP wrapper skipped the aggregation: a site failed "
+                          "(its noise is calibrated for every sampled site)") if s.privacy else "aggregation returned nothing"
+        if reason:
+            self.echo(f"round {rnd}: not aggregated: {reason}")
+        record: dict[str, Any] = {
+            "round": rnd, "aggregated": aggregated, "skipped_reason": reason,
+            "sites": sorted(sites.values(), key=lambda r: str(r["site"])),
+            "train": _weighted([_metrics(r) for r in usable]),
+            "train_seconds_wall": round(trained_at - started, 3),
+        }
+        if aggregated and self.inner.last_report:
+            record["aggregation"] = dict(self.inner.last_report)
+        if s.privacy is not None:
+            record["privacy"] = {"clipping": s.privacy.clipping, "noise_multiplier": s.privacy.noise_multiplier,
+                                 "clipping_norm": s.privacy.clipping_norm, "sites": self.dp_sites,
+                                 "noise_stdev": noise_stdev(s, self.dp_sites) if aggregated else 0.0}
+        if self.central_eval is not None:
+            record["central"] = self.central_eval(to_state(arrays))
+        record["seconds"] = round(time.monotonic() - started, 3)
+        return record, arrays, evaluations
+
+    def evaluate_sites(self, rnd: int, arrays: ArrayRecord) -> list[dict]:
+        """Every site's figures of ``arrays`` on its held-out data (after the last round)."""
+        started = time.monotonic()
+        messages = [m for m in self.strategy.configure_evaluate(rnd, arrays, self.train_config(rnd), self.grid)
+                    if m.metadata.dst_node_id not in self.refused]
+        replies = exchange(self.grid, messages, self.settings.round_timeout)
+        rows = []
+        for reply in replies:
+            name = _site_name(reply, self.names)
+            if reply.has_error():
+                rows.append({"site": name, "status": "failed", "problems": [reply.error.reason]})
+                continue
+            rows.append({"site": name, "status": "ok", **{k: v for k, v in _metrics(reply).items()
+                                                          if isinstance(v, (int, float))}})
+        self.echo(f"round {rnd}: sites evaluated the final state in {time.monotonic() - started:.1f} s")
+        return rows

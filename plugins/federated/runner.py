@@ -1,0 +1,294 @@
+"""The ``federated`` runner: the server side of a federated job, simulated or deployed.
+
+``run_job`` prepares the server's run (its data is the central held-out set), then calls this
+runner, which
+
+- in deployment (inside the ServerApp that ``tunewright federate server`` submits) runs the rounds
+  on the Flower grid the sites connected to;
+- otherwise splits the run's training data into ``federated.sites`` sites and runs the same rounds
+  with Flower's simulation engine (Ray), each site preparing its own run in a worker process.
+
+Either way it leaves the aggregated state in ``run.model``; the engine evaluates it and writes the
+run directory as for a local run. Rounds are logged as steps (``step`` = round) to the run's
+trackers and in detail to ``federated/rounds.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from tunewright import ConfigError, TrainResult, UsageError, atomic_directory, kinds
+
+from .settings import FederatedSettings
+
+
+def federated_runner(run: Any) -> TrainResult:
+    """Train ``run.model`` across sites; see the module docstring."""
+    settings = run.config.section("federated")
+    if settings is None:
+        raise ConfigError("runner: federated needs a federated: section (at least federated: {})")
+    from .apps import current_grid
+
+    grid = current_grid()
+    if grid is not None:
+        return serve(run, grid, settings, dp_sites=settings.min_sites)
+    return simulate(run, settings)
+
+
+def serve(run: Any, grid: Any, settings: FederatedSettings, *, dp_sites: int) -> TrainResult:
+    """Run the rounds on ``grid`` and leave the final state in ``run.model``."""
+    from tunewright import evaluate
+
+    from .federation import Federation
+    from .site import fingerprint, freeze_lora_a, load_state, travelling_state
+
+    from .site import use_threads
+
+    started = time.monotonic()
+    use_threads(run.config)
+    if settings.aggregation == "ffa":
+        freeze_lora_a(run.model, run.config.seed)
+    initial = travelling_state(run.method, run.model, settings.aggregation)
+    folder = Path(run.run_dir) / "federated"
+    folder.mkdir(parents=True, exist_ok=True)
+    rounds_path = folder / "rounds.jsonl"
+    rounds_path.write_text("")
+    full_bytes = sum(p.numel() * p.element_size() for p in run.model.parameters())
+
+    def central(state: dict) -> dict:
+        if not run.validation_features:
+            return {}
+        load_state(run.method, run.model, state)
+        return evaluate(run, run.validation_features)
+
+    def on_round(record: dict) -> None:
+        with rounds_path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, default=float) + "\n")
+        # one row per round (step = round): report.png draws the rounds as a local run's steps
+        row: dict[str, Any] = {"round": record["round"]}
+        if "train_loss" in record["train"]:
+            row["loss"] = record["train"]["train_loss"]
+        row.update({f"eval_{k}": v for k, v in record.get("central", {}).items()})
+        row.update({f"eval_sites_{k}": v for k, v in record.get("evaluate", {}).items()})
+        if any(k.startswith("eval_") for k in row):
+            row["eval_stage"] = "training"
+        row["sites_aggregated"] = sum(s["status"] == "ok" for s in record["sites"])
+        row["sent_bytes_per_site"] = max((s["received_bytes"] for s in record["sites"]), default=0)
+        row["received_bytes_per_site"] = max((s["sent_bytes"] for s in record["sites"]), default=0)
+        run.log(record["round"], row)
+        ok = sum(s["status"] == "ok" for s in record["sites"])
+        shown = {k: v for k, v in row.items() if k.startswith("eval_") and isinstance(v, float)}
+        run.say(f"round {record['round']}/{settings.rounds}: {ok}/{len(record['sites'])} sites aggregated"
+                + ("" if record["aggregated"] else " (not aggregated)") + "  "
+                + "  ".join(f"{k[5:]} {v:.4f}" for k, v in shown.items()))
+
+    federation = Federation(grid, settings, initial, fingerprint(run.config, run.labels), dp_sites=dp_sites,
+                            central_eval=central if run.validation_features else None,
+                            on_round=on_round, echo=run.say)
+    final, records = federation.run()
+    load_state(run.method, run.model, final)
+    summary = {
+        "rounds": settings.rounds, "aggregation": settings.aggregation, "strategy": settings.strategy,
+        "trainable_bytes": int(sum(v.nbytes for v in initial.values())), "full_model_bytes": int(full_bytes),
+        "privacy": records[-1].get("privacy") if records else None,
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    draw_rounds(records, folder / "rounds.png", run.primary_metric[0])
+    tokens = sum(int(s.get("train_tokens", 0)) for r in records for s in r["sites"] if s["status"] == "ok")
+    last = records[-1]["train"] if records else {}
+    return TrainResult(run_dir=Path(run.run_dir), global_step=settings.rounds,
+                       metrics={"train_loss": last.get("train_loss", float("nan"))},
+                       train_tokens=tokens, train_seconds=time.monotonic() - started)
+
+
+def draw_rounds(records: list[dict], path: Path, metric: str) -> Path | None:
+    """``federated/rounds.png``: per round, each site's training loss (left) and each site's and
+    the central figures of ``metric`` for the aggregate (right). Written atomically."""
+    if not records:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    names = sorted({str(s["site"]) for r in records for s in r["sites"]})
+    for name in names:
+        points = [(r["round"], s["train_loss"]) for r in records for s in r["sites"]
+                  if str(s["site"]) == name and s["status"] == "ok" and "train_loss" in s]
+        if points:
+            loss_ax.plot(*zip(*points), "o-", alpha=0.7, label=name)
+        points = [(r["round"], e[metric]) for r in records for e in r.get("evaluate_sites", [])
+                  if str(e["site"]) == name and e.get("status") == "ok" and metric in e]
+        if points:
+            metric_ax.plot(*zip(*points), "o-", alpha=0.7, label=name)
+    central = [(r["round"], r["central"][metric]) for r in records if metric in r.get("central", {})]
+    if central:
+        metric_ax.plot(*zip(*central), "s-", color="black", label="central test set")
+    weighted = [(r["round"], r["evaluate"][metric]) for r in records if metric in r.get("evaluate", {})]
+    if weighted:
+        metric_ax.plot(*zip(*weighted), "--", color="gray", label="sites, weighted")
+    for ax, title in ((loss_ax, "local training loss"), (metric_ax, f"{metric} of the aggregate")):
+        ax.set_xlabel("round")
+        ax.set_title(title)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def run_without_data(config: Any, pm: Any, *, overwrite: bool = False, echo: Any = None) -> TrainResult:
+    """A deployed server that reads no data (``federated.server.own_data: false``): the job as
+    :func:`tunewright.run_job` runs it, from the same public steps, with no held-out data of its
+    own, so no baseline or final evaluation; the sites' evaluation of the final state stands in
+    ``eval.json`` as ``final_sites``, and ``report.png`` is the per-round figure.
+
+    (``run_job`` prepares the run with data; were it to take ``with_data``/``labels`` and pass them
+    to ``prepare_run``, this function would be one call to it.)
+    """
+    from tunewright import prepare_run
+
+    settings = config.section("federated")
+    task = pm.registries.get("tasks", config.task, key="task")
+    if settings.labels is None and task.model_kind == kinds.SEQUENCE_CLASSIFICATION:
+        raise ConfigError("federated.labels: a server without data (federated.server.own_data: false) "
+                          f"of a {config.task} job needs the label set, in order, e.g. labels: [negative, positive]")
+    run = prepare_run(config, pm, overwrite=overwrite, echo=echo, with_data=False, labels=settings.labels)
+    factories = pm.registries.kind("trackers")
+    run.trackers = [factories[name](run) for name in config.trackers]
+    try:
+        pm.hook.on_train_begin(run=run)
+        result = federated_runner(run)
+    finally:
+        for tracker in run.trackers:
+            tracker.close()
+    with atomic_directory(run.run_dir / "adapter") as staging:
+        run.method.save(run.model, staging)
+    records = [json.loads(line) for line in (run.run_dir / "federated" / "rounds.jsonl").read_text().splitlines()]
+    results = {"split": None, "primary_metric": run.primary_metric[0],
+               "final_sites": records[-1].get("evaluate", {}) if records else {},
+               "train": {"global_step": result.global_step, "tokens": result.train_tokens,
+                         "seconds": round(result.train_seconds, 2), "precision": run.precision}}
+    tmp = run.run_dir / ".eval.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(run.run_dir / "eval.json")
+    shutil.copyfile(run.run_dir / "federated" / "rounds.png", run.run_dir / "report.png")
+    pm.hook.on_train_end(run=run, result=result)
+    return result
+
+
+# -- simulation ---------------------------------------------------------------------------------
+
+
+def split_sites(run: Any, settings: FederatedSettings) -> list[dict]:
+    """Partition the run's training examples into sites; returns ``{name, indices, values}`` each."""
+    from .partition import by_field, dirichlet, field_values, iid
+
+    examples = run.data.train.examples
+    seed = run.config.seed
+    if settings.partition == "iid":
+        parts, held = iid(len(examples), settings.sites, seed), None
+    elif settings.partition == "dirichlet":
+        stratify = getattr(run.task, "stratify_key", None)
+        keys = field_values(examples, settings.partition_field or "", stratify)
+        # every label at every site: the data rules refuse a classification site with one label
+        parts = dirichlet(keys, settings.sites, seed, settings.dirichlet_alpha,
+                          every_key_everywhere=run.labels is not None)
+        held = None
+    else:
+        # a site takes the server's labels, so one that lacks some still builds the whole head
+        values = field_values(examples, settings.partition_field or "")
+        parts, held = by_field(values, settings.sites, settings.partition_field or "")
+    return [{"name": f"site-{k}", "indices": part, **({"values": held[k]} if held else {})}
+            for k, part in enumerate(parts)]
+
+
+def simulate(run: Any, settings: FederatedSettings) -> TrainResult:
+    """Split the data, then run the rounds with Flower's simulation engine."""
+    from flwr.serverapp import ServerApp
+    from flwr.simulation import run_simulation
+
+    from .apps import make_client_app
+    from .configs import with_site_data
+
+    if settings.min_sites > settings.sites:
+        raise ConfigError(f"federated.min_sites ({settings.min_sites}) is more than federated.sites ({settings.sites})")
+    sites = split_sites(run, settings)
+    root = Path(run.run_dir) / "federated" / "sites"
+    base = run.config.to_dict()
+    validation = run.config.data.validation if isinstance(run.config.data.validation, float) else 0.1
+    specs = {}
+    examples = run.data.train.examples
+    for k, site in enumerate(sites):
+        folder = root / site["name"]
+        with atomic_directory(folder) as staging:
+            with (staging / "train.jsonl").open("w", encoding="utf-8") as handle:
+                for i in site["indices"]:
+                    handle.write(json.dumps(examples[i], ensure_ascii=False) + "\n")
+        specs[k] = {"name": site["name"], "workdir": str(folder / "work"),
+                    "config": with_site_data(base, folder / "train.jsonl", folder / "work",
+                                             validation=validation, format="auto")}
+        run.say(f"{site['name']}: {len(site['indices'])} training examples"
+                + (f" ({', '.join(site['values'])})" if site.get("values") else ""))
+    (root.parent / "partition.json").write_text(json.dumps(
+        {"partition": settings.partition, "dirichlet_alpha": settings.dirichlet_alpha,
+         "field": settings.partition_field,
+         "sites": [{k: v for k, v in s.items() if k != "indices"} | {"examples": len(s["indices"])} for s in sites]},
+        indent=2) + "\n")
+
+    outcome: dict[str, TrainResult] = {}
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Any, context: Any) -> None:
+        outcome["result"] = serve(run, grid, settings, dp_sites=settings.sites)
+
+    client_app = make_client_app(_SimulatedSites(specs))
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=settings.sites,
+                   backend_config={"client_resources": {"num_cpus": settings.cpus_per_site, "num_gpus": 0.0},
+                                   "init_args": {"num_cpus": settings.simulation_cpus, "num_gpus": 0,
+                                                 "include_dashboard": False}})
+    for spec in specs.values():
+        for work in Path(spec["workdir"]).parent.glob("work*"):
+            shutil.rmtree(work, ignore_errors=True)
+    if "result" not in outcome:
+        raise UsageError("the federated simulation ended without a result; see Flower's log above")
+    return outcome["result"]
+
+
+class _SimulatedSites:
+    """Builds a simulated site in the worker process that first gets one of its messages, and
+    keeps it for later rounds (Ray workers live through the simulation). Small, so that Flower
+    can send it to every worker."""
+
+    def __init__(self, specs: dict[int, dict]):
+        self.specs = specs
+
+    def __call__(self, context: Any) -> Any:
+        from tunewright import get_plugin_manager, load_config
+
+        from .site import Site
+
+        spec = self.specs[int(context.node_config["partition-id"])]
+        # workers are not pinned to sites: two may prepare the same site, each in its own folder;
+        # Ray may reuse a worker process for a later simulation: the folder names the federation
+        key = (spec["workdir"], os.getpid())
+        if key not in _SIMULATED:
+            pm = get_plugin_manager()
+            config = load_config(spec["config"], pm.registries, source=f"{spec['name']} config")
+            _SIMULATED[key] = Site(config, pm, f"{spec['workdir']}-{os.getpid()}", spec["name"])
+        return _SIMULATED[key]
+
+
+_SIMULATED: dict[tuple[str, int], Any] = {}

@@ -1,0 +1,75 @@
+"""Flower's real processes on loopback: TLS with site authentication refuses an unregistered site,
+and a site whose server is unreachable fails with a clear error within its deadline. Every process
+is stopped by its id in a ``finally``; ``FLWR_HOME`` is a temporary folder."""
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tunewright import JobFailed
+from tunewright.plugins.federated import credentials, deploy
+from tunewright.plugins.federated.settings import ServerSettings
+
+pytestmark = pytest.mark.slow
+
+
+def site_argv(port, server_port, *, key=None, ca=None, timeout=10):
+    argv = [deploy.executable("flower-supernode"), "--superlink", f"127.0.0.1:{server_port}",
+            "--port", str(port), "--max-wait-time", str(timeout)]
+    argv += ["--root-certificates", str(ca)] if ca else ["--insecure"]
+    return argv + (["--auth-supernode-private-key", str(key)] if key else [])
+
+
+def test_tls_server_with_site_authentication_refuses_an_unregistered_site(tmp_path):
+    tls = credentials.make_tls(tmp_path / "tls", ["127.0.0.1", "localhost"])
+    registered = credentials.make_site_key(tmp_path / "keys", "hospital-a")
+    stranger = credentials.make_site_key(tmp_path / "keys", "stranger")
+    port = deploy.free_port()
+    server = ServerSettings(port=port, authorized_sites=[str(registered[1])], **{k: str(v) for k, v in tls.items()})
+    home = tmp_path / "home"
+    home.mkdir()
+    env = deploy.flower_env(home)
+    (home / "config.toml").write_text(deploy.connection_toml("tunewright", f"127.0.0.1:{port}", server))
+    log = tmp_path / "superlink.log"
+    superlink = subprocess.Popen(deploy.superlink_args(server), env=env, stdout=log.open("wb"),
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+    good = None
+    try:
+        deploy.wait_for_port("127.0.0.1", port, 60, superlink, "flower-superlink", log)
+        node = deploy.flwr(["supernode", "register", str(registered[1]), "tunewright"], env)["node-id"]
+        started = time.monotonic()
+        with pytest.raises(JobFailed, match="refused this site: its key is not among"):
+            deploy.run_site(site_argv(deploy.free_port(), port, key=stranger[0], ca=tls["ca_certfile"]),
+                            tmp_path / "stranger", f"127.0.0.1:{port}", 10, echo=lambda m: None)
+        assert time.monotonic() - started < 60
+        # the registered site is let in with the same CA, over TLS
+        good = subprocess.Popen(site_argv(deploy.free_port(), port, key=registered[0], ca=tls["ca_certfile"]),
+                                env=env, stdout=(tmp_path / "good.log").open("wb"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        deadline = time.monotonic() + 60
+        status = None
+        while time.monotonic() < deadline and status != "online":
+            nodes = deploy.flwr(["supernode", "list", "tunewright"], env)["nodes"]
+            status = next(n["status"] for n in nodes if str(n["node-id"]) == str(node))
+            time.sleep(1)
+        assert status == "online"
+        # a site that does not speak TLS never gets through
+        with pytest.raises(JobFailed, match="could not reach the server within 5 s"):
+            deploy.run_site(site_argv(deploy.free_port(), port, timeout=5),
+                            tmp_path / "plain", f"127.0.0.1:{port}", 5, echo=lambda m: None)
+    finally:
+        if good is not None:
+            deploy.stop(good)
+        deploy.stop(superlink)
+    assert superlink.poll() is not None
+
+
+def test_unreachable_server_is_a_clear_error_within_the_deadline(tmp_path):
+    port = deploy.free_port()  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(JobFailed, match=rf"--server 127.0.0.1:{port}: could not reach the server within 3 s"):
+        deploy.run_site(site_argv(deploy.free_port(), port, timeout=3), tmp_path / "site",
+                        f"127.0.0.1:{port}", 3, echo=lambda m: None)
+    assert time.monotonic() - started < 40

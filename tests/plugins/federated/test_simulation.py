@@ -1,0 +1,51 @@
+"""``tunewright federate CONFIG``: a real federated job in Flower's simulation engine on a tiny
+encoder, ending in a run directory that ``tunewright eval`` reads as it reads a local run's."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from federated_jobs import federated_config, sentiment_rows, write_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("aggregation", ["ffa"])
+def test_simulated_federation_writes_a_run_like_a_local_one(tmp_path, tiny_bert_dir, flower_env, aggregation):
+    from tunewright.plugins.federated.commands import add_commands  # noqa: F401  (the command exists)
+
+    data = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(150))
+    out = tmp_path / "run"
+    config = federated_config(tmp_path, tiny_bert_dir, data, out, aggregation=aggregation,
+                              partition="dirichlet", dirichlet_alpha=0.5)
+    exe = [sys.executable, "-m", "tunewright"]
+    done = subprocess.run([*exe, "federate", str(config)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("config.yaml", "plugins.json", "metrics.jsonl", "report.png", "eval.json", "labels.json",
+                 "adapter/adapter_config.json", "federated/rounds.jsonl", "federated/partition.json"):
+        assert (out / name).exists(), name
+    rounds = [json.loads(line) for line in (out / "federated" / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2] and all(r["aggregated"] for r in rounds)
+    summary = json.loads((out / "federated" / "summary.json").read_text())
+    for record in rounds:
+        assert {s["site"] for s in record["sites"]} == {"site-0", "site-1", "site-2"}
+        for site in record["sites"]:
+            assert site["status"] == "ok"
+            # only the trainable state travels: under ffa B and the head, never A nor the base model
+            assert summary["trainable_bytes"] <= site["received_bytes"] < summary["trainable_bytes"] + 20_000
+            assert site["received_bytes"] * 10 < summary["full_model_bytes"]
+        assert "loss" in record["central"] and "accuracy" in record["evaluate"]
+    partition = json.loads((out / "federated" / "partition.json").read_text())
+    assert sum(s["examples"] for s in partition["sites"]) == 120  # 150 less the 20% held out centrally
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["round"] for m in metrics if "round" in m] == [1, 2]
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert evaluation["final"]["loss"] == pytest.approx(rounds[-1]["central"]["loss"], rel=1e-4)
+    # the adapter is a plain PEFT adapter: tunewright eval takes the run unchanged
+    held_out = out / "data" / "validation.jsonl"
+    done = subprocess.run([*exe, "eval", str(out), "--data", str(held_out), "--json"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["accuracy"] == pytest.approx(evaluation["final"]["accuracy"], abs=1e-6)
