@@ -1,5 +1,6 @@
 """``tunewright federate CONFIG``: a real federated job in Flower's simulation engine on a tiny
-encoder, ending in a run directory that ``tunewright eval`` reads as it reads a local run's."""
+encoder, ending in a run directory that ``tunewright eval`` and ``tunewright export`` take as they
+take a local run's."""
 
 import json
 import subprocess
@@ -49,3 +50,12 @@ def test_simulated_federation_writes_a_run_like_a_local_one(tmp_path, tiny_bert_
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["accuracy"] == pytest.approx(evaluation["final"]["accuracy"], abs=1e-6)
+    # ... and tunewright export: an int8 bundle through the parity gate, run without torch
+    bundle = tmp_path / "bundle"
+    done = subprocess.run([*exe, "export", str(out), "--out", str(bundle), "--quantize", "int8"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["task_kind"] == "sequence_classification" and manifest["parity"]["passed"]
+    done = subprocess.run([*exe, "edge", "verify", str(bundle)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
