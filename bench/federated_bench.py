@@ -85,14 +85,21 @@ def quick_data(folder: Path) -> tuple[Path, Path, dict]:
              "data": {"max_length": 32}, "partition": {"partition": "dirichlet", "dirichlet_alpha": 0.3}})
 
 
-def chatterbot_data(folder: Path) -> tuple[Path, Path, dict]:
+def chatterbot_data(folder: Path, model: str, max_length: int = 256) -> tuple[Path, Path, dict]:
+    """The quickstart's chatterbot conversations, those over ``max_length`` tokens dropped (as
+    train_bench.py does: validation refuses them rather than truncating), split 90/10 seeded."""
+    from transformers import AutoTokenizer
+
+    import tunewright
     from tunewright.quickstart import chatterbot_pairs
 
-    rows = chatterbot_pairs()
+    path = model if Path(model).is_dir() else tunewright.get_plugin_manager().registries.models[model].resolve()
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    rows = [row for row in chatterbot_pairs() if len(tokenizer.apply_chat_template(row["messages"])) <= max_length]
     random.Random(0).shuffle(rows)
     cut = len(rows) // 10
     return (write_jsonl(folder / "train.jsonl", rows[cut:]), write_jsonl(folder / "validation.jsonl", rows[:cut]),
-            {"task": "chat", "lora": {"r": 8, "alpha": 16}, "data": {"max_length": 256},
+            {"task": "chat", "lora": {"r": 8, "alpha": 16}, "data": {"max_length": max_length},
              "partition": {"partition": "field", "partition_field": "category"}})
 
 
@@ -194,7 +201,10 @@ def main() -> None:
     folder = args.keep or Path(tempfile.mkdtemp(prefix="federated-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
     model = str(tiny_model(folder / "tiny")) if args.quick else args.model
-    train, validation, spec = (quick_data if args.quick else chatterbot_data)(folder / "data")
+    if args.quick:
+        train, validation, spec = quick_data(folder / "data")
+    else:
+        train, validation, spec = chatterbot_data(folder / "data", model)
     total = args.rounds * args.local_steps * 3
     out: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                  "model": "tiny-bert (random)" if args.quick else args.model,
