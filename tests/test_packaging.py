@@ -21,8 +21,11 @@ def test_installed_wheel_works_outside_the_checkout(tmp_path):
     # The venv sees the pinned stack of this interpreter but gets tunewright from the wheel alone.
     venv.create(tmp_path / "env", system_site_packages=True, with_pip=True)
     python = str(tmp_path / "env" / "bin" / "python")
-    subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--disable-pip-version-check", str(wheel)],
-                   check=True, capture_output=True, timeout=600)
+    # --ignore-installed: this interpreter's own (editable) tunewright of the same version must not
+    # count as already installed
+    installed = subprocess.run([python, "-m", "pip", "install", "--no-deps", "--ignore-installed",
+                                "--disable-pip-version-check", str(wheel)],
+                               check=True, capture_output=True, text=True, timeout=600)
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     probe = (
@@ -34,7 +37,7 @@ def test_installed_wheel_works_outside_the_checkout(tmp_path):
     result = subprocess.run([python, "-c", probe], cwd=outside, capture_output=True, text=True, check=True, timeout=600)
     found = json.loads(result.stdout)
     site = str(tmp_path / "env")
-    assert found["file"].startswith(site) and found["plugins"].startswith(site), found
+    assert found["file"].startswith(site) and found["plugins"].startswith(site), (found, installed.stdout[-2000:])
     assert found["template"]
     listed = subprocess.run([str(tmp_path / "env" / "bin" / "tunewright"), "plugins", "--json"], cwd=outside,
                             capture_output=True, text=True, check=True, timeout=600)
