@@ -286,7 +286,8 @@ class Plugin:
 pm = tunewright.get_plugin_manager(plugins=[("packaged", Plugin())])
 raw = yaml.safe_load(Path(sys.argv[1]).read_text())
 run = tunewright.prepare_run(load_config(raw, pm.registries), pm)
-print("resolved", os.environ["RANK"], run.model is not None, flush=True)
+# one file per rank: two ranks printing to the launcher's shared stdout can interleave
+Path(os.environ["RESOLVED"], os.environ["RANK"]).write_text(str(run.model is not None))
 '''
 
 
@@ -298,11 +299,12 @@ def test_a_packaged_model_is_converted_once_under_torchrun(tiny_llama_dir, tmp_p
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
     (tmp_path / "convert.py").write_text(CONVERT_ONCE)
     cache = tmp_path / "cache"
+    resolved = tmp_path / "resolved"
+    resolved.mkdir()
     done = launch(launcher("torchrun") + [str(tmp_path / "convert.py"), str(tmp_path / "job.yaml")], tmp_path, env={
         "CONVERSIONS": str(tmp_path / "conversions.log"), "SOURCE": str(tiny_llama_dir),
-        "TUNEWRIGHT_CACHE": str(cache)})
+        "TUNEWRIGHT_CACHE": str(cache), "RESOLVED": str(resolved)})
     assert done.returncode == 0, done.stderr[-4000:]
     assert (tmp_path / "conversions.log").read_text().split() == ["0"]
-    assert sorted(line for line in done.stdout.splitlines() if line.startswith("resolved")) == [
-        "resolved 0 True", "resolved 1 True"]
+    assert {rank.name: rank.read_text() for rank in resolved.iterdir()} == {"0": "True", "1": "True"}
     assert (cache / "models" / "converted-once" / "config.json").is_file()
