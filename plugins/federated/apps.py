@@ -18,14 +18,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECURE_CONFIGS
 # no public name for the error codes of an error reply; this one is what Flower itself sets when a
 # ClientApp raises (flwr.app.Error takes a bare int)
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
 from .federation import CLIENT_CLIPPING, REFUSED_MARK, to_arrays, to_state
+from .secure import CLIPPING_KEY, MAX_WEIGHT_KEY, NAMES_KEY, update_problems
 from .strategies import WEIGHT_KEY
 
 #: the grid of the deployed ServerApp that is running now, seen by the federated runner
@@ -69,6 +72,31 @@ def clipping_when_asked(msg: Message, context: Context, call_next: Callable) -> 
     return call_next(msg, context)
 
 
+class _SiteFailed(Exception):
+    """The inner app's error reply, carried out of Flower's SecAgg+ mod with its reason."""
+
+
+def secure_when_asked(msg: Message, context: Context, call_next: Callable) -> Message:
+    """Flower's ``secaggplus_mod`` for the train messages of a secure round (they carry its
+    stage config, see :mod:`secure`); a pass-through otherwise. A failure at any stage becomes an
+    error reply that names the site, as :func:`named_failures` does."""
+    if not (msg.metadata.message_type.startswith("train") and SECURE_CONFIGS in msg.content.config_records):
+        return call_next(msg, context)
+
+    def inner(msg: Message, context: Context) -> Message:
+        reply = call_next(msg, context)
+        if reply.has_error():
+            raise _SiteFailed(reply.error.reason)
+        return reply
+
+    try:
+        return secaggplus_mod(msg, context, inner)
+    except Exception as exc:  # every failure becomes the reply; Flower's own would lose the name
+        reason = str(exc) if isinstance(exc, _SiteFailed) else \
+            f"[site {site_name(context)}] secure aggregation: {type(exc).__name__}: {exc}"
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+
+
 def site_name(context: Context) -> str:
     node = context.node_config
     return str(node["name"]) if "name" in node else f"site-{node.get('partition-id', context.node_id)}"
@@ -95,7 +123,7 @@ def named_failures(handler: Callable[[Message, Context], Message]) -> Callable[[
 
 def make_client_app(get_site: Callable[[Context], Any]) -> ClientApp:
     """A ClientApp whose train and evaluate handlers run ``get_site(context)``'s site."""
-    app = ClientApp(mods=[clipping_when_asked])
+    app = ClientApp(mods=[secure_when_asked, clipping_when_asked])
 
     @app.train()
     @named_failures
@@ -103,6 +131,8 @@ def make_client_app(get_site: Callable[[Context], Any]) -> ClientApp:
         age = process_age()
         started = time.monotonic()
         site = get_site(context)
+        if LEGACY_PARAMETERS in msg.content.array_records:
+            return _train_secure(msg, site, age, started)
         config = dict(msg.content["config"])
         state, examples, metrics = site.fit(to_state(msg.content["arrays"]), config)
         sent = list(msg.content["arrays"].keys())
@@ -123,6 +153,37 @@ def make_client_app(get_site: Callable[[Context], Any]) -> ClientApp:
                                    "site": ConfigRecord({"name": site.name})}), reply_to=msg)
 
     return app
+
+
+#: where a legacy FitIns (what Flower's SecAgg+ mod passes on) keeps its parameters
+LEGACY_PARAMETERS = "fitins.parameters"
+
+
+def _train_secure(msg: Message, site: Any, age: float, started: float) -> Message:
+    """Train from a legacy ``FitIns`` and answer a legacy ``FitRes``, for Flower's SecAgg+ mod to
+    mask. The site checks its own update first: once masked, nobody can (see :mod:`secure`)."""
+    import flwr.compat.common.recorddict_compat as compat
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+    fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+    config = dict(fitins.config)
+    names = json.loads(str(config[NAMES_KEY]))
+    values = parameters_to_ndarrays(fitins.parameters)
+    if len(values) != len(names):
+        raise ValueError(f"the server sent {len(values)} arrays for {len(names)} names")
+    received = dict(zip(names, values))
+    state, examples, metrics = site.fit(dict(received), config)
+    problems = update_problems(received, state, examples, max_weight=float(config[MAX_WEIGHT_KEY]),
+                               clipping_range=float(config[CLIPPING_KEY]))
+    if problems:
+        raise ValueError("update not sent: " + "; ".join(problems))
+    metrics.update({"process_age_seconds": age, "load_seconds": site.load_seconds,
+                    "site_seconds": getattr(site, "site_seconds", time.monotonic() - started)})
+    reply = compat.fitres_to_recorddict(FitRes(status=Status(code=Code.OK, message="trained"),
+                                               parameters=ndarrays_to_parameters([state[k] for k in names]),
+                                               num_examples=int(examples), metrics=metrics), keep_input=True)
+    reply["site"] = ConfigRecord({"name": site.name})
+    return Message(reply, reply_to=msg)
 
 
 # -- deployment -------------------------------------------------------------------------------

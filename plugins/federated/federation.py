@@ -193,11 +193,47 @@ class Federation:
             raise JobFailed(f"round {rnd}: {len(messages)} site(s) left to train, fewer than "
                             f"federated.min_sites ({s.min_sites}); refused: "
                             + "; ".join(self.refused.values()))
+        self.echo(f"round {rnd}/{s.rounds}: training on {len(messages)} site(s)"
+                  + (" (secure aggregation)" if s.secure_aggregation is not None else ""))
+        if s.secure_aggregation is not None:
+            sites, trained, evaluations, new, reason = self.secure_exchange(rnd, arrays, messages)
+        else:
+            sites, trained, evaluations, new, reason = self.plain_exchange(rnd, arrays, messages)
+        trained_at = time.monotonic()
+        for row in sites.values():
+            if row["status"] != "ok":
+                self.echo(f"round {rnd}: {row['site']} left out ({row['status']}): {'; '.join(row['problems'])}")
+        aggregated = new is not None
+        if aggregated:
+            arrays = new
+        if reason:
+            self.echo(f"round {rnd}: not aggregated: {reason}")
+        record: dict[str, Any] = {
+            "round": rnd, "aggregated": aggregated, "skipped_reason": reason,
+            "sites": sorted(sites.values(), key=lambda r: str(r["site"])),
+            "train": _weighted(trained),
+            "train_seconds_wall": round(trained_at - started, 3),
+        }
+        if aggregated and self.inner.last_report:
+            record["aggregation"] = dict(self.inner.last_report)
+        if s.privacy is not None:
+            record["privacy"] = {"clipping": s.privacy.clipping, "noise_multiplier": s.privacy.noise_multiplier,
+                                 "clipping_norm": s.privacy.clipping_norm, "sites": self.dp_sites,
+                                 "noise_stdev": noise_stdev(s, self.dp_sites) if aggregated else 0.0}
+        if self.central_eval is not None:
+            record["central"] = self.central_eval(to_state(arrays))
+        record["seconds"] = round(time.monotonic() - started, 3)
+        return record, arrays, evaluations
+
+    def plain_exchange(self, rnd: int, arrays: ArrayRecord, messages: list[Message]
+                       ) -> tuple[dict[int, dict], list[dict], list[dict], ArrayRecord | None, str | None]:
+        """Send the state, check every reply, aggregate the usable ones. Returns one row per site,
+        the usable replies' figures, the sites' evaluations of the state they received, the
+        aggregate (``None`` if not aggregated) and why not."""
+        s = self.settings
         down = arrays.count_bytes()
         asked = {m.metadata.dst_node_id for m in messages}
-        self.echo(f"round {rnd}/{s.rounds}: training on {len(messages)} site(s)")
         replies = exchange(self.grid, messages, s.round_timeout)
-        trained_at = time.monotonic()
         sites: dict[int, dict] = {n: {"node": n, "site": self.names.get(n, f"node {n}"), "received_bytes": down,
                                      "sent_bytes": 0, "status": "no reply",
                                      "problems": [f"no reply within {s.round_timeout:g} s (federated.round_timeout)"]}
@@ -232,14 +268,10 @@ class Federation:
             else:
                 row.update(status="ok", problems=[])
                 usable.append(reply)
-        for row in sites.values():
-            if row["status"] != "ok":
-                self.echo(f"round {rnd}: {row['site']} left out ({row['status']}): {'; '.join(row['problems'])}")
-        aggregated, reason = False, None
-        left_out = [r for r in sites.values() if r["status"] != "ok"]
+        new, reason = None, None
         if not usable:
             reason = "no usable reply"
-        elif s.privacy is not None and any(r["status"] == "dropped" for r in left_out):
+        elif s.privacy is not None and any(r["status"] == "dropped" for r in sites.values()):
             # the noise is calibrated for dp_sites clipped updates: aggregating fewer would weaken it
             reason = ("a reply was dropped and DP noise is calibrated for every sampled site; "
                       "aggregation skipped, the state stays as it was")
@@ -247,29 +279,47 @@ class Federation:
             # with Flower's DP wrappers an error reply makes the wrapper skip the aggregation
             passed = usable + (failed if s.privacy is not None else [])
             new, _ = self.strategy.aggregate_train(rnd, passed)
-            if new is not None:
-                arrays, aggregated = new, True
-            else:
+            if new is None:
                 reason = ("Flower's DP wrapper skipped the aggregation: a site failed "
                           "(its noise is calibrated for every sampled site)") if s.privacy else "aggregation returned nothing"
-        if reason:
-            self.echo(f"round {rnd}: not aggregated: {reason}")
-        record: dict[str, Any] = {
-            "round": rnd, "aggregated": aggregated, "skipped_reason": reason,
-            "sites": sorted(sites.values(), key=lambda r: str(r["site"])),
-            "train": _weighted([_metrics(r) for r in usable]),
-            "train_seconds_wall": round(trained_at - started, 3),
-        }
-        if aggregated and self.inner.last_report:
-            record["aggregation"] = dict(self.inner.last_report)
-        if s.privacy is not None:
-            record["privacy"] = {"clipping": s.privacy.clipping, "noise_multiplier": s.privacy.noise_multiplier,
-                                 "clipping_norm": s.privacy.clipping_norm, "sites": self.dp_sites,
-                                 "noise_stdev": noise_stdev(s, self.dp_sites) if aggregated else 0.0}
-        if self.central_eval is not None:
-            record["central"] = self.central_eval(to_state(arrays))
-        record["seconds"] = round(time.monotonic() - started, 3)
-        return record, arrays, evaluations
+        return sites, [_metrics(r) for r in usable], evaluations, new, reason
+
+    def secure_exchange(self, rnd: int, arrays: ArrayRecord, messages: list[Message]
+                        ) -> tuple[dict[int, dict], list[dict], list[dict], ArrayRecord | None, str | None]:
+        """:meth:`plain_exchange` with SecAgg+ (:mod:`secure`): the server gets only the sites'
+        weighted average, then applies its strategy to it (FedAdam's step, for one)."""
+        from flwr.app import MetricRecord, RecordDict
+
+        from .secure import secure_round
+
+        nodes = [m.metadata.dst_node_id for m in messages]
+        config = dict(messages[0].content["config"])
+        outcome = secure_round(self.grid, self.settings, rnd, to_state(arrays), nodes, config, self.names)
+        evaluations = []
+        for node, row in outcome.sites.items():
+            refusal = next((p for p in row["problems"] if REFUSED_MARK in p), None)
+            if refusal:
+                row["status"] = "refused"
+                self.refused[node] = f"{row['site']}: {refusal}"
+            metrics = outcome.metrics.get(node, {})
+            evaluated = {k[len(EVALUATE_PREFIX):]: v for k, v in metrics.items() if k.startswith(EVALUATE_PREFIX)}
+            if evaluated:
+                evaluations.append({"site": row["site"], "status": "ok", **evaluated})
+            elif rnd > 1 and self.settings.site_evaluation and row["status"] != "ok":
+                evaluations.append({"site": row["site"], "status": row["status"], "problems": row["problems"]})
+            row.update({k: v for k, v in metrics.items()
+                        if not k.startswith(EVALUATE_PREFIX) and isinstance(v, (int, float))})
+        trained = [{k: v for k, v in m.items() if not k.startswith(EVALUATE_PREFIX)} for m in outcome.metrics.values()]
+        if outcome.state is None:
+            return outcome.sites, trained, evaluations, None, outcome.reason
+        total = sum(float(m[WEIGHT_KEY]) for m in trained)
+        # the strategy sees the average as one reply carrying every example: its own average of it
+        # is itself, and what it adds on top (FedAdam's server step) applies as to plain replies
+        average = Message(RecordDict({"arrays": to_arrays(outcome.state),
+                                      "metrics": MetricRecord({WEIGHT_KEY: total, **_weighted(trained)})}),
+                          dst_node_id=0, message_type="train")
+        new, _ = self.strategy.aggregate_train(rnd, [average])
+        return outcome.sites, trained, evaluations, new, None if new is not None else "aggregation returned nothing"
 
     def evaluate_sites(self, rnd: int, arrays: ArrayRecord) -> list[dict]:
         """Every site's figures of ``arrays`` on its held-out data (after the last round)."""

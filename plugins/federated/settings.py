@@ -28,6 +28,49 @@ class PrivacySettings(Section):
     clipping_norm: float = Field(1.0, gt=0, description="largest L2 norm of one site's update")
 
 
+class SecureAggregationSettings(Section):
+    """Secure aggregation with Flower's SecAgg+ (https://arxiv.org/abs/2205.06117): each site masks
+    its weighted state so that the server learns only the sum over the round's sites, never one
+    site's state. A site that drops out after the key exchange is unmasked from its neighbours'
+    shares when at least ``threshold`` of them answer.
+
+    States are quantized to integers: each value, times the site's weight (its examples divided by
+    ``max_weight``), must lie within ``±clipping_range``, and the step is
+    ``2 * clipping_range / quantization_range``. A site whose update would be clipped or whose
+    example count exceeds ``max_weight`` sends an error instead of a wrong update."""
+
+    shares: int | float = Field(
+        1.0, description="how many of the round's sites hold a share of each site's secrets: a "
+        "fraction of them (float) or a count (int, 3 or more; made odd)")
+    threshold: int | float = Field(
+        0.67, description="shares needed to unmask a site: a fraction of shares (float) or a count "
+        "(int, fewer than shares); higher is more private, lower tolerates more dropouts")
+    max_weight: float = Field(1000.0, gt=0, description="the largest example count a site may weigh in with")
+    clipping_range: float = Field(1.0, gt=0, description="bound on every weighted value before quantization")
+    quantization_range: int = Field(2 ** 22, gt=0, description="integer levels of the quantization")
+    modulus_range: int = Field(2 ** 32, description="range of the masks: a power of 2, above "
+                               "quantization_range, at most 2**32")
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        if isinstance(self.shares, int) and self.shares != 1 and self.shares < 3:
+            raise ValueError(f"shares: {self.shares} as a count must be 3 or more (or a fraction, e.g. 1.0)")
+        if isinstance(self.shares, float) and not 0 < self.shares <= 1:
+            raise ValueError(f"shares: {self.shares} as a fraction must be in (0, 1]")
+        if isinstance(self.threshold, float) and not 0 < self.threshold <= 1:
+            raise ValueError(f"threshold: {self.threshold} as a fraction must be in (0, 1]")
+        if isinstance(self.threshold, int) and self.threshold != 1:
+            if self.threshold < 2:
+                raise ValueError(f"threshold: {self.threshold} as a count must be 2 or more")
+            if isinstance(self.shares, int) and self.shares != 1 and self.threshold >= self.shares:
+                raise ValueError(f"threshold ({self.threshold}) must be fewer than shares ({self.shares})")
+        m = self.modulus_range
+        if m <= self.quantization_range or m > 2 ** 32 or m & (m - 1):
+            raise ValueError(f"modulus_range: {m} must be a power of 2 above quantization_range "
+                             f"({self.quantization_range}) and at most 2**32")
+        return self
+
+
 class ServerSettings(Section):
     """Where the deployed server listens and how sites are admitted (``tunewright federate server``)."""
 
@@ -87,6 +130,8 @@ class FederatedSettings(Section):
                                      "(federated.server.own_data: false); the sites take the server's labels")
     site_evaluation: bool = Field(True, description="each site evaluates the aggregate on its held-out data every round")
     privacy: PrivacySettings | None = Field(None, description="differential privacy on the updates (off by default)")
+    secure_aggregation: SecureAggregationSettings | None = Field(
+        None, description="SecAgg+: the server sees only the sum of the sites' states (off by default)")
     simulation_cpus: int = Field(2, ge=1, description="simulation: CPU cores Flower's Ray backend may use")
     cpus_per_site: float = Field(1.0, gt=0, description="simulation: cores one site's training takes")
     server: ServerSettings | None = Field(None, description="deployment: the server's address, TLS and site keys")
@@ -98,4 +143,15 @@ class FederatedSettings(Section):
             raise ValueError("partition: field needs partition_field (the example key to group sites by)")
         if self.min_sites > self.sites and self.server is None:
             raise ValueError(f"min_sites ({self.min_sites}) is more than sites ({self.sites})")
+        if self.secure_aggregation is not None:
+            if self.aggregation == "product":
+                raise ValueError("secure_aggregation gives the server only the sum of the sites' states; "
+                                 "aggregation: product needs each site's B·A (use fedavg or ffa)")
+            if self.privacy is not None:
+                raise ValueError("secure_aggregation with privacy is not supported yet: Flower's DP "
+                                 "wrappers clip and check each site's update, which the server no "
+                                 "longer sees; choose one")
+            if self.min_sites < 2:
+                raise ValueError("secure_aggregation needs min_sites of 2 or more (a sum over one "
+                                 "site is that site's state)")
         return self

@@ -125,8 +125,16 @@ class Site:
         started = time.monotonic()
         if self.run is not None:
             self.echo(f"site {self.name}: preparing again with the server's labels {labels}")
-        self.run = prepare_run(self.config, self.pm, overwrite=True, run_dir=self.workdir, echo=self.echo,
-                               labels=labels if fixed else None)
+        run = prepare_run(self.config, self.pm, overwrite=True, run_dir=self.workdir, echo=self.echo,
+                          labels=labels if fixed else None)
+        secure = self.settings.secure_aggregation
+        if secure is not None and len(run.train_features) > secure.max_weight:
+            # found before any training: in a round, the site would train and then have to refuse to send
+            raise ConfigError(
+                f"site {self.name}: {len(run.train_features)} training examples, more than "
+                f"federated.secure_aggregation.max_weight ({secure.max_weight:g}), the largest weight "
+                "SecAgg+ sums without overflow; raise max_weight in the server's and the sites' config")
+        self.run = run
         if self.settings.aggregation == "ffa":
             freeze_lora_a(self.run.model, self.config.seed)
         self.fingerprint = fingerprint(self.config, self.run.labels)

@@ -39,6 +39,16 @@ def test_quick_run_reports_bytes_metrics_and_round_times(tmp_path):
     for name, scheme in (("fedavg", fedavg), ("ffa", ffa)):
         expected = 100 * (figures["centralized"]["final"][metric] - scheme["final"][metric])
         assert figures["gap_points"][name] == pytest.approx(expected, abs=0.01)
+    # fedavg through SecAgg+: the same training, unmasked to within the quantization, at the cost
+    # of the protocol's keys, shares and masked integers
+    secure = figures["federated_fedavg_secure"]
+    assert secure["final"]["loss"] == pytest.approx(fedavg["final"]["loss"], rel=1e-3)
+    assert secure["bytes"]["sent_bytes_per_site_per_round"] > fedavg["bytes"]["sent_bytes_per_site_per_round"]
+    assert figures["gap_points"]["fedavg_secure"] == pytest.approx(
+        100 * (figures["centralized"]["final"][metric] - secure["final"][metric]), abs=0.01)
+    secure_rounds = (tmp_path / "work" / "federated-fedavg-secure" / "federated" / "rounds.jsonl").read_text()
+    assert all(r["aggregated"] and {s["status"] for s in r["sites"]} == {"ok"}
+               for r in map(json.loads, secure_rounds.splitlines()))
     run = tmp_path / "work" / "federated-fedavg"
     rounds = [json.loads(line) for line in (run / "federated" / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2]

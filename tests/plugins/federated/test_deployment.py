@@ -56,9 +56,13 @@ def finish(procs, tmp_path, timeout=330):
 
 
 def test_a_server_and_two_sites_run_two_rounds(tmp_path, tiny_bert_dir, flower_env):
+    """Through SecAgg+ (Flower's legacy path, four messages per site and round, each in a fresh
+    ``flwr-clientapp`` process that gets the protocol's state from its SuperNode); the plain path
+    runs in the test below."""
     procs = {}
     try:
-        start(procs, tmp_path, tiny_bert_dir, ["hospital-a", "hospital-b"], rounds=2, round_timeout=150)
+        start(procs, tmp_path, tiny_bert_dir, ["hospital-a", "hospital-b"], rounds=2, round_timeout=150,
+              secure_aggregation={})
         rounds = finish(procs, tmp_path)
     finally:
         for proc in procs.values():
@@ -68,11 +72,15 @@ def test_a_server_and_two_sites_run_two_rounds(tmp_path, tiny_bert_dir, flower_e
     for name in ("adapter/adapter_config.json", "eval.json", "metrics.jsonl", "report.png", "tokenizer"):
         assert (out / name).exists(), name
     assert [r["round"] for r in rounds] == [1, 2] and all(r["aggregated"] for r in rounds)
+    trainable = json.loads((out / "federated" / "summary.json").read_text())["trainable_bytes"]
     for record in rounds:
         assert {s["site"]: s["status"] for s in record["sites"]} == {"hospital-a": "ok", "hospital-b": "ok"}
         assert {s["site"] for s in record["evaluate_sites"]} == {"hospital-a", "hospital-b"}
         # Flower starts a fresh process per message: each reply says how old its process was
         assert all(0 < s["process_age_seconds"] < 150 for s in record["sites"])
+        # the sites' example counts travel in clear, their states only masked (keys, shares and
+        # masked integers: more bytes than the state itself)
+        assert all(s["num-examples"] > 0 and s["sent_bytes"] > trainable for s in record["sites"])
     evaluation = json.loads((out / "eval.json").read_text())
     assert evaluation["final"]["loss"] == pytest.approx(rounds[-1]["central"]["loss"], rel=1e-4)
 

@@ -139,3 +139,52 @@ def test_dp_wrapper_skips_a_round_with_a_failed_site(flower_env):
     plain = (10 * 0.5 + 20 * 1.0 + 30 * 1.5) / 60
     assert not np.allclose(state["bias"], plain)
     assert np.linalg.norm(np.concatenate([v.ravel() for v in state.values()])) < 1.0 + 6 * 0.5 / 3 * 3
+
+
+def test_secure_aggregation_averages_what_it_cannot_see(flower_env):
+    """SecAgg+ on Flower's legacy path: the server unmasks only the sum, which equals the plain
+    weighted average of the sites that trained; a site whose update is bad says so instead of
+    sending it, a refusing site is refused, and too few answers halt the round without harm."""
+    common = dict(min_sites=2, sites=5, round_timeout=60, wait_for_sites=60)
+    out = simulate(["ok", "ok", "ok", "nan", "other-rank"], {
+        "secure": federation(FederatedSettings(rounds=2, secure_aggregation={}, **common),
+                             central=lambda state: {"bias_mean": float(state["bias"].mean())}),
+        "halted": federation(FederatedSettings(rounds=1, secure_aggregation={"threshold": 1.0}, **common)),
+        "fedadam": federation(FederatedSettings(rounds=1, strategy="fedadam", server_learning_rate=0.1,
+                                                secure_aggregation={}, **common)),
+    })
+    state, (first, second) = out["secure"]
+    rows = by_site(first)
+    assert {name for name, row in rows.items() if row["status"] == "ok"} == {"site-0", "site-1", "site-2"}
+    assert rows["site-3"]["status"] == "failed"
+    assert "update not sent: bias: 1 non-finite value(s)" in rows["site-3"]["problems"][0]
+    assert rows["site-4"]["status"] == "refused" and "lora.r: 4 here, 2 on the server" in rows["site-4"]["problems"][0]
+    assert "site-4" not in by_site(second)
+    # examples travel in clear: 10, 20 and 30; the states only masked, yet their average is exact
+    # to the quantization (step 2 / 2**22 on weighted values)
+    assert [rows[f"site-{k}"]["num-examples"] for k in range(3)] == [10, 20, 30]
+    round1 = sum(w * toy_step(0, t) for w, t in [(10, 1), (20, 2), (30, 3)]) / 60
+    round2 = sum(w * toy_step(round1, t) for w, t in [(10, 1), (20, 2), (30, 3)]) / 60
+    assert first["aggregated"] and first["central"]["bias_mean"] == pytest.approx(round1, abs=1e-4)
+    assert np.allclose(state["bias"], round2, atol=1e-4) and np.allclose(state["layer.lora_A.weight"], round2, atol=1e-4)
+    assert state["bias"].dtype == np.float32
+    # the four stages cost more than the state itself, both ways
+    from tunewright.plugins.federated.federation import to_arrays
+
+    plain = to_arrays(INITIAL).count_bytes()
+    assert rows["site-0"]["received_bytes"] > plain and rows["site-0"]["sent_bytes"] > plain
+    # the sites' evaluation of round 1's aggregate rode on round 2's (secure) train replies
+    evaluated = {r["site"]: r for r in first["evaluate_sites"]}
+    assert evaluated["site-0"]["loss"] == pytest.approx(abs(round1 - 1), abs=1e-4)
+
+    # a threshold of every share: two sites failing leave too few to unmask, the state stays
+    state, (record,) = out["halted"]
+    assert not record["aggregated"] and "secure aggregation halted: 3 of 5 site(s)" in record["skipped_reason"]
+    assert np.all(state["bias"] == 0)
+
+    # FedAdam's server step applies to the unmasked average as to a plain one
+    state, (record,) = out["fedadam"]
+    m, v = 0.1 * round1, 0.01 * round1 ** 2
+    eta = 0.1 * np.sqrt(1 - 0.99 ** 2) / (1 - 0.9 ** 2)
+    assert record["aggregated"]
+    assert state["bias"][0] == pytest.approx(eta * m / (np.sqrt(v) + 1e-3), rel=1e-3)
