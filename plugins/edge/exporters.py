@@ -18,7 +18,6 @@ goes to the genai builder (measured about 2.3x torch fp32 in fp32, 5-7x in int4 
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -168,53 +167,6 @@ def test_resume_without_checkpoint_is_a_usage_error(tiny_llama_dir, chat_data, t
     config.write_text(yaml.safe_dump(job_config(tiny_llama_dir, chat_data, tmp_path / "run")))
     result = cli("train", str(config), "--resume")
     assert result.returncode == 2 and "has no checkpoint to resume from" in result.stderr
-
-
-def test_lifecycle_hooks_are_called_in_order(tiny_llama_dir, chat_data, tmp_path):
-    from tunewright import hookimpl
-
-    calls = []
-
-    class Recorder:
-        @hookimpl
-        def on_train_begin(self, run):
-            calls.append(("on_train_begin", run.model is not None))
-
-        @hookimpl
-        def on_step_end(self, run, step, logs):
-            calls.append(("on_step_end", step, "loss" in logs))
-
-        @hookimpl
-        def on_evaluate(self, run, step, metrics, stage):
-            calls.append(("on_evaluate", step, stage, tuple(sorted(metrics))))
-
-        @hookimpl
-        def on_checkpoint(self, run, step, path):
-            calls.append(("on_checkpoint", step, Path(path).exists()))
-
-        @hookimpl
-        def on_train_end(self, run, result):
-            calls.append(("on_train_end", result.global_step, (run.run_dir / "adapter").is_dir()))
-
-    pm = get_plugin_manager(plugins=[("recorder", Recorder())])
-    raw = job_config(tiny_llama_dir, chat_data, tmp_path / "run", max_steps=4, save_steps=2, eval_steps=2,
-                     logging_steps=2)
-    engine_run_job(load_config(raw, pm.registries), pm, echo=lambda m: None)
-    names = ("loss", "mean_token_accuracy", "perplexity")
-    training = [c for c in calls if c[0] == "on_step_end" and c[2]]  # the training lines, not evaluations
-    assert training == [("on_step_end", 2, True), ("on_step_end", 4, True)]
-    assert [c for c in calls if c[0] != "on_step_end"] == [
-        ("on_evaluate", 0, "baseline", names),
-        ("on_train_begin", True),
-        ("on_evaluate", 2, "training", names),
-        ("on_checkpoint", 2, True),
-        ("on_checkpoint", 4, True),
-        ("on_evaluate", 4, "final", names),
-        ("on_train_end", 4, True),
-    ]
-    # every evaluation is logged too, and the training line of a step comes before its evaluation
-    order = [c[:2] for c in calls if c[0] in ("on_step_end", "on_evaluate")]
-    assert order.index(("on_step_end", 2)) < order.index(("on_evaluate", 2))
 
 
 def evaluations(out: Path, key: str) -> list[float]:

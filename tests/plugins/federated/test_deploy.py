@@ -4,7 +4,6 @@ is stopped by its id in a ``finally``; ``FLWR_HOME`` is a temporary folder."""
 
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
