@@ -39,8 +39,10 @@ def fingerprint(config: JobConfig, labels: list[str] | None) -> dict[str, Any]:
 
 
 def check_fingerprint(mine: dict[str, Any], server: dict[str, Any], site: str) -> None:
-    """Refuse to train for a server whose config differs from this site's, naming the first key."""
-    for key in sorted(set(mine) | set(server)):
+    """Refuse to train for a server whose config differs from this site's, naming the first key
+    in :func:`fingerprint`'s order: a different base model or method is named as such, not as
+    the settings that follow from it."""
+    for key in [*mine, *(key for key in server if key not in mine)]:
         if mine.get(key) != server.get(key):
             raise ConfigError(
                 f"site {site}: its config differs from the server's at {key}: "
