@@ -797,6 +797,10 @@ def main(argv: list[str] | None = None) -> int:
                              "script with bf16=True")
     parser.add_argument("--sides", default="tunewright,plain",
                         help="comma-separated: tunewright, plain (default both)")
+    parser.add_argument("--runs", metavar="KEYS",
+                        help="comma-separated runs to train instead of --sides and --precision-variants, of "
+                             "tunewright-auto, tunewright-fp32, tunewright-autocast, plain-fp32, plain-bf16 "
+                             "(e.g. tunewright-auto,plain-fp32,plain-bf16: the issue 6 targets alone)")
     parser.add_argument("--threads", type=int, help="torch CPU threads in every run (default: torch's, "
                         "one per core); 1 keeps figures steadier on a machine shared with other work")
     parser.add_argument("--profile", action="store_true",
@@ -854,15 +858,18 @@ def main(argv: list[str] | None = None) -> int:
                 "settings": {k: v for k, v in spec.items() if k != "data"}, "data": data,
                 "environment": environment(), "step_profile": result, "table": table}, indent=2) + "\n")
         return 0
-    plan = []
-    if "tunewright" in sides:
-        plan += [("tunewright", "auto")]
-        if args.precision_variants:
-            plan += [("tunewright", "fp32"), ("tunewright", "autocast")]
-    if "plain" in sides:
-        plan += [("plain", "fp32")]
-        if args.precision_variants:
-            plan += [("plain", "bf16")]
+    every_run = [("tunewright", "auto"), ("tunewright", "fp32"), ("tunewright", "autocast"),
+                 ("plain", "fp32"), ("plain", "bf16")]
+    if args.runs:
+        wanted = [key.strip() for key in args.runs.split(",") if key.strip()]
+        known = {f"{side}-{variant}" for side, variant in every_run}
+        unknown = [key for key in wanted if key not in known]
+        if unknown:
+            parser.error(f"--runs: unknown run {', '.join(unknown)} (allowed: {', '.join(sorted(known))})")
+        plan = [(side, variant) for side, variant in every_run if f"{side}-{variant}" in wanted]
+    else:
+        default = {("tunewright", "auto"), ("plain", "fp32")}
+        plan = [run for run in every_run if run[0] in sides and (args.precision_variants or run in default)]
 
     runs: list[dict] = []
     failed: list[str] = []
