@@ -159,3 +159,22 @@ def test_every_subprocess_a_test_starts_has_a_bound():
                     or name in ("wait", "communicate")) and not bounded:
                 unbounded.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}()")
     assert unbounded == []
+
+
+def test_commands_take_the_invocations_plugin_manager():
+    """One plugin manager per command: a command that plugins add takes the invocation's (the
+    click context's object, ``@click.pass_obj``) instead of building another."""
+    building = []
+    for folder in ("plugins", "edge"):
+        for path in sources(folder):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, ast.FunctionDef):
+                    continue
+                decorators = [ast.unparse(d) for d in node.decorator_list]
+                if not any(".command" in d or d.startswith("click.command") for d in decorators):
+                    continue
+                calls = [c for c in ast.walk(node) if isinstance(c, ast.Call)
+                         and getattr(c.func, "id", getattr(c.func, "attr", None)) == "get_plugin_manager"]
+                if calls or "click.pass_obj" not in decorators:
+                    building.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert building == []

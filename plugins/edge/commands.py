@@ -45,7 +45,8 @@ def _bundle_errors():
 @click.option("--ort-format", is_flag=True, help="Also write the model in the ORT format for mobile runtimes.")
 @click.option("--bench/--no-bench", default=True, help="Time the bundle and record it in the manifest.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def export_command(run_dir: str, out: str, overwrite: bool, quantize: str, exporter: str, threshold: float,
+@click.pass_obj
+def export_command(pm, run_dir: str, out: str, overwrite: bool, quantize: str, exporter: str, threshold: float,
                    split: str, ort_format: bool, bench: bool, as_json: bool) -> None:
     """Export the tuned model of RUN_DIR to a quantized ONNX bundle, proven against it.
 
@@ -56,7 +57,7 @@ def export_command(run_dir: str, out: str, overwrite: bool, quantize: str, expor
     from tunewright.edge import export_run
 
     result = export_run(run_dir, out, quantize=quantize, exporter=exporter, threshold=threshold, split=split,
-                        ort_format=ort_format, bench=bench, overwrite=overwrite, log=_echo)
+                        ort_format=ort_format, bench=bench, overwrite=overwrite, log=_echo, pm=pm)
     manifest = result.manifest
     if as_json:
         click.echo(json.dumps({"bundle": str(result.bundle), "quantization": manifest["quantization"],
@@ -82,7 +83,8 @@ def edge_group() -> None:
 @click.option("--raw", is_flag=True, help="Generation: use the prompt as is, without the chat format.")
 @click.option("--image", "images", multiple=True, type=click.Path(),
               help="Image+text bundles: an image shown before each prompt (repeat for several).")
-def run_command(bundle: str, inputs: tuple[str, ...], max_new_tokens: int, temperature: float,
+@click.pass_obj
+def run_command(pm, bundle: str, inputs: tuple[str, ...], max_new_tokens: int, temperature: float,
                 seed: int | None, raw: bool, images: tuple[str, ...]) -> None:
     """Predict with BUNDLE for each input: texts, image paths, or prompts (with --image, an
     image+text bundle answers each prompt about the images)."""
@@ -92,7 +94,7 @@ def run_command(bundle: str, inputs: tuple[str, ...], max_new_tokens: int, tempe
         raise UsageError("edge run: give at least one input (a text, an image path or a prompt)")
     with _bundle_errors():
         out = run_bundle(bundle, list(inputs), max_new_tokens=max_new_tokens, temperature=temperature,
-                         seed=seed, as_chat=not raw, images=list(images))
+                         seed=seed, as_chat=not raw, images=list(images), pm=pm)
     click.echo(json.dumps(out, indent=2, ensure_ascii=False))
 
 
@@ -105,25 +107,27 @@ def run_command(bundle: str, inputs: tuple[str, ...], max_new_tokens: int, tempe
 @click.option("--threads", default=None, type=int, help="onnxruntime intra-op threads.")
 @click.option("--image", "images", multiple=True, type=click.Path(),
               help="Image+text bundles: time prompts that show this image (default: one of noise).")
-def bench_command(bundle: str, tokens: int, batch: int, runs: int, new_tokens: int, threads: int | None,
+@click.pass_obj
+def bench_command(pm, bundle: str, tokens: int, batch: int, runs: int, new_tokens: int, threads: int | None,
                   images: tuple[str, ...]) -> None:
     """Latency p50/p95, throughput and peak memory of BUNDLE on this machine."""
     from tunewright.edge.runtime import bench_bundle
 
     with _bundle_errors():
         figures = bench_bundle(bundle, tokens=tokens, batch=batch, runs=runs, new_tokens=new_tokens, threads=threads,
-                               images=list(images))
+                               images=list(images), pm=pm)
     click.echo(json.dumps(figures, indent=2))
 
 
 @edge_group.command("verify")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
-def verify_command(bundle: str) -> None:
+@click.pass_obj
+def verify_command(pm, bundle: str) -> None:
     """Check every file's sha256 and rerun the parity examples recorded in BUNDLE (exit 1 if they differ)."""
     from tunewright.edge.runtime import verify_bundle
 
     with _bundle_errors():
-        report = verify_bundle(bundle)
+        report = verify_bundle(bundle, pm=pm)
     click.echo(json.dumps(report, indent=2))
     if not report["ok"]:
         raise JobFailed("verify: the bundle does not reproduce its recorded parity figures:\n  "

@@ -39,13 +39,13 @@ def add_commands(cli: click.Group) -> None:
     @federate.command()
     @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
     @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
-    def simulate(config_path: str, overwrite: bool) -> None:
+    @click.pass_obj
+    def simulate(pm, config_path: str, overwrite: bool) -> None:
         """Split CONFIG's data into federated.sites sites and train across them in simulation."""
-        from tunewright import get_plugin_manager, run_job
+        from tunewright import run_job
 
         from .configs import federated_config
 
-        pm = get_plugin_manager()
         config = federated_config(config_path, pm)
         result = run_job(config, pm, overwrite=overwrite, echo=_echo)
         _echo(f"run written to {result.run_dir}")
@@ -54,15 +54,15 @@ def add_commands(cli: click.Group) -> None:
     @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
     @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
     @click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
-    def server(config_path: str, overwrite: bool, timeout: float | None) -> None:
+    @click.pass_obj
+    def server(pm, config_path: str, overwrite: bool, timeout: float | None) -> None:
         """Start the server (Flower SuperLink) on federated.server's address and run CONFIG's job
         with the sites that connect. Its data is the central held-out set."""
-        from tunewright import ConfigError, JobFailed, UsageError, get_plugin_manager
+        from tunewright import ConfigError, JobFailed, UsageError
 
         from .configs import federated_config
         from .deploy import serve_federation
 
-        pm = get_plugin_manager()
         config = federated_config(config_path, pm)
         settings = config.section("federated")
         if settings.server is None:
@@ -89,13 +89,14 @@ def add_commands(cli: click.Group) -> None:
     @click.option("--auth-key", type=click.Path(dir_okay=False), default=None,
                   help="This site's private key (OpenSSH, EC SECP384R1), when the server authenticates sites.")
     @click.option("--insecure", is_flag=True, help="Plain HTTP (a server started with insecure: true).")
-    def site(config_path: str, data_path: str, server_address: str, name: str | None, workdir: str | None,
+    @click.pass_obj
+    def site(pm, config_path: str, data_path: str, server_address: str, name: str | None, workdir: str | None,
              root_certificates: str | None, auth_key: str | None, insecure: bool) -> None:
         """Join a federation as a site that trains on its own data.
 
         The site prepares its run (data checked, model loaded) before it connects, keeps it for
         the whole federation, and answers every round from it."""
-        from tunewright import UsageError, get_plugin_manager
+        from tunewright import UsageError
 
         from .configs import site_config
         from .deploy import free_port, run_site, site_args
@@ -108,7 +109,6 @@ def add_commands(cli: click.Group) -> None:
             raise UsageError("--root-certificates: required for a TLS server (or --insecure for plain HTTP)")
         name = name or Path(data_path).stem
         folder = Path(workdir or f".tunewright-site-{name}")
-        pm = get_plugin_manager()
         config = site_config(config_path, data_path, str(folder / "run"), pm)  # fails fast
         site = Site(config, pm, folder / "run", name, echo=_echo)
         site.prepare()  # every data error now, before the site joins

@@ -182,3 +182,27 @@ def test_a_builtin_bundle_opens_without_importing_the_other_plugins(classifier_b
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ImageTextGenerator []"
+
+
+@pytest.mark.parametrize("args", [["edge", "verify"], ["edge", "run", "{bundle}", "good film"],
+                                  ["edge", "bench", "{bundle}", "--runs", "2"]])
+def test_an_edge_command_builds_one_plugin_manager(classifier_bundle, monkeypatch, capsys, args):
+    """The command line's manager opens the bundle: none is built behind it to find the runtime."""
+    from tunewright import manager
+    from tunewright.cli import main
+
+    made = []
+    original = manager.PluginManager.__init__
+
+    def counting(self, *a, **k):
+        made.append(self)
+        original(self, *a, **k)
+
+    monkeypatch.setattr(manager.PluginManager, "__init__", counting)
+    args = [str(classifier_bundle) if a == "{bundle}" else a for a in args]
+    if len(args) == 2:
+        args.append(str(classifier_bundle))
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 0, capsys.readouterr().err
+    assert len(made) == 1, f"{' '.join(args[:2])} built {len(made)} plugin managers"
