@@ -121,10 +121,13 @@ class Task(Protocol):
     stratification); ``num_tokens(features) -> int | None`` (the length of a tokenized example,
     checked against ``data.max_length``; default: ``len(features["input_ids"])`` when present);
     ``metric_for(labels) -> str`` (a primary metric that depends on the labels: ``mse`` for
-    regression; default: ``primary_metric``); ``summarize(examples) -> dict`` and
-    ``render_summary(summary) -> list[str]`` (facts of the task's own for ``tunewright validate``:
-    images and pixels, for instance); ``default_model`` (the registered model whose tokenizer or
-    image processor ``tunewright validate`` uses when no model or config is named);
+    regression; default: ``primary_metric``); ``summarize(examples, *, locations, problems,
+    config) -> dict`` and ``render_summary(summary) -> list[str]`` (facts of the task's own for
+    ``tunewright validate``: images and pixels, for instance; ``summarize`` is given only the
+    keywords it names: the examples' ``file:line`` locations, every problem found in them,
+    screening's exclusions included, and the job config or ``None``); ``default_model`` (the
+    registered model whose tokenizer or image processor ``tunewright validate`` uses when no model
+    or config is named);
     ``loss(model, batch) -> (summed_loss, count)`` (the training loss of a batch from
     :meth:`collate`, summed over the items it counts, label tokens or examples, and how many
     there are: the engine divides by the count over every micro-batch of a step and every process,
@@ -188,7 +191,8 @@ class TaskOptions(Protocol):
 
     def metric_for(self, labels: list[str] | None) -> str: ...
 
-    def summarize(self, examples: list[dict]) -> dict: ...
+    def summarize(self, examples: list[dict], *, locations: list[str] | None = None,
+                  problems: list[Problem] = (), config: Any = None) -> dict: ...
 
     def render_summary(self, summary: dict) -> list[str]: ...
 
@@ -258,8 +262,9 @@ class MethodOptions(Protocol):
 @runtime_checkable
 class Tracker(Protocol):
     """Where logged figures go (``register_trackers``). A tracker is made by its registered
-    factory, ``factory(run)``, once per job (on the main process only) after the baseline
-    evaluation; it sees every logged step and is closed when training ends."""
+    factory, ``factory(run)``, once per job (on the main process only) before the baseline
+    evaluation, so that it sees the baseline's figures (step 0) and every logged step after;
+    it is closed when the job ends, failed or not."""
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         """Record the figures of one step: training lines carry ``loss``, ``learning_rate``,

@@ -100,7 +100,8 @@ def validate_file(path: Path, task_name: str | None, pm: PluginManager, *, confi
                                                   labels, pm, config, skip=refused)
     length_problems, lengths = check_lengths(features, read.locations, task, max_length, limit=limit_name)
     problems += found + length_problems
-    summary = summarize(examples, task, lengths=lengths, config=config) if examples else {}
+    summary = summarize(examples, task, lengths=lengths, config=config, locations=read.locations,
+                        problems=problems) if examples else {}
     if read.format:
         summary["format"] = read.format
     return ValidationReport(path, task_name, task, problems, summary)

@@ -21,11 +21,19 @@ _COSTS = ("views", "pixels", "tokens")
 
 
 def summarize(examples: Sequence[Any], config: Any = None, *,
-              locations: Sequence[str] | None = None) -> dict:
+              locations: Sequence[str] | None = None, problems: Iterable[Any] = ()) -> dict:
     """Facts about the images of ``examples`` (see the module docstring) as a JSON-ready dict;
     ``{"images": 0}`` when no example has an image. ``locations`` (``file:line`` per example) let
-    relative paths resolve for examples that do not carry their folder."""
+    relative paths resolve for examples that do not carry their folder. ``problems``: what else
+    validation found; an image that passed the checks but that another rule refused (a screening
+    plugin's exclusion, an :class:`ImageProblem` at its example's location) is counted as refused
+    for that reason, and its pixels do not reach the model."""
     settings = settings_of(config)
+    barred: dict[str, dict[int, str]] = {}
+    for problem in problems:
+        if (isinstance(problem, ImageProblem) and problem.image is not None
+                and problem.severity in ("error", "excluded")):
+            barred.setdefault(problem.location, {}).setdefault(problem.image, problem.reason)
     formats: Counter = Counter()
     converted: Counter = Counter()
     reasons: Counter = Counter()
@@ -41,13 +49,20 @@ def summarize(examples: Sequence[Any], config: Any = None, *,
             continue
         with_images += 1
         images += len(found.refs)
-        if found.problems:
+        passed = {item.ref.number for item in found.images}
+        others = {number: reason for number, reason in barred.get(location, {}).items() if number in passed}
+        if found.problems or others:
             refused_examples += 1
         for problem in found.problems:
             reasons[problem.reason] += 1
             if problem.image is not None:
                 refused_images.add((index, problem.image))
+        for number, reason in others.items():
+            reasons[reason] += 1
+            refused_images.add((index, number))
         for item in found.images:
+            if item.ref.number in others:
+                continue
             checked = item.checked
             formats[checked.format] += 1
             if checked.converted:

@@ -196,7 +196,8 @@ def prepare_data(config: Any, pm: Any, tokenizer: Any = None, *, labels: list[st
     problems = sort_problems(problems, sources)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
-        summary = {name: {**summarize(part.examples, task, lengths=part.lengths, config=config),
+        summary = {name: {**summarize(part.examples, task, lengths=part.lengths, config=config,
+                                      locations=part.locations, problems=problems),
                           "source": files[name].source, "format": files[name].format}
                    for name, part in parts.items()}
         raise DataProblems(error_message(errors, problems), problems, summary)
@@ -237,7 +238,8 @@ def prepare_data(config: Any, pm: Any, tokenizer: Any = None, *, labels: list[st
             continue
         origin = files.get(name, train)
         summary[name] = {
-            **summarize(part.examples, task, lengths=part.lengths, config=config if name == "train" else None),
+            **summarize(part.examples, task, lengths=part.lengths, config=config, estimate=name == "train",
+                        locations=part.locations, problems=problems),
             "source": origin.source if name in files else f"{train.source} (a fraction {fractions[name]} split off)",
             "format": origin.format,
         }

@@ -6,6 +6,7 @@ images, pixels) is the task's to say, through its optional ``summarize`` and ``r
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any, Sequence
 
@@ -14,11 +15,17 @@ from .checks import sort_problems
 
 
 def summarize(examples: Sequence[dict], task: Any, *, lengths: Sequence[int | None] | None = None,
-              config: Any = None) -> dict:
+              config: Any = None, estimate: bool = True, locations: Sequence[str] | None = None,
+              problems: Sequence[Problem] = ()) -> dict:
     """``examples``; ``tokens`` (``total``, ``mean``, ``max``) from the tokenized ``lengths``;
-    whatever the task's ``summarize`` adds; and with a job ``config``, ``training``: optimizer
-    steps, examples seen and ``estimated_tokens`` = tokens per epoch x epochs, capped by
-    ``training.max_steps`` x batch size x gradient accumulation x mean tokens."""
+    whatever the task's ``summarize`` adds; and with a job ``config`` (unless ``estimate`` is
+    false: a held-out split), ``training``: optimizer steps, examples seen and
+    ``estimated_tokens`` = tokens per epoch x epochs, capped by ``training.max_steps`` x batch
+    size x gradient accumulation x mean tokens.
+
+    The task's ``summarize`` is also given, if it names them, the examples' ``locations``
+    (``file:line``), the ``problems`` found in them (every plugin's, screening's too) and the job
+    ``config``, so that what it counts agrees with what validation refused."""
     examples = list(examples)
     summary: dict[str, Any] = {"examples": len(examples)}
     counted = [n for n in (lengths or []) if n is not None]
@@ -27,8 +34,10 @@ def summarize(examples: Sequence[dict], task: Any, *, lengths: Sequence[int | No
                              "max": max(counted)}
     own = optional(task, Task, "summarize")
     if own is not None and examples:
-        summary.update(own(examples))
-    training = getattr(config, "training", None)
+        context = {"locations": None if locations is None else list(locations), "problems": list(problems),
+                   "config": config}
+        summary.update(own(examples, **_named(own, context)))
+    training = getattr(config, "training", None) if estimate else None
     if training is not None and examples:
         per_step = training.batch_size * training.gradient_accumulation_steps
         steps = math.ceil(training.epochs * math.ceil(len(examples) / per_step))
@@ -41,6 +50,18 @@ def summarize(examples: Sequence[dict], task: Any, *, lengths: Sequence[int | No
             estimate["estimated_tokens"] = int(round(seen * sum(counted) / len(counted)))
         summary["training"] = estimate
     return summary
+
+
+def _named(function: Any, keywords: dict[str, Any]) -> dict[str, Any]:
+    """The ``keywords`` that ``function`` takes (all of them if it takes ``**kwargs``): an
+    optional member gains arguments without breaking the plugins written before."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return {}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return keywords
+    return {name: value for name, value in keywords.items() if name in parameters}
 
 
 def render_report(problems: Sequence[Problem], summary: dict | None, task: Any = None) -> str:

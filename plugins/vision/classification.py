@@ -333,9 +333,9 @@ class ImageClassificationTask:
 
     # -- validate's report --------------------------------------------------------------------
 
-    def summarize(self, examples) -> dict:
-        """tunewright.vision's image facts (formats, sizes, refusals, pixels at low and high
-        detail) and the label counts."""
+    def summarize(self, examples, *, locations=None, problems=(), config=None) -> dict:
+        """tunewright.vision's image facts (formats, sizes, refusals, screening's too, pixels at
+        low and high detail) and the label counts."""
         from tunewright.vision import summarize
 
         counts: dict[str, int] = {}
@@ -344,8 +344,10 @@ class ImageClassificationTask:
                 name = label_name(example["label"])
                 counts[name] = counts.get(name, 0) + 1
         order = self.label_set(examples) or []
-        on_disk = [e for e in examples if not _in_memory(e.get("image"))]
-        return {**summarize(on_disk), "labels": {name: counts[name] for name in order}}
+        on_disk = [i for i, e in enumerate(examples) if not _in_memory(e.get("image"))]
+        where = None if locations is None else [locations[i] for i in on_disk]
+        images = summarize([examples[i] for i in on_disk], config, locations=where, problems=problems)
+        return {**images, "labels": {name: counts[name] for name in order}}
 
     def render_summary(self, summary: dict) -> list[str]:
         from tunewright.vision import render_summary

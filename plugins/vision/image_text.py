@@ -222,12 +222,12 @@ class ImageTextTask:
         # assistant...): "excluded", or "error" under vision.on_refused: error
         return problems + check_example(example, location, config)
 
-    def summarize(self, examples: list[dict]) -> dict:
-        """tunewright.vision's image facts: formats, sizes, refusals, views and pixels at the detail
-        each image asks for, at low and at high detail."""
+    def summarize(self, examples: list[dict], *, locations=None, problems=(), config=None) -> dict:
+        """tunewright.vision's image facts: formats, sizes, refusals (screening's too), views and
+        pixels at the detail each image asks for, at low and at high detail."""
         from tunewright.vision import summarize
 
-        return summarize(examples)
+        return summarize(examples, config, locations=locations, problems=problems)
 
     def render_summary(self, summary: dict) -> list[str]:
         from tunewright.vision import render_summary

@@ -64,3 +64,21 @@ def test_refusal_counts_from_problems():
     gif, _ = bad_images()["cat.gif"]
     problems = check_example(chat("data:image/gif;base64," + base64.b64encode(gif).decode()), "d:1")
     assert refusal_counts(problems + ["not an image problem"]) == {"format": 1}
+
+
+def test_an_image_another_rule_refused_is_counted_as_refused_and_reaches_nothing():
+    """A screening plugin's exclusion (a problem at the example's location naming the image):
+    the image passed the checks, but neither its pixels nor its tokens reach the model."""
+    from tunewright.vision import ImageProblem
+
+    examples = [chat(url(Image.new("RGB", (1024, 1024)))), chat(url(Image.new("RGB", (64, 64))))]
+    locations = ["train.jsonl:1", "train.jsonl:2"]
+    screened = ImageProblem("train.jsonl:1", "image 1: excluded by face screening: a face", "excluded",
+                            reason="screened", image=1)
+    elsewhere = ImageProblem("other.jsonl:1", "image 1: excluded", "excluded", reason="screened", image=1)
+    summary = summarize(examples, locations=locations, problems=[screened, elsewhere])
+    assert summary["accepted"] == 1 and summary["formats"] == {"PNG": 1}
+    assert summary["refused"] == {"images": 1, "examples": 1, "reasons": {"screened": 1}}
+    assert summary["costs"]["high"]["pixels"] == 64 * 64 * 2  # only the small image: overview + its one tile
+    assert summary == summarize(examples[1:], locations=locations[1:]) | {
+        "images": 2, "examples_with_images": 2, "refused": summary["refused"]}

@@ -64,8 +64,8 @@ class TinyImageTask:
     def metrics(self, model, batches):
         return {"loss": 0.0, "accuracy": 0.0}
 
-    def summarize(self, examples):
-        return {"images": summarize(examples)}
+    def summarize(self, examples, *, locations=None, problems=()):
+        return {"images": summarize(examples, locations=locations, problems=problems)}
 
     def render_summary(self, summary):
         return render_summary(summary.get("images", {}))
@@ -161,11 +161,36 @@ def test_validate_lists_refusals_and_summarises_images(pm, data):
     text = report.render()
     assert "3 examples excluded:" in text
     assert f"{data}:7: excluded: image 1 (dark/x.png): the bytes are a GIF file" in text
-    assert "refused: 2 images in 2 examples (not JPEG, PNG or WEBP 1, corrupt or truncated 1)" in text
+    # the face the screening plugin excluded is refused in the summary too: what it counts as
+    # reaching the model is what training gets
+    assert "images: 15 in 15 examples, 12 accepted" in text
+    assert "refused: 3 images in 3 examples (" in text
+    for reason in ("not JPEG, PNG or WEBP 1", "corrupt or truncated 1", "excluded by content screening 1"):
+        assert reason in text
     assert "reaching the model:" in text and "at low detail" in text
+    images = report.summary["images"]
+    assert images["accepted"] == 12 and images["refused"]["reasons"]["screened"] == 1
     as_json = report.to_dict()
     assert len(as_json["excluded"]) == 3 and as_json["ok"]
     json.dumps(as_json)  # JSON-ready
+
+
+def test_summary_of_refused_chat_images_gives_their_own_reasons(pm, tmp_path):
+    """A refused example is not transformed (its folder is never attached): the summary still
+    resolves its paths from the example's location and names the real reason."""
+    folder = tmp_path / "chat"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(encode(Image.new("RGB", (20, 20)), "PNG"))
+    (folder / "b.png").write_bytes(bad_images()["gif-named.png"][0])
+    path = folder / "train.jsonl"
+    lines = [{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": name}}]},
+                           {"role": "assistant", "content": "black"}], "label": "black"}
+             for name in ("a.png", "b.png", "missing.png")]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    report = validate_file(path, "tiny-images", pm)
+    images = report.summary["images"]
+    assert images["accepted"] == 1
+    assert images["refused"]["reasons"] == {"format": 1, "not-found": 1}
 
 
 def test_chat_paths_resolve_in_validate_without_a_config(pm, tmp_path):
