@@ -1,0 +1,25 @@
+"""The recipe configs under examples/ load as they are written, and the README points at each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunewright import get_plugin_manager
+from tunewright.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "examples").rglob("*.yaml"))
+
+
+def test_there_are_recipes():
+    assert {p.name for p in RECIPES} >= {"mobilenet-digits.yaml", "image-to-text-digits.yaml"}
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_a_recipe_loads_and_the_readme_shows_it(path):
+    config = load_config(yaml.safe_load(path.read_text()), get_plugin_manager().registries, source=str(path))
+    assert config.output and config.data.train.startswith("demo/")  # the demo data set's paths
+    assert str(path.relative_to(ROOT)) in (ROOT / "README.md").read_text()
