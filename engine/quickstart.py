@@ -15,7 +15,11 @@ from typing import Callable
 
 import yaml
 
-from .errors import DataError
+from .errors import DataError, UsageError
+
+#: marks a folder ``tunewright quickstart`` made: only such a folder (or a new or empty one) is
+#: written to, so that a rerun replaces its own data, config, run and bundle and nothing else
+QUICKSTART_MARKER = ".tunewright-quickstart"
 
 
 def chatterbot_pairs() -> list[dict]:
@@ -70,12 +74,30 @@ def quickstart_config(workdir: Path, max_steps: int) -> dict:
     }
 
 
+def claim_workdir(workdir: Path) -> None:
+    """Refuse (exit 2, nothing written) a ``--workdir`` that holds files the quickstart did not
+    write, and one whose bundle folder an export would refuse, before anything trains; then mark it."""
+    from tunewright.edge import check_out
+
+    if workdir.exists() or workdir.is_symlink():
+        if not workdir.is_dir() or workdir.is_symlink():
+            raise UsageError(f"--workdir: {workdir} exists and is not a folder; choose a new folder")
+        if any(workdir.iterdir()) and not (workdir / QUICKSTART_MARKER).is_file():
+            shown = ", ".join(sorted(p.name for p in workdir.iterdir())[:5])
+            raise UsageError(f"--workdir: {workdir} holds files tunewright quickstart did not write ({shown}); "
+                             "nothing was changed; choose a new or empty folder")
+        check_out(workdir / "bundle", overwrite=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / QUICKSTART_MARKER).write_text("made by tunewright quickstart; a rerun replaces what is here\n")
+
+
 def run_quickstart(workdir: Path, *, max_steps: int = 60, echo: Callable[[str], None] = print, pm=None) -> dict:
     from .config import load_config
     from .manager import get_plugin_manager
     from .run import run_job
 
     pm = pm or get_plugin_manager()
+    claim_workdir(workdir)
     data_path = write_dataset(workdir / "data")
     lines = sum(1 for _ in data_path.open(encoding="utf-8"))
     echo(f"data: {lines} prompt/reply pairs from chatterbot-corpus in {data_path}")
@@ -101,7 +123,7 @@ def export_and_verify(run_dir: Path, out: Path, pm, echo: Callable[[str], None])
 
     # int8 names a bit width: for this decoder it means block-wise 8-bit weights (int8-block;
     # per-channel dynamic int8 damages it: activations into down_proj have large outliers).
-    result = export_run(run_dir, out, quantize="int8", pm=pm, log=echo)
+    result = export_run(run_dir, out, quantize="int8", pm=pm, log=echo, overwrite=True)  # only ever a bundle
     check = verify_bundle(out)
     if not check["ok"]:
         from .errors import JobFailed

@@ -38,3 +38,37 @@ def test_quickstart_tunes_smollm2_and_beats_the_baseline(tmp_path):
     assert manifest["parity"]["passed"]
     assert manifest["benchmark"]["versus_torch"]["size"] <= 0.3  # 8-bit weights, the tied table once
     assert "verified:" in result.stderr and "tokens/s" in result.stderr
+    # a rerun may use its own folder again: it holds the marker and a bundle that --overwrite replaces
+    from tunewright.quickstart import claim_workdir
+
+    claim_workdir(tmp_path / "qs")
+
+
+def test_quickstart_refuses_a_folder_it_did_not_make_before_anything_runs(tmp_path, capsys):
+    from tunewright.cli import main
+
+    users = tmp_path / "mine"
+    (users / "data").mkdir(parents=True)
+    (users / "data" / "train.jsonl").write_text("the user's own data\n")
+    (users / "config.yaml").write_text("model: theirs\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quickstart", "--workdir", str(users)])
+    assert exit_info.value.code == 2
+    assert "holds files tunewright quickstart did not write (config.yaml, data)" in capsys.readouterr().err
+    assert (users / "data" / "train.jsonl").read_text() == "the user's own data\n"
+    assert sorted(p.name for p in users.iterdir()) == ["config.yaml", "data"]
+
+
+def test_quickstart_refuses_a_bundle_folder_with_foreign_files_before_training(tmp_path, capsys):
+    from tunewright.cli import main
+    from tunewright.quickstart import QUICKSTART_MARKER
+
+    work = tmp_path / "qs"
+    (work / "bundle").mkdir(parents=True)
+    (work / QUICKSTART_MARKER).write_text("")
+    (work / "bundle" / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quickstart", "--workdir", str(work)])
+    assert exit_info.value.code == 2
+    assert "--out:" in capsys.readouterr().err
+    assert not (work / "data").exists() and (work / "bundle" / "notes.txt").read_text() == "mine"
