@@ -31,7 +31,7 @@ import yaml
 
 from .config import JobConfig
 from .data import PreparedData, Split, prepare_data
-from .errors import UsageError
+from .errors import ConfigError, UsageError
 from .manager import PluginManager, plugin_summary
 from .models import atomic_directory, resolve_model
 from .report import write_report
@@ -324,6 +324,12 @@ def run_job(config: JobConfig, pm: PluginManager, *, resume: bool = False, overw
                 results["test"] = {"baseline": evaluate(run, run.test_features)}
             _write_json(eval_path, results)
             run.say("baseline: " + format_metrics(results["baseline"]))
+        watched = config.training.early_stopping.metric if config.training.early_stopping else None
+        if watched and "baseline" in results and watched not in results["baseline"]:
+            # the task knows the name, but not for these labels (mse of class labels...): say so
+            # before a step is trained rather than at the first evaluation
+            raise ConfigError(f"training.early_stopping.metric: task {config.task!r} reports no {watched!r} "
+                              f"for these labels; it reports {', '.join(sorted(results['baseline']))}")
         if run.is_main_process:
             pm.hook.on_train_begin(run=run)
         result = runner(run)

@@ -201,6 +201,20 @@ def test_early_stopping_on_a_metric_where_lower_is_better(tiny_llama_dir, chat_d
     assert final == pytest.approx(min(evals), rel=1e-3)
 
 
+def test_a_metric_the_labels_do_not_give_is_refused_before_a_step_trains(tiny_bert_dir, classification_data,
+                                                                          tmp_path):
+    """``mse`` is a classification metric, of float labels: with class labels the baseline says
+    it is not there, and the job stops before training instead of at its first evaluation."""
+    from tunewright import ConfigError
+
+    raw = job_config(tiny_bert_dir, classification_data, tmp_path / "run", task="classification",
+                     early_stopping={"metric": "mse"})
+    with pytest.raises(ConfigError, match=r"reports no 'mse' for these labels; it reports .*accuracy"):
+        run_job(raw)
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+    assert "final" not in json.loads((tmp_path / "run" / "eval.json").read_text())
+
+
 def test_unknown_early_stopping_metric_is_refused_before_training(tiny_llama_dir, chat_data, tmp_path):
     from tunewright import ConfigError
 
