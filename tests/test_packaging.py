@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tomllib
 import venv
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the checkout's folders that install as tunewright's packages (engine, plugins, vision, edge)
+PACKAGE_FOLDERS = sorted(set(
+    tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()))
 
 
 @pytest.mark.slow
 def test_installed_wheel_works_outside_the_checkout(tmp_path):
+    # built from a copy of what the build reads, so that setuptools' build/ and egg-info land in
+    # the temporary folder, not in the checkout
+    source = tmp_path / "source"
+    for name in ("pyproject.toml", "README.md"):
+        source.mkdir(exist_ok=True)
+        shutil.copy2(ROOT / name, source / name)
+    for folder in PACKAGE_FOLDERS:
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    before = sorted(p.name for p in ROOT.iterdir())
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path / "dist"), str(ROOT)], check=True, capture_output=True, timeout=600)
+                    "-w", str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=600)
+    assert sorted(p.name for p in ROOT.iterdir()) == before
     wheel = next((tmp_path / "dist").glob("tunewright-*.whl"))
     # The venv sees the pinned stack of this interpreter but gets tunewright from the wheel alone.
     venv.create(tmp_path / "env", system_site_packages=True, with_pip=True)
@@ -51,8 +66,6 @@ def test_installed_wheel_works_outside_the_checkout(tmp_path):
 def test_every_package_folder_is_in_the_wheel():
     """A new sub-package (a folder with ``__init__.py``) must be listed in pyproject.toml, or the
     wheel silently lacks it while the editable install still works."""
-    import tomllib
-
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     roots = setuptools["package-dir"]
     on_disk = set()
