@@ -15,9 +15,10 @@ What it measures, every training a ``tunewright`` subprocess of its own:
 3. **SecAgg+**: ``fedavg`` again through Flower's secure aggregation (``--no-secure`` skips it):
    its bytes (every stage's keys, shares and masked vectors), final metric and round times.
 4. **Wall time per round**, in simulation (Ray workers keep their model between rounds) and in a
-   deployment on loopback (Flower starts a fresh ``flwr-clientapp`` process per message), and the
-   share of it that is not training: Flower's overhead, process start-up and model loading
-   (``process_age_seconds`` and ``load_seconds`` in each reply).
+   deployment on loopback (Flower starts a fresh ``flwr-clientapp`` process per message), split
+   into training (the slowest site's), evaluation (the sites' of the previous aggregate and the
+   server's central one) and the rest, ``overhead_share``: Flower's messaging, process start-up
+   and model loading (``process_age_seconds`` and ``load_seconds`` in each reply).
 
 Run it on an otherwise idle machine; figures taken under load are not the product's.
 """
@@ -134,12 +135,19 @@ def round_times(run: Path) -> dict:
     seconds = [r["seconds"] for r in rows]
     training = [max((s.get("train_seconds", 0.0) for s in r["sites"] if s["status"] == "ok"), default=0.0)
                 for r in rows]
+    # the sites evaluate the previous aggregate before they train (in the same message), the
+    # server then evaluates the new one on its central set: evaluation, not overhead
+    evaluating = [max((s.get("evaluate_seconds", 0.0) for s in r["sites"] if s["status"] == "ok"), default=0.0)
+                  + r.get("central_seconds", 0.0) for r in rows]
     ages = [s.get("process_age_seconds") for r in rows for s in r["sites"] if s["status"] == "ok"]
     loads = [s.get("load_seconds") for r in rows for s in r["sites"] if s["status"] == "ok"]
     mean = sum(seconds) / len(seconds)
     return {"round_seconds": [round(s, 2) for s in seconds], "mean_round_seconds": round(mean, 2),
             "slowest_site_training_seconds": [round(t, 2) for t in training],
             "not_training_share": round(1 - sum(training) / sum(seconds), 3),
+            "evaluation_share": round(sum(evaluating) / sum(seconds), 3),
+            # neither training nor evaluating: Flower's messaging, process start-up, model loading
+            "overhead_share": round(1 - (sum(training) + sum(evaluating)) / sum(seconds), 3),
             "site_process_age_seconds_mean": round(sum(ages) / len(ages), 2) if ages else None,
             "site_load_seconds_mean": round(sum(loads) / len(loads), 2) if loads else None}
 

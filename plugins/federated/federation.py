@@ -221,7 +221,9 @@ class Federation:
                                  "clipping_norm": s.privacy.clipping_norm, "sites": self.dp_sites,
                                  "noise_stdev": noise_stdev(s, self.dp_sites) if aggregated else 0.0}
         if self.central_eval is not None:
+            central_started = time.monotonic()
             record["central"] = self.central_eval(to_state(arrays))
+            record["central_seconds"] = round(time.monotonic() - central_started, 3)
         record["seconds"] = round(time.monotonic() - started, 3)
         return record, arrays, evaluations
 
@@ -271,10 +273,13 @@ class Federation:
         new, reason = None, None
         if not usable:
             reason = "no usable reply"
-        elif s.privacy is not None and any(r["status"] == "dropped" for r in sites.values()):
-            # the noise is calibrated for dp_sites clipped updates: aggregating fewer would weaken it
-            reason = ("a reply was dropped and DP noise is calibrated for every sampled site; "
-                      "aggregation skipped, the state stays as it was")
+        elif s.privacy is not None and (any(r["status"] == "dropped" for r in sites.values())
+                                        or len(usable) + len(failed) < self.dp_sites):
+            # the noise is calibrated for dp_sites clipped updates: averaging fewer would weaken it.
+            # Flower's wrapper skips a round with an error reply itself, but only warns when
+            # replies are missing (a site past the deadline) and aggregates them anyway.
+            reason = (f"{len(usable)} usable replies (a reply was dropped or missing) and DP noise is calibrated "
+                      f"for {self.dp_sites} sites; aggregation skipped, the state stays as it was")
         else:
             # with Flower's DP wrappers an error reply makes the wrapper skip the aggregation
             passed = usable + (failed if s.privacy is not None else [])

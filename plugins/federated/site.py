@@ -165,9 +165,11 @@ class Site:
         load_state(run.method, run.model, arrays)
         metrics: dict[str, float] = {}
         if config.get("evaluate-first"):
+            evaluated_at = time.monotonic()
             examples, figures = self._evaluate(run)
             metrics.update({f"evaluate/{k}": v for k, v in figures.items()})
             metrics["evaluate/num-examples"] = examples
+            metrics["evaluate_seconds"] = time.monotonic() - evaluated_at
         round_number = int(config.get("server-round", 1))
         extra_loss = proximal_term(run.model, float(config.get("proximal-mu", 0.0)))
         # a different order each round, or every round would start from the same first batches
