@@ -3,10 +3,12 @@
     tunewright federate CONFIG                                    # simulation (Flower + Ray)
     tunewright federate server CONFIG                             # Flower SuperLink + the job
     tunewright federate site CONFIG --data FILE --server HOST:PORT  # one site with its own data
+    tunewright federate credentials FOLDER --host HOST --site NAME  # TLS files and site keys
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -34,6 +36,7 @@ def add_commands(cli: click.Group) -> None:
         tunewright federate CONFIG              simulate the sites on this machine
         tunewright federate server CONFIG       run the server of a deployed federation
         tunewright federate site CONFIG --data FILE --server HOST:PORT
+        tunewright federate credentials FOLDER --host HOST --site NAME
         """
 
     @federate.command()
@@ -126,3 +129,39 @@ def add_commands(cli: click.Group) -> None:
         finally:
             server.close()
         raise SystemExit(code)
+
+    @federate.command()
+    @click.argument("folder", type=click.Path(file_okay=False))
+    @click.option("--host", "hosts", multiple=True, required=True,
+                  help="An address the sites reach the server at (repeat: every name and IP they use).")
+    @click.option("--site", "sites", multiple=True, help="A site to make an authentication key for (repeat).")
+    @click.option("--days", default=365, show_default=True, help="How long the certificates are valid.")
+    def credentials(folder: str, hosts: tuple[str, ...], sites: tuple[str, ...], days: int) -> None:
+        """Write a federation's TLS files into FOLDER (ca.crt, server.pem, server.key) and, for each
+        --site, a key pair for site authentication (keys/NAME, keys/NAME.pub).
+
+        Refuses (exit 2, nothing written) a FOLDER that holds any of those files already: a new
+        CA would lock out every site that trusts the old one."""
+        from tunewright import UsageError
+
+        from .credentials import make_site_key, make_tls
+
+        target = Path(folder)
+        planned = ["ca.crt", "server.pem", "server.key"]
+        planned += [f"keys/{name}{suffix}" for name in sites for suffix in ("", ".pub")]
+        bad = [name for name in sites if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name)]
+        if bad:
+            raise UsageError(f"--site {bad[0]!r}: a site name is a plain file name (letters, digits, '.', '-' "
+                             "and '_', not starting with a dot)")
+        existing = [name for name in planned if (target / name).exists()]
+        if existing:
+            raise UsageError(f"{target}: holds {', '.join(existing)} already; nothing was written; "
+                             "choose a new folder (a new CA would lock out the sites that trust the old one)")
+        files = make_tls(target, list(hosts), days=days)
+        for name in sites:
+            make_site_key(target / "keys", name)
+        _echo(f"server: federated.server: {{ca_certfile: {files['ca_certfile']}, certfile: {files['certfile']}, "
+              f"keyfile: {files['keyfile']}}}")
+        for name in sites:
+            _echo(f"site {name}: --root-certificates {files['ca_certfile']} --auth-key {target / 'keys' / name}; "
+                  f"list {target / 'keys' / (name + '.pub')} in federated.server.authorized_sites")
