@@ -132,22 +132,26 @@ def add_commands(cli: click.Group) -> None:
 
     @federate.command()
     @click.argument("folder", type=click.Path(file_okay=False))
-    @click.option("--host", "hosts", multiple=True, required=True,
-                  help="An address the sites reach the server at (repeat: every name and IP they use).")
+    @click.option("--host", "hosts", multiple=True,
+                  help="Make the TLS files, for a server the sites reach at this address (repeat: every "
+                       "name and IP they use).")
     @click.option("--site", "sites", multiple=True, help="A site to make an authentication key for (repeat).")
     @click.option("--days", default=365, show_default=True, help="How long the certificates are valid.")
     def credentials(folder: str, hosts: tuple[str, ...], sites: tuple[str, ...], days: int) -> None:
-        """Write a federation's TLS files into FOLDER (ca.crt, server.pem, server.key) and, for each
-        --site, a key pair for site authentication (keys/NAME, keys/NAME.pub).
+        """Write into FOLDER a federation's TLS files (with --host: ca.crt, server.pem, server.key)
+        and, for each --site, a key pair for site authentication (keys/NAME, keys/NAME.pub); a
+        site that joins later gets its key with --site alone.
 
-        Refuses (exit 2, nothing written) a FOLDER that holds any of those files already: a new
-        CA would lock out every site that trusts the old one."""
+        Refuses (exit 2, nothing written) to replace any of those files: a new CA would lock out
+        every site that trusts the old one, a new key the site that holds the old one."""
         from tunewright import UsageError
 
         from .credentials import make_site_key, make_tls
 
+        if not hosts and not sites:
+            raise UsageError("federate credentials: give --host (TLS files) or --site (site keys), or both")
         target = Path(folder)
-        planned = ["ca.crt", "server.pem", "server.key"]
+        planned = ["ca.crt", "server.pem", "server.key"] if hosts else []
         planned += [f"keys/{name}{suffix}" for name in sites for suffix in ("", ".pub")]
         bad = [name for name in sites if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name)]
         if bad:
@@ -155,13 +159,14 @@ def add_commands(cli: click.Group) -> None:
                              "and '_', not starting with a dot)")
         existing = [name for name in planned if (target / name).exists()]
         if existing:
-            raise UsageError(f"{target}: holds {', '.join(existing)} already; nothing was written; "
-                             "choose a new folder (a new CA would lock out the sites that trust the old one)")
-        files = make_tls(target, list(hosts), days=days)
+            raise UsageError(f"{target}: holds {', '.join(existing)} already; nothing was written (a new CA "
+                             "would lock out the sites that trust the old one, a new key the site that holds "
+                             "the old one); choose another folder or site name")
+        if hosts:
+            files = make_tls(target, list(hosts), days=days)
+            _echo(f"server: federated.server: {{ca_certfile: {files['ca_certfile']}, certfile: {files['certfile']}, "
+                  f"keyfile: {files['keyfile']}}}")
         for name in sites:
             make_site_key(target / "keys", name)
-        _echo(f"server: federated.server: {{ca_certfile: {files['ca_certfile']}, certfile: {files['certfile']}, "
-              f"keyfile: {files['keyfile']}}}")
-        for name in sites:
-            _echo(f"site {name}: --root-certificates {files['ca_certfile']} --auth-key {target / 'keys' / name}; "
+            _echo(f"site {name}: --root-certificates {target / 'ca.crt'} --auth-key {target / 'keys' / name}; "
                   f"list {target / 'keys' / (name + '.pub')} in federated.server.authorized_sites")

@@ -42,6 +42,13 @@ def test_existing_files_and_bad_site_names_are_refused_and_nothing_is_written(tm
     assert federate(str(folder), "--host", "127.0.0.1", "--site", "a") == 2
     assert "holds ca.crt, server.pem, server.key already; nothing was written" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    # a site that joins later gets its key alone; its key is never made twice
+    assert federate(str(folder), "--site", "late") == 0
+    assert (folder / "keys" / "late.pub").is_file() and (folder / "ca.crt").read_bytes() == before[folder / "ca.crt"]
+    capsys.readouterr()
+    assert federate(str(folder), "--site", "late") == 2
+    assert "holds keys/late, keys/late.pub already" in capsys.readouterr().err
+    assert federate(str(folder)) == 2
     assert federate(str(tmp_path / "other"), "--host", "127.0.0.1", "--site", "../escape") == 2
     assert "a site name is a plain file name" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
