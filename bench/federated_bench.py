@@ -133,12 +133,13 @@ def rounds_of(run: Path) -> list[dict]:
 def round_times(run: Path) -> dict:
     rows = rounds_of(run)
     seconds = [r["seconds"] for r in rows]
-    training = [max((s.get("train_seconds", 0.0) for s in r["sites"] if s["status"] == "ok"), default=0.0)
-                for r in rows]
+    def slowest_site(row: dict, key: str) -> float:
+        return max((s.get(key, 0.0) for s in row["sites"] if s["status"] == "ok"), default=0.0)
+
+    training = [slowest_site(r, "train_seconds") for r in rows]
     # the sites evaluate the previous aggregate before they train (in the same message), the
     # server then evaluates the new one on its central set: evaluation, not overhead
-    evaluating = [max((s.get("evaluate_seconds", 0.0) for s in r["sites"] if s["status"] == "ok"), default=0.0)
-                  + r.get("central_seconds", 0.0) for r in rows]
+    evaluating = [slowest_site(r, "evaluate_seconds") + r.get("central_seconds", 0.0) for r in rows]
     ages = [s.get("process_age_seconds") for r in rows for s in r["sites"] if s["status"] == "ok"]
     loads = [s.get("load_seconds") for r in rows for s in r["sites"] if s["status"] == "ok"]
     mean = sum(seconds) / len(seconds)

@@ -122,7 +122,7 @@ def _fuse_transformer(source: Path, target: Path) -> dict[str, int]:
 #: on a 2-core AVX2 EPYC with bench/edge_bench.py: minilm-l6 on chatterbot topics lost 1.64
 #: accuracy points with full-range weights, 0.82 with these.
 REDUCE_RANGE = True
-WEIGHTS = "int8 (7-bit range, faithful on CPUs without VNNI)" if REDUCE_RANGE else "int8"
+WEIGHTS = "int8 (7-bit range, faithful on CPUs without VNNI)"
 
 
 class DynamicInt8:

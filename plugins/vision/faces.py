@@ -12,7 +12,7 @@ step 1.1), then, only when it finds nothing, the profile cascade on the image an
 neighbours: at 3 it fires on cat faces; scale step 1.2: a third faster than 1.1 and, on the set
 below, as good).
 
-Speed (``bench/vision_validate_bench.py`` on an idle 2-core AVX2 machine): checks and screening
+Speed (``bench/vision_validate_bench.py`` on a quiet 2-core AVX2 machine): checks and screening
 together handle 76 of the demo's 28 x 28 digits a second against 2,405 for the checks alone, and
 4.2 of its photos (300 x 451 to 1000 x 872) a second (three cascade passes when no frontal face is
 found, the usual case). Screening is the slowest part of validation by far, and
