@@ -69,6 +69,9 @@ class TrainingConfig(Section):
         "auto", description="a micro-batch with more padded positions (examples x longest) runs forward "
         "and backward in pieces, with the same gradient: the peak memory follows a typical batch; "
         "auto: twice the median micro-batch's; null: never split")
+    gradient_checkpointing: bool = Field(
+        False, description="keep only each block's input for backward and recompute the rest: a fraction of "
+        "the activation memory for one more forward pass of compute (models that support it)")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
 
     @field_validator("max_forward_tokens")

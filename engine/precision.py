@@ -23,6 +23,8 @@ import functools
 
 import torch
 
+from .errors import ConfigError
+
 
 @functools.lru_cache(maxsize=None)
 def cpu_has_fast_bf16() -> bool:
@@ -126,3 +128,16 @@ def prefer_eager_attention(model: torch.nn.Module, max_length: int) -> bool:
     except (ValueError, AttributeError):  # an architecture without an eager path
         return False
     return True
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each block's activations in backward (``training.gradient_checkpointing``).
+
+    transformers' non-reentrant checkpointing: it needs no input that requires grad, so adapters,
+    prompt tuning and frozen layers work unchanged. Checked before the method is applied, so a
+    model that cannot is refused before anything trains.
+    """
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"training.gradient_checkpointing: {type(model).__name__} does not support gradient "
+                          "checkpointing (allowed: false for this model)")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -106,20 +106,27 @@ def test_a_whole_bench_run_on_a_tiny_model(tiny_llama_dir, tmp_path):
     out = tmp_path / "bench.json"
     completed = subprocess.run(
         [sys.executable, str(SCRIPT), "--model", str(tiny_llama_dir), "--max-steps", "2", "--max-length", "64",
+         "--runs", "tunewright-auto,tunewright-checkpointing,plain-fp32",
          "--workdir", str(tmp_path / "work"), "--json", str(out)],
         capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(out.read_text())
     runs = {run["key"]: run for run in report["runs"]}
-    assert set(runs) == {"tunewright-auto", "plain-fp32"}
+    assert set(runs) == {"tunewright-auto", "tunewright-checkpointing", "plain-fp32"}
+    # the same steps with and without recomputing activations: the same validation loss
+    assert report["heldout"]["tunewright-checkpointing"]["loss"] == pytest.approx(
+        report["heldout"]["tunewright-auto"]["loss"], rel=1e-4)
     assert runs["plain-fp32"]["lora"]["target_modules"] == runs["tunewright-auto"]["lora"]["target_modules"]
     for run in runs.values():
         assert run["global_step"] == 2 and run["train_tokens"] > 0 and run["peak_rss_mib"] > 0
     assert report["heldout"]["tunewright-auto"]["tokens"] == report["heldout"]["plain-fp32"]["tokens"]
-    assert set(report["ratios_tunewright_over_plain"]["plain-fp32"]) >= {"throughput", "peak_rss", "validation_loss"}
-    assert set(report["targets"]) == {"throughput_at_least_3x_plain_bf16", "peak_rss_at_most_half_of_plain",
-                                      "validation_loss_no_worse"}
-    assert "tunewright-auto / plain-fp32" in completed.stdout
+    for key in ("tunewright-auto", "tunewright-checkpointing"):
+        assert set(report["ratios_tunewright_over_plain"][key]["plain-fp32"]) >= {
+            "throughput", "peak_rss", "validation_loss"}
+        assert set(report["targets"][key]) == {"throughput_at_least_3x_plain_bf16", "peak_rss_at_most_half_of_plain",
+                                               "validation_loss_no_worse"}
+        assert report["targets"][key]["throughput_at_least_3x_plain_bf16"] is None  # no plain-bf16 run
+        assert f"{key} / plain-fp32" in completed.stdout
 
 
 @pytest.mark.slow

@@ -134,12 +134,53 @@ def test_accumulated_or_split_micro_batches_take_the_step_of_one_batch(tiny_llam
         **raw["training"], "batch_size": 4, "gradient_accumulation_steps": 2}})
     pieces = first_step_gradient({**raw, "output": str(tmp_path / "pieces"), "training": {
         **raw["training"], "max_forward_tokens": 1}})  # every example a forward pass of its own
+    recomputed = first_step_gradient({**raw, "output": str(tmp_path / "recomputed"), "training": {
+        **raw["training"], "gradient_checkpointing": True}})
     assert set(one_batch) == set(expected)
     for name, grad in expected.items():
         if not grad.abs().sum():
             continue  # LoRA's A has no gradient while B is zero
-        for got in (one_batch, accumulated, pieces):
+        for got in (one_batch, accumulated, pieces, recomputed):
             torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-8)
+
+
+def saved_bytes(run) -> int:
+    """Bytes autograd keeps for backward in one training forward of the first 8 examples, the
+    logits aside (the head is outside the blocks, and a tiny model's are most of it)."""
+    storages = {}
+    vocabulary = run.model.get_output_embeddings().weight.shape[0]
+
+    def keep(tensor):
+        if tensor.shape[-1:] != (vocabulary,):
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    run.model.train()
+    batch = run.task.collate(run.train_features[:8], run.tokenizer)
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        run.task.loss(run.model, batch)
+    return sum(storages.values())
+
+
+def test_gradient_checkpointing_keeps_a_fraction_of_the_activations(tiny_llama_dir, tmp_path):
+    data = write_jsonl(tmp_path / "chat.jsonl", uneven_chat_rows(60))
+    raw = config(tiny_llama_dir, data, tmp_path / "kept")
+    kept = saved_bytes(prepared(raw))
+    recomputed = saved_bytes(prepared({**raw, "output": str(tmp_path / "recomputed"), "training": {
+        **raw["training"], "gradient_checkpointing": True}}))
+    assert recomputed < 0.5 * kept, (recomputed, kept)
+
+
+def test_gradient_checkpointing_is_refused_for_a_model_without_it():
+    from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
+
+    from tunewright import ConfigError
+    from tunewright.precision import enable_gradient_checkpointing
+
+    model = MobileNetV2ForImageClassification(MobileNetV2Config(depth_multiplier=0.35, image_size=32))
+    with pytest.raises(ConfigError, match=r"training\.gradient_checkpointing: MobileNetV2ForImageClassification "
+                                          r"does not support"):
+        enable_gradient_checkpointing(model)
 
 
 def test_split_to_budget_keeps_order_and_bounds_padded_size():
