@@ -163,6 +163,37 @@ def bytes_figures(run: Path) -> dict:
             "full_model_over_adapter": round(summary["full_model_bytes"] / per_site, 1)}
 
 
+def bytes_without_training(model: str, spec: dict) -> dict:
+    """What one site receives (and sends) per round for each scheme and transfer dtype, as Flower
+    counts it (``ArrayRecord.count_bytes``), from the bench job's model and LoRA settings: no
+    training needed, so it is taken even with ``--bytes-only``."""
+    import numpy as np
+
+    import tunewright
+    from tunewright.config import load_config
+    from tunewright.plugins.federated.federation import cast_floats, to_arrays
+    from tunewright.plugins.federated.site import travelling_state
+
+    pm = tunewright.get_plugin_manager()
+    config = load_config({"model": model, "task": spec["task"], "method": "lora", "lora": spec["lora"],
+                          "data": {"train": "unused.jsonl"}, "output": "unused"}, pm.registries)
+    task = pm.registries.get("tasks", spec["task"], key="task")
+    method = pm.registries.get("methods", "lora", key="method")
+    path = model if Path(model).is_dir() else pm.registries.models[model].resolve()
+    labels = ["negative", "neutral", "positive"] if spec["task"] == "classification" else None
+    base = task.load_model(str(path), labels, config)
+    full = sum(p.numel() * p.element_size() for p in base.parameters())  # the base model alone, fp32
+    net = method.apply(base, config.section("lora"), task.model_kind)
+    out: dict = {"full_model_bytes": full, "lora": spec["lora"]}
+    for scheme in ("fedavg", "ffa"):
+        state = travelling_state(method, net, scheme)
+        for dtype in ("float32", "float16"):
+            sent = to_arrays(cast_floats(state, np.dtype(dtype))).count_bytes()
+            out[f"{scheme}_{dtype}"] = {"bytes_per_site_per_round_each_way": sent,
+                                       "full_model_over_adapter": round(full / sent, 1)}
+    return out
+
+
 def deployment(folder: Path, fed_config: Path, sites: list[Path], timeout: float) -> dict:
     """Server and three sites on loopback, each a process of its own; their figures."""
     sys.path.insert(0, str(HERE.parent))
@@ -202,6 +233,8 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--no-deployment", action="store_true", help="skip the loopback deployment")
     parser.add_argument("--no-secure", action="store_true", help="skip the fedavg run through SecAgg+")
+    parser.add_argument("--bytes-only", action="store_true",
+                        help="only the bytes per round per site (each scheme, float32 and float16): no training")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--keep", type=Path, default=None, help="work here and keep the runs")
     args = parser.parse_args()
@@ -220,7 +253,14 @@ def main() -> None:
     total = args.rounds * args.local_steps * 3
     out: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
                  "model": "tiny-bert (random)" if args.quick else args.model,
-                 "rounds": args.rounds, "local_steps": args.local_steps, "sites": 3, "total_steps": total}
+                 "rounds": args.rounds, "local_steps": args.local_steps, "sites": 3, "total_steps": total,
+                 "bytes": bytes_without_training(model, spec)}
+    if args.bytes_only:
+        text = json.dumps(out["bytes"], indent=2)
+        print(text)
+        if args.json:
+            args.json.write_text(text + "\n")
+        return
     walls = {}
     # fedavg-secure: fedavg through SecAgg+ (its four stages counted in the bytes); max_weight above
     # any site's example count

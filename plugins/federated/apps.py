@@ -27,7 +27,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
-from .federation import CLIENT_CLIPPING, REFUSED_MARK, to_arrays, to_state
+from .federation import CLIENT_CLIPPING, REFUSED_MARK, in_dtypes_of, to_arrays, to_state
 from .secure import CLIPPING_KEY, MAX_WEIGHT_KEY, NAMES_KEY, update_problems
 from .strategies import WEIGHT_KEY
 
@@ -134,10 +134,13 @@ def make_client_app(get_site: Callable[[Context], Any]) -> ClientApp:
         if LEGACY_PARAMETERS in msg.content.array_records:
             return _train_secure(msg, site, age, started)
         config = dict(msg.content["config"])
-        state, examples, metrics = site.fit(to_state(msg.content["arrays"]), config)
-        sent = list(msg.content["arrays"].keys())
-        # the keys in the order they were sent (Flower's clipping mod compares the order)
-        arrays = to_arrays({k: state[k] for k in sent if k in state} | {k: v for k, v in state.items() if k not in sent})
+        received = to_state(msg.content["arrays"])
+        state, examples, metrics = site.fit(dict(received), config)
+        # in the dtypes they came in (federated.transfer_dtype), the keys in the order they were
+        # sent (Flower's clipping mod compares the order)
+        state = in_dtypes_of(state, received)
+        arrays = to_arrays({k: state[k] for k in received if k in state}
+                           | {k: v for k, v in state.items() if k not in received})
         metrics.update({WEIGHT_KEY: examples, "process_age_seconds": age, "load_seconds": site.load_seconds,
                         "site_seconds": getattr(site, "site_seconds", time.monotonic() - started)})
         return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics),

@@ -88,6 +88,19 @@ def to_state(arrays: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in arrays.items()}
 
 
+def cast_floats(state: Mapping[str, np.ndarray], dtype: str | np.dtype) -> dict[str, np.ndarray]:
+    """``state`` with its floating-point arrays in ``dtype`` (the rest as they are)."""
+    return {k: v.astype(dtype) if np.asarray(v).dtype.kind == "f" and v.dtype != dtype else v
+            for k, v in state.items()}
+
+
+def in_dtypes_of(state: Mapping[str, np.ndarray], received: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A site's reply in the dtypes its arrays came in (``federated.transfer_dtype``), the
+    floating-point ones cast; a name the server did not send is left as it is (and refused there)."""
+    return {k: v.astype(received[k].dtype) if k in received and np.asarray(v).dtype.kind == "f"
+            and received[k].dtype.kind == "f" and v.dtype != received[k].dtype else v for k, v in state.items()}
+
+
 def _metrics(reply: Message) -> dict[str, Any]:
     records = reply.content.metric_records
     return dict(next(iter(records.values()))) if records else {}
@@ -125,7 +138,9 @@ class Federation:
         self.grid = grid
         self.settings = settings
         self.initial = dict(initial)
-        self.expected = describe(initial)
+        # what travels: the state in federated.transfer_dtype; the server keeps and aggregates float32
+        self.transfer_dtype = np.dtype(getattr(settings, "transfer_dtype", "float32"))
+        self.expected = describe(self.wire(initial))
         self.fingerprint = fingerprint
         self.dp_sites = dp_sites
         self.central_eval = central_eval
@@ -134,6 +149,13 @@ class Federation:
         self.strategy, self.inner = build_strategy(settings, dp_sites)
         self.refused: dict[int, str] = {}
         self.names: dict[int, str] = {}
+
+    def wire(self, state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``state`` as it travels (``federated.transfer_dtype``)."""
+        return cast_floats(state, self.transfer_dtype)
+
+    def to_wire(self, arrays: ArrayRecord) -> ArrayRecord:
+        return arrays if self.transfer_dtype == np.float32 else to_arrays(self.wire(to_state(arrays)))
 
     def train_config(self, rnd: int) -> ConfigRecord:
         s = self.settings
@@ -187,7 +209,10 @@ class Federation:
         s = self.settings
         started = time.monotonic()
         wait_for_sites(self.grid, s.min_sites + len(self.refused), s.wait_for_sites, self.echo)
-        messages = [m for m in self.strategy.configure_train(rnd, arrays, self.train_config(rnd), self.grid)
+        # the strategy is handed what travels: FedAdam's step and the DP wrapper's clipping then
+        # measure the update from the values the sites received
+        messages = [m for m in self.strategy.configure_train(rnd, self.to_wire(arrays), self.train_config(rnd),
+                                                             self.grid)
                     if m.metadata.dst_node_id not in self.refused]
         if len(messages) < s.min_sites:
             raise JobFailed(f"round {rnd}: {len(messages)} site(s) left to train, fewer than "
@@ -233,7 +258,7 @@ class Federation:
         the usable replies' figures, the sites' evaluations of the state they received, the
         aggregate (``None`` if not aggregated) and why not."""
         s = self.settings
-        down = arrays.count_bytes()
+        down = messages[0].content["arrays"].count_bytes() if messages else 0  # as they travel
         asked = {m.metadata.dst_node_id for m in messages}
         replies = exchange(self.grid, messages, s.round_timeout)
         sites: dict[int, dict] = {n: {"node": n, "site": self.names.get(n, f"node {n}"), "received_bytes": down,
@@ -269,6 +294,8 @@ class Federation:
                 row.update(status="dropped", problems=problems)
             else:
                 row.update(status="ok", problems=[])
+                if self.transfer_dtype != np.float32:  # aggregated in float32
+                    content["arrays"] = to_arrays(cast_floats(state, np.float32))
                 usable.append(reply)
         new, reason = None, None
         if not usable:
@@ -329,7 +356,8 @@ class Federation:
     def evaluate_sites(self, rnd: int, arrays: ArrayRecord) -> list[dict]:
         """Every site's figures of ``arrays`` on its held-out data (after the last round)."""
         started = time.monotonic()
-        messages = [m for m in self.strategy.configure_evaluate(rnd, arrays, self.train_config(rnd), self.grid)
+        messages = [m for m in self.strategy.configure_evaluate(rnd, self.to_wire(arrays), self.train_config(rnd),
+                                                                self.grid)
                     if m.metadata.dst_node_id not in self.refused]
         replies = exchange(self.grid, messages, self.settings.round_timeout)
         rows = []

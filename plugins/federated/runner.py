@@ -94,6 +94,7 @@ def serve(run: Any, grid: Any, settings: FederatedSettings, *, dp_sites: int) ->
     load_state(run.method, run.model, final)
     summary = {
         "rounds": settings.rounds, "aggregation": settings.aggregation, "strategy": settings.strategy,
+        "transfer_dtype": settings.transfer_dtype,
         "trainable_bytes": int(sum(v.nbytes for v in initial.values())), "full_model_bytes": int(full_bytes),
         "privacy": records[-1].get("privacy") if records else None,
         "seconds": round(time.monotonic() - started, 2),

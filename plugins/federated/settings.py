@@ -128,6 +128,9 @@ class FederatedSettings(Section):
     round_timeout: float = Field(600.0, gt=0, description="seconds a round waits for replies; later sites are left out")
     labels: list[str] | None = Field(None, description="the label set, in order, of a server without data "
                                      "(federated.server.own_data: false); the sites take the server's labels")
+    transfer_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="the dtype floating-point arrays travel in, both ways: float16 halves the "
+        "bytes; the sites train and the server aggregates in float32, from the values that travelled")
     site_evaluation: bool = Field(True, description="each site evaluates the aggregate on its held-out data every round")
     privacy: PrivacySettings | None = Field(None, description="differential privacy on the updates (off by default)")
     secure_aggregation: SecureAggregationSettings | None = Field(
@@ -143,6 +146,14 @@ class FederatedSettings(Section):
             raise ValueError("partition: field needs partition_field (the example key to group sites by)")
         if self.min_sites > self.sites and self.server is None:
             raise ValueError(f"min_sites ({self.min_sites}) is more than sites ({self.sites})")
+        if self.transfer_dtype != "float32":
+            if self.secure_aggregation is not None:
+                raise ValueError(f"transfer_dtype: {self.transfer_dtype} with secure_aggregation: SecAgg+ "
+                                 "quantizes the states to integers itself (allowed: float32)")
+            if self.privacy is not None and self.privacy.clipping == "client":
+                raise ValueError(f"transfer_dtype: {self.transfer_dtype} with privacy.clipping: client is not "
+                                 "supported (Flower's clipping mod would clip in that dtype); use "
+                                 "privacy.clipping: server or transfer_dtype: float32")
         if self.secure_aggregation is not None:
             if self.aggregation == "product":
                 raise ValueError("secure_aggregation gives the server only the sum of the sites' states; "

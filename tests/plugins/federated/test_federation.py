@@ -72,6 +72,7 @@ def test_bad_replies_too_few_sites_fedadam_and_fedprox(flower_env):
         "too_few": federation(FederatedSettings(rounds=1, min_sites=7, sites=7, wait_for_sites=3)),
         "fedadam": federation(FederatedSettings(rounds=1, strategy="fedadam", server_learning_rate=0.1, **common)),
         "fedprox": federation(FederatedSettings(rounds=1, strategy="fedprox", proximal_mu=0.25, **common)),
+        "float16": federation(FederatedSettings(rounds=2, transfer_dtype="float16", **common)),
     })
     state, (first, second) = out["fedavg"]
     rows = by_site(first)
@@ -124,12 +125,42 @@ def test_bad_replies_too_few_sites_fedadam_and_fedprox(flower_env):
     assert all(r["proximal_mu"] == 0.25 for r in record["sites"] if r["status"] == "ok")
     assert state["bias"][0] == pytest.approx(round1, rel=1e-5)
 
+    # transfer_dtype float16: half the bytes each way, the same checks, a float32 average of the
+    # values that travelled (round 1's average rounded to float16 is what round 2 started from)
+    from tunewright.plugins.federated.federation import cast_floats
+
+    state, (first, second) = out["float16"]
+    rows = by_site(first)
+    assert rows["site-0"]["received_bytes"] == to_arrays(cast_floats(INITIAL, np.float16)).count_bytes()
+    assert rows["site-0"]["sent_bytes"] == rows["site-0"]["received_bytes"]
+    assert rows["site-0"]["received_bytes"] - sum(v.nbytes for v in INITIAL.values()) / 2 < 400
+    assert rows["site-2"]["status"] == "dropped" and "bias: 1 non-finite value(s)" in rows["site-2"]["problems"][0]
+    assert rows["site-3"]["status"] == "dropped" and rows["site-5"]["status"] == "refused"
+    sent = float(np.float16(round1))
+    assert state["bias"].dtype == np.float32
+    assert state["bias"][0] == pytest.approx((10 * toy_step(sent, 1) + 20 * toy_step(sent, 2)) / 30, rel=1e-3)
+
 
 def test_dp_wrapper_skips_a_round_with_a_failed_site(flower_env):
     settings = FederatedSettings(rounds=2, min_sites=2, sites=3, round_timeout=60,
                                  privacy={"noise_multiplier": 0.5, "clipping_norm": 1.0})
-    out = simulate(["ok", "ok", "crash-once"], {"dp": federation(settings)})
+    out = simulate(["ok", "ok", "crash-once"], {
+        "dp": federation(settings), "dp16": federation(settings.model_copy(update={"transfer_dtype": "float16"})),
+        # round 3: site-2 answers after round_timeout (Flower's wrapper would only warn and average two)
+        "late": federation(settings.model_copy(update={"rounds": 3, "round_timeout": 4.0}))})
+    state, (_, second, third) = out["late"]
+    assert second["aggregated"] and not third["aggregated"]
+    assert "2 usable replies (a reply was dropped or missing) and DP noise is calibrated for 3 sites" \
+        in third["skipped_reason"]
+    assert by_site(third)["site-2"]["status"] == "no reply" and third["privacy"]["noise_stdev"] == 0.0
+    # float16 on the wire: the wrapper clips the float32 replies around the float16 state it sent
+    state16, (skipped, noised) = out["dp16"]
+    assert not skipped["aggregated"] and noised["aggregated"]
+    assert state16["bias"].dtype == np.float32 and np.isfinite(state16["bias"]).all()
     state, (first, second) = out["dp"]
+    # the same messages, the arrays' data in half the bytes (Flower's headers are the same)
+    assert by_site(second)["site-0"]["received_bytes"] - by_site(noised)["site-0"]["received_bytes"] \
+        == sum(v.nbytes for v in INITIAL.values()) / 2
     # round 1: site-2 failed, so Flower's wrapper aggregated nothing and the state stayed
     assert not first["aggregated"] and "DP wrapper skipped" in first["skipped_reason"]
     assert first["privacy"]["noise_stdev"] == 0.0

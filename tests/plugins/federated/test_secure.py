@@ -44,6 +44,7 @@ def test_what_the_masked_sum_would_hide_is_refused_by_the_site():
     ({"aggregation": "product"}, "aggregation: product needs each site's B·A"),
     ({"privacy": {}}, "secure_aggregation with privacy is not supported yet"),
     ({"min_sites": 1}, "needs min_sites of 2 or more"),
+    ({"transfer_dtype": "float16"}, "transfer_dtype: float16 with secure_aggregation: SecAgg+ quantizes"),
     ({"secure_aggregation": {"shares": 2}}, "shares: 2 as a count must be 3 or more"),
     ({"secure_aggregation": {"shares": 5, "threshold": 5}}, "threshold (5) must be fewer than shares (5)"),
     ({"secure_aggregation": {"threshold": 1.5}}, "threshold: 1.5 as a fraction must be in (0, 1]"),
@@ -54,6 +55,12 @@ def test_settings_that_cannot_work_are_refused(federated, message):
     with pytest.raises(ValidationError) as caught:
         FederatedSettings(**raw)
     assert message in str(caught.value)
+
+
+def test_float16_transfer_with_client_side_clipping_is_refused():
+    with pytest.raises(ValidationError, match="transfer_dtype: float16 with privacy.clipping: client"):
+        FederatedSettings(transfer_dtype="float16", privacy={"clipping": "client"})
+    FederatedSettings(transfer_dtype="float16", privacy={"clipping": "server"})
 
 
 def test_secure_aggregation_with_ffa_and_fedadam_validates():

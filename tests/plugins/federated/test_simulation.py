@@ -19,8 +19,9 @@ def test_simulated_federation_writes_a_run_like_a_local_one(tmp_path, tiny_bert_
 
     data = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(150))
     out = tmp_path / "run"
+    # float16 on the wire here; the deployment test travels in float32
     config = federated_config(tmp_path, tiny_bert_dir, data, out, aggregation=aggregation,
-                              partition="dirichlet", dirichlet_alpha=0.5)
+                              partition="dirichlet", dirichlet_alpha=0.5, transfer_dtype="float16")
     exe = [sys.executable, "-m", "tunewright"]
     done = subprocess.run([*exe, "federate", str(config)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -34,8 +35,11 @@ def test_simulated_federation_writes_a_run_like_a_local_one(tmp_path, tiny_bert_
         assert {s["site"] for s in record["sites"]} == {"site-0", "site-1", "site-2"}
         for site in record["sites"]:
             assert site["status"] == "ok"
-            # only the trainable state travels: under ffa B and the head, never A nor the base model
-            assert summary["trainable_bytes"] <= site["received_bytes"] < summary["trainable_bytes"] + 20_000
+            # only the trainable state travels: under ffa B and the head, never A nor the base model,
+            # in float16 (half its float32 bytes, plus Flower's headers)
+            assert summary["transfer_dtype"] == "float16"
+            half = summary["trainable_bytes"] / 2
+            assert half <= site["received_bytes"] < half + 20_000 and site["sent_bytes"] == site["received_bytes"]
             assert site["received_bytes"] * 10 < summary["full_model_bytes"]
         assert "loss" in record["central"] and "accuracy" in record["evaluate"]
     partition = json.loads((out / "federated" / "partition.json").read_text())

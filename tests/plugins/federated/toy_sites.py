@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 
@@ -26,6 +27,8 @@ class ToySite:
         check_fingerprint(self.fingerprint, json.loads(str(config["fingerprint"])), self.name)
         if self.behaviour == "crash" or (self.behaviour == "crash-once" and config.get("server-round") == 1):
             raise RuntimeError(f"{self.name} crashed while training")
+        if self.behaviour == "crash-once" and config.get("server-round") == 3:  # then late, past the deadline
+            time.sleep(float(config["round-timeout"]) + 3)
         evaluated = {}
         if config.get("evaluate-first"):  # the state received, evaluated before training
             examples, metrics = self.evaluate(arrays, config)
