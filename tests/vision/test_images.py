@@ -220,3 +220,16 @@ def test_remote_timeout_404_and_refused_connection(server):
         port = probe.getsockname()[1]
     closed = refusal(f"http://127.0.0.1:{port}/cat.png", settings=REMOTE)
     assert closed.reason == "remote-failed" and "refused" in str(closed)
+
+
+def test_a_host_that_does_not_resolve_says_offline(monkeypatch):
+    """What an offline machine's resolver answers (no DNS server is asked: getaddrinfo fails as it
+    does there), through urllib's own error path."""
+    def offline(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    error = refusal("https://images.example.org/cat.png", settings=REMOTE)
+    assert error.reason == "remote-failed"
+    assert "images.example.org/cat.png: the host name does not resolve: offline, or a wrong host" in str(error)
+    assert "data URLs and local paths work offline" in str(error)
