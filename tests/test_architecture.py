@@ -104,6 +104,7 @@ GETATTR_ALLOWED = {
     ("precision.py", "_tunewright_input_dtype"): "a torch module the engine bridged itself",
     ("precision.py", "_attn_implementation"): "a transformers config",
     ("precision.py", "_supports_attention_backend"): "a transformers model class",
+    ("precision.py", "supports_gradient_checkpointing"): "a transformers model class",
     ("precision.py", "cast_input_dtype_enabled"): "a PEFT tuner layer's own switch",
     ("data/reading.py", "registries"): "a plugin manager or its registries",
     ("data/summary.py", "training"): "a JobConfig or None",

@@ -23,6 +23,8 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from tunewright import kinds
+
 from .bundle import BundleError
 from .predictors import SAMPLE_TEXT, _pick, make_session
 from .protocol import Inputs
@@ -128,7 +130,7 @@ class ImageTextGenerator:
     """
 
     runtime: ClassVar[str] = "onnxruntime"
-    task_kind: ClassVar[str] = "image_text_to_text"
+    task_kind: ClassVar[str] = kinds.IMAGE_TEXT_TO_TEXT
     generates: ClassVar[bool] = True
 
     def __init__(self, folder: Path, manifest: dict, *, threads: int | None = None):

@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from tunewright import kinds
+
 from .bundle import BundleError
 from .images import check_views, pixel_values
 from .protocol import Inputs
@@ -127,7 +129,7 @@ class OnnxPredictor:
 class TextClassifier(OnnxPredictor):
     """``predict(["a text", ...])`` -> one ``{"label", "score", "scores"}`` per text."""
 
-    task_kind = "sequence_classification"
+    task_kind = kinds.SEQUENCE_CLASSIFICATION
 
     def __init__(self, folder: Path, manifest: dict, **kwargs):
         super().__init__(folder, manifest, **kwargs)
@@ -167,7 +169,7 @@ class ImageClassifier(OnnxPredictor):
     normalises as the tuned model's image processor did (the settings are in the manifest), with
     pillow and numpy (:mod:`tunewright.edge.runtime.images`)."""
 
-    task_kind = "image_classification"
+    task_kind = kinds.IMAGE_CLASSIFICATION
 
     def __init__(self, folder: Path, manifest: dict, **kwargs):
         super().__init__(folder, manifest, **kwargs)
@@ -241,7 +243,7 @@ class Generator(_TextGeneration, OnnxPredictor):
     onnxruntime-genai model-builder files alike (the latter take no ``position_ids``).
     """
 
-    task_kind = "causal_lm"
+    task_kind = kinds.CAUSAL_LM
 
     def __init__(self, folder: Path, manifest: dict, **kwargs):
         super().__init__(folder, manifest, **kwargs)
@@ -340,7 +342,7 @@ class GenAIGenerator(_TextGeneration):
     """
 
     runtime: ClassVar[str] = "onnxruntime-genai"
-    task_kind: ClassVar[str] = "causal_lm"
+    task_kind: ClassVar[str] = kinds.CAUSAL_LM
 
     def __init__(self, folder: Path, manifest: dict, *, threads: int | None = None):
         import onnxruntime_genai as og

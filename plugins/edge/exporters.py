@@ -21,13 +21,13 @@ import json
 import tempfile
 from pathlib import Path
 
-from tunewright import JobFailed, hookimpl
+from tunewright import JobFailed, hookimpl, kinds
 from tunewright.edge import ExportedModel
 
 OPTIMUM_TASKS = {
-    "sequence_classification": "text-classification",
-    "causal_lm": "text-generation-with-past",
-    "image_classification": "image-classification",
+    kinds.SEQUENCE_CLASSIFICATION: "text-classification",
+    kinds.CAUSAL_LM: "text-generation-with-past",
+    kinds.IMAGE_CLASSIFICATION: "image-classification",
 }
 
 
@@ -104,7 +104,7 @@ class TorchExporter:
             import torch
         except ImportError:
             return False
-        return isinstance(model, torch.nn.Module) and task_kind in ("sequence_classification", "image_classification")
+        return isinstance(model, torch.nn.Module) and task_kind in kinds.CLASSIFICATION_KINDS
 
     def export(self, model, preprocessor, task_kind: str, out_dir: Path) -> ExportedModel:
         import inspect
@@ -114,7 +114,7 @@ class TorchExporter:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         model.eval()
-        if task_kind == "image_classification":
+        if task_kind == kinds.IMAGE_CLASSIFICATION:
             from tunewright.edge.preprocessing import image_preprocessing
 
             size = image_preprocessing(preprocessor)["size"]  # what reaches the model, after any crop
@@ -147,7 +147,7 @@ class GenAIExporter:
     preference = 30
 
     def supports(self, model, task_kind: str) -> bool:
-        if task_kind != "causal_lm" or _model_type(model) not in GENAI_TYPES:
+        if task_kind != kinds.CAUSAL_LM or _model_type(model) not in GENAI_TYPES:
             return False
         try:
             import onnxruntime_genai.models.builder  # noqa: F401

@@ -33,11 +33,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tunewright import JobFailed, UsageError, hookimpl
+from tunewright import JobFailed, UsageError, hookimpl, kinds
 from tunewright.edge import (DEFAULT_THRESHOLD, ExportedModel, ExportResult, ParityReport, bundle_folder, chat_format,
                              check_out, write_manifest)
 
-TASK_KIND = "image_text_to_text"
+TASK_KIND = kinds.IMAGE_TEXT_TO_TEXT
 #: language models the onnxruntime-genai builder knows, by their transformers model type
 GENAI_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "granite", "olmo"}
 VISION_FILE = "vision.onnx"
@@ -400,7 +400,7 @@ def export_image_text_bundle(model, processor, task, examples: list[dict], out, 
                                                                     if p.name.startswith("model.onnx")],
                             copy=True)
                 # the decoder alone is what a causal-LM quantizer knows (inputs_embeds aside)
-                alone = ExportedModel(work / f"decoder-{name}", "causal_lm", exporter=base.exporter)
+                alone = ExportedModel(work / f"decoder-{name}", kinds.CAUSAL_LM, exporter=base.exporter)
                 if not quantizers[name].supports(alone):
                     if quantize != "auto":
                         raise UsageError(f"--quantize: {name!r} does not apply to this model's decoder")

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tunewright import hookimpl
+from tunewright import hookimpl, kinds
 from tunewright.edge import ExportedModel
 
 
@@ -227,7 +227,7 @@ class StaticInt8:
 
     def supports(self, exported: ExportedModel) -> bool:
         # a decoder's cache inputs make calibration feeds of their own; not supported yet
-        return exported.runtime == "onnxruntime" and exported.task_kind != "causal_lm"
+        return exported.runtime == "onnxruntime" and exported.task_kind != kinds.CAUSAL_LM
 
     def quantize(self, exported, out_dir, calibration):
         import onnxruntime as ort
