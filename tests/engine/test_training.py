@@ -257,6 +257,35 @@ def launcher(kind: str) -> list[str]:
             "--main_process_port", free_port()]
 
 
+#: imported by every Python process of a launched job (its folder is on PYTHONPATH): each
+#: process records the examples the training loop collates, one line per micro-batch piece
+SPY = '''
+import json, os, sys
+from pathlib import Path
+
+from tunewright.plugins.tasks.chat import ChatTask
+
+_collate = ChatTask.collate
+
+
+def collate(self, features, tokenizer):
+    callers = {sys._getframe(1).f_code.co_name, sys._getframe(2).f_code.co_name}  # a comprehension's frame too
+    if "micro_batches" in callers:  # training, not evaluation
+        with (Path(os.environ["TW_SPY"]) / f"rank-{os.environ.get('RANK', '0')}.jsonl").open("a") as out:
+            out.write(json.dumps([f["input_ids"] for f in features]) + "\\n")
+    return _collate(self, features, tokenizer)
+
+
+ChatTask.collate = collate
+'''
+
+
+def collated(folder: Path) -> dict[str, list[tuple[int, ...]]]:
+    """Each rank's training examples, as token ids, in the order it collated them."""
+    return {path.stem: [tuple(ids) for line in path.read_text().splitlines() for ids in json.loads(line)]
+            for path in sorted(folder.glob("rank-*.jsonl"))}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["torchrun", "accelerate"])
 def test_two_processes_train_as_one_with_the_same_global_batch(kind, tiny_llama_dir, tmp_path):
@@ -270,8 +299,21 @@ def test_two_processes_train_as_one_with_the_same_global_batch(kind, tiny_llama_
     (tmp_path / "one.yaml").write_text(yaml.safe_dump(
         {**raw, "output": str(tmp_path / "one"), "training": {**raw["training"], "batch_size": 8}}))
 
-    two = launch(launcher(kind) + ["-m", "tunewright", "train", str(tmp_path / "two.yaml")], tmp_path)
+    spy = tmp_path / "spy"
+    (spy / "seen").mkdir(parents=True)
+    (spy / "sitecustomize.py").write_text(SPY)
+    two = launch(launcher(kind) + ["-m", "tunewright", "train", str(tmp_path / "two.yaml")], tmp_path,
+                 env={"PYTHONPATH": os.pathsep.join([str(spy), os.environ.get("PYTHONPATH", "")]),
+                      "TW_SPY": str(spy / "seen")})
     assert two.returncode == 0, two.stderr[-4000:]
+    # each process trained on its own share: the 25 examples once between them, at most 4 (half
+    # a global micro-batch of 8) at a time, and nothing twice but the copy weighed 0 that the
+    # process without an example of its own at step 4 takes part with
+    seen = collated(spy / "seen")
+    assert set(seen) == {"rank-0", "rank-1"}
+    first, second = set(seen["rank-0"]), set(seen["rank-1"])
+    assert len(first | second) == 25 and len(first & second) == 1
+    assert len(seen["rank-0"]) == len(seen["rank-1"]) == 13  # 4 + 4 + 4 + 1 each
     one = launch([sys.executable, "-m", "tunewright", "train", str(tmp_path / "one.yaml")], tmp_path)
     assert one.returncode == 0, one.stderr[-4000:]
 
