@@ -460,6 +460,7 @@ STEP_SETUPS = {
     "tunewright": "bf16 frozen base, LoRA in bf16, eager attention, the chat task's loss (LM head on trained positions)",
     "tw-before": "the engine before issue 6: LoRA via fp32 copies of its inputs, logits at every position",
     "tw-fp32": "tunewright, everything fp32",
+    "tw-checkpointing": "tunewright with training.gradient_checkpointing: each block recomputed in backward",
     "tw-lora-fp32-copies": "tunewright, but LoRA multiplies fp32 copies of its inputs (PEFT's default cast)",
     "tw-every-position": "tunewright, but the LM head and loss at every position (model(**batch).loss)",
     "tw-sdpa": "tunewright, but SDPA attention instead of eager",
@@ -536,6 +537,10 @@ def build_setup(name: str, spec: dict):
     method = pm.registries.get("methods", "lora", key="method")
     base = task.load_model(spec["model_path"], None, config)
     base.set_attn_implementation("sdpa" if name.endswith("sdpa") else "eager")
+    if name == "tw-checkpointing":
+        from tunewright.precision import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(base)
     model = method.apply(base, config.section("lora"), task.model_kind)
     if name != "tw-fp32":
         cast_frozen(model, torch.bfloat16)
