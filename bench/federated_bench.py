@@ -203,6 +203,9 @@ def deployment(folder: Path, fed_config: Path, sites: list[Path], timeout: float
     port = deploy.free_port()
     raw["federated"]["server"] = {"host": "127.0.0.1", "port": port, "insecure": True}
     raw["output"] = str(folder / "deployed")
+    # every site on this one machine: each gets its share of the cores, as the simulation's
+    # cpus_per_site does (a real site has a machine of its own and uses all of it)
+    raw["training"]["num_threads"] = max(1, (os.cpu_count() or 1) // len(sites))
     path = folder / "deployed.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     procs = []

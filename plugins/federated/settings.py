@@ -116,10 +116,13 @@ class FederatedSettings(Section):
         "fedavg", description="fedavg: example-weighted average of every trainable tensor; ffa: "
         "FFA-LoRA (A frozen from the shared seed, only B trains and travels: the average is exact); "
         "product: average B·A and factor it back to rank r by SVD (FlexLoRA)")
-    strategy: Literal["fedavg", "fedprox", "fedadam"] = Field(
+    strategy: Literal["fedavg", "fedprox", "fedadam", "fedavgm"] = Field(
         "fedavg", description="server-side strategy applied on top of the aggregation")
     proximal_mu: float = Field(0.01, ge=0, description="fedprox: weight of the proximal term mu/2·||w - w_global||²")
-    server_learning_rate: float = Field(0.01, gt=0, description="fedadam: server step size (eta)")
+    server_learning_rate: float | None = Field(
+        None, gt=0, description="fedadam / fedavgm: the server's step size (default: 0.01 for fedadam, "
+        "1.0 for fedavgm, where 1.0 without momentum is the plain average)")
+    server_momentum: float = Field(0.0, ge=0, lt=1, description="fedavgm: momentum of the server's steps")
     beta_1: float = Field(0.9, ge=0, lt=1, description="fedadam: first-moment decay")
     beta_2: float = Field(0.99, ge=0, lt=1, description="fedadam: second-moment decay")
     tau: float = Field(1e-3, gt=0, description="fedadam: adaptivity (added to the root of the second moment)")

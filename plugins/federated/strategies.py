@@ -1,6 +1,6 @@
 """Flower's server strategies with tunewright's aggregation underneath and Flower's DP wrappers on top.
 
-FedAvg, FedProx and FedAdam come from ``flwr.serverapp.strategy``. Their averaging step is replaced
+FedAvg, FedProx, FedAdam and FedAvgM come from ``flwr.serverapp.strategy``. Their averaging step is replaced
 by :func:`aggregation.aggregate` (so ``ffa`` and ``product`` work under every strategy): the class
 below sits between FedAdam and FedAvg in the method order, so FedAdam's server optimizer runs on
 the aggregate this module computes. FedProx only sends ``proximal-mu``; the sites add the term.
@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import (DifferentialPrivacyClientSideFixedClipping,
-                                     DifferentialPrivacyServerSideFixedClipping, FedAdam, FedAvg, FedProx)
+                                     DifferentialPrivacyServerSideFixedClipping, FedAdam, FedAvg, FedAvgM,
+                                     FedProx)
 
 from tunewright import ConfigError
 
@@ -65,14 +66,39 @@ class SchemeFedAdam(FedAdam, SchemeAveraging):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        # FedOpt keeps the state it sent as numpy arrays
-        dtypes = {k: np.asarray(v).dtype for k, v in (self.current_arrays or {}).items()}
+        sent = self.current_arrays  # FedOpt keeps the state it sent as numpy arrays
         arrays, metrics = super().aggregate_train(server_round, replies)
-        if arrays is None:
-            return arrays, metrics
-        # Flower's step is float64 (its bias-corrected rate is a numpy float64): back to each tensor's dtype
-        return ArrayRecord({k: Array(np.ascontiguousarray(v.numpy().astype(dtypes.get(k, v.numpy().dtype))))
-                            for k, v in arrays.items()}), metrics
+        return (arrays if arrays is None else _in_dtypes(arrays, sent)), metrics
+
+
+def _in_dtypes(arrays: ArrayRecord, sent: Any) -> ArrayRecord:
+    """A server step's ``arrays`` in the dtypes the server keeps: float32 for floating-point
+    tensors (Flower's steps compute in float64; ``sent`` may be float16 under
+    ``transfer_dtype``), the sent dtype otherwise."""
+    def dtype(value: Any) -> np.dtype:
+        value = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+        return np.dtype(np.float32) if value.dtype.kind == "f" else value.dtype
+
+    dtypes = {k: dtype(v) for k, v in (sent or {}).items()}
+    return ArrayRecord({k: Array(np.ascontiguousarray(v.numpy().astype(dtypes.get(k, v.numpy().dtype))))
+                        for k, v in arrays.items()})
+
+
+class SchemeFedAvgM(FedAvgM, SchemeAveraging):
+    """FedAvgM (https://arxiv.org/abs/1909.06335) over a tunewright aggregation scheme: the server
+    steps from the state it sent along ``aggregate - sent``, scaled by ``server_learning_rate``,
+    with momentum. Every round's step starts from what the sites received (Flower's FedAvgM keeps
+    its own copy after the first round, which is not what travelled under float16 transfer)."""
+
+    def configure_train(self, server_round, arrays, config, grid):
+        self.current_arrays = arrays
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        sent = self.current_arrays
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        return (arrays if arrays is None else _in_dtypes(arrays, sent)), metrics
 
 
 def build_strategy(settings: Any, dp_sites: int) -> tuple[Any, SchemeAveraging]:
@@ -83,15 +109,18 @@ def build_strategy(settings: Any, dp_sites: int) -> tuple[Any, SchemeAveraging]:
     common = dict(fraction_train=1.0, fraction_evaluate=1.0 if settings.site_evaluation else 0.0,
                   min_train_nodes=settings.min_sites, min_evaluate_nodes=settings.min_sites,
                   min_available_nodes=settings.min_sites, weighted_by_key=WEIGHT_KEY)
-    if settings.strategy == "fedadam" and settings.aggregation == "product":
-        raise ConfigError("federated.strategy: fedadam steps every tensor towards the aggregate, but "
-                          "aggregation: product factors B·A afresh by SVD each round (the factors' basis "
-                          "changes, so their difference means nothing); use fedadam with fedavg or ffa")
+    if settings.strategy in ("fedadam", "fedavgm") and settings.aggregation == "product":
+        raise ConfigError(f"federated.strategy: {settings.strategy} steps every tensor towards the aggregate, "
+                          "but aggregation: product factors B·A afresh by SVD each round (the factors' basis "
+                          f"changes, so their difference means nothing); use {settings.strategy} with fedavg or ffa")
     if settings.strategy == "fedprox":
         inner: SchemeAveraging = SchemeFedProx(proximal_mu=settings.proximal_mu, **common)
     elif settings.strategy == "fedadam":
-        inner = SchemeFedAdam(eta=settings.server_learning_rate, beta_1=settings.beta_1,
+        inner = SchemeFedAdam(eta=settings.server_learning_rate or 0.01, beta_1=settings.beta_1,
                               beta_2=settings.beta_2, tau=settings.tau, **common)
+    elif settings.strategy == "fedavgm":
+        inner = SchemeFedAvgM(server_learning_rate=settings.server_learning_rate or 1.0,
+                              server_momentum=settings.server_momentum, **common)
     else:
         inner = SchemeAveraging(**common)
     # set afterwards: FedProx and FedAdam pass only the arguments they know to the classes below them

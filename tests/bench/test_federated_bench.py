@@ -34,6 +34,14 @@ def test_quick_run_reports_bytes_metrics_and_round_times(tmp_path):
         assert 0.0 <= scheme["simulation"]["not_training_share"] <= 1.0
     # FFA-LoRA sends B and the head, not A: about half of what fedavg sends
     assert ffa["bytes"]["received_bytes_per_site_per_round"] < 0.7 * fedavg["bytes"]["received_bytes_per_site_per_round"]
+    # the bytes taken from the model alone are those the runs sent; float16 transfer halves them
+    counted = figures["bytes"]
+    for name, scheme in (("fedavg", fedavg), ("ffa", ffa)):
+        assert counted[f"{name}_float32"]["bytes_per_site_per_round_each_way"] == \
+            scheme["bytes"]["received_bytes_per_site_per_round"]
+        half = counted[f"{name}_float16"]["bytes_per_site_per_round_each_way"]
+        # (a tiny model: Flower's header of ~190 bytes per array is a good part of each)
+        assert 0.5 < half / counted[f"{name}_float32"]["bytes_per_site_per_round_each_way"] < 0.7
     # the gap is centralized minus federated, in points, from the runs' own final metrics
     metric = figures["metric"]
     for name, scheme in (("fedavg", fedavg), ("ffa", ffa)):

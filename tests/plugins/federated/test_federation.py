@@ -65,7 +65,7 @@ def toy_step(state, target):
 
 
 def test_bad_replies_too_few_sites_fedadam_and_fedprox(flower_env):
-    common = dict(min_sites=2, sites=6, round_timeout=60, wait_for_sites=60)
+    common = dict(min_sites=2, sites=6, round_timeout=180, wait_for_sites=120)
     out = simulate(["ok", "ok", "nan", "rank-1", "crash", "other-rank"], {
         "fedavg": federation(FederatedSettings(rounds=2, **common),
                              central=lambda state: {"bias_mean": float(state["bias"].mean())}),
@@ -73,6 +73,8 @@ def test_bad_replies_too_few_sites_fedadam_and_fedprox(flower_env):
         "fedadam": federation(FederatedSettings(rounds=1, strategy="fedadam", server_learning_rate=0.1, **common)),
         "fedprox": federation(FederatedSettings(rounds=1, strategy="fedprox", proximal_mu=0.25, **common)),
         "float16": federation(FederatedSettings(rounds=2, transfer_dtype="float16", **common)),
+        "fedavgm": federation(FederatedSettings(rounds=2, strategy="fedavgm", server_learning_rate=2.0,
+                                                server_momentum=0.5, transfer_dtype="float16", **common)),
     })
     state, (first, second) = out["fedavg"]
     rows = by_site(first)
@@ -139,6 +141,19 @@ def test_bad_replies_too_few_sites_fedadam_and_fedprox(flower_env):
     sent = float(np.float16(round1))
     assert state["bias"].dtype == np.float32
     assert state["bias"][0] == pytest.approx((10 * toy_step(sent, 1) + 20 * toy_step(sent, 2)) / 30, rel=1e-3)
+
+    # FedAvgM (server step 2, momentum 0.5) over float16 transfer: each step starts from what the
+    # sites received, and the server keeps float32
+    state, (first, second) = out["fedavgm"]
+    assert first["aggregated"] and second["aggregated"]
+    momentum = 0 - round1                      # round 1's pseudo-gradient (sent - average)
+    x1 = 0 - 2.0 * momentum
+    received = float(np.float16(x1))
+    average = (10 * toy_step(received, 1) + 20 * toy_step(received, 2)) / 30
+    momentum = 0.5 * momentum + (received - average)
+    assert state["bias"].dtype == np.float32
+    assert state["bias"][0] == pytest.approx(received - 2.0 * momentum, rel=2e-3)
+    assert abs(state["bias"][0] - average) > 0.1  # a server step with momentum, not the plain average
 
 
 def test_dp_wrapper_skips_a_round_with_a_failed_site(flower_env):
