@@ -180,6 +180,7 @@ def bytes_without_training(model: str, spec: dict) -> dict:
     task = pm.registries.get("tasks", spec["task"], key="task")
     method = pm.registries.get("methods", "lora", key="method")
     path = model if Path(model).is_dir() else pm.registries.models[model].resolve()
+    # the quick run's labels (quick_data): the head it trains has one row per label
     labels = ["negative", "neutral", "positive"] if spec["task"] == "classification" else None
     base = task.load_model(str(path), labels, config)
     full = sum(p.numel() * p.element_size() for p in base.parameters())  # the base model alone, fp32
