@@ -162,7 +162,7 @@ def test_dp_wrapper_skips_a_round_with_a_failed_site(flower_env):
     out = simulate(["ok", "ok", "crash-once"], {
         "dp": federation(settings), "dp16": federation(settings.model_copy(update={"transfer_dtype": "float16"})),
         # round 3: site-2 answers after round_timeout (Flower's wrapper would only warn and average two)
-        "late": federation(settings.model_copy(update={"rounds": 3, "round_timeout": 4.0}))})
+        "late": federation(settings.model_copy(update={"rounds": 3, "round_timeout": 8.0}))})
     state, (_, second, third) = out["late"]
     assert second["aggregated"] and not third["aggregated"]
     assert "2 usable replies (a reply was dropped or missing) and DP noise is calibrated for 3 sites" \
