@@ -926,9 +926,7 @@ def main(argv: list[str] | None = None) -> int:
     by_key = {r["key"]: r for r in runs}
     peers = [by_key[k] for k in ("plain-fp32", "plain-bf16") if k in by_key]
     # tunewright's defaults, and with training.gradient_checkpointing (its memory lever)
-    for tw in [by_key[k] for k in ("tunewright-auto", "tunewright-checkpointing") if k in by_key]:
-        if not peers:
-            break
+    for tw in [by_key[k] for k in ("tunewright-auto", "tunewright-checkpointing") if k in by_key and peers]:
         mine = report.setdefault("ratios_tunewright_over_plain", {}).setdefault(tw["key"], {})
         for plain in peers:
             ratios = {

@@ -139,7 +139,7 @@ class Federation:
         self.settings = settings
         self.initial = dict(initial)
         # what travels: the state in federated.transfer_dtype; the server keeps and aggregates float32
-        self.transfer_dtype = np.dtype(getattr(settings, "transfer_dtype", "float32"))
+        self.transfer_dtype = np.dtype(settings.transfer_dtype)
         self.expected = describe(self.wire(initial))
         self.fingerprint = fingerprint
         self.dp_sites = dp_sites
