@@ -1,4 +1,5 @@
-"""The ``tunewright`` command line. Exit codes: 0 done, 1 the job failed, 2 bad usage, config or data.
+"""The ``tunewright`` command line. Exit codes: 0 done, 1 the job failed, 2 bad usage, config or data,
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM: a scheduler's preemption, ``kill``).
 
 One plugin manager per invocation: :func:`main` builds it, adds the plugins' commands to a fresh
 group and hands it to every command as the click context's object (``@click.pass_obj``).
@@ -7,6 +8,7 @@ group and hands it to every command as the click context's object (``@click.pass
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -145,21 +147,42 @@ def build_cli(pm=None) -> click.Group:
     return group
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is so that it unwinds as on Ctrl-C: ``finally`` blocks
+    stop the processes a command started (Flower's SuperLink, a site's SuperNode), checkpoints
+    already written stay, and nothing half-written is left (Python's default for SIGTERM ends the
+    process at once, leaving every child running)."""
+
+
+def _terminate(signum: int, frame) -> None:
+    raise Terminated(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> None:
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         pm = get_plugin_manager()
         group = build_cli(pm)
         group.main(args=argv, prog_name="tunewright", standalone_mode=False, obj=pm)
-    except click.exceptions.Abort:
-        _echo("aborted")
-        sys.exit(1)
+    except click.exceptions.Abort as exc:
+        if not isinstance(exc.__cause__, KeyboardInterrupt):  # click wraps Ctrl-C (and SIGTERM) in Abort
+            _echo("aborted")
+            sys.exit(1)
+        _interrupted(exc.__cause__)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except TunewrightError as exc:
         _echo(f"error: {exc}")
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        _echo("interrupted; continue with --resume")
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     sys.exit(0)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> None:
+    terminated = isinstance(exc, Terminated)
+    _echo(f"{'terminated' if terminated else 'interrupted'}; a training run continues with --resume")
+    sys.exit(143 if terminated else 130)

@@ -275,7 +275,8 @@ def site_args(server_address: str, *, name: str, socket: Path, port: int, connec
 
 def run_site(args: list[str], workdir: Path, server_address: str, connect_timeout: float,
              echo: Callable[[str], None]) -> int:
-    """Run a SuperNode until it ends or is interrupted; a clear error when the server is unreachable."""
+    """Run a SuperNode until it ends (or this process is interrupted: it is stopped with its
+    children, and the interruption goes on up); a clear error when the server is unreachable."""
     workdir.mkdir(parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="flwr-home-", dir=workdir))
     log = workdir / "supernode.log"
@@ -285,9 +286,7 @@ def run_site(args: list[str], workdir: Path, server_address: str, connect_timeou
     echo(f"site started (pid {proc.pid}), connecting to {server_address}; log: {log}")
     try:
         code = proc.wait()
-    except KeyboardInterrupt:
-        code = 130
-    finally:
+    finally:  # also on Ctrl-C or SIGTERM (the command line raises it here), which go on up
         stop(proc)
     text = tail(log, 40)
     if "Failed to activate SuperNode" in text:  # Flower's [code: 2004]
@@ -297,7 +296,7 @@ def run_site(args: list[str], workdir: Path, server_address: str, connect_timeou
         reason = text.split("Failed to initialize the connection to the SuperLink. |", 1)[-1].split("|")[0].strip()
         raise JobFailed(f"--server {server_address}: could not reach the server within {connect_timeout:g} s "
                         f"(federated.connect_timeout): {reason}")
-    if code not in (0, 130, -signal.SIGTERM):
+    if code not in (0, -signal.SIGTERM):
         found = text.split("Exit Code:", 1)[-1].split("| For more information", 1)[0].strip(" |")
         raise JobFailed(f"the site's Flower SuperNode stopped with exit code {code}: {found}")
     return code

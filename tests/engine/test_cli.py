@@ -260,3 +260,36 @@ def test_third_party_plugin_installs_lists_and_trains(tmp_path):
     assert "bitfit" not in {p["name"] for p in json.loads(hidden.stdout)}
     # this environment never saw it
     assert "bitfit" not in {p["name"] for p in json.loads(tw("plugins", "--json").stdout)}
+
+
+@pytest.mark.parametrize(("how", "code", "said"), [("sigterm", 143, "terminated"), ("ctrl-c", 130, "interrupted")])
+def test_sigterm_and_ctrl_c_unwind_the_command_and_exit_with_their_codes(monkeypatch, capsys, how, code, said):
+    """A real SIGTERM to this process mid-command (as a scheduler preempting the job sends it)
+    raises where the command is, so its ``finally`` runs (there a deployed server stops its
+    SuperLink); Ctrl-C likewise. click wraps both in ``Abort``: neither may end as "aborted", 1."""
+    import signal
+
+    import click
+
+    from tunewright import cli as cli_module
+
+    cleaned = []
+
+    @click.command("work")
+    def work() -> None:
+        try:
+            if how == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+                signal.sigtimedwait([], 5)  # the handler raises before this returns
+            raise KeyboardInterrupt
+        finally:
+            cleaned.append(how)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli_module, "build_cli", lambda pm: click.Group("tunewright", commands={"work": work}))
+    with pytest.raises(SystemExit) as exit_:
+        cli_module.main(["work"])
+    assert exit_.value.code == code
+    assert cleaned == [how]
+    assert said in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before  # restored for whatever embeds main()

@@ -1,17 +1,24 @@
 """Flower's real processes on loopback: TLS with site authentication refuses an unregistered site,
-and a site whose server is unreachable fails with a clear error within its deadline. Every process
+a site whose server is unreachable fails with a clear error within its deadline, and a server or
+site that is sent SIGTERM stops the Flower processes it started. Every process
 is stopped by its id in a ``finally``; ``FLWR_HOME`` is a temporary folder."""
 
+import signal
+import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from federated_jobs import federated_config, sentiment_rows, write_jsonl
 from tunewright import JobFailed
 from tunewright.plugins.federated import credentials, deploy
 from tunewright.plugins.federated.settings import ServerSettings
 
 pytestmark = pytest.mark.slow
+FEDERATE = [sys.executable, "-m", "tunewright", "federate"]
 
 
 def site_argv(port, server_port, *, key=None, ca=None, timeout=10):
@@ -72,3 +79,61 @@ def test_unreachable_server_is_a_clear_error_within_the_deadline(tmp_path):
         deploy.run_site(site_argv(deploy.free_port(), port, timeout=3), tmp_path / "site",
                         f"127.0.0.1:{port}", 3, echo=lambda m: None)
     assert time.monotonic() - started < 40
+
+
+def _running(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _terminate_when(proc, log, line, timeout=120):
+    """Wait for ``line`` in ``log``; then SIGTERM ``proc`` and return what it had started."""
+    deadline = time.monotonic() + timeout
+    while line not in log.read_text(errors="replace"):
+        assert proc.poll() is None, f"exited with {proc.returncode}: {log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"{line!r} not logged within {timeout} s: {log.read_text()[-3000:]}"
+        time.sleep(0.5)
+    family = deploy.descendants(proc.pid)
+    assert family, "nothing started below the command"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    return family
+
+
+def test_a_terminated_server_stops_its_superlink_and_what_that_started(tmp_path, tiny_bert_dir, flower_env):
+    """SIGTERM (a scheduler's preemption, ``kill``) ends ``federate server`` with exit 143 and
+    takes the SuperLink, which runs in a session of its own, and its server app down with it."""
+    port = deploy.free_port()
+    data = write_jsonl(tmp_path / "central.jsonl", sentiment_rows(20, seed=1))
+    config = federated_config(tmp_path, tiny_bert_dir, data, tmp_path / "run",
+                              server={"host": "127.0.0.1", "port": port, "insecure": True})
+    log = tmp_path / "server.log"
+    proc = subprocess.Popen([*FEDERATE, "server", str(config), "--timeout", "300"], stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT)
+    try:
+        family = _terminate_when(proc, log, "submitted; waiting for sites")
+        assert proc.returncode == 143, log.read_text()[-3000:]
+        assert "terminated" in log.read_text()
+        assert not [pid for pid in family if _running(pid)]
+        with socket.socket() as sock:  # the port is free again
+            sock.bind(("127.0.0.1", port))
+    finally:
+        deploy.stop(proc)
+
+
+def test_a_terminated_site_stops_its_supernode(tmp_path, tiny_bert_dir, flower_env):
+    port = deploy.free_port()  # no server: the site keeps trying to connect until it is stopped
+    data = write_jsonl(tmp_path / "site.jsonl", sentiment_rows(20, seed=2))
+    config = federated_config(tmp_path, tiny_bert_dir, data, tmp_path / "run", connect_timeout=120)
+    log = tmp_path / "site.log"
+    proc = subprocess.Popen([*FEDERATE, "site", str(config), "--data", str(data), "--server", f"127.0.0.1:{port}",
+                             "--insecure", "--workdir", str(tmp_path / "site")], stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT)
+    try:
+        family = _terminate_when(proc, log, "site started (pid")
+        assert proc.returncode == 143, log.read_text()[-3000:]
+        assert not [pid for pid in family if _running(pid)]
+    finally:
+        deploy.stop(proc)
