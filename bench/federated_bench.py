@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -45,11 +46,24 @@ TW = [sys.executable, "-m", "tunewright"]
 def sh(args: list[str], log: Path, timeout: float = 3600) -> float:
     started = time.monotonic()
     with log.open("wb") as handle:
-        done = subprocess.run(args, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(map(str, args[2:5]))} failed ({done.returncode}); see {log}:\n"
+        proc = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT)
+        try:
+            code = proc.wait(timeout=timeout)
+        except BaseException:  # a timeout, Ctrl-C, SIGTERM: let the job stop what it started
+            proc.terminate()   # (a tunewright command unwinds on SIGTERM; SIGKILL would orphan Flower's)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+    if code != 0:
+        raise SystemExit(f"{' '.join(map(str, args[2:5]))} failed ({code}); see {log}:\n"
                          + log.read_text(errors="replace")[-3000:])
     return time.monotonic() - started
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # unwind: every finally stops its processes
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -237,11 +251,16 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--no-deployment", action="store_true", help="skip the loopback deployment")
     parser.add_argument("--no-secure", action="store_true", help="skip the fedavg run through SecAgg+")
+    parser.add_argument("--strategy", default=None,
+                        help="federated.strategy of every federated run (default: the job's, fedavg), e.g. fedavgm")
+    parser.add_argument("--server-learning-rate", type=float, default=None,
+                        help="federated.server_learning_rate of every federated run (fedadam, fedavgm)")
     parser.add_argument("--bytes-only", action="store_true",
                         help="only the bytes per round per site (each scheme, float32 and float16): no training")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--keep", type=Path, default=None, help="work here and keep the runs")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _terminate)
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.local_steps = args.local_steps or (3 if args.quick else 10)
     args.learning_rate = args.learning_rate or (5e-3 if args.quick else 2e-4)
@@ -271,9 +290,12 @@ def main() -> None:
     schemes = {"fedavg": {}, "ffa": {}}
     if not args.no_secure:
         schemes["fedavg-secure"] = {"secure_aggregation": {"max_weight": 10_000}}
+    server = {key: value for key, value in (("strategy", args.strategy),
+                                            ("server_learning_rate", args.server_learning_rate)) if value}
+    out["server_strategy"] = server or {"strategy": "fedavg"}
     for scheme, extra in schemes.items():
         path = config(folder, f"federated-{scheme}", model, train, validation, spec, args, runner="federated",
-                      aggregation=scheme.split("-")[0], **extra)
+                      aggregation=scheme.split("-")[0], **server, **extra)
         walls[scheme] = sh([*TW, "federate", str(path)], folder / f"federated-{scheme}.log")
         run = folder / f"federated-{scheme}"
         out[f"federated_{scheme.replace('-', '_')}"] = {
