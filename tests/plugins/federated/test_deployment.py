@@ -86,10 +86,12 @@ def test_a_server_and_two_sites_run_two_rounds(tmp_path, tiny_bert_dir, flower_e
 
 
 def test_a_site_killed_mid_round_is_left_out_at_the_deadline(tmp_path, tiny_bert_dir, flower_env):
+    """Under ``aggregation: product`` (FlexLoRA: B·A averaged, factored back into rank r), which
+    no other test runs end to end."""
     procs = {}
     try:
         start(procs, tmp_path, tiny_bert_dir, ["a", "b", "c"], rounds=1, min_sites=3, round_timeout=30,
-              site_evaluation=False)
+              site_evaluation=False, aggregation="product")
         # kill site c as its first train message reaches it, with the round open
         wait_until(lambda: "site c: round 1: fit" in (tmp_path / "c.log").read_text(errors="replace"), 240,
                    procs, "site c training")
@@ -109,3 +111,8 @@ def test_a_site_killed_mid_round_is_left_out_at_the_deadline(tmp_path, tiny_bert
     assert record["train_seconds_wall"] < 45
     if lost["status"] == "no reply":
         assert record["train_seconds_wall"] > 29
+    # the two sites' B·A (rank 4 each) averaged and factored back into rank 4: what the factors keep
+    kept = record["aggregation"]
+    assert 0.5 < kept["kept_min"] <= kept["kept_mean"] <= 1.0 + 1e-6
+    adapter = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 4
