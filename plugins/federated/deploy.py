@@ -86,7 +86,7 @@ def stop(proc: subprocess.Popen, grace: float = 5.0) -> None:
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(pid) for pid in family):
+    while time.monotonic() < deadline and any(alive(pid) for pid in family):
         proc.poll()
         time.sleep(0.1)
     for pid in family + descendants(proc.pid):
@@ -100,7 +100,8 @@ def stop(proc: subprocess.Popen, grace: float = 5.0) -> None:
         pass
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not; Linux /proc)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         return state != "Z"

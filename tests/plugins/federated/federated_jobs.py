@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 
 import yaml
@@ -44,3 +45,16 @@ def federated_config(tmp_path: Path, model_dir: Path, data: Path, out: Path, **f
     path = tmp_path / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+def wait_until(check, timeout, procs, what):
+    """Poll ``check`` until it holds; fail at once when one of ``procs`` (name: Popen) exits with
+    an error, and after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        for name, proc in procs.items():
+            assert proc.poll() is None or proc.returncode == 0, f"{name} exited with {proc.returncode}"
+        time.sleep(0.5)
+    raise AssertionError(f"{what} did not happen within {timeout} s")

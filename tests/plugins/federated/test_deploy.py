@@ -8,11 +8,10 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from federated_jobs import federated_config, sentiment_rows, write_jsonl
+from federated_jobs import federated_config, sentiment_rows, wait_until, write_jsonl
 from tunewright import JobFailed
 from tunewright.plugins.federated import credentials, deploy
 from tunewright.plugins.federated.settings import ServerSettings
@@ -81,20 +80,10 @@ def test_unreachable_server_is_a_clear_error_within_the_deadline(tmp_path):
     assert time.monotonic() - started < 40
 
 
-def _running(pid):
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def _terminate_when(proc, log, line, timeout=120):
     """Wait for ``line`` in ``log``; then SIGTERM ``proc`` and return what it had started."""
-    deadline = time.monotonic() + timeout
-    while line not in log.read_text(errors="replace"):
-        assert proc.poll() is None, f"exited with {proc.returncode}: {log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"{line!r} not logged within {timeout} s: {log.read_text()[-3000:]}"
-        time.sleep(0.5)
+    wait_until(lambda: line in log.read_text(errors="replace"), timeout, {"the command": proc}, f"{line!r} in {log}")
+    assert proc.poll() is None, f"exited with {proc.returncode}: {log.read_text()[-3000:]}"
     family = deploy.descendants(proc.pid)
     assert family, "nothing started below the command"
     proc.send_signal(signal.SIGTERM)
@@ -116,7 +105,7 @@ def test_a_terminated_server_stops_its_superlink_and_what_that_started(tmp_path,
         family = _terminate_when(proc, log, "submitted; waiting for sites")
         assert proc.returncode == 143, log.read_text()[-3000:]
         assert "terminated" in log.read_text()
-        assert not [pid for pid in family if _running(pid)]
+        assert not [pid for pid in family if deploy.alive(pid)]
         with socket.socket() as sock:  # the port is free again
             sock.bind(("127.0.0.1", port))
     finally:
@@ -134,6 +123,6 @@ def test_a_terminated_site_stops_its_supernode(tmp_path, tiny_bert_dir, flower_e
     try:
         family = _terminate_when(proc, log, "site started (pid")
         assert proc.returncode == 143, log.read_text()[-3000:]
-        assert not [pid for pid in family if _running(pid)]
+        assert not [pid for pid in family if deploy.alive(pid)]
     finally:
         deploy.stop(proc)

@@ -6,27 +6,15 @@ process is stopped by its id in a ``finally``; ``FLWR_HOME`` is a temporary fold
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
 
-from federated_jobs import federated_config, sentiment_rows, write_jsonl
+from federated_jobs import federated_config, sentiment_rows, wait_until, write_jsonl
 from tunewright.plugins.federated import deploy
 
 pytestmark = pytest.mark.slow
 FEDERATE = [sys.executable, "-m", "tunewright", "federate"]
-
-
-def wait_until(check, timeout, procs, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        for name, proc in procs.items():
-            assert proc.poll() is None or proc.returncode == 0, f"{name} exited with {proc.returncode}"
-        time.sleep(0.5)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 def start(procs, tmp_path, tiny_bert_dir, sites, **federated):
