@@ -8,6 +8,7 @@ group and hands it to every command as the click context's object (``@click.pass
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -43,7 +44,15 @@ def train(pm, config_path: str, overrides: tuple[str, ...], resume: bool, overwr
 
     data = apply_overrides(read_yaml(config_path), list(overrides))
     config = load_config(data, pm.registries, source=config_path)
-    result = run_job(config, pm, resume=resume, overwrite=overwrite, echo=_echo)
+    try:
+        result = run_job(config, pm, resume=resume, overwrite=overwrite, echo=_echo)
+    except KeyboardInterrupt:
+        from .training import last_checkpoint
+
+        checkpoint = last_checkpoint(Path(config.output))
+        if checkpoint is not None:
+            _echo(f"{checkpoint.name} is kept: tunewright train {config_path} --resume continues from it")
+        raise
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # under torchrun, the process that wrote it
@@ -186,7 +195,27 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(0)
 
 
+#: how long an interrupted command's exit waits for threads a library left running
+EXIT_GRACE_SECONDS = 15.0
+
+
 def _interrupted(exc: KeyboardInterrupt) -> None:
     terminated = isinstance(exc, Terminated)
-    _echo(f"{'terminated' if terminated else 'interrupted'}; a training run continues with --resume")
-    sys.exit(143 if terminated else 130)
+    code = 143 if terminated else 130
+    _echo("terminated" if terminated else "interrupted")
+    # Python's exit joins every non-daemon thread; one a library left waiting forever (Flower's
+    # simulation threads on results of Ray workers that are gone) would hold the process: after a
+    # grace period it ends with its code anyway
+    watchdog = threading.Timer(EXIT_GRACE_SECONDS, _exit_now, args=(code,))
+    watchdog.daemon = True
+    watchdog.start()
+    sys.exit(code)
+
+
+def _exit_now(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

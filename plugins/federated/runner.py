@@ -18,11 +18,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from tunewright import ConfigError, TrainResult, UsageError, atomic_directory, kinds
+from tunewright import ConfigError, JobFailed, TrainResult, UsageError, atomic_directory, kinds
 
 from .settings import FederatedSettings
 
@@ -249,23 +251,64 @@ def simulate(run: Any, settings: FederatedSettings) -> TrainResult:
         indent=2) + "\n")
 
     outcome: dict[str, TrainResult] = {}
+    stopped = threading.Event()
     server_app = ServerApp()
 
     @server_app.main()
     def _main(grid: Any, context: Any) -> None:
-        outcome["result"] = serve(run, grid, settings, dp_sites=settings.sites)
+        outcome["result"] = serve(run, _StoppableGrid(grid, stopped), settings, dp_sites=settings.sites)
 
     client_app = make_client_app(_SimulatedSites(specs))
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=settings.sites,
-                   backend_config={"client_resources": {"num_cpus": settings.cpus_per_site, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": settings.simulation_cpus, "num_gpus": 0,
-                                                 "include_dashboard": False}})
+    # Ray's handler of fatal signals would abort the process on SIGTERM (exit 134) before Python
+    # sees it; without it, Ray's driver turns SIGTERM into sys.exit(15) in the main thread
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
+    try:
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=settings.sites,
+                       backend_config={"client_resources": {"num_cpus": settings.cpus_per_site, "num_gpus": 0.0},
+                                       "init_args": {"num_cpus": settings.simulation_cpus, "num_gpus": 0,
+                                                     "include_dashboard": False}})
+    except BaseException as exc:
+        stopped.set()  # the server app's thread ends at its next call to the grid
+        if main_thread and isinstance(exc, SystemExit) and exc.code == signal.SIGTERM:
+            # Ray's driver caught a SIGTERM: hand it to the handler that was there before Ray's
+            # (tunewright's CLI: exit 143 after everything unwound), as if Ray had not caught it
+            # (Flower's threads still waiting on Ray workers that are gone do not hold the exit: the
+            # CLI ends an interrupted command after a grace period)
+            signal.signal(signal.SIGTERM, previous)
+            signal.raise_signal(signal.SIGTERM)
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)  # Ray's handler does not outlive the simulation
     for spec in specs.values():
         for work in Path(spec["workdir"]).parent.glob("work*"):
             shutil.rmtree(work, ignore_errors=True)
     if "result" not in outcome:
         raise UsageError("the federated simulation ended without a result; see Flower's log above")
     return outcome["result"]
+
+
+class _StoppableGrid:
+    """The simulation's grid as the server app's thread sees it: once the simulation has stopped
+    (the main thread was interrupted or terminated), every call raises, so that the thread ends
+    instead of waiting out its round for sites that are gone (and the process with it)."""
+
+    def __init__(self, grid: Any, stopped: threading.Event):
+        self._grid, self._stopped = grid, stopped
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._grid, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self._stopped.is_set():
+                raise JobFailed("the federated simulation was stopped")
+            return attribute(*args, **kwargs)
+
+        return call
 
 
 class _SimulatedSites:

@@ -293,3 +293,45 @@ def test_sigterm_and_ctrl_c_unwind_the_command_and_exit_with_their_codes(monkeyp
     assert cleaned == [how]
     assert said in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is before  # restored for whatever embeds main()
+
+
+@pytest.mark.parametrize("checkpointed", [True, False])
+def test_an_interrupted_train_points_to_resume_only_when_a_checkpoint_is_kept(tmp_path, monkeypatch, capsys,
+                                                                                 checkpointed):
+    from tunewright import cli as cli_module
+    from tunewright import run as run_module
+
+    config = write_config(tmp_path / "job.yaml", output=str(tmp_path / "run"))
+
+    def interrupted_job(job, pm, **kwargs):
+        if checkpointed:  # what the training loop leaves after its save at step 3
+            (Path(job.output) / "checkpoints" / "checkpoint-3").mkdir(parents=True)
+            (Path(job.output) / "checkpoints" / "checkpoint-3" / "state.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "run_job", interrupted_job)
+    with pytest.raises(SystemExit) as exit_:
+        cli_module.main(["train", str(config)])
+    assert exit_.value.code == 130
+    said = capsys.readouterr().err
+    assert said.splitlines()[-1] == "interrupted"
+    hint = f"checkpoint-3 is kept: tunewright train {config} --resume continues from it"
+    assert (hint in said) is checkpointed
+
+
+def test_an_interrupted_command_exits_although_a_library_left_a_thread_waiting(tmp_path):
+    """Python's exit joins every non-daemon thread: one that waits forever (Flower's simulation
+    threads on Ray workers that are gone) must not hold an interrupted command past its grace."""
+    script = tmp_path / "stuck.py"
+    script.write_text(
+        "import threading\nimport click\nfrom tunewright import cli\n"
+        "cli.EXIT_GRACE_SECONDS = 1.0\n"
+        "@click.command('work')\n"
+        "def work():\n"
+        "    threading.Thread(target=threading.Event().wait).start()  # never ends, not a daemon\n"
+        "    raise KeyboardInterrupt\n"
+        "cli.build_cli = lambda pm: click.Group('tunewright', commands={'work': work})\n"
+        "cli.main(['work'])\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == "interrupted"

@@ -3,12 +3,14 @@ encoder, ending in a run directory that ``tunewright eval`` and ``tunewright exp
 take a local run's."""
 
 import json
+import signal
 import subprocess
 import sys
 
 import pytest
 
-from federated_jobs import federated_config, sentiment_rows, write_jsonl
+from federated_jobs import federated_config, sentiment_rows, wait_until, write_jsonl
+from tunewright.plugins.federated import deploy
 
 pytestmark = pytest.mark.slow
 
@@ -63,3 +65,32 @@ def test_simulated_federation_writes_a_run_like_a_local_one(tmp_path, tiny_bert_
     assert manifest["task_kind"] == "sequence_classification" and manifest["parity"]["passed"]
     done = subprocess.run([*exe, "edge", "verify", str(bundle)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def test_a_terminated_simulation_exits_143_and_leaves_nothing_running(tmp_path, tiny_bert_dir, flower_env):
+    """SIGTERM mid-simulation: Ray's own handlers would abort the process (exit 134) or hold it
+    in sys.exit while the server app's thread waits out its round; the simulation stops, Ray and
+    its workers with it, and the command ends as any other terminated one: 143."""
+    data = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(150))
+    out = tmp_path / "run"
+    config = federated_config(tmp_path, tiny_bert_dir, data, out, rounds=50)
+    log = tmp_path / "federate.log"
+    proc = subprocess.Popen([sys.executable, "-m", "tunewright", "federate", str(config)], stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT)
+    rounds = out / "federated" / "rounds.jsonl"
+    try:
+        wait_until(lambda: rounds.exists() and rounds.read_text().strip(), 300, {"federate": proc},
+                   "the first round's record")
+        family = deploy.descendants(proc.pid)
+        assert family, "Ray started nothing below the command"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        said = log.read_text(errors="replace")
+        assert proc.returncode == 143, said[-3000:]
+        assert said.rstrip().splitlines()[-1] == "terminated"
+        wait_until(lambda: not [pid for pid in family if deploy.alive(pid)], 30, {}, "Ray's processes gone")
+        # the rounds already recorded stay; no final adapter was written for a run that did not end
+        assert all(json.loads(line)["aggregated"] for line in rounds.read_text().splitlines())
+        assert not (out / "adapter").exists()
+    finally:
+        deploy.stop(proc)
