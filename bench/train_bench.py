@@ -670,6 +670,78 @@ def step_profile(spec: dict, out_dir: Path) -> dict:
     return result
 
 
+def matmul_profile(spec: dict, out_dir: Path) -> dict:
+    """Where tunewright's training step spends its time, one set-up in one process (the full
+    ``--step-profile`` holds a dozen models at once): forward + backward of length-grouped
+    batches profiled by operator, the matrix products by shape with the rate each reached, and the
+    same products timed alone, back to back on the same operands (what the kernel can do)."""
+    import torch
+    import tunewright
+    from torch.profiler import ProfilerActivity, profile
+
+    task = tunewright.get_plugin_manager().registries.get("tasks", "chat", key="task")
+    tokenizer = task.load_tokenizer(spec["model_path"])
+    features = [task.tokenize(e, tokenizer) for e in read_jsonl(spec["data"]["train"])]
+    order = list(range(len(features)))
+    random.Random(spec["seed"]).shuffle(order)
+    size = spec["batch_size"]
+    by_length = sorted(order[:size * 50], key=lambda i: -len(features[i]["input_ids"]))  # a megabatch
+    batches = [task.collate([features[i] for i in by_length[k:k + size]], tokenizer)
+               for k in range(0, len(by_length), size)][::3][:spec["step_profile_batches"]]
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    model = build_setup("tunewright", spec)
+    model.train()
+
+    def one_pass():
+        for batch in batches:
+            summed, count = task.loss(model, batch)
+            (summed / count).backward()
+            model.zero_grad(set_to_none=True)
+
+    one_pass()  # first-call allocations and kernel selection
+    started = time.monotonic()
+    one_pass()
+    wall = time.monotonic() - started
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        one_pass()
+    events = prof.key_averages(group_by_input_shape=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    by_op: dict[str, float] = {}
+    for e in events:
+        by_op[e.key] = by_op.get(e.key, 0.0) + e.self_cpu_time_total
+    products = []
+    for e in sorted((e for e in events if e.key == "aten::mm" and len(e.input_shapes) >= 2),
+                    key=lambda e: -e.self_cpu_time_total)[:8]:
+        (m, k), (_, n) = e.input_shapes[0], e.input_shapes[1]
+        a, b = torch.randn(m, k, dtype=torch.bfloat16), torch.randn(k, n, dtype=torch.bfloat16)
+        for _ in range(5):
+            a @ b
+        alone_started = time.perf_counter()
+        for _ in range(50):
+            a @ b
+        alone = (time.perf_counter() - alone_started) / 50
+        in_step = e.self_cpu_time_total / e.count / 1e6
+        products.append({"shape": [m, k, n], "calls": e.count, "share": e.self_cpu_time_total / total,
+                         "gflops_in_step": 2 * m * k * n / in_step / 1e9, "gflops_alone": 2 * m * k * n / alone / 1e9})
+    (out_dir / "matmul_profile.txt").write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
+    return {"batches": len(batches), "tokens": tokens, "wall_seconds": wall, "tokens_per_second": tokens / wall,
+            "op_shares": {k: v / total for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])[:10]},
+            "matmul_share": by_op.get("aten::mm", 0.0) / total, "products": products}
+
+
+def format_matmul_profile(result: dict) -> str:
+    lines = [f"tunewright, forward + backward of {result['batches']} batches ({result['tokens']} tokens): "
+             f"{result['tokens_per_second']:.1f} tokens/s (no optimizer step), matrix products "
+             f"{result['matmul_share']:.0%} of the operators' time",
+             "top operators: " + ", ".join(f"{k.replace('aten::', '')} {v:.1%}" for k, v in result["op_shares"].items()),
+             f"{'product (M x K x N)':<24}{'calls':>7}{'share':>7}{'GFLOP/s in the step':>21}{'alone':>8}"]
+    for row in result["products"]:
+        m, k, n = row["shape"]
+        lines.append(f"{f'{m} x {k} x {n}':<24}{row['calls']:>7}{row['share']:>7.1%}"
+                     f"{row['gflops_in_step']:>21.0f}{row['gflops_alone']:>8.0f}")
+    return "\n".join(lines)
+
+
 def format_step_profile(result: dict) -> str:
     base = result["setups"]["plain-fp32"]
     lines = [f"same {result['batches']} batches ({result['tokens_per_pass']} tokens, "
@@ -697,7 +769,7 @@ def format_step_profile(result: dict) -> str:
 
 def worker_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="train_bench.py worker")
-    parser.add_argument("kind", choices=["tunewright", "plain", "eval", "steps"])
+    parser.add_argument("kind", choices=["tunewright", "plain", "eval", "steps", "matmuls"])
     parser.add_argument("--variant", default="")
     parser.add_argument("--spec", required=True)
     parser.add_argument("--runs", help="eval: JSON file with the runs to evaluate")
@@ -713,6 +785,8 @@ def worker_main(argv: list[str]) -> None:
         result = evaluate_runs(spec, json.loads(Path(args.runs).read_text()))
     elif args.kind == "steps":
         result = step_profile(spec, out.parent)
+    elif args.kind == "matmuls":
+        result = matmul_profile(spec, out.parent)
     elif args.kind == "tunewright":
         result = run_tunewright(spec, args.variant, out.parent)
     else:
@@ -753,7 +827,7 @@ def launch(kind: str, variant: str, spec_path: Path, out: Path, runs: Path | Non
               file=sys.stderr)
         return None
     result = json.loads(out.read_text())
-    if kind not in ("eval", "steps"):
+    if kind not in ("eval", "steps", "matmuls"):
         result["wall_seconds"] = time.monotonic() - started
         result["load_average_before"] = load_before
         result["load_average_after"] = os.getloadavg()[0]
@@ -817,6 +891,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead of training: run the same batches forward + backward through the plain "
                              "model and tunewright's precision set-ups in one process, time them interleaved "
                              "and profile one pass of each (writes <workdir>/steps/step_profile.txt)")
+    parser.add_argument("--matmul-profile", action="store_true",
+                        help="instead of training: profile tunewright's forward + backward by operator and its "
+                             "matrix products by shape, against the same products timed alone (one model, "
+                             "one process: fits where --step-profile does not; uses --step-profile-batches)")
     parser.add_argument("--step-profile-batches", type=int, default=4, metavar="N")
     parser.add_argument("--step-profile-rounds", type=int, default=3, metavar="N")
     parser.add_argument("--step-profile-compile", action="store_true",
@@ -849,6 +927,20 @@ def main(argv: list[str] | None = None) -> int:
         "profile": args.profile, "step_profile_batches": args.step_profile_batches,
         "step_profile_rounds": args.step_profile_rounds, "step_profile_compile": args.step_profile_compile,
     }
+    if args.matmul_profile:
+        spec_path = workdir / "spec.json"
+        spec_path.write_text(json.dumps(spec, indent=2))
+        result = launch("matmuls", "", spec_path, workdir / "matmuls" / "result.json")
+        if result is None:
+            return 1
+        table = format_matmul_profile(result)
+        print("\n" + table)
+        if args.json:
+            Path(args.json).write_text(json.dumps({
+                "command": " ".join([os.path.basename(sys.executable), "bench/train_bench.py", *argv]),
+                "settings": {k: v for k, v in spec.items() if k != "data"}, "environment": environment(),
+                "matmul_profile": result, "table": table}, indent=2) + "\n")
+        return 0
     if args.step_profile:
         spec_path = workdir / "spec.json"
         spec_path.write_text(json.dumps(spec, indent=2))

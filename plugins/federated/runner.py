@@ -262,8 +262,8 @@ def simulate(run: Any, settings: FederatedSettings) -> TrainResult:
     # Ray's handler of fatal signals would abort the process on SIGTERM (exit 134) before Python
     # sees it; without it, Ray's driver turns SIGTERM into sys.exit(15) in the main thread
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGTERM) if main_thread else None
+    # signal handlers belong to the main thread; None: one not installed from Python
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     try:
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=settings.sites,
                        backend_config={"client_resources": {"num_cpus": settings.cpus_per_site, "num_gpus": 0.0},
@@ -271,7 +271,7 @@ def simulate(run: Any, settings: FederatedSettings) -> TrainResult:
                                                      "include_dashboard": False}})
     except BaseException as exc:
         stopped.set()  # the server app's thread ends at its next call to the grid
-        if main_thread and isinstance(exc, SystemExit) and exc.code == signal.SIGTERM:
+        if previous is not None and isinstance(exc, SystemExit) and exc.code == signal.SIGTERM:
             # Ray's driver caught a SIGTERM: hand it to the handler that was there before Ray's
             # (tunewright's CLI: exit 143 after everything unwound), as if Ray had not caught it
             # (Flower's threads still waiting on Ray workers that are gone do not hold the exit: the
@@ -280,7 +280,7 @@ def simulate(run: Any, settings: FederatedSettings) -> TrainResult:
             signal.raise_signal(signal.SIGTERM)
         raise
     finally:
-        if main_thread:
+        if previous is not None:
             signal.signal(signal.SIGTERM, previous)  # Ray's handler does not outlive the simulation
     for spec in specs.values():
         for work in Path(spec["workdir"]).parent.glob("work*"):

@@ -149,3 +149,20 @@ def test_the_step_profile_measures_every_lever_on_a_tiny_model(tiny_llama_dir, t
     assert saved["tunewright"] < saved["tw-lora-fp32-copies"]
     assert saved["tw-checkpointing"] < saved["tunewright"]  # the blocks' activations are recomputed
     assert max(result["packed_vs_unpacked_max_relative_difference"].values()) < 1e-4
+
+
+def test_the_matmul_profile_splits_the_step_by_operator_and_product(tiny_llama_dir, tmp_path):
+    out = tmp_path / "matmuls.json"
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--model", str(tiny_llama_dir), "--max-length", "64", "--matmul-profile",
+         "--step-profile-batches", "2", "--threads", "1", "--workdir", str(tmp_path / "work"), "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(out.read_text())["matmul_profile"]
+    assert result["batches"] == 2 and result["tokens"] > 0
+    assert 0 < result["matmul_share"] < 1 and sum(result["op_shares"].values()) <= 1 + 1e-9
+    assert result["products"], "no matrix product was profiled"
+    # the tied LM head (vocabulary 49,152 x hidden 64) is among the products, on trained positions only
+    heads = [row for row in result["products"] if 49_152 in row["shape"][1:]]
+    assert heads and all(row["shape"][0] < result["tokens"] for row in heads)
+    assert all(row["gflops_in_step"] > 0 and row["gflops_alone"] > 0 for row in result["products"])
