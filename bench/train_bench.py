@@ -927,35 +927,23 @@ def main(argv: list[str] | None = None) -> int:
         "profile": args.profile, "step_profile_batches": args.step_profile_batches,
         "step_profile_rounds": args.step_profile_rounds, "step_profile_compile": args.step_profile_compile,
     }
-    if args.matmul_profile:
-        spec_path = workdir / "spec.json"
-        spec_path.write_text(json.dumps(spec, indent=2))
-        result = launch("matmuls", "", spec_path, workdir / "matmuls" / "result.json")
-        if result is None:
-            return 1
-        table = format_matmul_profile(result)
-        print("\n" + table)
-        if args.json:
-            Path(args.json).write_text(json.dumps({
-                "command": " ".join([os.path.basename(sys.executable), "bench/train_bench.py", *argv]),
-                "settings": {k: v for k, v in spec.items() if k != "data"}, "environment": environment(),
-                "matmul_profile": result, "table": table}, indent=2) + "\n")
-        return 0
-    if args.step_profile:
+    if args.matmul_profile or args.step_profile:  # no training: one worker profiles
+        kind, key, render = (("matmuls", "matmul_profile", format_matmul_profile) if args.matmul_profile
+                             else ("steps", "step_profile", format_step_profile))
         spec_path = workdir / "spec.json"
         spec_path.write_text(json.dumps(spec, indent=2))
         if args.wait_idle:
             wait_for_idle(args.wait_idle, args.wait_idle_max)
-        result = launch("steps", "", spec_path, workdir / "steps" / "result.json")
+        result = launch(kind, "", spec_path, workdir / kind / "result.json")
         if result is None:
             return 1
-        table = format_step_profile(result)
+        table = render(result)
         print("\n" + table)
         if args.json:
             Path(args.json).write_text(json.dumps({
                 "command": " ".join([os.path.basename(sys.executable), "bench/train_bench.py", *argv]),
                 "settings": {k: v for k, v in spec.items() if k != "data"}, "data": data,
-                "environment": environment(), "step_profile": result, "table": table}, indent=2) + "\n")
+                "environment": environment(), key: result, "table": table}, indent=2) + "\n")
         return 0
     every_run = [("tunewright", "auto"), ("tunewright", "checkpointing"), ("tunewright", "fp32"),
                  ("tunewright", "autocast"), ("plain", "fp32"), ("plain", "bf16")]
