@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         if not isinstance(exc.__cause__, KeyboardInterrupt):  # click wraps Ctrl-C (and SIGTERM) in Abort
             _echo("aborted")
             sys.exit(1)
-        _interrupted(exc.__cause__)
+        _interrupted(exc.__cause__, owns_process=argv is None)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         _echo(f"error: {exc}")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:
-        _interrupted(exc)
+        _interrupted(exc, owns_process=argv is None)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -199,16 +199,18 @@ def main(argv: list[str] | None = None) -> None:
 EXIT_GRACE_SECONDS = 15.0
 
 
-def _interrupted(exc: KeyboardInterrupt) -> None:
+def _interrupted(exc: KeyboardInterrupt, owns_process: bool) -> None:
     terminated = isinstance(exc, Terminated)
     code = 143 if terminated else 130
     _echo("terminated" if terminated else "interrupted")
-    # Python's exit joins every non-daemon thread; one a library left waiting forever (Flower's
-    # simulation threads on results of Ray workers that are gone) would hold the process: after a
-    # grace period it ends with its code anyway
-    watchdog = threading.Timer(EXIT_GRACE_SECONDS, _exit_now, args=(code,))
-    watchdog.daemon = True
-    watchdog.start()
+    if owns_process:
+        # Python's exit joins every non-daemon thread; one a library left waiting forever (Flower's
+        # simulation threads on results of Ray workers that are gone) would hold the process: a
+        # grace period later it ends with its code anyway (not when main() is embedded: a caller
+        # that passes argv and catches SystemExit lives on)
+        watchdog = threading.Timer(EXIT_GRACE_SECONDS, _exit_now, args=(code,))
+        watchdog.daemon = True
+        watchdog.start()
     sys.exit(code)
 
 
