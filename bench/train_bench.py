@@ -457,13 +457,17 @@ def tokenization_agreement(spec: dict, validation: list[dict], features: list[di
 STEP_SETUPS = {
     "plain-fp32": "the plain script's model: transformers + peft, fp32, model(**batch).loss",
     "plain-bf16": "the plain model, forward under torch.autocast(cpu, bf16): Trainer's bf16=True",
-    "tunewright": "bf16 frozen base, LoRA in bf16, eager attention, the chat task's loss (LM head on trained positions)",
+    "tunewright": "bf16 frozen base, LoRA fused in bf16, grouped attention, the chat task's loss (LM head on "
+                  "trained positions, in blocks)",
     "tw-before": "the engine before issue 6: LoRA via fp32 copies of its inputs, logits at every position",
     "tw-fp32": "tunewright, everything fp32",
     "tw-checkpointing": "tunewright with training.gradient_checkpointing: each block recomputed in backward",
     "tw-lora-fp32-copies": "tunewright, but LoRA multiplies fp32 copies of its inputs (PEFT's default cast)",
+    "tw-peft-lora": "tunewright, but LoRA through PEFT's own forward (scaling and sum on the full outputs)",
+    "tw-upcast-loss": "tunewright, but F.cross_entropy on the logits upcast to fp32 at once",
     "tw-every-position": "tunewright, but the LM head and loss at every position (model(**batch).loss)",
-    "tw-sdpa": "tunewright, but SDPA attention instead of eager",
+    "tw-sdpa": "tunewright, but SDPA attention instead of grouped",
+    "tw-eager": "tunewright, but transformers' eager attention instead of grouped",
     "tw-packed-eager": "tunewright, each batch packed into one row (positions restart, no mask), eager",
     "tw-packed-sdpa": "tunewright, each batch packed into one row, SDPA",
     "tw-compiled": "tunewright's model under torch.compile(dynamic=True), loss at every position (opt-in)",
@@ -536,7 +540,15 @@ def build_setup(name: str, spec: dict):
     task = pm.registries.get("tasks", "chat", key="task")
     method = pm.registries.get("methods", "lora", key="method")
     base = task.load_model(spec["model_path"], None, config)
-    base.set_attn_implementation("sdpa" if name.endswith("sdpa") else "eager")
+    if name.endswith("sdpa"):
+        base.set_attn_implementation("sdpa")
+    elif name in ("tw-eager", "tw-packed-eager", "tw-before"):
+        base.set_attn_implementation("eager")
+    else:  # what the engine trains with on a CPU
+        from tunewright.attention import GROUPED, register
+
+        register()
+        base.set_attn_implementation(GROUPED)
     if name == "tw-checkpointing":
         from tunewright.precision import enable_gradient_checkpointing
 
@@ -544,12 +556,12 @@ def build_setup(name: str, spec: dict):
     model = method.apply(base, config.section("lora"), task.model_kind)
     if name != "tw-fp32":
         cast_frozen(model, torch.bfloat16)
-    if name in ("tw-before", "tw-lora-fp32-copies"):  # PEFT copies each adapter input to fp32 again
+    if name in ("tw-before", "tw-lora-fp32-copies", "tw-peft-lora"):  # PEFT's own LoRA forward
         for module in model.modules():
-            if hasattr(module, "cast_input_dtype_enabled"):
-                module.cast_input_dtype_enabled = True
-            if isinstance(module, torch.nn.Linear) and "forward" in vars(module):
-                del module.forward
+            if hasattr(module, "cast_input_dtype_enabled") and name != "tw-peft-lora":
+                module.cast_input_dtype_enabled = True  # PEFT copies each adapter input to fp32 again
+            if "forward" in vars(module) and (name != "tw-peft-lora" or hasattr(module, "lora_A")):
+                del module.forward  # the bridged A and B; the fused LoRA layers
     if name == "tw-compiled":
         model = torch.compile(model, dynamic=True)
     return model
@@ -565,6 +577,11 @@ def step_loss(name: str, model, batch: dict, task):
     if name.startswith("tw-packed"):
         losses, _ = packed_token_losses(model, pack(batch))
         return losses.sum() / losses.numel()
+    if name == "tw-upcast-loss":
+        from tunewright.plugins.tasks.chat import scored_logits
+
+        logits, targets = scored_logits(model, batch)
+        return torch.nn.functional.cross_entropy(logits.float(), targets)
     summed, count = task.loss(model, batch)
     return summed / count
 
@@ -604,7 +621,9 @@ def step_profile(spec: dict, out_dir: Path) -> dict:
     batches = [task.collate([features[i] for i in by_length[s:s + spec["batch_size"]]], tokenizer) for s in starts]
     longest = task.collate([features[i] for i in by_length[-spec["batch_size"]:]], tokenizer)
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-    names = [n for n in STEP_SETUPS if n != "tw-compiled" or spec.get("step_profile_compile")]
+    names = spec.get("step_profile_setups") or [
+        n for n in STEP_SETUPS if n != "tw-compiled" or spec.get("step_profile_compile")]
+    names = list(dict.fromkeys(["plain-fp32", "tunewright", *names]))  # the baseline and what is measured
     models = {"tunewright": build_setup("tunewright", spec)}
     if "lora" not in spec:  # the plain model copies what tunewright's lora picked
         peft_config = models["tunewright"].peft_config["default"]
@@ -615,15 +634,16 @@ def step_profile(spec: dict, out_dir: Path) -> dict:
     # packing is measured only once it is shown to be right: per-example losses as unpacked, in
     # fp32 (CPU SDPA in bf16 alone moves a conversation's loss by 1-2%, packed or not)
     packing = {}
-    reference = models["tw-fp32"].get_base_model()
-    for attention in ("eager", "sdpa"):
+    packed_setups = [n for n in names if n.startswith("tw-packed")]
+    reference = build_setup("tw-fp32", spec).get_base_model() if packed_setups else None
+    for attention in [n.removeprefix("tw-packed-") for n in packed_setups]:
         reference.set_attn_implementation(attention)
         unpacked = per_example_losses(reference, batches[0], packed=False)
         packed = per_example_losses(reference, batches[0], packed=True)
         packing[f"tw-packed-{attention}"] = difference = max(abs(a - b) / abs(b) for a, b in zip(packed, unpacked))
         if difference > 1e-4:
             raise SystemExit(f"packing ({attention}): per-example losses differ from unpacked ones by {difference:.2e}")
-    reference.set_attn_implementation("eager")
+    del reference
 
     def one_pass(name):
         model = models[name]
@@ -894,6 +914,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead of training: profile tunewright's forward + backward by operator and its "
                              "matrix products by shape, against the same products timed alone (one model, "
                              "one process: fits where --step-profile does not; uses --step-profile-batches)")
+    parser.add_argument("--step-profile-setups", metavar="NAMES",
+                        help="--step-profile: comma-separated set-ups to run (plain-fp32 and tunewright always "
+                             f"run; default every one, which needs more than 24 GiB): {', '.join(STEP_SETUPS)}")
     parser.add_argument("--step-profile-batches", type=int, default=4, metavar="N")
     parser.add_argument("--step-profile-rounds", type=int, default=3, metavar="N")
     parser.add_argument("--step-profile-compile", action="store_true",
@@ -909,6 +932,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.max_steps = min(args.max_steps, 10)
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    setups = [n.strip() for n in (args.step_profile_setups or "").split(",") if n.strip()]
+    if set(setups) - set(STEP_SETUPS):
+        parser.error(f"--step-profile-setups: unknown set-up {', '.join(sorted(set(setups) - set(STEP_SETUPS)))} "
+                     f"(allowed: {', '.join(STEP_SETUPS)})")
     unknown = set(sides) - {"tunewright", "plain"}
     if unknown:
         parser.error(f"--sides: unknown side {', '.join(sorted(unknown))} (allowed: tunewright, plain)")
@@ -925,6 +952,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_length": args.max_length, "r": 8, "alpha": 16, "threads": args.threads,
         "profile": args.profile, "step_profile_batches": args.step_profile_batches,
         "step_profile_rounds": args.step_profile_rounds, "step_profile_compile": args.step_profile_compile,
+        "step_profile_setups": setups,
     }
     if args.matmul_profile or args.step_profile:  # no training: one worker profiles
         kind, key, render = (("matmuls", "matmul_profile", format_matmul_profile) if args.matmul_profile

@@ -110,26 +110,6 @@ def _bridge(module: torch.nn.Module, param_dtype: torch.dtype) -> None:
     module.register_forward_hook(after, with_kwargs=True)
 
 
-def prefer_eager_attention(model: torch.nn.Module, max_length: int) -> bool:
-    """On a CPU, train short sequences with eager attention rather than SDPA's flash kernel.
-
-    Measured with SmolLM2-135M LoRA in bf16 on 2 Zen 4 cores, chatterbot-corpus pairs (about 50
-    tokens): 184 vs 166 tokens/s; the flash kernel's backward costs more than the small T x T
-    matrices it saves. Longer sequences keep SDPA, which does not materialise them.
-    """
-    if torch.cuda.is_available() or max_length > 512:
-        return False
-    if getattr(model.config, "_attn_implementation", None) != "sdpa":
-        return False
-    if not getattr(model, "_supports_attention_backend", False):
-        return False  # an architecture that cannot switch (BERT in transformers 4.57 says so loudly)
-    try:
-        model.set_attn_implementation("eager")
-    except (ValueError, AttributeError):  # an architecture without an eager path
-        return False
-    return True
-
-
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     """Recompute each block's activations in backward (``training.gradient_checkpointing``).
 

@@ -230,7 +230,8 @@ def prepare_run(config: JobConfig, pm: PluginManager, *, resume: bool = False, o
     from accelerate import Accelerator
     from transformers import set_seed
 
-    from .precision import cast_frozen, enable_gradient_checkpointing, prefer_eager_attention, resolve_precision
+    from .attention import prefer_cpu_attention
+    from .precision import cast_frozen, enable_gradient_checkpointing, resolve_precision
     from .training import checkpoint_step, last_checkpoint
 
     echo = echo or _stderr
@@ -275,7 +276,7 @@ def prepare_run(config: JobConfig, pm: PluginManager, *, resume: bool = False, o
     run.say(f"loading {config.model} for {config.task} with {config.method}")
     set_seed(config.seed)  # new heads and adapter weights are initialised from the seed
     model = task.load_model(path, labels, config, tokenizer=tokenizer)
-    prefer_eager_attention(model, config.data.max_length)
+    prefer_cpu_attention(model, config.data.max_length)
     if config.training.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     model = method.apply(model, run.method_settings, task.model_kind)

@@ -21,6 +21,7 @@ from pydantic import Field, field_validator
 
 from tunewright import Section, UsageError, hookimpl, kinds
 
+from .lora_fused import fuse_lora_layers
 from .model_parts import TEXT_AND_IMAGE_KINDS
 from .peft_backed import PEFT_TASK_TYPES, PeftMethod
 
@@ -86,6 +87,17 @@ class LoraMethod(PeftMethod):
             modules_to_save=self.modules_to_save(model, settings.modules_to_save, task_kind),
             use_dora=self.use_dora,
         )
+
+    def apply(self, model, settings, task_kind):
+        return self._fused(super().apply(model, settings, task_kind))
+
+    def load_folder(self, model, path, saved):
+        return self._fused(super().load_folder(model, path, saved))
+
+    def _fused(self, wrapped):
+        if not self.use_dora:  # DoRA's magnitudes take PEFT's own forward
+            fuse_lora_layers(wrapped)
+        return wrapped
 
     def check_saved(self, saved, path):
         if bool(getattr(saved, "use_dora", False)) != self.use_dora:

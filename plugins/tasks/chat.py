@@ -22,6 +22,7 @@ import torch
 from tunewright import DataError, Problem, kinds
 
 from .batching import IGNORE, model_device, pad, type_name
+from .losses import cross_entropy_sum
 
 ROLES = ("system", "user", "assistant")
 ALLOWED_ROLES = ", ".join(ROLES)
@@ -184,7 +185,7 @@ class ChatTask:
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, int]:
         """Cross-entropy summed over the trained (assistant) tokens, and how many there are."""
         logits, targets = scored_logits(model, batch)  # (K, V), (K,)
-        return torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum"), targets.numel()
+        return cross_entropy_sum(logits, targets), targets.numel()
 
     @torch.no_grad()
     def metrics(self, model, batches: Iterable[dict]) -> dict[str, float]:
@@ -195,9 +196,8 @@ class ChatTask:
         loss_sum, tokens, correct = 0.0, 0, 0
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
-            logits, targets = scored_logits(model, batch)
-            logits = logits.float()  # (K, V)
-            loss_sum += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+            logits, targets = scored_logits(model, batch)  # (K, V) in the model's dtype: upcast block by block
+            loss_sum += cross_entropy_sum(logits, targets).item()
             correct += (logits.argmax(-1) == targets).sum().item()
             tokens += targets.numel()
         if was_training:

@@ -141,14 +141,33 @@ def test_the_step_profile_measures_every_lever_on_a_tiny_model(tiny_llama_dir, t
     result = json.loads(out.read_text())["step_profile"]
     setups = result["setups"]
     assert set(setups) == {"plain-fp32", "plain-bf16", "tunewright", "tw-before", "tw-fp32", "tw-checkpointing",
-                           "tw-lora-fp32-copies", "tw-every-position", "tw-sdpa", "tw-packed-eager", "tw-packed-sdpa"}
+                           "tw-lora-fp32-copies", "tw-peft-lora", "tw-upcast-loss", "tw-every-position", "tw-sdpa",
+                           "tw-packed-eager", "tw-packed-sdpa"}
     assert all(row["tokens_per_cpu_second"] > 0 for row in setups.values())
     saved = {name: row["saved_for_backward_mib_longest_batch"] for name, row in setups.items()}
     # a vocabulary of 49,152 and a hidden size of 64: the logits are most of what is kept
     assert saved["tunewright"] < 0.7 * saved["tw-every-position"]
     assert saved["tunewright"] < saved["tw-lora-fp32-copies"]
     assert saved["tw-checkpointing"] < saved["tunewright"]  # the blocks' activations are recomputed
+    assert saved["tunewright"] < 0.7 * saved["tw-upcast-loss"]  # no fp32 log-softmax of the scored logits
     assert max(result["packed_vs_unpacked_max_relative_difference"].values()) < 1e-4
+
+
+def test_the_step_profile_runs_the_set_ups_asked_for(tiny_llama_dir, tmp_path):
+    out = tmp_path / "steps.json"
+    command = [sys.executable, str(SCRIPT), "--model", str(tiny_llama_dir), "--max-length", "64", "--step-profile",
+               "--step-profile-batches", "1", "--step-profile-rounds", "1", "--threads", "1",
+               "--workdir", str(tmp_path / "work"), "--json", str(out)]
+    completed = subprocess.run(command + ["--step-profile-setups", "tw-peft-lora"],
+                               capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    setups = json.loads(out.read_text())["step_profile"]["setups"]
+    assert set(setups) == {"plain-fp32", "tunewright", "tw-peft-lora"}  # the baseline and tunewright always run
+    saved = {name: row["saved_for_backward_mib_longest_batch"] for name, row in setups.items()}
+    assert saved["tunewright"] <= saved["tw-peft-lora"]
+    refused = subprocess.run(command + ["--step-profile-setups", "tw-nothing"], capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 2 and "unknown set-up tw-nothing" in refused.stderr
 
 
 def test_the_matmul_profile_splits_the_step_by_operator_and_product(tiny_llama_dir, tmp_path):
