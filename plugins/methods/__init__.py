@@ -19,5 +19,6 @@ For ``sequence_classification`` every method trains the classification head (``c
 ``on_epoch(model, epoch)`` (gradual unfreezing) and ``optimizer_parameters(model)``; see its module.
 
 Shared pieces: ``model_parts`` finds blocks, head and linear layers of any transformers model;
-``peft_backed`` is the PEFT glue; ``state_files`` is the folder format of non-PEFT methods.
+``peft_backed`` is the PEFT glue; ``lora_fused`` makes each of PEFT's LoRA linear layers one
+autograd step; ``state_files`` is the folder format of non-PEFT methods.
 """

@@ -2,7 +2,8 @@
 
 Each task owns its data: what a valid example is, its labels, how it is split, how it is
 tokenized and scored (the ``tunewright.Task`` protocol). Vision tasks come from
-``tunewright.plugins.vision`` in the same way.
+``tunewright.plugins.vision`` in the same way. ``losses`` holds the chat task's cross-entropy over
+a large vocabulary, in fp32 blocks of rows.
 """
 
 from tunewright import hookimpl

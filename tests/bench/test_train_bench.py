@@ -142,7 +142,7 @@ def test_the_step_profile_measures_every_lever_on_a_tiny_model(tiny_llama_dir, t
     setups = result["setups"]
     assert set(setups) == {"plain-fp32", "plain-bf16", "tunewright", "tw-before", "tw-fp32", "tw-checkpointing",
                            "tw-lora-fp32-copies", "tw-peft-lora", "tw-upcast-loss", "tw-every-position", "tw-sdpa",
-                           "tw-packed-eager", "tw-packed-sdpa"}
+                           "tw-eager", "tw-packed-eager", "tw-packed-sdpa"}
     assert all(row["tokens_per_cpu_second"] > 0 for row in setups.values())
     saved = {name: row["saved_for_backward_mib_longest_batch"] for name, row in setups.items()}
     # a vocabulary of 49,152 and a hidden size of 64: the logits are most of what is kept
@@ -150,6 +150,7 @@ def test_the_step_profile_measures_every_lever_on_a_tiny_model(tiny_llama_dir, t
     assert saved["tunewright"] < saved["tw-lora-fp32-copies"]
     assert saved["tw-checkpointing"] < saved["tunewright"]  # the blocks' activations are recomputed
     assert saved["tunewright"] < 0.7 * saved["tw-upcast-loss"]  # no fp32 log-softmax of the scored logits
+    assert saved["tunewright"] < saved["tw-eager"]  # no copies of the key-value heads, no fp32 softmax
     assert max(result["packed_vs_unpacked_max_relative_difference"].values()) < 1e-4
 
 

@@ -23,14 +23,15 @@ def test_chatterbot_pairs_are_real_one_turn_conversations():
 @pytest.mark.slow
 def test_quickstart_tunes_smollm2_and_beats_the_baseline(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "tunewright", "quickstart", "--workdir", str(tmp_path / "qs"),
-                             "--max-steps", "12"], capture_output=True, text=True, env=env, timeout=1200)
+    # the README's main job as it is: at 12 steps the tuned model had barely moved and its int8
+    # bundle's accuracy fell 0.36 to 1.14 points below it from one run to the next (the gate is 1);
+    # at the default 60 steps, 0.21 on a fresh cache (2026-12-03)
+    result = subprocess.run([sys.executable, "-m", "tunewright", "quickstart", "--workdir", str(tmp_path / "qs")],
+                            capture_output=True, text=True, env=env, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "qs" / "runs" / "chat-lora"
     results = json.loads((run / "eval.json").read_text())
-    # 12 steps take the loss down by about 0.1 (2.724 -> 2.620 and 2.627 on 2026-12-03, the second with
-    # LoRA fused and the loss in blocks: bf16 rounding alone moves it by that much); half of it is learning
-    assert results["final"]["loss"] < results["baseline"]["loss"] - 0.05
+    assert results["final"]["loss"] < results["baseline"]["loss"] - 0.3  # 2.724 -> 2.200 on 2026-12-03
     assert "baseline" in result.stderr and "tuned" in result.stderr and str(run) in result.stderr
     assert (run / "adapter" / "adapter_model.safetensors").exists() and (run / "report.png").exists()
     # it ends with a verified 8-bit bundle, compared with PyTorch
