@@ -164,3 +164,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def saved_bytes():
+    """``saved_bytes(model, batch)``: bytes autograd keeps for backward in one forward pass of
+    ``model(**batch).loss``, each storage counted once."""
+    import torch
+
+    def measure(model, batch) -> int:
+        storages = {}
+
+        def pack(tensor):
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            model(**batch).loss
+        return sum(storages.values())
+
+    return measure

@@ -10,12 +10,7 @@ import torch
 from tunewright.attention import GROUPED, grouped_attention, prefer_cpu_attention, register
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def llama(tiny_llama_dir, attention="sdpa", dtype=torch.float32):

@@ -67,20 +67,7 @@ def test_every_method_trains_with_a_bf16_frozen_base(name, kind, tiny_llama_dir,
     assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
 
 
-def saved_bytes(model, batch) -> int:
-    """Bytes that autograd keeps for backward during one forward pass (each storage once)."""
-    storages = {}
-
-    def pack(tensor):
-        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        model(**batch).loss
-    return sum(storages.values())
-
-
-def test_lora_keeps_no_fp32_copy_of_its_inputs(tiny_llama_dir):
+def test_lora_keeps_no_fp32_copy_of_its_inputs(tiny_llama_dir, saved_bytes):
     """LoRA's A multiplies the bf16 input the frozen layer saved anyway: no fp32 copy is kept."""
     batch = batch_for("causal_lm", tiny_llama_dir)
     model = applied("lora", "causal_lm", tiny_llama_dir)

@@ -145,19 +145,7 @@ def test_dora_keeps_peft_forward_and_fusing_twice_changes_nothing(tiny_llama_dir
     assert fuse_lora_layers(lora) == len(lora_layers(lora))
 
 
-def saved_bytes(model, batch) -> int:
-    storages = {}
-
-    def pack(tensor):
-        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        model(**batch).loss
-    return sum(storages.values())
-
-
-def test_the_fused_layers_keep_no_more_for_backward_than_peft(tiny_llama_dir, batch):
+def test_the_fused_layers_keep_no_more_for_backward_than_peft(tiny_llama_dir, batch, saved_bytes):
     fused = lora_model(tiny_llama_dir)
     reference = peft_forward(lora_model(tiny_llama_dir))
     for model in (fused, reference):
