@@ -37,9 +37,10 @@ class _BlockwiseCrossEntropy(torch.autograd.Function):
         lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
         total = torch.zeros((), dtype=torch.float32, device=logits.device)
         for start in range(0, logits.shape[0], rows):
-            block = logits[start:start + rows].float()
-            lse[start:start + rows] = torch.logsumexp(block, dim=1)
-            total += lse[start:start + rows].sum() - block.gather(1, targets[start:start + rows, None]).sum()
+            stop = start + rows
+            block = logits[start:stop].float()
+            lse[start:stop] = block_lse = torch.logsumexp(block, dim=1)
+            total += block_lse.sum() - block.gather(1, targets[start:stop, None]).sum()
         ctx.save_for_backward(logits, targets, lse)
         return total
 
