@@ -544,11 +544,10 @@ def build_setup(name: str, spec: dict):
         base.set_attn_implementation("sdpa")
     elif name in ("tw-eager", "tw-packed-eager", "tw-before"):
         base.set_attn_implementation("eager")
-    else:  # what the engine trains with on a CPU
-        from tunewright.attention import GROUPED, register
+    else:  # what the engine trains with (engine/run.py's prepare_run)
+        from tunewright.attention import prefer_cpu_attention
 
-        register()
-        base.set_attn_implementation(GROUPED)
+        prefer_cpu_attention(base, spec["max_length"])
     if name == "tw-checkpointing":
         from tunewright.precision import enable_gradient_checkpointing
 
