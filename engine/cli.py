@@ -47,7 +47,7 @@ def train(pm, config_path: str, overrides: tuple[str, ...], resume: bool, overwr
     try:
         result = run_job(config, pm, resume=resume, overwrite=overwrite, echo=_echo)
     except KeyboardInterrupt:
-        from .training import last_checkpoint
+        from .checkpoints import last_checkpoint
 
         checkpoint = last_checkpoint(Path(config.output))
         if checkpoint is not None:

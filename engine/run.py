@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import yaml
 
+from .checkpoints import checkpoint_step, last_checkpoint
 from .config import JobConfig
 from .data import PreparedData, Split, prepare_data
 from .errors import ConfigError, UsageError
@@ -144,8 +145,6 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, key: str = "o
     directory (:data:`RUN_MARKER`): never the current directory, a parent of it, or a folder that
     holds anything else.
     """
-    from .training import last_checkpoint
-
     run_dir = Path(run_dir)
     if resume:
         if last_checkpoint(run_dir) is None:
@@ -232,7 +231,6 @@ def prepare_run(config: JobConfig, pm: PluginManager, *, resume: bool = False, o
 
     from .attention import prefer_cpu_attention
     from .precision import cast_frozen, enable_gradient_checkpointing, resolve_precision
-    from .training import checkpoint_step, last_checkpoint
 
     echo = echo or _stderr
     run_dir = Path(run_dir if run_dir is not None else config.output)

@@ -51,25 +51,13 @@ from safetensors.torch import load_file, save_file
 
 from .types import Method, Task, TrainResult, optional
 
-CHECKPOINT_PREFIX = "checkpoint-"
+from .checkpoints import CHECKPOINT_PREFIX, STATE_FILE, checkpoint_step, last_checkpoint
+from .run import Run, metric_greater_is_better
+from .run import evaluate as evaluate_run
+
 TRAINABLE_FILE = "trainable.safetensors"
-STATE_FILE = "state.json"
 #: examples sorted by length together, as a multiple of the batch (transformers uses 50 too)
 MEGABATCH = 50
-
-
-def last_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run directory, or ``None``."""
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return None
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
-             and p.name[len(CHECKPOINT_PREFIX):].isdigit() and (p / STATE_FILE).is_file()]
-    return max(found, key=checkpoint_step) if found else None
-
-
-def checkpoint_step(path: str | Path | None) -> int:
-    return int(Path(path).name[len(CHECKPOINT_PREFIX):]) if path else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +137,7 @@ class _Progress:
     losses: list[float] = field(default_factory=list)  # every optimizer step's loss
 
 
-def _save_checkpoint(run: Any, progress: _Progress, optimizer, scheduler) -> Path:
+def _save_checkpoint(run: Run, progress: _Progress, optimizer, scheduler) -> Path:
     root = run.run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"{CHECKPOINT_PREFIX}{progress.step}"
@@ -177,7 +165,7 @@ def _save_checkpoint(run: Any, progress: _Progress, optimizer, scheduler) -> Pat
     return target
 
 
-def _load_checkpoint(run: Any, path: Path, optimizer, scheduler) -> _Progress:
+def _load_checkpoint(run: Run, path: Path, optimizer, scheduler) -> _Progress:
     run.method.load_trainable_state(run.model, load_file(str(path / TRAINABLE_FILE)))
     saved = torch.load(path / "optimizer.pt", weights_only=False)
     optimizer.load_state_dict(saved["optimizer"])
@@ -193,7 +181,7 @@ def _load_checkpoint(run: Any, path: Path, optimizer, scheduler) -> _Progress:
 # ---------------------------------------------------------------------------------------------
 
 
-def _optimizer(run: Any) -> torch.optim.Optimizer:
+def _optimizer(run: Run) -> torch.optim.Optimizer:
     chosen = optional(run.method, Method, "optimizer_parameters")
     params = list(chosen(run.model)) if chosen is not None else [p for p in run.model.parameters() if p.requires_grad]
     if not params:
@@ -231,7 +219,7 @@ class _Piece:
     weight: float = 1.0  # 0: a stand-in that keeps an idle process in step under torchrun
 
 
-def train(run: Any, *, max_steps: int | None = None, stop_at_step: int | None = None,
+def train(run: Run, *, max_steps: int | None = None, stop_at_step: int | None = None,
           resume_from: str | Path | None = None, features: list[dict] | None = None,
           extra_loss: Callable[[Any], torch.Tensor] | None = None, save_checkpoints: bool = True,
           evaluate: bool = True) -> TrainResult:
@@ -254,9 +242,6 @@ def train(run: Any, *, max_steps: int | None = None, stop_at_step: int | None = 
     prints and writes checkpoints. ``TrainResult.metrics["train_loss"]`` is the mean loss over
     the steps trained.
     """
-    from .run import evaluate as evaluate_run
-    from .run import metric_greater_is_better
-
     t = run.config.training
     accelerator = run.accelerator
     features = run.train_features if features is None else features
