@@ -18,23 +18,12 @@ CLI is not installed.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 from .bench import bench_bundle, bench_predictor, peak_memory_mb
 from .bundle import FORMAT_VERSION, MANIFEST, BundleError, check_files, open_bundle, read_manifest, sha256_file
 from .predictors import (GenAIGenerator, Generator, ImageClassifier, OnnxPredictor, TextClassifier, make_session)
 from .protocol import Inputs, Predictor
-from .registry import builtin_predictors, find_predictor, predictor_for
+from .registry import builtin_predictors, find_predictor, load_bundle, predictor_for
 from .verify import verify_bundle
-
-
-def load_bundle(folder: str | Path, *, verify: bool = True, threads: int | None = None, pm: Any = None) -> Predictor:
-    """Open a bundle and return its predictor. Raises :class:`BundleError` for a changed bundle,
-    one of a newer format, or one whose runtime and task kind no registered predictor serves.
-    ``pm``: the plugin manager whose ``edge_runtimes`` decide (default: the installed plugins)."""
-    manifest = open_bundle(folder, verify=verify)
-    return predictor_for(Path(folder), manifest, threads=threads, pm=pm)
 
 
 __all__ = [

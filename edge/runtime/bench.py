@@ -16,6 +16,7 @@ import numpy as np
 
 from .bundle import BundleError
 from .predictors import SAMPLE_TEXT  # noqa: F401  (re-exported: the sample text every bench uses)
+from .registry import load_bundle
 
 
 def peak_memory_mb() -> float:
@@ -131,8 +132,6 @@ def bundle_size_mb(folder: Path) -> float:
 def bench_bundle(folder: str | Path, *, threads: int | None = None, pm: Any = None, **options) -> dict[str, Any]:
     """Load a bundle (hashes checked) and time it (:func:`bench_predictor`); figures in ms, MiB,
     per second, plus ``load_s``, ``size_mb`` and the process's ``peak_memory_mb``."""
-    from . import load_bundle
-
     start = time.perf_counter()
     predictor = load_bundle(folder, threads=threads, pm=pm)
     load_s = time.perf_counter() - start

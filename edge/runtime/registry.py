@@ -21,7 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .bundle import BundleError
+from .bundle import BundleError, open_bundle
+from .protocol import Predictor
 
 #: registry kind (``pm.registries.edge_runtimes``) and the hook that fills it
 KIND = "edge_runtimes"
@@ -117,4 +118,12 @@ def predictor_for(folder: str | Path, manifest: dict, *, threads: int | None = N
     return cls(Path(folder), manifest, threads=threads)
 
 
-__all__ = ["find_predictor", "predictor_for", "builtin_predictors", "KIND", "BUILTIN_RUNTIME_PLUGINS"]
+def load_bundle(folder: str | Path, *, verify: bool = True, threads: int | None = None, pm: Any = None) -> Predictor:
+    """Open a bundle and return its predictor. Raises :class:`BundleError` for a changed bundle,
+    one of a newer format, or one whose runtime and task kind no registered predictor serves.
+    ``pm``: the plugin manager whose ``edge_runtimes`` decide (default: the installed plugins)."""
+    manifest = open_bundle(folder, verify=verify)
+    return predictor_for(Path(folder), manifest, threads=threads, pm=pm)
+
+
+__all__ = ["load_bundle", "find_predictor", "predictor_for", "builtin_predictors", "KIND", "BUILTIN_RUNTIME_PLUGINS"]
