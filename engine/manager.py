@@ -26,6 +26,7 @@ from typing import Any, Callable
 import pluggy
 
 from . import hookspecs
+from .compat import adapt
 from .errors import PluginError
 
 GROUP = "tunewright"
@@ -105,6 +106,7 @@ class Registries:
                 f"{other.describe()} registered already; uninstall one of them or limit "
                 f"plugins with {ALLOW_ENV}"
             )
+        obj = adapt(kind, name, obj, info.describe())  # an older release's form, with a warning
         protocol = _protocols().get(kind)
         if protocol is not None and not isinstance(obj, protocol):
             missing = [member for member in _required(protocol) if not hasattr(obj, member)]
