@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .console import captured_output
 from .parity import DEFAULT_THRESHOLD, ParityReport, measure_parity
 from .preprocessing import copy_files, write_preprocessing
 from .protocols import ExportedModel
@@ -205,10 +206,17 @@ def _describe_io(path: Path) -> dict[str, list[dict]]:
 
 
 def _stage(candidate_model: ExportedModel, stage: Path, preprocessor, *, labels, max_length: int,
-           info: dict[str, Any], config=None) -> dict:
-    """Lay out a bundle (without its manifest hashes) in ``stage``; return the draft manifest."""
-    copy_files(candidate_model.folder, stage)
-    pre = write_preprocessing(preprocessor, stage, max_length=max_length, config=config)
+           info: dict[str, Any], config=None, exporter=None, model=None) -> dict:
+    """Lay out a bundle (without its manifest hashes) in ``stage``: the files of the export and of
+    each of its parts side by side, and the preprocessing (the exporter's own when it has
+    ``preprocessing``); return the draft manifest."""
+    for name, path in candidate_model.layout().items():
+        _link(path, stage / name)
+    preprocessing = getattr(exporter, "preprocessing", None)
+    if callable(preprocessing):
+        pre = preprocessing(model, preprocessor, stage, max_length=max_length, config=config)
+    else:
+        pre = write_preprocessing(preprocessor, stage, max_length=max_length, config=config)
     io = _describe_io(stage / candidate_model.model_file)
     return {
         "format": FORMAT_NAME,
@@ -218,15 +226,82 @@ def _stage(candidate_model: ExportedModel, stage: Path, preprocessor, *, labels,
         **info,
         "exporter": {"name": candidate_model.exporter, **candidate_model.details},
         "quantization": candidate_model.quantization,
-        "model": {"file": candidate_model.model_file, **io},
+        "model": {"file": candidate_model.model_file, **io, **candidate_model.model_entries},
         "preprocessing": pre,
         "labels": labels,
     }
 
 
+def _link(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.hardlink_to(source)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _supports(quantizer, exported: ExportedModel) -> bool:
+    """Whether ``quantizer`` applies to ``exported``: to the model, or to one of its parts at least."""
+    if exported.parts:
+        return any(quantizer.supports(part) for part in exported.parts.values())
+    return quantizer.supports(exported)
+
+
+def _refusal(quantizer, exported: ExportedModel) -> str | None:
+    why = getattr(quantizer, "refusal", None)
+    if not callable(why):
+        return None
+    if exported.parts:
+        reasons = [f"{role}: {reason}" for role, part in exported.parts.items() if (reason := why(part))]
+        return "; ".join(reasons) or None
+    return why(exported)
+
+
+def quantize_export(quantizer, name: str, exported: ExportedModel, out_dir: Path, calibration: list[dict],
+                    exporter=None) -> ExportedModel:
+    """``exported`` rewritten by ``quantizer`` (registered as ``name``) into ``out_dir``: the model
+    itself, or each of its ``parts`` that the quantizer supports (the others as exported, no
+    calibration: a part's inputs are not the task's), then what depends on them through the
+    exporter's ``assemble`` (:class:`tunewright.edge.ExporterOptions`)."""
+    out_dir = Path(out_dir)
+    if not exported.parts:
+        return quantizer.quantize(exported, out_dir, calibration)
+    parts, rewritten, scheme = {}, [], None
+    for role, part in exported.parts.items():
+        if not quantizer.supports(part):
+            parts[role] = part
+            continue
+        parts[role] = quantizer.quantize(part, out_dir / role, [])
+        rewritten.append(role)
+        scheme = scheme or parts[role].quantization
+    quantization = dict(scheme or {"name": name})
+    if quantization.get("name") != "none":
+        quantization["applies_to"] = rewritten[0] if len(rewritten) == 1 else rewritten
+    candidate = exported.moved(exported.folder, parts=parts, quantization=quantization)
+    assemble = getattr(exporter, "assemble", None)
+    if callable(assemble) and quantization.get("name") != "none":
+        (out_dir / "assembled").mkdir(parents=True, exist_ok=True)
+        candidate = assemble(candidate, out_dir / "assembled")
+    return candidate
+
+
 def _quick_latency(predictor) -> float:
     figures = bench_predictor(predictor, runs=15, warmup=3, new_tokens=16)
     return figures.get("p50_ms") or figures.get("ms_per_token")
+
+
+@contextmanager
+def _quiet(log: Callable[[str], None], who: str):
+    """Keep what third-party tools print off the console (:func:`captured_output`); when the
+    block fails, show the end of it through ``log`` before the error goes on."""
+    printed = None
+    try:
+        with captured_output() as printed:
+            yield
+    except BaseException:
+        if printed is not None and printed.tail():
+            log(f"{who} printed before it failed:\n{printed.tail()}")
+        raise
 
 
 @contextmanager
@@ -242,12 +317,16 @@ def _scratch_cwd(folder: Path):
         os.chdir(previous)
 
 
+#: fewer held-out examples than this and the parity gate says it cannot judge much
+FEW_PARITY_EXAMPLES = 20
+
+
 def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Path, *,
                   labels: list[str] | None = None, exporter: str = AUTO, quantize: str = "int8",
                   threshold: float = DEFAULT_THRESHOLD, info: dict[str, Any] | None = None,
                   ort_format: bool = False, bench: bool = True, overwrite: bool = False, pm=None,
-                  max_length: int | None = None, max_examples: int = 256, fidelity_examples: int = 8,
-                  new_tokens: int = 32, batch_size: int = 8, config=None,
+                  max_length: int | None = None, max_examples: int | None = None,
+                  fidelity_examples: int | None = None, new_tokens: int | None = None, batch_size: int = 8, config=None,
                   calibration_examples: list[dict] | None = None,
                   log: Callable[[str], None] = _log_default) -> ExportResult:
     """Export ``model``, quantize it, prove it against ``model`` on ``examples`` and write the bundle.
@@ -259,16 +338,18 @@ def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Pa
     (``base_model``, ``method``, ``task``, ``run``...). ``out`` must not exist, be empty, or (with
     ``overwrite``) hold a bundle and nothing else (:func:`check_out`). ``max_length``: the longest
     text the bundle's runtime tokenizes for a classifier (default 512, capped by the tokenizer's
-    ``model_max_length``). ``max_examples`` held-out examples are scored, ``fidelity_examples`` of
-    them continued ``new_tokens`` tokens by a generator for teacher-forced fidelity.
+    ``model_max_length``). ``max_examples`` held-out examples are scored (default 256),
+    ``fidelity_examples`` of them (default 8) continued ``new_tokens`` tokens (default 32) by a
+    generator for teacher-forced fidelity; an exporter whose models run slower may lower the
+    defaults (``reference_limits``, :class:`tunewright.edge.ExporterOptions`).
     ``config``: the job config the model trained with (its ``vision:`` settings decide how the
     bundle cuts images, as training did). ``calibration_examples``: examples that quantizers which
     calibrate activations (int8-static) see, the run's training examples where there are some
     (default: the held-out ones).
 
-    An exporter that carries the whole path itself (``export_bundle``, see
-    :class:`tunewright.edge.Exporter`: an image+text model is three files the path here does not
-    lay out) is handed the same arguments.
+    A model that exports to several files (an image+text model: vision part, decoder, embedding
+    table) takes this same path: its exporter returns them as one :class:`ExportedModel` with
+    ``parts``, quantizers rewrite the parts, and the gate, manifest and bench are the same.
 
     Raises :class:`tunewright.UsageError` (exit 2) for a bad ``out``, name or input before any
     heavy work, and :class:`tunewright.JobFailed` (exit 1) when no candidate passes the parity
@@ -288,13 +369,28 @@ def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Pa
         raise UsageError("the parity gate needs held-out examples, and there are none (the run kept no "
                          "validation data)")
     if callable(getattr(chosen_exporter, "export_bundle", None)):
+        import warnings
+
+        warnings.warn(f"the exporter {exporter_name!r} carries the whole export itself (export_bundle), which is "
+                      "deprecated: return several files as ExportedModel.parts and export_bundle proves and writes "
+                      "them", DeprecationWarning, stacklevel=2)
         return chosen_exporter.export_bundle(
             model, preprocessor, task, examples, out, quantize=quantize, threshold=threshold, info=info,
             ort_format=ort_format, bench=bench, overwrite=overwrite, pm=pm, max_length=max_length, config=config,
             calibration_examples=calibration_examples, log=log)
+    limits = {"max_examples": 256, "fidelity_examples": 8, "new_tokens": 32,
+              **dict(getattr(chosen_exporter, "reference_limits", None) or {})}
+    max_examples = max_examples or limits["max_examples"]
+    fidelity_examples = fidelity_examples or limits["fidelity_examples"]
+    new_tokens = new_tokens or limits["new_tokens"]
     info = dict(info or {})
     started = time.perf_counter()
     log(f"reference: the tuned model on {min(len(examples), max_examples)} held-out examples")
+    if min(len(examples), max_examples) < FEW_PARITY_EXAMPLES:
+        # one example moves the metric by 100/n points: the gate cannot tell a lossy bundle from noise
+        log(f"WARNING: the parity gate rests on {min(len(examples), max_examples)} held-out examples (fewer "
+            f"than {FEW_PARITY_EXAMPLES}): one example moves its metric by "
+            f"{100 / max(1, min(len(examples), max_examples)):.0f} points; hold out more data")
     reference = build_reference(model, preprocessor, task, examples, labels=labels, max_examples=max_examples,
                                 fidelity_examples=fidelity_examples, new_tokens=new_tokens,
                                 batch_size=batch_size, calibration_examples=calibration_examples)
@@ -303,16 +399,16 @@ def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Pa
     with tempfile.TemporaryDirectory(prefix=f".tmp-export-{out.name}-", dir=out.parent) as work:
         work = Path(work).resolve()
         log(f"export: {exporter_name} ({chosen_exporter.description})")
-        base = chosen_exporter.export(model, preprocessor, task_kind, work / "export")
+        with _quiet(log, f"the exporter {exporter_name!r}"):
+            base = chosen_exporter.export(model, preprocessor, task_kind, work / "export")
         base.exporter = base.exporter or exporter_name
         quantizers = registries.kind("quantizers")
         if quantize == AUTO:
-            names = [n for n, q in quantizers.items() if q.auto_candidate and q.supports(base)]
+            names = [n for n, q in quantizers.items() if q.auto_candidate and _supports(q, base)]
         else:
-            if not quantizers[quantize].supports(base):
-                fits = [n for n, q in quantizers.items() if q.supports(base)]
-                why = getattr(quantizers[quantize], "refusal", None)
-                reason = why(base) if callable(why) else None
+            if not _supports(quantizers[quantize], base):
+                fits = [n for n, q in quantizers.items() if _supports(q, base)]
+                reason = _refusal(quantizers[quantize], base)
                 raise UsageError(f"--quantize: {quantize!r} does not apply to a {base.runtime} {task_kind} model "
                                  f"from {base.exporter}" + (f": {reason}" if reason else "")
                                  + f" (quantizers that do: {', '.join(fits)})")
@@ -321,8 +417,9 @@ def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Pa
         for name in names:
             log(f"quantize: {name}")
             try:
-                with _scratch_cwd(work / "scratch"):
-                    quantized = quantizers[name].quantize(base, work / f"q-{name}", reference.calibration())
+                with _scratch_cwd(work / "scratch"), _quiet(log, f"the quantizer {name!r}"):
+                    quantized = quantize_export(quantizers[name], name, base, work / f"q-{name}",
+                                                reference.calibration(), chosen_exporter)
             except Exception as exc:
                 if quantize != AUTO:
                     raise
@@ -334,7 +431,7 @@ def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Pa
                 quantized.quantization = {**quantized.quantization, "calibration": reference.calibration_source}
             stage = work / f"stage-{name}"
             draft = _stage(quantized, stage, preprocessor, labels=labels, max_length=bundle_max_length, info=info,
-                           config=config)
+                           config=config, exporter=chosen_exporter, model=model)
             predictor = predictor_for(stage, draft, pm=pm)
             parity = measure_parity(predictor, reference, threshold, model_bytes=quantized.size_bytes())
             candidate = Candidate(name, quantized, stage, draft, parity, size_mb=bundle_size_mb(stage))

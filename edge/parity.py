@@ -80,16 +80,21 @@ class ParityReport:
         return "\n".join(lines)
 
 
-def predictor_module(predictor):
+def predictor_module(predictor, like=None):
     """``predictor`` behind the interface ``task.metrics`` expects of a model: a ``torch.nn.Module``
-    whose ``module(**batch).logits`` is a tensor shaped as the tuned model's.
+    whose ``module(**batch).logits`` is a tensor shaped as the tuned model's. ``like``: the tuned
+    model, whose ``config`` and ``generation_config`` the module carries (a task reads its image
+    token or end tokens there).
 
     Each row runs alone over its unpadded positions (padding gets zero logits, which the task's
     masks skip): a bundle runs one request at a time on a device, and dynamic quantization ranges
-    would otherwise depend on which rows share a batch.
+    would otherwise depend on which rows share a batch. A predictor with ``whole_batches``
+    (:class:`tunewright.edge.runtime.PredictorOptions`) gets each batch whole and does the same itself.
     """
     import torch
     from types import SimpleNamespace
+
+    whole = bool(getattr(predictor, "whole_batches", False))
 
     class PredictorModule(torch.nn.Module):
         def __init__(self):
@@ -97,10 +102,15 @@ def predictor_module(predictor):
             self.predictor = predictor
             # tasks look up the device of the first parameter to move batches there
             self.anchor = torch.nn.Parameter(torch.zeros(0), requires_grad=False)
+            for name in ("config", "generation_config"):
+                if getattr(like, name, None) is not None:
+                    setattr(self, name, getattr(like, name))
 
         def forward(self, **batch):
             inputs = {name: value.detach().cpu().numpy() for name, value in batch.items()
                       if name != "labels" and hasattr(value, "detach")}
+            if whole:
+                return SimpleNamespace(logits=torch.from_numpy(np.asarray(predictor.logits(inputs), np.float32)))
             mask = inputs.get("attention_mask")
             rows = next(iter(inputs.values())).shape[0]
             out = []
@@ -176,7 +186,8 @@ def measure_parity(predictor, reference: Reference, threshold: float = DEFAULT_T
     """Run the bundle's predictor on the reference's examples: the task's metrics through
     :func:`predictor_module`, then the fidelity figures the predictor's kind allows. ``model_bytes``
     (the model files' size) bounds the verify inputs kept (:func:`verify_budget`)."""
-    bundle_metrics = dict(reference.task.metrics(predictor_module(predictor), reference.batches()))
+    bundle_metrics = dict(reference.task.metrics(predictor_module(predictor, like=reference.model),
+                                                  reference.batches()))
     if predictor.generates:
         figures, arrays = _generator_fidelity(predictor, reference)
     else:

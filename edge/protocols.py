@@ -8,6 +8,18 @@
 Both work on :class:`ExportedModel`, a folder holding exactly the model files a bundle ships (the
 ``.onnx`` file, its external data, an onnxruntime-genai config...). The bundle writer adds the
 tokenizer or image settings, labels, parity examples and the manifest.
+
+A model that exports to several files that run together (an image+text model: vision part,
+decoder, embedding table; later a base model and several adapters) is one :class:`ExportedModel`
+whose ``parts`` are the models a quantizer rewrites one by one::
+
+    ExportedModel(folder=<vision.onnx, embeddings.npy>, model_entries={"vision_file": ...},
+                  parts={"decoder": ExportedModel(folder=<model.onnx, model.onnx.data>, task_kind="causal_lm")})
+
+Each quantizer rewrites the parts it supports; the exporter's optional ``assemble`` (see
+:class:`ExporterOptions`) then rewrites what depends on them. The bundle holds the files of
+``folder`` and of every part side by side, and the one parity gate proves the whole against the
+tuned model, as it proves a one-file model.
 """
 
 from __future__ import annotations
@@ -32,16 +44,36 @@ class ExportedModel:
     quantization: dict[str, Any] = field(default_factory=lambda: {"name": "none"})
     #: anything the exporter wants recorded in the manifest (opset, tool versions...)
     details: dict[str, Any] = field(default_factory=dict)
+    #: entries of the manifest's ``model`` section beside ``file`` and its inputs and outputs: the
+    #: other files the runtime opens, by role, and how they are stored (``{"vision_file":
+    #: "vision.onnx", "embeddings_file": "embeddings.npy", "embeddings_dtype": "float32"}``)
+    model_entries: dict[str, Any] = field(default_factory=dict)
+    #: models of their own among the bundle's files, by role, each in its own folder: what
+    #: quantizers rewrite one at a time (``{"decoder": ...}``); empty for a one-model export.
+    #: ``model_file`` may be a part's file: the bundle lays every file out side by side.
+    parts: dict[str, "ExportedModel"] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
         return Path(self.folder) / self.model_file
 
     def files(self) -> list[str]:
+        """The files of ``folder`` (not of ``parts``), relative to it."""
         return sorted(p.relative_to(self.folder).as_posix() for p in Path(self.folder).rglob("*") if p.is_file())
 
+    def layout(self) -> dict[str, Path]:
+        """Every file of the bundle's model, ``folder``'s and each part's, by its name in the bundle.
+        Raises ``ValueError`` when two of them would have the same name."""
+        out: dict[str, Path] = {}
+        for model in (self, *self.parts.values()):
+            for name in model.files():
+                if name in out:
+                    raise ValueError(f"two exported files would be {name!r} in the bundle")
+                out[name] = Path(model.folder) / name
+        return out
+
     def size_bytes(self) -> int:
-        return sum((Path(self.folder) / name).stat().st_size for name in self.files())
+        return sum(path.stat().st_size for path in self.layout().values())
 
     def moved(self, folder: Path, **changes) -> "ExportedModel":
         return replace(self, folder=Path(folder), **changes)
@@ -68,13 +100,36 @@ class Exporter(Protocol):
         Raise :class:`tunewright.JobFailed` with the reason when the export itself fails.
         """
 
-    # Optional: an exporter whose bundle is more than one model file that the generic path lays
-    # out (an image+text model: vision part, decoder, embedding table) may carry the whole path:
-    # ``export_bundle(model, preprocessor, task, examples, out, *, quantize, threshold, info, pm,
-    # bench, overwrite, config, log, **options) -> ExportResult``. tunewright.edge.export_bundle
-    # hands it over when the exporter has one; it must keep the same promises: --out checked with
-    # tunewright.edge.check_out, the parity gate on the task's metric, the bundle written through
-    # tunewright.edge.bundle_folder (atomic; an old bundle replaced only with overwrite).
+    # Optional members: :class:`ExporterOptions`.
+
+
+class ExporterOptions(Protocol):
+    """Members an :class:`Exporter` may have; :func:`tunewright.edge.export_bundle` looks each up
+    and does without it. None is needed for a model that exports to one file."""
+
+    #: how many held-out examples the gate scores, continues for fidelity and how many tokens it
+    #: continues each (``{"max_examples": 64, "fidelity_examples": 4, "new_tokens": 16}``), where
+    #: this exporter's models are slower to run than ``export_bundle``'s defaults assume; the
+    #: caller's explicit figures win
+    reference_limits: dict[str, int]
+
+    def preprocessing(self, model: Any, preprocessor: Any, folder: Path, *, max_length: int,
+                      config: Any = None) -> dict[str, Any]:
+        """Write what the runtime needs to turn raw input into model input into ``folder``
+        (``tokenizer.json``...) and return the manifest's ``preprocessing`` section. Without it:
+        :func:`tunewright.edge.preprocessing.write_preprocessing` of ``preprocessor``."""
+
+    def assemble(self, candidate: ExportedModel, out_dir: Path) -> ExportedModel:
+        """Called after a quantizer rewrote some of ``candidate.parts`` (``candidate.quantization``
+        says how, with ``applies_to`` naming the parts): rewrite the files that go with them into
+        the empty folder ``out_dir`` and return the candidate with its ``folder``,
+        ``model_entries`` and ``quantization`` updated (an image+text model stores its embedding
+        table in int8 beside a quantized decoder, and lists it in ``quantization.embedding_tables``)."""
+
+    def export_bundle(self, model: Any, preprocessor: Any, task: Any, examples: list[dict], out: Path,
+                      **options: Any) -> Any:
+        """Deprecated: an exporter that carried the whole path itself. ``export_bundle`` still hands
+        it over (with a ``DeprecationWarning``); export several files as ``parts`` instead."""
 
 
 @runtime_checkable
@@ -82,8 +137,11 @@ class Quantizer(Protocol):
     """Rewrites an exported model into a smaller or faster one.
 
     ``auto_candidate``: whether ``--quantize auto`` tries it (it keeps the fastest candidate that
-    passes the parity gate). Optional: ``refusal(exported) -> str | None``, the reason (naming what
-    applies instead) that ``--quantize`` shows when ``supports`` is False.
+    passes the parity gate). Optional members: :class:`QuantizerOptions`.
+
+    An export with ``parts`` is quantized part by part: ``supports`` and ``quantize`` see each part
+    as a model of its own (a decoder part as a causal LM), with no calibration examples (a part's
+    inputs are not the task's).
     """
 
     description: str
@@ -96,3 +154,11 @@ class Quantizer(Protocol):
         """Write the quantized model files into the empty folder ``out_dir``; return them with
         ``quantization`` set. ``calibration`` holds model inputs (name -> numpy array) built from the
         run's held-out examples, for quantizers that calibrate activations."""
+
+
+class QuantizerOptions(Protocol):
+    """Members a :class:`Quantizer` may have; :func:`tunewright.edge.export_bundle` looks each up."""
+
+    def refusal(self, exported: ExportedModel) -> str | None:
+        """The reason (naming what applies instead) that ``--quantize`` shows when ``supports`` is
+        False for ``exported``; ``None`` when it applies."""

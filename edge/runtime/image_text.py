@@ -120,7 +120,7 @@ def open_image(source: Any):
 class ImageTextGenerator:
     """Generation from images and a prompt with a bundle's three parts: the
     :class:`~tunewright.edge.runtime.Predictor` of ``onnxruntime`` / ``image_text_to_text``
-    bundles (registered by the ``edge-image-text`` plugin).
+    bundles (registered by the ``edge-image-text`` plugin, whose exporter makes them).
 
     ``generate(messages)``: messages as the image-to-text task takes them (OpenAI content parts;
     an ``image_url`` url may be a path, a data URL, or a PIL image). Model inputs
@@ -132,6 +132,8 @@ class ImageTextGenerator:
     runtime: ClassVar[str] = "onnxruntime"
     task_kind: ClassVar[str] = kinds.IMAGE_TEXT_TO_TEXT
     generates: ClassVar[bool] = True
+    #: the views of every example come stacked in one ``pixel_values``: :meth:`logits` takes a batch whole
+    whole_batches: ClassVar[bool] = True
 
     def __init__(self, folder: Path, manifest: dict, *, threads: int | None = None):
         self.folder = Path(folder)

@@ -86,4 +86,24 @@ class Predictor(Protocol):
         prompt as is, without the chat format); classifiers ignore options."""
 
 
-__all__ = ["Predictor", "Inputs"]
+class PredictorOptions(Protocol):
+    """Members a :class:`Predictor` may have; the parity gate, ``bench`` and ``run`` look each up
+    and do without it."""
+
+    #: ``True``: :meth:`Predictor.logits` takes a right-padded batch whole, as the task collates it
+    #: (inputs that are not one row per example, such as the ``pixel_values`` of every view of
+    #: every example in order, included) and returns ``(B, T, V)`` with the padding's rows its own
+    #: business. Without it (or ``False``) the parity gate runs each row alone over its unpadded
+    #: positions, cutting every input along its first axis.
+    whole_batches: ClassVar[bool]
+
+    def benchmark_inputs(self, *, batch: int = 1, tokens: int = 16,
+                         images: Sequence[Any] = ()) -> dict[str, np.ndarray]:
+        """A predictor that takes images beside its inputs names ``images`` (paths, data URLs or
+        PIL images): ``bench --image`` shows them to it. Without the parameter ``--image`` is refused."""
+
+    def run(self, inputs: Sequence[str], *, images: Sequence[Any] = (), **options: Any) -> list[dict[str, Any]]:
+        """Likewise for ``edge run --image``."""
+
+
+__all__ = ["Predictor", "PredictorOptions", "Inputs"]

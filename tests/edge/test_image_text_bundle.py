@@ -1,5 +1,6 @@
-"""Image+text bundles on the edge runtime: the views training cut are recorded and cut again on the
-device, and ``edge run`` / ``edge bench`` take images (the exporter is the image-text plugin's)."""
+"""Image+text bundles: exported, proven and written by the one ``export_bundle`` (the image-text
+plugin's exporter hands it three files); the views training cut are recorded and cut again on the
+device, and ``edge run`` / ``edge bench`` take images."""
 
 from __future__ import annotations
 
@@ -49,10 +50,78 @@ def image_text_bundle(tiny_image_text_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("image-text")
     examples = colour_examples(root / "data")
     bundle = root / "bundle"
-    # export_bundle hands an image+text model to the exporter that carries the whole path
     export_bundle(model, processor, task, examples, bundle, quantize="none", bench=False, config=JOB, pm=pm,
                   log=lambda line: None)
     return bundle, task, processor, examples
+
+
+@pytest.fixture(scope="module")
+def int8_image_text_bundle(tiny_image_text_dir, tmp_path_factory):
+    """An int8 bundle of the tiny image-text model, benched, and the model it was exported from."""
+    from tunewright import get_plugin_manager
+    from tunewright.edge import export_bundle
+
+    pm = get_plugin_manager()
+    task = pm.registries.tasks["image-to-text"]
+    processor = task.load_tokenizer(tiny_image_text_dir)
+    model = task.load_model(tiny_image_text_dir, None, None, processor)
+    root = tmp_path_factory.mktemp("image-text-int8")
+    result = export_bundle(model, processor, task, colour_examples(root / "data"), root / "bundle", quantize="int8",
+                           config=JOB, pm=pm, log=lambda line: None)
+    return result, model
+
+
+def named_files(section: dict) -> list[str]:
+    """Every value of a manifest section that names a file of the bundle."""
+    return [value for key, value in section.items() if key == "file" or key.endswith("_file")]
+
+
+def test_an_image_text_bundle_goes_through_the_one_export_path(image_text_bundle, int8_image_text_bundle):
+    from tunewright.edge.runtime import verify_bundle
+
+    result, model = int8_image_text_bundle
+    manifest = result.manifest
+    # the decoder was quantized, and the embedding table with it: both said, in one place each
+    quantization = manifest["quantization"]
+    assert (quantization["name"], quantization["requested"], quantization["applies_to"]) == (
+        "int8-block", "int8", "decoder")
+    [table] = [t for t in quantization["embedding_tables"] if t.get("file")]
+    assert table["file"] == manifest["model"]["embeddings_file"] == "embeddings-int8.npz"
+    assert table["bits"] == 8 and manifest["model"]["embeddings_dtype"] == "int8-rows"
+    # every file the manifest names is in the bundle, and no section names one that is not
+    text = json.dumps({key: value for key, value in manifest.items() if key != "files"})
+    assert "embeddings.npy" not in text
+    for section in (manifest["model"], *quantization["embedding_tables"]):
+        assert set(named_files(section)) <= set(manifest["files"])
+    shipped = {"vision.onnx", "model.onnx", "embeddings-int8.npz", "tokenizer.json", "parity.npz"}
+    assert shipped <= set(manifest["files"])
+    with np.load(result.bundle / "embeddings-int8.npz") as data:
+        weight, scale = data["weight"], data["scale"]
+    embeddings = model.get_input_embeddings().weight.detach().numpy()
+    assert weight.dtype == np.int8 and np.abs(weight * scale[:, None] - embeddings).max() <= scale.max() / 2 + 1e-6
+    # the decoder's inputs and outputs are described as every bundle's model is
+    assert {i["name"] for i in manifest["model"]["inputs"]} >= {"inputs_embeds", "past_key_values.0.key"}
+    # the one gate: the task's metric, fidelity through the cache
+    parity = manifest["parity"]
+    assert parity["passed"] and parity["metric"] == "mean_token_accuracy"
+    assert parity["bundle_vs_tuned"]["top1_agreement"] >= 0.9 and 0 < parity["bundle_vs_tuned"]["kl_per_token"] < 0.05
+    # the bench of every bundle: the tuned PyTorch model timed on the same prompt beside it
+    bench = manifest["benchmark"]
+    assert bench["kind"] == "image_text_to_text" and bench["views"] == 1 and bench["tokens_per_second"] > 0
+    torch_side = bench["torch_fp32"]
+    assert torch_side["prompt_tokens"] == bench["prompt_tokens"] and torch_side["tokens_per_second"] > 0
+    assert bench["versus_torch"]["speed"] == pytest.approx(bench["tokens_per_second"] / torch_side["tokens_per_second"])
+    assert bench["versus_torch"]["size"] == pytest.approx(bench["size_mb"] / torch_side["size_mb"])
+    assert verify_bundle(result.bundle)["ok"]
+
+    # fp32: the embedding table as exported, named once, in the model section
+    bundle = image_text_bundle[0]
+    fp32 = json.loads((bundle / "manifest.json").read_text())
+    assert fp32["quantization"]["name"] == "none"
+    assert (fp32["model"]["embeddings_file"], fp32["model"]["embeddings_dtype"]) == ("embeddings.npy", "float32")
+    assert not any(key.endswith("_file") for key in fp32["exporter"])
+    assert set(named_files(fp32["model"])) <= set(fp32["files"])
+    assert verify_bundle(bundle)["ok"]
 
 
 def big_photo(path: Path) -> Path:

@@ -96,7 +96,7 @@ def test_job_learns_to_read_images_and_exports_a_bundle_that_runs_without_torch(
     assert parity["passed"] and parity["metric"] == "mean_token_accuracy"
     assert parity["bundle_vs_tuned"]["top1_agreement"] == 1.0
     assert parity["bundle_vs_tuned"]["kl_per_token"] < 1e-4
-    assert parity["bundle_vs_tuned"]["bundle_exact_match"] == parity["bundle_vs_tuned"]["tuned_exact_match"] == 1.0
+    assert parity["bundle_metrics"]["exact_match"] == parity["tuned_metrics"]["exact_match"] == 1.0
     assert sorted(p.name for p in bundle.iterdir()) == [
         "embeddings.npy", "manifest.json", "model.onnx", "model.onnx.data", "parity.npz", "tokenizer.json",
         "vision.onnx"]
@@ -143,7 +143,7 @@ def test_job_learns_to_read_images_and_exports_a_bundle_that_runs_without_torch(
 
 def test_export_refuses_a_bundle_that_falls_below_the_gate(tiny_image_text_dir, tmp_path):
     from tunewright import JobFailed
-    from tunewright.plugins.edge.image_text import ImageTextExporter
+    from tunewright.edge import export_bundle
     from tunewright.plugins.vision.image_text import ImageTextTask
 
     task = ImageTextTask()
@@ -154,32 +154,7 @@ def test_export_refuses_a_bundle_that_falls_below_the_gate(tiny_image_text_dir, 
     bundle = tmp_path / "bundle"
     # a negative threshold: even a perfect bundle "falls" below it, so the gate must refuse
     with pytest.raises(JobFailed, match="parity gate failed"):
-        ImageTextExporter().export_bundle(model, processor, task, examples, bundle, threshold=-1.0,
-                                          bench=False, log=lambda line: None)
+        export_bundle(model, processor, task, examples, bundle, exporter="image-text", quantize="none",
+                      threshold=-1.0, bench=False, log=lambda line: None)
     assert not bundle.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
-
-
-def test_int8_bundle_quantizes_the_decoder_and_the_embeddings(tiny_image_text_dir, tmp_path):
-    import numpy as np
-
-    from tunewright.edge.runtime import load_bundle
-    from tunewright.plugins.edge.image_text import ImageTextExporter
-    from tunewright.plugins.vision.image_text import ImageTextTask
-
-    task = ImageTextTask()
-    processor = task.load_tokenizer(tiny_image_text_dir)
-    model = task.load_model(tiny_image_text_dir, None, None, processor)
-    examples = read_examples(colour_data(tmp_path / "data", per_colour=1))
-    result = ImageTextExporter().export_bundle(model, processor, task, examples, tmp_path / "bundle",
-                                               quantize="int8-block", bench=False, log=lambda line: None)
-    manifest = result.manifest
-    assert manifest["quantization"]["name"] == "int8-block" and manifest["quantization"]["applies_to"] == "decoder"
-    assert manifest["model"]["embeddings_dtype"] == "int8-rows"
-    figures = manifest["parity"]["bundle_vs_tuned"]
-    assert figures["top1_agreement"] >= 0.9 and 0 < figures["kl_per_token"] < 0.05
-    with np.load(tmp_path / "bundle" / "embeddings-int8.npz") as data:
-        weight, scale = data["weight"], data["scale"]
-    embeddings = model.get_input_embeddings().weight.detach().numpy()
-    assert weight.dtype == np.int8 and np.abs(weight * scale[:, None] - embeddings).max() <= scale.max() / 2 + 1e-6
-    assert isinstance(load_bundle(tmp_path / "bundle").generate(absolute(examples[0]), max_new_tokens=3), str)
