@@ -12,12 +12,7 @@ METHODS = get_plugin_manager().registries.methods
 TEXTS = ["The cat sat on the mat.", "Paris is the capital of France.", "I loved this film, truly."]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def batch_for(kind, model_dir):

@@ -24,12 +24,7 @@ from tunewright.config import load_config
 from tunewright.training import batch_order, forward_budget, split_to_budget
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def uneven_chat_rows(n: int) -> list[dict]:

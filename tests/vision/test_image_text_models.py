@@ -21,9 +21,7 @@ from tunewright.vision.models import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _small_tower(image_size: int = 64) -> CnnTowerModel:
