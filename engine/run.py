@@ -55,7 +55,8 @@ class Run:
     image processor or a processor); the ``*_features`` are the task's tokenized examples of each
     split and ``data`` holds the examples themselves with where each came from. ``trackers`` are
     filled by :func:`run_job` on the main process. ``resume_from`` is the checkpoint a resumed run
-    continues from (``None`` for a new run) and ``start_step`` its step. ``is_main_process`` is ``False`` on the other ranks of a ``torchrun`` job,
+    continues from (``None`` for a new run) and ``start_step`` its step: :func:`tunewright.train`
+    continues from it by itself, and a tracker keeps what it recorded up to ``start_step``. ``is_main_process`` is ``False`` on the other ranks of a ``torchrun`` job,
     which neither write nor print.
     """
 
@@ -76,6 +77,8 @@ class Run:
     resume: bool = False
     resume_from: Path | None = None
     start_step: int = 0
+    #: set once :func:`tunewright.train` has continued from ``resume_from``
+    resumed: bool = False
     trackers: list[Any] = field(default_factory=list)
     echo: Callable[[str], None] = _stderr
 

@@ -232,7 +232,9 @@ def train(run: Run, *, max_steps: int | None = None, stop_at_step: int | None = 
       there: ``train(run, stop_at_step=n)`` then ``train(run, resume_from=result.checkpoint)``
       is one run;
     - ``resume_from``: a checkpoint folder (trainable state, optimizer, schedule, random state
-      and position in the data);
+      and position in the data). Left out, the first call on a run started with ``--resume``
+      continues from ``run.resume_from`` (unless ``save_checkpoints=False``), so a runner that is
+      ``train(run)`` resumes as the built-in ``local`` one does;
     - ``extra_loss(model)``: a scalar added to the task's loss of every step (a proximal term);
     - ``save_checkpoints=False``: write nothing under the run directory (a federated round);
     - ``evaluate=False``: no evaluation (nor early stopping) during training.
@@ -262,8 +264,11 @@ def train(run: Run, *, max_steps: int | None = None, stop_at_step: int | None = 
         # a run killed while writing a checkpoint leaves its staging folder: never a checkpoint
         for stale in (run.run_dir / "checkpoints").glob(".staging-*"):
             shutil.rmtree(stale, ignore_errors=True)
+    if resume_from is None and save_checkpoints and run.resume_from and not run.resumed:
+        resume_from = run.resume_from  # a resumed run continues where it stopped, however it is called
     if resume_from:
         progress = _load_checkpoint(run, Path(resume_from), optimizer, scheduler)
+        run.resumed = True
         run.say(f"resuming from {resume_from} (step {progress.step})")
     stop = min(total, stop_at_step) if stop_at_step else total
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
@@ -369,7 +374,8 @@ def train(run: Run, *, max_steps: int | None = None, stop_at_step: int | None = 
             run.log(progress.step, logs)
             done = progress.step - start_step
             left = (stop - progress.step) * elapsed / done if done else float("nan")
-            run.say(f"step {progress.step}/{stop}  loss {logs['loss']:.4f}  lr {logs['learning_rate']:.2e}  "
+            # steps of the whole run (the schedule's), also when this call stops early or resumed
+            run.say(f"step {progress.step}/{total}  loss {logs['loss']:.4f}  lr {logs['learning_rate']:.2e}  "
                     f"{rate:.0f} tok/s" + (f"  {int(left // 60)}:{int(left % 60):02d} left" if math.isfinite(left) else ""))
             window_loss, window_steps = 0.0, 0
         if watching and eval_steps and progress.step % eval_steps == 0 and progress.step < stop:

@@ -5,8 +5,8 @@ from tunewright import hookimpl, train
 
 
 def local(run):
-    """``tunewright.train(run)``, from the checkpoint a resumed run continues from."""
-    return train(run, resume_from=run.resume_from)
+    """``tunewright.train(run)``: a resumed run continues from its last checkpoint."""
+    return train(run)
 
 
 @hookimpl(trylast=True)

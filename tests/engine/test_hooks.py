@@ -280,6 +280,73 @@ def test_hook_register_runners(tiny_llama_dir, tmp_path):
     assert losses(tmp_path / "halves") == pytest.approx(losses(tmp_path / "local"), rel=1e-5)
 
 
+def test_a_runner_written_from_the_docs_resumes_where_the_run_stopped(tiny_llama_dir, tmp_path):
+    """README: the built-in ``local`` runner is ``train(run)``; a plugin's runner written so
+    continues a ``--resume``d run from its checkpoint: every step is logged once, with the losses
+    of a run never interrupted, and the progress counts the steps of the whole run."""
+    from tunewright import train as tw_train
+
+    class Stop(Exception):
+        pass
+
+    class DocsRunner:
+        stop_at: int | None = None
+
+        @hookimpl
+        def register_runners(self, register):
+            register("docs", lambda run: tw_train(run))
+
+        @hookimpl
+        def on_step_end(self, run, step, logs):
+            if step == self.stop_at and "loss" in logs:
+                raise Stop(f"killed at step {step}")
+
+    data = write_jsonl(tmp_path / "chat.jsonl", chat_rows(60))
+    raw = chat_job(tiny_llama_dir, data, tmp_path / "docs", runner="docs")
+    raw["training"] = {**raw["training"], "max_steps": 8, "save_steps": 2}
+    plugin = DocsRunner()
+    plugin.stop_at = 6  # after step 6 is logged and before its checkpoint: checkpoint-4 is the last
+    pm = get_plugin_manager(plugins=[("docs-runner", plugin)])
+    with pytest.raises(Stop):
+        run_job(load_config(raw, pm.registries), pm, echo=lambda m: None)
+    assert len(losses(tmp_path / "docs")) == 6
+    plugin.stop_at = None
+    said: list[str] = []
+    result = run_job(load_config(raw, pm.registries), pm, resume=True, echo=said.append)
+    assert result.global_step == 8
+    assert any("resuming from" in line and "checkpoint-4" in line for line in said)
+    progress = [line.split()[1] for line in said if line.startswith("step ") and "loss" in line]
+    assert progress == ["5/8", "6/8", "7/8", "8/8"]
+    rows = [json.loads(line) for line in (tmp_path / "docs" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6, 7, 8]
+    train({**raw, "runner": "local", "output": str(tmp_path / "whole"),
+           "training": {**raw["training"], "save_steps": None}})
+    assert losses(tmp_path / "docs") == pytest.approx(losses(tmp_path / "whole"), rel=1e-5)
+
+
+def test_progress_counts_the_steps_of_the_whole_run(tiny_llama_dir, tmp_path):
+    """A runner that trains in halves prints step 1/6 ... 6/6, not 1/3 then 4/6."""
+    from tunewright import train as tw_train
+
+    class Halves:
+        @hookimpl
+        def register_runners(self, register):
+            def halves(run):
+                first = tw_train(run, stop_at_step=3)
+                return tw_train(run, resume_from=first.checkpoint)
+
+            register("halves", halves)
+
+    data = write_jsonl(tmp_path / "chat.jsonl", chat_rows(60))
+    raw = chat_job(tiny_llama_dir, data, tmp_path / "halves", runner="halves")
+    raw["training"] = {**raw["training"], "max_steps": 6}
+    pm = get_plugin_manager(plugins=[("halves", Halves())])
+    said: list[str] = []
+    run_job(load_config(raw, pm.registries), pm, echo=said.append)
+    progress = [line.split()[1] for line in said if line.startswith("step ") and "loss" in line]
+    assert progress == [f"{n}/6" for n in range(1, 7)]
+
+
 def test_hook_register_commands():
     from tunewright.cli import build_cli
 

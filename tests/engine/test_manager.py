@@ -39,7 +39,20 @@ def test_builtins_load_through_entry_points():
 
 
 def test_each_call_builds_a_fresh_manager():
-    assert get_plugin_manager(env={}) is not get_plugin_manager(env={})
+    """What one manager is given (a plugin, the names it registers) is not in the next one: tests
+    and embedders each get their own."""
+    from tunewright.plugins.tasks import ChatTask
+
+    class Extra:
+        @hookimpl
+        def register_tasks(self, register):
+            register("extra-chat", ChatTask())
+
+    first = get_plugin_manager(env={}, plugins=[("extra", Extra())])
+    second = get_plugin_manager(env={})
+    assert "extra-chat" in first.registries.tasks and first.get_plugin("extra") is not None
+    assert "extra-chat" not in second.registries.tasks and second.get_plugin("extra") is None
+    assert "chat" in second.registries.tasks  # the built-ins, loaded again
 
 
 def test_third_party_plugin_is_loaded_and_listed(site):
