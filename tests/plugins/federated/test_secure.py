@@ -63,9 +63,20 @@ def test_float16_transfer_with_client_side_clipping_is_refused():
     FederatedSettings(transfer_dtype="float16", privacy={"clipping": "server"})
 
 
-def test_secure_aggregation_with_ffa_and_fedadam_validates():
-    settings = FederatedSettings(aggregation="ffa", strategy="fedadam", secure_aggregation={"shares": 3, "threshold": 2})
-    assert settings.secure_aggregation.shares == 3 and settings.secure_aggregation.threshold == 2
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedadam", "fedavgm"])
+@pytest.mark.parametrize("aggregation", ["fedavg", "ffa", "product"])
+def test_secure_aggregation_takes_every_aggregation_that_sums(aggregation, strategy):
+    """The server sees only the sum of the sites' states: every aggregation that averages states
+    works under SecAgg+, with every server strategy; product (an average of each site's B·A) is
+    refused. Counts stay counts: shares: 3 means three sites, not a fraction of them."""
+    raw = {"aggregation": aggregation, "strategy": strategy, "secure_aggregation": {"shares": 3, "threshold": 2}}
+    if aggregation == "product":
+        with pytest.raises(ValidationError, match="aggregation: product needs each site's B·A"):
+            FederatedSettings(**raw)
+        return
+    secure = FederatedSettings(**raw).secure_aggregation
+    assert (type(secure.shares), type(secure.threshold)) == (int, int)
+    assert type(FederatedSettings(secure_aggregation={}).secure_aggregation.shares) is float  # 1.0: all of them
 
 
 def test_a_site_heavier_than_max_weight_is_refused_before_it_trains(tmp_path, tiny_bert_dir):
