@@ -12,6 +12,16 @@ from pathlib import Path
 
 import pytest
 
+#: pytest-timeout's limit for a test marked slow that names none of its own (the others get the
+#: ini's ``timeout``)
+SLOW_TIMEOUT = 1200
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def model_cache(tmp_path_factory):

@@ -154,6 +154,7 @@ def test_the_step_profile_measures_every_lever_on_a_tiny_model(tiny_llama_dir, t
     assert max(result["packed_vs_unpacked_max_relative_difference"].values()) < 1e-4
 
 
+@pytest.mark.slow
 def test_the_step_profile_runs_the_set_ups_asked_for(tiny_llama_dir, tmp_path):
     out = tmp_path / "steps.json"
     command = [sys.executable, str(SCRIPT), "--model", str(tiny_llama_dir), "--max-length", "64", "--step-profile",
@@ -171,6 +172,7 @@ def test_the_step_profile_runs_the_set_ups_asked_for(tiny_llama_dir, tmp_path):
     assert refused.returncode == 2 and "unknown set-up tw-nothing" in refused.stderr
 
 
+@pytest.mark.slow
 def test_the_matmul_profile_splits_the_step_by_operator_and_product(tiny_llama_dir, tmp_path):
     out = tmp_path / "matmuls.json"
     completed = subprocess.run(

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # two bundles exported, then a venv installed from the index
 def test_bundles_run_in_a_fresh_venv_without_torch(tmp_path, classifier_bundle, generator_bundle):
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True, system_site_packages=False, clear=True).create(env_dir)

@@ -186,6 +186,7 @@ def test_init_writes_a_config_that_validates(tmp_path):
     assert tw("init", cwd=tmp_path).returncode == 2  # never overwrites silently
 
 
+@pytest.mark.slow
 def test_eval_scores_a_run_on_a_file(tiny_bert_dir, tmp_path):
     data = write_jsonl(tmp_path / "train.jsonl", classification_rows(150))
     test = write_jsonl(tmp_path / "test.jsonl", classification_rows(60, seed=3))
@@ -339,3 +340,27 @@ def test_an_interrupted_command_exits_although_a_library_left_a_thread_waiting(t
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 130, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == "interrupted"
+
+
+def test_validate_counts_only_usable_examples_and_their_tokens(tmp_path, tiny_llama_dir):
+    """Of 5 lines, one is not JSON and two break the chat rules: 2 examples are usable, and
+    only their tokens are counted."""
+    from tunewright import get_plugin_manager
+    from tunewright.validate import validate_file
+
+    rows = chat_rows(5)
+    lines = [json.dumps(r) for r in rows]
+    lines[1] = "{not json"
+    lines[2] = json.dumps({"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]})
+    lines[3] = json.dumps({"messages": [{"role": "user", "content": "only a question"}]})
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    pm = get_plugin_manager()
+    report = validate_file(data, "chat", pm, model=str(tiny_llama_dir))
+    summary = report.to_dict()["summary"]
+    assert summary["examples"] == 2
+    task = pm.registries.get("tasks", "chat")
+    tokenizer = task.load_tokenizer(tiny_llama_dir)
+    assert summary["tokens"]["total"] == sum(len(task.tokenize(rows[i], tokenizer)["input_ids"]) for i in (0, 4))
+    assert any(p.message.startswith("2 usable examples of 4;") for p in report.errors)
+    assert "2 examples" in report.render()

@@ -119,6 +119,7 @@ def cli(*args, cwd=None, env=None, **kwargs):
                           cwd=cwd, env=env, **kwargs, timeout=600)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_losing_a_step(tiny_llama_dir, chat_data, tmp_path):
     out = tmp_path / "run"
     config = tmp_path / "job.yaml"

@@ -21,6 +21,7 @@ def test_chatterbot_pairs_are_real_one_turn_conversations():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # the command alone may take 1200 s
 def test_quickstart_tunes_smollm2_and_beats_the_baseline(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     # the README's main job as it is: at 12 steps the tuned model had barely moved and its int8

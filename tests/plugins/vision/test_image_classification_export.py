@@ -179,6 +179,7 @@ def test_tuned_mobilenet_exports_to_int8_and_passes_the_parity_gate(tuned_mobile
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a tuned model exported, then a venv installed from the index
 def test_image_bundle_runs_in_a_fresh_venv_without_torch(tuned_mobilenet, tmp_path, image_files):
     """A device: a venv without system packages, ``tunewright[runtime]`` only; predictions on real
     files equal those of the runtime in this process (which equal the tuned model's, above)."""

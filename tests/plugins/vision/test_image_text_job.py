@@ -17,7 +17,7 @@ from tunewright.config import load_config
 COLOURS = {"red": (220, 30, 30), "green": (30, 190, 30), "blue": (30, 30, 220)}
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def colour_data(folder: Path, per_colour: int = 8) -> Path:
