@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import JobConfig
-from .data import check_examples, check_lengths, read_file, render_report, summarize, task_for_file, tokenize_examples
+from .data import check_file, render_report, summarize, task_for_file
 from .errors import DataError, UsageError
 from .manager import PluginManager
 from .models import resolve_model
@@ -88,20 +88,14 @@ def validate_file(path: Path, task_name: str | None, pm: PluginManager, *, confi
         else:
             max_length = context_length(model_path, tokenizer)
             limit_name = f"the context length of {model_name}"
-    read = read_file(path, registries, data_format)
+    checked = check_file(path, task_name, pm, config, data_format=data_format, split="train",
+                         tokenizer=tokenizer, max_length=max_length, limit=limit_name)
+    read, problems = checked.read, checked.problems
     if read.fatal is not None:
         raise DataError(str(read.fatal))
-    problems = list(read.problems) + check_examples(read.examples, read.locations, task_name, pm, config,
-                                                    split="train", source=str(path))
-    refused = {p.location for p in problems if p.severity in ("error", "excluded")}
-    kept = [e for e, location in zip(read.examples, read.locations) if location not in refused]
-    labels = task.label_set(kept) if kept else None
-    features, examples, found = tokenize_examples(read.examples, read.locations, task, task_name, tokenizer,
-                                                  labels, pm, config, skip=refused)
-    length_problems, lengths = check_lengths(features, read.locations, task, max_length, limit=limit_name)
-    problems += found + length_problems
-    summary = summarize(examples, task, lengths=lengths, config=config, locations=read.locations,
-                        problems=problems) if examples else {}
+    usable = checked.usable()  # an example refused by a check is not counted, nor its tokens
+    summary = summarize(checked.examples, task, lengths=checked.lengths, config=config, locations=read.locations,
+                        problems=problems, usable=usable) if checked.examples else {}
     if read.format:
         summary["format"] = read.format
     return ValidationReport(path, task_name, task, problems, summary)
@@ -112,17 +106,13 @@ def evaluate_run(run_dir: Path, data_path: Path, pm: PluginManager) -> dict[str,
     from .runs import load_run
 
     run = load_run(run_dir, pm=pm, merged=False)  # every method evaluates unmerged, prompt tuning too
-    read = read_file(data_path, pm.registries, run.config.data.format)
-    if read.fatal is not None:
-        raise DataError(str(read.fatal))
-    problems = list(read.problems) + check_examples(
-        read.examples, read.locations, run.task_name, pm, config=run.config, split="evaluation",
-        reference_labels=run.labels, source=str(data_path))
-    refused = {p.location for p in problems if p.severity in ("error", "excluded")}
-    features, _, found = tokenize_examples(read.examples, read.locations, run.task, run.task_name, run.tokenizer,
-                                           run.labels, pm, run.config, skip=refused)
-    length_problems, _ = check_lengths(features, read.locations, run.task, run.config.data.max_length)
-    errors = [p for p in problems + found + length_problems if p.severity == "error"]
+    checked = check_file(data_path, run.task_name, pm, run.config, data_format=run.config.data.format,
+                         split="evaluation", reference_labels=run.labels, labels=run.labels,
+                         tokenizer=run.tokenizer, max_length=run.config.data.max_length)
+    if checked.read.fatal is not None:
+        raise DataError(str(checked.read.fatal))
+    features = checked.features
+    errors = [p for p in checked.problems if p.severity == "error"]
     if errors:
         raise DataError("\n".join(str(p) for p in errors))
     features = [f for f in features if f is not None]

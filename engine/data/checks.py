@@ -43,11 +43,16 @@ def check_examples(examples: Sequence[dict], locations: Sequence[str], task_name
     if check_split is not None:
         problems += _call_task(pm, task_name, "check_split", source, check_split, examples, locations,
                                split=split, reference_labels=reference_labels)
+    # the file's size decides whether it is too small (a broken example has an error of its own);
+    # what the message counts as usable is what no problem refuses
     count = len(examples)
+    refused = {p.location for p in problems if p.severity in ("error", "excluded")}
+    usable = sum(location not in refused for location in locations)
+    of = f" of {count}" if usable != count else ""
     if split == "train":
         if count < MIN_EXAMPLES:
             problems.append(Problem(source, (
-                f"{count} usable example{'s' if count != 1 else ''}; at least {MIN_EXAMPLES} are "
+                f"{usable} usable example{'s' if usable != 1 else ''}{of}; at least {MIN_EXAMPLES} are "
                 f"needed to train and evaluate ({RECOMMENDED_EXAMPLES} or more recommended)")))
         elif count < RECOMMENDED_EXAMPLES:
             problems.append(Problem(source, (

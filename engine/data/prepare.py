@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..errors import DataError, PluginError
+from ..errors import DataError
 from ..types import Problem, Task, optional
-from .checks import (MIN_EXAMPLES, call_impl, check_examples, check_lengths, describe_plugin, hookimpls,
-                     leaks, sort_problems)
-from .reading import ReadFile, read_file
+from .checks import MIN_EXAMPLES, sort_problems
+from .pipeline import FROM_FILE, CheckedFile, check_file, tokenize_examples, transform_example
+from .reading import ReadFile
 from .splits import balance_indices, split_indices
 from .summary import summarize
 
@@ -68,53 +68,6 @@ class PreparedData:
         return {"train": self.train, "validation": self.validation, "test": self.test}[name]
 
 
-def transform_example(example: dict, location: str, task_name: str, pm: Any, config: Any = None) -> dict:
-    """Run every ``transform_example`` implementation over one example, in pluggy's call order,
-    each seeing the previous one's output (``None`` leaves it as it is). A
-    :class:`tunewright.DataError` from a transform passes through (the caller reports it at the
-    example's location); any other exception is a :class:`tunewright.PluginError` naming the
-    plugin."""
-    current = example
-    for impl in hookimpls(pm, "transform_example"):
-        new = call_impl(pm, impl, "transform_example", location, example=current, task=task_name,
-                        config=config, location=location)
-        if new is not None:
-            current = new
-    return current
-
-
-def tokenize_examples(examples: Sequence[dict], locations: Sequence[str], task: Any, task_name: str,
-                      tokenizer: Any, labels: list[str] | None, pm: Any, config: Any = None,
-                      skip: set[str] = frozenset()) -> tuple[list[dict | None], list[dict], list[Problem]]:
-    """Transform and tokenize each example whose location is not in ``skip``.
-
-    Returns the features (``None`` where skipped or refused), the transformed examples, and the
-    problems: a :class:`tunewright.DataError` raised by a transform or by ``task.tokenize`` is a
-    problem at the example's location; any other exception names the plugin.
-    """
-    features: list[dict | None] = []
-    transformed: list[dict] = []
-    problems: list[Problem] = []
-    for example, location in zip(examples, locations):
-        feature = None
-        if location not in skip:
-            try:
-                example = transform_example(example, location, task_name, pm, config)
-                if tokenizer is not None:
-                    feature = task.tokenize(example, tokenizer, labels=labels)
-            except DataError as exc:
-                problems.append(Problem(location, str(exc)))
-            except PluginError:
-                raise
-            except Exception as exc:
-                owner = pm.registries.owner("tasks", task_name)
-                raise PluginError(f"task {task_name!r} ({describe_plugin(pm, owner)}) failed to "
-                                  f"tokenize {location}: {type(exc).__name__}: {exc}") from exc
-        features.append(feature)
-        transformed.append(example)
-    return features, transformed, problems
-
-
 def prepare_data(config: Any, pm: Any, tokenizer: Any = None, *, labels: list[str] | None = None) -> PreparedData:
     """Read, check, transform, tokenize, split and balance the data of a job config.
 
@@ -132,28 +85,33 @@ def prepare_data(config: Any, pm: Any, tokenizer: Any = None, *, labels: list[st
     seed = int(config.seed)
     problems: list[Problem] = []
 
-    files: dict[str, ReadFile] = {}
+    # Each file through the one per-file pipeline (read, check, transform, tokenize, lengths);
+    # train first: the held-out files are checked against its labels and its examples.
+    checked: dict[str, CheckedFile] = {}
+    reference = labels = list(fixed_labels) if fixed_labels is not None else None
+    max_length = data.max_length if tokenizer is not None else None
     for name in SPLITS:
         value = data.train if name == "train" else getattr(data, name)
         if name != "train" and not isinstance(value, str):
             continue
-        read = read_file(value, pm.registries, data.format)
-        problems += read.problems + ([read.fatal] if read.fatal else [])
-        files[name] = read
-
-    train = files["train"]
-    if fixed_labels is not None:
-        labels = list(fixed_labels)
-    else:
-        labels = task.label_set(train.examples) if train.readable and train.examples else None
-    for name, read in files.items():
-        if not read.readable:
-            continue
-        reference = labels if name != "train" or fixed_labels is not None else None
-        problems += check_examples(read.examples, read.locations, task_name, pm, config,
-                                   split=name, reference_labels=reference, source=read.source)
-        if name != "train":
-            problems += leaks(read.examples, read.locations, train.examples, train.locations, name)
+        if name == "train":
+            result = check_file(value, task_name, pm, config, data_format=data.format, split=name,
+                                reference_labels=reference,
+                                labels=FROM_FILE if fixed_labels is None else labels,
+                                tokenizer=tokenizer, max_length=max_length)
+            train = result.read
+            if fixed_labels is None and train.readable and train.examples:
+                # held-out labels are compared with every training label; the model is built
+                # with those of the usable training examples
+                reference = task.label_set(train.examples)
+                labels = result.labels if result.labels is not None else reference
+        else:
+            result = check_file(value, task_name, pm, config, data_format=data.format, split=name,
+                                reference_labels=reference, labels=labels, tokenizer=tokenizer,
+                                max_length=max_length, train=train if train.readable else None)
+        checked[name] = result
+        problems += result.problems
+    files: dict[str, ReadFile] = {name: result.read for name, result in checked.items()}
 
     fractions = {name: getattr(data, name) for name in ("validation", "test")
                  if isinstance(getattr(data, name), float) and getattr(data, name) > 0}
@@ -175,22 +133,8 @@ def prepare_data(config: Any, pm: Any, tokenizer: Any = None, *, labels: list[st
             f"{data.max_length} is above the model's limit of {limit} tokens (examples longer than "
             f"{limit} will fail; lower data.max_length to {limit})"), "warning"))
 
-    # Examples refused outright are not tokenized; excluded ones are left out from here on.
-    refused = {p.location for p in problems if p.severity in ("error", "excluded")}
-    if train.readable and fixed_labels is None:
-        kept = [e for e, location in zip(train.examples, train.locations) if location not in refused]
-        labels = task.label_set(kept) if kept else labels
-    parts: dict[str, Split] = {}
-    for name, read in files.items():
-        if not read.readable:
-            continue
-        features, transformed, found = tokenize_examples(
-            read.examples, read.locations, task, task_name, tokenizer, labels, pm, config, skip=refused)
-        problems += found
-        length_problems, lengths = check_lengths(features, read.locations, task,
-                                                 data.max_length if tokenizer is not None else None)
-        problems += length_problems
-        parts[name] = Split(transformed, list(read.locations), features, lengths)
+    parts = {name: Split(result.examples, list(result.locations), result.features, result.lengths)
+             for name, result in checked.items() if result.read.readable}
 
     sources = [read.source for read in files.values()]
     problems = sort_problems(problems, sources)

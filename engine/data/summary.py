@@ -16,7 +16,7 @@ from .checks import sort_problems
 
 def summarize(examples: Sequence[dict], task: Any, *, lengths: Sequence[int | None] | None = None,
               config: Any = None, estimate: bool = True, locations: Sequence[str] | None = None,
-              problems: Sequence[Problem] = ()) -> dict:
+              problems: Sequence[Problem] = (), usable: Sequence[bool] | None = None) -> dict:
     """``examples``; ``tokens`` (``total``, ``mean``, ``max``) from the tokenized ``lengths``;
     whatever the task's ``summarize`` adds; and with a job ``config`` (unless ``estimate`` is
     false: a held-out split), ``training``: optimizer steps, examples seen and
@@ -25,10 +25,16 @@ def summarize(examples: Sequence[dict], task: Any, *, lengths: Sequence[int | No
 
     The task's ``summarize`` is also given, if it names them, the examples' ``locations``
     (``file:line``), the ``problems`` found in them (every plugin's, screening's too) and the job
-    ``config``, so that what it counts agrees with what validation refused."""
+    ``config``, so that what it counts agrees with what validation refused.
+
+    ``usable`` (per example; default: all) says which examples count: the others were refused, so
+    they are in neither ``examples``, ``tokens`` nor the estimate; the task's ``summarize`` still
+    sees them all, to report what it refused."""
     examples = list(examples)
-    summary: dict[str, Any] = {"examples": len(examples)}
-    counted = [n for n in (lengths or []) if n is not None]
+    keep = list(usable) if usable is not None else [True] * len(examples)
+    count = sum(keep)
+    summary: dict[str, Any] = {"examples": count}
+    counted = [n for n, ok in zip(lengths or [], keep) if n is not None and ok]
     if counted:
         summary["tokens"] = {"total": sum(counted), "mean": round(sum(counted) / len(counted), 1),
                              "max": max(counted)}
@@ -38,10 +44,10 @@ def summarize(examples: Sequence[dict], task: Any, *, lengths: Sequence[int | No
                    "config": config}
         summary.update(own(examples, **_named(own, context)))
     training = getattr(config, "training", None) if estimate else None
-    if training is not None and examples:
+    if training is not None and count:
         per_step = training.batch_size * training.gradient_accumulation_steps
-        steps = math.ceil(training.epochs * math.ceil(len(examples) / per_step))
-        seen = len(examples) * training.epochs
+        steps = math.ceil(training.epochs * math.ceil(count / per_step))
+        seen = count * training.epochs
         if training.max_steps and 0 < training.max_steps < steps:
             steps = training.max_steps
             seen = min(seen, steps * per_step)
