@@ -14,7 +14,10 @@ rounded away. Where the two meet:
 - any other module that owns trainable parameters (a norm, IA3's scaling vectors, DoRA's magnitudes)
   gets its floating inputs cast to fp32 and its output cast back to the dtype they came in.
 
-So frozen bf16 and trainable fp32 modules can follow each other in any order.
+So frozen bf16 and trainable fp32 modules can follow each other in any order. What enters the
+model is cast too: floating inputs (an image's pixels, embeddings passed in) are cast to the frozen
+dtype at the model's door, as integer token ids become bf16 in a bf16 embedding table, so a task
+need not know the precision. Labels keep their dtype (a regression target is not rounded).
 """
 
 from __future__ import annotations
@@ -60,8 +63,10 @@ def cast_frozen(model: torch.nn.Module, dtype: torch.dtype) -> int:
     Returns the number of bridged modules. Modules with trainable parameters of their own keep
     all their own parameters as they are: a trainable ``nn.Linear`` multiplies in its input's
     dtype, any other gets floating inputs cast to the trainable dtype and returns its output in
-    the dtype its input came in (see the module docstring).
+    the dtype its input came in (see the module docstring). The model's own floating inputs, but
+    ``labels``, are cast to ``dtype`` on every call.
     """
+    _inputs_in(model, dtype)
     bridged = 0
     for module in model.modules():
         own = list(module.parameters(recurse=False))
@@ -87,6 +92,20 @@ def cast_frozen(model: torch.nn.Module, dtype: torch.dtype) -> int:
             if buffer.is_floating_point() and "inv_freq" not in name:
                 setattr(module, name, buffer.to(dtype))
     return bridged
+
+
+#: inputs a model compares its output with rather than computes from: they keep their dtype
+_TARGETS = frozenset({"labels"})
+
+
+def _inputs_in(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast the floating inputs of ``model`` (pixels, ``inputs_embeds``...) to ``dtype`` on every
+    call: a frozen first layer in bf16 (a convolution) would refuse fp32 pixels."""
+    def before(mod, args, kwargs):
+        return (_cast_floats(args, dtype),
+                {k: v if k in _TARGETS else _cast_floats(v, dtype) for k, v in kwargs.items()})
+
+    model.register_forward_pre_hook(before, with_kwargs=True)
 
 
 def _linear_in_input_dtype(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:

@@ -95,3 +95,84 @@ def test_lora_in_bf16_follows_the_fp32_gradient(tiny_llama_dir):
             continue
         cosine = torch.nn.functional.cosine_similarity(ours[name].flatten(), grad.flatten(), dim=0)
         assert cosine > 0.99, f"{name}: cosine {cosine:.4f}"
+
+
+# -- every precision the config accepts, for every task kind, through a whole job --------------
+
+
+def _image_folder(folder, images, labels):
+    for i, (image, label) in enumerate(zip(images, labels)):
+        path = folder / str(label) / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+    return folder
+
+
+def _regression_rows(n: int) -> list[dict]:
+    words = ["awful", "bad", "plain", "good", "great"]
+    return [{"text": f"the film was {words[i % 5]} number {i}", "label": (i % 5) / 4 + 0.125} for i in range(n)]
+
+
+def _job(task_kind, tmp_path, models, precision):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from samples import chat_rows, classification_rows, write_jsonl
+
+    data = tmp_path / "data"
+    if task_kind == "chat":
+        model, task, train = models["llama"], "chat", write_jsonl(data / "chat.jsonl", chat_rows(20))
+    elif task_kind == "classification":
+        model, task, train = models["bert"], "classification", write_jsonl(data / "labels.jsonl",
+                                                                             classification_rows(20))
+    elif task_kind == "regression":
+        model, task, train = models["bert"], "classification", write_jsonl(data / "scores.jsonl",
+                                                                             _regression_rows(20))
+    elif task_kind == "image-classification":
+        images, labels = models["digits"]
+        # MobileNetV2, not ViT: ViT casts its pixels to its own dtype, a convolution does not
+        model, task = models["mobilenet"], "image-classification"
+        train = _image_folder(data / "digits", images[:20], [label % 2 for label in labels[:20]])
+    else:
+        from PIL import Image
+
+        rows = []
+        for i, (name, rgb) in enumerate([("red", (220, 30, 30)), ("blue", (30, 30, 220))] * 5):
+            path = data / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (24 + i, 30), rgb).save(path)
+            rows.append({"messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": path.name}},
+                                             {"type": "text", "text": "What colour is this?"}]},
+                {"role": "assistant", "content": name}]})
+        model, task, train = models["image_text"], "image-to-text", write_jsonl(data / "colours.jsonl", rows)
+    return {"model": str(model), "task": task, "method": "lora", "lora": {"r": 4, "alpha": 8},
+            "data": {"train": str(train), "validation": 0.2, "max_length": 128},
+            "training": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "logging_steps": 1,
+                         "precision": precision},
+            "output": str(tmp_path / "run"), "seed": 7}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["auto", "fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("task_kind", ["chat", "classification", "regression", "image-classification",
+                                       "image-to-text"])
+def test_every_precision_runs_every_task_kind(task_kind, precision, tmp_path, tiny_llama_dir, tiny_bert_dir,
+                                              mobilenet_v2_dir, mnist_digits, tiny_image_text_dir):
+    """Forced explicitly, so that a machine without bf16 instructions still covers the bf16 path:
+    baseline evaluation, two steps and the final evaluation give finite figures."""
+    import json
+    import math
+
+    from tunewright import load_config, run_job
+
+    models = {"llama": tiny_llama_dir, "bert": tiny_bert_dir, "mobilenet": mobilenet_v2_dir, "digits": mnist_digits,
+              "image_text": tiny_image_text_dir}
+    pm = get_plugin_manager()
+    raw = _job(task_kind, tmp_path, models, precision)
+    run_job(load_config(raw, pm.registries), pm, echo=lambda message: None)
+    results = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert results["train"]["precision"] in (("bf16", "fp32") if precision == "auto" else (precision,))
+    for stage in ("baseline", "final"):
+        assert all(math.isfinite(v) for v in results[stage].values()), (stage, results[stage])
