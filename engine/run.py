@@ -308,9 +308,14 @@ def evaluate(run: Run, features: list[dict] | None = None, *, step: int | None =
 
 
 def run_job(config: JobConfig, pm: PluginManager, *, resume: bool = False, overwrite: bool = False,
-            echo: Callable[[str], None] | None = None) -> TrainResult:
-    """Prepare, measure the baseline, run the config's runner, measure again and write the run."""
-    run = prepare_run(config, pm, resume=resume, overwrite=overwrite, echo=echo)
+            echo: Callable[[str], None] | None = None, labels: list[str] | None = None,
+            with_data: bool = True) -> TrainResult:
+    """Prepare, measure the baseline, run the config's runner, measure again and write the run.
+
+    ``labels`` and ``with_data`` go to :func:`prepare_run` (a federated server without data of
+    its own: no baseline or final evaluation, the runner's figures stand)."""
+    run = prepare_run(config, pm, resume=resume, overwrite=overwrite, echo=echo, labels=labels,
+                      with_data=with_data)
     runner = pm.registries.get("runners", config.runner, key="runner")
     eval_path = run.run_dir / "eval.json"
     metric, _ = run.primary_metric
