@@ -8,14 +8,12 @@
 
 from __future__ import annotations
 
-import contextvars
 import json
 import os
 import time
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.client.mod import secaggplus_mod
@@ -27,28 +25,14 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
-from .federation import CLIENT_CLIPPING, REFUSED_MARK, in_dtypes_of, to_arrays, to_state
+from .federation import CLIENT_CLIPPING, REFUSED_MARK
+from .messages import in_dtypes_of, to_arrays, to_state
 from .secure import CLIPPING_KEY, MAX_WEIGHT_KEY, NAMES_KEY, update_problems
+from .server_job import active_grid, run_without_data
 from .strategies import WEIGHT_KEY
 
-#: the grid of the deployed ServerApp that is running now, seen by the federated runner
-_ACTIVE_GRID: contextvars.ContextVar[Any] = contextvars.ContextVar("tunewright_federated_grid", default=None)
 #: a process starts once and may serve many messages (simulation actors): when it started
 _PROCESS_STARTED = time.time()
-
-
-@contextmanager
-def active_grid(grid: Any) -> Iterator[None]:
-    token = _ACTIVE_GRID.set(grid)
-    try:
-        yield
-    finally:
-        _ACTIVE_GRID.reset(token)
-
-
-def current_grid() -> Any:
-    """The grid of a deployed ServerApp, or ``None`` (then the runner simulates)."""
-    return _ACTIVE_GRID.get()
 
 
 def process_age() -> float:
@@ -215,17 +199,25 @@ def _serve(grid: Grid, context: Context) -> None:
     run_config = context.run_config
     result_path = Path(str(run_config["result"]))
     outcome: dict[str, Any] = {"status": "failed"}
+    progress = Path(str(run_config["progress"])) if "progress" in run_config else None
+
+    def echo(message: str) -> None:
+        """What the job says, for ``tunewright federate server`` to show (this process's output
+        goes to Flower's log)."""
+        print(message, flush=True)
+        if progress is not None:
+            with progress.open("a", encoding="utf-8") as handle:
+                handle.write(message.replace("\n", " ") + "\n")
+
     try:
         pm = get_plugin_manager()
-        config = federated_config(str(run_config["config"]), pm)
+        config = federated_config(str(run_config["config"]), pm, server=True)
         overwrite = bool(run_config.get("overwrite", False))
         with active_grid(grid):
             if config.section("federated").server.own_data:
-                result = run_job(config, pm, overwrite=overwrite)
+                result = run_job(config, pm, overwrite=overwrite, echo=echo)
             else:
-                from .runner import run_without_data
-
-                result = run_without_data(config, pm, overwrite=overwrite)
+                result = run_without_data(config, pm, overwrite=overwrite, echo=echo)
         outcome = {"status": "completed", "run_dir": str(result.run_dir), "metrics": result.metrics}
     except TunewrightError as exc:
         outcome = {"status": "failed", "error": str(exc), "exit_code": exc.exit_code}

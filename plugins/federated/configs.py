@@ -38,9 +38,16 @@ def site_config(config_path: str, data_path: str, workdir: str, pm: Any) -> JobC
 
 
 
-def federated_config(config_path: str, pm: Any) -> JobConfig:
-    """The job's config, run by the ``federated`` runner (``runner:`` is set to it)."""
+def federated_config(config_path: str, pm: Any, *, server: bool = False) -> JobConfig:
+    """The job's config, run by the ``federated`` runner (``runner:`` is set to it).
+
+    ``server``: a deployed server's, whose ``data:`` is its central held-out set: all of it is
+    evaluated (``data.validation`` is the data file itself unless it names a file of its own)
+    and none of it trains."""
     raw = read_yaml(config_path)
     raw["runner"] = "federated"
     raw.setdefault("federated", {})
+    data = raw.get("data")
+    if server and isinstance(data, dict) and data.get("train") and not isinstance(data.get("validation"), str):
+        raw["data"] = {**data, "validation": data["train"], "test": None}
     return load_config(raw, pm.registries, source=config_path)

@@ -16,17 +16,18 @@ per-site record; this loop drives the same strategy objects (``configure_train``
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message
 
 from tunewright import JobFailed
 
+from .messages import POLL_SECONDS, cast_floats, exchange, metrics_of, site_name_of, to_arrays, to_state
 from .replies import describe, reply_problems
+from .secure import secure_round
 from .strategies import WEIGHT_KEY, build_strategy, noise_stdev
 
 #: an error reply whose reason holds this is a site that refuses the server's config or data
@@ -36,7 +37,6 @@ REFUSED_MARK = "] refused: "
 CLIENT_CLIPPING = "client-clipping"
 #: a site's figures of the state it received, in its train reply's metrics (``evaluate/loss``...)
 EVALUATE_PREFIX = "evaluate/"
-POLL_SECONDS = 0.25
 
 
 def wait_for_sites(grid: Any, count: int, timeout: float, echo: Callable[[str], None]) -> list[int]:
@@ -56,66 +56,6 @@ def wait_for_sites(grid: Any, count: int, timeout: float, echo: Callable[[str], 
             echo(f"waiting for sites: {len(nodes)} of {count} connected")
             said = len(nodes)
         time.sleep(POLL_SECONDS)
-
-
-def exchange(grid: Any, messages: list[Message], timeout: float) -> list[Message]:
-    """Push ``messages`` and pull replies until all arrived or ``timeout`` seconds passed.
-
-    A reply the SuperLink writes itself (``Node Unavailable`` for a site that stopped sending
-    heartbeats) comes from the SuperLink's node id: each reply is tagged with the node it answers
-    for (``metadata.dst_node_id`` of the message it replies to) in ``reply.answering_node``."""
-    ids = list(grid.push_messages(messages))
-    node_of = {i: m.metadata.dst_node_id for i, m in zip(ids, messages) if i}
-    pending = {i for i in ids if i}
-    deadline = time.monotonic() + timeout
-    replies: list[Message] = []
-    while pending and time.monotonic() < deadline:
-        got = list(grid.pull_messages(pending))
-        for reply in got:
-            reply.answering_node = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-        replies += got
-        pending -= {m.metadata.reply_to_message_id for m in got}
-        if pending:
-            time.sleep(POLL_SECONDS)
-    return replies
-
-
-def to_arrays(state: Mapping[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
-
-
-def to_state(arrays: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in arrays.items()}
-
-
-def cast_floats(state: Mapping[str, np.ndarray], dtype: str | np.dtype) -> dict[str, np.ndarray]:
-    """``state`` with its floating-point arrays in ``dtype`` (the rest as they are)."""
-    return {k: v.astype(dtype) if np.asarray(v).dtype.kind == "f" and v.dtype != dtype else v
-            for k, v in state.items()}
-
-
-def in_dtypes_of(state: Mapping[str, np.ndarray], received: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """A site's reply in the dtypes its arrays came in (``federated.transfer_dtype``), the
-    floating-point ones cast; a name the server did not send is left as it is (and refused there)."""
-    return {k: v.astype(received[k].dtype) if k in received and np.asarray(v).dtype.kind == "f"
-            and received[k].dtype.kind == "f" and v.dtype != received[k].dtype else v for k, v in state.items()}
-
-
-def _metrics(reply: Message) -> dict[str, Any]:
-    records = reply.content.metric_records
-    return dict(next(iter(records.values()))) if records else {}
-
-
-def _site_name(reply: Message, names: dict[int, str]) -> str:
-    """A reply's site name (error replies name it ``[site NAME]``), remembered by node id."""
-    node = getattr(reply, "answering_node", reply.metadata.src_node_id)
-    if reply.has_error():
-        found = re.match(r"\[site (.+?)\] ", reply.error.reason)
-        if found:
-            names[node] = found.group(1)
-    elif "site" in reply.content.config_records:
-        names[node] = str(reply.content["site"].get("name", node))
-    return names.get(node, f"node {node}")
 
 
 def _weighted(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -149,6 +89,16 @@ class Federation:
         self.strategy, self.inner = build_strategy(settings, dp_sites)
         self.refused: dict[int, str] = {}
         self.names: dict[int, str] = {}
+        self.connected: set[int] = set()
+
+    def say_connected(self, nodes: list[int]) -> None:
+        """Echo the sites that connected or left since the last call."""
+        now = set(nodes)
+        for node in sorted(now - self.connected):
+            self.echo(f"site connected: {self.names.get(node, f'node {node}')}")
+        for node in sorted(self.connected - now):
+            self.echo(f"site gone: {self.names.get(node, f'node {node}')}")
+        self.connected = now
 
     def wire(self, state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``state`` as it travels (``federated.transfer_dtype``)."""
@@ -161,6 +111,8 @@ class Federation:
         s = self.settings
         config: dict[str, Any] = {"fingerprint": json.dumps(self.fingerprint, sort_keys=True),
                                   "local-steps": s.local_steps, "round-timeout": float(s.round_timeout),
+                                  # a deployed site ends once it answered the last round and the server closed
+                                  "rounds": s.rounds,
                                   # the previous round's aggregate is evaluated by the sites as they get it
                                   "evaluate-first": bool(s.site_evaluation and rnd > 1)}
         if s.privacy is not None and s.privacy.clipping == "client":
@@ -208,7 +160,7 @@ class Federation:
         they received (the previous round's aggregate)."""
         s = self.settings
         started = time.monotonic()
-        wait_for_sites(self.grid, s.min_sites + len(self.refused), s.wait_for_sites, self.echo)
+        self.say_connected(wait_for_sites(self.grid, s.min_sites + len(self.refused), s.wait_for_sites, self.echo))
         # the strategy is handed what travels: FedAdam's step and the DP wrapper's clipping then
         # measure the update from the values the sites received
         messages = [m for m in self.strategy.configure_train(rnd, self.to_wire(arrays), self.train_config(rnd),
@@ -269,7 +221,7 @@ class Federation:
         for reply in replies:
             node = getattr(reply, "answering_node", reply.metadata.src_node_id)
             row = sites.setdefault(node, {"node": node, "received_bytes": down, "sent_bytes": 0})
-            row["site"] = _site_name(reply, self.names)
+            row["site"] = site_name_of(reply, self.names)
             if reply.has_error():
                 reason = reply.error.reason
                 row.update(status="failed", problems=[reason])
@@ -282,7 +234,7 @@ class Federation:
                 continue
             content = reply.content
             state = to_state(content["arrays"]) if "arrays" in content.array_records else {}
-            metrics = _metrics(reply)
+            metrics = metrics_of(reply)
             evaluated = {k[len(EVALUATE_PREFIX):]: v for k, v in metrics.items() if k.startswith(EVALUATE_PREFIX)}
             if evaluated:
                 evaluations.append({"site": row["site"], "status": "ok", **evaluated})
@@ -300,6 +252,10 @@ class Federation:
         new, reason = None, None
         if not usable:
             reason = "no usable reply"
+        elif len(usable) < s.min_sites:
+            # one site's update alone is that site's state: min_sites counts what is averaged
+            reason = (f"{len(usable)} usable repl{'y' if len(usable) == 1 else 'ies'}, fewer than federated.min_sites "
+                      f"({s.min_sites}); aggregation skipped, the state stays as it was")
         elif s.privacy is not None and (any(r["status"] == "dropped" for r in sites.values())
                                         or len(usable) + len(failed) < self.dp_sites):
             # the noise is calibrated for dp_sites clipped updates: averaging fewer would weaken it.
@@ -314,15 +270,13 @@ class Federation:
             if new is None:
                 reason = ("Flower's DP wrapper skipped the aggregation: a site failed "
                           "(its noise is calibrated for every sampled site)") if s.privacy else "aggregation returned nothing"
-        return sites, [_metrics(r) for r in usable], evaluations, new, reason
+        return sites, [metrics_of(r) for r in usable], evaluations, new, reason
 
     def secure_exchange(self, rnd: int, arrays: ArrayRecord, messages: list[Message]
                         ) -> tuple[dict[int, dict], list[dict], list[dict], ArrayRecord | None, str | None]:
         """:meth:`plain_exchange` with SecAgg+ (:mod:`secure`): the server gets only the sites'
         weighted average, then applies its strategy to it (FedAdam's step, for one)."""
         from flwr.app import MetricRecord, RecordDict
-
-        from .secure import secure_round
 
         nodes = [m.metadata.dst_node_id for m in messages]
         config = dict(messages[0].content["config"])
@@ -344,6 +298,11 @@ class Federation:
         trained = [{k: v for k, v in m.items() if not k.startswith(EVALUATE_PREFIX)} for m in outcome.metrics.values()]
         if outcome.state is None:
             return outcome.sites, trained, evaluations, None, outcome.reason
+        summed = sum(row["status"] == "ok" for row in outcome.sites.values())
+        if summed < self.settings.min_sites:
+            return outcome.sites, trained, evaluations, None, (
+                f"{summed} site(s) in the sum, fewer than federated.min_sites ({self.settings.min_sites}); "
+                "aggregation skipped, the state stays as it was")
         total = sum(float(m[WEIGHT_KEY]) for m in trained)
         # the strategy sees the average as one reply carrying every example: its own average of it
         # is itself, and what it adds on top (FedAdam's server step) applies as to plain replies
@@ -362,11 +321,11 @@ class Federation:
         replies = exchange(self.grid, messages, self.settings.round_timeout)
         rows = []
         for reply in replies:
-            name = _site_name(reply, self.names)
+            name = site_name_of(reply, self.names)
             if reply.has_error():
                 rows.append({"site": name, "status": "failed", "problems": [reply.error.reason]})
                 continue
-            rows.append({"site": name, "status": "ok", **{k: v for k, v in _metrics(reply).items()
+            rows.append({"site": name, "status": "ok", **{k: v for k, v in metrics_of(reply).items()
                                                           if isinstance(v, (int, float))}})
         self.echo(f"round {rnd}: sites evaluated the final state in {time.monotonic() - started:.1f} s")
         return rows

@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunewright import ConfigError, JobFailed, TrainResult, UsageError, atomic_directory, kinds
+from tunewright import ConfigError, JobFailed, TrainResult, UsageError, atomic_directory
 
+from .server_job import current_grid
 from .settings import FederatedSettings
 
 
@@ -34,8 +35,6 @@ def federated_runner(run: Any) -> TrainResult:
     settings = run.config.section("federated")
     if settings is None:
         raise ConfigError("runner: federated needs a federated: section (at least federated: {})")
-    from .apps import current_grid
-
     grid = current_grid()
     if grid is not None:
         return serve(run, grid, settings, dp_sites=settings.min_sites)
@@ -69,6 +68,8 @@ def serve(run: Any, grid: Any, settings: FederatedSettings, *, dp_sites: int) ->
         return evaluate(run, run.validation_features)
 
     def on_round(record: dict) -> None:
+        if "central" in record:
+            record["central_examples"] = len(run.validation_features)
         with rounds_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, default=float) + "\n")
         # one row per round (step = round): report.png draws the rounds as a local run's steps
@@ -85,8 +86,10 @@ def serve(run: Any, grid: Any, settings: FederatedSettings, *, dp_sites: int) ->
         run.log(record["round"], row)
         ok = sum(s["status"] == "ok" for s in record["sites"])
         shown = {k: v for k, v in row.items() if k.startswith("eval_") and isinstance(v, float)}
-        run.say(f"round {record['round']}/{settings.rounds}: {ok}/{len(record['sites'])} sites aggregated"
-                + ("" if record["aggregated"] else " (not aggregated)") + "  "
+        sites = ", ".join(f"{s['site']} {s['status']}" for s in record["sites"])
+        run.say(f"round {record['round']}/{settings.rounds}: {ok}/{len(record['sites'])} sites aggregated ({sites})"
+                + ("" if record["aggregated"] else f"; not aggregated: {record.get('skipped_reason')}")
+                + f"  {record.get('seconds', 0.0):.1f} s  "
                 + "  ".join(f"{k[5:]} {v:.4f}" for k, v in shown.items()))
 
     federation = Federation(grid, settings, initial, fingerprint(run.config, run.labels), dp_sites=dp_sites,
@@ -149,46 +152,6 @@ def draw_rounds(records: list[dict], path: Path, metric: str) -> Path | None:
     plt.close(fig)
     tmp.replace(path)
     return path
-
-
-def run_without_data(config: Any, pm: Any, *, overwrite: bool = False, echo: Any = None) -> TrainResult:
-    """A deployed server that reads no data (``federated.server.own_data: false``): the job as
-    :func:`tunewright.run_job` runs it, from the same public steps, with no held-out data of its
-    own, so no baseline or final evaluation; the sites' evaluation of the final state stands in
-    ``eval.json`` as ``final_sites``, and ``report.png`` is the per-round figure.
-
-    (``run_job`` prepares the run with data; were it to take ``with_data``/``labels`` and pass them
-    to ``prepare_run``, this function would be one call to it.)
-    """
-    from tunewright import prepare_run
-
-    settings = config.section("federated")
-    task = pm.registries.get("tasks", config.task, key="task")
-    if settings.labels is None and task.model_kind == kinds.SEQUENCE_CLASSIFICATION:
-        raise ConfigError("federated.labels: a server without data (federated.server.own_data: false) "
-                          f"of a {config.task} job needs the label set, in order, e.g. labels: [negative, positive]")
-    run = prepare_run(config, pm, overwrite=overwrite, echo=echo, with_data=False, labels=settings.labels)
-    factories = pm.registries.kind("trackers")
-    run.trackers = [factories[name](run) for name in config.trackers]
-    try:
-        pm.hook.on_train_begin(run=run)
-        result = federated_runner(run)
-    finally:
-        for tracker in run.trackers:
-            tracker.close()
-    with atomic_directory(run.run_dir / "adapter") as staging:
-        run.method.save(run.model, staging)
-    records = [json.loads(line) for line in (run.run_dir / "federated" / "rounds.jsonl").read_text().splitlines()]
-    results = {"split": None, "primary_metric": run.primary_metric[0],
-               "final_sites": records[-1].get("evaluate", {}) if records else {},
-               "train": {"global_step": result.global_step, "tokens": result.train_tokens,
-                         "seconds": round(result.train_seconds, 2), "precision": run.precision}}
-    tmp = run.run_dir / ".eval.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(run.run_dir / "eval.json")
-    shutil.copyfile(run.run_dir / "federated" / "rounds.png", run.run_dir / "report.png")
-    pm.hook.on_train_end(run=run, result=result)
-    return result
 
 
 # -- simulation ---------------------------------------------------------------------------------

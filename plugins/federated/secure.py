@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .messages import exchange, site_name_of, to_arrays
 from .replies import describe, reply_problems
 from .strategies import WEIGHT_KEY
 
@@ -110,8 +111,6 @@ class _WatchedGrid:
         from flwr.common import bytes_to_ndarray
         from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
-        from .federation import _site_name, exchange
-
         messages = list(messages)
         if not messages:
             return []
@@ -124,7 +123,7 @@ class _WatchedGrid:
             node = reply.answering_node
             asked.discard(node)
             row = self.sites[node]
-            row["site"] = _site_name(reply, self.names)
+            row["site"] = site_name_of(reply, self.names)
             if reply.has_error():
                 self._fail(row, "failed", f"{STAGES.get(stage, stage)}: {reply.error.reason}", stage)
                 continue
@@ -169,8 +168,6 @@ def secure_round(grid: Any, settings: Any, rnd: int, state: Mapping[str, np.ndar
     from flwr.server.workflow import SecAggPlusWorkflow
     from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
     from flwr.server.workflow.constant import Key as WorkflowKey
-
-    from .federation import to_arrays
 
     secure = settings.secure_aggregation
     order = list(state)

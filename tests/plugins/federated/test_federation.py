@@ -1,6 +1,7 @@
 """The server's rounds on Flower's real simulation engine (Ray workers, real messages) with
 plain-numpy sites: bad replies are dropped and named, crashes and refusals leave the round going,
-too few sites is a bounded error, FedAdam and FedProx run on top of the adapter average, and
+too few sites is a bounded error, a round with fewer usable replies than min_sites is not
+aggregated, FedAdam and FedProx run on top of the adapter average, and
 Flower's DP wrapper skips a round with a failed site. Each simulation starts Ray once (the slow
 part) and runs several federations on its grid."""
 
@@ -70,6 +71,7 @@ def test_bad_replies_too_few_sites_fedadam_and_fedprox(flower_env):
         "fedavg": federation(FederatedSettings(rounds=2, **common),
                              central=lambda state: {"bias_mean": float(state["bias"].mean())}),
         "too_few": federation(FederatedSettings(rounds=1, min_sites=7, sites=7, wait_for_sites=3)),
+        "too_few_usable": federation(FederatedSettings(rounds=1, **{**common, "min_sites": 3})),
         "fedadam": federation(FederatedSettings(rounds=1, strategy="fedadam", server_learning_rate=0.1, **common)),
         "fedprox": federation(FederatedSettings(rounds=1, strategy="fedprox", proximal_mu=0.25, **common)),
         "float16": federation(FederatedSettings(rounds=2, transfer_dtype="float16", **common)),
@@ -111,6 +113,13 @@ def test_bad_replies_too_few_sites_fedadam_and_fedprox(flower_env):
     assert isinstance(out["too_few"], JobFailed)
     assert "6 of the 7 sites needed had connected after 3 s" in str(out["too_few"])
     assert out["too_few_seconds"] < 30
+
+    # min_sites counts the replies that are averaged: six sites answered, two usable, min_sites 3
+    state, (record,) = out["too_few_usable"]
+    assert not record["aggregated"] and "aggregation" not in record
+    assert record["skipped_reason"].startswith("2 usable replies, fewer than federated.min_sites (3)")
+    assert {r["site"] for r in record["sites"] if r["status"] == "ok"} == {"site-0", "site-1"}
+    assert all((state[k] == INITIAL[k]).all() for k in INITIAL)  # the state stays as it was
 
     # FedAdam: one server Adam step from the initial state towards the checked average
     state, (record,) = out["fedadam"]
