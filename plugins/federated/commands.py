@@ -102,7 +102,7 @@ def add_commands(cli: click.Group) -> None:
         from tunewright import UsageError
 
         from .configs import site_config
-        from .deploy import free_port, run_site, site_args
+        from .deploy import SiteProgress, free_port, run_site, site_args
         from .site import Site
         from .worker import SiteServer
 
@@ -119,16 +119,19 @@ def add_commands(cli: click.Group) -> None:
         def announce(op: str, config: dict) -> None:
             _echo(f"site {name}: round {config.get('server-round', '?')}: {op}")
 
-        server = SiteServer(site, on_request=announce)
+        progress = SiteProgress()
+
+        server = SiteServer(site, on_request=announce,
+                            on_reply=lambda op, config, reply: _echo(progress.answered(name, op, config, reply)))
         timeout = config.section("federated").connect_timeout
         try:
             args = site_args(server_address, name=name, socket=server.start(), port=free_port(),
                              connect_timeout=timeout, root_certificates=root_certificates, auth_key=auth_key,
                              insecure=insecure)
-            code = run_site(args, folder, server_address, timeout, _echo)
+            code = run_site(args, folder, server_address, timeout, _echo, progress)
         finally:
             server.close()
-        raise SystemExit(code)
+        raise SystemExit(0 if code in (0, None) else code)
 
     @federate.command()
     @click.argument("folder", type=click.Path(file_okay=False))

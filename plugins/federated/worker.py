@@ -80,11 +80,14 @@ class SiteServer:
     """Serve ``site`` (a :class:`site.Site`) on a Unix socket in a fresh private folder.
 
     ``start()`` returns the socket's path; ``close()`` stops serving and removes the folder.
-    ``on_request(op, config)`` is called as each request starts (logs, tests)."""
+    ``on_request(op, config)`` is called as each request starts (logs, tests), ``on_reply(op,
+    config, reply)`` with the reply's header before it is sent."""
 
-    def __init__(self, site: Any, on_request: Callable[[str, dict], None] | None = None):
+    def __init__(self, site: Any, on_request: Callable[[str, dict], None] | None = None,
+                 on_reply: Callable[[str, dict, dict], None] | None = None):
         self.site = site
         self.on_request = on_request or (lambda op, config: None)
+        self.on_reply = on_reply or (lambda op, config, reply: None)
         self.folder = Path(tempfile.mkdtemp(prefix="tunewright-site-"))  # mkdtemp: mode 0700
         self.path = self.folder / "site.sock"
         self._sock: socket.socket | None = None
@@ -132,6 +135,7 @@ class SiteServer:
                             "traceback": traceback.format_exc(limit=8)}, None
         reply["site_seconds"] = time.monotonic() - started
         reply["load_seconds"] = float(getattr(self.site, "load_seconds", 0.0))
+        self.on_reply(op, config, reply)
         _send(conn, reply, state)
 
     def close(self) -> None:

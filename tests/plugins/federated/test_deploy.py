@@ -1,5 +1,6 @@
-"""Flower's real processes on loopback: TLS with site authentication refuses an unregistered site,
-a site whose server is unreachable fails with a clear error within its deadline, and a server or
+"""Flower's real processes on loopback: TLS with site authentication refuses an unregistered site
+(and the server's console can say so), a site that speaks plain HTTP to a TLS server is told so at
+once, a site whose server is unreachable fails with a clear error within its deadline, and a server or
 site that is sent SIGTERM stops the Flower processes it started. Every process
 is stopped by its id in a ``finally``; ``FLWR_HOME`` is a temporary folder."""
 
@@ -12,7 +13,7 @@ import time
 import pytest
 
 from federated_jobs import federated_config, sentiment_rows, wait_until, write_jsonl
-from tunewright import JobFailed
+from tunewright import JobFailed, UsageError
 from tunewright.plugins.federated import credentials, deploy
 from tunewright.plugins.federated.settings import ServerSettings
 
@@ -60,10 +61,17 @@ def test_tls_server_with_site_authentication_refuses_an_unregistered_site(tmp_pa
             status = next(n["status"] for n in nodes if str(n["node-id"]) == str(node))
             time.sleep(1)
         assert status == "online"
-        # a site that does not speak TLS never gets through
-        with pytest.raises(JobFailed, match="could not reach the server within 5 s"):
-            deploy.run_site(site_argv(deploy.free_port(), port, timeout=5),
-                            tmp_path / "plain", f"127.0.0.1:{port}", 5, echo=lambda m: None)
+        # the SuperLink names the refused key only in its log: the server's console shows it
+        shown = [deploy.refusals(line) for line in log.read_text(errors="replace").splitlines()]
+        assert any(line and "its key is not among federated.server.authorized_sites" in line for line in shown)
+        # a site that does not speak TLS is told so at once, before its SuperNode starts
+        started = time.monotonic()
+        with pytest.raises(UsageError, match=rf"--insecure: the server at 127.0.0.1:{port} speaks TLS and this "
+                                             "site plain HTTP; drop --insecure and give --root-certificates"):
+            deploy.run_site(site_argv(deploy.free_port(), port, timeout=60),
+                            tmp_path / "plain", f"127.0.0.1:{port}", 60, echo=lambda m: None)
+        assert time.monotonic() - started < 10
+        assert not (tmp_path / "plain" / "supernode.log").exists()
     finally:
         if good is not None:
             deploy.stop(good)
