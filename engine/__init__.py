@@ -9,6 +9,7 @@ until it trains, so a device with ``tunewright[runtime]`` alone imports this pac
 from typing import TYPE_CHECKING, Any
 
 from . import kinds
+from .compat import PluginDeprecationWarning
 from .config import JobConfig, Section, load_config, read_yaml
 from .errors import ConfigError, DataError, JobFailed, PluginError, TunewrightError, UsageError
 from .hookspecs import hookimpl
@@ -16,8 +17,9 @@ from .manager import PluginManager, get_plugin_manager
 from .models import atomic_directory, cache_dir
 from .run import RUN_MARKER, Run, evaluate, prepare_run, run_job
 from .runs import LoadedRun, load_run
-from .types import (DatasetFormat, Method, ModelProvider, Problem, Runner, Task, Tracker, TrackerFactory,
-                    TrainResult)
+from .types import (DatasetFormat, DatasetFormatOptions, Method, MethodOptions, ModelProvider, Problem, Runner,
+                    RunnerOptions, SectionOptions, Task, TaskOptions, Tracker, TrackerFactory,
+                    TrackerFactoryOptions, TrainResult)
 
 if TYPE_CHECKING:
     from .training import train
@@ -42,6 +44,9 @@ __all__ = [
     # what plugins implement
     "ModelProvider", "DatasetFormat", "Task", "Method", "Tracker", "TrackerFactory", "Runner",
     "kinds", "Problem",
+    # their optional members
+    "DatasetFormatOptions", "TaskOptions", "MethodOptions", "TrackerFactoryOptions", "RunnerOptions",
+    "SectionOptions",
     # a job
     "Run", "prepare_run", "train", "evaluate", "run_job", "TrainResult", "RUN_MARKER",
     # a finished run
@@ -50,4 +55,5 @@ __all__ = [
     "cache_dir", "atomic_directory",
     # errors
     "TunewrightError", "UsageError", "ConfigError", "DataError", "PluginError", "JobFailed",
+    "PluginDeprecationWarning",
 ]

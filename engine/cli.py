@@ -12,10 +12,12 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import click
 
+from .compat import PluginDeprecationWarning
 from .config import apply_overrides, load_config, read_yaml
 from .errors import TunewrightError, UsageError
 from .manager import get_plugin_manager, plugin_summary
@@ -172,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     # signal handlers belong to the main thread; main() called from another keeps the default
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    # Python hides a DeprecationWarning raised outside __main__: a plugin's author must see it
+    warnings.filterwarnings("default", category=PluginDeprecationWarning)
     try:
         pm = get_plugin_manager()
         group = build_cli(pm)

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
 from .errors import ConfigError
+from .types import Runner, TrackerFactory, optional
 
 
 class Section(BaseModel):
@@ -245,11 +246,16 @@ def load_config(data: dict, registries: Any, source: str = "config") -> JobConfi
         )
     core = {k: v for k, v in data.items() if k in CORE_KEYS}
     config = validate_section(JobConfig, core, "", source)
-    registries.get("tasks", config.task, key=f"{source}: task")
+    # every name the config gives a registry, reported together: a config naming three plugins
+    # that are not installed says so once, not one name per try
+    named = [("tasks", config.task, "task"), ("methods", config.method, "method"),
+             ("runners", config.runner, "runner"), *(("trackers", t, "trackers") for t in config.trackers)]
+    if config.data.format != "auto":
+        named.append(("dataset_formats", config.data.format, "data.format"))
+    unknown = [registries.unknown(kind, name, key=f"{source}: {key}") for kind, name, key in named]
+    if any(unknown):
+        raise ConfigError("\n".join(problem for problem in unknown if problem))
     method = registries.get("methods", config.method, key=f"{source}: method")
-    registries.get("runners", config.runner, key=f"{source}: runner")
-    for tracker in config.trackers:
-        registries.get("trackers", tracker, key=f"{source}: trackers")
     extras: dict[str, Any] = {}
     if method.config_class is not None:
         extras[config.method] = validate_section(
@@ -263,4 +269,21 @@ def load_config(data: dict, registries: Any, source: str = "config") -> JobConfi
                 f"remove it or set method: {name}")
     for name, value in extras.items():
         setattr(config, name, value)
+    check_plugin_settings(config, registries, source)
     return config
+
+
+def check_plugin_settings(config: JobConfig, registries: Any, source: str = "config") -> None:
+    """Run the ``check(config)`` of every config section, of the runner and of each tracker the
+    config names (each optional: :class:`tunewright.types.SectionOptions`, ``RunnerOptions``,
+    ``TrackerFactoryOptions``), before anything heavy loads; every problem they return is
+    reported together as one :class:`ConfigError` (exit 2)."""
+    checks: list[Any] = [optional(section, Section, "check") for section in config.sections.values()]
+    checks.append(optional(registries.get("runners", config.runner), Runner, "check"))
+    checks += [optional(registries.get("trackers", name), TrackerFactory, "check") for name in config.trackers]
+    problems: list[str] = []
+    for check in checks:
+        if check is not None:
+            problems += [f"{source}: {problem}" for problem in check(config) or []]
+    if problems:
+        raise ConfigError("\n".join(problems))

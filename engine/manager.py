@@ -127,17 +127,23 @@ class Registries:
         """The object registered as ``name``, or a ``ConfigError`` that lists what is."""
         from .errors import ConfigError
 
+        problem = self.unknown(kind, name, key=key)
+        if problem is not None:
+            raise ConfigError(problem)
+        return self._entries[kind][name].obj
+
+    def unknown(self, kind: str, name: str, *, key: str | None = None) -> str | None:
+        """``None`` when ``name`` is registered, else the sentence that says so: ``key: unknown
+        runner 'x'; did you mean 'y'? (registered: local, ...)``."""
         entries = self._entries[kind]
         if name in entries:
-            return entries[name].obj
+            return None
         what = kind[:-1].replace("_", " ")
         known = sorted(entries)
         near = difflib.get_close_matches(str(name), known, n=1)
         hint = f"; did you mean {near[0]!r}?" if near else ""
         where = f"{key}: " if key else ""
-        raise ConfigError(
-            f"{where}unknown {what} {name!r}{hint} (registered: {', '.join(known) or 'none'})"
-        )
+        return f"{where}unknown {what} {name!r}{hint} (registered: {', '.join(known) or 'none'})"
 
     def __getattr__(self, kind: str) -> dict[str, Any]:
         if kind.startswith("_") or kind not in REGISTRY_HOOKS:

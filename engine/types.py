@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Mapping, Protocol,
-                    runtime_checkable)
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from .run import Run
@@ -62,7 +61,11 @@ class ModelProvider(Protocol):
 
     def resolve(self) -> Path:
         """Return a local Hugging Face folder holding config, weights and preprocessing files
-        (converting or unpacking on first use, atomically, into ``tunewright.cache_dir()``)."""
+        (converting or unpacking on first use, atomically, into ``tunewright.cache_dir()``).
+
+        A provider that builds on another registered model names a keyword parameter ``models``
+        (``def resolve(self, models=None)``): the engine then passes the registered model
+        providers by name, and the provider looks the other model up there."""
 
 
 @runtime_checkable
@@ -274,11 +277,60 @@ class Tracker(Protocol):
         """Flush and release; called once."""
 
 
-#: ``factory(run) -> Tracker``
-TrackerFactory = Callable[["Run"], Tracker]
+class TrackerFactory(Protocol):
+    """What ``register_trackers`` registers: ``factory(run) -> Tracker`` (a class whose
+    constructor takes the run, or a function).
 
-#: ``runner(run) -> TrainResult``: the training part of a job (``register_runners``)
-Runner = Callable[["Run"], "TrainResult"]
+    On a resumed run (``tunewright train --resume``) the factory is called again, with
+    ``run.resume_from`` set to the checkpoint the run continues from and ``run.start_step`` to its
+    step: a tracker continues its record, never truncates it. What it logged for steps after
+    ``run.start_step`` is logged again (those steps are trained again) and may be dropped; what it
+    logged up to ``run.start_step``, the baseline included, stays (the baseline is not evaluated
+    again). The built-in ``jsonl`` tracker keeps ``metrics.jsonl``'s lines up to ``start_step``.
+
+    Optional member: ``check(config) -> list[str]`` (see :class:`TrackerFactoryOptions`).
+    """
+
+    def __call__(self, run: Run) -> Tracker: ...
+
+
+class TrackerFactoryOptions(Protocol):
+    """The optional members of a :class:`TrackerFactory`."""
+
+    def check(self, config: Any) -> list[str] | None:
+        """Check the tracker's own settings (a plugin config section, an environment variable)
+        with the config check, before the model loads: return every problem as ``key: what is
+        wrong (what is allowed)``; ``[]`` or ``None`` when all is well. ``config`` is the
+        validated :class:`tunewright.JobConfig`."""
+
+
+class Runner(Protocol):
+    """What ``register_runners`` registers: ``runner(run) -> TrainResult``, the training part of
+    a job. The built-in ``local`` runner is :func:`tunewright.train` as ``train(run)``.
+
+    Optional member: ``check(config) -> list[str]`` (see :class:`RunnerOptions`).
+    """
+
+    def __call__(self, run: Run) -> TrainResult: ...
+
+
+class RunnerOptions(Protocol):
+    """The optional members of a :class:`Runner`."""
+
+    def check(self, config: Any) -> list[str] | None:
+        """Check the runner's own settings (its config section, the sites it needs...) with the
+        config check, before the model loads; as :meth:`TrackerFactoryOptions.check`."""
+
+
+class SectionOptions(Protocol):
+    """The optional members of a config section (a :class:`tunewright.Section` that a method or
+    ``register_config_sections`` registered)."""
+
+    def check(self, config: Any) -> list[str] | None:
+        """Rules across the section and the rest of the config (a key that only makes sense with
+        a certain task, for instance), called on the validated section with the config check,
+        before the model loads; as :meth:`TrackerFactoryOptions.check`. A section's own fields
+        are checked by its pydantic schema."""
 
 
 @dataclass
@@ -309,8 +361,11 @@ OPTIONAL: dict[str, tuple[str, ...]] = {
     "DatasetFormat": _members(DatasetFormatOptions),
     "Task": _members(TaskOptions),
     "Method": _members(MethodOptions),
+    "Runner": _members(RunnerOptions),
+    "TrackerFactory": _members(TrackerFactoryOptions),
+    "Section": _members(SectionOptions),
 }
 
 __all__ = ["Problem", "ModelProvider", "DatasetFormat", "DatasetFormatOptions", "Task", "TaskOptions",
-           "Method", "MethodOptions", "Tracker",
-           "TrackerFactory", "Runner", "TrainResult", "optional", "OPTIONAL"]
+           "Method", "MethodOptions", "Tracker", "TrackerFactory", "TrackerFactoryOptions", "Runner",
+           "RunnerOptions", "SectionOptions", "TrainResult", "optional", "OPTIONAL"]

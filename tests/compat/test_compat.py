@@ -9,10 +9,10 @@ jobs on a tiny model. Each older form it uses works and is reported with a
 
 from __future__ import annotations
 
+import configparser
 import json
 import shutil
 import sys
-import tomllib
 import warnings
 from pathlib import Path
 
@@ -25,10 +25,22 @@ HERE = Path(__file__).resolve().parent
 MODULE = "tunewright_compat_010"
 
 
+def read_project(path: Path) -> dict:
+    """``name``, ``version`` and ``entry-points`` of a pyproject.toml as plain as this one (no
+    tomllib: Python 3.10 has none)."""
+    parser = configparser.ConfigParser(delimiters=("=",))
+    parser.optionxform = str
+    parser.read_string(path.read_text())
+    unquote = lambda value: value.strip().strip('"')  # noqa: E731
+    entries = parser["project.entry-points.tunewright"]
+    return {"name": unquote(parser["project"]["name"]), "version": unquote(parser["project"]["version"]),
+            "entry-points": {"tunewright": {k: unquote(v) for k, v in entries.items()}}}
+
+
 @pytest.fixture
 def installed(tmp_path, monkeypatch):
     """The frozen package, laid out as ``pip install tests/compat`` lays it out."""
-    project = tomllib.loads((HERE / "pyproject.toml").read_text())["project"]
+    project = read_project(HERE / "pyproject.toml")
     site = tmp_path / "site-packages"
     shutil.copytree(HERE / MODULE, site / MODULE, ignore=shutil.ignore_patterns("__pycache__"))
     info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
@@ -46,7 +58,7 @@ def plugin_manager(project):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pm = get_plugin_manager(env={"TUNEWRIGHT_LOAD_PLUGINS": project["name"]})
-        pm.registries  # registration is where older forms are recognised
+        assert pm.registries.kind("trackers")  # registration is where older forms are recognised
     return pm, [str(w.message) for w in caught if issubclass(w.category, PluginDeprecationWarning)]
 
 
@@ -119,3 +131,70 @@ def test_a_runner_taking_the_job_trains_it(installed, tiny_llama_dir, tmp_path):
     assert final["final"]["loss"] < final["baseline"]["loss"]
     events = [json.loads(line)["hook"] for line in (out / "legacy-events.jsonl").read_text().splitlines()]
     assert events[-1] == "on_train_end"
+
+
+class TaskOf010:
+    """A task with 0.1.0's Task protocol: ``greater_is_better`` (no ``metric_directions``),
+    ``tokenize(example, tokenizer, max_length, labels)``, ``count_tokens``, no ``validate``. It
+    hands the work to the built-in chat task, as a plugin extending it would."""
+
+    model_kind = "causal_lm"
+    primary_metric = "mean_token_accuracy"
+    greater_is_better = True
+
+    def __init__(self):
+        from tunewright.plugins.tasks import ChatTask
+
+        self.chat = ChatTask()
+        self.max_lengths: list[int] = []
+
+    def load_tokenizer(self, path, trust_remote_code=False):
+        return self.chat.load_tokenizer(path, trust_remote_code=trust_remote_code)
+
+    def label_set(self, examples):
+        return None
+
+    def load_model(self, path, labels, config, tokenizer=None):
+        return self.chat.load_model(path, labels, config, tokenizer=tokenizer)
+
+    def tokenize(self, example, tokenizer, max_length, labels=None):
+        self.max_lengths.append(max_length)
+        return self.chat.tokenize(example, tokenizer, labels=labels)
+
+    def count_tokens(self, example, tokenizer):
+        return len(self.tokenize(example, tokenizer, 10**6)["input_ids"])
+
+    def collate(self, features, tokenizer):
+        return self.chat.collate(features, tokenizer)
+
+    def metrics(self, model, batches):
+        return self.chat.metrics(model, batches)
+
+
+def test_a_task_of_010_is_adapted_and_trains(installed, tiny_llama_dir, tmp_path):
+    from tunewright import hookimpl
+
+    task = TaskOf010()
+
+    class Tasks:
+        @hookimpl
+        def register_tasks(self, register):
+            register("chat010", task)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pm = get_plugin_manager(env={"TUNEWRIGHT_LOAD_PLUGINS": installed["name"]}, plugins=[("tasks010", Tasks())])
+        registered = pm.registries.tasks["chat010"]
+    said = sorted(str(w.message) for w in caught if issubclass(w.category, PluginDeprecationWarning)
+                  and "tasks010" in str(w.message))
+    assert len(said) == 3 and all(m.startswith("plugin 'tasks010' uses ") for m in said)
+    assert "Task.greater_is_better" in said[0] and "write Task.metric_directions" in said[0]
+    assert "Task.tokenize(example, tokenizer, max_length, labels)" in said[1]
+    assert "a Task without validate" in said[2]
+    assert dict(registered.metric_directions) == {"loss": "min", "mean_token_accuracy": "max"}
+    out = tmp_path / "run"
+    raw = job(tiny_llama_dir, tsv_data(tmp_path / "chat.tsv"), out, task="chat010", trackers=["jsonl"])
+    result = run_job(load_config(raw, pm.registries), pm, echo=lambda m: None)
+    assert result.global_step == 4 and task.max_lengths  # tokenized through its 0.1.0 signature
+    final = json.loads((out / "eval.json").read_text())
+    assert final["primary_metric"] == "mean_token_accuracy" and final["final"]["loss"] < final["baseline"]["loss"]

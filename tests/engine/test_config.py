@@ -124,3 +124,82 @@ def test_plugin_config_section_is_validated():
     assert config.section("redaction").patterns == ["[0-9]+"]
     with pytest.raises(ConfigError, match="redaction.pattern: unknown key; did you mean 'redaction.patterns'"):
         load(MINIMAL + "redaction: {pattern: []}\n", registries)
+
+
+def test_every_unknown_registration_is_reported_in_one_error(registries):
+    """Three plugins that are not installed: one error naming the three, each in one style."""
+    with pytest.raises(ConfigError) as caught:
+        load(MINIMAL, registries, ["runner=flower", "data.format=parquet", "trackers=[jsonl, wandb]"])
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("job.yaml: runner: unknown runner 'flower'")
+    assert lines[1].startswith("job.yaml: trackers: unknown tracker 'wandb'")
+    assert lines[2].startswith("job.yaml: data.format: unknown dataset format 'parquet'")
+    assert all("(registered: " in line for line in lines)
+    assert "jsonl" in lines[1] and "local" in lines[0]
+
+
+class Remote:
+    """A runner, a tracker factory and a config section that check their own settings."""
+
+    from tunewright import Section, hookimpl
+
+    class RemoteSettings(Section):
+        host: str = "localhost"
+        port: int = 0
+
+        def check(self, config):
+            if self.port == 0 and config.runner == "remote":
+                return ["remote.port: the remote runner needs a port (1-65535)"]
+            return []
+
+    @staticmethod
+    def runner(run):  # pragma: no cover - never reached: the checks refuse the config
+        raise AssertionError("the runner ran although its check refused the config")
+
+    @staticmethod
+    def check_runner(config):
+        if config.training.gradient_accumulation_steps != 1:
+            return ["training.gradient_accumulation_steps: the remote runner takes 1 only"]
+        return None
+
+    class Board:
+        def __init__(self, run):
+            raise AssertionError("made although its check refused the config")
+
+        @classmethod
+        def check(cls, config):
+            remote = config.section("remote")
+            if remote is None or remote.host == "localhost":
+                return ["remote.host: the board tracker needs a remote host (not localhost)"]
+            return []
+
+    @hookimpl
+    def register_runners(self, register):
+        self.runner.check = self.check_runner
+        register("remote", self.runner)
+
+    @hookimpl
+    def register_trackers(self, register):
+        register("board", self.Board)
+
+    @hookimpl
+    def register_config_sections(self, register):
+        register("remote", self.RemoteSettings)
+
+
+def test_runners_trackers_and_sections_check_their_settings_with_the_config():
+    pm = get_plugin_manager(env={}, plugins=[("remote", Remote())])
+    bad = ["runner=remote", "trackers=[jsonl, board]", "training.gradient_accumulation_steps=2",
+           "remote.host=localhost"]
+    with pytest.raises(ConfigError) as caught:
+        load(MINIMAL, pm.registries, bad)
+    assert str(caught.value).splitlines() == [
+        "job.yaml: remote.port: the remote runner needs a port (1-65535)",
+        "job.yaml: training.gradient_accumulation_steps: the remote runner takes 1 only",
+        "job.yaml: remote.host: the board tracker needs a remote host (not localhost)",
+    ]
+    good = ["runner=remote", "trackers=[jsonl, board]", "remote.host=10.0.0.2", "remote.port=8080"]
+    config = load(MINIMAL, pm.registries, good)
+    assert config.section("remote").port == 8080
+    assert load(MINIMAL, pm.registries).runner == "local"  # nothing named: nothing refused
