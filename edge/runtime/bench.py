@@ -58,23 +58,34 @@ def _time_logits(predictor, inputs, warmup: int, runs: int) -> list[float]:
 
 def _time_generation(predictor, inputs, runs: int, new_tokens: int) -> dict[str, Any]:
     list(predictor.stream(inputs, max_new_tokens=4, stop_at_eos=False))  # warm up
-    rates, firsts, totals = [], [], []
+    rates, firsts, totals, gaps = [], [], [], []
     for _ in range(runs):
         start = time.perf_counter()
-        first = None
+        first = previous = None
         count = 0
         for _token in predictor.stream(inputs, max_new_tokens=new_tokens, stop_at_eos=False):
             count += 1
+            now = time.perf_counter()
             if first is None:
-                first = time.perf_counter()
+                first = now
+            else:
+                gaps.append(now - previous)  # one token after the first: its own latency
+            previous = now
         end = time.perf_counter()
         firsts.append(first - start)
         totals.append(end - start)
         # tokens after the first, over the time after the first: the prompt's cost stays out
         rates.append((count - 1) / (end - first) if count > 1 else 0.0)
     rate = float(np.median(rates))
-    return {"tokens_per_second": rate, "first_token_ms": float(np.median(firsts) * 1000),
-            "ms_per_token": 1000 / rate if rate else None, "total_s": float(np.median(totals))}
+    figures: dict[str, Any] = {
+        "tokens_per_second": rate, "first_token_ms": float(np.median(firsts) * 1000),
+        "ms_per_token": 1000 / rate if rate else None, "total_s": float(np.median(totals)),
+        "first_token_p50_ms": float(np.percentile(firsts, 50) * 1000),
+        "first_token_p95_ms": float(np.percentile(firsts, 95) * 1000)}
+    if gaps:
+        figures.update(token_p50_ms=float(np.percentile(gaps, 50) * 1000),
+                       token_p95_ms=float(np.percentile(gaps, 95) * 1000))
+    return figures
 
 
 def takes_images(method) -> bool:
@@ -99,9 +110,10 @@ def bench_predictor(predictor, *, tokens: int = 16, batch: int = 1, runs: int = 
 
     Classifiers: ``runs`` forward passes of ``batch`` x ``tokens`` after ``warmup``; p50/p95/mean/min
     in ms and examples per second. Generators: ``new_tokens`` greedy tokens after a
-    ``prompt_tokens`` prompt (shown ``images`` first, for a predictor that takes images), the median
-    of ``min(runs, 3)`` runs: tokens per second after the first token, and the first token's
-    latency (the prompt, its images included). Raises :class:`BundleError` for ``images`` given to
+    ``prompt_tokens`` prompt (shown ``images`` first, for a predictor that takes images), over
+    ``min(runs, 3)`` runs: tokens per second after the first token (the median run), the first
+    token's latency (the prompt, its images included: median, p50 and p95 over the runs), and the
+    latency of each later token (p50 and p95 over every token of every run). Raises :class:`BundleError` for ``images`` given to
     a predictor that takes none.
     """
     figures: dict[str, Any] = {"kind": predictor.task_kind, "runtime": predictor.runtime}
