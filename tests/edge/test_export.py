@@ -102,14 +102,23 @@ def test_generator_verify_and_sampling(generator_bundle):
     assert a == b
 
 
-def test_genai_exporter_bundle_runs_through_onnxruntime_genai(tmp_path, tiny_causal_lm, chat_examples, edge_pm):
+def test_genai_exporter_bundle_runs_through_onnxruntime_genai(tmp_path, tiny_causal_lm, chat_examples, edge_pm,
+                                                              capfd):
     from tunewright.edge import export_bundle
     from tunewright.edge.runtime import GenAIGenerator, load_bundle
 
     model, tokenizer = tiny_causal_lm
+    capfd.readouterr()
+    lines: list[str] = []
     # int8 on a chat model: the bit width picks block-wise 8-bit weights for a decoder
     result = export_bundle(model, tokenizer, "chat", chat_examples[:4], tmp_path / "genai", quantize="int8",
-                           pm=edge_pm, fidelity_examples=2, new_tokens=8, bench=False, log=lambda m: None)
+                           pm=edge_pm, fidelity_examples=2, new_tokens=8, bench=False, log=lines.append)
+    # the export shows its own progress and nothing of the tools it runs: the genai builder's
+    # "Reading layer N" lines and progress bars (file descriptors included) stay off the console
+    printed = capfd.readouterr()
+    assert printed.out == "" and "Reading" not in printed.err and "\r" not in printed.err, printed
+    steps = [line.split(":")[0] for line in lines if not line.startswith("WARNING")]  # 4 examples: too few
+    assert steps[:3] == ["reference", "export", "quantize"]
     assert result.manifest["runtime"] == "onnxruntime-genai"
     quantization = result.manifest["quantization"]
     assert (quantization["name"], quantization["requested"], quantization["bits"]) == ("int8-block", "int8", 8)
@@ -155,6 +164,15 @@ def test_quantize_auto_keeps_the_fastest_passing_candidate(tmp_path, tiny_classi
 
 #: how far a bundle's probabilities may be from the tuned model's, per scheme (tiny random BERT)
 TOLERANCE = {"none": 1e-5, "fp16": 1e-2, "int8-static": 0.05, "int4-block": 0.05}
+#: what each quantizer's bundle is asked, beside the tuned model
+PROBE = ["good film", "awful plot and slow actors", "great fun"]
+
+
+@pytest.fixture(scope="module")
+def tuned_probabilities(tiny_classifier) -> np.ndarray:
+    """The tuned model's answer to :data:`PROBE`, computed once for every scheme's test."""
+    model, tokenizer = tiny_classifier
+    return torch_probabilities(model, tokenizer, PROBE)
 
 
 def torch_probabilities(model, tokenizer, texts) -> np.ndarray:
@@ -171,7 +189,8 @@ def torch_probabilities(model, tokenizer, texts) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", ["none", "fp16", "int8-static", "int4-block"])
-def test_each_quantizer_passes_on_a_tiny_classifier(name, tmp_path, tiny_classifier, classification_examples, edge_pm):
+def test_each_quantizer_passes_on_a_tiny_classifier(name, tmp_path, tiny_classifier, classification_examples, edge_pm,
+                                                    tuned_probabilities):
     from tunewright.edge import export_bundle
     from tunewright.edge.runtime import load_bundle
 
@@ -181,9 +200,8 @@ def test_each_quantizer_passes_on_a_tiny_classifier(name, tmp_path, tiny_classif
     assert result.manifest["quantization"]["name"] == name
     assert result.parity.passed
     # what a user gets from predict() is the tuned model's answer, within the scheme's rounding
-    texts = ["good film", "awful plot and slow actors", "great fun"]
-    scores = [[row["scores"][label] for label in ("neg", "pos")] for row in load_bundle(tmp_path / name).predict(texts)]
-    assert np.abs(np.asarray(scores) - torch_probabilities(model, tokenizer, texts)).max() < TOLERANCE[name]
+    scores = [[row["scores"][label] for label in ("neg", "pos")] for row in load_bundle(tmp_path / name).predict(PROBE)]
+    assert np.abs(np.asarray(scores) - tuned_probabilities).max() < TOLERANCE[name]
 
 
 def test_torch_exporter_takes_models_optimum_does_not_know(tmp_path, classification_examples, tiny_classifier, edge_pm):
