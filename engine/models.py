@@ -40,11 +40,24 @@ def atomic_directory(target: Path) -> Iterator[Path]:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def resolve_provider(provider, models: dict) -> Path:
+    """``provider.resolve()``, handing it ``models`` (the registered model providers, by name) when
+    its ``resolve`` names that parameter: a provider that builds on another registered model
+    looks it up there rather than in a plugin manager of its own."""
+    import inspect
+
+    try:
+        takes_models = "models" in inspect.signature(provider.resolve).parameters
+    except (TypeError, ValueError):
+        takes_models = False
+    return Path(provider.resolve(models=models) if takes_models else provider.resolve())
+
+
 def resolve_model(name: str, registries, *, key: str = "model") -> tuple[Path | str, str | None]:
     """Return ``(path_or_hub_id, registered_name)`` for a config's ``model:``."""
     providers = registries.kind("models")
     if name in providers:
-        return Path(providers[name].resolve()), name
+        return Path(resolve_provider(providers[name], providers)), name
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

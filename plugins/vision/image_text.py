@@ -511,13 +511,18 @@ class MobileNetSmolLM2:
     version = "1"  # bump to rebuild cached builds after a change here
     language_model = "smollm2-135m-instruct"
 
-    def resolve(self) -> Path:
-        from tunewright import atomic_directory, cache_dir, get_plugin_manager
+    def resolve(self, models: dict | None = None) -> Path:
+        """The cached build; building it needs ``models``, the registered model providers (the
+        engine passes them), for the language model."""
+        from tunewright import atomic_directory, cache_dir
 
         target = cache_dir() / "models" / f"mobilenet-smollm2-vlm-v{self.version}"
         if (target / "config.json").is_file():
             return target
-        providers = get_plugin_manager().registries.kind("models")
+        if models is None:
+            raise ConfigError(f"model: mobilenet-smollm2-vlm is built from the registered model "
+                              f"{self.language_model!r}: call resolve(models=registries.models)")
+        providers = models
         if self.language_model not in providers:
             raise ConfigError(f"model: mobilenet-smollm2-vlm needs the registered model "
                               f"{self.language_model!r}, which no plugin provides")

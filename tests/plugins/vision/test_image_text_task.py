@@ -313,3 +313,28 @@ def test_a_stock_hugging_face_llava_works_the_same_way(task, tiny_clip_llava_dir
     adapted = [n for n, m in tuned.named_modules() if n.endswith(".lora_A")]
     # CLIP has q_proj/k_proj/v_proj too: none of them is adapted
     assert adapted and not any("vision_tower" in n for n in adapted)
+
+
+def test_the_packaged_model_finds_its_language_model_in_the_registry_it_is_given(tmp_path, monkeypatch):
+    """The engine hands ``mobilenet-smollm2-vlm`` the registered models; it builds no plugin manager."""
+    import tunewright
+    from tunewright import ConfigError
+    from tunewright.models import resolve_provider
+    from tunewright.plugins.vision.image_text import MobileNetSmolLM2
+
+    class Asked(Exception):
+        pass
+
+    class LanguageModel:
+        def resolve(self):
+            raise Asked  # far enough: the build would start from this folder
+
+    def no_second_manager(*args, **kwargs):
+        raise AssertionError("the model provider built a plugin manager of its own")
+
+    monkeypatch.setattr(tunewright, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(tunewright, "get_plugin_manager", no_second_manager)
+    with pytest.raises(Asked):
+        resolve_provider(MobileNetSmolLM2(), {"smollm2-135m-instruct": LanguageModel()})
+    with pytest.raises(ConfigError, match="needs the registered model 'smollm2-135m-instruct'"):
+        resolve_provider(MobileNetSmolLM2(), {})
