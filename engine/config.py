@@ -59,8 +59,12 @@ class TrainingConfig(Section):
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
     max_grad_norm: float = Field(1.0, gt=0)
     logging_steps: int = Field(5, ge=1)
-    eval_steps: int | None = Field(None, ge=1, description="evaluate every N steps (default: at the end)")
-    save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps (default: at the end)")
+    eval_steps: int | None = Field(None, ge=1, description=(
+        "evaluate every N steps (default: only the baseline before training and the final figures after; "
+        "with early_stopping, every 4 x logging_steps)"))
+    save_steps: int | None = Field(None, ge=1, description=(
+        "checkpoint every N steps and at the last step (default: no checkpoint is kept, so --resume has "
+        "nothing to continue from; with early_stopping, at every evaluation)"))
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
     early_stopping: EarlyStopping | None = None
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(

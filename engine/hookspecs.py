@@ -87,7 +87,9 @@ def register_config_sections(register: Register) -> None:
     ``register(name, model_class)``: ``model_class`` is a pydantic model (subclass
     :class:`tunewright.Section`); the section named ``name`` in a config is validated against it
     with the same error messages as the core keys, and the validated object is available as
-    ``config.section(name)`` (``None`` when the config has no such section).
+    ``config.section(name)`` (``None`` when the config has no such section). A section may have
+    ``check(config) -> list[str]`` for rules across the config, run with the config check before
+    anything loads (:class:`tunewright.SectionOptions`).
     """
 
 
@@ -144,6 +146,14 @@ def register_trackers(register: Register) -> None:
     a :class:`tunewright.Tracker`: ``log(step, metrics)`` for every logged step and every
     evaluation (``eval_<metric>`` keys, ``eval_stage`` baseline / training / final), and
     ``close()`` once at the end. The built-in ``jsonl`` tracker writes ``metrics.jsonl``.
+
+    On ``tunewright train --resume`` the factory is called again with ``run.resume_from`` (the
+    checkpoint the run continues from) and ``run.start_step`` (its step) set: the tracker appends
+    to what it recorded, never truncates it; what it logged past ``start_step`` is logged again
+    and may be dropped, the rest (the baseline included: it is not measured again) stays. A
+    factory may have ``check(config) -> list[str]``, run with the config check before anything
+    loads (:class:`tunewright.TrackerFactoryOptions`). 0.1.0's ``factory(run_dir, config)`` still
+    works, with a :class:`tunewright.PluginDeprecationWarning`.
     """
 
 
@@ -155,7 +165,11 @@ def register_runners(register: Register) -> None:
     on a prepared :class:`tunewright.Run` whose baseline has been measured, and leaves the trained
     state in ``run.model``; the engine then measures the final figures and writes the run
     directory. It is written from public names: :func:`tunewright.train` (the built-in ``local``
-    runner is ``train(run)``), :func:`tunewright.evaluate`, :func:`tunewright.prepare_run`.
+    runner is ``train(run)``, which continues a ``--resume``d run from ``run.resume_from`` by
+    itself), :func:`tunewright.evaluate`, :func:`tunewright.prepare_run`. A runner may have
+    ``check(config) -> list[str]``, run with the config check before anything loads
+    (:class:`tunewright.RunnerOptions`). 0.1.0's ``runner(job)`` still works, with a
+    :class:`tunewright.PluginDeprecationWarning`.
     """
 
 

@@ -236,6 +236,8 @@ def prepare_run(config: JobConfig, pm: PluginManager, *, resume: bool = False, o
     from .precision import cast_frozen, enable_gradient_checkpointing, resolve_precision
 
     echo = echo or _stderr
+    if config.training.num_threads:
+        torch.set_num_threads(config.training.num_threads)
     run_dir = Path(run_dir if run_dir is not None else config.output)
     registries = pm.registries
     task = registries.get("tasks", config.task, key="task")

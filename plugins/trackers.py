@@ -9,18 +9,22 @@ from tunewright import hookimpl
 
 
 class JsonlTracker:
-    """Appends to ``<run_dir>/metrics.jsonl``. A resumed run repeats the steps after its
-    checkpoint, so what was logged past ``run.start_step`` is dropped first: every step appears
-    once."""
+    """Appends to ``<run_dir>/metrics.jsonl``.
+
+    A resumed run (``run.resume_from`` set) keeps every line logged up to ``run.start_step``, the
+    baseline's included, and drops those past it, which the run trains and logs again: every step
+    appears once. The kept lines replace the file atomically (a crash while resuming loses
+    nothing), and a last line cut short by a killed process is dropped rather than read."""
 
     def __init__(self, run):
         self.path = Path(run.run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        kept = []
-        if run.start_step and self.path.exists():
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-            kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= run.start_step]
-        self.path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+        if run.resume_from is not None and self.path.exists():
+            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                    if _step(line) is not None and _step(line) <= run.start_step]
+            staging = self.path.with_name(f".{self.path.name}.tmp")
+            staging.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+            staging.replace(self.path)
         self.handle = self.path.open("a", encoding="utf-8")
 
     def log(self, step: int, metrics: dict) -> None:
@@ -29,6 +33,14 @@ class JsonlTracker:
 
     def close(self) -> None:
         self.handle.close()
+
+
+def _step(line: str) -> int | None:
+    """The step of one line of metrics.jsonl; ``None`` for a line that is not a whole record."""
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError, TypeError):
+        return None
 
 
 @hookimpl(trylast=True)

@@ -52,3 +52,60 @@ def test_readme_test_command_is_what_ci_runs():
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
           if line.strip() and not line.startswith(("#", "set ", "cd "))]
     assert ci[-1] in (ROOT / "README.md").read_text()
+
+
+def _config_table() -> dict[str, str]:
+    """``key -> default cell`` of the README's config reference."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Config reference"):]
+    section = section[:section.index("\n## ", 1)]
+    rows = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 3:
+            rows[cells[0].strip("`")] = cells[1]
+    return rows
+
+
+def _schema_keys() -> dict[str, object]:
+    """Every key of the config schema, ``data.*`` and ``training.*`` one by one, with its default
+    (``...`` for a required key)."""
+    from pydantic import BaseModel
+
+    from tunewright.config import JobConfig
+
+    keys: dict[str, object] = {}
+    for name, field in JobConfig.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            for sub, inner in annotation.model_fields.items():
+                keys[f"{name}.{sub}"] = ... if inner.is_required() else inner.get_default(call_default_factory=True)
+        else:
+            keys[name] = ... if field.is_required() else field.get_default(call_default_factory=True)
+    return keys
+
+
+def _documents(cell: str, default: object) -> bool:
+    text = cell.strip("`")
+    if default is ...:
+        return text == "required"
+    if default is None:
+        return text == "none"
+    if isinstance(default, bool):
+        return text == str(default).lower()
+    if isinstance(default, str):
+        return text == default
+    if isinstance(default, (int, float)):
+        return float(text) == default
+    import yaml
+
+    return yaml.safe_load(text) == default
+
+
+def test_the_config_table_documents_every_schema_key_with_its_default():
+    table, schema = _config_table(), _schema_keys()
+    table.pop("<method>")
+    assert sorted(set(schema) - set(table)) == [], "schema keys the README's config table lacks"
+    assert sorted(set(table) - set(schema)) == [], "README config keys the schema does not have"
+    wrong = {key: (table[key], schema[key]) for key in schema if not _documents(table[key], schema[key])}
+    assert wrong == {}, "README default (left) differs from the schema's (right)"

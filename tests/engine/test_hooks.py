@@ -310,6 +310,8 @@ def test_a_runner_written_from_the_docs_resumes_where_the_run_stopped(tiny_llama
     with pytest.raises(Stop):
         run_job(load_config(raw, pm.registries), pm, echo=lambda m: None)
     assert len(losses(tmp_path / "docs")) == 6
+    with (tmp_path / "docs" / "metrics.jsonl").open("a") as handle:
+        handle.write('{"step": 7, "loss": 1.')  # a line a killed process left half-written
     plugin.stop_at = None
     said: list[str] = []
     result = run_job(load_config(raw, pm.registries), pm, resume=True, echo=said.append)
