@@ -112,12 +112,19 @@ def run_quickstart(workdir: Path, *, max_steps: int = 60, echo: Callable[[str], 
     for key in ("loss", "perplexity", "mean_token_accuracy"):
         echo(f"{key:<22}{results['baseline'][key]:>10.4f}{results['final'][key]:>10.4f}")
     echo(f"\nrun: {run_dir}  (config.yaml, eval.json, metrics.jsonl, report.png, adapter/)\n")
-    results["bundle"] = export_and_verify(run_dir, workdir / "bundle", pm, echo)
+    results["bundle"] = export_and_verify(run_dir, workdir / "bundle", pm, echo,
+                                          trained_precision=results.get("train", {}).get("precision"))
     return results
 
 
-def export_and_verify(run_dir: Path, out: Path, pm, echo: Callable[[str], None]) -> dict:
-    """Export the tuned model as an 8-bit bundle, verify it, and compare it with PyTorch."""
+def export_and_verify(run_dir: Path, out: Path, pm, echo: Callable[[str], None], *,
+                      trained_precision: str | None = None) -> dict:
+    """Export the tuned model as an 8-bit bundle, verify it, and compare it with PyTorch.
+
+    The parity line's ``tuned`` figure is the export's: the tuned model merged and in fp32, as it
+    is exported, on the held-out examples. It differs a little from the table's, which is the
+    run's own final evaluation in its training precision (bf16 frozen weights where the CPU
+    multiplies bf16 fast); the line says so."""
     from tunewright.edge import export_run
     from tunewright.edge.runtime import verify_bundle
 
@@ -141,7 +148,21 @@ def export_and_verify(run_dir: Path, out: Path, pm, echo: Callable[[str], None])
     echo(f"parity on held-out data: {parity['metric']} tuned {parity['tuned']:.4f}, bundle {parity['bundle']:.4f} "
          f"(drop {parity['drop_points']:.2f} points, allowed {parity['threshold_points']:.2f}); "
          + ", ".join(f"{k} {v:.4g}" for k, v in parity["bundle_vs_tuned"].items()))
+    echo(parity_note(parity, trained_precision))
     echo(f"verified: {check['files']} files, recorded examples rerun")
     echo(f"bundle: {out}  (run it with: tunewright edge run {out} 'Hello!')")
     return {"path": str(out), "size_mb": bench["size_mb"], "speed_ratio": ratios["speed"],
             "size_ratio": ratios["size"], "parity": parity}
+
+
+def parity_note(parity: dict, trained_precision: str | None) -> str:
+    """Why the parity line's ``tuned`` figure is not the table's (when it is not)."""
+    examples = parity.get("bundle_vs_tuned", {}).get("examples")
+    on = f"the same {int(examples)} held-out examples" if examples else "the same held-out examples"
+    note = f"  (tuned here: the tuned model merged into fp32 weights, as exported, on {on}"
+    if trained_precision and trained_precision != "fp32":
+        note += (f"; the table's tuned column is the run's own evaluation in its training precision, "
+                 f"{trained_precision} frozen weights, so the two differ a little)")
+    else:
+        note += ")"
+    return note

@@ -76,3 +76,24 @@ def test_quickstart_refuses_a_bundle_folder_with_foreign_files_before_training(t
     assert exit_info.value.code == 2
     assert "--out:" in capsys.readouterr().err
     assert not (work / "data").exists() and (work / "bundle" / "notes.txt").read_text() == "mine"
+
+
+def test_the_readme_says_how_many_pairs_the_quickstart_prepares(tmp_path):
+    import re
+    from pathlib import Path
+
+    from tunewright.quickstart import write_dataset
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    said = re.search(r"`tunewright quickstart` prepares ([\d,]+) English prompt/reply pairs", readme)
+    assert said, "the README no longer says how many pairs the quickstart prepares"
+    written = sum(1 for _ in write_dataset(tmp_path).open(encoding="utf-8"))
+    assert int(said.group(1).replace(",", "")) == written
+
+
+def test_the_parity_line_says_why_its_tuned_figure_is_not_the_tables():
+    from tunewright.quickstart import parity_note
+
+    note = parity_note({"bundle_vs_tuned": {"examples": 124.0}}, "bf16")
+    assert "merged into fp32" in note and "124 held-out examples" in note and "bf16" in note
+    assert "training precision" not in parity_note({"bundle_vs_tuned": {"examples": 124.0}}, "fp32")
