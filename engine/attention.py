@@ -20,8 +20,12 @@ know (Gemma's ``softcap``, attention sinks) goes to the model's own eager attent
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 GROUPED = "tunewright_grouped"
 
@@ -79,7 +83,7 @@ def register() -> None:
     AttentionMaskInterface.register(GROUPED, eager_mask)
 
 
-def prefer_cpu_attention(model: torch.nn.Module, max_length: int) -> str | None:
+def prefer_cpu_attention(model: PreTrainedModel, max_length: int) -> str | None:
     """On a CPU, train sequences of up to 512 tokens with :func:`grouped_attention` rather than SDPA.
 
     Returns the implementation set, or None where the model keeps its own: on CUDA, for longer

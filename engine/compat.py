@@ -121,7 +121,7 @@ class LegacyRunner:
 
 def is_legacy_runner(runner: Any) -> bool:
     params = _positional(runner)
-    return bool(params) and params[0].name == "job"
+    return bool(params and params[0].name == "job")
 
 
 # -------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
@@ -174,7 +174,7 @@ def _type_name(annotation: str) -> str:
     }.get(annotation, "")
 
 
-def _format_error(err: dict, model: type[BaseModel], prefix: str) -> str:
+def _format_error(err: Any, model: type[BaseModel], prefix: str) -> str:
     loc = [str(p) for p in err["loc"] if not isinstance(p, int) or True]
     key = ".".join([prefix] + loc if prefix else loc)
     etype = err["type"]
@@ -216,7 +216,10 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(getattr(current, "model_fields", {}))
 
 
-def validate_section(model: type[BaseModel], data: Any, prefix: str, source: str) -> BaseModel:
+SectionModel = TypeVar("SectionModel", bound=BaseModel)
+
+
+def validate_section(model: type[SectionModel], data: Any, prefix: str, source: str) -> SectionModel:
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -21,7 +21,7 @@ import importlib.metadata
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pluggy
 
@@ -229,7 +229,7 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
     return list(importlib.metadata.entry_points(group=GROUP))
 
 
-def get_plugin_manager(*, load_entrypoints: bool = True, plugins: list[tuple[str, Any]] = (),
+def get_plugin_manager(*, load_entrypoints: bool = True, plugins: Sequence[tuple[str, Any]] = (),
                        env: dict[str, str] | None = None) -> PluginManager:
     """Build a fresh plugin manager.
 
@@ -277,8 +277,8 @@ def get_plugin_manager(*, load_entrypoints: bool = True, plugins: list[tuple[str
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        name = pm.get_name(exc.plugin) if exc.plugin is not None else None
-        info = pm.infos.get(name) if name else None
+        culprit = pm.get_name(exc.plugin) if exc.plugin is not None else None
+        known_info = pm.infos.get(culprit) if culprit else None
         unknown = [c.name for c in pm.get_hookcallers(exc.plugin) or [] if not c.has_spec()]
         known = [c.name for c in pm.hook.__dict__.values() if isinstance(c, pluggy.HookCaller) and c.has_spec()]
         hints = []
@@ -286,7 +286,7 @@ def get_plugin_manager(*, load_entrypoints: bool = True, plugins: list[tuple[str
             near = difflib.get_close_matches(hook_name, known, n=1)
             hints.append(f"{hook_name!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
         raise PluginError(
-            f"{info.describe() if info else 'a plugin'} implements a hook that does not exist: "
+            f"{known_info.describe() if known_info else 'a plugin'} implements a hook that does not exist: "
             f"{', '.join(hints) or exc}") from exc
     return pm
 

@@ -23,10 +23,14 @@ need not know the precision. Labels keep their dtype (a regression target is not
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @functools.lru_cache(maxsize=None)
@@ -74,12 +78,12 @@ def cast_frozen(model: torch.nn.Module, dtype: torch.dtype) -> int:
         if not trainable and hasattr(module, "cast_input_dtype_enabled"):
             # a PEFT tuner layer whose adapters are modules of their own (LoRA's A and B): they
             # are bridged one by one, so PEFT need not copy the input to their dtype first
-            module.cast_input_dtype_enabled = False
+            module.cast_input_dtype_enabled = False  # type: ignore[assignment]  # torch: a Tensor or Module
         if trainable:
             # a module that trains keeps all its own parameters in one dtype (a LayerNorm whose
             # bias trains needs its weight in fp32 too): it is bridged below instead
             if isinstance(module, torch.nn.Linear):
-                module.forward = functools.partial(_linear_in_input_dtype, module)
+                module.forward = functools.partial(_linear_in_input_dtype, module)  # type: ignore[method-assign]
             else:
                 _bridge(module, trainable[0].dtype)
             bridged += 1
@@ -129,7 +133,7 @@ def _bridge(module: torch.nn.Module, param_dtype: torch.dtype) -> None:
     module.register_forward_hook(after, with_kwargs=True)
 
 
-def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     """Recompute each block's activations in backward (``training.gradient_checkpointing``).
 
     transformers' non-reentrant checkpointing: it needs no input that requires grad, so adapters,

@@ -112,8 +112,8 @@ def split_to_budget(indices: list[int], length: Callable[[int], int], budget: in
 def forward_budget(setting: int | str | None, batches: list[list[int]], length: Callable[[int], int]) -> int | None:
     """``training.max_forward_tokens`` as a number of padded positions: ``auto`` is twice the
     median micro-batch's (examples x longest), so that a typical micro-batch never splits."""
-    if setting != "auto":
-        return setting  # a number, or None: never split
+    if not isinstance(setting, str):
+        return setting  # a number, or None: never split; the config allows no string but "auto"
     sizes = [len(b) * max(length(i) for i in b) for b in batches if b]
     return 2 * int(statistics.median(sizes)) if sizes else None
 
@@ -402,6 +402,7 @@ def train(run: Run, *, max_steps: int | None = None, stop_at_step: int | None = 
         if world > 1:
             accelerator.wait_for_everyone()
     if stopped_early:
+        assert early is not None  # only early stopping stops early
         run.say(f"early stopping at step {progress.step}: {metric_name} has not improved for "
                 f"{early.patience} evaluations (best {progress.best_metric:.4f} at step {progress.best_step})")
         if save_steps and run.is_main_process and checkpoint_step(checkpoint) != progress.step:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping, Protocol, runtime_checkable
+from typing import (TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping, Protocol, Sequence,
+                    runtime_checkable)
 
 if TYPE_CHECKING:
     from .run import Run
@@ -195,7 +196,7 @@ class TaskOptions(Protocol):
     def metric_for(self, labels: list[str] | None) -> str: ...
 
     def summarize(self, examples: list[dict], *, locations: list[str] | None = None,
-                  problems: list[Problem] = (), config: Any = None) -> dict: ...
+                  problems: Sequence[Problem] = (), config: Any = None) -> dict: ...
 
     def render_summary(self, summary: dict) -> list[str]: ...
 

@@ -65,9 +65,10 @@ def check_examples(examples: Sequence[dict], locations: Sequence[str], task_name
     return sort_problems(problems)
 
 
-def validate_examples(examples: Sequence[dict], locations: Sequence[str], task: Any, task_name: str,
+def validate_examples(examples: Sequence[Any], locations: Sequence[str], task: Any, task_name: str,
                       pm: Any, config: Any = None) -> list[Problem]:
-    """The task's ``validate`` and every ``validate_example`` implementation, for each example."""
+    """The task's ``validate`` and every ``validate_example`` implementation, for each example (as
+    read from a user's file: anything JSON holds, not only objects)."""
     impls = hookimpls(pm, "validate_example")
     found: list[Problem] = []
     for example, location in zip(examples, locations):

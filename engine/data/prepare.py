@@ -169,15 +169,15 @@ def prepare_data(config: Any, pm: Any, tokenizer: Any = None, *, labels: list[st
         kept, taken = split_indices(subset, min(share, 0.999), seed + offset, stratify)
         held[name] = [pool[i] for i in taken]
         pool = [pool[i] for i in kept]
-    result = {name: parts[name] if name in files and name != "train" else
-              whole.take(held.get(name, [])) for name in ("validation", "test")}
+    splits = {name: parts[name] if name in files else whole.take(held.get(name, []))
+              for name in ("validation", "test")}
     train_part = whole.take(pool)
     order = balance_indices(train_part.examples, data.balance, seed, stratify)
-    result["train"] = train_part.take(order)
+    splits["train"] = train_part.take(order)
 
     summary = {}
     for name in SPLITS:
-        part = result[name]
+        part = splits[name]
         if not len(part):
             continue
         origin = files.get(name, train)
@@ -187,7 +187,7 @@ def prepare_data(config: Any, pm: Any, tokenizer: Any = None, *, labels: list[st
             "source": origin.source if name in files else f"{train.source} (a fraction {fractions[name]} split off)",
             "format": origin.format,
         }
-    return PreparedData(train=result["train"], validation=result["validation"], test=result["test"],
+    return PreparedData(train=splits["train"], validation=splits["validation"], test=splits["test"],
                         labels=labels, problems=problems, summary=summary)
 
 
