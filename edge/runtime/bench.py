@@ -58,20 +58,18 @@ def _time_logits(predictor, inputs, warmup: int, runs: int) -> list[float]:
 
 def _time_generation(predictor, inputs, runs: int, new_tokens: int) -> dict[str, Any]:
     list(predictor.stream(inputs, max_new_tokens=4, stop_at_eos=False))  # warm up
-    rates, firsts, totals, gaps = [], [], [], []
+    rates: list[float] = []
+    firsts: list[float] = []
+    totals: list[float] = []
+    gaps: list[float] = []
     for _ in range(runs):
         start = time.perf_counter()
-        first = previous = None
-        count = 0
-        for _token in predictor.stream(inputs, max_new_tokens=new_tokens, stop_at_eos=False):
-            count += 1
-            now = time.perf_counter()
-            if first is None:
-                first = now
-            else:
-                gaps.append(now - previous)  # one token after the first: its own latency
-            previous = now
+        stamps = [time.perf_counter() for _token in predictor.stream(inputs, max_new_tokens=new_tokens,
+                                                                    stop_at_eos=False)]
         end = time.perf_counter()
+        count = len(stamps)
+        first = stamps[0] if stamps else end
+        gaps += [later - earlier for earlier, later in zip(stamps, stamps[1:])]  # each token after the first
         firsts.append(first - start)
         totals.append(end - start)
         # tokens after the first, over the time after the first: the prompt's cost stays out

@@ -89,7 +89,8 @@ def test_classifier_figures_are_the_time_each_call_takes(clock):
     figures = bench_predictor(predictor, tokens=7, batch=3, runs=20, warmup=2)
     # every timed call and every warm-up call ran on the inputs the figures say
     assert predictor.calls == [(3, 7)] * 22
-    assert (figures["batch"], figures["tokens"], figures["runs"], figures["kind"]) == (3, 7, 20, "costly_classification")
+    assert (figures["batch"], figures["tokens"], figures["runs"]) == (3, 7, 20)
+    assert figures["kind"] == "costly_classification"
     timed = np.asarray([predictor.cost(call, 3) for call in range(2, 22)])  # the warm-up left out
     assert figures["p50_ms"] == pytest.approx(np.percentile(timed, 50)) and figures["p50_ms"] == pytest.approx(7)
     assert figures["p95_ms"] == pytest.approx(np.percentile(timed, 95)) and figures["p95_ms"] > 7
