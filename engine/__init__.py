@@ -24,7 +24,7 @@ from .types import (DatasetFormat, DatasetFormatOptions, Method, MethodOptions, 
 if TYPE_CHECKING:
     from .training import train
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str) -> Any:

@@ -109,3 +109,26 @@ def test_the_config_table_documents_every_schema_key_with_its_default():
     assert sorted(set(table) - set(schema)) == [], "README config keys the schema does not have"
     wrong = {key: (table[key], schema[key]) for key in schema if not _documents(table[key], schema[key])}
     assert wrong == {}, "README default (left) differs from the schema's (right)"
+
+
+def test_the_version_is_the_changelogs_newest_release():
+    import re
+
+    import tunewright
+
+    pyproject = re.search(r'(?m)^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    newest = re.search(r"(?m)^## (\d+\.\d+\.\d+)", (ROOT / "CHANGELOG.md").read_text()).group(1)
+    assert tunewright.__version__ == pyproject == newest
+
+
+def test_each_deprecated_form_the_changelog_names_is_adapted_in_compat():
+    """The changelog's table of 0.1.0 forms and tunewright.compat's list stay in step."""
+    from tunewright import compat
+
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert f"accepted until {compat.REMOVED_IN}" in changelog
+    forms = {"factory(run_dir, config)": "factory(run_dir, config)", "runner(job)": "runner(job)",
+             "greater_is_better": "greater_is_better", "max_length, labels=None)": "max_length, labels=None)",
+             "no `validate`": "no ``validate``"}
+    for in_changelog, in_compat in forms.items():
+        assert in_changelog in changelog and in_compat in compat.__doc__
