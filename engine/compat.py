@@ -47,8 +47,8 @@ class PluginDeprecationWarning(DeprecationWarning):
 def deprecated(who: str, what: str, instead: str) -> None:
     """Warn that ``who`` (a plugin, as ``PluginInfo.describe()`` names it) uses ``what``."""
     warnings.warn(
-        f"{who} uses {what}, the form of tunewright 0.1.0, deprecated in {DEPRECATED_IN} and refused "
-        f"from {REMOVED_IN}; write {instead} (see CHANGELOG.md)",
+        f"{who} uses {what}, the form of tunewright 0.1.0: it still works, but it is deprecated since "
+        f"{DEPRECATED_IN} and {REMOVED_IN} may refuse it; write {instead} (see CHANGELOG.md)",
         PluginDeprecationWarning, stacklevel=3)
 
 

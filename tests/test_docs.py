@@ -126,7 +126,7 @@ def test_each_deprecated_form_the_changelog_names_is_adapted_in_compat():
     from tunewright import compat
 
     changelog = (ROOT / "CHANGELOG.md").read_text()
-    assert f"accepted until {compat.REMOVED_IN}" in changelog
+    assert f"{compat.REMOVED_IN} may refuse them" in changelog
     forms = {"factory(run_dir, config)": "factory(run_dir, config)", "runner(job)": "runner(job)",
              "greater_is_better": "greater_is_better", "max_length, labels=None)": "max_length, labels=None)",
              "no `validate`": "no ``validate``"}

@@ -198,3 +198,19 @@ def test_a_task_of_010_is_adapted_and_trains(installed, tiny_llama_dir, tmp_path
     assert result.global_step == 4 and task.max_lengths  # tokenized through its 0.1.0 signature
     final = json.loads((out / "eval.json").read_text())
     assert final["primary_metric"] == "mean_token_accuracy" and final["final"]["loss"] < final["baseline"]["loss"]
+
+
+def test_the_command_line_shows_the_deprecations(installed, tmp_path):
+    """Python hides a DeprecationWarning raised outside __main__; the CLI shows a plugin's."""
+    import os
+    import subprocess
+
+    site = tmp_path / "site-packages"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+           "TUNEWRIGHT_LOAD_PLUGINS": installed["name"]}
+    out = subprocess.run([sys.executable, "-m", "tunewright", "plugins"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "compat010" in out.stdout
+    warned = [line for line in out.stderr.splitlines() if "PluginDeprecationWarning" in line]
+    assert len(warned) == 2 and all("plugin 'compat010'" in line for line in warned), out.stderr[-2000:]
