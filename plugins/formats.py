@@ -37,46 +37,26 @@ none (``tunewright validate data.jsonl``): chat data with image parts is for ``i
 
 from __future__ import annotations
 
-import codecs
-import csv
-import json
 import re
 from pathlib import Path
 from typing import Any, Iterator
 
 from tunewright import DataError, hookimpl
-
-ROLES = ("system", "user", "assistant")
-ALLOWED_ROLES = ", ".join(ROLES)
+from tunewright.plugins.common.messages import ALLOWED_ROLES
+from tunewright.plugins.common.records import (
+    LABEL_COLUMNS,
+    column_of,
+    csv_rows,
+    json_records,
+    parse_label,
+    type_name,
+)
 
 # Column names a CSV header may use; the first one present wins. Kept short on purpose: a guess
 # at a column the user did not mean would train on the wrong thing silently.
 TEXT_COLUMNS = ("text", "sentence")
-LABEL_COLUMNS = ("label", "category", "class")
 
 _INSTRUCTION_MARKER = re.compile(r"###\s*(Human|Assistant)\s*:", re.IGNORECASE)
-_INTEGER = re.compile(r"[+-]?\d+")
-_DECIMAL = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")
-
-
-def _decoded_lines(path: Path) -> Iterator[tuple[int, str | DataError]]:
-    """Yield ``(line_number, text)`` for each line, or a :class:`DataError` for a line that is
-    not UTF-8, so that a single stray byte costs one line, not the file."""
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if number == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8):]
-            try:
-                yield number, raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield number, DataError(
-                    f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1} is not UTF-8 "
-                    "(save the file as UTF-8)")
-
-
-def _type_name(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "true/false",
-            int: "a number", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 def _found(record: dict) -> str:
@@ -85,7 +65,17 @@ def _found(record: dict) -> str:
 
 def _object(record: Any, expected: str) -> dict:
     if not isinstance(record, dict):
-        raise DataError(f"expected a JSON object {expected}, got {_type_name(record)}")
+        raise DataError(f"expected a JSON object {expected}, got {type_name(record)}")
+    return record
+
+
+def _with_keys(record: Any, keys: tuple[str, ...], shape: str) -> dict:
+    """``record`` if it is an object with every one of ``keys``; else a :class:`DataError`
+    naming the missing ones, what was found and the ``shape`` expected."""
+    record = _object(record, "with " + " and ".join(f'"{key}"' for key in keys))
+    missing = [key for key in keys if key not in record]
+    if missing:
+        raise DataError(f"no {' or '.join(repr(k) for k in missing)} key ({_found(record)}; expected {shape})")
     return record
 
 
@@ -101,50 +91,7 @@ class JsonRecords:
     suffixes: tuple[str, ...] = (".jsonl", ".json", ".ndjson")
 
     def read(self, path: Path) -> Iterator[tuple[int, Any]]:
-        lines = list(_decoded_lines(Path(path)))
-        first = next((text for _, text in lines if isinstance(text, str) and text.strip()), "")
-        if first.lstrip().startswith("[") and not any(isinstance(t, DataError) for _, t in lines):
-            yield from self._read_array("".join(text for _, text in lines))
-            return
-        for number, text in lines:
-            if isinstance(text, DataError):
-                yield number, text
-                continue
-            if not text.strip():
-                continue
-            try:
-                yield number, json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield number, DataError(
-                    f"not valid JSON: {exc.msg} at column {exc.colno} "
-                    "(each line must be one complete JSON object)")
-
-    @staticmethod
-    def _read_array(text: str) -> Iterator[tuple[int, Any]]:
-        decoder = json.JSONDecoder()
-        whitespace = re.compile(r"\s*")
-        index = whitespace.match(text, text.index("[") + 1).end()
-        if text.startswith("]", index):
-            return
-        while True:
-            line = text.count("\n", 0, index) + 1
-            try:
-                value, index = decoder.raw_decode(text, index)
-            except json.JSONDecodeError as exc:
-                yield exc.lineno, DataError(
-                    f"not valid JSON: {exc.msg} at column {exc.colno} (the file is a JSON array; "
-                    "its elements must be JSON objects separated by commas)")
-                return
-            yield line, value
-            index = whitespace.match(text, index).end()
-            if text.startswith(",", index):
-                index = whitespace.match(text, index + 1).end()
-            elif text.startswith("]", index):
-                return
-            else:
-                yield text.count("\n", 0, index) + 1, DataError(
-                    "not valid JSON: expected ',' or ']' after an element of the array")
-                return
+        return json_records(Path(path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,7 +102,7 @@ class JsonRecords:
 def _message(value: Any, number: int) -> dict:
     if not isinstance(value, dict):
         raise DataError(
-            f"message {number}: expected an object with role and content, got {_type_name(value)}")
+            f"message {number}: expected an object with role and content, got {type_name(value)}")
     if "role" not in value:
         raise DataError(f"message {number}: no 'role' (allowed: {ALLOWED_ROLES})")
     if "content" not in value:
@@ -166,13 +113,13 @@ def _message(value: Any, number: int) -> dict:
     if not isinstance(content, (str, list)):
         raise DataError(
             f"message {number} ({value['role']}): content must be text (or a list of content "
-            f"parts), got {_type_name(content)}")
+            f"parts), got {type_name(content)}")
     return dict(value)
 
 
 def _messages(value: Any, key: str) -> list[dict]:
     if not isinstance(value, list):
-        raise DataError(f"'{key}' must be a list of messages, got {_type_name(value)}")
+        raise DataError(f"'{key}' must be a list of messages, got {type_name(value)}")
     return [_message(item, number) for number, item in enumerate(value, start=1)]
 
 
@@ -197,10 +144,7 @@ class ChatFormat(JsonRecords):
         return isinstance(record, dict) and "messages" in record
 
     def to_example(self, record: Any) -> dict:
-        record = _object(record, 'with "messages"')
-        if "messages" not in record:
-            raise DataError(f"no 'messages' key ({_found(record)}; "
-                            'expected {"messages": [{"role": ..., "content": ...}, ...]})')
+        record = _with_keys(record, ("messages",), '{"messages": [{"role": ..., "content": ...}, ...]}')
         # Other top-level keys travel along for plugins that understand them.
         return {**record, "messages": _messages(record["messages"], "messages")}
 
@@ -216,11 +160,7 @@ class PromptCompletionFormat(JsonRecords):
         return isinstance(record, dict) and "prompt" in record and "completion" in record
 
     def to_example(self, record: Any) -> dict:
-        record = _object(record, 'with "prompt" and "completion"')
-        missing = [key for key in ("prompt", "completion") if key not in record]
-        if missing:
-            raise DataError(f"no {' or '.join(repr(k) for k in missing)} key ({_found(record)}; "
-                            'expected {"prompt": str, "completion": str})')
+        record = _with_keys(record, ("prompt", "completion"), '{"prompt": str, "completion": str}')
         return {"messages": self._turn(record["prompt"], "prompt", "user")
                 + self._turn(record["completion"], "completion", "assistant")}
 
@@ -230,7 +170,7 @@ class PromptCompletionFormat(JsonRecords):
             return [{"role": role, "content": value}]
         if isinstance(value, list):  # TRL's conversational prompt-completion
             return _messages(value, key)
-        raise DataError(f"'{key}' must be a string (or a list of messages), got {_type_name(value)}")
+        raise DataError(f"'{key}' must be a string (or a list of messages), got {type_name(value)}")
 
 
 class InstructionFormat(JsonRecords):
@@ -249,7 +189,7 @@ class InstructionFormat(JsonRecords):
         record = _object(record, 'with "text"')
         text = record.get("text")
         if not isinstance(text, str):
-            raise DataError(f"'text' must be a string, got {_type_name(text)} "
+            raise DataError(f"'text' must be a string, got {type_name(text)} "
                             '(expected {"text": "### Human: ... ### Assistant: ..."})')
         markers = list(_INSTRUCTION_MARKER.finditer(text))
         if not markers:
@@ -268,7 +208,7 @@ class InstructionFormat(JsonRecords):
 
 def _check_label(label: Any) -> Any:
     if isinstance(label, bool) or not isinstance(label, (str, int, float, type(None))):
-        raise DataError(f"'label' must be a string or a number, got {_type_name(label)}")
+        raise DataError(f"'label' must be a string or a number, got {type_name(label)}")
     return label
 
 
@@ -283,25 +223,14 @@ class TextLabelFormat(JsonRecords):
         return isinstance(record, dict) and "text" in record and "label" in record
 
     def to_example(self, record: Any) -> dict:
-        record = _object(record, 'with "text" and "label"')
-        missing = [key for key in ("text", "label") if key not in record]
-        if missing:
-            raise DataError(f"no {' or '.join(repr(k) for k in missing)} key ({_found(record)}; "
-                            'expected {"text": str, "label": str or number})')
+        record = _with_keys(record, ("text", "label"), '{"text": str, "label": str or number}')
         if not isinstance(record["text"], str):
-            raise DataError(f"'text' must be a string, got {_type_name(record['text'])}")
+            raise DataError(f"'text' must be a string, got {type_name(record['text'])}")
         return {"text": record["text"], "label": _check_label(record["label"])}
 
 
 def _parse_label(value: str) -> Any:
-    value = value.strip()
-    if not value:
-        return None
-    if _INTEGER.fullmatch(value):
-        return int(value)
-    if _DECIMAL.fullmatch(value):
-        return float(value)
-    return value
+    return parse_label(value) if value.strip() else None
 
 
 class CsvFormat:
@@ -317,52 +246,25 @@ class CsvFormat:
         return isinstance(record, dict) and "text" in record and "label" in record
 
     def read(self, path: Path) -> Iterator[tuple[int, Any]]:
-        path = Path(path)
-        delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-        bad: dict[int, DataError] = {}
-
-        def lines() -> Iterator[str]:
-            for number, text in _decoded_lines(path):
-                if isinstance(text, DataError):
-                    bad[number] = text
-                    yield "\n"  # keeps the csv module's line count in step with the file
-                else:
-                    yield text
-
-        reader = csv.reader(lines(), delimiter=delimiter)
-        header: list[str] | None = None
-        columns: tuple[int, int] | None = None
-        end = 0
-        for row in reader:
-            start, end = end + 1, reader.line_num
-            errors = [bad[n] for n in range(start, end + 1) if n in bad]
-            if errors:
-                yield start, errors[0]
-                continue
-            if not any(cell.strip() for cell in row):
-                continue
-            if header is None:
-                header = row
-                columns = self._columns(header)
+        columns: tuple[int, int] | DataError | None = None
+        for number, row in csv_rows(Path(path)):
+            if isinstance(row, DataError):
+                yield number, row
+            elif columns is None:
+                columns = self._columns(row)
                 if isinstance(columns, DataError):
-                    yield start, columns
+                    yield number, columns
                     return
-                continue
-            if len(row) != len(header):
-                yield start, DataError(
-                    f"{len(row)} fields, but the header has {len(header)} "
-                    f"({', '.join(header)}); quote a field that holds a "
-                    f"{'tab' if delimiter == chr(9) else 'comma'}")
-                continue
-            text_at, label_at = columns
-            yield start, {"text": row[text_at], "label": _parse_label(row[label_at])}
+            else:
+                text_at, label_at = columns
+                yield number, {"text": row[text_at], "label": _parse_label(row[label_at])}
 
     @staticmethod
     def _columns(header: list[str]) -> tuple[int, int] | DataError:
         names = [cell.strip().lower() for cell in header]
         found = []
         for what, aliases in (("text", TEXT_COLUMNS), ("label", LABEL_COLUMNS)):
-            at = next((names.index(alias) for alias in aliases if alias in names), None)
+            at = column_of(names, aliases)
             if at is None:
                 return DataError(
                     f"the header ({', '.join(header)}) has no {what} column "

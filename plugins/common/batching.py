@@ -1,4 +1,4 @@
-"""Padding and device helpers shared by the text tasks."""
+"""Padding token ids into a batch, and the device a model takes its inputs on."""
 
 from __future__ import annotations
 
@@ -26,8 +26,3 @@ def model_device(model: Any) -> torch.device:
         return torch.device("cpu")
     first = next(iter(parameters()), None)
     return first.device if first is not None else torch.device("cpu")
-
-
-def type_name(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", int: "a number",
-            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)

@@ -19,13 +19,16 @@ from typing import Any, Iterable
 
 import torch
 
-from tunewright import DataError, Problem, kinds
+from tunewright import Problem, kinds
+from tunewright.plugins.common.batching import IGNORE, model_device, pad
+from tunewright.plugins.common.messages import (
+    conversation_problems,
+    image_parts,
+    rendered_turns,
+    text_of,
+)
 
-from .batching import IGNORE, model_device, pad, type_name
 from .losses import cross_entropy_sum
-
-ROLES = ("system", "user", "assistant")
-ALLOWED_ROLES = ", ".join(ROLES)
 
 # ChatML, for tokenizers that come without a chat template.
 DEFAULT_CHAT_TEMPLATE = (
@@ -33,58 +36,6 @@ DEFAULT_CHAT_TEMPLATE = (
     " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
     "{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-
-def image_parts(content: Any) -> int:
-    """How many non-text parts (images...) a message's content holds."""
-    if not isinstance(content, list):
-        return 0
-    return sum(1 for part in content if isinstance(part, dict) and part.get("type") != "text")
-
-
-def text_of(content: Any) -> str:
-    """The text of a message: the string, or its text parts joined by newlines."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(str(part.get("text", "")) for part in content
-                         if isinstance(part, dict) and part.get("type") == "text")
-    return ""
-
-
-def chat_problems(messages: Any) -> list[str]:
-    """What is wrong with one conversation, each a sentence with what is allowed."""
-    if not isinstance(messages, list) or not messages:
-        return ["no messages (a chat example needs at least a user and an assistant message)"]
-    problems = []
-    roles = []
-    for number, message in enumerate(messages, start=1):
-        if not isinstance(message, dict):
-            problems.append(f"message {number}: expected an object with role and content, got "
-                            f"{type_name(message)}")
-            roles.append(None)
-            continue
-        role = message.get("role")
-        roles.append(role)
-        if role not in ROLES:
-            problems.append(f"message {number}: unknown role {role!r} (allowed: {ALLOWED_ROLES})")
-            continue
-        content = message.get("content")
-        if not isinstance(content, (str, list)):
-            problems.append(f"message {number} ({role}): content must be text or a list of content "
-                            f"parts, got {type_name(content)}")
-        elif not text_of(content).strip() and not image_parts(content):
-            problems.append(f"message {number} ({role}): empty content (every message needs text)")
-        if role == "system" and number > 1:
-            problems.append(f"message {number}: a system message after the first message "
-                            "(a system message is allowed only first)")
-    if "assistant" not in roles:
-        problems.append("no assistant message (a chat example needs an assistant reply to learn "
-                        "from)")
-    elif roles[-1] in ROLES and roles[-1] != "assistant":
-        problems.append(f"the last message is from {roles[-1]} (a conversation must end with "
-                        "an assistant message; nothing after it would be learnt)")
-    return problems
 
 
 class ChatTask:
@@ -102,7 +53,7 @@ class ChatTask:
                 f"the chat task takes examples with 'messages', but this example has "
                 f"{', '.join(map(str, example)) or 'no keys'} (use a chat, prompt-completion or "
                 "instruction file, or another task)"))]
-        problems = [Problem(location, message) for message in chat_problems(example["messages"])]
+        problems = [Problem(location, message) for message in conversation_problems(example["messages"])]
         messages = example["messages"] if isinstance(example["messages"], list) else []
         images = sum(image_parts(m.get("content")) for m in messages if isinstance(m, dict))
         if images:
@@ -149,20 +100,7 @@ class ChatTask:
     def segments(self, messages: list[dict], tokenizer) -> list[tuple[str, bool]]:
         """Split the rendered conversation into ``(text, trained)`` pieces."""
         messages = [{**m, "content": text_of(m.get("content"))} for m in messages]
-        pieces: list[tuple[str, bool]] = []
-        rendered = ""
-        for i, message in enumerate(messages):
-            if message["role"] == "assistant":
-                prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-                full = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
-                if not (prompt.startswith(rendered) and full.startswith(prompt)):
-                    raise DataError(
-                        "the model's chat template does not render conversations turn by turn "
-                        "(a prefix changes when a turn is added); use a template that does")
-                pieces.append((prompt[len(rendered):], False))
-                pieces.append((full[len(prompt):], True))
-                rendered = full
-        return [(text, trained) for text, trained in pieces if text]
+        return [(text, trained) for text, trained, _ in rendered_turns(messages, tokenizer)]
 
     def tokenize(self, example: dict, tokenizer, labels=None) -> dict:
         input_ids: list[int] = []

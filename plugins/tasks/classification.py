@@ -8,15 +8,16 @@ Examples are ``{"text": str, "label": str | int | float}``. Labels are compared 
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from typing import Any, Iterable, Sequence
 
 import torch
 
 from tunewright import Problem, kinds
-
-from .batching import model_device, pad, type_name
+from tunewright.plugins.common.batching import model_device, pad
+from tunewright.plugins.common.labels import is_blank, label_counts_line, sort_labels, unseen_labels
+from tunewright.plugins.common.metrics import macro_scores
+from tunewright.plugins.common.records import type_name
 
 
 def is_regression(values: Iterable[Any]) -> bool:
@@ -25,15 +26,12 @@ def is_regression(values: Iterable[Any]) -> bool:
 
 
 def label_names(values: Iterable[Any]) -> list[str]:
-    names = {str(v) for v in values}
-    if all(re.fullmatch(r"-?\d+", name) for name in names):
-        return sorted(names, key=int)
-    return sorted(names)
+    return sort_labels(str(v) for v in values)
 
 
 def label_problems(example: dict) -> list[str]:
     label = example.get("label")
-    if label is None or (isinstance(label, str) and not label.strip()):
+    if is_blank(label):
         return ["missing label (expected a class name, a whole number, or a number for regression)"]
     if isinstance(label, bool) or not isinstance(label, (str, int, float)):
         return [f"label must be a string or a number, got {type_name(label)}"]
@@ -64,13 +62,8 @@ def labels_across(examples: Sequence[dict], locations: Sequence[str], *, split: 
         return problems
     regression = is_regression(label for label, _ in pairs)
     if reference_labels is not None and not regression:
-        known = {str(label) for label in reference_labels}
-        shown = ", ".join(sorted(known)[:20]) + (", ..." if len(known) > 20 else "")
-        for label, loc in pairs:
-            if str(label) not in known:
-                where = "among the job's labels" if split == "train" else "in the training data"
-                problems.append(Problem(loc, (
-                    f"label {label!r} does not occur {where} (training labels: {shown})")))
+        where = "among the job's labels" if split == "train" else "in the training data"
+        problems += unseen_labels(pairs, reference_labels, where=where)
     if split == "train" and not regression and len(pairs) == len(examples):
         if len({str(label) for label, _ in pairs}) == 1:
             problems.append(Problem(source, (
@@ -92,9 +85,7 @@ def summarize_labels(examples: Sequence[dict]) -> dict:
 def render_labels(summary: dict) -> list[str]:
     lines = []
     if summary.get("labels"):
-        labels = summary["labels"]
-        shown = ", ".join(f"{name} {count:,}" for name, count in list(labels.items())[:20])
-        lines.append(f"labels: {shown}{', ...' if len(labels) > 20 else ''}")
+        lines.append(label_counts_line(summary["labels"]))
     if summary.get("target"):
         target = summary["target"]
         lines.append(f"target: min {target['min']:g}, mean {target['mean']:g}, max {target['max']:g}")
@@ -229,21 +220,5 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
         return {"loss": mse, "mse": mse, "mae": torch.mean((predictions - labels).abs()).item()}
     loss = torch.nn.functional.cross_entropy(logits, labels).item()
     predicted = logits.argmax(-1)
-    precisions, recalls, f1s = [], [], []
-    for c in range(logits.shape[-1]):
-        tp = int(((predicted == c) & (labels == c)).sum())
-        fp = int(((predicted == c) & (labels != c)).sum())
-        fn = int(((predicted != c) & (labels == c)).sum())
-        if tp + fp + fn == 0:
-            continue  # a class absent from both predictions and references says nothing
-        p = tp / (tp + fp) if tp + fp else 0.0
-        r = tp / (tp + fn) if tp + fn else 0.0
-        precisions.append(p)
-        recalls.append(r)
-        f1s.append(2 * p * r / (p + r) if p + r else 0.0)
-
-    def mean(xs):
-        return sum(xs) / len(xs) if xs else 0.0
-
     return {"loss": loss, "accuracy": (predicted == labels).float().mean().item(),
-            "precision": mean(precisions), "recall": mean(recalls), "f1": mean(f1s)}
+            **macro_scores(predicted, labels, logits.shape[-1])}

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from tunewright import ConfigError, Problem, hookimpl, kinds
+from tunewright.plugins.common.labels import is_blank, label_counts_line, sort_labels, unseen_labels
+from tunewright.plugins.common.metrics import macro_scores
 
 KIND = kinds.IMAGE_CLASSIFICATION
 
@@ -82,13 +84,13 @@ def label_name(value: Any) -> str:
 def _label_problem(value: Any) -> str | None:
     if value is None:
         return "no label (allowed: a class name or a whole number)"
+    if is_blank(value):
+        return "label is empty (allowed: a class name or a whole number)"
     if isinstance(value, bool) or isinstance(value, (list, dict)):
         return f"label {value!r} is a {type(value).__name__} (allowed: a class name or a whole number)"
     if isinstance(value, float) and not _is_whole_number(value):
         return (f"label {value!r} is not a whole number (allowed: a class name or a whole number; "
                 "image-classification does not do regression)")
-    if isinstance(value, str) and not value.strip():
-        return "label is empty (allowed: a class name or a whole number)"
     return None
 
 
@@ -149,22 +151,9 @@ def rescale_and_normalize(processor, pixels: list) -> Any:
 def confusion_metrics(logits, labels, loss: float) -> dict[str, float]:
     """Loss, accuracy and macro precision, recall and F1 over the classes that occur in the
     references or the predictions (a class absent from both says nothing)."""
-    import torch
-
     predicted = logits.argmax(-1)  # (N,)
-    classes = logits.shape[-1]
-    matrix = torch.zeros(classes, classes, dtype=torch.long)  # (true, predicted)
-    matrix.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
-    tp = matrix.diag().double()
-    predicted_count, true_count = matrix.sum(0).double(), matrix.sum(1).double()
-    seen = (predicted_count + true_count) > 0
-    precision = torch.where(predicted_count > 0, tp / predicted_count.clamp(min=1), torch.zeros_like(tp))
-    recall = torch.where(true_count > 0, tp / true_count.clamp(min=1), torch.zeros_like(tp))
-    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
-                     torch.zeros_like(tp))
-    mean = lambda values: float(values[seen].mean()) if bool(seen.any()) else 0.0  # noqa: E731
     return {"loss": loss, "accuracy": float((predicted == labels).double().mean()) if len(labels) else 0.0,
-            "precision": mean(precision), "recall": mean(recall), "f1": mean(f1)}
+            **macro_scores(predicted, labels, logits.shape[-1])}
 
 
 class ImageClassificationTask:
@@ -260,19 +249,13 @@ class ImageClassificationTask:
                 return [Problem(where, f"the training data has {len(found)} label ({', '.join(found) or 'none'}); "
                                        "a classifier needs at least two")]
             return []
-        known = set(reference_labels or [])
-        problems = []
-        for example, location in zip(examples, locations):
-            if _label_problem(example.get("label")) is None and known and label_name(example["label"]) not in known:
-                problems.append(Problem(location, f"label {label_name(example['label'])!r} does not occur in the "
-                                                  f"training data (training labels: {', '.join(sorted(known))})"))
-        return problems
+        if not reference_labels:
+            return []
+        return unseen_labels([(label_name(e["label"]), location) for e, location in zip(examples, locations)
+                              if _label_problem(e.get("label")) is None], reference_labels)
 
     def label_set(self, examples) -> list[str] | None:
-        names = {label_name(e["label"]) for e in examples if _label_problem(e.get("label")) is None}
-        if names and all(n.lstrip("-").isdigit() for n in names):
-            return sorted(names, key=int)
-        return sorted(names)
+        return sort_labels(label_name(e["label"]) for e in examples if _label_problem(e.get("label")) is None)
 
     def stratify_key(self, example) -> str | None:
         return label_name(example.get("label"))
@@ -353,13 +336,12 @@ class ImageClassificationTask:
         from tunewright.vision import render_summary
 
         labels = summary.get("labels") or {}
-        shown = ", ".join(f"{name} {count:,}" for name, count in list(labels.items())[:20])
         lines = render_summary({k: v for k, v in summary.items() if k != "labels"})
         if summary.get("images"):
             # vision's pixel counts are of the views it makes; a classifier resizes one view
             lines.append("the classifier sees one view per image at its image processor's input size "
                          "(224 x 224 for mobilenet-v2) at any detail; low detail only pre-fits large images")
-        return lines + ([f"labels: {shown}{', ...' if len(labels) > 20 else ''}"] if labels else [])
+        return lines + ([label_counts_line(labels)] if labels else [])
 
 
 @hookimpl(trylast=True)

@@ -37,10 +37,11 @@ from typing import Any, Iterable
 import torch
 
 from tunewright import ConfigError, DataError, Problem, hookimpl, kinds
+from tunewright.plugins.common.batching import IGNORE, pad
+from tunewright.plugins.common.messages import conversation_problems as shared_conversation_problems
+from tunewright.plugins.common.messages import rendered_turns
 
-IGNORE = -100
 TASK_KIND = kinds.IMAGE_TEXT_TO_TEXT
-ROLES = ("system", "user", "assistant")
 #: part types tunewright.vision reads as images (it refuses all but image_url with a reason)
 IMAGE_PART_TYPES = ("image_url", "image", "input_image", "image_file")
 
@@ -50,38 +51,19 @@ IMAGE_PART_TYPES = ("image_url", "image", "input_image", "image_file")
 # ---------------------------------------------------------------------------------------------
 
 
+def _has_text_or_image(content: Any) -> bool:
+    if isinstance(content, str):
+        return bool(content.strip())
+    return any(isinstance(p, dict) and (p.get("type") == "image_url" or str(p.get("text", "")).strip())
+               for p in content)
+
+
 def conversation_problems(messages: Any) -> list[str]:
     """What is wrong with one conversation as a whole: roles, empty turns, the order of turns."""
-    if not isinstance(messages, list) or not messages:
-        return ["no messages (an image-to-text example is a conversation: a user turn with images "
-                "and text, then an assistant reply)"]
-    problems, roles = [], []
-    for number, message in enumerate(messages, start=1):
-        if not isinstance(message, dict):
-            problems.append(f"message {number}: expected an object with role and content")
-            roles.append(None)
-            continue
-        role = message.get("role")
-        roles.append(role)
-        if role not in ROLES:
-            problems.append(f"message {number}: unknown role {role!r} (allowed: {', '.join(ROLES)})")
-            continue
-        content = message.get("content")
-        if not isinstance(content, (str, list)):
-            problems.append(f"message {number} ({role}): content must be text or a list of content parts")
-        elif isinstance(content, str) and not content.strip() or (isinstance(content, list) and not any(
-                isinstance(p, dict) and (p.get("type") == "image_url" or str(p.get("text", "")).strip())
-                for p in content)):
-            problems.append(f"message {number} ({role}): empty content (every message needs text or an image)")
-        if role == "system" and number > 1:
-            problems.append(f"message {number}: a system message after the first message "
-                            "(a system message is allowed only first)")
-    if "assistant" not in roles:
-        problems.append("no assistant message (an example needs an assistant reply to learn from)")
-    elif roles[-1] in ROLES and roles[-1] != "assistant":
-        problems.append(f"the last message is from {roles[-1]} (a conversation must end with an "
-                        "assistant message; nothing after it would be learnt)")
-    return problems
+    return shared_conversation_problems(
+        messages, example="an example", has_content=_has_text_or_image, content="text or an image",
+        no_messages="an image-to-text example is a conversation: a user turn with images and text, then "
+                    "an assistant reply")
 
 
 def structure_problems(example: dict) -> list[str]:
@@ -139,11 +121,6 @@ def _image_token_id(model_or_processor) -> int | None:
             if isinstance(value, int):
                 return value
     return None
-
-
-def _pad(sequences: list[list[int]], value: int) -> torch.Tensor:
-    width = max(len(s) for s in sequences)
-    return torch.tensor([s + [value] * (width - len(s)) for s in sequences], dtype=torch.long)
 
 
 class ImageTextTask:
@@ -280,21 +257,7 @@ class ImageTextTask:
     def segments(self, messages: list[dict], processor) -> list[tuple[str, bool, int]]:
         """``(text, trained, first message index after it)`` pieces of the rendered conversation:
         the prompt before each assistant turn (not trained) and the turn itself (trained)."""
-        pieces: list[tuple[str, bool, int]] = []
-        rendered = ""
-        for i, message in enumerate(messages):
-            if message["role"] != "assistant":
-                continue
-            prompt = processor.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-            full = processor.apply_chat_template(messages[: i + 1], tokenize=False)
-            if not (prompt.startswith(rendered) and full.startswith(prompt)):
-                raise DataError(
-                    "the model's chat template does not render conversations turn by turn "
-                    "(a prefix changes when a turn is added); use a template that does")
-            pieces.append((prompt[len(rendered):], False, i))
-            pieces.append((full[len(prompt):], True, i + 1))
-            rendered = full
-        return [piece for piece in pieces if piece[0]]
+        return rendered_turns(messages, processor)
 
     def tokenize(self, example: dict, tokenizer, labels=None) -> dict:
         """Input ids with the image tokens expanded, labels (-100 outside assistant turns), and
@@ -341,9 +304,9 @@ class ImageTextTask:
         processor = tokenizer
         pad_id = processor.tokenizer.pad_token_id
         batch = {
-            "input_ids": _pad([f["input_ids"] for f in features], pad_id),  # (B, T)
-            "attention_mask": _pad([f["attention_mask"] for f in features], 0),  # (B, T)
-            "labels": _pad([f["labels"] for f in features], IGNORE),  # (B, T)
+            "input_ids": pad([f["input_ids"] for f in features], pad_id),  # (B, T)
+            "attention_mask": pad([f["attention_mask"] for f in features], 0),  # (B, T)
+            "labels": pad([f["labels"] for f in features], IGNORE),  # (B, T)
         }
         views = []
         for feature in features:
