@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 from tunewright import TunewrightError
 
@@ -18,7 +18,7 @@ from . import BundleError, bench_bundle, load_bundle, verify_bundle
 
 
 def run_bundle(folder, inputs: list[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
-               seed: int | None = None, as_chat: bool = True, images: list[str] = (), pm: Any = None) -> list:
+               seed: int | None = None, as_chat: bool = True, images: Sequence[str] = (), pm: Any = None) -> list:
     """Predict for each input (texts, image paths, or prompts; an image+text bundle shows each
     prompt ``images`` first); returns JSON-ready results. Raises :class:`BundleError` for
     ``images`` given to a bundle that takes none beside its inputs. ``pm``: the plugin manager

@@ -172,7 +172,7 @@ class ImageTextGenerator:
         """(V, 3, S, S) -> (V, N, D)."""
         return self.vision.run(None, {self.vision.get_inputs()[0].name: pixels.astype(np.float32)})[0]
 
-    def embed(self, ids: Sequence[int], pixels: np.ndarray | None) -> np.ndarray:
+    def embed(self, ids: Sequence[int] | np.ndarray, pixels: np.ndarray | None) -> np.ndarray:
         """Input embeddings (1, T, D) of ``ids`` with the ``<image>`` rows replaced, in order, by
         the image features of ``pixels``."""
         ids = np.asarray(ids, dtype=np.int64)
@@ -220,7 +220,7 @@ class ImageTextGenerator:
         for row in range(ids.shape[0]):
             length = int(mask[row].sum())
             views = int((ids[row, :length] == self.image_token_id).sum()) // self.tokens_per_view
-            mine = pixels[start: start + views] if views else None
+            mine = pixels[start: start + views] if views and pixels is not None else None
             start += views
             logits, _ = self.step(self.embed(ids[row, :length], mine), self.empty_past(), 0)
             padded = np.zeros((width, logits.shape[-1]), dtype=np.float32)

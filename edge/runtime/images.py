@@ -62,7 +62,7 @@ def image_settings(processor: Any) -> dict[str, Any]:
         if set(crop_size) != {"height", "width"}:
             raise UnsupportedProcessor(f"{name}: crop_size {crop_size!r} needs height and width")
         crop = {"height": int(crop_size["height"]), "width": int(crop_size["width"])}
-        smallest = (resize.get("shortest_edge"),) * 2 if "shortest_edge" in resize else (resize["height"], resize["width"])
+        smallest = (resize["shortest_edge"],) * 2 if "shortest_edge" in resize else (resize["height"], resize["width"])
         if config.get("do_resize", True) and (crop["height"] > smallest[0] or crop["width"] > smallest[1]):
             raise UnsupportedProcessor(f"{name}: a crop of {crop} larger than the resized image pads it, which "
                                        "the edge runtime does not reproduce")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -207,6 +207,7 @@ class _TextGeneration:
 
     generates: ClassVar[bool] = True
     codec: TextCodec
+    stream: Callable[..., Iterator[int]]  # each generator's own, with its sampling options
 
     def prompt_ids(self, prompt: str | list[dict[str, str]]) -> list[int]:
         """Token ids of a raw prompt, or of chat messages rendered with the bundle's chat format."""
@@ -286,7 +287,7 @@ class Generator(_TextGeneration, OnnxPredictor):
             if out is None:
                 out = np.zeros((*ids.shape, logits.shape[-1]), dtype=np.float32)
             out[row, keep] = logits[0]
-        return out
+        return out if out is not None else np.zeros((*ids.shape, 0), dtype=np.float32)
 
     def teacher_forced_logits(self, prompt, continuation) -> np.ndarray:
         ids = as_prompt_inputs(prompt)["input_ids"]
@@ -299,7 +300,7 @@ class Generator(_TextGeneration, OnnxPredictor):
             rows.append(logits[0, -1])
         return np.stack(rows).astype(np.float32)
 
-    def stream(self, inputs: Inputs, *, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
+    def stream(self, inputs: Inputs, *, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,  # type: ignore[override]
                top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True) -> Iterator[int]:
         rng = np.random.default_rng(seed)
         ids = np.asarray(inputs["input_ids"], dtype=np.int64)

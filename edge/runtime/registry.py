@@ -114,7 +114,7 @@ def find_predictor(runtime: str, task_kind: str, *, pm: Any = None) -> type:
 def predictor_for(folder: str | Path, manifest: dict, *, threads: int | None = None, pm: Any = None):
     """Open the bundle in ``folder`` (its files already checked) with the predictor registered for
     its manifest's runtime and task kind."""
-    cls = find_predictor(manifest.get("runtime"), manifest.get("task_kind"), pm=pm)
+    cls = find_predictor(str(manifest.get("runtime")), str(manifest.get("task_kind")), pm=pm)
     return cls(Path(folder), manifest, threads=threads)
 
 

@@ -11,7 +11,7 @@ the result.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 from ..errors import DataError
 from ..types import Problem, Task, optional
@@ -133,7 +133,10 @@ def prepare_data(config: Any, pm: Any, tokenizer: Any = None, *, labels: list[st
             f"{data.max_length} is above the model's limit of {limit} tokens (examples longer than "
             f"{limit} will fail; lower data.max_length to {limit})"), "warning"))
 
-    parts = {name: Split(result.examples, list(result.locations), result.features, result.lengths)
+    # a feature is None only for an example refused (an error: the job stops below) or left out
+    # (dropped below, before anything trains)
+    parts = {name: Split(result.examples, list(result.locations), cast("list[dict]", result.features),
+                         result.lengths)
              for name, result in checked.items() if result.read.readable}
 
     sources = [read.source for read in files.values()]
