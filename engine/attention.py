@@ -8,9 +8,8 @@ further pass each way over the ``heads x T x T`` scores). :func:`grouped_attenti
 same thing with the query heads of each key-value head stacked into one matrix product against
 the shared keys, the scaling and the mask in one ``add``, and the softmax in the scores' dtype
 (the CPU kernel accumulates bf16 in fp32 and rounds once, as the cast back did). In fp32 it gives
-eager's figures; on 2 cores of an Intel Xeon with AMX it made SmolLM2-135M's LoRA forward +
-backward in bf16 14% faster than eager, which itself beats SDPA's flash kernel on sequences this
-short (its backward costs more than the small score matrices it saves).
+eager's figures. How much faster it is than eager and SDPA, and where: bench/README.md, "Where the
+code's choices come from".
 
 It is registered with transformers' public ``AttentionInterface`` (and eager's additive mask with
 ``AttentionMaskInterface``) under :data:`GROUPED`; a call with an argument whose meaning it does not
@@ -89,9 +88,7 @@ def prefer_cpu_attention(model: PreTrainedModel, max_length: int) -> str | None:
     Returns the implementation set, or None where the model keeps its own: on CUDA, for longer
     sequences (SDPA does not materialise the ``T x T`` scores), for a model that was not loaded
     with SDPA (a choice of the user's or the model's), and for an architecture that cannot switch.
-    Measured with SmolLM2-135M LoRA in bf16 on 2 cores, chatterbot-corpus conversations (about 60
-    tokens): eager 184 against SDPA's 166 tokens/s on Zen 4; grouped 650 against eager's 572 and
-    SDPA's 545 on an AMX Xeon (forward + backward).
+    The measurements behind the switch: bench/README.md, "Where the code's choices come from".
     """
     if torch.cuda.is_available() or max_length > 512:
         return None

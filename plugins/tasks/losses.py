@@ -1,9 +1,9 @@
 """Cross-entropy over a large vocabulary, a few rows of logits at a time.
 
-``F.cross_entropy(logits.float(), targets)`` on the scored positions of a chat batch (1,232 x
-49,152 for eight SmolLM2 conversations) makes four full-size fp32 tensors: the upcast, the
-log-softmax kept for backward, the zeros its backward scatters into and the gradient, each a
-fresh 242 MB allocation that the kernel faults in page by page, then casts the gradient back.
+``F.cross_entropy(logits.float(), targets)`` on the scored positions of a chat batch makes four
+full-size fp32 tensors: the upcast, the log-softmax kept for backward, the zeros its backward
+scatters into and the gradient (for eight SmolLM2 conversations, 1,232 x 49,152: 242 MB each, each
+a fresh allocation faulted in page by page), then casts the gradient back.
 Here each block of rows is upcast on its own, small enough to stay in cache and to be reused by
 the allocator: forward keeps the logits in their own dtype (half an fp32 copy, in bf16) and each
 row's log-sum-exp; backward writes ``softmax - onehot`` straight into one gradient of the
@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import torch
 
-#: fp32 bytes of one block of rows, about a core's L2 (1 to 2 MB on the machines measured): on 2
-#: cores of an Intel Xeon with AMX, 1,232 x 49,152 bf16 logits took 94 ms forward + backward in
-#: 1 MB blocks, 92 in 2 MB, 101 in 4 MB, 145 in 8 MB and 141 in 0.25 MB (F.cross_entropy on the
-#: upcast: 276 ms)
+#: fp32 bytes of one block of rows on a CPU, about a core's L2 (block sizes measured against
+#: F.cross_entropy: bench/README.md, "Where the code's choices come from")
 BLOCK_BYTES = 2**20
 #: on an accelerator each block costs kernel launches rather than cache misses: far fewer, larger
-#: blocks (not measured here: no GPU was lent)
+#: blocks (not measured)
 ACCELERATOR_BLOCK_BYTES = 256 * 2**20
 
 

@@ -9,26 +9,15 @@ Detection, per image: grey, longest side at most 640 (faster, and faces of a por
 hundreds of pixels), shortest side at least 100 (a 25-pixel face is enlarged to where the 20-pixel
 cascade windows find it), histogram equalised; the frontal cascade ``alt2`` (3 neighbours, scale
 step 1.1), then, only when it finds nothing, the profile cascade on the image and its mirror (5
-neighbours: at 3 it fires on cat faces; scale step 1.2: a third faster than 1.1 and, on the set
-below, as good).
+neighbours, scale step 1.2).
 
-Speed (``bench/vision_validate_bench.py`` on a quiet 2-core AVX2 machine): checks and screening
-together handle 76 of the demo's 28 x 28 digits a second against 2,405 for the checks alone, and
-4.2 of its photos (300 x 451 to 1000 x 872) a second (three cascade passes when no frontal face is
-found, the usual case). Screening is the slowest part of validation by far, and
-``vision.screening: false`` skips it.
+Every image with a face is an ``"excluded"`` problem. Screening is the slowest part of
+validation by far; ``vision.screening: false`` turns it off. Nothing detects children or CAPTCHAs
+offline, so those are not screened. A plugin can screen with any detector through
+:func:`tunewright.vision.screen_example`, as this one does.
 
-Measured on scikit-image's ``lfw_subset`` (100 faces and 100 non-faces, 25 x 25), 500 MNIST
-digits and 20 scikit-image photos (see ``tests/plugins/vision/test_faces.py``): 91 of the 100 faces
-found, no false alarm on the non-faces, the digits or the photos; the astronaut and the
-cameraman (a profile) are found. mediapipe 0.10.21's bundled short-range detector finds 98 of 100
-with one false alarm on the non-faces and one on the photos (a colour wheel), but it pins
-``protobuf<5``, which breaks ``onnx``, prints a protobuf error on import, ships for CPython
-3.9-3.12 only and its later releases ship no model: it cannot be a dependency here. A plugin can
-screen with any detector through :func:`tunewright.vision.screen_example`, as this one does.
-
-Every image with a face is an ``"excluded"`` problem; ``vision.screening: false`` turns screening
-off. Nothing detects children or CAPTCHAs offline, so those are not screened.
+Its speed, its misses and false alarms on a labelled set, why the profile cascade's settings, and
+why not mediapipe's detector: bench/README.md, "Where the code's choices come from".
 """
 
 from __future__ import annotations
