@@ -1078,7 +1078,8 @@ def environment() -> dict:
 
     flags = ""
     try:
-        flags = open("/proc/cpuinfo", encoding="utf-8").read()
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            flags = cpuinfo.read()
     except OSError:
         pass
     model_name = next((line.split(":", 1)[1].strip() for line in flags.splitlines() if line.startswith("model name")), "")

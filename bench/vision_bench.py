@@ -91,7 +91,7 @@ def latency(model, bundles: dict[str, Path], size: dict[str, int], *, rounds: in
         calls[name] = lambda session=session, input_name=input_name: session.run(None, {input_name: pixels})
     medians: dict[str, list[float]] = {name: [] for name in calls}
     with torch.inference_mode():
-        for name, call in calls.items():  # warm up every variant once
+        for call in calls.values():  # warm up every variant once
             for _ in range(3):
                 call()
         for _ in range(rounds):

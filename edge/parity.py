@@ -57,8 +57,9 @@ class ParityReport:
     @property
     def drop(self) -> float:
         """How much worse the bundle is, in points (negative: better)."""
-        worse = self.tuned_metric - self.bundle_metric if self.direction == "max" else self.bundle_metric - self.tuned_metric
-        return worse * 100
+        from tunewright import better_by
+
+        return better_by(self.tuned_metric, self.bundle_metric, self.direction) * 100
 
     @property
     def passed(self) -> bool:

@@ -25,18 +25,12 @@ IGNORE = -100
 
 
 def gate_metric(task, labels) -> tuple[str, str]:
-    """The metric the gate watches and its direction ("max" or "min"): ``task.metric_for(labels)``
-    when the task has it (regression -> mse), else ``task.primary_metric``; the direction from
-    ``task.metric_directions``."""
-    from tunewright import PluginError
+    """The metric the gate watches and its direction ("max" or "min"): the engine's one rule,
+    :func:`tunewright.primary_metric` (``task.metric_for(labels)`` when the task has it, else
+    ``task.primary_metric``; the direction from ``task.metric_directions``)."""
+    from tunewright import primary_metric
 
-    metric_for = getattr(task, "metric_for", None)
-    name = metric_for(labels) if callable(metric_for) else task.primary_metric
-    direction = (getattr(task, "metric_directions", None) or {}).get(name)
-    if direction not in ("max", "min"):
-        raise PluginError(f"the task {type(task).__name__} watches the metric {name!r} but its metric_directions "
-                          f"say {direction!r} for it (expected 'max' or 'min')")
-    return name, direction
+    return primary_metric(task, labels)
 
 
 def as_numpy(batch: dict) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ from .config import JobConfig, Section, load_config, read_yaml
 from .errors import ConfigError, DataError, JobFailed, PluginError, TunewrightError, UsageError
 from .hookspecs import hookimpl
 from .manager import PluginManager, get_plugin_manager
+from .metrics import better_by, metric_direction, primary_metric
 from .models import atomic_directory, cache_dir
 from .run import RUN_MARKER, Run, evaluate, prepare_run, run_job
 from .runs import LoadedRun, load_run
@@ -51,6 +52,8 @@ __all__ = [
     "Run", "prepare_run", "train", "evaluate", "run_job", "TrainResult", "RUN_MARKER",
     # a finished run
     "load_run", "LoadedRun",
+    # which metric judges a run, which way is better (the summary, early stopping, the parity gate)
+    "primary_metric", "metric_direction", "better_by",
     # files
     "cache_dir", "atomic_directory",
     # errors

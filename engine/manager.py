@@ -300,7 +300,7 @@ def plugin_summary(pm: PluginManager) -> list[dict]:
 
     Built-ins skipped for a missing extra are listed with ``unavailable`` set to the reason.
     """
-    pm.registries  # fills PluginInfo.registered
+    _ = pm.registries  # filling them fills PluginInfo.registered
     return [
         {
             "name": info.name,

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 @functools.lru_cache(maxsize=None)
 def cpu_has_fast_bf16() -> bool:
     try:
-        flags = open("/proc/cpuinfo", encoding="utf-8").read()
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            flags = cpuinfo.read()
     except OSError:
         return False
     return any(flag in flags for flag in (" avx512_bf16", " amx_bf16"))

@@ -9,6 +9,7 @@ and shows its size and speed beside PyTorch's.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 from pathlib import Path
 from typing import Callable
@@ -38,7 +39,7 @@ def chatterbot_pairs() -> list[dict]:
         category = (data.get("categories") or [path.stem])[0]
         for conversation in data.get("conversations") or []:
             turns = [str(t).strip() for t in conversation if str(t).strip()]
-            for prompt, reply in zip(turns, turns[1:]):
+            for prompt, reply in itertools.pairwise(turns):
                 examples.append({"messages": [{"role": "user", "content": prompt},
                                               {"role": "assistant", "content": reply}],
                                  "category": category})

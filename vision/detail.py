@@ -92,7 +92,7 @@ def view_sizes(size: Size, detail: str | None) -> list[Size]:
     overview = low_size(size)
     if detail == "low":
         return [overview]
-    return [overview] + [(r - l, b - t) for l, t, r, b in tile_boxes(size)]
+    return [overview] + [(right - left, bottom - top) for left, top, right, bottom in tile_boxes(size)]
 
 
 def view_count(size: Size, detail: str | None) -> int:

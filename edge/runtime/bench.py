@@ -6,6 +6,7 @@ that does not generate, greedy generation without stopping at eos for one that d
 
 from __future__ import annotations
 
+import itertools
 import resource
 import sys
 import time
@@ -69,7 +70,7 @@ def _time_generation(predictor, inputs, runs: int, new_tokens: int) -> dict[str,
         end = time.perf_counter()
         count = len(stamps)
         first = stamps[0] if stamps else end
-        gaps += [later - earlier for earlier, later in zip(stamps, stamps[1:])]  # each token after the first
+        gaps += [later - earlier for earlier, later in itertools.pairwise(stamps)]  # each token after the first
         firsts.append(first - start)
         totals.append(end - start)
         # tokens after the first, over the time after the first: the prompt's cost stays out

@@ -51,9 +51,9 @@ def summarize(examples: Sequence[dict], task: Any, *, lengths: Sequence[int | No
         if training.max_steps and 0 < training.max_steps < steps:
             steps = training.max_steps
             seen = min(seen, steps * per_step)
-        figures = {"epochs": training.epochs, "optimizer_steps": steps, "examples_seen": int(round(seen))}
+        figures = {"epochs": training.epochs, "optimizer_steps": steps, "examples_seen": round(seen)}
         if counted:
-            figures["estimated_tokens"] = int(round(seen * sum(counted) / len(counted)))
+            figures["estimated_tokens"] = round(seen * sum(counted) / len(counted))
         summary["training"] = figures
     return summary
 

@@ -115,7 +115,7 @@ class AdapterMethod:
     def apply(self, model, settings, task_kind):
         check_task_kind(self.name, task_kind, self.task_kinds)
         settings = settings if settings is not None else AdapterSettings()
-        stack_name, blocks = block_stack(model)
+        _, blocks = block_stack(model)
         if any(hasattr(block, MODULE_NAME) for block in blocks):
             raise UsageError("adapter: the model has adapters already; apply a method to a plain "
                              "base model once")

@@ -64,11 +64,11 @@ def labels_across(examples: Sequence[dict], locations: Sequence[str], *, split: 
     if reference_labels is not None and not regression:
         where = "among the job's labels" if split == "train" else "in the training data"
         problems += unseen_labels(pairs, reference_labels, where=where)
-    if split == "train" and not regression and len(pairs) == len(examples):
-        if len({str(label) for label, _ in pairs}) == 1:
-            problems.append(Problem(source, (
-                f"every example has the label {pairs[0][0]!r} (classification needs at least two "
-                "labels; for regression use numbers that are not all whole)")))
+    if (split == "train" and not regression and len(pairs) == len(examples)
+            and len({str(label) for label, _ in pairs}) == 1):
+        problems.append(Problem(source, (
+            f"every example has the label {pairs[0][0]!r} (classification needs at least two "
+            "labels; for regression use numbers that are not all whole)")))
     return problems
 
 

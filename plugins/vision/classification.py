@@ -86,7 +86,7 @@ def _label_problem(value: Any) -> str | None:
         return "no label (allowed: a class name or a whole number)"
     if is_blank(value):
         return "label is empty (allowed: a class name or a whole number)"
-    if isinstance(value, bool) or isinstance(value, (list, dict)):
+    if isinstance(value, (bool, list, dict)):
         return f"label {value!r} is a {type(value).__name__} (allowed: a class name or a whole number)"
     if isinstance(value, float) and not _is_whole_number(value):
         return (f"label {value!r} is not a whole number (allowed: a class name or a whole number; "

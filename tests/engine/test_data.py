@@ -131,7 +131,7 @@ def test_utf16_file(tmp_path, pm):
 def test_non_utf8_line_is_one_problem(tmp_path, pm):
     path = tmp_path / "train.jsonl"
     path.write_bytes(b'{"text": "a", "label": 1}\n{"text": "caf\xe9", "label": 2}\n{"text": "c", "label": 1}\n')
-    examples, locations, problems = read_examples(path, pm.registries)
+    _examples, locations, problems = read_examples(path, pm.registries)
     assert locations == [f"{path}:1", f"{path}:3"]
     assert problems == [Problem(f"{path}:2", "byte 0xe9 at column 14 is not UTF-8 (save the file as UTF-8)")]
 
@@ -140,7 +140,7 @@ def test_every_broken_line_is_reported(tmp_path, pm):
     path = tmp_path / "train.jsonl"
     path.write_text(json.dumps(chat("a")) + "\n{broken\n\n" + json.dumps(chat("b")) + "\n[1, 2]\n"
                     '{"messages": [{"role": "user", "content": "x"}]\n')
-    examples, locations, problems = read_examples(path, pm.registries)
+    _examples, locations, problems = read_examples(path, pm.registries)
     assert locations == [f"{path}:1", f"{path}:4"]
     assert [p.location for p in problems] == [f"{path}:2", f"{path}:5", f"{path}:6"]
     assert problems[0].message.startswith("not valid JSON: Expecting property name")

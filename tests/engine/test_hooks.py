@@ -406,7 +406,7 @@ def test_a_registered_object_missing_protocol_members_is_refused():
             register("half", Task())
 
     with pytest.raises(PluginError, match="plugin 'half' registered task 'half', which lacks what a tunewright.Task has: collate"):
-        get_plugin_manager(plugins=[("half", Half())]).registries
+        _ = get_plugin_manager(plugins=[("half", Half())]).registries
 
 
 # -------------------------------------------------------------------------

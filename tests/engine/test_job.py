@@ -181,7 +181,7 @@ def test_early_stopping_stops_and_keeps_the_best_checkpoint(tiny_bert_dir, class
     raw = job_config(tiny_bert_dir, classification_data, out, task="classification", method="full",
                      max_steps=200, learning_rate=0.3, eval_steps=4, logging_steps=4,
                      early_stopping={"patience": 2, "metric": "loss"})
-    result, messages = run_job(raw)
+    result, _ = run_job(raw)
     assert result.global_step < 200
     evals = evaluations(out, "eval_loss")
     best = min(evals)
@@ -195,7 +195,7 @@ def test_early_stopping_on_a_metric_where_lower_is_better(tiny_llama_dir, chat_d
     out = tmp_path / "run"
     raw = job_config(tiny_llama_dir, chat_data, out, max_steps=80, learning_rate=0.05, eval_steps=4,
                      logging_steps=4, early_stopping={"patience": 2, "metric": "perplexity"})
-    result, _ = run_job(raw)
+    run_job(raw)
     evals = evaluations(out, "eval_perplexity")
     final = json.loads((out / "eval.json").read_text())["final"]["perplexity"]
     assert len(evals) >= 3 and min(evals) < max(evals)

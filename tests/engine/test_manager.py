@@ -108,7 +108,7 @@ def test_duplicate_method_name_names_both_plugins(site):
             register("lora", object())
     """)
     with pytest.raises(PluginError) as info:
-        get_plugin_manager(env={}).registries
+        _ = get_plugin_manager(env={}).registries
     message = str(info.value)
     assert "registered method 'lora'" in message and "fake-dup 1.2.3" in message
     assert "registered already" in message and "distribution tunewright" in message
@@ -121,7 +121,7 @@ def test_bad_registered_name_is_refused():
             register("Bad Name", object())
 
     with pytest.raises(PluginError, match="lowercase"):
-        get_plugin_manager(plugins=[("badname", Plugin())], env={DISABLE_ENV: "1"}).registries
+        _ = get_plugin_manager(plugins=[("badname", Plugin())], env={DISABLE_ENV: "1"}).registries
 
 
 def test_misspelt_hook_fails_loudly_with_a_suggestion():
@@ -142,7 +142,7 @@ def test_plugin_that_raises_while_registering_is_named():
             raise ValueError("no tasks today")
 
     with pytest.raises(PluginError, match="'raiser' failed in register_tasks: ValueError: no tasks today"):
-        get_plugin_manager(plugins=[("raiser", Plugin())], env={DISABLE_ENV: "1"}).registries
+        _ = get_plugin_manager(plugins=[("raiser", Plugin())], env={DISABLE_ENV: "1"}).registries
 
 
 def test_unknown_name_lists_what_is_registered():

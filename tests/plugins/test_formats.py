@@ -65,7 +65,7 @@ def test_auto_detects_each_jsonl_format(tmp_path, registries, record, expected):
 def test_detection_uses_first_recognised_record(tmp_path, registries):
     path = tmp_path / "d.jsonl"
     path.write_text('{"oops": 1}\n' + json.dumps({"prompt": "a", "completion": "b"}) + "\n")
-    examples, locations, problems = read_examples(path, registries)
+    _examples, locations, problems = read_examples(path, registries)
     assert locations == [f"{path}:2"]
     assert len(problems) == 1 and problems[0].location == f"{path}:1"
     assert problems[0].message == ("no 'prompt' or 'completion' key (found: oops; "
@@ -75,7 +75,7 @@ def test_detection_uses_first_recognised_record(tmp_path, registries):
 def test_mixed_formats_are_reported_per_line(tmp_path, registries):
     path = write_jsonl(tmp_path / "mixed.jsonl", [
         CHAT, {"prompt": "a", "completion": "b"}, CHAT, {"text": "t", "label": "x"}])
-    examples, locations, problems = read_examples(path, registries)
+    _examples, locations, problems = read_examples(path, registries)
     assert locations == [f"{path}:1", f"{path}:3"]
     assert [p.location for p in problems] == [f"{path}:2", f"{path}:4"]
     assert "prompt-completion data" in problems[0].message and "read as chat" in problems[0].message

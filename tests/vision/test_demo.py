@@ -51,7 +51,7 @@ def test_bad_folder_holds_every_bad_file_and_some_good_ones(demo):
     names = {p.name for p in (demo.bad / "cat").iterdir()}
     assert set(bad_images()) <= names and {"cat.jpg", "rotated.jpg", "outside.png"} <= names
     assert (demo.bad / "cat" / "outside.png").is_symlink()
-    for name, (data, reason) in bad_images().items():
+    for name, (_data, reason) in bad_images().items():
         example = {"image": f"cat/{name}", "label": "cat", "image_source": {"root": str(demo.bad)}}
         [problem] = check_example(example, f"{demo.bad}:1")
         assert problem.reason == reason, name

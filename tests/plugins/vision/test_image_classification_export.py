@@ -118,7 +118,7 @@ def tuned_mobilenet(mobilenet_v2_dir, mnist_digits):
                          "image_classification")
     features = [TASK.tokenize(e, processor, names) for e in train]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    for epoch in range(3):
+    for _epoch in range(3):
         for i in range(0, len(features), 20):
             model.train()
             model(**TASK.collate(features[i:i + 20], processor)).loss.backward()

@@ -85,7 +85,7 @@ def test_jsonl_auto_detected_with_the_files_folder(registries, folder):
     assert examples[1] == {"image": "train/dog/0.png", "label": "dog", "detail": "low",
                            SOURCE_KEY: {"root": str(folder)}}
     assert locations == [f"{path}:1", f"{path}:2"]
-    assert all(check_example(e, l) == [] for e, l in zip(examples, locations))
+    assert all(check_example(e, where) == [] for e, where in zip(examples, locations))
 
 
 def test_jsonl_array_and_record_errors(registries, folder):

@@ -141,7 +141,7 @@ def test_tokenize_trains_on_assistant_tokens_only(task, processor, tmp_path):
     features = task.tokenize(example, processor)
     ids, labels = features["input_ids"], features["labels"]
     assert len(ids) == len(labels) == len(features["attention_mask"])
-    trained = processor.tokenizer.decode([i for i, l in zip(ids, labels) if l != IGNORE])
+    trained = processor.tokenizer.decode([i for i, label in zip(ids, labels) if label != IGNORE])
     assert trained == "red<|im_end|>\nstill red<|im_end|>\n"
     # the prompt (system, user turn with its image, assistant header) is masked
     assert labels[0] == IGNORE
