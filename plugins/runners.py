@@ -1,10 +1,10 @@
 """The ``local`` runner: trains the job in this process (and, under ``torchrun`` or ``accelerate
 launch``, in each of its processes with distributed data parallel)."""
 
-from tunewright import hookimpl, train
+from tunewright import Run, TrainResult, hookimpl, train
 
 
-def local(run):
+def local(run: Run) -> TrainResult:
     """``tunewright.train(run)``: a resumed run continues from its last checkpoint."""
     return train(run)
 

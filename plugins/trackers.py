@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tunewright import hookimpl
+from tunewright import Run, hookimpl
 
 
 class JsonlTracker:
@@ -16,7 +16,7 @@ class JsonlTracker:
     appears once. The kept lines replace the file atomically (a crash while resuming loses
     nothing), and a last line cut short by a killed process is dropped rather than read."""
 
-    def __init__(self, run):
+    def __init__(self, run: Run):
         self.path = Path(run.run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if run.resume_from is not None and self.path.exists():
