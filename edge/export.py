@@ -3,7 +3,10 @@
 ``export_bundle`` takes a model in memory (merged, fp32, eval mode), its tokenizer or image
 processor, the task that trained it and held-out examples; ``export_run`` is the thin layer that
 reads those from a run directory. Exporters, quantizers and edge runtimes come from the plugin
-registries.
+registries. Every kind of model takes this one path: a model that exports to several files (an
+image+text model's vision part, decoder and embedding table) is one ``ExportedModel`` with
+``parts``, quantized part by part (:func:`quantize_export`) and proven, described and benched as a
+whole.
 """
 
 from __future__ import annotations
