@@ -376,7 +376,7 @@ def train(run: Run, *, max_steps: int | None = None, stop_at_step: int | None = 
             left = (stop - progress.step) * elapsed / done if done else float("nan")
             # steps of the whole run (the schedule's), also when this call stops early or resumed
             run.say(f"step {progress.step}/{total}  loss {logs['loss']:.4f}  lr {logs['learning_rate']:.2e}  "
-                    f"{rate:.0f} tok/s" + (f"  {int(left // 60)}:{int(left % 60):02d} left" if math.isfinite(left) else ""))
+                    f"{rate:.0f} {optional(run.task, Task, 'progress_unit', 'tok')}/s" + (f"  {int(left // 60)}:{int(left % 60):02d} left" if math.isfinite(left) else ""))
             window_loss, window_steps = 0.0, 0
         if watching and eval_steps and progress.step % eval_steps == 0 and progress.step < stop:
             metrics = evaluate_run(run, step=progress.step, stage="training")

@@ -131,7 +131,8 @@ class Task(Protocol):
     keywords it names: the examples' ``file:line`` locations, every problem found in them,
     screening's exclusions included, and the job config or ``None``); ``default_model`` (the
     registered model whose tokenizer or image processor ``tunewright validate`` uses when no model
-    or config is named);
+    or config is named); ``progress_unit`` (what the training progress line counts per second:
+    ``"images"`` for a task whose examples are one image each; default ``"tok"``);
     ``loss(model, batch) -> (summed_loss, count)`` (the training loss of a batch from
     :meth:`collate`, summed over the items it counts, label tokens or examples, and how many
     there are: the engine divides by the count over every micro-batch of a step and every process,
@@ -185,6 +186,9 @@ class TaskOptions(Protocol):
 
     description: str
     default_model: str
+    #: what the training progress line's rate counts per second (``"images"``); default ``"tok"``:
+    #: the tokens of a step, or its examples for features without ``input_ids``
+    progress_unit: str
 
     def check_split(self, examples: list[dict], locations: list[str], *, split: str,
                     reference_labels: list[str] | None) -> list[Problem]: ...

@@ -165,6 +165,7 @@ class ImageClassificationTask:
     description = ("image classification (MobileNetV2, ViT, ConvNeXt...): a new head for the labels, "
                    "cross-entropy; images checked by tunewright.vision")
     default_model = "mobilenet-v2"
+    progress_unit = "images"  # one image per example: the progress line's rate is images/s
 
     # -- model and processor ------------------------------------------------------------------
 

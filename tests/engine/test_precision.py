@@ -171,8 +171,12 @@ def test_every_precision_runs_every_task_kind(task_kind, precision, tmp_path, ti
               "image_text": tiny_image_text_dir}
     pm = get_plugin_manager()
     raw = _job(task_kind, tmp_path, models, precision)
-    run_job(load_config(raw, pm.registries), pm, echo=lambda message: None)
+    messages: list[str] = []
+    run_job(load_config(raw, pm.registries), pm, echo=messages.append)
     results = json.loads((tmp_path / "run" / "eval.json").read_text())
+    # the progress line counts what the task trains on: images, or tokens
+    unit = "images/s" if task_kind == "image-classification" else "tok/s"
+    assert any(m.startswith("step ") and unit in m for m in messages), messages
     assert results["train"]["precision"] in (("bf16", "fp32") if precision == "auto" else (precision,))
     for stage in ("baseline", "final"):
         assert all(math.isfinite(v) for v in results[stage].values()), (stage, results[stage])
