@@ -857,7 +857,8 @@ def ratio(a: float, b: float) -> float | None:
 
 
 def format_table(runs: list[dict], evaluation: dict) -> str:
-    head = (f"{'run':<24}{'steps':>6}{'tokens':>8}{'train s':>9}{'pad':>5}{'tok/s':>8}{'tok/CPU-s':>10}{'CPU use':>9}{'peak RSS':>10}"
+    head = (f"{'run':<24}{'steps':>6}{'tokens':>8}{'train s':>9}{'pad':>5}{'tok/s':>8}"
+            f"{'tok/CPU-s':>10}{'CPU use':>9}{'peak RSS':>10}"
             f"{'train RSS':>11}{'val loss':>10}{'val acc':>9}")
     lines = [head, "-" * len(head)]
     base = evaluation["baseline"]
@@ -867,9 +868,11 @@ def format_table(runs: list[dict], evaluation: dict) -> str:
         heldout = evaluation[run["key"]]
         lines.append(
             f"{run['key']:<24}{run['global_step']:>6}{run['train_tokens']:>8}{run['train_seconds']:>9.1f}"
-            f"{run['padding']:>5.0%}{run['tokens_per_second']:>8.1f}{run['tokens_per_cpu_second']:>10.1f}{run['cpu_use']:>9.0%}{run['peak_rss_mib']:>7.0f} Mi{run['train_peak_rss_mib']:>8.0f} Mi"
+            f"{run['padding']:>5.0%}{run['tokens_per_second']:>8.1f}{run['tokens_per_cpu_second']:>10.1f}"
+            f"{run['cpu_use']:>9.0%}{run['peak_rss_mib']:>7.0f} Mi{run['train_peak_rss_mib']:>8.0f} Mi"
             f"{heldout['loss']:>10.4f}{heldout['mean_token_accuracy']:>9.4f}")
-    lines.append("pad: share of the positions trained on that were padding; tok/s: non-padding tokens / wall seconds of trainer.train(); tok/CPU-s: the same over "
+    lines.append("pad: share of the positions trained on that were padding; tok/s: non-padding tokens / "
+                 "wall seconds of trainer.train(); tok/CPU-s: the same over "
                  "the process's CPU seconds;\nCPU use: CPU seconds / (wall seconds x torch threads): well "
                  "below 100% means other processes shared the cores and wall-clock figures are inflated.")
     return "\n".join(lines)

@@ -13,8 +13,9 @@
 
 Each method is a whole ``tunewright`` job (``run_job``) on the digits written as PNG class
 folders, with the recipe of ``examples/vision/mobilenet-digits.yaml``: the figures are the run's
-own ``eval.json`` on the test folder (baseline: the pretrained network with the run's fresh head). ``--quick`` shrinks everything to run in a minute or two
-(tests); its figures show that the script works, not what the model can do.
+own ``eval.json`` on the test folder (baseline: the pretrained network with the run's fresh
+head). ``--quick`` shrinks everything to run in a minute or two (tests); its figures show that
+the script works, not what the model can do.
 """
 
 from __future__ import annotations

@@ -66,7 +66,9 @@ def train(pm, config_path: str, overrides: tuple[str, ...], resume: bool, overwr
 @click.option("--task", default=None, help="Task the data is for (default: what the file's format says).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="A job config: its model's tokenizer, max_length and training settings are used.")
-@click.option("--model", default=None, help="Model whose tokenizer counts tokens (default: the task's packaged model; lengths are checked against its context).")
+@click.option("--model", default=None, help=(
+    "Model whose tokenizer counts tokens (default: the task's packaged model; lengths are checked "
+    "against its context)."))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 def validate(pm, data_path: str, task: str | None, config_path: str | None, model: str | None, as_json: bool) -> None:

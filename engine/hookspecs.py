@@ -208,8 +208,9 @@ def transform_example(example: dict, task: str, config: "JobConfig | None", loca
     """Rewrite one valid example before it is tokenized (low-detail images, redaction...).
 
     ``location`` is where the example came from (``data/train.jsonl:17``: a path relative to the
-    data file resolves against its folder). Return the new example, or ``None`` to leave it as it is; raise :class:`tunewright.DataError`
-    to refuse it (reported at its location, before training). Implementations run in turn, each
+    data file resolves against its folder). Return the new example, or ``None`` to leave it as it
+    is; raise :class:`tunewright.DataError` to refuse it (reported at its location, before
+    training). Implementations run in turn, each
     seeing the previous one's output, in pluggy's call order (``tryfirst``/``trylast`` apply).
     """
 

@@ -57,8 +57,9 @@ class Run:
     split and ``data`` holds the examples themselves with where each came from. ``trackers`` are
     filled by :func:`run_job` on the main process. ``resume_from`` is the checkpoint a resumed run
     continues from (``None`` for a new run) and ``start_step`` its step: :func:`tunewright.train`
-    continues from it by itself, and a tracker keeps what it recorded up to ``start_step``. ``is_main_process`` is ``False`` on the other ranks of a ``torchrun`` job,
-    which neither write nor print.
+    continues from it by itself, and a tracker keeps what it recorded up to ``start_step``.
+    ``is_main_process`` is ``False`` on the other ranks of a ``torchrun`` job, which neither write
+    nor print.
     """
 
     config: JobConfig
@@ -159,10 +160,11 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, key: str = "o
         raise UsageError(f"{key}: {run_dir} exists and is not empty; {hint}")
     resolved = run_dir.resolve()
     here = Path.cwd().resolve()
-    if not marked or resolved == here or resolved in here.parents:
+    holds_here = resolved == here or resolved in here.parents
+    if not marked or holds_here:
         raise UsageError(
             f"{key}: --overwrite replaces only a run directory (a folder with {RUN_MARKER} that "
-            f"tunewright made), and {run_dir} is not one{' (it holds the current directory)' if resolved == here or resolved in here.parents else ''}; "
+            f"tunewright made), and {run_dir} is not one{' (it holds the current directory)' if holds_here else ''}; "
             "nothing was deleted: choose a new or empty folder")
     shutil.rmtree(run_dir)
 

@@ -112,8 +112,8 @@ def bench_predictor(predictor, *, tokens: int = 16, batch: int = 1, runs: int = 
     ``prompt_tokens`` prompt (shown ``images`` first, for a predictor that takes images), over
     ``min(runs, 3)`` runs: tokens per second after the first token (the median run), the first
     token's latency (the prompt, its images included: median, p50 and p95 over the runs), and the
-    latency of each later token (p50 and p95 over every token of every run). Raises :class:`BundleError` for ``images`` given to
-    a predictor that takes none.
+    latency of each later token (p50 and p95 over every token of every run). Raises
+    :class:`BundleError` for ``images`` given to a predictor that takes none.
     """
     figures: dict[str, Any] = {"kind": predictor.task_kind, "runtime": predictor.runtime}
     extra: dict[str, Any] = {}

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AbstractSet, Any, Sequence
+from collections.abc import Sequence, Set
+from typing import Any
 
 from ..errors import DataError, PluginError
 from ..types import Problem
@@ -68,7 +69,7 @@ def transform_example(example: dict, location: str, task_name: str, pm: Any, con
 
 def tokenize_examples(examples: Sequence[dict], locations: Sequence[str], task: Any, task_name: str,
                       tokenizer: Any, labels: list[str] | None, pm: Any, config: Any = None,
-                      skip: AbstractSet[str] = frozenset()) -> tuple[list[dict | None], list[dict], list[Problem]]:
+                      skip: Set[str] = frozenset()) -> tuple[list[dict | None], list[dict], list[Problem]]:
     """Transform and tokenize each example whose location is not in ``skip``.
 
     Returns the features (``None`` where skipped or refused), the transformed examples, and the

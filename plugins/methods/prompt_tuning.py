@@ -13,9 +13,9 @@ every other method, and a task's metrics need not know about virtual tokens. The
 Nothing is added to the weights, so there is nothing to merge: :meth:`merge` refuses with a
 :class:`tunewright.UsageError`. A prompt cannot be folded into weights (every layer attends to the
 virtual tokens as to extra positions, which no change of a weight matrix reproduces), and the other
-ways out are not plain models: feeding the prompt as ``inputs_embeds`` changes the exported graph's inputs, and turning it
-into a precomputed KV cache only works for decoders and ties the export to one cache layout. Train
-with ``lora`` or ``ia3`` when the result must be exported.
+ways out are not plain models: feeding the prompt as ``inputs_embeds`` changes the exported
+graph's inputs, and turning it into a precomputed KV cache only works for decoders and ties the
+export to one cache layout. Train with ``lora`` or ``ia3`` when the result must be exported.
 """
 
 from __future__ import annotations
