@@ -421,8 +421,10 @@ def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Pa
             log(f"quantize: {name}")
             try:
                 with _scratch_cwd(work / "scratch"), _quiet(log, f"the quantizer {name!r}"):
-                    quantized = quantize_export(quantizers[name], name, base, work / f"q-{name}",
-                                                reference.calibration(), chosen_exporter)
+                    # parts take no calibration (their inputs are not the task's): none is collated
+                    calibration = [] if base.parts else reference.calibration()
+                    quantized = quantize_export(quantizers[name], name, base, work / f"q-{name}", calibration,
+                                                chosen_exporter)
             except Exception as exc:
                 if quantize != AUTO:
                     raise
