@@ -3,7 +3,9 @@ evaluation, from ``metrics.jsonl``.
 
 Left: the training loss (its raw per-log values and a running mean, which is what to read on
 small batches) and the validation loss at every evaluation. Right: every other held-out metric.
-The baseline (before training) is drawn as a dashed reference line in both.
+The baseline (before training) is drawn as a dashed reference line in both, and each panel says its
+final figures in words (the running mean of the last training losses, the final evaluation against
+the baseline), so that a reader need not read them off the curves.
 """
 
 from __future__ import annotations
@@ -27,6 +29,36 @@ def _running_mean(values: list[float], window: int) -> list[float]:
             total -= values[i - window]
         out.append(total / min(i + 1, window))
     return out
+
+
+def final_figures(rows: list[dict]) -> tuple[list[str], list[str]]:
+    """The lines written on the loss panel and on the metrics panel: the training loss at the end
+    (the mean of its last 5 logged values) and each held-out figure of the final evaluation with
+    its baseline."""
+    train = [r["loss"] for r in rows if "loss" in r]
+    evals = [r for r in rows if any(k.startswith("eval_") for k in r)]
+    baseline = next((r for r in evals if r.get("eval_stage") == "baseline"), None) or {}
+    after = [r for r in evals if r.get("eval_stage") != "baseline"]
+    final = next((r for r in after if r.get("eval_stage") == "final"), after[-1] if after else {})
+    losses, metrics = [], []
+    if train:
+        losses.append(f"train loss {_running_mean(train, 5)[-1]:.4f} (mean of the last {min(5, len(train))})")
+    for key in sorted(k for k, v in final.items() if k.startswith("eval_") and isinstance(v, (int, float))):
+        if key == "eval_perplexity":
+            continue
+        line = f"{'validation loss' if key == 'eval_loss' else key[5:]} {final[key]:.4f}"
+        if isinstance(baseline.get(key), (int, float)):
+            line += f" (baseline {baseline[key]:.4f})"
+        (losses if key == "eval_loss" else metrics).append(line)
+    return losses, metrics
+
+
+def _write_figures(ax, lines: list[str]) -> None:
+    """The final figures between the panel's title and its plot, where no curve can hide them."""
+    if lines:
+        ax.text(0.5, 1.02, "final: " + ", ".join(lines), transform=ax.transAxes, ha="center", va="bottom",
+                fontsize=8, wrap=True)
+        ax.set_title(ax.get_title(), pad=18)
 
 
 def write_report(run_dir: Path) -> Path | None:
@@ -68,6 +100,9 @@ def write_report(run_dir: Path) -> Path | None:
             metric_ax.axhline(baseline[key], color=color, linestyle="--", linewidth=1)
     metric_ax.set_xlabel("step")
     metric_ax.set_title("held-out metrics (dashed: baseline)")
+    loss_lines, metric_lines = final_figures(rows)
+    _write_figures(loss_ax, loss_lines)
+    _write_figures(metric_ax, metric_lines)
     if metric_ax.lines:
         metric_ax.legend(fontsize=8)
     else:

@@ -70,16 +70,18 @@ def batch_order(features: list[dict], batch_size: int, seed: int, epoch: int, gr
     """The batches of one epoch as lists of example indices, the same for the same seed and epoch.
 
     Shuffled; with ``group_by_length``, examples are sorted by length inside megabatches of
-    ``MEGABATCH`` batches (less padding), and the megabatch's longest batch goes first so that a
-    run that runs out of memory does so at once.
+    ``MEGABATCH`` batches (less padding), the batches are then shuffled (in length order, the
+    loss of a step would follow the length of its examples, not what the model has learnt), and
+    the longest batch goes first so that a run that runs out of memory does so at once.
     """
     order = list(range(len(features)))
-    random.Random(seed * 1000 + epoch).shuffle(order)
+    rng = random.Random(seed * 1000 + epoch)
+    rng.shuffle(order)
     if group_by_length and len(order) > batch_size:
         span = batch_size * MEGABATCH
         chunks = [sorted(order[i:i + span], key=lambda j: -length(features[j])) for i in range(0, len(order), span)]
-        order = [j for chunk in chunks for j in chunk]
-        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        batches = [chunk[i:i + batch_size] for chunk in chunks for i in range(0, len(chunk), batch_size)]
+        rng.shuffle(batches)
         longest = max(range(len(batches)), key=lambda b: length(features[batches[b][0]]))
         batches[0], batches[longest] = batches[longest], batches[0]
         return batches

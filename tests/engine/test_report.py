@@ -63,3 +63,15 @@ def test_a_run_without_held_out_data_says_so(tmp_path, drawn):
     assert set(lines_by_label(loss_ax)) == {"train loss", "train loss (mean of 5)"}
     assert not metric_ax.lines and "no held-out evaluation" in metric_ax.texts[0].get_text()
     assert write_report(tmp_path / "empty") is None  # nothing logged: no report
+
+
+def test_the_final_figures_are_written_on_the_plot(tmp_path, drawn):
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    write_report(tmp_path)
+    (fig,) = drawn
+    loss_ax, metric_ax = fig.axes
+    # the mean of the last 5 training losses (steps 4..8: 1.6 .. 1.2), the final evaluation and
+    # its baseline
+    assert loss_ax.texts[0].get_text() == ("final: train loss 1.4000 (mean of the last 5), "
+                                           "validation loss 1.2000 (baseline 2.0000)")
+    assert metric_ax.texts[0].get_text() == "final: accuracy 0.7000 (baseline 0.3000)"
