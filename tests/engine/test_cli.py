@@ -91,14 +91,19 @@ def test_set_overrides_reach_the_job(tmp_path):
     assert result.returncode == 2 and "training.batch_size: expected an integer, got 'eight'" in result.stderr
 
 
-def test_validate_reports_every_problem_with_its_line(tmp_path):
-    rows = chat_rows(12)
+def chat_file_with_problems(path: Path, rows: list[dict], not_json: int, robot: int, unanswered: int) -> Path:
+    """``rows`` as chat JSONL but for three broken lines (0-based): one that is not JSON, one with
+    an unknown role, one without an assistant reply."""
     lines = [json.dumps(r) for r in rows]
-    lines[2] = "{not json"
-    lines[4] = json.dumps({"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]})
-    lines[6] = json.dumps({"messages": [{"role": "user", "content": "only a question"}]})
-    data = tmp_path / "train.jsonl"
-    data.write_text("\n".join(lines) + "\n")
+    lines[not_json] = "{not json"
+    lines[robot] = json.dumps({"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]})
+    lines[unanswered] = json.dumps({"messages": [{"role": "user", "content": "only a question"}]})
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_validate_reports_every_problem_with_its_line(tmp_path):
+    data = chat_file_with_problems(tmp_path / "train.jsonl", chat_rows(12), 2, 4, 6)
     result = tw("validate", str(data), "--task", "chat")
     assert result.returncode == 2
     assert f"{data}:3:" in result.stdout and f"{data}:5:" in result.stdout and f"{data}:7:" in result.stdout
@@ -349,12 +354,7 @@ def test_validate_counts_only_usable_examples_and_their_tokens(tmp_path, tiny_ll
     from tunewright.validate import validate_file
 
     rows = chat_rows(5)
-    lines = [json.dumps(r) for r in rows]
-    lines[1] = "{not json"
-    lines[2] = json.dumps({"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]})
-    lines[3] = json.dumps({"messages": [{"role": "user", "content": "only a question"}]})
-    data = tmp_path / "train.jsonl"
-    data.write_text("\n".join(lines) + "\n")
+    data = chat_file_with_problems(tmp_path / "train.jsonl", rows, 1, 2, 3)
     pm = get_plugin_manager()
     report = validate_file(data, "chat", pm, model=str(tiny_llama_dir))
     summary = report.to_dict()["summary"]
