@@ -40,7 +40,8 @@ def final_figures(rows: list[dict]) -> tuple[list[str], list[str]]:
     baseline = next((r for r in evals if r.get("eval_stage") == "baseline"), None) or {}
     after = [r for r in evals if r.get("eval_stage") != "baseline"]
     final = next((r for r in after if r.get("eval_stage") == "final"), after[-1] if after else {})
-    losses, metrics = [], []
+    losses: list[str] = []
+    metrics: list[str] = []
     if train:
         losses.append(f"train loss {_running_mean(train, 5)[-1]:.4f} (mean of the last {min(5, len(train))})")
     for key in sorted(k for k, v in final.items() if k.startswith("eval_") and isinstance(v, (int, float))):

@@ -300,8 +300,10 @@ class Generator(_TextGeneration, OnnxPredictor):
             rows.append(logits[0, -1])
         return np.stack(rows).astype(np.float32)
 
-    def stream(self, inputs: Inputs, *, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,  # type: ignore[override]
-               top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True) -> Iterator[int]:
+    def stream(  # type: ignore[override]  # its sampling options by name, not **options
+        self, inputs: Inputs, *, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
+        top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True,
+    ) -> Iterator[int]:
         rng = np.random.default_rng(seed)
         ids = np.asarray(inputs["input_ids"], dtype=np.int64)
         logits, past = self.step(ids, self.empty_past(), 0)
