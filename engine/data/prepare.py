@@ -143,8 +143,10 @@ def prepare_data(config: Any, pm: Any, tokenizer: Any = None, *, labels: list[st
     problems = sort_problems(problems, sources)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
+        # what each file holds that could train: a refused example is not counted, nor its tokens
         summary = {name: {**summarize(part.examples, task, lengths=part.lengths, config=config,
-                                      locations=part.locations, problems=problems),
+                                      locations=part.locations, problems=problems,
+                                      usable=checked[name].usable()),
                           "source": files[name].source, "format": files[name].format}
                    for name, part in parts.items()}
         raise DataProblems(error_message(errors, problems), problems, summary)

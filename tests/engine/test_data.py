@@ -592,3 +592,18 @@ def test_excluded_examples_are_left_out_and_reported(tmp_path, bert_tokenizer):
     assert [(p.location, p.severity) for p in data.problems] == [(f"{path}:4", "excluded"), (f"{path}:18", "excluded")]
     report = render_report(data.problems, data.summary, ClassificationTask())
     assert "2 examples excluded:" in report and f"{path}:4: excluded: holds a secret" in report
+
+
+def test_data_problems_summarise_only_the_usable_examples(tmp_path, pm, bert_tokenizer):
+    """A job refused for its data says what the files hold that could train: 60 lines, 3 without
+    text, count 57 examples and the tokens of those 57 alone."""
+    rows = labelled(60)
+    for i in (5, 20, 40):
+        rows[i] = {"text": "", "label": "pos"}
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    with pytest.raises(DataProblems) as caught:
+        prepare_data(config(path, validation=None), pm, bert_tokenizer)
+    summary = caught.value.summary["train"]
+    assert summary["examples"] == 57
+    usable = [r for i, r in enumerate(rows) if i not in (5, 20, 40)]
+    assert summary["tokens"]["total"] == sum(len(bert_tokenizer(r["text"])["input_ids"]) for r in usable)
