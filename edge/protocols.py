@@ -51,7 +51,7 @@ class ExportedModel:
     #: models of their own among the bundle's files, by role, each in its own folder: what
     #: quantizers rewrite one at a time (``{"decoder": ...}``); empty for a one-model export.
     #: ``model_file`` may be a part's file: the bundle lays every file out side by side.
-    parts: dict[str, "ExportedModel"] = field(default_factory=dict)
+    parts: dict[str, ExportedModel] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
