@@ -18,7 +18,8 @@ def tool(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-@pytest.mark.parametrize("command", [("ruff", "check", "."), ("ruff", "format", "--check", ".")],
+@pytest.mark.parametrize("command", [("ruff", "check", "--output-format=concise", "."),
+                                     ("ruff", "format", "--check", ".")],
                          ids=["ruff-check", "ruff-format"])
 def test_ruff(command):
     out = tool(*command)
