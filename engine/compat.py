@@ -70,6 +70,15 @@ def _names(fn: Any) -> set[str]:
         return set()
 
 
+def _delegate(adapter: Any, wrapped: str, name: str) -> Any:
+    """``adapter.<wrapped>.<name>``: what an adapter does not define is the wrapped object's. An
+    adapter not yet filled in (being unpickled, copied) has nothing to hand on."""
+    inner = vars(adapter).get(wrapped)
+    if inner is None or name.startswith("__"):
+        raise AttributeError(name)
+    return getattr(inner, name)
+
+
 # -------------------------------------------------------------------------
 # Trackers: factory(run_dir, config) -> factory(run)
 # -------------------------------------------------------------------------
@@ -89,7 +98,7 @@ class LegacyTrackerFactory:
         return self.factory(run.run_dir, run.config, **extra)
 
     def __getattr__(self, name: str) -> Any:  # check, description...: the factory's own
-        return getattr(self.factory, name)
+        return _delegate(self, "factory", name)
 
 
 def is_legacy_tracker_factory(factory: Any) -> bool:
@@ -116,7 +125,7 @@ class LegacyRunner:
         return self.runner(run)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.runner, name)
+        return _delegate(self, "runner", name)
 
 
 def is_legacy_runner(runner: Any) -> bool:
@@ -155,7 +164,7 @@ class LegacyTask:
         return self._task.tokenize(example, tokenizer, labels=labels)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["_task"], name)
+        return _delegate(self, "_task", name)
 
     def __repr__(self) -> str:
         return f"LegacyTask({self._task!r})"

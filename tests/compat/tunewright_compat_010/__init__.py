@@ -118,7 +118,7 @@ def plain_loop(job):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return TrainResult(run_dir=job.run_dir, global_step=steps,
                        metrics={"train_loss": sum(losses) / len(losses)})
 
