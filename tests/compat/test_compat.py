@@ -31,7 +31,7 @@ def read_project(path: Path) -> dict:
     parser = configparser.ConfigParser(delimiters=("=",))
     parser.optionxform = str
     parser.read_string(path.read_text())
-    unquote = lambda value: value.strip().strip('"')  # noqa: E731
+    unquote = lambda value: value.strip().strip('"')
     entries = parser["project.entry-points.tunewright"]
     return {"name": unquote(parser["project"]["name"]), "version": unquote(parser["project"]["version"]),
             "entry-points": {"tunewright": {k: unquote(v) for k, v in entries.items()}}}
@@ -214,3 +214,31 @@ def test_the_command_line_shows_the_deprecations(installed, tmp_path):
     assert "compat010" in out.stdout
     warned = [line for line in out.stderr.splitlines() if "PluginDeprecationWarning" in line]
     assert len(warned) == 2 and all("plugin 'compat010'" in line for line in warned), out.stderr[-2000:]
+
+
+def test_only_the_older_forms_are_taken_for_them():
+    """A current factory or runner with extra optional parameters is used as it is, unwarned."""
+    from tunewright import hookimpl
+
+    made = []
+
+    def factory(run, verbose=False):
+        made.append(run)
+
+    def runner(run, *, rounds=1):
+        return rounds
+
+    class Current:
+        @hookimpl
+        def register_trackers(self, register):
+            register("current", factory)
+
+        @hookimpl
+        def register_runners(self, register):
+            register("current", runner)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        registries = get_plugin_manager(env={}, plugins=[("current", Current())]).registries
+    assert not [w for w in caught if issubclass(w.category, PluginDeprecationWarning)]
+    assert registries.trackers["current"] is factory and registries.runners["current"] is runner
