@@ -106,9 +106,12 @@ def prepare_data(config: Any, pm: Any, tokenizer: Any = None, *, labels: list[st
                 reference = task.label_set(train.examples)
                 labels = result.labels if result.labels is not None else reference
         else:
+            # the training file itself, held out whole (a federated server's central set, which
+            # never trains): its examples are not reported as leaks of themselves
+            whole = value == data.train
             result = check_file(value, task_name, pm, config, data_format=data.format, split=name,
                                 reference_labels=reference, labels=labels, tokenizer=tokenizer,
-                                max_length=max_length, train=train if train.readable else None)
+                                max_length=max_length, train=train if train.readable and not whole else None)
         checked[name] = result
         problems += result.problems
     files: dict[str, ReadFile] = {name: result.read for name, result in checked.items()}
