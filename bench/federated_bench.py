@@ -236,10 +236,17 @@ def deployment(folder: Path, fed_config: Path, sites: list[Path], timeout: float
         server.wait(timeout=timeout + 60)
         if server.returncode != 0:
             raise SystemExit(f"deployment failed; see {folder / 'server.log'}")
+        # the sites end by themselves once the server closed (exit 0), within connect_timeout
+        exit_codes = []
+        for proc in procs[1:]:
+            try:
+                exit_codes.append(proc.wait(timeout=raw["federated"].get("connect_timeout", 60.0) + 10))
+            except subprocess.TimeoutExpired:
+                exit_codes.append(None)
     finally:
         for proc in procs:
             deploy.stop(proc)
-    return {**round_times(folder / "deployed"), "final": final(folder / "deployed")}
+    return {**round_times(folder / "deployed"), "final": final(folder / "deployed"), "site_exit_codes": exit_codes}
 
 
 def main() -> None:

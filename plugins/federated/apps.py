@@ -28,7 +28,7 @@ from flwr.serverapp import Grid, ServerApp
 from .federation import CLIENT_CLIPPING, REFUSED_MARK
 from .messages import in_dtypes_of, to_arrays, to_state
 from .secure import CLIPPING_KEY, MAX_WEIGHT_KEY, NAMES_KEY, update_problems
-from .server_job import active_grid, run_without_data
+from .server_job import active_grid, read_site_names, run_without_data
 from .strategies import WEIGHT_KEY
 
 #: a process starts once and may serve many messages (simulation actors): when it started
@@ -213,7 +213,8 @@ def _serve(grid: Grid, context: Context) -> None:
         pm = get_plugin_manager()
         config = federated_config(str(run_config["config"]), pm, server=True)
         overwrite = bool(run_config.get("overwrite", False))
-        with active_grid(grid):
+        names = read_site_names(str(run_config["sites"])) if "sites" in run_config else {}
+        with active_grid(grid, names):
             if config.section("federated").server.own_data:
                 result = run_job(config, pm, overwrite=overwrite, echo=echo)
             else:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -184,16 +185,17 @@ clientapp = "tunewright.plugins.federated.apps:client_app"
 config = {config}
 result = {result}
 progress = {progress}
+sites = {sites}
 overwrite = {overwrite}
 """
 
 
-def write_app(folder: Path, config_path: Path, result: Path, overwrite: bool, progress: Path) -> Path:
+def write_app(folder: Path, config_path: Path, result: Path, overwrite: bool, progress: Path, sites: Path) -> Path:
     """A Flower app (a ``pyproject.toml``) that runs this job: what ``flwr run`` submits."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "pyproject.toml").write_text(APP_PYPROJECT.format(
         config=json.dumps(str(config_path.resolve())), result=json.dumps(str(result.resolve())),
-        progress=json.dumps(str(progress.resolve())), overwrite="true" if overwrite else "false"))
+        progress=json.dumps(str(progress.resolve())), sites=json.dumps(str(sites.resolve())), overwrite="true" if overwrite else "false"))
     (folder / "federation.py").write_text('"""The app\'s code is tunewright\'s: see pyproject.toml."""\n')
     return folder
 
@@ -246,12 +248,16 @@ def serve_federation(config_path: Path, server: Any, *, overwrite: bool, echo: C
         wait_for_port(server.host, server.port, 60, proc, "flower-superlink", log)
         echo(f"server listening on {address} ({'plain HTTP' if server.insecure else 'TLS'}"
              f"{', site authentication on' if server.authorized_sites else ''}); log: {log}")
+        names = {}
         for key in server.authorized_sites or []:
             if not Path(key).is_file():
                 raise UsageError(f"federated.server.authorized_sites: {key}: file not found")
-            flwr(["supernode", "register", str(Path(key).resolve()), "tunewright"], env)
-            echo(f"site key registered: {key}")
-        app = write_app(workdir / "app", config_path, result, overwrite, progress)
+            node = flwr(["supernode", "register", str(Path(key).resolve()), "tunewright"], env).get("node-id")
+            names[str(node)] = Path(key).name.removesuffix(".pub")
+            echo(f"site key registered: {key} (site {names[str(node)]}, node {node})")
+        sites = workdir / "sites.json"
+        sites.write_text(json.dumps(names))  # the rounds name each site from its first message on
+        app = write_app(workdir / "app", config_path, result, overwrite, progress, sites)
         submitted = flwr(["run", str(app), "tunewright"], env)
         run_id = submitted["run-id"]
         echo(f"federated run {run_id} submitted; waiting for sites")
@@ -286,8 +292,9 @@ RUN_STATUS_SECONDS = 15.0
 def refusals(line: str) -> str | None:
     """A SuperLink log line that refused a site, as the operator should read it."""
     if "2004" in line and ("ApiError" in line or "activate" in line.lower()):
-        return ("a site was refused: its key is not among federated.server.authorized_sites "
-                f"(Flower: {line.strip()[-160:]})")
+        found = re.search(r"exception: (.+)$", line.strip())
+        return ("a site was refused: its key is not among federated.server.authorized_sites"
+                + (f" (Flower: {found.group(1)[:200]})" if found else ""))
     return None
 
 

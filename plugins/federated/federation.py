@@ -74,7 +74,8 @@ class Federation:
 
     def __init__(self, grid: Any, settings: Any, initial: Mapping[str, np.ndarray], fingerprint: dict,
                  *, dp_sites: int, central_eval: Callable[[dict[str, np.ndarray]], dict] | None = None,
-                 on_round: Callable[[dict], None] | None = None, echo: Callable[[str], None] = print):
+                 on_round: Callable[[dict], None] | None = None, echo: Callable[[str], None] = print,
+                 names: dict[int, str] | None = None):
         self.grid = grid
         self.settings = settings
         self.initial = dict(initial)
@@ -88,16 +89,16 @@ class Federation:
         self.echo = echo
         self.strategy, self.inner = build_strategy(settings, dp_sites)
         self.refused: dict[int, str] = {}
-        self.names: dict[int, str] = {}
+        self.names: dict[int, str] = dict(names or {})  # known before their first reply: registered keys
         self.connected: set[int] = set()
 
     def say_connected(self, nodes: list[int]) -> None:
         """Echo the sites that connected or left since the last call."""
         now = set(nodes)
         for node in sorted(now - self.connected):
-            self.echo(f"site connected: {self.names.get(node, f'node {node}')}")
+            self.echo(f"site connected: {self.names.get(node, 'unnamed')} (node {node})")
         for node in sorted(self.connected - now):
-            self.echo(f"site gone: {self.names.get(node, f'node {node}')}")
+            self.echo(f"site gone: {self.names.get(node, 'unnamed')} (node {node})")
         self.connected = now
 
     def wire(self, state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -4,7 +4,9 @@ as named arrays and back, a reply's site name and figures. Used by the plain rou
 
 from __future__ import annotations
 
+import queue
 import re
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -12,11 +14,17 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message
 
-POLL_SECONDS = 0.25
+#: seconds between two pulls of the same reply
+POLL_SECONDS = 0.5
 
 
 def exchange(grid: Any, messages: list[Message], timeout: float) -> list[Message]:
     """Push ``messages`` and pull replies until all arrived or ``timeout`` seconds passed.
+
+    Each reply is pulled on its own, in a thread of its own: Flower's ``pull_messages`` keeps
+    retrying a reply whose upload a site did not finish (it was killed while sending) for as long
+    as the SuperLink keeps the message (minutes), and pulled together that one would hold every
+    other reply past the deadline. A pull still blocked at the deadline is left to end by itself.
 
     A reply the SuperLink writes itself (``Node Unavailable`` for a site that stopped sending
     heartbeats) comes from the SuperLink's node id: each reply is tagged with the node it answers
@@ -25,15 +33,36 @@ def exchange(grid: Any, messages: list[Message], timeout: float) -> list[Message
     node_of = {i: m.metadata.dst_node_id for i, m in zip(ids, messages) if i}
     pending = {i for i in ids if i}
     deadline = time.monotonic() + timeout
+    arrived: queue.Queue = queue.Queue()
+    in_flight: set[str] = set()
+    next_pull = dict.fromkeys(pending, 0.0)
     replies: list[Message] = []
+
+    def pull(message_id: str) -> None:
+        try:
+            arrived.put((message_id, list(grid.pull_messages([message_id]))))
+        except Exception as exc:  # raised again in the calling thread
+            arrived.put((message_id, exc))
+
     while pending and time.monotonic() < deadline:
-        got = list(grid.pull_messages(pending))
+        now = time.monotonic()
+        for message_id in pending - in_flight:
+            if now >= next_pull[message_id]:
+                in_flight.add(message_id)
+                threading.Thread(target=pull, args=(message_id,), name="tunewright-pull", daemon=True).start()
+        try:
+            message_id, got = arrived.get(timeout=max(0.01, min(POLL_SECONDS, deadline - time.monotonic())))
+        except queue.Empty:
+            continue
+        in_flight.discard(message_id)
+        next_pull[message_id] = time.monotonic() + POLL_SECONDS
+        if isinstance(got, Exception):
+            raise got
         for reply in got:
             reply.answering_node = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-        replies += got
-        pending -= {m.metadata.reply_to_message_id for m in got}
-        if pending:
-            time.sleep(POLL_SECONDS)
+            if reply.metadata.reply_to_message_id in pending:
+                pending.discard(reply.metadata.reply_to_message_id)
+                replies.append(reply)
     return replies
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from tunewright import ConfigError, JobFailed, TrainResult, UsageError, atomic_directory
 
-from .server_job import current_grid
+from .server_job import current_grid, site_names
 from .settings import FederatedSettings
 
 
@@ -93,6 +93,7 @@ def serve(run: Any, grid: Any, settings: FederatedSettings, *, dp_sites: int) ->
                 + "  ".join(f"{k[5:]} {v:.4f}" for k, v in shown.items()))
 
     federation = Federation(grid, settings, initial, fingerprint(run.config, run.labels), dp_sites=dp_sites,
+                            names=site_names(),
                             central_eval=central if run.validation_features else None,
                             on_round=on_round, echo=run.say)
     final, records = federation.run()

@@ -17,18 +17,37 @@ from tunewright import ConfigError, TrainResult, kinds
 _ACTIVE_GRID: contextvars.ContextVar[Any] = contextvars.ContextVar("tunewright_federated_grid", default=None)
 
 
+#: the names of the sites whose keys the server registered, by node id (their key files' names)
+_SITE_NAMES: contextvars.ContextVar[dict[int, str]] = contextvars.ContextVar("tunewright_federated_sites",
+                                                                             default={})
+
+
 @contextmanager
-def active_grid(grid: Any) -> Iterator[None]:
-    token = _ACTIVE_GRID.set(grid)
+def active_grid(grid: Any, names: dict[int, str] | None = None) -> Iterator[None]:
+    tokens = _ACTIVE_GRID.set(grid), _SITE_NAMES.set(dict(names or {}))
     try:
         yield
     finally:
-        _ACTIVE_GRID.reset(token)
+        _ACTIVE_GRID.reset(tokens[0])
+        _SITE_NAMES.reset(tokens[1])
 
 
 def current_grid() -> Any:
     """The grid of a deployed ServerApp, or ``None`` (then the runner simulates)."""
     return _ACTIVE_GRID.get()
+
+
+def site_names() -> dict[int, str]:
+    """The deployed server's registered sites, node id to name (empty without site keys)."""
+    return dict(_SITE_NAMES.get())
+
+
+def read_site_names(path: str | Path) -> dict[int, str]:
+    """What :func:`deploy.serve_federation` wrote: ``{"node id": "name"}``."""
+    try:
+        return {int(k): str(v) for k, v in json.loads(Path(path).read_text()).items()}
+    except (OSError, ValueError):
+        return {}
 
 
 def run_without_data(config: Any, pm: Any, *, overwrite: bool = False, echo: Any = None) -> TrainResult:

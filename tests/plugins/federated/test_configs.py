@@ -16,8 +16,11 @@ def test_a_deployed_server_evaluates_every_example_of_its_data(tmp_path, tiny_be
     pm = get_plugin_manager()
     config = configs.federated_config(str(path), pm, server=True)
     assert config.data.validation == str(central) and config.data.test is None
-    run = prepare_run(config, pm, run_dir=tmp_path / "run")
+    said = []
+    run = prepare_run(config, pm, run_dir=tmp_path / "run", echo=said.append)
     assert len(run.validation_features) == 30
+    # held out whole, not compared with itself as training data (30 "leak" warnings on the console)
+    assert not [line for line in said if "the same example as" in line]
     # simulation keeps holding out the fraction as its central set, the rest is the sites' data
     assert configs.federated_config(str(path), pm).data.validation == 0.2
     # a file of its own named as data.validation stays the central set

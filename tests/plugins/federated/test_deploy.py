@@ -114,8 +114,10 @@ def test_a_terminated_server_stops_its_superlink_and_what_that_started(tmp_path,
         assert proc.returncode == 143, log.read_text()[-3000:]
         assert "terminated" in log.read_text()
         assert not [pid for pid in family if deploy.alive(pid)]
-        with socket.socket() as sock:  # the port is free again
+        with socket.socket() as sock:  # a new server can listen there again (as uvicorn does, past
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # connections in TIME_WAIT)
             sock.bind(("127.0.0.1", port))
+            sock.listen()
     finally:
         deploy.stop(proc)
 
@@ -134,3 +136,41 @@ def test_a_terminated_site_stops_its_supernode(tmp_path, tiny_bert_dir, flower_e
         assert not [pid for pid in family if deploy.alive(pid)]
     finally:
         deploy.stop(proc)
+
+
+def test_a_site_whose_server_goes_away_stops_after_connect_timeout(tmp_path):
+    """Flower's SuperNode gives up reconnecting to a SuperLink that went away but does not exit:
+    the site stops it once the server has been unreachable for ``connect_timeout`` seconds."""
+    import threading
+
+    port = deploy.free_port()
+    server = ServerSettings(port=port, insecure=True)
+    log = tmp_path / "superlink.log"
+    superlink = deploy.start_guarded(deploy.superlink_args(server), deploy.flower_env(tmp_path), log)
+    outcome = {}
+
+    def site():  # in a thread that lives as long as the site (its guard's death signal follows it)
+        try:
+            outcome["code"] = deploy.run_site(site_argv(deploy.free_port(), port, timeout=8), tmp_path / "site",
+                                              f"127.0.0.1:{port}", 8, echo=lambda m: None)
+        except Exception as exc:  # asserted on below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=site)
+    try:
+        deploy.wait_for_port("127.0.0.1", port, 60, superlink, "flower-superlink", log)
+        thread.start()
+        node_log = tmp_path / "site" / "supernode.log"
+        wait_until(lambda: node_log.exists() and "SuperNode ID:" in node_log.read_text(errors="replace"), 120, {},
+                   "the site connecting")
+        stopping = time.monotonic()  # the site last reached it at most a poll (1 s) before
+        deploy.stop(superlink)
+        thread.join(timeout=60)
+        assert not thread.is_alive()
+        assert 7 <= time.monotonic() - stopping < 40
+    finally:
+        deploy.stop(superlink)
+        thread.join(timeout=60)
+    assert isinstance(outcome.get("error"), JobFailed), outcome
+    assert str(outcome["error"]).startswith(f"--server 127.0.0.1:{port}: the server has been unreachable for 8 s "
+                                            "(federated.connect_timeout)")
