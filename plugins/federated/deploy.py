@@ -10,7 +10,9 @@ prepares the site's run, serves it on a private Unix socket (:mod:`worker`) and 
 
 The Flower executables are taken from the scripts folder of the Python running tunewright (so the
 processes import the same tunewright), and every process started here is stopped by its id, its
-children with it.
+children with it; each runs under :mod:`guard`, so that it ends with this process even when this
+one is killed with SIGKILL. A site watches its server: it ends once it has answered the last round
+and the server has closed, or when the server has been gone for ``connect_timeout`` seconds.
 """
 
 from __future__ import annotations
