@@ -1,9 +1,11 @@
 """Flower's real processes on loopback: TLS with site authentication refuses an unregistered site
 (and the server's console can say so), a site that speaks plain HTTP to a TLS server is told so at
-once, a site whose server is unreachable fails with a clear error within its deadline, and a server or
-site that is sent SIGTERM stops the Flower processes it started. Every process
-is stopped by its id in a ``finally``; ``FLWR_HOME`` is a temporary folder."""
+once, a site whose server is unreachable (or goes away) fails with a clear error within its
+deadline, a server or site that is sent SIGTERM stops the Flower processes it started, and a server
+killed with SIGKILL leaves none running. Every process is stopped by its id in a ``finally``;
+``FLWR_HOME`` is a temporary folder."""
 
+import os
 import signal
 import socket
 import subprocess
@@ -120,6 +122,32 @@ def test_a_terminated_server_stops_its_superlink_and_what_that_started(tmp_path,
             sock.listen()
     finally:
         deploy.stop(proc)
+
+
+def test_a_killed_server_leaves_nothing_running(tmp_path, tiny_bert_dir, flower_env):
+    """SIGKILL (the OOM killer, ``kill -9``) gives ``federate server`` no chance to stop anything:
+    its SuperLink, which runs in a session of its own, and what that started end with it anyway."""
+    port = deploy.free_port()
+    data = write_jsonl(tmp_path / "central.jsonl", sentiment_rows(20, seed=1))
+    config = federated_config(tmp_path, tiny_bert_dir, data, tmp_path / "run",
+                              server={"host": "127.0.0.1", "port": port, "insecure": True})
+    log = tmp_path / "server.log"
+    proc = subprocess.Popen([*FEDERATE, "server", str(config), "--timeout", "300"], stdout=log.open("wb"),
+                            stderr=subprocess.STDOUT)
+    family = []
+    try:
+        wait_until(lambda: "submitted; waiting for sites" in log.read_text(errors="replace"), 120,
+                   {"the command": proc}, "the run submitted")
+        family = deploy.descendants(proc.pid)
+        assert len(family) >= 3, family   # the guard, the SuperLink, its superexec (and server app)
+        proc.kill()
+        proc.wait(timeout=10)
+        wait_until(lambda: not [pid for pid in family if deploy.alive(pid)], 30, {}, "the server's processes ending")
+    finally:
+        deploy.stop(proc)
+        for pid in family:
+            if deploy.alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_terminated_site_stops_its_supernode(tmp_path, tiny_bert_dir, flower_env):
