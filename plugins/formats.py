@@ -123,22 +123,23 @@ def _messages(value: Any, key: str) -> list[dict]:
     return [_message(item, number) for number, item in enumerate(value, start=1)]
 
 
-def _chat_task(examples: list[dict]) -> str:
-    """``image-to-text`` when a message carries an image part, else ``chat``."""
-    for example in examples:
-        for message in example.get("messages") or []:
-            content = message.get("content") if isinstance(message, dict) else None
-            if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") != "text" for p in content):
-                return "image-to-text"
-    return "chat"
-
-
-class ChatFormat(JsonRecords):
-    name = "chat"
-    description = 'JSONL {"messages": [{"role", "content"}, ...]} (OpenAI fine-tuning format)'
+class ChatRecords(JsonRecords):
+    """JSON records of conversations: for ``image-to-text`` when a message carries an image part,
+    else for ``chat``."""
 
     def task_for(self, examples: list[dict]) -> str:
-        return _chat_task(examples)
+        for example in examples:
+            for message in example.get("messages") or []:
+                content = message.get("content") if isinstance(message, dict) else None
+                if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") != "text"
+                                                     for p in content):
+                    return "image-to-text"
+        return "chat"
+
+
+class ChatFormat(ChatRecords):
+    name = "chat"
+    description = 'JSONL {"messages": [{"role", "content"}, ...]} (OpenAI fine-tuning format)'
 
     def detect(self, record: Any) -> bool:
         return isinstance(record, dict) and "messages" in record
@@ -149,12 +150,9 @@ class ChatFormat(JsonRecords):
         return {**record, "messages": _messages(record["messages"], "messages")}
 
 
-class PromptCompletionFormat(JsonRecords):
+class PromptCompletionFormat(ChatRecords):
     name = "prompt-completion"
     description = 'JSONL {"prompt", "completion"} -> a user and an assistant message'
-
-    def task_for(self, examples: list[dict]) -> str:
-        return _chat_task(examples)
 
     def detect(self, record: Any) -> bool:
         return isinstance(record, dict) and "prompt" in record and "completion" in record
@@ -173,12 +171,9 @@ class PromptCompletionFormat(JsonRecords):
         raise DataError(f"'{key}' must be a string (or a list of messages), got {type_name(value)}")
 
 
-class InstructionFormat(JsonRecords):
+class InstructionFormat(ChatRecords):
     name = "instruction"
     description = 'JSONL {"text": "### Human: ... ### Assistant: ..."}, one or more turns'
-
-    def task_for(self, examples: list[dict]) -> str:
-        return _chat_task(examples)
 
     def detect(self, record: Any) -> bool:
         return (isinstance(record, dict) and "label" not in record
