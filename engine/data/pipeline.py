@@ -10,9 +10,9 @@ examples are usable, so that what is counted is what would train.
 
 from __future__ import annotations
 
+from collections.abc import Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence, Set
 from typing import Any
 
 from ..errors import DataError, PluginError
