@@ -16,8 +16,8 @@ registry, the rules of an example from its task and from ``validate_example`` ho
 """
 
 from .checks import MIN_EXAMPLES, RECOMMENDED_EXAMPLES, check_examples, check_lengths, sort_problems
-from .pipeline import CheckedFile, check_file
-from .prepare import DataProblems, PreparedData, Split, prepare_data, tokenize_examples, transform_example
+from .pipeline import CheckedFile, check_file, tokenize_examples, transform_example
+from .prepare import DataProblems, PreparedData, Split, prepare_data
 from .reading import ReadFile, read_examples, read_file, task_for_file
 from .splits import balance, split
 from .summary import render_report, summarize
