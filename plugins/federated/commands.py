@@ -98,7 +98,9 @@ def add_commands(cli: click.Group) -> None:
         """Join a federation as a site that trains on its own data.
 
         The site prepares its run (data checked, model loaded) before it connects, keeps it for
-        the whole federation, and answers every round from it."""
+        the whole federation, and answers every round from it. It ends by itself: exit 0 once it
+        answered the last round and the server closed, 1 when the server has been gone for
+        federated.connect_timeout seconds, 2 when it refused the server's config."""
         from tunewright import UsageError
 
         from .configs import site_config
