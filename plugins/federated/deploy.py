@@ -197,7 +197,8 @@ def write_app(folder: Path, config_path: Path, result: Path, overwrite: bool, pr
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "pyproject.toml").write_text(APP_PYPROJECT.format(
         config=json.dumps(str(config_path.resolve())), result=json.dumps(str(result.resolve())),
-        progress=json.dumps(str(progress.resolve())), sites=json.dumps(str(sites.resolve())), overwrite="true" if overwrite else "false"))
+        progress=json.dumps(str(progress.resolve())), sites=json.dumps(str(sites.resolve())),
+        overwrite="true" if overwrite else "false"))
     (folder / "federation.py").write_text('"""The app\'s code is tunewright\'s: see pyproject.toml."""\n')
     return folder
 

@@ -18,8 +18,8 @@ _ACTIVE_GRID: contextvars.ContextVar[Any] = contextvars.ContextVar("tunewright_f
 
 
 #: the names of the sites whose keys the server registered, by node id (their key files' names)
-_SITE_NAMES: contextvars.ContextVar[dict[int, str]] = contextvars.ContextVar("tunewright_federated_sites",
-                                                                             default={})
+_SITE_NAMES: contextvars.ContextVar[dict[int, str] | None] = contextvars.ContextVar("tunewright_federated_sites",
+                                                                                    default=None)
 
 
 @contextmanager
@@ -39,7 +39,7 @@ def current_grid() -> Any:
 
 def site_names() -> dict[int, str]:
     """The deployed server's registered sites, node id to name (empty without site keys)."""
-    return dict(_SITE_NAMES.get())
+    return dict(_SITE_NAMES.get() or {})
 
 
 def read_site_names(path: str | Path) -> dict[int, str]:

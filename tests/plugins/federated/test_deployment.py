@@ -78,7 +78,7 @@ def test_a_server_and_two_sites_run_two_rounds(tmp_path, tiny_bert_dir, flower_e
 def family_of(proc):
     """``proc`` and every process below it (the guard, Flower's SuperNode or SuperLink, their
     superexec and per-message processes)."""
-    return [proc.pid] + deploy.descendants(proc.pid)
+    return [proc.pid, *deploy.descendants(proc.pid)]
 
 
 def test_a_site_killed_mid_round_is_left_out_and_the_others_end_by_themselves(tmp_path, tiny_bert_dir,
