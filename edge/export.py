@@ -18,10 +18,11 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -50,9 +51,14 @@ class Candidate:
     size_mb: float = 0.0
 
     def summary(self) -> dict[str, Any]:
-        return {"quantizer": self.quantizer, "scheme": self.exported.quantization.get("name"),
-                "passed": self.parity.passed, "size_mb": round(self.size_mb, 2), "latency_ms": self.latency_ms,
-                **self.parity.as_dict()}
+        return {
+            "quantizer": self.quantizer,
+            "scheme": self.exported.quantization.get("name"),
+            "passed": self.parity.passed,
+            "size_mb": round(self.size_mb, 2),
+            "latency_ms": self.latency_ms,
+            **self.parity.as_dict(),
+        }
 
 
 @dataclass
@@ -70,6 +76,7 @@ def _log_default(message: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # --out: a bundle folder is recognised by its manifest; nothing else is ever replaced
 # ----------------------------------------------------------------------------------------------
+
 
 def _listing(folder: Path, names: list[str], limit: int = 5) -> str:
     shown = ", ".join(names[:limit])
@@ -90,8 +97,12 @@ def check_out(out: Path, *, overwrite: bool) -> None:
     if not out.exists() and not out.is_symlink():
         return
     if not out.is_dir() or out.is_symlink():
-        raise UsageError(f"--out: {out} exists and is not a folder; choose a new folder for the bundle")
-    present = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() or p.is_symlink())
+        raise UsageError(
+            f"--out: {out} exists and is not a folder; choose a new folder for the bundle"
+        )
+    present = sorted(
+        p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() or p.is_symlink()
+    )
     if not present and not any(out.iterdir()):
         return
     manifest = None
@@ -100,15 +111,21 @@ def check_out(out: Path, *, overwrite: bool) -> None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         pass
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise UsageError(f"--out: {out} exists and is not a tunewright bundle (it holds {_listing(out, present)}); "
-                         "nothing was changed; choose a new folder, or an existing bundle with --overwrite")
+        raise UsageError(
+            f"--out: {out} exists and is not a tunewright bundle (it holds {_listing(out, present)}); "
+            "nothing was changed; choose a new folder, or an existing bundle with --overwrite"
+        )
     listed = set(manifest.get("files") or {}) | {MANIFEST}
     foreign = [name for name in present if name not in listed]
     if foreign:
-        raise UsageError(f"--out: {out} holds a bundle and files that are not part of it ({_listing(out, foreign)}); "
-                         "nothing was changed; move those files away or choose a new folder")
+        raise UsageError(
+            f"--out: {out} holds a bundle and files that are not part of it ({_listing(out, foreign)}); "
+            "nothing was changed; move those files away or choose a new folder"
+        )
     if not overwrite:
-        raise UsageError(f"--out: {out} holds a bundle already; pass --overwrite to replace it, or choose a new folder")
+        raise UsageError(
+            f"--out: {out} holds a bundle already; pass --overwrite to replace it, or choose a new folder"
+        )
 
 
 @contextmanager
@@ -144,6 +161,7 @@ def bundle_folder(out: Path, *, overwrite: bool) -> Iterator[Path]:
 # choosing the exporter and the quantizers
 # ----------------------------------------------------------------------------------------------
 
+
 def choose_exporter(registries, name: str, model, task_kind: str) -> tuple[str, Any]:
     from tunewright import UsageError
 
@@ -152,13 +170,20 @@ def choose_exporter(registries, name: str, model, task_kind: str) -> tuple[str, 
         exporter = registries.get("exporters", name, key="--exporter")
         if not exporter.supports(model, task_kind):
             fits = [n for n, e in exporters.items() if e.supports(model, task_kind)]
-            raise UsageError(f"--exporter: {name!r} cannot export a {type(model).__name__} for {task_kind} "
-                             f"(exporters that can: {', '.join(fits) or 'none'})")
+            raise UsageError(
+                f"--exporter: {name!r} cannot export a {type(model).__name__} for {task_kind} "
+                f"(exporters that can: {', '.join(fits) or 'none'})"
+            )
         return name, exporter
-    fits = sorted(((e.preference, n) for n, e in exporters.items() if e.supports(model, task_kind)), reverse=True)
+    fits = sorted(
+        ((e.preference, n) for n, e in exporters.items() if e.supports(model, task_kind)),
+        reverse=True,
+    )
     if not fits:
-        raise UsageError(f"no registered exporter can export a {type(model).__name__} for task kind {task_kind!r} "
-                         f"(registered: {', '.join(sorted(exporters)) or 'none'})")
+        raise UsageError(
+            f"no registered exporter can export a {type(model).__name__} for task kind {task_kind!r} "
+            f"(registered: {', '.join(sorted(exporters)) or 'none'})"
+        )
     return fits[0][1], exporters[fits[0][1]]
 
 
@@ -173,7 +198,9 @@ def check_quantizer_name(registries, name: str) -> None:
         try:
             registries.get("quantizers", name, key="--quantize")
         except ConfigError as exc:
-            raise ConfigError(f"{exc}; or {AUTO!r} to keep the fastest that passes the parity gate") from None
+            raise ConfigError(
+                f"{exc}; or {AUTO!r} to keep the fastest that passes the parity gate"
+            ) from None
 
 
 def _resolve_task(task, pm):
@@ -183,14 +210,20 @@ def _resolve_task(task, pm):
         return task
     tasks = pm.registries.kind("tasks")
     if task not in tasks:
-        serving = [name for name, candidate in tasks.items() if getattr(candidate, "model_kind", None) == task]
+        serving = [
+            name
+            for name, candidate in tasks.items()
+            if getattr(candidate, "model_kind", None) == task
+        ]
         if len(serving) == 1:
             return tasks[serving[0]]
         if serving:
             from tunewright import UsageError
 
-            raise UsageError(f"task: several registered tasks train the kind {task!r} ({', '.join(sorted(serving))}); "
-                             "name the task")
+            raise UsageError(
+                f"task: several registered tasks train the kind {task!r} ({', '.join(sorted(serving))}); "
+                "name the task"
+            )
     return pm.registries.get("tasks", task, key="task")
 
 
@@ -198,18 +231,36 @@ def _resolve_task(task, pm):
 # the bundle
 # ----------------------------------------------------------------------------------------------
 
+
 def _describe_io(path: Path) -> dict[str, list[dict]]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    row = lambda v: {"name": v.name, "shape": [d if isinstance(d, int) else str(d) for d in v.shape], "dtype": v.type}  # noqa: E731
-    return {"inputs": [row(v) for v in session.get_inputs()], "outputs": [row(v) for v in session.get_outputs()]}
+    row = lambda v: {
+        "name": v.name,
+        "shape": [d if isinstance(d, int) else str(d) for d in v.shape],
+        "dtype": v.type,
+    }
+    return {
+        "inputs": [row(v) for v in session.get_inputs()],
+        "outputs": [row(v) for v in session.get_outputs()],
+    }
 
 
-def _stage(candidate_model: ExportedModel, stage: Path, preprocessor, *, labels, max_length: int,
-           info: dict[str, Any], config=None, exporter=None, model=None) -> dict:
+def _stage(
+    candidate_model: ExportedModel,
+    stage: Path,
+    preprocessor,
+    *,
+    labels,
+    max_length: int,
+    info: dict[str, Any],
+    config=None,
+    exporter=None,
+    model=None,
+) -> dict:
     """Lay out a bundle (without its manifest hashes) in ``stage``: the files of the export and of
     each of its parts side by side, and the preprocessing (the exporter's own when it has
     ``preprocessing``); return the draft manifest."""
@@ -255,13 +306,21 @@ def _refusal(quantizer, exported: ExportedModel) -> str | None:
     if not callable(why):
         return None
     if exported.parts:
-        reasons = [f"{role}: {reason}" for role, part in exported.parts.items() if (reason := why(part))]
+        reasons = [
+            f"{role}: {reason}" for role, part in exported.parts.items() if (reason := why(part))
+        ]
         return "; ".join(reasons) or None
     return why(exported)
 
 
-def quantize_export(quantizer, name: str, exported: ExportedModel, out_dir: Path, calibration: list[dict],
-                    exporter=None) -> ExportedModel:
+def quantize_export(
+    quantizer,
+    name: str,
+    exported: ExportedModel,
+    out_dir: Path,
+    calibration: list[dict],
+    exporter=None,
+) -> ExportedModel:
     """``exported`` rewritten by ``quantizer`` (registered as ``name``) into ``out_dir``: the model
     itself, or each of its ``parts`` that the quantizer supports (the others as exported, no
     calibration: a part's inputs are not the task's), then what depends on them through the
@@ -324,14 +383,31 @@ def _scratch_cwd(folder: Path):
 FEW_PARITY_EXAMPLES = 20
 
 
-def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Path, *,
-                  labels: list[str] | None = None, exporter: str = AUTO, quantize: str = "int8",
-                  threshold: float = DEFAULT_THRESHOLD, info: dict[str, Any] | None = None,
-                  ort_format: bool = False, bench: bool = True, overwrite: bool = False, pm=None,
-                  max_length: int | None = None, max_examples: int | None = None,
-                  fidelity_examples: int | None = None, new_tokens: int | None = None, batch_size: int = 8, config=None,
-                  calibration_examples: list[dict] | None = None,
-                  log: Callable[[str], None] = _log_default) -> ExportResult:
+def export_bundle(
+    model,
+    preprocessor,
+    task,
+    examples: list[dict],
+    out: str | Path,
+    *,
+    labels: list[str] | None = None,
+    exporter: str = AUTO,
+    quantize: str = "int8",
+    threshold: float = DEFAULT_THRESHOLD,
+    info: dict[str, Any] | None = None,
+    ort_format: bool = False,
+    bench: bool = True,
+    overwrite: bool = False,
+    pm=None,
+    max_length: int | None = None,
+    max_examples: int | None = None,
+    fidelity_examples: int | None = None,
+    new_tokens: int | None = None,
+    batch_size: int = 8,
+    config=None,
+    calibration_examples: list[dict] | None = None,
+    log: Callable[[str], None] = _log_default,
+) -> ExportResult:
     """Export ``model``, quantize it, prove it against ``model`` on ``examples`` and write the bundle.
 
     ``task`` is the :class:`tunewright.Task` that trained the model (or its registered name, or a
@@ -369,20 +445,44 @@ def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Pa
     check_quantizer_name(registries, quantize)
     exporter_name, chosen_exporter = choose_exporter(registries, exporter, model, task_kind)
     if not examples:
-        raise UsageError("the parity gate needs held-out examples, and there are none (the run kept no "
-                         "validation data)")
+        raise UsageError(
+            "the parity gate needs held-out examples, and there are none (the run kept no "
+            "validation data)"
+        )
     if callable(getattr(chosen_exporter, "export_bundle", None)):
         import warnings
 
-        warnings.warn(f"the exporter {exporter_name!r} carries the whole export itself (export_bundle), which is "
-                      "deprecated: return several files as ExportedModel.parts and export_bundle proves and writes "
-                      "them", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"the exporter {exporter_name!r} carries the whole export itself (export_bundle), which is "
+            "deprecated: return several files as ExportedModel.parts and export_bundle proves and writes "
+            "them",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return chosen_exporter.export_bundle(
-            model, preprocessor, task, examples, out, quantize=quantize, threshold=threshold, info=info,
-            ort_format=ort_format, bench=bench, overwrite=overwrite, pm=pm, max_length=max_length, config=config,
-            calibration_examples=calibration_examples, log=log)
-    limits = {"max_examples": 256, "fidelity_examples": 8, "new_tokens": 32,
-              **dict(getattr(chosen_exporter, "reference_limits", None) or {})}
+            model,
+            preprocessor,
+            task,
+            examples,
+            out,
+            quantize=quantize,
+            threshold=threshold,
+            info=info,
+            ort_format=ort_format,
+            bench=bench,
+            overwrite=overwrite,
+            pm=pm,
+            max_length=max_length,
+            config=config,
+            calibration_examples=calibration_examples,
+            log=log,
+        )
+    limits = {
+        "max_examples": 256,
+        "fidelity_examples": 8,
+        "new_tokens": 32,
+        **dict(getattr(chosen_exporter, "reference_limits", None) or {}),
+    }
     max_examples = max_examples or limits["max_examples"]
     fidelity_examples = fidelity_examples or limits["fidelity_examples"]
     new_tokens = new_tokens or limits["new_tokens"]
@@ -391,12 +491,23 @@ def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Pa
     log(f"reference: the tuned model on {min(len(examples), max_examples)} held-out examples")
     if min(len(examples), max_examples) < FEW_PARITY_EXAMPLES:
         # one example moves the metric by 100/n points: the gate cannot tell a lossy bundle from noise
-        log(f"WARNING: the parity gate rests on {min(len(examples), max_examples)} held-out examples (fewer "
+        log(
+            f"WARNING: the parity gate rests on {min(len(examples), max_examples)} held-out examples (fewer "
             f"than {FEW_PARITY_EXAMPLES}): one example moves its metric by "
-            f"{100 / max(1, min(len(examples), max_examples)):.0f} points; hold out more data")
-    reference = build_reference(model, preprocessor, task, examples, labels=labels, max_examples=max_examples,
-                                fidelity_examples=fidelity_examples, new_tokens=new_tokens,
-                                batch_size=batch_size, calibration_examples=calibration_examples)
+            f"{100 / max(1, min(len(examples), max_examples)):.0f} points; hold out more data"
+        )
+    reference = build_reference(
+        model,
+        preprocessor,
+        task,
+        examples,
+        labels=labels,
+        max_examples=max_examples,
+        fidelity_examples=fidelity_examples,
+        new_tokens=new_tokens,
+        batch_size=batch_size,
+        calibration_examples=calibration_examples,
+    )
     bundle_max_length = int(max_length or 512)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".tmp-export-{out.name}-", dir=out.parent) as work:
@@ -412,9 +523,12 @@ def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Pa
             if not _supports(quantizers[quantize], base):
                 fits = [n for n, q in quantizers.items() if _supports(q, base)]
                 reason = _refusal(quantizers[quantize], base)
-                raise UsageError(f"--quantize: {quantize!r} does not apply to a {base.runtime} {task_kind} model "
-                                 f"from {base.exporter}" + (f": {reason}" if reason else "")
-                                 + f" (quantizers that do: {', '.join(fits)})")
+                raise UsageError(
+                    f"--quantize: {quantize!r} does not apply to a {base.runtime} {task_kind} model "
+                    f"from {base.exporter}"
+                    + (f": {reason}" if reason else "")
+                    + f" (quantizers that do: {', '.join(fits)})"
+                )
             names = [quantize]
         candidates: list[Candidate] = []
         for name in names:
@@ -423,8 +537,14 @@ def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Pa
                 with _scratch_cwd(work / "scratch"), _quiet(log, f"the quantizer {name!r}"):
                     # parts take no calibration (their inputs are not the task's): none is collated
                     calibration = [] if base.parts else reference.calibration()
-                    quantized = quantize_export(quantizers[name], name, base, work / f"q-{name}", calibration,
-                                                chosen_exporter)
+                    quantized = quantize_export(
+                        quantizers[name],
+                        name,
+                        base,
+                        work / f"q-{name}",
+                        calibration,
+                        chosen_exporter,
+                    )
             except Exception as exc:
                 if quantize != AUTO:
                     raise
@@ -433,25 +553,48 @@ def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Pa
             if quantized.quantization.get("name") != name:
                 quantized.quantization = {**quantized.quantization, "requested": name}
             if "calibration_examples" in quantized.quantization:
-                quantized.quantization = {**quantized.quantization, "calibration": reference.calibration_source}
+                quantized.quantization = {
+                    **quantized.quantization,
+                    "calibration": reference.calibration_source,
+                }
             stage = work / f"stage-{name}"
-            draft = _stage(quantized, stage, preprocessor, labels=labels, max_length=bundle_max_length, info=info,
-                           config=config, exporter=chosen_exporter, model=model)
+            draft = _stage(
+                quantized,
+                stage,
+                preprocessor,
+                labels=labels,
+                max_length=bundle_max_length,
+                info=info,
+                config=config,
+                exporter=chosen_exporter,
+                model=model,
+            )
             predictor = predictor_for(stage, draft, pm=pm)
-            parity = measure_parity(predictor, reference, threshold, model_bytes=quantized.size_bytes())
-            candidate = Candidate(name, quantized, stage, draft, parity, size_mb=bundle_size_mb(stage))
+            parity = measure_parity(
+                predictor, reference, threshold, model_bytes=quantized.size_bytes()
+            )
+            candidate = Candidate(
+                name, quantized, stage, draft, parity, size_mb=bundle_size_mb(stage)
+            )
             if quantize == AUTO and parity.passed:
                 candidate.latency_ms = _quick_latency(predictor)
-            log(f"  parity {'passed' if parity.passed else 'FAILED'}\n{parity.table()}"
-                + (f"\n  latency {candidate.latency_ms:.2f} ms" if candidate.latency_ms else ""))
+            log(
+                f"  parity {'passed' if parity.passed else 'FAILED'}\n{parity.table()}"
+                + (f"\n  latency {candidate.latency_ms:.2f} ms" if candidate.latency_ms else "")
+            )
             candidates.append(candidate)
             del predictor
         passing = [c for c in candidates if c.parity.passed]
         if not passing:
-            figures = "\n".join(f"{c.quantizer}:\n{c.parity.table()}" for c in candidates) or "no candidate ran"
-            raise JobFailed(f"parity gate failed: the exported model falls more than {threshold:g} points "
-                            f"below the tuned model; no bundle written at {out}\n{figures}")
-        best = min(passing, key=lambda c: (c.latency_ms if c.latency_ms is not None else 0.0))
+            figures = (
+                "\n".join(f"{c.quantizer}:\n{c.parity.table()}" for c in candidates)
+                or "no candidate ran"
+            )
+            raise JobFailed(
+                f"parity gate failed: the exported model falls more than {threshold:g} points "
+                f"below the tuned model; no bundle written at {out}\n{figures}"
+            )
+        best = min(passing, key=lambda c: c.latency_ms if c.latency_ms is not None else 0.0)
         with bundle_folder(out, overwrite=overwrite) as staging:
             copy_files(best.stage, staging)
             np.savez_compressed(staging / PARITY_FILE, **best.parity.arrays)
@@ -460,17 +603,25 @@ def export_bundle(model, preprocessor, task, examples: list[dict], out: str | Pa
                 manifest["model"]["ort_file"] = _write_ort(staging, best.exported.model_file)
             manifest["parity"] = {**best.parity.as_dict(), "examples_file": PARITY_FILE}
             if quantize == AUTO:
-                manifest["quantization"] = {**manifest["quantization"], "chosen_by": AUTO,
-                                            "candidates": [c.summary() for c in candidates]}
+                manifest["quantization"] = {
+                    **manifest["quantization"],
+                    "chosen_by": AUTO,
+                    "candidates": [c.summary() for c in candidates],
+                }
             if bench:
                 log("bench: batch 1 on this machine")
                 predictor = predictor_for(staging, manifest, pm=pm)
-                manifest["benchmark"] = {**bench_predictor(predictor), "machine": _machine(),
-                                         "size_mb": bundle_size_mb(staging)}
+                manifest["benchmark"] = {
+                    **bench_predictor(predictor),
+                    "machine": _machine(),
+                    "size_mb": bundle_size_mb(staging),
+                }
                 torch_figures = bench_torch(model, predictor)
                 del predictor
                 manifest["benchmark"]["torch_fp32"] = torch_figures
-                manifest["benchmark"]["versus_torch"] = versus_torch(manifest["benchmark"], torch_figures)
+                manifest["benchmark"]["versus_torch"] = versus_torch(
+                    manifest["benchmark"], torch_figures
+                )
             manifest = write_manifest(staging, manifest, started=started)
     log(f"bundle: {out} ({manifest['quantization']['name']}, {bundle_size_mb(out):.1f} MiB)")
     return ExportResult(out, manifest, best.parity, [c.summary() for c in candidates])
@@ -487,7 +638,10 @@ def versus_torch(bundle: dict, torch_figures: dict) -> dict[str, float]:
 
 
 def _write_ort(folder: Path, model_file: str) -> str:
-    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+    from onnxruntime.tools.convert_onnx_models_to_ort import (
+        OptimizationStyle,
+        convert_onnx_models_to_ort,
+    )
 
     from tunewright import JobFailed
 
@@ -495,10 +649,15 @@ def _write_ort(folder: Path, model_file: str) -> str:
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
         copy_files(folder, Path(tmp) / "in")
         try:
-            convert_onnx_models_to_ort(Path(tmp) / "in" / model_file, output_dir=Path(tmp) / "out",
-                                       optimization_styles=[OptimizationStyle.Fixed])
+            convert_onnx_models_to_ort(
+                Path(tmp) / "in" / model_file,
+                output_dir=Path(tmp) / "out",
+                optimization_styles=[OptimizationStyle.Fixed],
+            )
         except Exception as exc:
-            raise JobFailed(f"--ort-format: converting {model_file} to the ORT format failed: {exc}") from exc
+            raise JobFailed(
+                f"--ort-format: converting {model_file} to the ORT format failed: {exc}"
+            ) from exc
         made = sorted((Path(tmp) / "out").rglob("*.ort"))
         if not made:
             raise JobFailed(f"--ort-format: the converter wrote no .ort file for {model_file}")
@@ -517,7 +676,9 @@ def write_manifest(staging: Path, manifest: dict[str, Any], *, started: float) -
     manifest["export_seconds"] = round(time.perf_counter() - started, 1)
     manifest["files"] = {
         p.relative_to(staging).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-        for p in sorted(staging.rglob("*")) if p.is_file() and p.name != MANIFEST}
+        for p in sorted(staging.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
     manifest = json.loads(json.dumps(manifest, default=_jsonable))
     manifest["manifest_sha256"] = manifest_digest(manifest)
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -527,8 +688,12 @@ def write_manifest(staging: Path, manifest: dict[str, Any], *, started: float) -
 def _machine() -> dict[str, Any]:
     import onnxruntime
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _jsonable(value):
@@ -556,11 +721,12 @@ def training_examples(run_dir: Path, count: int = CALIBRATION_EXAMPLES) -> list[
     return [json.loads(line) for line in lines]
 
 
-def export_run(run_dir: str | Path, out: str | Path, *, split: str = "validation", pm=None, **options) -> ExportResult:
+def export_run(
+    run_dir: str | Path, out: str | Path, *, split: str = "validation", pm=None, **options
+) -> ExportResult:
     """Export a finished run: its merged model, tokenizer, task, labels and held-out examples;
     quantizers that calibrate see its training examples, the parity gate the held-out ones."""
-    from tunewright import UsageError, get_plugin_manager
-    from tunewright import load_run
+    from tunewright import UsageError, get_plugin_manager, load_run
 
     pm = pm or get_plugin_manager()
     check_out(Path(out), overwrite=bool(options.get("overwrite")))  # before the model loads
@@ -569,8 +735,23 @@ def export_run(run_dir: str | Path, out: str | Path, *, split: str = "validation
     if examples is None:
         raise UsageError(f"--split: a run keeps 'validation' and 'test' examples, not {split!r}")
     max_length = getattr(getattr(run.config, "data", None), "max_length", None)
-    info = {"base_model": run.base_model, "method": run.method, "task": run.task_name,
-            "run": {"dir": str(Path(run_dir).resolve()), "eval": run.eval}}
+    info = {
+        "base_model": run.base_model,
+        "method": run.method,
+        "task": run.task_name,
+        "run": {"dir": str(Path(run_dir).resolve()), "eval": run.eval},
+    }
     options.setdefault("calibration_examples", training_examples(Path(run_dir)) or None)
-    return export_bundle(run.model, run.tokenizer, run.task, examples, out, labels=run.labels, info=info, pm=pm,
-                         max_length=max_length, config=run.config, **options)
+    return export_bundle(
+        run.model,
+        run.tokenizer,
+        run.task,
+        examples,
+        out,
+        labels=run.labels,
+        info=info,
+        pm=pm,
+        max_length=max_length,
+        config=run.config,
+        **options,
+    )

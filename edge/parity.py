@@ -39,10 +39,10 @@ VERIFY_SHARE = 0.125
 @dataclass
 class ParityReport:
     metric_name: str
-    direction: str                     # "max" | "min"
+    direction: str  # "max" | "min"
     tuned_metrics: dict[str, float]
     bundle_metrics: dict[str, float]
-    threshold: float                   # points
+    threshold: float  # points
     figures: dict[str, float] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # parity.npz for verify
 
@@ -66,17 +66,30 @@ class ParityReport:
         return bool(np.isfinite(self.bundle_metric)) and self.drop <= self.threshold + 1e-9
 
     def as_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric_name, "direction": self.direction, "tuned": self.tuned_metric,
-                "bundle": self.bundle_metric, "drop_points": self.drop, "threshold_points": self.threshold,
-                "passed": self.passed, "tuned_metrics": self.tuned_metrics, "bundle_metrics": self.bundle_metrics,
-                "bundle_vs_tuned": self.figures}
+        return {
+            "metric": self.metric_name,
+            "direction": self.direction,
+            "tuned": self.tuned_metric,
+            "bundle": self.bundle_metric,
+            "drop_points": self.drop,
+            "threshold_points": self.threshold,
+            "passed": self.passed,
+            "tuned_metrics": self.tuned_metrics,
+            "bundle_metrics": self.bundle_metrics,
+            "bundle_vs_tuned": self.figures,
+        }
 
     def table(self) -> str:
         better = "higher" if self.direction == "max" else "lower"
-        lines = [f"  {self.metric_name} ({better} is better): tuned {self.tuned_metric:.4f}, bundle "
-                 f"{self.bundle_metric:.4f} (drop {self.drop:.2f} points, allowed {self.threshold:.2f})"]
-        lines += [f"  {name}: tuned {value:.4g}, bundle {self.bundle_metrics.get(name, float('nan')):.4g}"
-                  for name, value in self.tuned_metrics.items() if name != self.metric_name]
+        lines = [
+            f"  {self.metric_name} ({better} is better): tuned {self.tuned_metric:.4f}, bundle "
+            f"{self.bundle_metric:.4f} (drop {self.drop:.2f} points, allowed {self.threshold:.2f})"
+        ]
+        lines += [
+            f"  {name}: tuned {value:.4g}, bundle {self.bundle_metrics.get(name, float('nan')):.4g}"
+            for name, value in self.tuned_metrics.items()
+            if name != self.metric_name
+        ]
         lines += [f"  {key}: {value:.4g}" for key, value in self.figures.items()]
         return "\n".join(lines)
 
@@ -92,8 +105,9 @@ def predictor_module(predictor, like=None):
     would otherwise depend on which rows share a batch. A predictor with ``whole_batches``
     (:class:`tunewright.edge.runtime.PredictorOptions`) gets each batch whole and does the same itself.
     """
-    import torch
     from types import SimpleNamespace
+
+    import torch
 
     whole = bool(getattr(predictor, "whole_batches", False))
 
@@ -108,17 +122,28 @@ def predictor_module(predictor, like=None):
                     setattr(self, name, getattr(like, name))
 
         def forward(self, **batch):
-            inputs = {name: value.detach().cpu().numpy() for name, value in batch.items()
-                      if name != "labels" and hasattr(value, "detach")}
+            inputs = {
+                name: value.detach().cpu().numpy()
+                for name, value in batch.items()
+                if name != "labels" and hasattr(value, "detach")
+            }
             if whole:
-                return SimpleNamespace(logits=torch.from_numpy(np.asarray(predictor.logits(inputs), np.float32)))
+                return SimpleNamespace(
+                    logits=torch.from_numpy(np.asarray(predictor.logits(inputs), np.float32))
+                )
             mask = inputs.get("attention_mask")
             rows = next(iter(inputs.values())).shape[0]
             out = []
             for row in range(rows):
                 keep = mask[row].astype(bool) if mask is not None else None
-                row_inputs = {name: (value[row][keep] if keep is not None and value.shape == mask.shape
-                                     else value[row])[None] for name, value in inputs.items()}
+                row_inputs = {
+                    name: (
+                        value[row][keep]
+                        if keep is not None and value.shape == mask.shape
+                        else value[row]
+                    )[None]
+                    for name, value in inputs.items()
+                }
                 logits = np.asarray(predictor.logits(row_inputs))[0]  # (C,) or (n, V)
                 if keep is not None and logits.ndim == 2 and logits.shape[0] == int(keep.sum()):
                     full = np.zeros((keep.shape[0], logits.shape[-1]), dtype=np.float32)  # (T, V)
@@ -136,8 +161,9 @@ def verify_budget(model_bytes: int | None) -> int:
     return VERIFY_BYTES if not model_bytes else min(VERIFY_BYTES, int(model_bytes * VERIFY_SHARE))
 
 
-def _classifier_fidelity(predictor, reference: Reference,
-                         budget: int = VERIFY_BYTES) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def _classifier_fidelity(
+    predictor, reference: Reference, budget: int = VERIFY_BYTES
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     diffs, agree = [], []
     arrays: dict[str, np.ndarray] = {}
     kept, used = 0, 0
@@ -153,13 +179,18 @@ def _classifier_fidelity(predictor, reference: Reference,
             kept, used = kept + 1, used + size
     arrays["count"] = np.asarray(kept)
     diff = np.concatenate([d.ravel() for d in diffs]) if diffs else np.zeros(1)
-    figures = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-               "top1_agreement": float(np.concatenate(agree).mean()) if agree else 0.0,
-               "examples": float(len(diffs))}
+    figures = {
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "top1_agreement": float(np.concatenate(agree).mean()) if agree else 0.0,
+        "examples": float(len(diffs)),
+    }
     return figures, arrays
 
 
-def _generator_fidelity(predictor, reference: Reference, top: int = 32) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def _generator_fidelity(
+    predictor, reference: Reference, top: int = 32
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     agree, kls = [], []
     arrays: dict[str, np.ndarray] = {"count": np.asarray(len(reference.continuations))}
     for index, (prompt, continuation, tuned) in enumerate(reference.continuations):
@@ -169,29 +200,52 @@ def _generator_fidelity(predictor, reference: Reference, top: int = 32) -> tuple
         kls.append((np.exp(tuned_logp) * (tuned_logp - log_softmax(ours))).sum(-1))
         top_ids = np.argsort(-tuned_logp, axis=-1)[:, :top]
         arrays.update({f"{index}.prompt.{name}": value for name, value in prompt.items()})
-        arrays.update({f"{index}.continuation": np.asarray(continuation, np.int64),
-                       f"{index}.reference_top1": tuned.argmax(-1).astype(np.int64),
-                       f"{index}.reference_top_ids": top_ids.astype(np.int32),
-                       f"{index}.reference_top_logprobs": np.take_along_axis(tuned_logp, top_ids, -1).astype(np.float32)})
-    cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0)  # noqa: E731
-    figures = {"top1_agreement": float(cat(agree).mean()) if agree else 0.0,
-               "kl_per_token": float(cat(kls).mean()) if kls else 0.0,
-               "kl_max": float(cat(kls).max()) if kls else 0.0,
-               "teacher_forced_tokens": float(cat(agree).size),
-               "examples": float(len(reference.features))}
+        arrays.update(
+            {
+                f"{index}.continuation": np.asarray(continuation, np.int64),
+                f"{index}.reference_top1": tuned.argmax(-1).astype(np.int64),
+                f"{index}.reference_top_ids": top_ids.astype(np.int32),
+                f"{index}.reference_top_logprobs": np.take_along_axis(
+                    tuned_logp, top_ids, -1
+                ).astype(np.float32),
+            }
+        )
+    cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0)
+    figures = {
+        "top1_agreement": float(cat(agree).mean()) if agree else 0.0,
+        "kl_per_token": float(cat(kls).mean()) if kls else 0.0,
+        "kl_max": float(cat(kls).max()) if kls else 0.0,
+        "teacher_forced_tokens": float(cat(agree).size),
+        "examples": float(len(reference.features)),
+    }
     return figures, arrays
 
 
-def measure_parity(predictor, reference: Reference, threshold: float = DEFAULT_THRESHOLD, *,
-                   model_bytes: int | None = None) -> ParityReport:
+def measure_parity(
+    predictor,
+    reference: Reference,
+    threshold: float = DEFAULT_THRESHOLD,
+    *,
+    model_bytes: int | None = None,
+) -> ParityReport:
     """Run the bundle's predictor on the reference's examples: the task's metrics through
     :func:`predictor_module`, then the fidelity figures the predictor's kind allows. ``model_bytes``
     (the model files' size) bounds the verify inputs kept (:func:`verify_budget`)."""
-    bundle_metrics = dict(reference.task.metrics(predictor_module(predictor, like=reference.model),
-                                                  reference.batches()))
+    bundle_metrics = dict(
+        reference.task.metrics(
+            predictor_module(predictor, like=reference.model), reference.batches()
+        )
+    )
     if predictor.generates:
         figures, arrays = _generator_fidelity(predictor, reference)
     else:
         figures, arrays = _classifier_fidelity(predictor, reference, verify_budget(model_bytes))
-    return ParityReport(reference.metric, reference.direction, dict(reference.tuned_metrics), bundle_metrics,
-                        threshold, figures, arrays)
+    return ParityReport(
+        reference.metric,
+        reference.direction,
+        dict(reference.tuned_metrics),
+        bundle_metrics,
+        threshold,
+        figures,
+        arrays,
+    )

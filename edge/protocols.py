@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+
 @dataclass
 class ExportedModel:
     """Model files in ``folder``, ready to run on ``runtime`` ("onnxruntime", "onnxruntime-genai"
@@ -59,7 +60,11 @@ class ExportedModel:
 
     def files(self) -> list[str]:
         """The files of ``folder`` (not of ``parts``), relative to it."""
-        return sorted(p.relative_to(self.folder).as_posix() for p in Path(self.folder).rglob("*") if p.is_file())
+        return sorted(
+            p.relative_to(self.folder).as_posix()
+            for p in Path(self.folder).rglob("*")
+            if p.is_file()
+        )
 
     def layout(self) -> dict[str, Path]:
         """Every file of the bundle's model, ``folder``'s and each part's, by its name in the bundle.
@@ -75,7 +80,7 @@ class ExportedModel:
     def size_bytes(self) -> int:
         return sum(path.stat().st_size for path in self.layout().values())
 
-    def moved(self, folder: Path, **changes) -> "ExportedModel":
+    def moved(self, folder: Path, **changes) -> ExportedModel:
         return replace(self, folder=Path(folder), **changes)
 
 
@@ -113,8 +118,9 @@ class ExporterOptions(Protocol):
     #: caller's explicit figures win
     reference_limits: dict[str, int]
 
-    def preprocessing(self, model: Any, preprocessor: Any, folder: Path, *, max_length: int,
-                      config: Any = None) -> dict[str, Any]:
+    def preprocessing(
+        self, model: Any, preprocessor: Any, folder: Path, *, max_length: int, config: Any = None
+    ) -> dict[str, Any]:
         """Write what the runtime needs to turn raw input into model input into ``folder``
         (``tokenizer.json``...) and return the manifest's ``preprocessing`` section. Without it:
         :func:`tunewright.edge.preprocessing.write_preprocessing` of ``preprocessor``."""
@@ -126,8 +132,15 @@ class ExporterOptions(Protocol):
         ``model_entries`` and ``quantization`` updated (an image+text model stores its embedding
         table in int8 beside a quantized decoder, and lists it in ``quantization.embedding_tables``)."""
 
-    def export_bundle(self, model: Any, preprocessor: Any, task: Any, examples: list[dict], out: Path,
-                      **options: Any) -> Any:
+    def export_bundle(
+        self,
+        model: Any,
+        preprocessor: Any,
+        task: Any,
+        examples: list[dict],
+        out: Path,
+        **options: Any,
+    ) -> Any:
         """Deprecated: an exporter that carried the whole path itself. ``export_bundle`` still hands
         it over (with a ``DeprecationWarning``); export several files as ``parts`` instead."""
 
@@ -150,7 +163,9 @@ class Quantizer(Protocol):
     def supports(self, exported: ExportedModel) -> bool:
         """Whether this quantizer applies to ``exported`` (its runtime, task kind, ops)."""
 
-    def quantize(self, exported: ExportedModel, out_dir: Path, calibration: list[dict[str, Any]]) -> ExportedModel:
+    def quantize(
+        self, exported: ExportedModel, out_dir: Path, calibration: list[dict[str, Any]]
+    ) -> ExportedModel:
         """Write the quantized model files into the empty folder ``out_dir``; return them with
         ``quantization`` set. ``calibration`` holds model inputs (name -> numpy array) built from the
         run's held-out examples, for quantizers that calibrate activations."""

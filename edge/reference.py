@@ -35,8 +35,11 @@ def gate_metric(task, labels) -> tuple[str, str]:
 
 def as_numpy(batch: dict) -> dict[str, np.ndarray]:
     """Model inputs of a collated batch as numpy arrays, ``labels`` left out."""
-    return {name: value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
-            for name, value in batch.items() if name != "labels"}
+    return {
+        name: value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+        for name, value in batch.items()
+        if name != "labels"
+    }
 
 
 def prompt_of(features: dict) -> dict[str, Any] | None:
@@ -60,8 +63,12 @@ def prompt_of(features: dict) -> dict[str, Any] | None:
     for name, value in features.items():
         if name == "labels":
             continue
-        is_sequence = hasattr(value, "__len__") and not isinstance(value, (str, bytes)) and len(value) == len(ids) \
+        is_sequence = (
+            hasattr(value, "__len__")
+            and not isinstance(value, (str, bytes))
+            and len(value) == len(ids)
             and np.ndim(value) == 1
+        )
         cut[name] = list(value)[:start] if is_sequence else value
     return cut
 
@@ -71,18 +78,28 @@ def _torch_logits(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
 
     with torch.inference_mode():
         out = model(**{name: torch.from_numpy(np.asarray(value)) for name, value in inputs.items()})
-    logits = out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, (tuple, list)) else out)
+    logits = (
+        out.logits
+        if hasattr(out, "logits")
+        else (out[0] if isinstance(out, (tuple, list)) else out)
+    )
     return logits.float().numpy()
 
 
-def greedy_continuation(model, prompt: dict[str, np.ndarray], new_tokens: int) -> tuple[list[int], np.ndarray]:
+def greedy_continuation(
+    model, prompt: dict[str, np.ndarray], new_tokens: int
+) -> tuple[list[int], np.ndarray]:
     """The tuned model's greedy continuation of ``prompt`` (batch-1 model inputs; eos not special:
     the gate wants ``new_tokens`` positions) and its logits predicting each token, (new_tokens, V)."""
     import torch
 
     tokens, rows = [], []
     # one unpadded row: no attention mask needed, and later steps take the new token alone
-    inputs = {name: torch.from_numpy(np.asarray(value)) for name, value in prompt.items() if name != "attention_mask"}
+    inputs = {
+        name: torch.from_numpy(np.asarray(value))
+        for name, value in prompt.items()
+        if name != "attention_mask"
+    }
     with torch.inference_mode():
         out = model(**inputs, use_cache=True)
         for _ in range(new_tokens):
@@ -90,7 +107,11 @@ def greedy_continuation(model, prompt: dict[str, np.ndarray], new_tokens: int) -
             rows.append(last.numpy().copy())
             token = int(last.argmax())
             tokens.append(token)
-            out = model(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
+            out = model(
+                input_ids=torch.tensor([[token]]),
+                past_key_values=out.past_key_values,
+                use_cache=True,
+            )
     return tokens, np.stack(rows)
 
 
@@ -114,7 +135,7 @@ class Reference:
     def batches(self):
         """The held-out features collated by the task, ``batch_size`` at a time (a fresh iterator)."""
         for start in range(0, len(self.features), self.batch_size):
-            yield self.task.collate(self.features[start: start + self.batch_size], self.tokenizer)
+            yield self.task.collate(self.features[start : start + self.batch_size], self.tokenizer)
 
     def example_inputs(self, index: int) -> dict[str, np.ndarray]:
         """Example ``index`` alone as model inputs (batch 1, numpy), as the task collates it."""
@@ -140,8 +161,11 @@ class Reference:
             prompt = prompt_of(features)
             if prompt is None:
                 continue
-            inputs = as_numpy(self.task.collate([{**prompt, "labels": [IGNORE] * len(prompt["input_ids"])}],
-                                                self.tokenizer))
+            inputs = as_numpy(
+                self.task.collate(
+                    [{**prompt, "labels": [IGNORE] * len(prompt["input_ids"])}], self.tokenizer
+                )
+            )
             tokens, logits = greedy_continuation(self.model, inputs, self.new_tokens)
             out.append((inputs, tokens, logits))
         return out
@@ -155,28 +179,57 @@ class Reference:
         """Model inputs of up to ``count`` examples, one each, for quantizers that calibrate: the
         training examples given to :func:`build_reference`, else the held-out ones."""
         features = self.calibration_features or self.features
-        return [as_numpy(self.task.collate([features[i]], self.tokenizer)) for i in range(min(count, len(features)))]
+        return [
+            as_numpy(self.task.collate([features[i]], self.tokenizer))
+            for i in range(min(count, len(features)))
+        ]
 
 
-def build_reference(model, tokenizer, task, examples: list[dict], *, labels=None, max_examples: int = 256,
-                    fidelity_examples: int = 8, new_tokens: int = 32, batch_size: int = 8,
-                    calibration_examples: list[dict] | None = None, calibration_count: int = 64) -> Reference:
+def build_reference(
+    model,
+    tokenizer,
+    task,
+    examples: list[dict],
+    *,
+    labels=None,
+    max_examples: int = 256,
+    fidelity_examples: int = 8,
+    new_tokens: int = 32,
+    batch_size: int = 8,
+    calibration_examples: list[dict] | None = None,
+    calibration_count: int = 64,
+) -> Reference:
     """Tokenize up to ``max_examples`` held-out examples with the task and compute the tuned
     model's task metrics on them (``model`` in eval mode, as exported); tokenize up to
     ``calibration_count`` of ``calibration_examples`` (training examples) for quantizers that
     calibrate."""
     model.eval()
-    features = [task.tokenize(example, tokenizer, labels=labels) for example in examples[:max_examples]]
-    calibration = [task.tokenize(example, tokenizer, labels=labels)
-                   for example in (calibration_examples or [])[:calibration_count]]
+    features = [
+        task.tokenize(example, tokenizer, labels=labels) for example in examples[:max_examples]
+    ]
+    calibration = [
+        task.tokenize(example, tokenizer, labels=labels)
+        for example in (calibration_examples or [])[:calibration_count]
+    ]
     metric, direction = gate_metric(task, labels)
-    reference = Reference(model, task, tokenizer, features, metric, direction, batch_size=batch_size,
-                          fidelity_examples=fidelity_examples, new_tokens=new_tokens,
-                          calibration_features=calibration)
+    reference = Reference(
+        model,
+        task,
+        tokenizer,
+        features,
+        metric,
+        direction,
+        batch_size=batch_size,
+        fidelity_examples=fidelity_examples,
+        new_tokens=new_tokens,
+        calibration_features=calibration,
+    )
     reference.tuned_metrics = dict(task.metrics(model, reference.batches()))
     if metric not in reference.tuned_metrics:
         from tunewright import UsageError
 
-        raise UsageError(f"the parity gate watches {metric!r}, which the task's metrics do not report "
-                         f"(they report {', '.join(sorted(reference.tuned_metrics))})")
+        raise UsageError(
+            f"the parity gate watches {metric!r}, which the task's metrics do not report "
+            f"(they report {', '.join(sorted(reference.tuned_metrics))})"
+        )
     return reference

@@ -18,9 +18,23 @@ from .metrics import better_by, metric_direction, primary_metric
 from .models import atomic_directory, cache_dir
 from .run import RUN_MARKER, Run, evaluate, prepare_run, run_job
 from .runs import LoadedRun, load_run
-from .types import (DatasetFormat, DatasetFormatOptions, Method, MethodOptions, ModelProvider, Problem, Runner,
-                    RunnerOptions, SectionOptions, Task, TaskOptions, Tracker, TrackerFactory,
-                    TrackerFactoryOptions, TrainResult)
+from .types import (
+    DatasetFormat,
+    DatasetFormatOptions,
+    Method,
+    MethodOptions,
+    ModelProvider,
+    Problem,
+    Runner,
+    RunnerOptions,
+    SectionOptions,
+    Task,
+    TaskOptions,
+    Tracker,
+    TrackerFactory,
+    TrackerFactoryOptions,
+    TrainResult,
+)
 
 if TYPE_CHECKING:
     from .training import train
@@ -39,24 +53,55 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     # plugins
-    "hookimpl", "get_plugin_manager", "PluginManager",
+    "hookimpl",
+    "get_plugin_manager",
+    "PluginManager",
     # config
-    "JobConfig", "Section", "load_config", "read_yaml",
+    "JobConfig",
+    "Section",
+    "load_config",
+    "read_yaml",
     # what plugins implement
-    "ModelProvider", "DatasetFormat", "Task", "Method", "Tracker", "TrackerFactory", "Runner",
-    "kinds", "Problem",
+    "ModelProvider",
+    "DatasetFormat",
+    "Task",
+    "Method",
+    "Tracker",
+    "TrackerFactory",
+    "Runner",
+    "kinds",
+    "Problem",
     # their optional members
-    "DatasetFormatOptions", "TaskOptions", "MethodOptions", "TrackerFactoryOptions", "RunnerOptions",
+    "DatasetFormatOptions",
+    "TaskOptions",
+    "MethodOptions",
+    "TrackerFactoryOptions",
+    "RunnerOptions",
     "SectionOptions",
     # a job
-    "Run", "prepare_run", "train", "evaluate", "run_job", "TrainResult", "RUN_MARKER",
+    "Run",
+    "prepare_run",
+    "train",
+    "evaluate",
+    "run_job",
+    "TrainResult",
+    "RUN_MARKER",
     # a finished run
-    "load_run", "LoadedRun",
+    "load_run",
+    "LoadedRun",
     # which metric judges a run, which way is better (the summary, early stopping, the parity gate)
-    "primary_metric", "metric_direction", "better_by",
+    "primary_metric",
+    "metric_direction",
+    "better_by",
     # files
-    "cache_dir", "atomic_directory",
+    "cache_dir",
+    "atomic_directory",
     # errors
-    "TunewrightError", "UsageError", "ConfigError", "DataError", "PluginError", "JobFailed",
+    "TunewrightError",
+    "UsageError",
+    "ConfigError",
+    "DataError",
+    "PluginError",
+    "JobFailed",
     "PluginDeprecationWarning",
 ]

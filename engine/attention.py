@@ -30,26 +30,48 @@ GROUPED = "tunewright_grouped"
 
 #: keyword arguments the decoder layers pass along that eager attention ignores too (the mask
 #: carries causality and any sliding window; the rest are for the cache or flash kernels)
-_IGNORED = frozenset({
-    "position_ids", "sliding_window", "cache_position", "past_key_value", "past_key_values", "use_cache",
-    "output_attentions", "is_causal", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k",
-})
+_IGNORED = frozenset(
+    {
+        "position_ids",
+        "sliding_window",
+        "cache_position",
+        "past_key_value",
+        "past_key_values",
+        "use_cache",
+        "output_attentions",
+        "is_causal",
+        "cu_seq_lens_q",
+        "cu_seq_lens_k",
+        "max_length_q",
+        "max_length_k",
+    }
+)
 
 
-def grouped_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                      attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-                      **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+def grouped_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eager attention for ``query (B, H, T, D)`` and ``key``/``value (B, KV, S, D)``, ``H = G * KV``:
     returns ``(B, T, H, D)`` outputs and ``(B, H, T, S)`` weights, as ``eager_attention_forward``."""
     if any(given is not None for name, given in kwargs.items() if name not in _IGNORED):
-        return _models_eager(module)(module, query, key, value, attention_mask, scaling=scaling,
-                                     dropout=dropout, **kwargs)
+        return _models_eager(module)(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
     batch, heads, length, dim = query.shape
     kv_heads, source = key.shape[1], key.shape[2]
     groups = heads // kv_heads
-    scaling = dim ** -0.5 if scaling is None else scaling
+    scaling = dim**-0.5 if scaling is None else scaling
     # query head h = kv * groups + g attends with key-value head kv (repeat_kv's order)
-    scores = torch.matmul(query.reshape(batch, kv_heads, groups * length, dim), key.transpose(-1, -2))
+    scores = torch.matmul(
+        query.reshape(batch, kv_heads, groups * length, dim), key.transpose(-1, -2)
+    )
     scores = scores.view(batch, kv_heads, groups, length, source)
     if attention_mask is not None:  # (B, 1, T, S) additive
         scores = torch.add(attention_mask[:, :, None, :, :source], scores, alpha=scaling)

@@ -15,14 +15,20 @@ def last_checkpoint(run_dir: str | Path) -> Path | None:
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return None
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
-             and p.name[len(CHECKPOINT_PREFIX):].isdigit() and (p / STATE_FILE).is_file()]
+    found = [
+        p
+        for p in folder.iterdir()
+        if p.is_dir()
+        and p.name.startswith(CHECKPOINT_PREFIX)
+        and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+        and (p / STATE_FILE).is_file()
+    ]
     return max(found, key=checkpoint_step) if found else None
 
 
 def checkpoint_step(path: str | Path | None) -> int:
     """The step a checkpoint folder holds (``checkpoint-40`` -> 40); 0 for ``None``."""
-    return int(Path(path).name[len(CHECKPOINT_PREFIX):]) if path else 0
+    return int(Path(path).name[len(CHECKPOINT_PREFIX) :]) if path else 0
 
 
 __all__ = ["last_checkpoint", "checkpoint_step", "CHECKPOINT_PREFIX", "STATE_FILE"]

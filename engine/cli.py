@@ -35,10 +35,19 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config key, e.g. --set training.max_steps=20 (repeatable).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key, e.g. --set training.max_steps=20 (repeatable).",
+)
 @click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run directory (only one tunewright made).")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing run directory (only one tunewright made).",
+)
 @click.pass_obj
 def train(pm, config_path: str, overrides: tuple[str, ...], resume: bool, overwrite: bool) -> None:
     """Train the job described by CONFIG."""
@@ -53,7 +62,9 @@ def train(pm, config_path: str, overrides: tuple[str, ...], resume: bool, overwr
 
         checkpoint = last_checkpoint(Path(config.output))
         if checkpoint is not None:
-            _echo(f"{checkpoint.name} is kept: tunewright train {config_path} --resume continues from it")
+            _echo(
+                f"{checkpoint.name} is kept: tunewright train {config_path} --resume continues from it"
+            )
         raise
     from accelerate import PartialState
 
@@ -63,15 +74,28 @@ def train(pm, config_path: str, overrides: tuple[str, ...], resume: bool, overwr
 
 @cli.command()
 @click.argument("data_path", metavar="DATA", type=click.Path())
-@click.option("--task", default=None, help="Task the data is for (default: what the file's format says).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="A job config: its model's tokenizer, max_length and training settings are used.")
-@click.option("--model", default=None, help=(
-    "Model whose tokenizer counts tokens (default: the task's packaged model; lengths are checked "
-    "against its context)."))
+@click.option(
+    "--task", default=None, help="Task the data is for (default: what the file's format says)."
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="A job config: its model's tokenizer, max_length and training settings are used.",
+)
+@click.option(
+    "--model",
+    default=None,
+    help=(
+        "Model whose tokenizer counts tokens (default: the task's packaged model; lengths are checked "
+        "against its context)."
+    ),
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
-def validate(pm, data_path: str, task: str | None, config_path: str | None, model: str | None, as_json: bool) -> None:
+def validate(
+    pm, data_path: str, task: str | None, config_path: str | None, model: str | None, as_json: bool
+) -> None:
     """Check every example of DATA and summarise it. Exits 2 if any example has an error."""
     from .validate import validate_file
 
@@ -79,7 +103,9 @@ def validate(pm, data_path: str, task: str | None, config_path: str | None, mode
     if config_path:
         config = load_config(read_yaml(config_path), pm.registries, source=config_path)
         if task is not None and task != config.task:
-            raise UsageError(f"--task {task!r} disagrees with the config's task {config.task!r}; pass one of them")
+            raise UsageError(
+                f"--task {task!r} disagrees with the config's task {config.task!r}; pass one of them"
+            )
     report = validate_file(Path(data_path), task, pm, config=config, model=model)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
@@ -91,7 +117,9 @@ def validate(pm, data_path: str, task: str | None, config_path: str | None, mode
 
 @cli.command(name="eval")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("--data", "data_path", required=True, type=click.Path(), help="Examples to evaluate on.")
+@click.option(
+    "--data", "data_path", required=True, type=click.Path(), help="Examples to evaluate on."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.pass_obj
 def eval_command(pm, run_dir: str, data_path: str, as_json: bool) -> None:
@@ -103,7 +131,9 @@ def eval_command(pm, run_dir: str, data_path: str, as_json: bool) -> None:
         click.echo(json.dumps(metrics, indent=2))
     else:
         for key, value in metrics.items():
-            click.echo(f"{key:>22}  {value:.4f}" if isinstance(value, float) else f"{key:>22}  {value}")
+            click.echo(
+                f"{key:>22}  {value:.4f}" if isinstance(value, float) else f"{key:>22}  {value}"
+            )
 
 
 @cli.command()
@@ -119,7 +149,9 @@ def plugins(pm, as_json: bool) -> None:
         if plugin.get("unavailable"):
             click.echo(f"{plugin['name']}  (built-in, unavailable: {plugin['unavailable']})")
             continue
-        origin = f"{plugin['distribution']} {plugin['version']}" if plugin["distribution"] else "local"
+        origin = (
+            f"{plugin['distribution']} {plugin['version']}" if plugin["distribution"] else "local"
+        )
         click.echo(f"{plugin['name']}  ({origin}{', built-in' if plugin['builtin'] else ''})")
         click.echo(f"    hooks: {', '.join(plugin['hooks'])}")
         for kind, names in plugin["registered"].items():
@@ -136,13 +168,20 @@ def init(path: str, force: bool) -> None:
     target = Path(path)
     if target.exists() and not force:
         raise UsageError(f"{target} exists already (pass --force to overwrite it)")
-    target.write_text(files("tunewright").joinpath("templates/config.yaml").read_text(encoding="utf-8"))
+    target.write_text(
+        files("tunewright").joinpath("templates/config.yaml").read_text(encoding="utf-8")
+    )
     _echo(f"wrote {target}; edit it, then: tunewright train {target}")
 
 
 @cli.command()
-@click.option("--workdir", default="tunewright-quickstart", show_default=True, type=click.Path(file_okay=False),
-              help="Where the data, the run and the bundle go.")
+@click.option(
+    "--workdir",
+    default="tunewright-quickstart",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where the data, the run and the bundle go.",
+)
 @click.option("--max-steps", default=60, show_default=True, help="Optimizer steps.")
 @click.pass_obj
 def quickstart(pm, workdir: str, max_steps: int) -> None:
@@ -155,8 +194,13 @@ def quickstart(pm, workdir: str, max_steps: int) -> None:
 def build_cli(pm=None) -> click.Group:
     """The core commands plus those the plugins add (``register_commands``), in a fresh group."""
     pm = pm or get_plugin_manager()
-    group = click.Group("tunewright", commands=dict(cli.commands), help=cli.help, params=list(cli.params),
-                        context_settings=cli.context_settings)
+    group = click.Group(
+        "tunewright",
+        commands=dict(cli.commands),
+        help=cli.help,
+        params=list(cli.params),
+        context_settings=cli.context_settings,
+    )
     pm.hook.register_commands(cli=group)
     return group
 
@@ -183,7 +227,9 @@ def main(argv: list[str] | None = None) -> None:
         group = build_cli(pm)
         group.main(args=argv, prog_name="tunewright", standalone_mode=False, obj=pm)
     except click.exceptions.Abort as exc:
-        if not isinstance(exc.__cause__, KeyboardInterrupt):  # click wraps Ctrl-C (and SIGTERM) in Abort
+        if not isinstance(
+            exc.__cause__, KeyboardInterrupt
+        ):  # click wraps Ctrl-C (and SIGTERM) in Abort
             _echo("aborted")
             sys.exit(1)
         _interrupted(exc.__cause__, owns_process=argv is None)

@@ -49,7 +49,9 @@ def deprecated(who: str, what: str, instead: str) -> None:
     warnings.warn(
         f"{who} uses {what}, the form of tunewright 0.1.0: it still works, but it is deprecated since "
         f"{DEPRECATED_IN} and {REMOVED_IN} may refuse it; write {instead} (see CHANGELOG.md)",
-        PluginDeprecationWarning, stacklevel=3)
+        PluginDeprecationWarning,
+        stacklevel=3,
+    )
 
 
 def _positional(fn: Any) -> list[inspect.Parameter] | None:
@@ -59,8 +61,11 @@ def _positional(fn: Any) -> list[inspect.Parameter] | None:
         signature = inspect.signature(fn)
     except (TypeError, ValueError):
         return None
-    return [p for p in signature.parameters.values()
-            if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    return [
+        p
+        for p in signature.parameters.values()
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
 
 
 def _names(fn: Any) -> set[str]:
@@ -174,14 +179,23 @@ def legacy_task_forms(task: Any) -> list[tuple[str, str]]:
     """``(old form, new form)`` of every 0.1.0 form a task object uses."""
     found = []
     if not hasattr(task, "metric_directions") and hasattr(task, "greater_is_better"):
-        found.append(("Task.greater_is_better",
-                      "Task.metric_directions, every metric mapped to 'max' or 'min'"))
+        found.append(
+            (
+                "Task.greater_is_better",
+                "Task.metric_directions, every metric mapped to 'max' or 'min'",
+            )
+        )
     if hasattr(task, "tokenize") and "max_length" in _names(task.tokenize):
-        found.append(("Task.tokenize(example, tokenizer, max_length, labels)",
-                      "Task.tokenize(example, tokenizer, labels) (the engine checks the length)"))
+        found.append(
+            (
+                "Task.tokenize(example, tokenizer, max_length, labels)",
+                "Task.tokenize(example, tokenizer, labels) (the engine checks the length)",
+            )
+        )
     if not hasattr(task, "validate") and hasattr(task, "tokenize"):
-        found.append(("a Task without validate",
-                      "Task.validate(example, location, config) -> list[Problem]"))
+        found.append(
+            ("a Task without validate", "Task.validate(example, location, config) -> list[Problem]")
+        )
     return found
 
 
@@ -194,11 +208,16 @@ def adapt(kind: str, name: str, obj: Any, who: str) -> Any:
     """The object a registry keeps for ``obj``: ``obj`` itself, or an adapter of an older form
     (with a :class:`PluginDeprecationWarning` naming ``who``)."""
     if kind == "trackers" and callable(obj) and is_legacy_tracker_factory(obj):
-        deprecated(who, f"the tracker factory {name!r} as factory(run_dir, config)",
-                   "factory(run) (run.run_dir, run.config, run.start_step)")
+        deprecated(
+            who,
+            f"the tracker factory {name!r} as factory(run_dir, config)",
+            "factory(run) (run.run_dir, run.config, run.start_step)",
+        )
         return LegacyTrackerFactory(obj)
     if kind == "runners" and callable(obj) and is_legacy_runner(obj):
-        deprecated(who, f"the runner {name!r} as runner(job)", "runner(run), run being a tunewright.Run")
+        deprecated(
+            who, f"the runner {name!r} as runner(job)", "runner(run), run being a tunewright.Run"
+        )
         return LegacyRunner(obj)
     if kind == "tasks":
         forms = legacy_task_forms(obj)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
@@ -26,19 +26,25 @@ class Section(BaseModel):
 
 class EarlyStopping(Section):
     patience: int = Field(3, ge=1, description="evaluations without improvement before stopping")
-    metric: str | None = Field(None, description="metric to watch; default: the task's primary metric")
+    metric: str | None = Field(
+        None, description="metric to watch; default: the task's primary metric"
+    )
     threshold: float = Field(0.0, ge=0, description="smallest change that counts as improvement")
 
 
 class DataConfig(Section):
     train: str = Field(description="training data file (JSONL or CSV)")
-    validation: Union[float, str, None] = Field(
-        0.1, description="a file, or a fraction of train split off (seeded, stratified for labels)")
-    test: Union[float, str, None] = Field(None, description="a file, or a fraction of train")
-    format: str = Field("auto", description="dataset format name, or auto (from content and suffix)")
+    validation: float | str | None = Field(
+        0.1, description="a file, or a fraction of train split off (seeded, stratified for labels)"
+    )
+    test: float | str | None = Field(None, description="a file, or a fraction of train")
+    format: str = Field(
+        "auto", description="dataset format name, or auto (from content and suffix)"
+    )
     max_length: int = Field(512, ge=8, description="longest example in tokens; longer is an error")
     balance: Literal["none", "oversample", "undersample"] = Field(
-        "none", description="resample training examples so that every label is equally frequent")
+        "none", description="resample training examples so that every label is equally frequent"
+    )
 
     @field_validator("validation", "test")
     @classmethod
@@ -50,7 +56,9 @@ class DataConfig(Section):
 
 class TrainingConfig(Section):
     epochs: float = Field(1, gt=0, description="passes over the training data")
-    max_steps: int = Field(-1, description="stop after this many optimizer steps (-1: epochs decide)")
+    max_steps: int = Field(
+        -1, description="stop after this many optimizer steps (-1: epochs decide)"
+    )
     batch_size: int = Field(8, ge=1, description="examples per device per step")
     gradient_accumulation_steps: int = Field(1, ge=1)
     learning_rate: float = Field(2.0e-4, gt=0)
@@ -59,25 +67,43 @@ class TrainingConfig(Section):
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
     max_grad_norm: float = Field(1.0, gt=0)
     logging_steps: int = Field(5, ge=1)
-    eval_steps: int | None = Field(None, ge=1, description=(
-        "evaluate every N steps (default: only the baseline before training and the final figures after; "
-        "with early_stopping, every 4 x logging_steps)"))
-    save_steps: int | None = Field(None, ge=1, description=(
-        "checkpoint every N steps and at the last step (default: no checkpoint is kept, so --resume has "
-        "nothing to continue from; with early_stopping, at every evaluation)"))
+    eval_steps: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "evaluate every N steps (default: only the baseline before training and the final figures after; "
+            "with early_stopping, every 4 x logging_steps)"
+        ),
+    )
+    save_steps: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "checkpoint every N steps and at the last step (default: no checkpoint is kept, so --resume has "
+            "nothing to continue from; with early_stopping, at every evaluation)"
+        ),
+    )
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept")
     early_stopping: EarlyStopping | None = None
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 weights where the CPU or GPU multiplies bf16 fast, else fp32")
+        "auto",
+        description="auto: bf16 weights where the CPU or GPU multiplies bf16 fast, else fp32",
+    )
     group_by_length: bool = Field(True, description="batch examples of similar length together")
     max_forward_tokens: Literal["auto"] | StrictInt | None = Field(
-        "auto", description="a micro-batch with more padded positions (examples x longest) runs forward "
+        "auto",
+        description="a micro-batch with more padded positions (examples x longest) runs forward "
         "and backward in pieces, with the same gradient: the peak memory follows a typical batch; "
-        "auto: twice the median micro-batch's; null: never split")
+        "auto: twice the median micro-batch's; null: never split",
+    )
     gradient_checkpointing: bool = Field(
-        False, description="keep only each block's input for backward and recompute the rest: a fraction of "
-        "the activation memory for one more forward pass of compute (models that support it)")
-    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: all cores)")
+        False,
+        description="keep only each block's input for backward and recompute the rest: a fraction of "
+        "the activation memory for one more forward pass of compute (models that support it)",
+    )
+    num_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads (default: all cores)"
+    )
 
     @field_validator("max_forward_tokens")
     @classmethod
@@ -99,7 +125,9 @@ class JobConfig(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     output: str = Field("runs/run", description="run directory")
     seed: int = 42
-    runner: str = Field("local", description="a registered runner: local, or federated ones from plugins")
+    runner: str = Field(
+        "local", description="a registered runner: local, or federated ones from plugins"
+    )
     trackers: list[str] = Field(default_factory=lambda: ["jsonl"])
     trust_remote_code: bool = Field(False, description="run code shipped with a hub model")
 
@@ -129,9 +157,13 @@ def read_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if data is None:
-        raise ConfigError(f"{path}: the config is empty (expected a mapping with model, task, data)")
+        raise ConfigError(
+            f"{path}: the config is empty (expected a mapping with model, task, data)"
+        )
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}"
+        )
     return data
 
 
@@ -151,7 +183,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is not a section")
+                raise ConfigError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is not a section")
             node = child
         node[parts[-1]] = value
     return data
@@ -176,12 +208,12 @@ def _type_name(annotation: str) -> str:
 
 def _format_error(err: Any, model: type[BaseModel], prefix: str) -> str:
     loc = [str(p) for p in err["loc"] if not isinstance(p, int) or True]
-    key = ".".join([prefix] + loc if prefix else loc)
+    key = ".".join([prefix, *loc] if prefix else loc)
     etype = err["type"]
     if etype == "extra_forbidden":
         parent_fields = _fields_at(model, err["loc"][:-1])
         near = nearest(str(err["loc"][-1]), parent_fields)
-        hint = f"; did you mean {'.'.join(key.split('.')[:-1] + [near[0]])!r}?" if near else ""
+        hint = f"; did you mean {'.'.join([*key.split('.')[:-1], near[0]])!r}?" if near else ""
         allowed = f" (allowed: {', '.join(sorted(parent_fields))})" if parent_fields else ""
         return f"{key}: unknown key{hint}{allowed}"
     if etype == "missing":
@@ -198,7 +230,9 @@ def nearest(key: str, candidates) -> list[str]:
     candidates = sorted(candidates)
     near = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
     if not near:
-        near = sorted((c for c in candidates if key.startswith(c) or c.startswith(key)), key=len, reverse=True)[:1]
+        near = sorted(
+            (c for c in candidates if key.startswith(c) or c.startswith(key)), key=len, reverse=True
+        )[:1]
     return near
 
 
@@ -210,7 +244,9 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
             return []
         annotation = field.annotation
         candidates = [annotation, *getattr(annotation, "__args__", ())]
-        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        current = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
         if current is None:
             return []
     return list(getattr(current, "model_fields", {}))
@@ -219,7 +255,9 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
 SectionModel = TypeVar("SectionModel", bound=BaseModel)
 
 
-def validate_section(model: type[SectionModel], data: Any, prefix: str, source: str) -> SectionModel:
+def validate_section(
+    model: type[SectionModel], data: Any, prefix: str, source: str
+) -> SectionModel:
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -255,8 +293,12 @@ def load_config(data: dict, registries: Any, source: str = "config") -> JobConfi
     config = validate_section(JobConfig, core, "", source)
     # every name the config gives a registry, reported together: a config naming three plugins
     # that are not installed says so once, not one name per try
-    named = [("tasks", config.task, "task"), ("methods", config.method, "method"),
-             ("runners", config.runner, "runner"), *(("trackers", t, "trackers") for t in config.trackers)]
+    named = [
+        ("tasks", config.task, "task"),
+        ("methods", config.method, "method"),
+        ("runners", config.runner, "runner"),
+        *(("trackers", t, "trackers") for t in config.trackers),
+    ]
     if config.data.format != "auto":
         named.append(("dataset_formats", config.data.format, "data.format"))
     unknown = [registries.unknown(kind, name, key=f"{source}: {key}") for kind, name, key in named]
@@ -266,14 +308,16 @@ def load_config(data: dict, registries: Any, source: str = "config") -> JobConfi
     extras: dict[str, Any] = {}
     if method.config_class is not None:
         extras[config.method] = validate_section(
-            method.config_class, data.get(config.method), config.method, source)
+            method.config_class, data.get(config.method), config.method, source
+        )
     for name, value in data.items():
         if name in sections:
             extras[name] = validate_section(sections[name], value, name, source)
         elif name in method_sections and name != config.method:
             raise ConfigError(
                 f"{source}: {name}: a section for method {name!r}, but method is {config.method!r}; "
-                f"remove it or set method: {name}")
+                f"remove it or set method: {name}"
+            )
     for name, value in extras.items():
         setattr(config, name, value)
     check_plugin_settings(config, registries, source)
@@ -285,9 +329,14 @@ def check_plugin_settings(config: JobConfig, registries: Any, source: str = "con
     config names (each optional: :class:`tunewright.types.SectionOptions`, ``RunnerOptions``,
     ``TrackerFactoryOptions``), before anything heavy loads; every problem they return is
     reported together as one :class:`ConfigError` (exit 2)."""
-    checks: list[Any] = [optional(section, Section, "check") for section in config.sections.values()]
+    checks: list[Any] = [
+        optional(section, Section, "check") for section in config.sections.values()
+    ]
     checks.append(optional(registries.get("runners", config.runner), Runner, "check"))
-    checks += [optional(registries.get("trackers", name), TrackerFactory, "check") for name in config.trackers]
+    checks += [
+        optional(registries.get("trackers", name), TrackerFactory, "check")
+        for name in config.trackers
+    ]
     problems: list[str] = []
     for check in checks:
         if check is not None:

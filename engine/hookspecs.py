@@ -16,7 +16,8 @@ already; the error names both plugins and their distributions.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -174,7 +175,7 @@ def register_runners(register: Register) -> None:
 
 
 @hookspec
-def register_commands(cli: "click.Group") -> None:
+def register_commands(cli: click.Group) -> None:
     """Add commands to the ``tunewright`` command line.
 
     ``cli`` is the top-level :class:`click.Group`; decorate functions with ``@cli.command()`` or
@@ -190,8 +191,9 @@ def register_commands(cli: "click.Group") -> None:
 
 
 @hookspec
-def validate_example(example: dict, task: str, config: "JobConfig | None",
-                     location: str) -> "list[Problem] | None":
+def validate_example(
+    example: dict, task: str, config: JobConfig | None, location: str
+) -> list[Problem] | None:
     """Check one example before anything is trained, beside the task's own ``validate``.
 
     ``example`` is the record as the dataset format produced it, ``task`` the task name,
@@ -204,7 +206,9 @@ def validate_example(example: dict, task: str, config: "JobConfig | None",
 
 
 @hookspec
-def transform_example(example: dict, task: str, config: "JobConfig | None", location: str) -> dict | None:
+def transform_example(
+    example: dict, task: str, config: JobConfig | None, location: str
+) -> dict | None:
     """Rewrite one valid example before it is tokenized (low-detail images, redaction...).
 
     ``location`` is where the example came from (``data/train.jsonl:17``: a path relative to the
@@ -221,31 +225,31 @@ def transform_example(example: dict, task: str, config: "JobConfig | None", loca
 
 
 @hookspec
-def on_train_begin(run: "Run") -> None:
+def on_train_begin(run: Run) -> None:
     """Called once per job, after the baseline evaluation and before the runner starts.
     ``run`` is the prepared :class:`tunewright.Run`."""
 
 
 @hookspec
-def on_step_end(run: "Run", step: int, logs: dict) -> None:
+def on_step_end(run: Run, step: int, logs: dict) -> None:
     """Called at every logging step with the figures logged at that step (``loss``,
     ``learning_rate``, ``tokens_per_second``, ``epoch``) and after every evaluation (its
     ``eval_<metric>`` figures)."""
 
 
 @hookspec
-def on_evaluate(run: "Run", step: int, metrics: dict, stage: str) -> None:
+def on_evaluate(run: Run, step: int, metrics: dict, stage: str) -> None:
     """Called after every evaluation on the held-out data with the task's metrics, named as the
     task names them (the same names every time). ``stage`` is ``"baseline"`` (before training,
     ``step`` 0), ``"training"`` (every ``training.eval_steps``) or ``"final"`` (after training)."""
 
 
 @hookspec
-def on_checkpoint(run: "Run", step: int, path: str) -> None:
+def on_checkpoint(run: Run, step: int, path: str) -> None:
     """Called after a checkpoint was written completely and renamed into place at ``path``."""
 
 
 @hookspec
-def on_train_end(run: "Run", result: "TrainResult") -> None:
+def on_train_end(run: Run, result: TrainResult) -> None:
     """Called once after training, the final evaluation and the run directory are written, with
     the :class:`tunewright.TrainResult`."""

@@ -20,8 +20,9 @@ import difflib
 import importlib.metadata
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pluggy
 
@@ -36,10 +37,16 @@ DISABLE_ENV = "TUNEWRIGHT_DISABLE_PLUGIN_AUTOLOAD"
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_\-]*$")
 
+
 def _protocols() -> dict[str, type]:
     from .types import DatasetFormat, Method, ModelProvider, Task
 
-    return {"models": ModelProvider, "dataset_formats": DatasetFormat, "tasks": Task, "methods": Method}
+    return {
+        "models": ModelProvider,
+        "dataset_formats": DatasetFormat,
+        "tasks": Task,
+        "methods": Method,
+    }
 
 
 # kind -> the registration hook that fills it
@@ -100,7 +107,9 @@ class Registries:
             )
         entries = self._entries[kind]
         if name in entries:
-            other = self._infos.get(entries[name].plugin) or PluginInfo(entries[name].plugin, None, None)
+            other = self._infos.get(entries[name].plugin) or PluginInfo(
+                entries[name].plugin, None, None
+            )
             raise PluginError(
                 f"{info.describe()} registered {kind[:-1].replace('_', ' ')} {name!r}, which "
                 f"{other.describe()} registered already; uninstall one of them or limit "
@@ -113,7 +122,8 @@ class Registries:
             raise PluginError(
                 f"{info.describe()} registered {kind[:-1].replace('_', ' ')} {name!r}, which lacks "
                 f"what a tunewright.{protocol.__name__} has: {', '.join(missing)} (see the "
-                f"{protocol.__name__} protocol in tunewright.types)")
+                f"{protocol.__name__} protocol in tunewright.types)"
+            )
         entries[name] = Registered(name, obj, plugin)
         info.registered.setdefault(kind, []).append(name)
 
@@ -162,15 +172,20 @@ class PluginManager(pluggy.PluginManager):
         self.unavailable: dict[str, str] = {}
         self._registries: Registries | None = None
 
-    def register_plugin(self, plugin: Any, name: str, distribution: str | None = None,
-                        version: str | None = None) -> None:
+    def register_plugin(
+        self, plugin: Any, name: str, distribution: str | None = None, version: str | None = None
+    ) -> None:
         info = PluginInfo(name, distribution, version)
         if self.has_plugin(name):
-            raise PluginError(f"{info.describe()} uses the name {name!r}, which {self.infos[name].describe()} uses already")
+            raise PluginError(
+                f"{info.describe()} uses the name {name!r}, which {self.infos[name].describe()} uses already"
+            )
         try:
             self.register(plugin, name=name)
         except ValueError as exc:  # the same object registered twice under two names
-            raise PluginError(f"{info.describe()} could not be registered: it is registered already") from exc
+            raise PluginError(
+                f"{info.describe()} could not be registered: it is registered already"
+            ) from exc
         info.hooks = sorted(impl_name for impl_name in _hook_names(self, plugin))
         self.infos[name] = info
 
@@ -187,7 +202,9 @@ class PluginManager(pluggy.PluginManager):
                 for impl in reversed(hook.get_hookimpls()):
                     others = [p for p in self.get_plugins() if p is not impl.plugin]
                     caller = self.subset_hook_caller(hook_name, remove_plugins=others)
-                    info = self.infos.get(impl.plugin_name) or PluginInfo(impl.plugin_name, None, None)
+                    info = self.infos.get(impl.plugin_name) or PluginInfo(
+                        impl.plugin_name, None, None
+                    )
                     try:
                         caller(register=_bound_register(registries, kind, impl.plugin_name))
                     except PluginError:
@@ -229,8 +246,12 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
     return list(importlib.metadata.entry_points(group=GROUP))
 
 
-def get_plugin_manager(*, load_entrypoints: bool = True, plugins: Sequence[tuple[str, Any]] = (),
-                       env: dict[str, str] | None = None) -> PluginManager:
+def get_plugin_manager(
+    *,
+    load_entrypoints: bool = True,
+    plugins: Sequence[tuple[str, Any]] = (),
+    env: dict[str, str] | None = None,
+) -> PluginManager:
     """Build a fresh plugin manager.
 
     Loads the built-in plugins and (unless disabled) third-party ones from the entry-point
@@ -280,14 +301,19 @@ def get_plugin_manager(*, load_entrypoints: bool = True, plugins: Sequence[tuple
         culprit = pm.get_name(exc.plugin) if exc.plugin is not None else None
         known_info = pm.infos.get(culprit) if culprit else None
         unknown = [c.name for c in pm.get_hookcallers(exc.plugin) or [] if not c.has_spec()]
-        known = [c.name for c in pm.hook.__dict__.values() if isinstance(c, pluggy.HookCaller) and c.has_spec()]
+        known = [
+            c.name
+            for c in pm.hook.__dict__.values()
+            if isinstance(c, pluggy.HookCaller) and c.has_spec()
+        ]
         hints = []
         for hook_name in unknown:
             near = difflib.get_close_matches(hook_name, known, n=1)
             hints.append(f"{hook_name!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
         raise PluginError(
             f"{known_info.describe() if known_info else 'a plugin'} implements a hook that does not exist: "
-            f"{', '.join(hints) or exc}") from exc
+            f"{', '.join(hints) or exc}"
+        ) from exc
     return pm
 
 
@@ -312,11 +338,17 @@ def plugin_summary(pm: PluginManager) -> list[dict]:
         }
         for info in sorted(pm.infos.values(), key=lambda i: (not i.builtin, i.name))
     ] + [
-        {"name": name, "distribution": BUILTIN_DISTRIBUTION, "version": None, "builtin": True,
-         "hooks": [], "registered": {}, "unavailable": reason}
+        {
+            "name": name,
+            "distribution": BUILTIN_DISTRIBUTION,
+            "version": None,
+            "builtin": True,
+            "hooks": [],
+            "registered": {},
+            "unavailable": reason,
+        }
         for name, reason in sorted(pm.unavailable.items())
     ]
 
 
 __all__ = ["get_plugin_manager", "PluginManager", "PluginInfo", "plugin_summary", "GROUP"]
-

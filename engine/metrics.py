@@ -16,7 +16,9 @@ from .types import Task, optional
 DIRECTIONS = ("max", "min")
 
 
-def metric_direction(task: Any, metric: str, *, task_name: str | None = None, key: str | None = None) -> str:
+def metric_direction(
+    task: Any, metric: str, *, task_name: str | None = None, key: str | None = None
+) -> str:
     """``"max"`` when a larger ``metric`` is better, ``"min"`` when a smaller one is, as the task
     says. A metric the task does not report is a :class:`tunewright.ConfigError` at ``key`` when
     a user named it (``key``: where), else a :class:`tunewright.PluginError` (the task chose it);
@@ -27,15 +29,21 @@ def metric_direction(task: Any, metric: str, *, task_name: str | None = None, ke
         message = f"task {name!r} reports no metric {metric!r} (it reports: {', '.join(sorted(directions))})"
         if key is not None:
             raise ConfigError(f"{key}: {message}")
-        raise PluginError(f"{message}; its primary_metric or metric_for names one its metric_directions lack")
+        raise PluginError(
+            f"{message}; its primary_metric or metric_for names one its metric_directions lack"
+        )
     direction = directions[metric]
     if direction not in DIRECTIONS:
-        raise PluginError(f"task {name!r} says metric {metric!r} goes {direction!r} "
-                          "(a task's metric_directions take 'max' or 'min')")
+        raise PluginError(
+            f"task {name!r} says metric {metric!r} goes {direction!r} "
+            "(a task's metric_directions take 'max' or 'min')"
+        )
     return direction
 
 
-def primary_metric(task: Any, labels: list[str] | None, *, task_name: str | None = None) -> tuple[str, str]:
+def primary_metric(
+    task: Any, labels: list[str] | None, *, task_name: str | None = None
+) -> tuple[str, str]:
     """``(name, direction)`` of the metric that judges a run of ``task`` on ``labels`` (``None``
     for a task without labels, or regression)."""
     metric_for = optional(task, Task, "metric_for")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .errors import ConfigError
 
@@ -61,7 +61,9 @@ def resolve_model(name: str, registries, *, key: str = "model") -> tuple[Path | 
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ConfigError(f"{key}: {name!r} is a folder without config.json (expected a Hugging Face model folder)")
+            raise ConfigError(
+                f"{key}: {name!r} is a folder without config.json (expected a Hugging Face model folder)"
+            )
         return path.resolve(), None
     if name.count("/") == 1 and not name.startswith((".", "/")):
         return name, None  # a hub id; loading it needs network access

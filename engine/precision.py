@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_has_fast_bf16() -> bool:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
@@ -106,9 +106,12 @@ _TARGETS = frozenset({"labels"})
 def _inputs_in(model: torch.nn.Module, dtype: torch.dtype) -> None:
     """Cast the floating inputs of ``model`` (pixels, ``inputs_embeds``...) to ``dtype`` on every
     call: a frozen first layer in bf16 (a convolution) would refuse fp32 pixels."""
+
     def before(mod, args, kwargs):
-        return (_cast_floats(args, dtype),
-                {k: v if k in _TARGETS else _cast_floats(v, dtype) for k, v in kwargs.items()})
+        return (
+            _cast_floats(args, dtype),
+            {k: v if k in _TARGETS else _cast_floats(v, dtype) for k, v in kwargs.items()},
+        )
 
     model.register_forward_pre_hook(before, with_kwargs=True)
 
@@ -121,10 +124,15 @@ def _linear_in_input_dtype(module: torch.nn.Linear, x: torch.Tensor) -> torch.Te
 
 def _bridge(module: torch.nn.Module, param_dtype: torch.dtype) -> None:
     def before(mod, args, kwargs):
-        floats = [a for a in list(args) + list(kwargs.values())
-                  if isinstance(a, torch.Tensor) and a.is_floating_point()]
+        floats = [
+            a
+            for a in list(args) + list(kwargs.values())
+            if isinstance(a, torch.Tensor) and a.is_floating_point()
+        ]
         mod._tunewright_input_dtype = floats[0].dtype if floats else None
-        return _cast_floats(args, param_dtype), {k: _cast_floats(v, param_dtype) for k, v in kwargs.items()}
+        return _cast_floats(args, param_dtype), {
+            k: _cast_floats(v, param_dtype) for k, v in kwargs.items()
+        }
 
     def after(mod, args, kwargs, output):
         dtype = getattr(mod, "_tunewright_input_dtype", None)
@@ -142,6 +150,8 @@ def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     model that cannot is refused before anything trains.
     """
     if not getattr(model, "supports_gradient_checkpointing", False):
-        raise ConfigError(f"training.gradient_checkpointing: {type(model).__name__} does not support gradient "
-                          "checkpointing (allowed: false for this model)")
+        raise ConfigError(
+            f"training.gradient_checkpointing: {type(model).__name__} does not support gradient "
+            "checkpointing (allowed: false for this model)"
+        )
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

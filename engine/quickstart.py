@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -31,7 +31,9 @@ def chatterbot_pairs() -> list[dict]:
     """
     spec = importlib.util.find_spec("chatterbot_corpus")
     if spec is None or spec.origin is None:
-        raise DataError("quickstart: the package chatterbot-corpus is not installed (pip install --no-deps chatterbot-corpus)")
+        raise DataError(
+            "quickstart: the package chatterbot-corpus is not installed (pip install --no-deps chatterbot-corpus)"
+        )
     folder = Path(spec.origin).parent / "data" / "english"
     examples = []
     for path in sorted(folder.glob("*.yml")):
@@ -40,9 +42,15 @@ def chatterbot_pairs() -> list[dict]:
         for conversation in data.get("conversations") or []:
             turns = [str(t).strip() for t in conversation if str(t).strip()]
             for prompt, reply in itertools.pairwise(turns):
-                examples.append({"messages": [{"role": "user", "content": prompt},
-                                              {"role": "assistant", "content": reply}],
-                                 "category": category})
+                examples.append(
+                    {
+                        "messages": [
+                            {"role": "user", "content": prompt},
+                            {"role": "assistant", "content": reply},
+                        ],
+                        "category": category,
+                    }
+                )
     return examples
 
 
@@ -66,10 +74,22 @@ def quickstart_config(workdir: Path, max_steps: int) -> dict:
         "task": "chat",
         "method": "lora",
         "lora": {"r": 8, "alpha": 16},
-        "data": {"train": str(workdir / "data" / "train.jsonl"), "validation": 0.1, "max_length": 512},
+        "data": {
+            "train": str(workdir / "data" / "train.jsonl"),
+            "validation": 0.1,
+            "max_length": 512,
+        },
         # evaluating every 20 steps draws validation loss and token accuracy in report.png
-        "training": {"epochs": 1, "max_steps": max_steps, "batch_size": 8, "learning_rate": 2.0e-4,
-                     "logging_steps": 5, "save_steps": 20, "eval_steps": 20, "warmup_ratio": 0.05},
+        "training": {
+            "epochs": 1,
+            "max_steps": max_steps,
+            "batch_size": 8,
+            "learning_rate": 2.0e-4,
+            "logging_steps": 5,
+            "save_steps": 20,
+            "eval_steps": 20,
+            "warmup_ratio": 0.05,
+        },
         "output": str(workdir / "runs" / "chat-lora"),
         "seed": 42,
     }
@@ -82,17 +102,25 @@ def claim_workdir(workdir: Path) -> None:
 
     if workdir.exists() or workdir.is_symlink():
         if not workdir.is_dir() or workdir.is_symlink():
-            raise UsageError(f"--workdir: {workdir} exists and is not a folder; choose a new folder")
+            raise UsageError(
+                f"--workdir: {workdir} exists and is not a folder; choose a new folder"
+            )
         if any(workdir.iterdir()) and not (workdir / QUICKSTART_MARKER).is_file():
             shown = ", ".join(sorted(p.name for p in workdir.iterdir())[:5])
-            raise UsageError(f"--workdir: {workdir} holds files tunewright quickstart did not write ({shown}); "
-                             "nothing was changed; choose a new or empty folder")
+            raise UsageError(
+                f"--workdir: {workdir} holds files tunewright quickstart did not write ({shown}); "
+                "nothing was changed; choose a new or empty folder"
+            )
         check_out(workdir / "bundle", overwrite=True)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / QUICKSTART_MARKER).write_text("made by tunewright quickstart; a rerun replaces what is here\n")
+    (workdir / QUICKSTART_MARKER).write_text(
+        "made by tunewright quickstart; a rerun replaces what is here\n"
+    )
 
 
-def run_quickstart(workdir: Path, *, max_steps: int = 60, echo: Callable[[str], None] = print, pm=None) -> dict:
+def run_quickstart(
+    workdir: Path, *, max_steps: int = 60, echo: Callable[[str], None] = print, pm=None
+) -> dict:
     from .config import load_config
     from .manager import get_plugin_manager
     from .run import run_job
@@ -113,13 +141,24 @@ def run_quickstart(workdir: Path, *, max_steps: int = 60, echo: Callable[[str], 
     for key in ("loss", "perplexity", "mean_token_accuracy"):
         echo(f"{key:<22}{results['baseline'][key]:>10.4f}{results['final'][key]:>10.4f}")
     echo(f"\nrun: {run_dir}  (config.yaml, eval.json, metrics.jsonl, report.png, adapter/)\n")
-    results["bundle"] = export_and_verify(run_dir, workdir / "bundle", pm, echo,
-                                          trained_precision=results.get("train", {}).get("precision"))
+    results["bundle"] = export_and_verify(
+        run_dir,
+        workdir / "bundle",
+        pm,
+        echo,
+        trained_precision=results.get("train", {}).get("precision"),
+    )
     return results
 
 
-def export_and_verify(run_dir: Path, out: Path, pm, echo: Callable[[str], None], *,
-                      trained_precision: str | None = None) -> dict:
+def export_and_verify(
+    run_dir: Path,
+    out: Path,
+    pm,
+    echo: Callable[[str], None],
+    *,
+    trained_precision: str | None = None,
+) -> dict:
     """Export the tuned model as an 8-bit bundle, verify it, and compare it with PyTorch.
 
     The parity line's ``tuned`` figure is the export's: the tuned model merged and in fp32, as it
@@ -131,7 +170,9 @@ def export_and_verify(run_dir: Path, out: Path, pm, echo: Callable[[str], None],
 
     # int8 names a bit width: for this decoder it means block-wise 8-bit weights (int8-block;
     # per-channel dynamic int8 damages it: activations into down_proj have large outliers).
-    result = export_run(run_dir, out, quantize="int8", pm=pm, log=echo, overwrite=True)  # only ever a bundle
+    result = export_run(
+        run_dir, out, quantize="int8", pm=pm, log=echo, overwrite=True
+    )  # only ever a bundle
     check = verify_bundle(out)
     if not check["ok"]:
         from .errors import JobFailed
@@ -143,17 +184,28 @@ def export_and_verify(run_dir: Path, out: Path, pm, echo: Callable[[str], None],
     parity = result.manifest["parity"]
     echo("")
     echo(f"{'':<24}{'PyTorch fp32':>14}{'bundle int8':>14}{'ratio':>8}")
-    echo(f"{'size (MiB)':<24}{torch_figures['size_mb']:>14.1f}{bench['size_mb']:>14.1f}{ratios['size']:>8.2f}")
-    echo(f"{'generation (tokens/s)':<24}{torch_figures['tokens_per_second']:>14.1f}"
-         f"{bench['tokens_per_second']:>14.1f}{ratios['speed']:>8.2f}")
-    echo(f"parity on held-out data: {parity['metric']} tuned {parity['tuned']:.4f}, bundle {parity['bundle']:.4f} "
-         f"(drop {parity['drop_points']:.2f} points, allowed {parity['threshold_points']:.2f}); "
-         + ", ".join(f"{k} {v:.4g}" for k, v in parity["bundle_vs_tuned"].items()))
+    echo(
+        f"{'size (MiB)':<24}{torch_figures['size_mb']:>14.1f}{bench['size_mb']:>14.1f}{ratios['size']:>8.2f}"
+    )
+    echo(
+        f"{'generation (tokens/s)':<24}{torch_figures['tokens_per_second']:>14.1f}"
+        f"{bench['tokens_per_second']:>14.1f}{ratios['speed']:>8.2f}"
+    )
+    echo(
+        f"parity on held-out data: {parity['metric']} tuned {parity['tuned']:.4f}, bundle {parity['bundle']:.4f} "
+        f"(drop {parity['drop_points']:.2f} points, allowed {parity['threshold_points']:.2f}); "
+        + ", ".join(f"{k} {v:.4g}" for k, v in parity["bundle_vs_tuned"].items())
+    )
     echo(parity_note(parity, trained_precision))
     echo(f"verified: {check['files']} files, recorded examples rerun")
     echo(f"bundle: {out}  (run it with: tunewright edge run {out} 'Hello!')")
-    return {"path": str(out), "size_mb": bench["size_mb"], "speed_ratio": ratios["speed"],
-            "size_ratio": ratios["size"], "parity": parity}
+    return {
+        "path": str(out),
+        "size_mb": bench["size_mb"],
+        "speed_ratio": ratios["speed"],
+        "size_ratio": ratios["size"],
+        "parity": parity,
+    }
 
 
 def parity_note(parity: dict, trained_precision: str | None) -> str:
@@ -162,8 +214,10 @@ def parity_note(parity: dict, trained_precision: str | None) -> str:
     on = f"the same {int(examples)} held-out examples" if examples else "the same held-out examples"
     note = f"  (tuned here: the tuned model merged into fp32 weights, as exported, on {on}"
     if trained_precision and trained_precision != "fp32":
-        note += (f"; the table's tuned column is the run's own evaluation in its training precision, "
-                 f"{trained_precision} frozen weights, so the two differ a little)")
+        note += (
+            f"; the table's tuned column is the run's own evaluation in its training precision, "
+            f"{trained_precision} frozen weights, so the two differ a little)"
+        )
     else:
         note += ")"
     return note

@@ -18,7 +18,9 @@ def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 def _running_mean(values: list[float], window: int) -> list[float]:
@@ -43,8 +45,12 @@ def final_figures(rows: list[dict]) -> tuple[list[str], list[str]]:
     losses: list[str] = []
     metrics: list[str] = []
     if train:
-        losses.append(f"train loss {_running_mean(train, 5)[-1]:.4f} (mean of the last {min(5, len(train))})")
-    for key in sorted(k for k, v in final.items() if k.startswith("eval_") and isinstance(v, (int, float))):
+        losses.append(
+            f"train loss {_running_mean(train, 5)[-1]:.4f} (mean of the last {min(5, len(train))})"
+        )
+    for key in sorted(
+        k for k, v in final.items() if k.startswith("eval_") and isinstance(v, (int, float))
+    ):
         if key == "eval_perplexity":
             continue
         line = f"{'validation loss' if key == 'eval_loss' else key[5:]} {final[key]:.4f}"
@@ -57,8 +63,16 @@ def final_figures(rows: list[dict]) -> tuple[list[str], list[str]]:
 def _write_figures(ax, lines: list[str]) -> None:
     """The final figures between the panel's title and its plot, where no curve can hide them."""
     if lines:
-        ax.text(0.5, 1.02, "final: " + ", ".join(lines), transform=ax.transAxes, ha="center", va="bottom",
-                fontsize=8, wrap=True)
+        ax.text(
+            0.5,
+            1.02,
+            "final: " + ", ".join(lines),
+            transform=ax.transAxes,
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            wrap=True,
+        )
         ax.set_title(ax.get_title(), pad=18)
 
 
@@ -76,19 +90,37 @@ def write_report(run_dir: Path) -> Path | None:
     evals = [r for r in rows if any(k.startswith("eval_") for k in r)]
     baseline = next((r for r in evals if r.get("eval_stage") == "baseline"), None)
     curve = [r for r in evals if r.get("eval_stage") != "baseline"]
-    keys = sorted({k for r in evals for k, v in r.items() if k.startswith("eval_") and isinstance(v, (int, float))})
+    keys = sorted(
+        {
+            k
+            for r in evals
+            for k, v in r.items()
+            if k.startswith("eval_") and isinstance(v, (int, float))
+        }
+    )
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     loss_ax, metric_ax = axes
     if train:
         steps, losses = zip(*train)
         loss_ax.plot(steps, losses, color="tab:blue", alpha=0.3, label="train loss")
-        loss_ax.plot(steps, _running_mean(list(losses), 5), color="tab:blue", label="train loss (mean of 5)")
+        loss_ax.plot(
+            steps, _running_mean(list(losses), 5), color="tab:blue", label="train loss (mean of 5)"
+        )
     if "eval_loss" in keys:
-        points = [(r["step"], r["eval_loss"]) for r in ([baseline] if baseline else []) + curve if "eval_loss" in r]
+        points = [
+            (r["step"], r["eval_loss"])
+            for r in ([baseline] if baseline else []) + curve
+            if "eval_loss" in r
+        ]
         loss_ax.plot(*zip(*points), "o-", color="tab:orange", label="validation loss")
         if baseline:
-            loss_ax.axhline(baseline["eval_loss"], color="tab:orange", linestyle="--", linewidth=1,
-                            label="validation loss, baseline")
+            loss_ax.axhline(
+                baseline["eval_loss"],
+                color="tab:orange",
+                linestyle="--",
+                linewidth=1,
+                label="validation loss, baseline",
+            )
     loss_ax.set_xlabel("step")
     loss_ax.set_title("loss")
     loss_ax.legend(fontsize=8)
@@ -107,7 +139,9 @@ def write_report(run_dir: Path) -> Path | None:
     if metric_ax.lines:
         metric_ax.legend(fontsize=8)
     else:
-        metric_ax.text(0.5, 0.5, "no held-out evaluation\n(set data.validation)", ha="center", va="center")
+        metric_ax.text(
+            0.5, 0.5, "no held-out evaluation\n(set data.validation)", ha="center", va="center"
+        )
     fig.tight_layout()
     path = Path(run_dir) / "report.png"
     tmp = path.with_name(".report.png.tmp")

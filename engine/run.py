@@ -23,9 +23,10 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -120,7 +121,9 @@ class Run:
             self.echo(message)
 
 
-def metric_greater_is_better(task: Task, task_name: str, metric: str, *, key: str = "metric") -> bool:
+def metric_greater_is_better(
+    task: Task, task_name: str, metric: str, *, key: str = "metric"
+) -> bool:
     """Whether a larger ``metric`` is better, as the task says; a metric the task does not report
     is a :class:`tunewright.ConfigError` at ``key`` naming the ones it does
     (:func:`tunewright.metric_direction`)."""
@@ -143,8 +146,10 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, key: str = "o
     run_dir = Path(run_dir)
     if resume:
         if last_checkpoint(run_dir) is None:
-            raise UsageError(f"{key}: {run_dir} has no checkpoint to resume from (set "
-                             "training.save_steps to write checkpoints, or train without --resume)")
+            raise UsageError(
+                f"{key}: {run_dir} has no checkpoint to resume from (set "
+                "training.save_steps to write checkpoints, or train without --resume)"
+            )
         return
     if not run_dir.exists():
         return
@@ -154,9 +159,12 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, key: str = "o
         return
     marked = (run_dir / RUN_MARKER).is_file()
     if not overwrite:
-        hint = ("pass --resume to continue it, --overwrite to replace it, or choose another output"
-                if marked else "it is not a tunewright run directory, so nothing will replace it; "
-                "choose a new or empty folder")
+        hint = (
+            "pass --resume to continue it, --overwrite to replace it, or choose another output"
+            if marked
+            else "it is not a tunewright run directory, so nothing will replace it; "
+            "choose a new or empty folder"
+        )
         raise UsageError(f"{key}: {run_dir} exists and is not empty; {hint}")
     resolved = run_dir.resolve()
     here = Path.cwd().resolve()
@@ -165,7 +173,8 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool, key: str = "o
         raise UsageError(
             f"{key}: --overwrite replaces only a run directory (a folder with {RUN_MARKER} that "
             f"tunewright made), and {run_dir} is not one{' (it holds the current directory)' if holds_here else ''}; "
-            "nothing was deleted: choose a new or empty folder")
+            "nothing was deleted: choose a new or empty folder"
+        )
     shutil.rmtree(run_dir)
 
 
@@ -187,14 +196,23 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 def _write_run_files(run: Run) -> None:
     run_dir = run.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / RUN_MARKER).write_text("a tunewright run directory; tunewright train --overwrite may replace it\n")
+    (run_dir / RUN_MARKER).write_text(
+        "a tunewright run directory; tunewright train --overwrite may replace it\n"
+    )
     (run_dir / "config.yaml").write_text(yaml.safe_dump(run.config.to_dict(), sort_keys=False))
-    used = {"models": run.config.model, "tasks": run.task_name, "methods": run.method_name,
-            "runners": run.config.runner}
+    used = {
+        "models": run.config.model,
+        "tasks": run.task_name,
+        "methods": run.method_name,
+        "runners": run.config.runner,
+    }
     summary = plugin_summary(run.pm)
     for plugin in summary:
-        plugin["used"] = sorted(f"{kind}:{name}" for kind, name in used.items()
-                                if name in plugin["registered"].get(kind, []))
+        plugin["used"] = sorted(
+            f"{kind}:{name}"
+            for kind, name in used.items()
+            if name in plugin["registered"].get(kind, [])
+        )
     _write_json(run_dir / "plugins.json", summary)
     if not run.resume:
         for name in ("train", "validation", "test"):
@@ -208,9 +226,17 @@ def _write_run_files(run: Run) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def prepare_run(config: JobConfig, pm: PluginManager, *, resume: bool = False, overwrite: bool = False,
-                echo: Callable[[str], None] | None = None, run_dir: str | Path | None = None,
-                labels: list[str] | None = None, with_data: bool = True) -> Run:
+def prepare_run(
+    config: JobConfig,
+    pm: PluginManager,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    echo: Callable[[str], None] | None = None,
+    run_dir: str | Path | None = None,
+    labels: list[str] | None = None,
+    with_data: bool = True,
+) -> Run:
     """Check the run directory, load the tokenizer, prepare the data (every data error raised at
     once, before the model loads), load the model, apply the method and cast for the precision.
 
@@ -237,16 +263,23 @@ def prepare_run(config: JobConfig, pm: PluginManager, *, resume: bool = False, o
     method = registries.get("methods", config.method, key="method")
     kinds_supported = optional(method, Method, "task_kinds")
     if kinds_supported is not None and task.model_kind not in kinds_supported:
-        raise UsageError(f"method: {config.method!r} cannot tune a {task.model_kind} model (task "
-                         f"{config.task!r}); it supports {', '.join(kinds_supported)}")
+        raise UsageError(
+            f"method: {config.method!r} cannot tune a {task.model_kind} model (task "
+            f"{config.task!r}); it supports {', '.join(kinds_supported)}"
+        )
     precision = resolve_precision(config.training.precision)
     accelerator = Accelerator(
         mixed_precision="fp16" if precision == "fp16" and torch.cuda.is_available() else "no",
-        cpu=not torch.cuda.is_available())
+        cpu=not torch.cuda.is_available(),
+    )
     main = accelerator.is_main_process
     if config.training.early_stopping and config.training.early_stopping.metric:
-        metric_greater_is_better(task, config.task, config.training.early_stopping.metric,
-                                 key="training.early_stopping.metric")
+        metric_greater_is_better(
+            task,
+            config.task,
+            config.training.early_stopping.metric,
+            key="training.early_stopping.metric",
+        )
     if main:
         check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     # A packaged model is converted into the cache once: by the main process first, then by each
@@ -254,15 +287,33 @@ def prepare_run(config: JobConfig, pm: PluginManager, *, resume: bool = False, o
     with accelerator.main_process_first(), accelerator.local_main_process_first():
         path, _ = resolve_model(config.model, registries)
     tokenizer = task.load_tokenizer(path, trust_remote_code=config.trust_remote_code)
-    data = prepare_data(config, pm, tokenizer, labels=labels) if with_data else PreparedData(
-        Split(), Split(), Split(), labels, [], {})
+    data = (
+        prepare_data(config, pm, tokenizer, labels=labels)
+        if with_data
+        else PreparedData(Split(), Split(), Split(), labels, [], {})
+    )
     labels = data.labels
     resume_from = last_checkpoint(run_dir) if resume else None
-    run = Run(config=config, run_dir=run_dir, pm=pm, task_name=config.task, task=task,
-              method_name=config.method, method=method, method_settings=config.section(config.method),
-              model=None, tokenizer=tokenizer, labels=labels, data=data, precision=precision,
-              accelerator=accelerator, resume=resume, resume_from=resume_from,
-              start_step=checkpoint_step(resume_from), echo=echo)
+    run = Run(
+        config=config,
+        run_dir=run_dir,
+        pm=pm,
+        task_name=config.task,
+        task=task,
+        method_name=config.method,
+        method=method,
+        method_settings=config.section(config.method),
+        model=None,
+        tokenizer=tokenizer,
+        labels=labels,
+        data=data,
+        precision=precision,
+        accelerator=accelerator,
+        resume=resume,
+        resume_from=resume_from,
+        start_step=checkpoint_step(resume_from),
+        echo=echo,
+    )
     for problem in data.problems:
         if problem.severity != "error":
             run.say(str(problem))
@@ -282,8 +333,13 @@ def prepare_run(config: JobConfig, pm: PluginManager, *, resume: bool = False, o
     return run
 
 
-def evaluate(run: Run, features: list[dict] | None = None, *, step: int | None = None,
-             stage: str = "training") -> dict[str, float]:
+def evaluate(
+    run: Run,
+    features: list[dict] | None = None,
+    *,
+    step: int | None = None,
+    stage: str = "training",
+) -> dict[str, float]:
     """The task's metrics of ``run.model`` on ``features`` (default: the validation features).
 
     With ``step``, the figures are also logged (``eval_<metric>``) and ``on_evaluate`` fires with
@@ -294,7 +350,10 @@ def evaluate(run: Run, features: list[dict] | None = None, *, step: int | None =
         return {}
     features = run.validation_features if features is None else features
     size = run.config.training.batch_size
-    batches = (run.task.collate(features[i:i + size], run.tokenizer) for i in range(0, len(features), size))
+    batches = (
+        run.task.collate(features[i : i + size], run.tokenizer)
+        for i in range(0, len(features), size)
+    )
     metrics = run.task.metrics(run.model, batches)
     if step is not None:
         run.log(step, {**{f"eval_{k}": v for k, v in metrics.items()}, "eval_stage": stage})
@@ -302,15 +361,29 @@ def evaluate(run: Run, features: list[dict] | None = None, *, step: int | None =
     return metrics
 
 
-def run_job(config: JobConfig, pm: PluginManager, *, resume: bool = False, overwrite: bool = False,
-            echo: Callable[[str], None] | None = None, labels: list[str] | None = None,
-            with_data: bool = True) -> TrainResult:
+def run_job(
+    config: JobConfig,
+    pm: PluginManager,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    echo: Callable[[str], None] | None = None,
+    labels: list[str] | None = None,
+    with_data: bool = True,
+) -> TrainResult:
     """Prepare, measure the baseline, run the config's runner, measure again and write the run.
 
     ``labels`` and ``with_data`` go to :func:`prepare_run` (a federated server without data of
     its own: no baseline or final evaluation, the runner's figures stand)."""
-    run = prepare_run(config, pm, resume=resume, overwrite=overwrite, echo=echo, labels=labels,
-                      with_data=with_data)
+    run = prepare_run(
+        config,
+        pm,
+        resume=resume,
+        overwrite=overwrite,
+        echo=echo,
+        labels=labels,
+        with_data=with_data,
+    )
     runner = pm.registries.get("runners", config.runner, key="runner")
     eval_path = run.run_dir / "eval.json"
     metric, _ = run.primary_metric
@@ -322,7 +395,9 @@ def run_job(config: JobConfig, pm: PluginManager, *, resume: bool = False, overw
         if resume and eval_path.exists():
             results = json.loads(eval_path.read_text())
         elif run.validation_features and run.is_main_process:
-            run.say(f"baseline: evaluating {config.model} on {len(run.validation_features)} held-out examples")
+            run.say(
+                f"baseline: evaluating {config.model} on {len(run.validation_features)} held-out examples"
+            )
             results["baseline"] = evaluate(run, step=0, stage="baseline")
             if run.test_features:
                 results["test"] = {"baseline": evaluate(run, run.test_features)}
@@ -332,8 +407,10 @@ def run_job(config: JobConfig, pm: PluginManager, *, resume: bool = False, overw
         if watched and "baseline" in results and watched not in results["baseline"]:
             # the task knows the name, but not for these labels (mse of class labels...): say so
             # before a step is trained rather than at the first evaluation
-            raise ConfigError(f"training.early_stopping.metric: task {config.task!r} reports no {watched!r} "
-                              f"for these labels; it reports {', '.join(sorted(results['baseline']))}")
+            raise ConfigError(
+                f"training.early_stopping.metric: task {config.task!r} reports no {watched!r} "
+                f"for these labels; it reports {', '.join(sorted(results['baseline']))}"
+            )
         if run.is_main_process:
             pm.hook.on_train_begin(run=run)
         result = runner(run)
@@ -348,9 +425,12 @@ def run_job(config: JobConfig, pm: PluginManager, *, resume: bool = False, overw
     result.metrics = {**result.metrics, **results.get("final", {})}
     if run.is_main_process:
         results["train"] = {
-            "global_step": result.global_step, "tokens": result.train_tokens,
+            "global_step": result.global_step,
+            "tokens": result.train_tokens,
             "seconds": round(result.train_seconds, 2),
-            "tokens_per_second": result.train_tokens / result.train_seconds if result.train_seconds else 0.0,
+            "tokens_per_second": result.train_tokens / result.train_seconds
+            if result.train_seconds
+            else 0.0,
             "precision": run.precision,
         }
         with atomic_directory(run.run_dir / "adapter") as staging:
@@ -363,8 +443,18 @@ def run_job(config: JobConfig, pm: PluginManager, *, resume: bool = False, overw
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
-    return "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+    return "  ".join(
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+    )
 
 
-__all__ = ["Run", "prepare_run", "evaluate", "run_job", "check_run_dir", "RUN_MARKER",
-           "metric_greater_is_better", "format_metrics"]
+__all__ = [
+    "Run",
+    "prepare_run",
+    "evaluate",
+    "run_job",
+    "check_run_dir",
+    "RUN_MARKER",
+    "metric_greater_is_better",
+    "format_metrics",
+]

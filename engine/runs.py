@@ -45,31 +45,43 @@ class LoadedRun:
 def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 def read_run_config(run_dir: Path, pm: PluginManager) -> JobConfig:
     run_dir = Path(run_dir)
     path = run_dir / "config.yaml"
     if not path.is_file():
-        raise UsageError(f"{run_dir}: not a run directory (no config.yaml); pass the output folder of a training run")
-    return load_config(yaml.safe_load(path.read_text(encoding="utf-8")), pm.registries, source=str(path))
+        raise UsageError(
+            f"{run_dir}: not a run directory (no config.yaml); pass the output folder of a training run"
+        )
+    return load_config(
+        yaml.safe_load(path.read_text(encoding="utf-8")), pm.registries, source=str(path)
+    )
 
 
-def load_run(run_dir: str | Path, *, merged: bool = True, pm: PluginManager | None = None) -> LoadedRun:
+def load_run(
+    run_dir: str | Path, *, merged: bool = True, pm: PluginManager | None = None
+) -> LoadedRun:
     """Load the tuned model of a run. ``merged=False`` keeps the method's wrapper (PEFT...)."""
     run_dir = Path(run_dir)
     pm = pm or get_plugin_manager()
     config = read_run_config(run_dir, pm)
     if not (run_dir / "adapter").is_dir():
-        raise UsageError(f"{run_dir}: the run has no adapter/ folder: it did not finish (resume it with --resume)")
+        raise UsageError(
+            f"{run_dir}: the run has no adapter/ folder: it did not finish (resume it with --resume)"
+        )
     registries = pm.registries
     task = registries.get("tasks", config.task, key="task")
     method = registries.get("methods", config.method, key="method")
     path, _ = resolve_model(config.model, registries)
     tokenizer_dir = run_dir / "tokenizer"
-    tokenizer = task.load_tokenizer(tokenizer_dir if tokenizer_dir.is_dir() else path,
-                                    trust_remote_code=config.trust_remote_code)
+    tokenizer = task.load_tokenizer(
+        tokenizer_dir if tokenizer_dir.is_dir() else path,
+        trust_remote_code=config.trust_remote_code,
+    )
     labels_path = run_dir / "labels.json"
     labels = json.loads(labels_path.read_text()) if labels_path.exists() else None
     base = task.load_model(path, labels, config, tokenizer=tokenizer)

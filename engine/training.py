@@ -36,24 +36,24 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import statistics
 import os
 import random
 import shutil
+import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .types import Method, Task, TrainResult, optional
-
 from .checkpoints import CHECKPOINT_PREFIX, STATE_FILE, checkpoint_step, last_checkpoint
 from .run import Run, metric_greater_is_better
 from .run import evaluate as evaluate_run
+from .types import Method, Task, TrainResult, optional
 
 TRAINABLE_FILE = "trainable.safetensors"
 #: examples sorted by length together, as a multiple of the batch (transformers uses 50 too)
@@ -65,8 +65,14 @@ MEGABATCH = 50
 # ---------------------------------------------------------------------------------------------
 
 
-def batch_order(features: list[dict], batch_size: int, seed: int, epoch: int, group_by_length: bool,
-                length: Callable[[dict], int]) -> list[list[int]]:
+def batch_order(
+    features: list[dict],
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    group_by_length: bool,
+    length: Callable[[dict], int],
+) -> list[list[int]]:
     """The batches of one epoch as lists of example indices, the same for the same seed and epoch.
 
     Shuffled; with ``group_by_length``, examples are sorted by length inside megabatches of
@@ -79,13 +85,18 @@ def batch_order(features: list[dict], batch_size: int, seed: int, epoch: int, gr
     rng.shuffle(order)
     if group_by_length and len(order) > batch_size:
         span = batch_size * MEGABATCH
-        chunks = [sorted(order[i:i + span], key=lambda j: -length(features[j])) for i in range(0, len(order), span)]
-        batches = [chunk[i:i + batch_size] for chunk in chunks for i in range(0, len(chunk), batch_size)]
+        chunks = [
+            sorted(order[i : i + span], key=lambda j: -length(features[j]))
+            for i in range(0, len(order), span)
+        ]
+        batches = [
+            chunk[i : i + batch_size] for chunk in chunks for i in range(0, len(chunk), batch_size)
+        ]
         rng.shuffle(batches)
         longest = max(range(len(batches)), key=lambda b: length(features[batches[b][0]]))
         batches[0], batches[longest] = batches[longest], batches[0]
         return batches
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def _feature_length(feature: dict) -> int:
@@ -93,7 +104,9 @@ def _feature_length(feature: dict) -> int:
     return len(ids) if ids is not None else 1
 
 
-def split_to_budget(indices: list[int], length: Callable[[int], int], budget: int | None) -> list[list[int]]:
+def split_to_budget(
+    indices: list[int], length: Callable[[int], int], budget: int | None
+) -> list[list[int]]:
     """``indices`` (one micro-batch) in consecutive pieces whose padded size, examples x the
     longest of them, stays within ``budget`` positions; one piece when ``budget`` is ``None``.
     An example longer than the budget is a piece of its own."""
@@ -108,10 +121,12 @@ def split_to_budget(indices: list[int], length: Callable[[int], int], budget: in
             current, longest = [], 0
         current.append(i)
         longest = max(longest, length(i))
-    return pieces + [current] if current else pieces
+    return [*pieces, current] if current else pieces
 
 
-def forward_budget(setting: int | str | None, batches: list[list[int]], length: Callable[[int], int]) -> int | None:
+def forward_budget(
+    setting: int | str | None, batches: list[list[int]], length: Callable[[int], int]
+) -> int | None:
     """``training.max_forward_tokens`` as a number of padded positions: ``auto`` is twice the
     median micro-batch's (examples x longest), so that a typical micro-batch never splits."""
     if not isinstance(setting, str):
@@ -145,11 +160,18 @@ def _save_checkpoint(run: Run, progress: _Progress, optimizer, scheduler) -> Pat
     target = root / f"{CHECKPOINT_PREFIX}{progress.step}"
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
     try:
-        state = {k: v.detach().to("cpu").contiguous() for k, v in run.method.trainable_state(run.model).items()}
+        state = {
+            k: v.detach().to("cpu").contiguous()
+            for k, v in run.method.trainable_state(run.model).items()
+        }
         save_file(state, str(staging / TRAINABLE_FILE))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-                   staging / "optimizer.pt")
-        torch.save({"python": random.getstate(), "torch": torch.get_rng_state()}, staging / "rng.pt")
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+            staging / "optimizer.pt",
+        )
+        torch.save(
+            {"python": random.getstate(), "torch": torch.get_rng_state()}, staging / "rng.pt"
+        )
         (staging / STATE_FILE).write_text(json.dumps(progress.__dict__, indent=1))
         if target.exists():
             shutil.rmtree(target)
@@ -158,9 +180,11 @@ def _save_checkpoint(run: Run, progress: _Progress, optimizer, scheduler) -> Pat
         shutil.rmtree(staging, ignore_errors=True)
     # keep the newest save_total_limit checkpoints, and the best one of early stopping besides
     best = f"{CHECKPOINT_PREFIX}{progress.best_step}" if progress.best_step is not None else None
-    done = sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)),
-                  key=checkpoint_step)
-    for old in done[:-run.config.training.save_total_limit]:
+    done = sorted(
+        (p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)),
+        key=checkpoint_step,
+    )
+    for old in done[: -run.config.training.save_total_limit]:
         if old.name != best:
             shutil.rmtree(old)
     run.pm.hook.on_checkpoint(run=run, step=progress.step, path=str(target))
@@ -185,15 +209,21 @@ def _load_checkpoint(run: Run, path: Path, optimizer, scheduler) -> _Progress:
 
 def _optimizer(run: Run) -> torch.optim.Optimizer:
     chosen = optional(run.method, Method, "optimizer_parameters")
-    params = list(chosen(run.model)) if chosen is not None else [p for p in run.model.parameters() if p.requires_grad]
+    params = (
+        list(chosen(run.model))
+        if chosen is not None
+        else [p for p in run.model.parameters() if p.requires_grad]
+    )
     if not params:
         from .errors import UsageError
 
         raise UsageError(f"method {run.method_name!r} left nothing to train in this model")
     t = run.config.training
     # no weight decay on biases and norms (vectors), as transformers' Trainer does
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": t.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": t.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=t.learning_rate)
 
 
@@ -221,10 +251,17 @@ class _Piece:
     weight: float = 1.0  # 0: a stand-in that keeps an idle process in step under torchrun
 
 
-def train(run: Run, *, max_steps: int | None = None, stop_at_step: int | None = None,
-          resume_from: str | Path | None = None, features: list[dict] | None = None,
-          extra_loss: Callable[[Any], torch.Tensor] | None = None, save_checkpoints: bool = True,
-          evaluate: bool = True) -> TrainResult:
+def train(
+    run: Run,
+    *,
+    max_steps: int | None = None,
+    stop_at_step: int | None = None,
+    resume_from: str | Path | None = None,
+    features: list[dict] | None = None,
+    extra_loss: Callable[[Any], torch.Tensor] | None = None,
+    save_checkpoints: bool = True,
+    evaluate: bool = True,
+) -> TrainResult:
     """Train ``run.model`` in place with the config's training settings; return what happened.
 
     - ``features``: the tokenized examples to train on (default ``run.train_features``);
@@ -259,15 +296,21 @@ def train(run: Run, *, max_steps: int | None = None, stop_at_step: int | None = 
     optimizer = _optimizer(run)
     from transformers import get_scheduler
 
-    scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total),
-                              num_training_steps=total)
+    scheduler = get_scheduler(
+        t.lr_scheduler,
+        optimizer,
+        num_warmup_steps=math.ceil(t.warmup_ratio * total),
+        num_training_steps=total,
+    )
     progress = _Progress()
     if save_checkpoints and run.is_main_process:
         # a run killed while writing a checkpoint leaves its staging folder: never a checkpoint
         for stale in (run.run_dir / "checkpoints").glob(".staging-*"):
             shutil.rmtree(stale, ignore_errors=True)
     if resume_from is None and save_checkpoints and run.resume_from and not run.resumed:
-        resume_from = run.resume_from  # a resumed run continues where it stopped, however it is called
+        resume_from = (
+            run.resume_from
+        )  # a resumed run continues where it stopped, however it is called
     if resume_from:
         progress = _load_checkpoint(run, Path(resume_from), optimizer, scheduler)
         run.resumed = True
@@ -281,13 +324,25 @@ def train(run: Run, *, max_steps: int | None = None, stop_at_step: int | None = 
     early = t.early_stopping if watching else None
     if early and early.metric:
         metric_name = early.metric
-        greater = metric_greater_is_better(run.task, run.task_name, metric_name, key="training.early_stopping.metric")
+        greater = metric_greater_is_better(
+            run.task, run.task_name, metric_name, key="training.early_stopping.metric"
+        )
     eval_steps = t.eval_steps or (max(1, t.logging_steps * 4) if early else None)
-    save_steps = (eval_steps if early and not t.save_steps else t.save_steps) if save_checkpoints else None
+    save_steps = (
+        (eval_steps if early and not t.save_steps else t.save_steps) if save_checkpoints else None
+    )
     on_epoch = optional(run.method, Method, "on_epoch")
-    length = lambda i: _feature_length(features[i])  # noqa: E731
-    budget = forward_budget(t.max_forward_tokens, [b[rank::world] for b in batch_order(
-        features, per_step, run.config.seed, 0, t.group_by_length, _feature_length)], length)
+    length = lambda i: _feature_length(features[i])
+    budget = forward_budget(
+        t.max_forward_tokens,
+        [
+            b[rank::world]
+            for b in batch_order(
+                features, per_step, run.config.seed, 0, t.group_by_length, _feature_length
+            )
+        ],
+        length,
+    )
     best_state: dict[str, torch.Tensor] | None = None
     started = time.monotonic()
     start_step, start_tokens = progress.step, progress.tokens
@@ -301,19 +356,31 @@ def train(run: Run, *, max_steps: int | None = None, stop_at_step: int | None = 
         while True:
             if on_epoch is not None:
                 on_epoch(run.model, progress.epoch)
-            order = batch_order(features, per_step, run.config.seed, progress.epoch, t.group_by_length,
-                                _feature_length)
+            order = batch_order(
+                features,
+                per_step,
+                run.config.seed,
+                progress.epoch,
+                t.group_by_length,
+                _feature_length,
+            )
             for position in range(progress.batch_in_epoch, len(order)):
                 progress.batch_in_epoch = position + 1
                 share = order[position][rank::world]  # this process's examples
                 if share:
-                    pieces = [_Piece(run.task.collate([features[i] for i in part], run.tokenizer))
-                              for part in split_to_budget(share, length, budget)]
+                    pieces = [
+                        _Piece(run.task.collate([features[i] for i in part], run.tokenizer))
+                        for part in split_to_budget(share, length, budget)
+                    ]
                 else:  # fewer examples than processes: train on a copy, weighed 0
-                    pieces = [_Piece(run.task.collate([features[order[position][0]]], run.tokenizer), 0.0)]
+                    pieces = [
+                        _Piece(run.task.collate([features[order[position][0]]], run.tokenizer), 0.0)
+                    ]
                 for piece in pieces:
-                    piece.batch = {k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v
-                                   for k, v in piece.batch.items()}
+                    piece.batch = {
+                        k: v.to(accelerator.device) if isinstance(v, torch.Tensor) else v
+                        for k, v in piece.batch.items()
+                    }
                 yield pieces, sum(length(i) for i in order[position])
             progress.epoch += 1
             progress.batch_in_epoch = 0
@@ -323,7 +390,9 @@ def train(run: Run, *, max_steps: int | None = None, stop_at_step: int | None = 
         # -- one optimizer step ------------------------------------------------------------------
         step_batches = [next(stream) for _ in range(t.gradient_accumulation_steps)]
         pieces = [piece for batch_pieces, _ in step_batches for piece in batch_pieces]
-        positions = sum(n for _, n in step_batches)  # non-padding positions of the step, every process
+        positions = sum(
+            n for _, n in step_batches
+        )  # non-padding positions of the step, every process
         progress.tokens += positions
         # Backward passes see the loss over a normaliser every process knows in advance (the
         # step's positions), so that gradients keep the size of a mean's (fp16 needs that); the
@@ -335,7 +404,9 @@ def train(run: Run, *, max_steps: int | None = None, stop_at_step: int | None = 
             syncing = world == 1 or i == len(pieces) - 1
             with contextlib.nullcontext() if syncing else model.no_sync():
                 with accelerator.autocast():
-                    summed, count = summed_loss(run.task, model, piece.batch)  # scalar, items it sums
+                    summed, count = summed_loss(
+                        run.task, model, piece.batch
+                    )  # scalar, items it sums
                 accelerator.backward(summed * piece.weight / normaliser)
             loss_sum += summed.detach().double().item() * piece.weight
             items += count * piece.weight
@@ -361,8 +432,10 @@ def train(run: Run, *, max_steps: int | None = None, stop_at_step: int | None = 
         if not math.isfinite(step_loss):
             from .errors import JobFailed
 
-            raise JobFailed(f"the training loss became {step_loss} at step {progress.step} (lower "
-                            "training.learning_rate, or check the data); nothing more was trained")
+            raise JobFailed(
+                f"the training loss became {step_loss} at step {progress.step} (lower "
+                "training.learning_rate, or check the data); nothing more was trained"
+            )
         progress.losses.append(step_loss)
         window_loss += step_loss
         window_steps += 1
@@ -371,33 +444,50 @@ def train(run: Run, *, max_steps: int | None = None, stop_at_step: int | None = 
         if progress.step % t.logging_steps == 0 or progress.step == stop:
             elapsed = time.monotonic() - started
             rate = (progress.tokens - start_tokens) / elapsed if elapsed > 0 else 0.0
-            logs = {"loss": window_loss / window_steps, "learning_rate": scheduler.get_last_lr()[0],
-                    "tokens_per_second": rate, "epoch": round(progress.epoch + progress.batch_in_epoch / batches_per_epoch, 4)}
+            logs = {
+                "loss": window_loss / window_steps,
+                "learning_rate": scheduler.get_last_lr()[0],
+                "tokens_per_second": rate,
+                "epoch": round(progress.epoch + progress.batch_in_epoch / batches_per_epoch, 4),
+            }
             run.log(progress.step, logs)
             done = progress.step - start_step
             left = (stop - progress.step) * elapsed / done if done else float("nan")
             # steps of the whole run (the schedule's), also when this call stops early or resumed
-            run.say(f"step {progress.step}/{total}  loss {logs['loss']:.4f}  lr {logs['learning_rate']:.2e}  "
-                    f"{rate:.0f} {optional(run.task, Task, 'progress_unit', 'tok')}/s" + (f"  {int(left // 60)}:{int(left % 60):02d} left" if math.isfinite(left) else ""))
+            run.say(
+                f"step {progress.step}/{total}  loss {logs['loss']:.4f}  lr {logs['learning_rate']:.2e}  "
+                f"{rate:.0f} {optional(run.task, Task, 'progress_unit', 'tok')}/s"
+                + (f"  {int(left // 60)}:{int(left % 60):02d} left" if math.isfinite(left) else "")
+            )
             window_loss, window_steps = 0.0, 0
         if watching and eval_steps and progress.step % eval_steps == 0 and progress.step < stop:
             metrics = evaluate_run(run, step=progress.step, stage="training")
-            run.say(f"step {progress.step} eval  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            run.say(
+                f"step {progress.step} eval  "
+                + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            )
             if early and run.is_main_process:
                 value = metrics[metric_name]
                 improved = progress.best_metric is None or (
-                    value > progress.best_metric + early.threshold if greater
-                    else value < progress.best_metric - early.threshold)
+                    value > progress.best_metric + early.threshold
+                    if greater
+                    else value < progress.best_metric - early.threshold
+                )
                 if improved:
                     progress.best_metric, progress.best_step = value, progress.step
                     progress.evaluations_without_improvement = 0
-                    best_state = {k: v.detach().clone() for k, v in run.method.trainable_state(run.model).items()}
+                    best_state = {
+                        k: v.detach().clone()
+                        for k, v in run.method.trainable_state(run.model).items()
+                    }
                 else:
                     progress.evaluations_without_improvement += 1
                 stopped_early = progress.evaluations_without_improvement >= early.patience
             if early and world > 1:
                 stopped_early = _broadcast(stopped_early)
-        paused = stop < total and progress.step == stop  # stop_at_step: the run goes on later from here
+        paused = (
+            stop < total and progress.step == stop
+        )  # stop_at_step: the run goes on later from here
         due = save_steps and (progress.step % save_steps == 0 or progress.step == stop)
         if run.is_main_process and save_checkpoints and (due or paused):
             checkpoint = _save_checkpoint(run, progress, optimizer, scheduler)
@@ -405,18 +495,27 @@ def train(run: Run, *, max_steps: int | None = None, stop_at_step: int | None = 
             accelerator.wait_for_everyone()
     if stopped_early:
         assert early is not None  # only early stopping stops early
-        run.say(f"early stopping at step {progress.step}: {metric_name} has not improved for "
-                f"{early.patience} evaluations (best {progress.best_metric:.4f} at step {progress.best_step})")
+        run.say(
+            f"early stopping at step {progress.step}: {metric_name} has not improved for "
+            f"{early.patience} evaluations (best {progress.best_metric:.4f} at step {progress.best_step})"
+        )
         if save_steps and run.is_main_process and checkpoint_step(checkpoint) != progress.step:
             checkpoint = _save_checkpoint(run, progress, optimizer, scheduler)
     if early and best_state is not None:
         run.method.load_trainable_state(run.model, best_state)
-        run.say(f"reloaded the best state: {metric_name} {progress.best_metric:.4f} at step {progress.best_step}")
+        run.say(
+            f"reloaded the best state: {metric_name} {progress.best_metric:.4f} at step {progress.best_step}"
+        )
     seconds = time.monotonic() - started
     trained = progress.losses[start_step:] if len(progress.losses) > start_step else progress.losses
-    return TrainResult(run_dir=run.run_dir, global_step=progress.step,
-                       metrics={"train_loss": sum(trained) / len(trained) if trained else float("nan")},
-                       train_tokens=progress.tokens - start_tokens, train_seconds=seconds, checkpoint=checkpoint)
+    return TrainResult(
+        run_dir=run.run_dir,
+        global_step=progress.step,
+        metrics={"train_loss": sum(trained) / len(trained) if trained else float("nan")},
+        train_tokens=progress.tokens - start_tokens,
+        train_seconds=seconds,
+        checkpoint=checkpoint,
+    )
 
 
 def _broadcast(flag: bool) -> bool:
@@ -428,5 +527,13 @@ def _broadcast(flag: bool) -> bool:
     return bool(box[0])
 
 
-__all__ = ["train", "last_checkpoint", "checkpoint_step", "batch_order", "split_to_budget", "forward_budget",
-           "summed_loss", "CHECKPOINT_PREFIX"]
+__all__ = [
+    "train",
+    "last_checkpoint",
+    "checkpoint_step",
+    "batch_order",
+    "split_to_budget",
+    "forward_budget",
+    "summed_loss",
+    "CHECKPOINT_PREFIX",
+]

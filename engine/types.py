@@ -12,10 +12,16 @@ asks of a plugin's objects (a test walks the engine's source to keep it so).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import (TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping, Protocol, Sequence,
-                    runtime_checkable)
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Literal,
+    Protocol,
+    runtime_checkable,
+)
 
 if TYPE_CHECKING:
     from .run import Run
@@ -93,7 +99,6 @@ class DatasetFormat(Protocol):
         :class:`tunewright.DataError` with what is wrong and what is allowed."""
 
 
-
 class DatasetFormatOptions(Protocol):
     """The optional members of a :class:`DatasetFormat` (see its docstring)."""
 
@@ -151,8 +156,9 @@ class Task(Protocol):
         """Load what turns examples into model inputs: a tokenizer (with a pad token and, for
         chat, a chat template), an image processor, or a processor of both."""
 
-    def load_model(self, path: Path | str, labels: list[str] | None, config: Any,
-                   tokenizer: Any = None) -> Any:
+    def load_model(
+        self, path: Path | str, labels: list[str] | None, config: Any, tokenizer: Any = None
+    ) -> Any:
         """Load the model from a local folder or hub id, shaped for the task (a new head for
         ``labels``...), in fp32 on the CPU; the engine applies the method and the precision."""
 
@@ -180,7 +186,6 @@ class Task(Protocol):
         ONNX model through this same method."""
 
 
-
 class TaskOptions(Protocol):
     """The optional members of a :class:`Task` (see its docstring)."""
 
@@ -190,8 +195,14 @@ class TaskOptions(Protocol):
     #: the tokens of a step, or its examples for features without ``input_ids``
     progress_unit: str
 
-    def check_split(self, examples: list[dict], locations: list[str], *, split: str,
-                    reference_labels: list[str] | None) -> list[Problem]: ...
+    def check_split(
+        self,
+        examples: list[dict],
+        locations: list[str],
+        *,
+        split: str,
+        reference_labels: list[str] | None,
+    ) -> list[Problem]: ...
 
     def stratify_key(self, example: dict) -> str | None: ...
 
@@ -199,8 +210,14 @@ class TaskOptions(Protocol):
 
     def metric_for(self, labels: list[str] | None) -> str: ...
 
-    def summarize(self, examples: list[dict], *, locations: list[str] | None = None,
-                  problems: Sequence[Problem] = (), config: Any = None) -> dict: ...
+    def summarize(
+        self,
+        examples: list[dict],
+        *,
+        locations: list[str] | None = None,
+        problems: Sequence[Problem] = (),
+        config: Any = None,
+    ) -> dict: ...
 
     def render_summary(self, summary: dict) -> list[str]: ...
 
@@ -248,7 +265,6 @@ class Method(Protocol):
 
     def merge(self, model: Any) -> Any:
         """Return a plain ``transformers`` model with the method folded in, for export."""
-
 
 
 class MethodOptions(Protocol):
@@ -371,6 +387,22 @@ OPTIONAL: dict[str, tuple[str, ...]] = {
     "Section": _members(SectionOptions),
 }
 
-__all__ = ["Problem", "ModelProvider", "DatasetFormat", "DatasetFormatOptions", "Task", "TaskOptions",
-           "Method", "MethodOptions", "Tracker", "TrackerFactory", "TrackerFactoryOptions", "Runner",
-           "RunnerOptions", "SectionOptions", "TrainResult", "optional", "OPTIONAL"]
+__all__ = [
+    "Problem",
+    "ModelProvider",
+    "DatasetFormat",
+    "DatasetFormatOptions",
+    "Task",
+    "TaskOptions",
+    "Method",
+    "MethodOptions",
+    "Tracker",
+    "TrackerFactory",
+    "TrackerFactoryOptions",
+    "Runner",
+    "RunnerOptions",
+    "SectionOptions",
+    "TrainResult",
+    "optional",
+    "OPTIONAL",
+]

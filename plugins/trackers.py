@@ -20,8 +20,11 @@ class JsonlTracker:
         self.path = Path(run.run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if run.resume_from is not None and self.path.exists():
-            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if _step(line) is not None and _step(line) <= run.start_step]
+            kept = [
+                line
+                for line in self.path.read_text(encoding="utf-8").splitlines()
+                if _step(line) is not None and _step(line) <= run.start_step
+            ]
             staging = self.path.with_name(f".{self.path.name}.tmp")
             staging.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
             staging.replace(self.path)

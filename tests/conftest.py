@@ -28,7 +28,9 @@ def model_cache(tmp_path_factory):
     """Converted models go to a cache of the test session's own, never the user's, unless
     TUNEWRIGHT_TEST_CACHE names one to reuse between sessions (a developer's shortcut)."""
     previous = os.environ.get("TUNEWRIGHT_CACHE")
-    os.environ["TUNEWRIGHT_CACHE"] = os.environ.get("TUNEWRIGHT_TEST_CACHE") or str(tmp_path_factory.mktemp("cache"))
+    os.environ["TUNEWRIGHT_CACHE"] = os.environ.get("TUNEWRIGHT_TEST_CACHE") or str(
+        tmp_path_factory.mktemp("cache")
+    )
     yield Path(os.environ["TUNEWRIGHT_CACHE"])
     if previous is None:
         os.environ.pop("TUNEWRIGHT_CACHE", None)
@@ -52,10 +54,17 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(source)
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
     )
     model = LlamaForCausalLM(config)
     path = tmp_path_factory.mktemp("tiny-llama")
@@ -74,9 +83,14 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(source)
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=128,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,  # learns in a few dozen steps
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,  # learns in a few dozen steps
     )
     model = BertModel(config)
     path = tmp_path_factory.mktemp("tiny-bert")
@@ -103,9 +117,17 @@ def tiny_vit_dir(tmp_path_factory) -> Path:
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     torch.manual_seed(0)
-    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=64, num_labels=3, hidden_dropout_prob=0.0,
-                       attention_probs_dropout_prob=0.0)
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     path = tmp_path_factory.mktemp("tiny-vit")
     ViTForImageClassification(config).save_pretrained(path)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
@@ -145,20 +167,39 @@ def tiny_image_text_dir(tiny_llama_dir, tmp_path_factory) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from tunewright.vision.models import CnnTowerConfig, compose_image_text_model, torchvision_mobilenet_v2_config
+    from tunewright.vision.models import (
+        CnnTowerConfig,
+        compose_image_text_model,
+        torchvision_mobilenet_v2_config,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     torch.manual_seed(0)
-    language_model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.125,
-        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id))
+    language_model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            initializer_range=0.125,
+            tie_word_embeddings=True,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+        )
+    )
     language_model.config.pad_token_id = tokenizer.pad_token_id
     with torch.no_grad():
         language_model.get_input_embeddings().weight.mul_(4.0)
-    tower = CnnTowerConfig(backbone_config=torchvision_mobilenet_v2_config(depth_multiplier=0.35).to_dict(),
-                           image_size=64)
-    model, processor = compose_image_text_model(language_model, tokenizer, tower, imagenet_weights=False)
+    tower = CnnTowerConfig(
+        backbone_config=torchvision_mobilenet_v2_config(depth_multiplier=0.35).to_dict(),
+        image_size=64,
+    )
+    model, processor = compose_image_text_model(
+        language_model, tokenizer, tower, imagenet_weights=False
+    )
     path = tmp_path_factory.mktemp("tiny-image-text")
     model.save_pretrained(path)
     processor.save_pretrained(path)

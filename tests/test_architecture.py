@@ -15,8 +15,12 @@ from tunewright.types import OPTIONAL
 
 ROOT = Path(__file__).resolve().parents[1]
 # the checkout's folders and the packages they install as
-PACKAGES = {"engine": "tunewright", "plugins": "tunewright.plugins", "vision": "tunewright.vision",
-            "edge": "tunewright.edge"}
+PACKAGES = {
+    "engine": "tunewright",
+    "plugins": "tunewright.plugins",
+    "vision": "tunewright.vision",
+    "edge": "tunewright.edge",
+}
 
 
 def sources(folder: str) -> list[Path]:
@@ -39,8 +43,12 @@ def imported(path: Path) -> list[tuple[str, int, bool]]:
                 module = ".".join(base + ([node.module] if node.module else []))
             else:
                 module = node.module or ""
-            if node.module is None or module == "tunewright":  # `from . import x`, `from tunewright import x`
-                found += [(f"{module}.{alias.name}", node.lineno, id(node) in top) for alias in node.names]
+            if (
+                node.module is None or module == "tunewright"
+            ):  # `from . import x`, `from tunewright import x`
+                found += [
+                    (f"{module}.{alias.name}", node.lineno, id(node) in top) for alias in node.names
+                ]
             else:
                 found.append((module, node.lineno, id(node) in top))
     return found
@@ -51,7 +59,9 @@ def test_the_engine_imports_no_plugin_edge_or_vision_code():
         for module, line, top_level in imported(path):
             if module.startswith(("tunewright.plugins", "tunewright.edge", "tunewright.vision")):
                 # the quickstart ends with an export, imported when it gets there
-                assert path.name == "quickstart.py" and not top_level, f"{path}:{line} imports {module}"
+                assert path.name == "quickstart.py" and not top_level, (
+                    f"{path}:{line} imports {module}"
+                )
 
 
 PUBLIC = set(tunewright.__all__) | {"hookspecs"}
@@ -65,17 +75,22 @@ def test_plugins_edge_and_vision_use_only_public_names(folder):
     for path in sources(folder):
         for module, line, _ in imported(path):
             if not module.startswith("tunewright") or module.startswith(
-                    ("tunewright.plugins", "tunewright.edge", "tunewright.vision")):
+                ("tunewright.plugins", "tunewright.edge", "tunewright.vision")
+            ):
                 continue
             if module in ("tunewright", "tunewright.kinds", "tunewright.types"):
                 continue
             name = module.split(".", 1)[1].split(".")[0]
-            assert name in PUBLIC, f"{path.relative_to(ROOT)}:{line} imports {module}, not a public name of tunewright"
+            assert name in PUBLIC, (
+                f"{path.relative_to(ROOT)}:{line} imports {module}, not a public name of tunewright"
+            )
 
 
 def test_the_edge_runtime_imports_neither_torch_nor_transformers():
-    probe = ("import sys, tunewright.edge.runtime, tunewright.edge.runtime.__main__; "
-             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))")
+    probe = (
+        "import sys, tunewright.edge.runtime, tunewright.edge.runtime.__main__; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -83,10 +98,12 @@ def test_the_edge_runtime_imports_neither_torch_nor_transformers():
 
 def test_importing_tunewright_loads_no_torch_and_changes_nothing():
     """Nothing happens at import time: no torch, no environment variables, no warnings filters."""
-    probe = ("import os, sys, warnings; env = dict(os.environ); filters = list(warnings.filters); "
-             "import tunewright, tunewright.kinds, tunewright.types; "
-             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')), "
-             "dict(os.environ) == env, warnings.filters == filters)")
+    probe = (
+        "import os, sys, warnings; env = dict(os.environ); filters = list(warnings.filters); "
+        "import tunewright, tunewright.kinds, tunewright.types; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')), "
+        "dict(os.environ) == env, warnings.filters == filters)"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[] True True"
@@ -130,12 +147,22 @@ def engine_lookups() -> tuple[list[tuple[str, str, int]], list[tuple[str, str, s
                 continue
             if node.func.id in ("getattr", "hasattr") and len(node.args) >= 2:
                 arg = node.args[1]
-                name = arg.value if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else "<dynamic>"
+                name = (
+                    arg.value
+                    if isinstance(arg, ast.Constant) and isinstance(arg.value, str)
+                    else "<dynamic>"
+                )
                 getattrs.append((rel, name, node.lineno))
             elif node.func.id == "optional" and len(node.args) >= 3:
                 protocol, name = node.args[1], node.args[2]
-                optionals.append((rel, protocol.id if isinstance(protocol, ast.Name) else "?",
-                                  name.value if isinstance(name, ast.Constant) else "<dynamic>", node.lineno))
+                optionals.append(
+                    (
+                        rel,
+                        protocol.id if isinstance(protocol, ast.Name) else "?",
+                        name.value if isinstance(name, ast.Constant) else "<dynamic>",
+                        node.lineno,
+                    )
+                )
     return getattrs, optionals
 
 
@@ -146,11 +173,15 @@ def test_the_engine_asks_plugin_objects_only_for_declared_members():
             continue
         assert (rel, name) in GETATTR_ALLOWED, (
             f"engine/{rel}:{line}: getattr(..., {name!r}); if it asks a plugin's object, declare the "
-            "member in tunewright.types and look it up with optional()")
-    assert optionals, "the walk found no optional() look-ups: it is not looking where the engine looks"
+            "member in tunewright.types and look it up with optional()"
+        )
+    assert optionals, (
+        "the walk found no optional() look-ups: it is not looking where the engine looks"
+    )
     for rel, protocol, name, line in optionals:
         assert name in OPTIONAL.get(protocol, ()), (
-            f"engine/{rel}:{line}: optional(..., {protocol}, {name!r}) names no optional member of {protocol}")
+            f"engine/{rel}:{line}: optional(..., {protocol}, {name!r}) names no optional member of {protocol}"
+        )
 
 
 def test_every_subprocess_a_test_starts_has_a_bound():
@@ -163,9 +194,13 @@ def test_every_subprocess_a_test_starts_has_a_bound():
                 continue
             name = node.func.attr
             owner = node.func.value.id if isinstance(node.func.value, ast.Name) else None
-            bounded = any(k.arg == "timeout" for k in node.keywords) or (name == "wait" and node.args)
-            if ((owner == "subprocess" and name in ("run", "check_output", "check_call", "call"))
-                    or name in ("wait", "communicate")) and not bounded:
+            bounded = any(k.arg == "timeout" for k in node.keywords) or (
+                name == "wait" and node.args
+            )
+            if (
+                (owner == "subprocess" and name in ("run", "check_output", "check_call", "call"))
+                or name in ("wait", "communicate")
+            ) and not bounded:
                 unbounded.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}()")
     assert unbounded == []
 
@@ -182,8 +217,12 @@ def test_commands_take_the_invocations_plugin_manager():
                 decorators = [ast.unparse(d) for d in node.decorator_list]
                 if not any(".command" in d or d.startswith("click.command") for d in decorators):
                     continue
-                calls = [c for c in ast.walk(node) if isinstance(c, ast.Call)
-                         and getattr(c.func, "id", getattr(c.func, "attr", None)) == "get_plugin_manager"]
+                calls = [
+                    c
+                    for c in ast.walk(node)
+                    if isinstance(c, ast.Call)
+                    and getattr(c.func, "id", getattr(c.func, "attr", None)) == "get_plugin_manager"
+                ]
                 if calls:
                     building.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
                 commands += 1
@@ -210,9 +249,13 @@ def runtime_imports(path: Path) -> list[tuple[str, int]]:
     tree = ast.parse(path.read_text(), filename=str(path))
     name = module_name(path)
     package = name.split(".") if path.stem == "__init__" else name.split(".")[:-1]
-    hidden = {id(inner) for node in ast.walk(tree)
-              if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
-              for statement in node.body for inner in ast.walk(statement)}
+    hidden = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+        for statement in node.body
+        for inner in ast.walk(statement)
+    }
     found = []
     for node in ast.walk(tree):
         if id(node) in hidden:
@@ -220,10 +263,18 @@ def runtime_imports(path: Path) -> list[tuple[str, int]]:
         if isinstance(node, ast.Import):
             found += [(alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = (".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
-                    if node.level else node.module or "")
-            found += [(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base, node.lineno)
-                      for alias in node.names]
+            base = (
+                ".".join(
+                    package[: len(package) - node.level + 1]
+                    + ([node.module] if node.module else [])
+                )
+                if node.level
+                else node.module or ""
+            )
+            found += [
+                (f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base, node.lineno)
+                for alias in node.names
+            ]
     return [(module, line) for module, line in found if module in MODULES and module != name]
 
 
@@ -259,12 +310,19 @@ def import_cycles() -> list[list[str]]:
     for module in graph:
         if module not in index:
             visit(module)
+
     def where(path: Path) -> Path:
         return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
-    return [sorted(f"{module} -> {target} ({where(MODULES[module])}:{line})"
-                   for module in component for target, line in graph[module].items() if target in component)
-            for component in components]
+    return [
+        sorted(
+            f"{module} -> {target} ({where(MODULES[module])}:{line})"
+            for module in component
+            for target, line in graph[module].items()
+            if target in component
+        )
+        for component in components
+    ]
 
 
 def cycle_members(cycle: list[str]) -> set[str]:
@@ -284,11 +342,14 @@ def test_the_cycle_walk_sees_a_lazy_import(tmp_path, monkeypatch):
     a, b, c = tmp_path / "a.py", tmp_path / "b.py", tmp_path / "c.py"
     a.write_text("def f():\n    from tunewright.b import x\n")
     b.write_text("from tunewright.a import f\n")
-    c.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from tunewright.a import f\n")
+    c.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from tunewright.a import f\n"
+    )
     fake = {"tunewright.a": a, "tunewright.b": b, "tunewright.c": c}
     monkeypatch.setattr(sys.modules[__name__], "MODULES", fake)
-    monkeypatch.setattr(sys.modules[__name__], "module_name",
-                        lambda path: {v: k for k, v in fake.items()}[path])
+    monkeypatch.setattr(
+        sys.modules[__name__], "module_name", lambda path: {v: k for k, v in fake.items()}[path]
+    )
     assert [cycle_members(cycle) for cycle in import_cycles()] == [{"tunewright.a", "tunewright.b"}]
 
 
@@ -300,22 +361,75 @@ def test_the_cycle_walk_sees_a_lazy_import(tmp_path, monkeypatch):
 # plugin author finds every question asked of their object documented there.
 NOT_PLUGIN_MEMBERS = {
     "a transformers or PEFT model, its config, generation config or output": {
-        "base_model_prefix", "config", "eos_token_id", "generation_config", "get_decoder",
-        "get_output_embeddings", "hidden_size", "image_seq_length", "image_token_id",
-        "initializer_range", "language_model", "lm_head", "logits", "lora_variant", "model",
-        "model_type", "module", "multi_modal_projector", "num_hidden_layers", "pad_token_id",
-        "past_key_values", "text_config", "trust_remote_code", "use_dora", "value",
-        "vision_feature_layer", "vision_tower", "weight", "training", "eval", "parameters"},
+        "base_model_prefix",
+        "config",
+        "eos_token_id",
+        "generation_config",
+        "get_decoder",
+        "get_output_embeddings",
+        "hidden_size",
+        "image_seq_length",
+        "image_token_id",
+        "initializer_range",
+        "language_model",
+        "lm_head",
+        "logits",
+        "lora_variant",
+        "model",
+        "model_type",
+        "module",
+        "multi_modal_projector",
+        "num_hidden_layers",
+        "pad_token_id",
+        "past_key_values",
+        "text_config",
+        "trust_remote_code",
+        "use_dora",
+        "value",
+        "vision_feature_layer",
+        "vision_tower",
+        "weight",
+        "training",
+        "eval",
+        "parameters",
+    },
     "a transformers tokenizer, image processor or processor": {
-        "backend_tokenizer", "chat_template", "do_center_crop", "do_normalize", "do_rescale",
-        "do_resize", "image_mean", "image_processor", "image_token", "is_fast", "model_max_length",
-        "resample", "rescale_factor", "tokenizer", "to_dict"},
+        "backend_tokenizer",
+        "chat_template",
+        "do_center_crop",
+        "do_normalize",
+        "do_rescale",
+        "do_resize",
+        "image_mean",
+        "image_processor",
+        "image_token",
+        "is_fast",
+        "model_max_length",
+        "resample",
+        "rescale_factor",
+        "tokenizer",
+        "to_dict",
+    },
     "torch, numpy, onnx and OpenCV objects": {
-        "ByteSize", "CascadeClassifier", "__len__", "data", "detach", "haarcascades", "numpy"},
+        "ByteSize",
+        "CascadeClassifier",
+        "__len__",
+        "data",
+        "detach",
+        "haarcascades",
+        "numpy",
+    },
     "tunewright's own objects: a job's config, a plugin manager, a method's record on the model "
     "it changed, a federated site, reply or error, a quantization scheme": {
-        "answering_node", "infos", "kind", "load_seconds", "max_length", "name", "site_seconds",
-        "tunewright_method"},
+        "answering_node",
+        "infos",
+        "kind",
+        "load_seconds",
+        "max_length",
+        "name",
+        "site_seconds",
+        "tunewright_method",
+    },
 }
 
 
@@ -328,11 +442,18 @@ def declared_members() -> set[str]:
     names = set()
     for module in (tunewright.types, tunewright.edge.protocols, tunewright.edge.runtime.protocol):
         for value in vars(module).values():
-            if isinstance(value, type) and getattr(value, "_is_protocol", False) \
-                    and value.__module__ == module.__name__:
+            if (
+                isinstance(value, type)
+                and getattr(value, "_is_protocol", False)
+                and value.__module__ == module.__name__
+            ):
                 names |= set(getattr(value, "__annotations__", {}))
-                names |= {name for name, member in vars(value).items() if not name.startswith("_")
-                          and (callable(member) or isinstance(member, property))}
+                names |= {
+                    name
+                    for name, member in vars(value).items()
+                    if not name.startswith("_")
+                    and (callable(member) or isinstance(member, property))
+                }
     return names
 
 
@@ -343,16 +464,23 @@ def test_edge_and_plugins_ask_plugin_objects_only_for_declared_members(folder):
     undeclared, seen = [], 0
     for path in sources(folder):
         for node in ast.walk(ast.parse(path.read_text())):
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-                    and node.func.id in ("getattr", "hasattr") and len(node.args) >= 2):
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("getattr", "hasattr")
+                and len(node.args) >= 2
+            ):
                 continue
             arg = node.args[1]
             if not (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
                 continue  # a name the code computes: the allowed names of a table of its own
             seen += 1
             if arg.value not in declared | known:
-                undeclared.append(f"{path.relative_to(ROOT)}:{node.lineno}: {node.func.id}(..., {arg.value!r})")
+                undeclared.append(
+                    f"{path.relative_to(ROOT)}:{node.lineno}: {node.func.id}(..., {arg.value!r})"
+                )
     assert seen > 10, "the walk found too few look-ups: it is not looking where the code looks"
     assert undeclared == [], (
         "a look-up of a member no protocol declares: if it asks a plugin's object, declare the member "
-        "in its protocol's Options class; if not, add the name to NOT_PLUGIN_MEMBERS with its owner")
+        "in its protocol's Options class; if not, add the name to NOT_PLUGIN_MEMBERS with its owner"
+    )

@@ -12,7 +12,8 @@ from tunewright import hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = [
-    (name, fn) for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+    (name, fn)
+    for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
     if hasattr(fn, "tunewright_spec")
 ]
 
@@ -33,7 +34,8 @@ def _hook_tests() -> dict[str, list[str]]:
                 continue
             for inner in ast.walk(node):
                 if isinstance(inner, ast.FunctionDef) and any(
-                        "hookimpl" in ast.unparse(decorator) for decorator in inner.decorator_list):
+                    "hookimpl" in ast.unparse(decorator) for decorator in inner.decorator_list
+                ):
                     found.setdefault(inner.name, []).append(f"{path.name}::{node.name}")
     return found
 
@@ -49,16 +51,19 @@ def test_every_hook_has_a_docstring_and_a_test(name, fn):
 
 
 def test_readme_test_command_is_what_ci_runs():
-    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
-          if line.strip() and not line.startswith(("#", "set ", "cd "))]
+    ci = [
+        line
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.startswith(("#", "set ", "cd "))
+    ]
     assert ci[-1] in (ROOT / "README.md").read_text()
 
 
 def _config_table() -> dict[str, str]:
     """``key -> default cell`` of the README's config reference."""
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Config reference"):]
-    section = section[:section.index("\n## ", 1)]
+    section = text[text.index("## Config reference") :]
+    section = section[: section.index("\n## ", 1)]
     rows = {}
     for line in section.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
@@ -79,9 +84,13 @@ def _schema_keys() -> dict[str, object]:
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             for sub, inner in annotation.model_fields.items():
-                keys[f"{name}.{sub}"] = ... if inner.is_required() else inner.get_default(call_default_factory=True)
+                keys[f"{name}.{sub}"] = (
+                    ... if inner.is_required() else inner.get_default(call_default_factory=True)
+                )
         else:
-            keys[name] = ... if field.is_required() else field.get_default(call_default_factory=True)
+            keys[name] = (
+                ... if field.is_required() else field.get_default(call_default_factory=True)
+            )
     return keys
 
 
@@ -107,7 +116,9 @@ def test_the_config_table_documents_every_schema_key_with_its_default():
     table.pop("<method>")
     assert sorted(set(schema) - set(table)) == [], "schema keys the README's config table lacks"
     assert sorted(set(table) - set(schema)) == [], "README config keys the schema does not have"
-    wrong = {key: (table[key], schema[key]) for key in schema if not _documents(table[key], schema[key])}
+    wrong = {
+        key: (table[key], schema[key]) for key in schema if not _documents(table[key], schema[key])
+    }
     assert wrong == {}, "README default (left) differs from the schema's (right)"
 
 
@@ -116,7 +127,9 @@ def test_the_version_is_the_changelogs_newest_release():
 
     import tunewright
 
-    pyproject = re.search(r'(?m)^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    pyproject = re.search(r'(?m)^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text()).group(
+        1
+    )
     newest = re.search(r"(?m)^## (\d+\.\d+\.\d+)", (ROOT / "CHANGELOG.md").read_text()).group(1)
     assert tunewright.__version__ == pyproject == newest
 
@@ -127,8 +140,12 @@ def test_each_deprecated_form_the_changelog_names_is_adapted_in_compat():
 
     changelog = (ROOT / "CHANGELOG.md").read_text()
     assert f"{compat.REMOVED_IN} may refuse them" in changelog
-    forms = {"factory(run_dir, config)": "factory(run_dir, config)", "runner(job)": "runner(job)",
-             "greater_is_better": "greater_is_better", "max_length, labels=None)": "max_length, labels=None)",
-             "no `validate`": "no ``validate``"}
+    forms = {
+        "factory(run_dir, config)": "factory(run_dir, config)",
+        "runner(job)": "runner(job)",
+        "greater_is_better": "greater_is_better",
+        "max_length, labels=None)": "max_length, labels=None)",
+        "no `validate`": "no ``validate``",
+    }
     for in_changelog, in_compat in forms.items():
         assert in_changelog in changelog and in_compat in compat.__doc__

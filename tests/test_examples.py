@@ -25,6 +25,8 @@ def test_the_readme_names_exactly_the_recipes_there_are():
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_a_recipe_loads_and_the_readme_shows_it(path):
-    config = load_config(yaml.safe_load(path.read_text()), get_plugin_manager().registries, source=str(path))
+    config = load_config(
+        yaml.safe_load(path.read_text()), get_plugin_manager().registries, source=str(path)
+    )
     assert config.output and config.data.train.startswith("demo/")  # the demo data set's paths
     assert str(path.relative_to(ROOT)) in (ROOT / "README.md").read_text()

@@ -14,13 +14,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tool(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
-@pytest.mark.parametrize("command", [("ruff", "check", "--output-format=concise", "."),
-                                     ("ruff", "format", "--check", ".")],
-                         ids=["ruff-check", "ruff-format"])
+@pytest.mark.parametrize(
+    "command",
+    [("ruff", "check", "--output-format=concise", "."), ("ruff", "format", "--check", ".")],
+    ids=["ruff-check", "ruff-format"],
+)
 def test_ruff(command):
     out = tool(*command)
     assert out.returncode == 0, f"{' '.join(command)}:\n{out.stdout}{out.stderr}"
@@ -36,8 +39,9 @@ def test_mypy():
 def test_no_tracked_file_refers_to_the_developers_shared_folder():
     """A user has the checkout alone: a comment that sends them to ``../shared`` sends them
     nowhere."""
-    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=60)
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     if listed.returncode != 0:
         pytest.skip("not a git checkout")
     here = Path(__file__).resolve()
@@ -51,6 +55,7 @@ def test_no_tracked_file_refers_to_the_developers_shared_folder():
             text = path.read_text()
         except UnicodeDecodeError:
             continue
-        found += [f"{name}:{number}" for number, line in enumerate(text.splitlines(), 1)
-                  if needle in line]
+        found += [
+            f"{name}:{number}" for number, line in enumerate(text.splitlines(), 1) if needle in line
+        ]
     assert found == []

@@ -6,16 +6,21 @@ import json
 import shutil
 import subprocess
 import sys
-import tomllib
 import venv
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the checkout's folders that install as tunewright's packages (engine, plugins, vision, edge)
-PACKAGE_FOLDERS = sorted(set(
-    tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()))
+PACKAGE_FOLDERS = sorted(
+    set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+            "package-dir"
+        ].values()
+    )
+)
 
 
 @pytest.mark.slow
@@ -27,10 +32,27 @@ def test_installed_wheel_works_outside_the_checkout(tmp_path):
         source.mkdir(exist_ok=True)
         shutil.copy2(ROOT / name, source / name)
     for folder in PACKAGE_FOLDERS:
-        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__")
+        )
     before = sorted(p.name for p in ROOT.iterdir())
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path / "dist"), str(source)], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     assert sorted(p.name for p in ROOT.iterdir()) == before
     wheel = next((tmp_path / "dist").glob("tunewright-*.whl"))
     # The venv sees the pinned stack of this interpreter but gets tunewright from the wheel alone.
@@ -38,9 +60,22 @@ def test_installed_wheel_works_outside_the_checkout(tmp_path):
     python = str(tmp_path / "env" / "bin" / "python")
     # --ignore-installed: this interpreter's own (editable) tunewright of the same version must not
     # count as already installed
-    installed = subprocess.run([python, "-m", "pip", "install", "--no-deps", "--ignore-installed",
-                                "--disable-pip-version-check", str(wheel)],
-                               check=True, capture_output=True, text=True, timeout=600)
+    installed = subprocess.run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--ignore-installed",
+            "--disable-pip-version-check",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     probe = (
@@ -49,17 +84,30 @@ def test_installed_wheel_works_outside_the_checkout(tmp_path):
         "print(json.dumps({'file': tunewright.__file__, 'plugins': tunewright.plugins.tasks.__file__,"
         "'template': files('tunewright').joinpath('templates/config.yaml').is_file()}))"
     )
-    result = subprocess.run([python, "-c", probe], cwd=outside, capture_output=True, text=True, check=True, timeout=600)
+    result = subprocess.run(
+        [python, "-c", probe], cwd=outside, capture_output=True, text=True, check=True, timeout=600
+    )
     found = json.loads(result.stdout)
     site = str(tmp_path / "env")
-    assert found["file"].startswith(site) and found["plugins"].startswith(site), (found, installed.stdout[-2000:])
+    assert found["file"].startswith(site) and found["plugins"].startswith(site), (
+        found,
+        installed.stdout[-2000:],
+    )
     assert found["template"]
-    listed = subprocess.run([str(tmp_path / "env" / "bin" / "tunewright"), "plugins", "--json"], cwd=outside,
-                            capture_output=True, text=True, check=True, timeout=600)
+    listed = subprocess.run(
+        [str(tmp_path / "env" / "bin" / "tunewright"), "plugins", "--json"],
+        cwd=outside,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
     plugins = {p["name"]: p for p in json.loads(listed.stdout)}
     assert plugins["tasks"]["builtin"] and plugins["lora"]["builtin"]
     # no top-level `engine` or `plugins` package leaks into site-packages
-    names = subprocess.run([python, "-m", "zipfile", "-l", str(wheel)], capture_output=True, text=True, timeout=600).stdout
+    names = subprocess.run(
+        [python, "-m", "zipfile", "-l", str(wheel)], capture_output=True, text=True, timeout=600
+    ).stdout
     assert "engine/" not in names and " plugins/" not in names
 
 

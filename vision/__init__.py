@@ -36,12 +36,44 @@ images needs (``image_source``: its folder and the job's reading settings) and t
 ``vision.detail``. Nothing here imports torch; importing this package changes no global state.
 """
 
-from .checks import (ALLOWED_FORMATS, SOURCE_KEY, CheckedImage, ExampleCheck, ExampleImage, ImageProblem,
-                     ImageRef, Screener, check_example, check_image, check_reference, example_root,
-                     has_images, image_refs, inspect_example, load_images, screen_example, sniff_format)
-from .detail import (LOW_SIZE, LOW_TOKENS, TILE, TILE_TOKENS, detail_costs, fit_within, high_size,
-                     image_tokens, low_size, low_view, resolve_detail, tile_boxes, view_count,
-                     view_pixels, view_sizes, views)
+from .checks import (
+    ALLOWED_FORMATS,
+    SOURCE_KEY,
+    CheckedImage,
+    ExampleCheck,
+    ExampleImage,
+    ImageProblem,
+    ImageRef,
+    Screener,
+    check_example,
+    check_image,
+    check_reference,
+    example_root,
+    has_images,
+    image_refs,
+    inspect_example,
+    load_images,
+    screen_example,
+    sniff_format,
+)
+from .detail import (
+    LOW_SIZE,
+    LOW_TOKENS,
+    TILE,
+    TILE_TOKENS,
+    detail_costs,
+    fit_within,
+    high_size,
+    image_tokens,
+    low_size,
+    low_view,
+    resolve_detail,
+    tile_boxes,
+    view_count,
+    view_pixels,
+    view_sizes,
+    views,
+)
 from .errors import REASONS, ImageRefused
 from .images import ImageSource, read_reference, shorten
 from .settings import DETAILS, VisionSettings, settings_of
@@ -50,19 +82,56 @@ from .transform import job_root, prepare_example
 
 __all__ = [
     # checks
-    "check_example", "load_images", "inspect_example", "check_image", "check_reference", "sniff_format",
-    "image_refs", "has_images", "example_root", "ImageRef", "ExampleImage", "ExampleCheck", "CheckedImage",
-    "ImageProblem", "ImageRefused", "REASONS", "ALLOWED_FORMATS", "SOURCE_KEY",
+    "check_example",
+    "load_images",
+    "inspect_example",
+    "check_image",
+    "check_reference",
+    "sniff_format",
+    "image_refs",
+    "has_images",
+    "example_root",
+    "ImageRef",
+    "ExampleImage",
+    "ExampleCheck",
+    "CheckedImage",
+    "ImageProblem",
+    "ImageRefused",
+    "REASONS",
+    "ALLOWED_FORMATS",
+    "SOURCE_KEY",
     # references
-    "read_reference", "ImageSource", "shorten",
+    "read_reference",
+    "ImageSource",
+    "shorten",
     # detail
-    "views", "low_view", "resolve_detail", "view_sizes", "view_count", "view_pixels", "image_tokens",
-    "detail_costs", "fit_within", "low_size", "high_size", "tile_boxes", "LOW_SIZE", "TILE", "LOW_TOKENS",
-    "TILE_TOKENS", "DETAILS",
+    "views",
+    "low_view",
+    "resolve_detail",
+    "view_sizes",
+    "view_count",
+    "view_pixels",
+    "image_tokens",
+    "detail_costs",
+    "fit_within",
+    "low_size",
+    "high_size",
+    "tile_boxes",
+    "LOW_SIZE",
+    "TILE",
+    "LOW_TOKENS",
+    "TILE_TOKENS",
+    "DETAILS",
     # summary
-    "summarize", "render_summary", "refusal_counts",
+    "summarize",
+    "render_summary",
+    "refusal_counts",
     # screening
-    "screen_example", "Screener",
+    "screen_example",
+    "Screener",
     # settings and transform
-    "VisionSettings", "settings_of", "prepare_example", "job_root",
+    "VisionSettings",
+    "settings_of",
+    "prepare_example",
+    "job_root",
 ]

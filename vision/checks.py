@@ -25,9 +25,10 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -43,8 +44,13 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
 ALLOWED_TEXT = "JPEG, PNG or WEBP"
 
 #: media types a data URL may declare for each accepted format
-DECLARED_TYPES = {"image/jpeg": "JPEG", "image/jpg": "JPEG", "image/pjpeg": "JPEG",
-                  "image/png": "PNG", "image/webp": "WEBP"}
+DECLARED_TYPES = {
+    "image/jpeg": "JPEG",
+    "image/jpg": "JPEG",
+    "image/pjpeg": "JPEG",
+    "image/png": "PNG",
+    "image/webp": "WEBP",
+}
 
 #: the key under which an example carries where its images are read from: ``root`` (the data
 #: folder relative paths resolve against) and, once the vision transform ran, the job's reading
@@ -54,8 +60,14 @@ SOURCE_KEY = "image_source"
 
 #: what an example carries of the job's settings (``image_source``), so that ``load_images``
 #: applies at tokenize time exactly the limits validation applied
-READING_KEYS = ("allow_remote", "remote_timeout", "max_images", "max_image_bytes", "max_example_bytes",
-                "max_pixels")
+READING_KEYS = (
+    "allow_remote",
+    "remote_timeout",
+    "max_images",
+    "max_image_bytes",
+    "max_example_bytes",
+    "max_pixels",
+)
 _ORIENTATION = 0x0112
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs"}
 
@@ -110,7 +122,7 @@ def sniff_format(data: bytes) -> str | None:
         return "PDF"
     if head[4:8] == b"ftyp":
         box = int.from_bytes(head[:4], "big")
-        brands = {head[8:12]} | {data[i:i + 4] for i in range(16, min(box, 64), 4)}
+        brands = {head[8:12]} | {data[i : i + 4] for i in range(16, min(box, 64), 4)}
         if brands & {b"avif", b"avis"}:
             return "AVIF"
         if brands & _HEIF_BRANDS:
@@ -132,8 +144,13 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def check_image(data: bytes, settings: VisionSettings | Any = None, *, declared_type: str | None = None,
-                declared: bool = False) -> CheckedImage:
+def check_image(
+    data: bytes,
+    settings: VisionSettings | Any = None,
+    *,
+    declared_type: str | None = None,
+    declared: bool = False,
+) -> CheckedImage:
     """Accept one image from its bytes, or raise :class:`ImageRefused` saying why.
 
     ``declared_type`` is the media type a data URL declares; with ``declared=True`` (a data URL)
@@ -143,55 +160,90 @@ def check_image(data: bytes, settings: VisionSettings | Any = None, *, declared_
     """
     settings = settings_of(settings)
     if len(data) > settings.max_image_bytes:
-        raise ImageRefused("too-large", f"{len(data):,} bytes, larger than vision.max_image_bytes "
-                                        f"{settings.max_image_bytes:,} (allowed: at most that per image)")
+        raise ImageRefused(
+            "too-large",
+            f"{len(data):,} bytes, larger than vision.max_image_bytes "
+            f"{settings.max_image_bytes:,} (allowed: at most that per image)",
+        )
     if not data:
-        raise ImageRefused("corrupt", f"the image is empty: 0 bytes (allowed: {ALLOWED_TEXT} images)")
+        raise ImageRefused(
+            "corrupt", f"the image is empty: 0 bytes (allowed: {ALLOWED_TEXT} images)"
+        )
     found = sniff_format(data)
     if found not in ALLOWED_FORMATS:
-        what = (f"the bytes are {_article(found)} {found} file" if found else
-                f"the bytes are not an image format read here (they start {data[:8].hex(' ')})")
-        raise ImageRefused("format", f"{what}, whatever its name or declared type says "
-                                     f"(allowed: {ALLOWED_TEXT}; convert it, e.g. to PNG)")
+        what = (
+            f"the bytes are {_article(found)} {found} file"
+            if found
+            else f"the bytes are not an image format read here (they start {data[:8].hex(' ')})"
+        )
+        raise ImageRefused(
+            "format",
+            f"{what}, whatever its name or declared type says "
+            f"(allowed: {ALLOWED_TEXT}; convert it, e.g. to PNG)",
+        )
     if declared:
         expected = DECLARED_TYPES.get(declared_type or "")
         if expected != found:
             said = f"declares {declared_type}" if declared_type else "declares no media type"
-            raise ImageRefused("type-mismatch", (
-                f"the data URL {said}, but its bytes are a {found} image (allowed: a data URL "
-                f"whose type matches its bytes: data:{_media_type(found)};base64,...)"))
+            raise ImageRefused(
+                "type-mismatch",
+                (
+                    f"the data URL {said}, but its bytes are a {found} image (allowed: a data URL "
+                    f"whose type matches its bytes: data:{_media_type(found)};base64,...)"
+                ),
+            )
     try:
         with warnings.catch_warnings():
             # Our own limit below decides; Pillow's warning would only repeat it on stderr.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=[found])
     except Image.DecompressionBombError as exc:
-        raise ImageRefused("bomb", (
-            f"its header claims more pixels than Pillow opens at all ({exc}); refused before "
-            f"decoding, as a decompression bomb (allowed: at most vision.max_pixels "
-            f"{settings.max_pixels:,} pixels)")) from None
+        raise ImageRefused(
+            "bomb",
+            (
+                f"its header claims more pixels than Pillow opens at all ({exc}); refused before "
+                f"decoding, as a decompression bomb (allowed: at most vision.max_pixels "
+                f"{settings.max_pixels:,} pixels)"
+            ),
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageRefused("corrupt", f"the {found} header cannot be read: {exc} "
-                                      f"(allowed: complete {ALLOWED_TEXT} files)") from None
+        raise ImageRefused(
+            "corrupt",
+            f"the {found} header cannot be read: {exc} (allowed: complete {ALLOWED_TEXT} files)",
+        ) from None
     width, height = image.size
     if width * height > settings.max_pixels:
-        raise ImageRefused("bomb", (
-            f"{width:,} x {height:,} = {width * height:,} pixels in a {len(data):,}-byte file, more "
-            f"than vision.max_pixels {settings.max_pixels:,}; refused before decoding, as a "
-            "decompression bomb (allowed: at most that many pixels)"))
+        raise ImageRefused(
+            "bomb",
+            (
+                f"{width:,} x {height:,} = {width * height:,} pixels in a {len(data):,}-byte file, more "
+                f"than vision.max_pixels {settings.max_pixels:,}; refused before decoding, as a "
+                "decompression bomb (allowed: at most that many pixels)"
+            ),
+        )
     frames = getattr(image, "n_frames", 1)
     if getattr(image, "is_animated", False) and frames > 1:
         kind = "PNG (APNG)" if found == "PNG" else found
-        raise ImageRefused("animated", (
-            f"an animated {kind} of {frames} frames; only still images are trained on, as the "
-            f"hosted services take them (allowed: a still {ALLOWED_TEXT}; save the frame you mean)"))
+        raise ImageRefused(
+            "animated",
+            (
+                f"an animated {kind} of {frames} frames; only still images are trained on, as the "
+                f"hosted services take them (allowed: a still {ALLOWED_TEXT}; save the frame you mean)"
+            ),
+        )
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        what = ("the file is truncated: it ends before the image does" if "truncated" in str(exc)
-                else "the image data is corrupt")
-        raise ImageRefused("corrupt", f"the {found} image does not decode: {what} (Pillow: {exc}; "
-                                      f"allowed: complete {ALLOWED_TEXT} files)") from None
+        what = (
+            "the file is truncated: it ends before the image does"
+            if "truncated" in str(exc)
+            else "the image data is corrupt"
+        )
+        raise ImageRefused(
+            "corrupt",
+            f"the {found} image does not decode: {what} (Pillow: {exc}; "
+            f"allowed: complete {ALLOWED_TEXT} files)",
+        ) from None
     mode = image.mode
     oriented = False
     orientation = image.getexif().get(_ORIENTATION) if found in ALLOWED_FORMATS else None
@@ -199,7 +251,9 @@ def check_image(data: bytes, settings: VisionSettings | Any = None, *, declared_
         image = ImageOps.exif_transpose(image)
         oriented = True
     image, converted = _to_rgb(image)
-    return CheckedImage(image, found, image.width, image.height, mode, len(data), converted, oriented)
+    return CheckedImage(
+        image, found, image.width, image.height, mode, len(data), converted, oriented
+    )
 
 
 def _article(name: str) -> str:
@@ -225,14 +279,19 @@ def _to_rgb(image: Image.Image) -> tuple[Image.Image, bool]:
     return image.convert("RGB"), True
 
 
-def check_reference(reference: Any, *, root: str | Path | None = None,
-                    settings: VisionSettings | Any = None) -> CheckedImage:
+def check_reference(
+    reference: Any, *, root: str | Path | None = None, settings: VisionSettings | Any = None
+) -> CheckedImage:
     """:func:`~tunewright.vision.read_reference` then :func:`check_image`: the whole check of one
     referenced image. Raises :class:`ImageRefused`."""
     settings = settings_of(settings)
     source: ImageSource = read_reference(reference, root=root, settings=settings)
-    return check_image(source.data, settings, declared_type=source.declared_type,
-                       declared=source.kind == "data-url")
+    return check_image(
+        source.data,
+        settings,
+        declared_type=source.declared_type,
+        declared=source.kind == "data-url",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,8 +335,11 @@ def image_refs(example: Any) -> list[ImageRef]:
         problem = _detail_problem(detail, "the example's 'detail'")
         reference = example["image"]
         if not isinstance(reference, str):
-            problem = problem or ("reference", "'image' must be a reference string (a path, a data URL "
-                                               f"or an http(s) URL), got {type(reference).__name__}")
+            problem = problem or (
+                "reference",
+                "'image' must be a reference string (a path, a data URL "
+                f"or an http(s) URL), got {type(reference).__name__}",
+            )
             reference = None
         refs.append(ImageRef(1, reference, detail if problem is None else None, problem=problem))
     messages = example.get("messages")
@@ -293,24 +355,55 @@ def image_refs(example: Any) -> list[ImageRef]:
                 continue
             kind = part.get("type")
             if kind in _IMAGE_PART_TYPES:
-                refs.append(ImageRef(len(refs) + 1, None, role=role, message=m, part=p, problem=(
-                    "bad-part", f"message {m} part {p} is a {{'type': {kind!r}}} part; write images as "
-                                "{'type': 'image_url', 'image_url': {'url': ..., 'detail': ...}}")))
+                refs.append(
+                    ImageRef(
+                        len(refs) + 1,
+                        None,
+                        role=role,
+                        message=m,
+                        part=p,
+                        problem=(
+                            "bad-part",
+                            f"message {m} part {p} is a {{'type': {kind!r}}} part; write images as "
+                            "{'type': 'image_url', 'image_url': {'url': ..., 'detail': ...}}",
+                        ),
+                    )
+                )
                 continue
             if kind != "image_url":
                 continue
             body = part.get("image_url")
             where = f"message {m} part {p}"
             if not isinstance(body, dict) or not isinstance(body.get("url"), str):
-                refs.append(ImageRef(len(refs) + 1, None, role=role, message=m, part=p, problem=(
-                    "bad-part", f"{where}: 'image_url' must be an object with a 'url' string "
-                                "({'url': 'data:image/png;base64,...' or a path, 'detail': "
-                                "'low' | 'high' | 'auto'})")))
+                refs.append(
+                    ImageRef(
+                        len(refs) + 1,
+                        None,
+                        role=role,
+                        message=m,
+                        part=p,
+                        problem=(
+                            "bad-part",
+                            f"{where}: 'image_url' must be an object with a 'url' string "
+                            "({'url': 'data:image/png;base64,...' or a path, 'detail': "
+                            "'low' | 'high' | 'auto'})",
+                        ),
+                    )
+                )
                 continue
             detail = body.get("detail")
             problem = _detail_problem(detail, f"{where}: 'detail'")
-            refs.append(ImageRef(len(refs) + 1, body["url"], detail if problem is None else None,
-                                 role=role, message=m, part=p, problem=problem))
+            refs.append(
+                ImageRef(
+                    len(refs) + 1,
+                    body["url"],
+                    detail if problem is None else None,
+                    role=role,
+                    message=m,
+                    part=p,
+                    problem=problem,
+                )
+            )
     return refs
 
 
@@ -386,8 +479,9 @@ class ExampleCheck:
     refs: list[ImageRef] = field(default_factory=list)
 
 
-def inspect_example(example: Any, location: str = "example", config: Any = None, *,
-                    root: str | Path | None = None) -> ExampleCheck:
+def inspect_example(
+    example: Any, location: str = "example", config: Any = None, *, root: str | Path | None = None
+) -> ExampleCheck:
     """Check every image of an example and keep what was decoded: the engine-facing
     :func:`check_example` and :func:`~tunewright.vision.summarize` are both built on this.
     ``root`` overrides :func:`example_root`."""
@@ -400,21 +494,30 @@ def inspect_example(example: Any, location: str = "example", config: Any = None,
     severity = "error" if settings.on_refused == "error" else "excluded"
 
     def refuse(reason: str, message: str, number: int | None) -> None:
-        result.problems.append(ImageProblem(location, message, severity, reason=reason, image=number))
+        result.problems.append(
+            ImageProblem(location, message, severity, reason=reason, image=number)
+        )
 
     if len(refs) > settings.max_images:
-        refuse("too-many-images", f"{len(refs)} images, more than vision.max_images "
-                                  f"{settings.max_images} (allowed: at most {settings.max_images} "
-                                  "images per example)", None)
+        refuse(
+            "too-many-images",
+            f"{len(refs)} images, more than vision.max_images "
+            f"{settings.max_images} (allowed: at most {settings.max_images} "
+            "images per example)",
+            None,
+        )
     total = 0
     for ref in refs:
         try:
             if ref.problem is not None:
                 raise ImageRefused(*ref.problem)
             if ref.role == "assistant":
-                raise ImageRefused("assistant-image", f"in message {ref.message}, an assistant turn; "
-                                   "a model learns to write text, not images (allowed: images in "
-                                   "user and system turns)")
+                raise ImageRefused(
+                    "assistant-image",
+                    f"in message {ref.message}, an assistant turn; "
+                    "a model learns to write text, not images (allowed: images in "
+                    "user and system turns)",
+                )
             checked = check_reference(ref.reference, root=root, settings=settings)
         except ImageRefused as exc:
             refuse(exc.reason, f"image {ref.number} ({ref.shown}): {exc.message}", ref.number)
@@ -422,14 +525,19 @@ def inspect_example(example: Any, location: str = "example", config: Any = None,
         total += checked.nbytes
         result.images.append(ExampleImage(ref, checked))
     if total > settings.max_example_bytes:
-        refuse("example-too-large", f"its images hold {total:,} bytes together, more than "
-                                    f"vision.max_example_bytes {settings.max_example_bytes:,} "
-                                    "(allowed: at most that per example; fewer or smaller images)", None)
+        refuse(
+            "example-too-large",
+            f"its images hold {total:,} bytes together, more than "
+            f"vision.max_example_bytes {settings.max_example_bytes:,} "
+            "(allowed: at most that per example; fewer or smaller images)",
+            None,
+        )
     return result
 
 
-def check_example(example: Any, location: str, config: Any = None, *,
-                  root: str | Path | None = None) -> list[ImageProblem]:
+def check_example(
+    example: Any, location: str, config: Any = None, *, root: str | Path | None = None
+) -> list[ImageProblem]:
     """Every image rule for one example; call it from ``Task.validate``.
 
     Returns a problem per refused image (``image N (reference): reason (allowed)``) and per
@@ -440,7 +548,9 @@ def check_example(example: Any, location: str, config: Any = None, *,
     return inspect_example(example, location, config, root=root).problems
 
 
-def load_images(example: Any, config: Any = None, *, root: str | Path | None = None) -> list[ExampleImage]:
+def load_images(
+    example: Any, config: Any = None, *, root: str | Path | None = None
+) -> list[ExampleImage]:
     """The decoded images of a valid example, in order; call it from ``Task.tokenize``.
 
     Every check of :func:`check_example` runs again (an image that changed since validation is
@@ -456,8 +566,9 @@ def load_images(example: Any, config: Any = None, *, root: str | Path | None = N
     return found.images
 
 
-def iter_images(examples: Sequence[Any], locations: Sequence[str] | None = None, config: Any = None
-                ) -> Iterator[tuple[int, ExampleCheck]]:
+def iter_images(
+    examples: Sequence[Any], locations: Sequence[str] | None = None, config: Any = None
+) -> Iterator[tuple[int, ExampleCheck]]:
     """``(index, ExampleCheck)`` for each example that has images."""
     for index, example in enumerate(examples):
         location = locations[index] if locations is not None else None
@@ -474,8 +585,15 @@ def iter_images(examples: Sequence[Any], locations: Sequence[str] | None = None,
 Screener = Callable[[Image.Image, str, Any], "Sequence[str] | None"]
 
 
-def screen_example(example: Any, location: str, config: Any, screener: Screener, *,
-                   name: str = "screening", root: str | Path | None = None) -> list[ImageProblem]:
+def screen_example(
+    example: Any,
+    location: str,
+    config: Any,
+    screener: Screener,
+    *,
+    name: str = "screening",
+    root: str | Path | None = None,
+) -> list[ImageProblem]:
     """Run a content screener over every accepted image of an example; each reason it gives
     becomes an ``"excluded"`` problem (screening never stops a job). Images refused by the
     checks are skipped here (the task's ``validate`` reports them). Nothing runs when
@@ -487,10 +605,18 @@ def screen_example(example: Any, location: str, config: Any, screener: Screener,
     for item in inspect_example(example, location, config, root=root).images:
         reasons = screener(item.image, f"{location}: image {item.ref.number}", config) or []
         for reason in reasons:
-            problems.append(ImageProblem(location, (
-                f"image {item.ref.number} ({item.ref.shown}): excluded by {name}: {reason} "
-                "(turn screening off with vision.screening: false)"), "excluded",
-                reason="screened", image=item.ref.number))
+            problems.append(
+                ImageProblem(
+                    location,
+                    (
+                        f"image {item.ref.number} ({item.ref.shown}): excluded by {name}: {reason} "
+                        "(turn screening off with vision.screening: false)"
+                    ),
+                    "excluded",
+                    reason="screened",
+                    image=item.ref.number,
+                )
+            )
     return problems
 
 
@@ -504,7 +630,27 @@ def local_path(reference: Any) -> bool:
     return isinstance(reference, str) and reference_kind(reference.strip()) == "path"
 
 
-__all__ = ["CheckedImage", "check_image", "check_reference", "sniff_format", "ImageRef", "image_refs",
-           "ImageProblem", "ExampleImage", "ExampleCheck", "inspect_example", "check_example",
-           "load_images", "iter_images", "example_root", "reading_settings", "screen_example",
-           "Screener", "has_images", "local_path", "SOURCE_KEY", "ALLOWED_FORMATS", "DECLARED_TYPES"]
+__all__ = [
+    "CheckedImage",
+    "check_image",
+    "check_reference",
+    "sniff_format",
+    "ImageRef",
+    "image_refs",
+    "ImageProblem",
+    "ExampleImage",
+    "ExampleCheck",
+    "inspect_example",
+    "check_example",
+    "load_images",
+    "iter_images",
+    "example_root",
+    "reading_settings",
+    "screen_example",
+    "Screener",
+    "has_images",
+    "local_path",
+    "SOURCE_KEY",
+    "ALLOWED_FORMATS",
+    "DECLARED_TYPES",
+]

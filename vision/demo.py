@@ -130,16 +130,24 @@ def decompression_bomb(side: int = 9500) -> bytes:
     body = b"".join(compressor.compress(row * 500) for _ in range(side // 500))
     body += compressor.compress(row * (side % 500)) + compressor.flush()
     header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", body)
-            + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", body)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def huge_header_png(width: int = 20000, height: int = 20000) -> bytes:
     """A PNG whose header claims ``width`` x ``height`` (400 million pixels: above twice Pillow's
     limit, where ``Image.open`` itself refuses) with one row of data: 80 bytes."""
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
-            + _png_chunk(b"IDAT", zlib.compress(b"\x00" * (width + 1))) + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * (width + 1)))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def heic_header() -> bytes:
@@ -170,8 +178,10 @@ def bad_images() -> dict[str, tuple[bytes, str]]:
     cat = _photo("chelsea").resize((120, 80))
     jpeg = _encode(cat, "JPEG", quality=90)
     png = _encode(cat, "PNG")
-    svg = (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64">'
-           b'<circle cx="32" cy="32" r="30" fill="orange"/></svg>\n')
+    svg = (
+        b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64">'
+        b'<circle cx="32" cy="32" r="30" fill="orange"/></svg>\n'
+    )
     return {
         "cat.gif": (_encode(cat, "GIF"), "format"),
         "gif-named.png": (_encode(cat, "GIF"), "format"),
@@ -216,7 +226,9 @@ def _write_digits(root: Path, split: str, digits: list) -> list[tuple[str, int]]
         counts[digit] = counts.get(digit, 0) + 1
         ext = FORMATS[number % len(FORMATS)]
         relative = f"digits/{split}/{digit}/{counts[digit]:04d}.{ext}"
-        image = Image.fromarray(np.asarray(row, dtype=np.float64).reshape(28, 28).astype(np.uint8), "L")
+        image = Image.fromarray(
+            np.asarray(row, dtype=np.float64).reshape(28, 28).astype(np.uint8), "L"
+        )
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
         options = {"quality": 95} if ext == "jpg" else ({"lossless": True} if ext == "webp" else {})
         (root / relative).write_bytes(_encode(image, _PIL_FORMAT[ext], **options))
@@ -225,10 +237,18 @@ def _write_digits(root: Path, split: str, digits: list) -> list[tuple[str, int]]
 
 
 def _chat(image: str, question: str, answer: str) -> dict:
-    return {"messages": [
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}},
-                                     {"type": "text", "text": question}]},
-        {"role": "assistant", "content": answer}]}
+    return {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": image}},
+                    {"type": "text", "text": question},
+                ],
+            },
+            {"role": "assistant", "content": answer},
+        ]
+    }
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
@@ -242,7 +262,8 @@ def _build(root: Path, per_class: int, held_out: int, seed: int) -> None:
     _write_jsonl(root / "classification-train.jsonl", [{"image": p, "label": d} for p, d in train])
     _write_jsonl(root / "classification-test.jsonl", [{"image": p, "label": d} for p, d in test])
     (root / "classification-train.csv").write_text(
-        "image,label\n" + "".join(f"{p},{d}\n" for p, d in train), encoding="utf-8")
+        "image,label\n" + "".join(f"{p},{d}\n" for p, d in train), encoding="utf-8"
+    )
 
     (root / "photos").mkdir()
     captions = []
@@ -251,11 +272,17 @@ def _build(root: Path, per_class: int, held_out: int, seed: int) -> None:
         fmt = "JPEG" if file_name.endswith(".jpg") else "PNG"
         if fmt == "JPEG" and image.mode not in ("RGB", "L"):
             image = image.convert("RGB")
-        (root / "photos" / file_name).write_bytes(_encode(image, fmt, **({"quality": 90} if fmt == "JPEG" else {})))
-        captions.append(_chat(f"photos/{file_name}", "Describe the picture in a few words.", caption))
+        (root / "photos" / file_name).write_bytes(
+            _encode(image, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+        )
+        captions.append(
+            _chat(f"photos/{file_name}", "Describe the picture in a few words.", caption)
+        )
     # Held-out questions on held-out digits; the photos (too few to split) train only.
-    _write_jsonl(root / "image-to-text-train.jsonl",
-                 [_chat(p, QUESTION, str(d)) for p, d in train] + captions)
+    _write_jsonl(
+        root / "image-to-text-train.jsonl",
+        [_chat(p, QUESTION, str(d)) for p, d in train] + captions,
+    )
     _write_jsonl(root / "image-to-text-test.jsonl", [_chat(p, QUESTION, str(d)) for p, d in test])
 
     bad = root / "bad"
@@ -275,8 +302,14 @@ def _build(root: Path, per_class: int, held_out: int, seed: int) -> None:
     (bad / "coffee" / "palette.png").write_bytes(_encode(coffee.convert("P"), "PNG"))
 
 
-def write_demo(folder: str | Path, *, per_class: int = 20, held_out: int = 5, seed: int = 0,
-               overwrite: bool = False) -> DemoPaths:
+def write_demo(
+    folder: str | Path,
+    *,
+    per_class: int = 20,
+    held_out: int = 5,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> DemoPaths:
     """Write the demo data set into ``folder`` (see the module docstring) and return its paths.
 
     ``per_class`` training and ``held_out`` test digits of each class, chosen with ``seed``. A
@@ -289,14 +322,18 @@ def write_demo(folder: str | Path, *, per_class: int = 20, held_out: int = 5, se
     marker = root / MARKER
     if root.exists():
         if not marker.is_file():
-            raise UsageError(f"{root} exists and is not a tunewright demo folder (choose a new "
-                             "folder; nothing was written)")
+            raise UsageError(
+                f"{root} exists and is not a tunewright demo folder (choose a new "
+                "folder; nothing was written)"
+            )
         if json.loads(marker.read_text(encoding="utf-8")) == settings and not overwrite:
             return DemoPaths(root)
         if not overwrite:
-            raise UsageError(f"{root} holds a demo written with other settings "
-                             f"({marker.read_text(encoding='utf-8').strip()}); pass overwrite=True "
-                             "or choose another folder")
+            raise UsageError(
+                f"{root} holds a demo written with other settings "
+                f"({marker.read_text(encoding='utf-8').strip()}); pass overwrite=True "
+                "or choose another folder"
+            )
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
@@ -334,5 +371,16 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["write_demo", "DemoPaths", "bad_images", "decompression_bomb", "huge_header_png", "heic_header",
-           "exif_rotated_jpeg", "animated", "PHOTOS", "QUESTION", "MARKER"]
+__all__ = [
+    "write_demo",
+    "DemoPaths",
+    "bad_images",
+    "decompression_bomb",
+    "huge_header_png",
+    "heic_header",
+    "exif_rotated_jpeg",
+    "animated",
+    "PHOTOS",
+    "QUESTION",
+    "MARKER",
+]

@@ -82,8 +82,11 @@ def tile_boxes(size: Size, tile: int = TILE) -> list[Box]:
     """The ``(left, top, right, bottom)`` boxes of the high-detail tiles, in the coordinates of
     :func:`high_size`, row by row."""
     width, height = high_size(size)
-    return [(left, top, min(left + tile, width), min(top + tile, height))
-            for top in range(0, height, tile) for left in range(0, width, tile)]
+    return [
+        (left, top, min(left + tile, width), min(top + tile, height))
+        for top in range(0, height, tile)
+        for left in range(0, width, tile)
+    ]
 
 
 def view_sizes(size: Size, detail: str | None) -> list[Size]:
@@ -92,7 +95,9 @@ def view_sizes(size: Size, detail: str | None) -> list[Size]:
     overview = low_size(size)
     if detail == "low":
         return [overview]
-    return [overview] + [(right - left, bottom - top) for left, top, right, bottom in tile_boxes(size)]
+    return [overview] + [
+        (right - left, bottom - top) for left, top, right, bottom in tile_boxes(size)
+    ]
 
 
 def view_count(size: Size, detail: str | None) -> int:
@@ -143,13 +148,35 @@ def views(image: Image.Image, detail: str | None) -> list[Image.Image]:
 def detail_costs(size: Size, detail: Any = None) -> dict[str, dict[str, int]]:
     """Views, pixels and image tokens of one image at low, at high and at ``detail`` (as set):
     ``{"low": {...}, "high": {...}, "as_set": {...}}``, each ``{"views", "pixels", "tokens"}``."""
+
     def cost(d: str | None) -> dict[str, int]:
-        return {"views": view_count(size, d), "pixels": view_pixels(size, d), "tokens": image_tokens(size, d)}
+        return {
+            "views": view_count(size, d),
+            "pixels": view_pixels(size, d),
+            "tokens": image_tokens(size, d),
+        }
 
     return {"low": cost("low"), "high": cost("high"), "as_set": cost(detail)}
 
 
-__all__ = ["resolve_detail", "fit_within", "low_size", "high_size", "tile_boxes", "view_sizes",
-           "view_count", "view_pixels", "image_tokens", "views", "low_view", "resize_to",
-           "detail_costs", "LOW_SIZE", "HIGH_FIT", "HIGH_SHORT_SIDE", "TILE", "LOW_TOKENS",
-           "TILE_TOKENS"]
+__all__ = [
+    "resolve_detail",
+    "fit_within",
+    "low_size",
+    "high_size",
+    "tile_boxes",
+    "view_sizes",
+    "view_count",
+    "view_pixels",
+    "image_tokens",
+    "views",
+    "low_view",
+    "resize_to",
+    "detail_costs",
+    "LOW_SIZE",
+    "HIGH_FIT",
+    "HIGH_SHORT_SIDE",
+    "TILE",
+    "LOW_TOKENS",
+    "TILE_TOKENS",
+]

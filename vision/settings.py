@@ -39,18 +39,25 @@ class VisionSettings(Section):
     max_image_bytes: int = Field(10_000_000, ge=1, description="bytes per image (OpenAI: 10 MB)")
     max_example_bytes: int = Field(10_000_000, ge=1, description="bytes of images per example")
     max_pixels: int = Field(
-        PILLOW_MAX_PIXELS, ge=1, le=2 * PILLOW_MAX_PIXELS,
+        PILLOW_MAX_PIXELS,
+        ge=1,
+        le=2 * PILLOW_MAX_PIXELS,
         description="width x height above which an image is refused as a decompression bomb, "
-                    "read from its header before it is decoded")
+        "read from its header before it is decoded",
+    )
     detail: Detail | None = Field(
-        None, description="low, high or auto for every image of the job, over each image's own "
-                          "detail; null: each image's detail, auto where it names none")
+        None,
+        description="low, high or auto for every image of the job, over each image's own "
+        "detail; null: each image's detail, auto where it names none",
+    )
     allow_remote: bool = Field(False, description="fetch http(s) image URLs (off: refused)")
     remote_timeout: float = Field(10.0, gt=0, le=300, description="seconds allowed per fetch")
     screening: bool = Field(True, description="let content-screening plugins exclude images")
     on_refused: Literal["exclude", "error"] = Field(
-        "exclude", description="exclude: a refused image costs its example only and the job goes "
-                               "on; error: a refused image stops the job before training")
+        "exclude",
+        description="exclude: a refused image costs its example only and the job goes "
+        "on; error: a refused image stops the job before training",
+    )
 
 
 DEFAULT_SETTINGS = VisionSettings()
@@ -81,5 +88,11 @@ def settings_of(config: Any) -> VisionSettings:
     return VisionSettings(**section.model_dump())
 
 
-__all__ = ["VisionSettings", "settings_of", "DEFAULT_SETTINGS", "PILLOW_MAX_PIXELS", "Detail",
-           "DETAILS"]
+__all__ = [
+    "VisionSettings",
+    "settings_of",
+    "DEFAULT_SETTINGS",
+    "PILLOW_MAX_PIXELS",
+    "Detail",
+    "DETAILS",
+]

@@ -10,7 +10,8 @@ the engine as its ``summarize(examples)`` and ``render_summary(summary)``.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from .checks import ImageProblem, inspect_example
 from .detail import detail_costs, resolve_detail
@@ -20,8 +21,13 @@ from .settings import settings_of
 _COSTS = ("views", "pixels", "tokens")
 
 
-def summarize(examples: Sequence[Any], config: Any = None, *,
-              locations: Sequence[str] | None = None, problems: Iterable[Any] = ()) -> dict:
+def summarize(
+    examples: Sequence[Any],
+    config: Any = None,
+    *,
+    locations: Sequence[str] | None = None,
+    problems: Iterable[Any] = (),
+) -> dict:
     """Facts about the images of ``examples`` (see the module docstring) as a JSON-ready dict;
     ``{"images": 0}`` when no example has an image. ``locations`` (``file:line`` per example) let
     relative paths resolve for examples that do not carry their folder. ``problems``: what else
@@ -31,8 +37,11 @@ def summarize(examples: Sequence[Any], config: Any = None, *,
     settings = settings_of(config)
     barred: dict[str, dict[int, str]] = {}
     for problem in problems:
-        if (isinstance(problem, ImageProblem) and problem.image is not None
-                and problem.severity in ("error", "excluded")):
+        if (
+            isinstance(problem, ImageProblem)
+            and problem.image is not None
+            and problem.severity in ("error", "excluded")
+        ):
             barred.setdefault(problem.location, {}).setdefault(problem.image, problem.reason)
     formats: Counter = Counter()
     converted: Counter = Counter()
@@ -50,7 +59,11 @@ def summarize(examples: Sequence[Any], config: Any = None, *,
         with_images += 1
         images += len(found.refs)
         passed = {item.ref.number for item in found.images}
-        others = {number: reason for number, reason in barred.get(location, {}).items() if number in passed}
+        others = {
+            number: reason
+            for number, reason in barred.get(location, {}).items()
+            if number in passed
+        }
         if found.problems or others:
             refused_examples += 1
         for problem in found.problems:
@@ -88,14 +101,25 @@ def summarize(examples: Sequence[Any], config: Any = None, *,
         "converted": dict(converted.most_common()),
         "oriented": oriented,
         "bytes": {"total": total_bytes, "max": max_bytes},
-        "refused": {"images": len(refused_images), "examples": refused_examples,
-                    "reasons": dict(reasons.most_common())},
+        "refused": {
+            "images": len(refused_images),
+            "examples": refused_examples,
+            "reasons": dict(reasons.most_common()),
+        },
         "detail": {"low": details["low"], "high": details["high"]},
         "costs": costs,
     }
     if widths:
-        summary["width"] = {"min": min(widths), "max": max(widths), "mean": round(sum(widths) / len(widths), 1)}
-        summary["height"] = {"min": min(heights), "max": max(heights), "mean": round(sum(heights) / len(heights), 1)}
+        summary["width"] = {
+            "min": min(widths),
+            "max": max(widths),
+            "mean": round(sum(widths) / len(widths), 1),
+        }
+        summary["height"] = {
+            "min": min(heights),
+            "max": max(heights),
+            "mean": round(sum(heights) / len(heights), 1),
+        }
     return summary
 
 
@@ -112,12 +136,16 @@ def render_summary(summary: dict) -> list[str]:
     lines = []
     accepted = summary["accepted"]
     formats = ", ".join(f"{name} {count:,}" for name, count in summary["formats"].items())
-    head = (f"images: {summary['images']:,} in {_plural(summary['examples_with_images'], 'example')}, "
-            f"{accepted:,} accepted" + (f" ({formats})" if formats else ""))
+    head = (
+        f"images: {summary['images']:,} in {_plural(summary['examples_with_images'], 'example')}, "
+        f"{accepted:,} accepted" + (f" ({formats})" if formats else "")
+    )
     if "width" in summary:
         w, h = summary["width"], summary["height"]
-        head += (f", {w['min']}x{h['min']} to {w['max']}x{h['max']} (mean {w['mean']:g}x{h['mean']:g})"
-                 f", {_bytes(summary['bytes']['total'])}")
+        head += (
+            f", {w['min']}x{h['min']} to {w['max']}x{h['max']} (mean {w['mean']:g}x{h['mean']:g})"
+            f", {_bytes(summary['bytes']['total'])}"
+        )
     lines.append(head)
     if summary["converted"] or summary["oriented"]:
         modes = ", ".join(f"{mode} {count:,}" for mode, count in summary["converted"].items())
@@ -129,21 +157,31 @@ def render_summary(summary: dict) -> list[str]:
         lines.append("  " + "; ".join(parts))
     refused = summary["refused"]
     if refused["reasons"]:
-        why = ", ".join(f"{REASONS.get(code, code)} {count:,}" for code, count in refused["reasons"].items())
-        lines.append(f"  refused: {_plural(refused['images'], 'image')} in "
-                     f"{_plural(refused['examples'], 'example')} ({why})")
+        why = ", ".join(
+            f"{REASONS.get(code, code)} {count:,}" for code, count in refused["reasons"].items()
+        )
+        lines.append(
+            f"  refused: {_plural(refused['images'], 'image')} in "
+            f"{_plural(refused['examples'], 'example')} ({why})"
+        )
     if accepted:
         costs = summary["costs"]
         detail = summary["detail"]
-        lines.append(f"  detail: low {detail['low']:,}, high {detail['high']:,} (as set; auto: low when "
-                     "an image fits within 512x512)")
+        lines.append(
+            f"  detail: low {detail['low']:,}, high {detail['high']:,} (as set; auto: low when "
+            "an image fits within 512x512)"
+        )
         low, high, as_set = costs["low"], costs["high"], costs["as_set"]
         ratio = high["pixels"] / low["pixels"] if low["pixels"] else 0.0
-        lines.append(f"  reaching the model: {_count(as_set['pixels'])} pixels in {as_set['views']:,} views as set; "
-                     f"{_count(low['pixels'])} at low detail, {_count(high['pixels'])} at high "
-                     f"({ratio:.1f}x more)")
-        lines.append(f"  image tokens (OpenAI's count): {as_set['tokens']:,} as set; {low['tokens']:,} at low, "
-                     f"{high['tokens']:,} at high")
+        lines.append(
+            f"  reaching the model: {_count(as_set['pixels'])} pixels in {as_set['views']:,} views as set; "
+            f"{_count(low['pixels'])} at low detail, {_count(high['pixels'])} at high "
+            f"({ratio:.1f}x more)"
+        )
+        lines.append(
+            f"  image tokens (OpenAI's count): {as_set['tokens']:,} as set; {low['tokens']:,} at low, "
+            f"{high['tokens']:,} at high"
+        )
     return lines
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from .checks import READING_KEYS, SOURCE_KEY, example_root, image_refs, local_path
 from .settings import settings_of
 
+
 def job_root(config: Any) -> str | None:
     """The one folder that holds every data file of a job config (``data.train``, and
     ``data.validation``/``data.test`` where they are files), or ``None`` when there is no config
@@ -31,15 +32,20 @@ def job_root(config: Any) -> str | None:
     if data is None:
         return None
     folders = set()
-    for value in (getattr(data, "train", None), getattr(data, "validation", None), getattr(data, "test", None)):
+    for value in (
+        getattr(data, "train", None),
+        getattr(data, "validation", None),
+        getattr(data, "test", None),
+    ):
         if isinstance(value, str):
             path = Path(value)
             folders.add(os.path.abspath(path if path.is_dir() else path.parent))
     return folders.pop() if len(folders) == 1 else None
 
 
-def prepare_example(example: Any, config: Any = None, *, location: str | None = None,
-                    root: str | Path | None = None) -> Any:
+def prepare_example(
+    example: Any, config: Any = None, *, location: str | None = None, root: str | Path | None = None
+) -> Any:
     """The example with ``image_source`` and the job's detail written in (see the module
     docstring); an example without images comes back unchanged (the same object). The folder is,
     in this order: what the example carries already (an image dataset format wrote it), ``root``,
@@ -50,7 +56,9 @@ def prepare_example(example: Any, config: Any = None, *, location: str | None = 
         return example
     settings = settings_of(config)
     result = dict(example)
-    source = dict(example.get(SOURCE_KEY) or {}) if isinstance(example.get(SOURCE_KEY), dict) else {}
+    source = (
+        dict(example.get(SOURCE_KEY) or {}) if isinstance(example.get(SOURCE_KEY), dict) else {}
+    )
     if "root" not in source:
         if root is not None:
             found = os.path.abspath(root)

@@ -19,17 +19,50 @@ CLI is not installed.
 from __future__ import annotations
 
 from .bench import bench_bundle, bench_predictor, peak_memory_mb
-from .bundle import FORMAT_VERSION, MANIFEST, BundleError, check_files, open_bundle, read_manifest, sha256_file
-from .predictors import (GenAIGenerator, Generator, ImageClassifier, OnnxPredictor, TextClassifier, make_session)
+from .bundle import (
+    FORMAT_VERSION,
+    MANIFEST,
+    BundleError,
+    check_files,
+    open_bundle,
+    read_manifest,
+    sha256_file,
+)
+from .predictors import (
+    GenAIGenerator,
+    Generator,
+    ImageClassifier,
+    OnnxPredictor,
+    TextClassifier,
+    make_session,
+)
 from .protocol import Inputs, Predictor, PredictorOptions
 from .registry import builtin_predictors, find_predictor, load_bundle, predictor_for
 from .verify import verify_bundle
 
-
 __all__ = [
-    "load_bundle", "verify_bundle", "bench_bundle", "bench_predictor", "peak_memory_mb", "open_bundle",
-    "read_manifest", "check_files", "sha256_file", "BundleError", "FORMAT_VERSION", "MANIFEST",
-    "Predictor", "PredictorOptions", "Inputs", "find_predictor", "builtin_predictors", "predictor_for",
-    "make_session", "OnnxPredictor",
-    "TextClassifier", "ImageClassifier", "Generator", "GenAIGenerator",
+    "load_bundle",
+    "verify_bundle",
+    "bench_bundle",
+    "bench_predictor",
+    "peak_memory_mb",
+    "open_bundle",
+    "read_manifest",
+    "check_files",
+    "sha256_file",
+    "BundleError",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "Predictor",
+    "PredictorOptions",
+    "Inputs",
+    "find_predictor",
+    "builtin_predictors",
+    "predictor_for",
+    "make_session",
+    "OnnxPredictor",
+    "TextClassifier",
+    "ImageClassifier",
+    "Generator",
+    "GenAIGenerator",
 ]

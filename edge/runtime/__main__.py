@@ -10,15 +10,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from tunewright import TunewrightError
 
 from . import BundleError, bench_bundle, load_bundle, verify_bundle
 
 
-def run_bundle(folder, inputs: list[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
-               seed: int | None = None, as_chat: bool = True, images: Sequence[str] = (), pm: Any = None) -> list:
+def run_bundle(
+    folder,
+    inputs: list[str],
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    as_chat: bool = True,
+    images: Sequence[str] = (),
+    pm: Any = None,
+) -> list:
     """Predict for each input (texts, image paths, or prompts; an image+text bundle shows each
     prompt ``images`` first); returns JSON-ready results. Raises :class:`BundleError` for
     ``images`` given to a bundle that takes none beside its inputs. ``pm``: the plugin manager
@@ -31,13 +41,21 @@ def run_bundle(folder, inputs: list[str], *, max_new_tokens: int = 64, temperatu
         if not takes_images(predictor.run):
             raise BundleError(images_refused(predictor))
         extra["images"] = list(images)
-    return predictor.run(list(inputs), max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                         raw=not as_chat, **extra)
+    return predictor.run(
+        list(inputs),
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        raw=not as_chat,
+        **extra,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tunewright.edge.runtime",
-                                     description="Run, time or verify a tunewright bundle without torch.")
+    parser = argparse.ArgumentParser(
+        prog="python -m tunewright.edge.runtime",
+        description="Run, time or verify a tunewright bundle without torch.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="predict for texts, image paths or prompts")
     run.add_argument("bundle")
@@ -45,9 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--max-new-tokens", type=int, default=64)
     run.add_argument("--temperature", type=float, default=0.0)
     run.add_argument("--seed", type=int, default=None)
-    run.add_argument("--raw", action="store_true", help="generation: use the prompt as is, no chat format")
-    run.add_argument("--image", action="append", default=[], metavar="PATH",
-                     help="image+text bundles: an image shown before each prompt (repeat for several)")
+    run.add_argument(
+        "--raw", action="store_true", help="generation: use the prompt as is, no chat format"
+    )
+    run.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="image+text bundles: an image shown before each prompt (repeat for several)",
+    )
     bench = commands.add_parser("bench", help="latency p50/p95, throughput, peak memory")
     bench.add_argument("bundle")
     bench.add_argument("--tokens", type=int, default=16)
@@ -55,21 +80,46 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--runs", type=int, default=50)
     bench.add_argument("--new-tokens", type=int, default=64)
     bench.add_argument("--threads", type=int, default=None)
-    bench.add_argument("--image", action="append", default=[], metavar="PATH",
-                       help="image+text bundles: time prompts that show this image (default: one of noise)")
-    verify = commands.add_parser("verify", help="check hashes and rerun the recorded parity examples")
+    bench.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="image+text bundles: time prompts that show this image (default: one of noise)",
+    )
+    verify = commands.add_parser(
+        "verify", help="check hashes and rerun the recorded parity examples"
+    )
     verify.add_argument("bundle")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
-            out = run_bundle(args.bundle, args.inputs, max_new_tokens=args.max_new_tokens,
-                             temperature=args.temperature, seed=args.seed, as_chat=not args.raw, images=args.image)
+            out = run_bundle(
+                args.bundle,
+                args.inputs,
+                max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature,
+                seed=args.seed,
+                as_chat=not args.raw,
+                images=args.image,
+            )
             print(json.dumps(out, indent=2, ensure_ascii=False))
             return 0
         if args.command == "bench":
-            print(json.dumps(bench_bundle(args.bundle, tokens=args.tokens, batch=args.batch, runs=args.runs,
-                                          new_tokens=args.new_tokens, threads=args.threads, images=args.image),
-                             indent=2))
+            print(
+                json.dumps(
+                    bench_bundle(
+                        args.bundle,
+                        tokens=args.tokens,
+                        batch=args.batch,
+                        runs=args.runs,
+                        new_tokens=args.new_tokens,
+                        threads=args.threads,
+                        images=args.image,
+                    ),
+                    indent=2,
+                )
+            )
             return 0
         report = verify_bundle(args.bundle)
         print(json.dumps(report, indent=2))

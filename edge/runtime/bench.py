@@ -10,8 +10,9 @@ import itertools
 import resource
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,8 +42,12 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     """p50, p95, mean and min of durations in seconds, as milliseconds."""
     values = np.asarray(seconds) * 1000
     # min beside the percentiles: on a shared machine it shows what the model costs without contention
-    return {"p50_ms": float(np.percentile(values, 50)), "p95_ms": float(np.percentile(values, 95)),
-            "mean_ms": float(values.mean()), "min_ms": float(values.min())}
+    return {
+        "p50_ms": float(np.percentile(values, 50)),
+        "p95_ms": float(np.percentile(values, 95)),
+        "mean_ms": float(values.mean()),
+        "min_ms": float(values.min()),
+    }
 
 
 def _time_logits(predictor, inputs, warmup: int, runs: int) -> list[float]:
@@ -65,25 +70,34 @@ def _time_generation(predictor, inputs, runs: int, new_tokens: int) -> dict[str,
     gaps: list[float] = []
     for _ in range(runs):
         start = time.perf_counter()
-        stamps = [time.perf_counter() for _token in predictor.stream(inputs, max_new_tokens=new_tokens,
-                                                                    stop_at_eos=False)]
+        stamps = [
+            time.perf_counter()
+            for _token in predictor.stream(inputs, max_new_tokens=new_tokens, stop_at_eos=False)
+        ]
         end = time.perf_counter()
         count = len(stamps)
         first = stamps[0] if stamps else end
-        gaps += [later - earlier for earlier, later in itertools.pairwise(stamps)]  # each token after the first
+        gaps += [
+            later - earlier for earlier, later in itertools.pairwise(stamps)
+        ]  # each token after the first
         firsts.append(first - start)
         totals.append(end - start)
         # tokens after the first, over the time after the first: the prompt's cost stays out
         rates.append((count - 1) / (end - first) if count > 1 else 0.0)
     rate = float(np.median(rates))
     figures: dict[str, Any] = {
-        "tokens_per_second": rate, "first_token_ms": float(np.median(firsts) * 1000),
-        "ms_per_token": 1000 / rate if rate else None, "total_s": float(np.median(totals)),
+        "tokens_per_second": rate,
+        "first_token_ms": float(np.median(firsts) * 1000),
+        "ms_per_token": 1000 / rate if rate else None,
+        "total_s": float(np.median(totals)),
         "first_token_p50_ms": float(np.percentile(firsts, 50) * 1000),
-        "first_token_p95_ms": float(np.percentile(firsts, 95) * 1000)}
+        "first_token_p95_ms": float(np.percentile(firsts, 95) * 1000),
+    }
     if gaps:
-        figures.update(token_p50_ms=float(np.percentile(gaps, 50) * 1000),
-                       token_p95_ms=float(np.percentile(gaps, 95) * 1000))
+        figures.update(
+            token_p50_ms=float(np.percentile(gaps, 50) * 1000),
+            token_p95_ms=float(np.percentile(gaps, 95) * 1000),
+        )
     return figures
 
 
@@ -99,12 +113,23 @@ def takes_images(method) -> bool:
 
 def images_refused(predictor) -> str:
     """The sentence for ``--image`` given to a predictor that takes no images beside its inputs."""
-    return (f"--image: a {predictor.task_kind} bundle takes no images beside its inputs (an image classifier "
-            "takes image paths as its inputs)")
+    return (
+        f"--image: a {predictor.task_kind} bundle takes no images beside its inputs (an image classifier "
+        "takes image paths as its inputs)"
+    )
 
 
-def bench_predictor(predictor, *, tokens: int = 16, batch: int = 1, runs: int = 50, warmup: int = 5,
-                    new_tokens: int = 64, prompt_tokens: int = 32, images: Sequence[Any] = ()) -> dict[str, Any]:
+def bench_predictor(
+    predictor,
+    *,
+    tokens: int = 16,
+    batch: int = 1,
+    runs: int = 50,
+    warmup: int = 5,
+    new_tokens: int = 64,
+    prompt_tokens: int = 32,
+    images: Sequence[Any] = (),
+) -> dict[str, Any]:
     """Time ``predictor`` on its own benchmark inputs.
 
     Classifiers: ``runs`` forward passes of ``batch`` x ``tokens`` after ``warmup``; p50/p95/mean/min
@@ -126,26 +151,40 @@ def bench_predictor(predictor, *, tokens: int = 16, batch: int = 1, runs: int = 
         runs = max(1, min(runs, 3))
         if "pixel_values" in inputs:
             figures["views"] = int(np.asarray(inputs["pixel_values"]).shape[0])
-        return {**figures, "prompt_tokens": int(inputs["input_ids"].shape[1]), "new_tokens": new_tokens,
-                "runs": runs, **_time_generation(predictor, inputs, runs, new_tokens)}
+        return {
+            **figures,
+            "prompt_tokens": int(inputs["input_ids"].shape[1]),
+            "new_tokens": new_tokens,
+            "runs": runs,
+            **_time_generation(predictor, inputs, runs, new_tokens),
+        }
     inputs = predictor.benchmark_inputs(batch=batch, tokens=tokens, **extra)
     seconds = _time_logits(predictor, inputs, warmup, runs)
     if "input_ids" in inputs:
         figures["tokens"] = int(inputs["input_ids"].shape[1])
-    return {**figures, "batch": batch, "runs": runs, **percentiles(seconds),
-            "examples_per_second": batch / float(np.median(seconds))}
+    return {
+        **figures,
+        "batch": batch,
+        "runs": runs,
+        **percentiles(seconds),
+        "examples_per_second": batch / float(np.median(seconds)),
+    }
 
 
 def bundle_size_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / (1024 * 1024)
 
 
-def bench_bundle(folder: str | Path, *, threads: int | None = None, pm: Any = None, **options) -> dict[str, Any]:
+def bench_bundle(
+    folder: str | Path, *, threads: int | None = None, pm: Any = None, **options
+) -> dict[str, Any]:
     """Load a bundle (hashes checked) and time it (:func:`bench_predictor`); figures in ms, MiB,
     per second, plus ``load_s``, ``size_mb`` and the process's ``peak_memory_mb``."""
     start = time.perf_counter()
     predictor = load_bundle(folder, threads=threads, pm=pm)
     load_s = time.perf_counter() - start
     figures = bench_predictor(predictor, **options)
-    figures.update(load_s=load_s, size_mb=bundle_size_mb(Path(folder)), peak_memory_mb=peak_memory_mb())
+    figures.update(
+        load_s=load_s, size_mb=bundle_size_mb(Path(folder)), peak_memory_mb=peak_memory_mb()
+    )
     return figures

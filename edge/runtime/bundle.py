@@ -50,15 +50,19 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     if not folder.is_dir():
         raise BundleError(f"{folder}: not a folder (a bundle is a folder with {MANIFEST})")
     if not path.is_file():
-        raise BundleError(f"{folder}: no {MANIFEST}; this is not a tunewright bundle "
-                          "(or its export failed and left nothing)")
+        raise BundleError(
+            f"{folder}: no {MANIFEST}; this is not a tunewright bundle "
+            "(or its export failed and left nothing)"
+        )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path}: not valid JSON ({exc}); the manifest was damaged") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise BundleError(f"{path}: 'format' is {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
-                          f"expected {FORMAT_NAME!r}")
+        raise BundleError(
+            f"{path}: 'format' is {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
+            f"expected {FORMAT_NAME!r}"
+        )
     version = manifest.get("format_version")
     if not isinstance(version, int):
         raise BundleError(f"{path}: 'format_version' is {version!r}, expected an integer")
@@ -66,7 +70,8 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise BundleError(
             f"{path}: bundle format version {version} is newer than this runtime reads "
             f"(up to {FORMAT_VERSION}); upgrade tunewright on this device, or export the bundle "
-            "again with this version")
+            "again with this version"
+        )
     return manifest
 
 
@@ -84,7 +89,9 @@ def check_files(folder: str | Path, manifest: dict) -> list[str]:
             problems.append(f"{name}: missing")
             continue
         if path.stat().st_size != entry.get("bytes"):
-            problems.append(f"{name}: {path.stat().st_size} bytes, the manifest says {entry.get('bytes')}")
+            problems.append(
+                f"{name}: {path.stat().st_size} bytes, the manifest says {entry.get('bytes')}"
+            )
         elif sha256_file(path) != entry.get("sha256"):
             problems.append(f"{name}: sha256 differs from the manifest (the file was changed)")
     for path in sorted(folder.rglob("*")):

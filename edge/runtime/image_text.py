@@ -18,8 +18,9 @@ resized and normalised as the model's image processor did (its settings are in t
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -40,8 +41,12 @@ def geometry() -> dict[str, int]:
     """The detail geometry the views follow (recorded in a bundle's manifest)."""
     from tunewright.vision import detail
 
-    return {"low_side": detail.LOW_SIZE, "high_fit": detail.HIGH_FIT,
-            "high_short_side": detail.HIGH_SHORT_SIDE, "tile": detail.TILE}
+    return {
+        "low_side": detail.LOW_SIZE,
+        "high_fit": detail.HIGH_FIT,
+        "high_short_side": detail.HIGH_SHORT_SIDE,
+        "tile": detail.TILE,
+    }
 
 
 def view_settings(job_detail: str | None = None) -> dict[str, Any]:
@@ -54,12 +59,17 @@ def check_views(recorded: Mapping[str, Any], folder: Any = "") -> None:
     """Raise :class:`BundleError` when this tunewright would cut views other than the ones the
     bundle's model was trained on (its recorded geometry differs)."""
     current = geometry()
-    differs = {key: (recorded.get(key), value) for key, value in current.items()
-               if key in recorded and recorded.get(key) != value}
+    differs = {
+        key: (recorded.get(key), value)
+        for key, value in current.items()
+        if key in recorded and recorded.get(key) != value
+    }
     if differs:
         said = ", ".join(f"{key} {was} (here {now})" for key, (was, now) in differs.items())
-        raise BundleError(f"{folder}: the bundle's model was trained on views cut with {said}; this "
-                          "tunewright cuts them otherwise: run it with the tunewright version that made it")
+        raise BundleError(
+            f"{folder}: the bundle's model was trained on views cut with {said}; this "
+            "tunewright cuts them otherwise: run it with the tunewright version that made it"
+        )
 
 
 def image_views(image, detail: str | None, job_detail: str | None = None) -> list:
@@ -67,7 +77,10 @@ def image_views(image, detail: str | None, job_detail: str | None = None) -> lis
     (the job's ``vision.detail``) wins over the image's own, as it did in training."""
     from tunewright.vision import views
 
-    return [view if view.mode == "RGB" else view.convert("RGB") for view in views(image, job_detail or detail)]
+    return [
+        view if view.mode == "RGB" else view.convert("RGB")
+        for view in views(image, job_detail or detail)
+    ]
 
 
 def pixel_values(views: Sequence[Any], image: dict) -> np.ndarray:
@@ -109,7 +122,9 @@ def open_image(source: Any):
     except ImageRefused as exc:
         raise BundleError(f"image {str(source)[:80]}: {exc}") from None
     except OSError as exc:
-        raise BundleError(f"image {str(source)[:80]}: cannot be read ({exc.strerror or exc})") from None
+        raise BundleError(
+            f"image {str(source)[:80]}: cannot be read ({exc.strerror or exc})"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,7 +165,9 @@ class ImageTextGenerator:
         self.decoder = make_session(self.folder / model["file"], threads=threads)
         embeddings = self.folder / model["embeddings_file"]
         if not embeddings.is_file():
-            raise BundleError(f"{folder}: the manifest names {model['embeddings_file']!r}, which is missing")
+            raise BundleError(
+                f"{folder}: the manifest names {model['embeddings_file']!r}, which is missing"
+            )
         if model.get("embeddings_dtype", "float32") == "int8-rows":
             with np.load(embeddings, allow_pickle=False) as data:
                 self.embeddings = data["weight"]  # (vocab, D) int8
@@ -163,14 +180,18 @@ class ImageTextGenerator:
         inputs = self.decoder.get_inputs()
         self.input_names = [i.name for i in inputs]
         self.past_inputs = [i for i in inputs if i.name.startswith("past_key_values")]
-        self.present_names = [i.name.replace("past_key_values", "present") for i in self.past_inputs]
+        self.present_names = [
+            i.name.replace("past_key_values", "present") for i in self.past_inputs
+        ]
         self.uses_position_ids = "position_ids" in self.input_names
 
     # -- pieces ---------------------------------------------------------------------------------
 
     def image_features(self, pixels: np.ndarray) -> np.ndarray:
         """(V, 3, S, S) -> (V, N, D)."""
-        return self.vision.run(None, {self.vision.get_inputs()[0].name: pixels.astype(np.float32)})[0]
+        return self.vision.run(None, {self.vision.get_inputs()[0].name: pixels.astype(np.float32)})[
+            0
+        ]
 
     def embed(self, ids: Sequence[int] | np.ndarray, pixels: np.ndarray | None) -> np.ndarray:
         """Input embeddings (1, T, D) of ``ids`` with the ``<image>`` rows replaced, in order, by
@@ -182,11 +203,15 @@ class ImageTextGenerator:
         slots = np.flatnonzero(ids == self.image_token_id)
         if slots.size:
             if pixels is None:
-                raise ValueError(f"the prompt holds {slots.size} image tokens but no image was given")
+                raise ValueError(
+                    f"the prompt holds {slots.size} image tokens but no image was given"
+                )
             features = self.image_features(pixels).reshape(-1, embeds.shape[-1])  # (V*N, D)
             if features.shape[0] != slots.size:
-                raise ValueError(f"{slots.size} image tokens in the prompt, {features.shape[0]} image "
-                                 "features from the views")
+                raise ValueError(
+                    f"{slots.size} image tokens in the prompt, {features.shape[0]} image "
+                    "features from the views"
+                )
             embeds[slots] = features
         return embeds[None]
 
@@ -201,7 +226,11 @@ class ImageTextGenerator:
     def step(self, embeds: np.ndarray, past: dict[str, np.ndarray], past_length: int):
         """Run new positions ``embeds`` (1, T, D) after ``past_length`` cached ones."""
         total = past_length + embeds.shape[1]
-        feeds = {"inputs_embeds": embeds, "attention_mask": np.ones((1, total), dtype=np.int64), **past}
+        feeds = {
+            "inputs_embeds": embeds,
+            "attention_mask": np.ones((1, total), dtype=np.int64),
+            **past,
+        }
         if self.uses_position_ids:
             feeds["position_ids"] = np.arange(past_length, total, dtype=np.int64)[None]
         outputs = self.decoder.run(["logits", *self.present_names], feeds)
@@ -220,7 +249,7 @@ class ImageTextGenerator:
         for row in range(ids.shape[0]):
             length = int(mask[row].sum())
             views = int((ids[row, :length] == self.image_token_id).sum()) // self.tokens_per_view
-            mine = pixels[start: start + views] if views and pixels is not None else None
+            mine = pixels[start : start + views] if views and pixels is not None else None
             start += views
             logits, _ = self.step(self.embed(ids[row, :length], mine), self.empty_past(), 0)
             padded = np.zeros((width, logits.shape[-1]), dtype=np.float32)
@@ -229,7 +258,9 @@ class ImageTextGenerator:
         return np.stack(rows)
 
     @staticmethod
-    def _prompt(prompt: Inputs | Sequence[int], pixel_values: np.ndarray | None) -> tuple[list[int], np.ndarray | None]:
+    def _prompt(
+        prompt: Inputs | Sequence[int], pixel_values: np.ndarray | None
+    ) -> tuple[list[int], np.ndarray | None]:
         """Token ids and pixel values of a prompt given as model inputs (batch 1) or as ids."""
         if isinstance(prompt, Mapping):
             ids = np.asarray(prompt["input_ids"])
@@ -239,8 +270,12 @@ class ImageTextGenerator:
             return [int(i) for i in ids.reshape(-1)], pixels
         return [int(i) for i in prompt], pixel_values
 
-    def teacher_forced_logits(self, prompt: Inputs | Sequence[int], continuation: Sequence[int],
-                              pixel_values: np.ndarray | None = None) -> np.ndarray:
+    def teacher_forced_logits(
+        self,
+        prompt: Inputs | Sequence[int],
+        continuation: Sequence[int],
+        pixel_values: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Logits predicting each token of ``continuation`` (len, vocab): the prompt (with its
         images: ``pixel_values`` in the inputs, or given beside plain ids) in one pass, then one
         token at a time through the cache, as generation runs."""
@@ -273,23 +308,39 @@ class ImageTextGenerator:
                         text.append(part.get("text", ""))
                     elif part.get("type") == "image_url":
                         spec = part.get("image_url") or {}
-                        mine = image_views(open_image(spec.get("url")), spec.get("detail"),
-                                           self.views.get("detail"))
+                        mine = image_views(
+                            open_image(spec.get("url")),
+                            spec.get("detail"),
+                            self.views.get("detail"),
+                        )
                         views += mine
                         text.append(marker * len(mine))
                     else:
-                        raise BundleError(f"content part {part.get('type')!r} is not text or image_url")
+                        raise BundleError(
+                            f"content part {part.get('type')!r} is not text or image_url"
+                        )
                 content = "".join(text)
             rendered.append({"role": message.get("role"), "content": content})
-        ids = self.codec.encode(self.codec.render_chat(rendered), add_special_tokens=False, truncate=False)
+        ids = self.codec.encode(
+            self.codec.render_chat(rendered), add_special_tokens=False, truncate=False
+        )
         expanded: list[int] = []
         for token in ids:
             expanded += [token] * self.tokens_per_view if token == self.image_token_id else [token]
         pixels = pixel_values(views, self.pre["image"]) if views else None
         return expanded, pixels
 
-    def stream(self, inputs: Inputs, *, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
-               top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True) -> Iterator[int]:
+    def stream(
+        self,
+        inputs: Inputs,
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_at_eos: bool = True,
+    ) -> Iterator[int]:
         """Tokens after the prompt (``input_ids`` (1, T), ``pixel_values``), through the KV cache:
         greedy at ``temperature`` 0, else sampled (``top_k``, ``top_p``, ``seed``)."""
         prompt_ids, pixels = self._prompt(inputs, None)
@@ -304,29 +355,55 @@ class ImageTextGenerator:
             logits, past = self.step(self.embed([token], None), past, length)
             length += 1
 
-    def generate_ids(self, prompt_ids: Sequence[int], pixel_values: np.ndarray | None = None, *,
-                     max_new_tokens: int = 64, stop_at_eos: bool = True, **options: Any) -> Iterator[int]:
+    def generate_ids(
+        self,
+        prompt_ids: Sequence[int],
+        pixel_values: np.ndarray | None = None,
+        *,
+        max_new_tokens: int = 64,
+        stop_at_eos: bool = True,
+        **options: Any,
+    ) -> Iterator[int]:
         """:meth:`stream` from plain ids and the pixel values of their images."""
         inputs = {"input_ids": np.asarray([list(prompt_ids)], dtype=np.int64)}
         if pixel_values is not None:
             inputs["pixel_values"] = pixel_values
-        return self.stream(inputs, max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos, **options)
+        return self.stream(
+            inputs, max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos, **options
+        )
 
-    def messages(self, text: str, images: Sequence[Any] = (), detail: str | None = None) -> list[dict]:
+    def messages(
+        self, text: str, images: Sequence[Any] = (), detail: str | None = None
+    ) -> list[dict]:
         """One user turn: the ``images`` (paths, data URLs or PIL images) then ``text``."""
-        parts: list[dict] = [{"type": "image_url", "image_url": {"url": image, **({"detail": detail} if detail else {})}}
-                             for image in images]
+        parts: list[dict] = [
+            {
+                "type": "image_url",
+                "image_url": {"url": image, **({"detail": detail} if detail else {})},
+            }
+            for image in images
+        ]
         return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
 
-    def generate(self, messages: list[dict] | str, *, max_new_tokens: int = 64, images: Sequence[Any] = (),
-                 **options: Any) -> str:
+    def generate(
+        self,
+        messages: list[dict] | str,
+        *,
+        max_new_tokens: int = 64,
+        images: Sequence[Any] = (),
+        **options: Any,
+    ) -> str:
         """The reply to chat ``messages`` with their images, or to one user text with ``images``."""
         if isinstance(messages, str):
             messages = self.messages(messages, images)
         ids, pixels = self.encode(messages)
-        return self.codec.decode(list(self.generate_ids(ids, pixels, max_new_tokens=max_new_tokens, **options)))
+        return self.codec.decode(
+            list(self.generate_ids(ids, pixels, max_new_tokens=max_new_tokens, **options))
+        )
 
-    def benchmark_inputs(self, *, batch: int = 1, tokens: int = 32, images: Sequence[Any] = ()) -> dict[str, np.ndarray]:
+    def benchmark_inputs(
+        self, *, batch: int = 1, tokens: int = 32, images: Sequence[Any] = ()
+    ) -> dict[str, np.ndarray]:
         """A prompt of about ``tokens`` text tokens after ``images`` (default: one 256 x 256 image of
         noise, one view at low detail), as model inputs (batch 1)."""
         if not images:
@@ -334,21 +411,48 @@ class ImageTextGenerator:
 
             noise = np.random.default_rng(0).random((256, 256, 3)) * 255
             images = [Image.fromarray(noise.astype(np.uint8))]
-        words = self.codec.decode(self.codec.encode(SAMPLE_TEXT, add_special_tokens=False, truncate=False)[:tokens])
+        words = self.codec.decode(
+            self.codec.encode(SAMPLE_TEXT, add_special_tokens=False, truncate=False)[:tokens]
+        )
         ids, pixels = self.encode(self.messages(words, images))
         inputs = {"input_ids": np.asarray([ids], dtype=np.int64)}
         if pixels is not None:
             inputs["pixel_values"] = pixels
         return inputs
 
-    def run(self, inputs: Sequence[str], *, images: Sequence[Any] = (), max_new_tokens: int = 64,
-            temperature: float = 0.0, seed: int | None = None, **options: Any) -> list[dict[str, Any]]:
+    def run(
+        self,
+        inputs: Sequence[str],
+        *,
+        images: Sequence[Any] = (),
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        **options: Any,
+    ) -> list[dict[str, Any]]:
         """One reply per prompt in ``inputs``, each prompt shown ``images`` (paths) first."""
-        return [{"prompt": text, "images": [str(image) for image in images],
-                 "reply": self.generate(text, images=images, max_new_tokens=max_new_tokens,
-                                        temperature=temperature, seed=seed)}
-                for text in inputs]
+        return [
+            {
+                "prompt": text,
+                "images": [str(image) for image in images],
+                "reply": self.generate(
+                    text,
+                    images=images,
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    seed=seed,
+                ),
+            }
+            for text in inputs
+        ]
 
 
-__all__ = ["ImageTextGenerator", "image_views", "pixel_values", "open_image", "geometry", "view_settings",
-           "check_views"]
+__all__ = [
+    "ImageTextGenerator",
+    "image_views",
+    "pixel_values",
+    "open_image",
+    "geometry",
+    "view_settings",
+    "check_views",
+]

@@ -17,17 +17,44 @@ No torch, no transformers.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 #: settings that change nothing this runtime does when they have these values
-_HARMLESS = {"do_reduce_labels": (False, None), "do_convert_rgb": (True, None, False), "do_pad": (False, None),
-             "crop_pct": (None,), "do_flip_channel_order": (False, None)}
-_KNOWN = {"do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
-          "do_normalize", "image_mean", "image_std", "image_processor_type", "processor_class",
-          "_processor_class", "input_data_format", "data_format", "default_to_square", "return_tensors",
-          "device", "disable_grouping", "_valid_processor_keys", "model_input_names", "auto_map", "image_seq_length"}
+_HARMLESS = {
+    "do_reduce_labels": (False, None),
+    "do_convert_rgb": (True, None, False),
+    "do_pad": (False, None),
+    "crop_pct": (None,),
+    "do_flip_channel_order": (False, None),
+}
+_KNOWN = {
+    "do_resize",
+    "size",
+    "resample",
+    "do_center_crop",
+    "crop_size",
+    "do_rescale",
+    "rescale_factor",
+    "do_normalize",
+    "image_mean",
+    "image_std",
+    "image_processor_type",
+    "processor_class",
+    "_processor_class",
+    "input_data_format",
+    "data_format",
+    "default_to_square",
+    "return_tensors",
+    "device",
+    "disable_grouping",
+    "_valid_processor_keys",
+    "model_input_names",
+    "auto_map",
+    "image_seq_length",
+}
 
 
 class UnsupportedProcessor(ValueError):
@@ -45,7 +72,9 @@ def image_settings(processor: Any) -> dict[str, Any]:
     for key, value in config.items():
         if key in _HARMLESS:
             if value not in _HARMLESS[key]:
-                raise UnsupportedProcessor(f"{name}: {key}={value!r} is not reproduced by the edge runtime")
+                raise UnsupportedProcessor(
+                    f"{name}: {key}={value!r} is not reproduced by the edge runtime"
+                )
         elif key not in _KNOWN and key.startswith("do_") and value:
             raise UnsupportedProcessor(f"{name}: {key} is not reproduced by the edge runtime")
     size = dict(config.get("size") or {})
@@ -54,25 +83,37 @@ def image_settings(processor: Any) -> dict[str, Any]:
     elif set(size) == {"height", "width"}:
         resize = {"height": int(size["height"]), "width": int(size["width"])}
     else:
-        raise UnsupportedProcessor(f"{name}: size {size!r} is not reproduced by the edge runtime (allowed: "
-                                   "{height, width} or {shortest_edge})")
+        raise UnsupportedProcessor(
+            f"{name}: size {size!r} is not reproduced by the edge runtime (allowed: "
+            "{height, width} or {shortest_edge})"
+        )
     crop = None
     if config.get("do_center_crop"):
         crop_size = dict(config.get("crop_size") or {})
         if set(crop_size) != {"height", "width"}:
             raise UnsupportedProcessor(f"{name}: crop_size {crop_size!r} needs height and width")
         crop = {"height": int(crop_size["height"]), "width": int(crop_size["width"])}
-        smallest = (resize["shortest_edge"],) * 2 if "shortest_edge" in resize else (resize["height"], resize["width"])
-        if config.get("do_resize", True) and (crop["height"] > smallest[0] or crop["width"] > smallest[1]):
-            raise UnsupportedProcessor(f"{name}: a crop of {crop} larger than the resized image pads it, which "
-                                       "the edge runtime does not reproduce")
+        smallest = (
+            (resize["shortest_edge"],) * 2
+            if "shortest_edge" in resize
+            else (resize["height"], resize["width"])
+        )
+        if config.get("do_resize", True) and (
+            crop["height"] > smallest[0] or crop["width"] > smallest[1]
+        ):
+            raise UnsupportedProcessor(
+                f"{name}: a crop of {crop} larger than the resized image pads it, which "
+                "the edge runtime does not reproduce"
+            )
     if not config.get("do_resize", True) or crop is None:
         output = resize if "height" in resize else None
     else:
         output = crop
     if output is None:
-        raise UnsupportedProcessor(f"{name}: without a fixed output size (height and width) the bundle's "
-                                   "input would change with every image")
+        raise UnsupportedProcessor(
+            f"{name}: without a fixed output size (height and width) the bundle's "
+            "input would change with every image"
+        )
     channels = 3
     mean = config.get("image_mean", [0.5] * channels)
     std = config.get("image_std", [0.5] * channels)
@@ -87,10 +128,15 @@ def image_settings(processor: Any) -> dict[str, Any]:
         "do_rescale": bool(config.get("do_rescale", True)),
         "rescale_factor": float(config.get("rescale_factor", 1 / 255)),
         "do_normalize": bool(config.get("do_normalize", True)),
-        "image_mean": [float(x) for x in (mean if isinstance(mean, (list, tuple)) else [mean] * channels)],
-        "image_std": [float(x) for x in (std if isinstance(std, (list, tuple)) else [std] * channels)],
+        "image_mean": [
+            float(x) for x in (mean if isinstance(mean, (list, tuple)) else [mean] * channels)
+        ],
+        "image_std": [
+            float(x) for x in (std if isinstance(std, (list, tuple)) else [std] * channels)
+        ],
         "exif_transpose": True,
-        "layout": "NCHW", "channels": "RGB",
+        "layout": "NCHW",
+        "channels": "RGB",
     }
 
 
@@ -120,8 +166,10 @@ def check_views(views: dict[str, Any] | None) -> str | None:
     from tunewright.vision import LOW_SIZE
 
     if int(views.get("low_side", LOW_SIZE)) != LOW_SIZE:
-        return (f"the bundle's model saw images fit within {views.get('low_side')} pixels; this tunewright fits "
-                f"them within {LOW_SIZE}: run it with the version that made it")
+        return (
+            f"the bundle's model saw images fit within {views.get('low_side')} pixels; this tunewright fits "
+            f"them within {LOW_SIZE}: run it with the version that made it"
+        )
     return None
 
 
@@ -139,7 +187,9 @@ def training_view(image, views: dict[str, Any] | None):
     return image
 
 
-def pixel_values(images: Sequence[Any], settings: dict[str, Any], *, exif_transpose: bool | None = None) -> np.ndarray:
+def pixel_values(
+    images: Sequence[Any], settings: dict[str, Any], *, exif_transpose: bool | None = None
+) -> np.ndarray:
     """``(N, 3, H, W)`` float32 model input for images (paths or PIL images), per ``settings``
     (a manifest's ``preprocessing``): the view training saw (:func:`training_view`), then the
     image processor's steps."""
@@ -157,15 +207,19 @@ def pixel_values(images: Sequence[Any], settings: dict[str, Any], *, exif_transp
         resize = settings.get("resize") or settings["size"]
         if settings.get("do_resize", True):
             height, width = _resize_shape(image.height, image.width, resize)
-            image = image.resize((width, height), resample=int(settings.get("resample", 2)), reducing_gap=None)
+            image = image.resize(
+                (width, height), resample=int(settings.get("resample", 2)), reducing_gap=None
+            )
         array = np.asarray(image)  # (H, W, 3) uint8
         crop = settings.get("crop")
         if crop:
             top = (array.shape[0] - crop["height"]) // 2
             left = (array.shape[1] - crop["width"]) // 2
-            array = array[top: top + crop["height"], left: left + crop["width"]]
+            array = array[top : top + crop["height"], left : left + crop["width"]]
         if settings.get("do_rescale", True):
-            array = (array.astype(np.float64) * settings.get("rescale_factor", 1 / 255)).astype(np.float32)
+            array = (array.astype(np.float64) * settings.get("rescale_factor", 1 / 255)).astype(
+                np.float32
+            )
         else:
             array = array.astype(np.float32)
         if settings.get("do_normalize", True):

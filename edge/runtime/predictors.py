@@ -8,8 +8,9 @@ Nothing here imports torch or transformers.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -20,8 +21,10 @@ from .images import check_views, pixel_values
 from .protocol import Inputs
 from .text import TextCodec
 
-SAMPLE_TEXT = ("the quick brown fox jumps over the lazy dog while the band plays a slow song "
-               "about rivers, mountains and the long road home ") * 8
+SAMPLE_TEXT = (
+    "the quick brown fox jumps over the lazy dog while the band plays a slow song "
+    "about rivers, mountains and the long road home "
+) * 8
 
 
 def physical_cores() -> int:
@@ -36,7 +39,11 @@ def physical_cores() -> int:
     cores = set()
     for cpu in allowed:
         try:
-            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
+            cores.add(
+                Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+                .read_text()
+                .strip()
+            )
         except OSError:
             cores.add(str(cpu))
     return max(1, len(cores))
@@ -71,8 +78,12 @@ def describe_logits(row: np.ndarray, labels: list[str] | None) -> dict[str, Any]
     probs = softmax(row.astype(np.float64))
     best = int(np.argmax(row))
     names = labels or [str(i) for i in range(len(row))]
-    return {"label": names[best], "index": best, "score": float(probs[best]),
-            "scores": {names[i]: float(p) for i, p in enumerate(probs)}}
+    return {
+        "label": names[best],
+        "index": best,
+        "score": float(probs[best]),
+        "scores": {names[i]: float(p) for i, p in enumerate(probs)},
+    }
 
 
 def as_prompt_inputs(prompt: Inputs | Sequence[int]) -> dict[str, np.ndarray]:
@@ -104,7 +115,9 @@ class OnnxPredictor:
     def feeds(self, inputs: Inputs) -> dict[str, np.ndarray]:
         """The session's feeds from model inputs: names it does not take dropped, integer inputs
         as int64, ``attention_mask`` (ones) and ``token_type_ids`` (zeros) filled when missing."""
-        feeds = {name: np.asarray(value) for name, value in inputs.items() if name in self.input_names}
+        feeds = {
+            name: np.asarray(value) for name, value in inputs.items() if name in self.input_names
+        }
         ids = feeds.get("input_ids")
         if ids is not None:
             if "attention_mask" in self.input_names and "attention_mask" not in feeds:
@@ -226,13 +239,29 @@ class _TextGeneration:
         ids = self.codec.encode(SAMPLE_TEXT, add_special_tokens=False, truncate=False)[:tokens]
         return {"input_ids": np.asarray([ids] * batch, dtype=np.int64)}
 
-    def run(self, inputs: Sequence[str], *, max_new_tokens: int = 64, temperature: float = 0.0,
-            seed: int | None = None, raw: bool = False, **options) -> list[dict[str, Any]]:
+    def run(
+        self,
+        inputs: Sequence[str],
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        raw: bool = False,
+        **options,
+    ) -> list[dict[str, Any]]:
         results = []
         for text in inputs:
-            prompt = text if raw or not self.codec.chat_format else [{"role": "user", "content": text}]
-            results.append({"prompt": text, "reply": self.generate(
-                prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)})
+            prompt = (
+                text if raw or not self.codec.chat_format else [{"role": "user", "content": text}]
+            )
+            results.append(
+                {
+                    "prompt": text,
+                    "reply": self.generate(
+                        prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+                    ),
+                }
+            )
         return results
 
 
@@ -249,9 +278,13 @@ class Generator(_TextGeneration, OnnxPredictor):
     def __init__(self, folder: Path, manifest: dict, **kwargs):
         super().__init__(folder, manifest, **kwargs)
         self.codec = TextCodec(self.folder, manifest["preprocessing"])
-        self.past_inputs = [i for i in self.session.get_inputs() if i.name.startswith("past_key_values")]
-        self.present_names = [name.replace("past_key_values", "present") for name in
-                              (i.name for i in self.past_inputs)]
+        self.past_inputs = [
+            i for i in self.session.get_inputs() if i.name.startswith("past_key_values")
+        ]
+        self.present_names = [
+            name.replace("past_key_values", "present")
+            for name in (i.name for i in self.past_inputs)
+        ]
         self.uses_position_ids = "position_ids" in self.input_names
         self.eos_token_ids = set(self.codec.eos_token_ids)
 
@@ -266,10 +299,15 @@ class Generator(_TextGeneration, OnnxPredictor):
     def step(self, ids: np.ndarray, past: dict[str, np.ndarray], past_length: int):
         """Run new tokens ``ids`` (1, T) after ``past_length`` cached ones; return (logits, past)."""
         total = past_length + ids.shape[1]
-        feeds = {"input_ids": ids.astype(np.int64),
-                 "attention_mask": np.ones((ids.shape[0], total), dtype=np.int64), **past}
+        feeds = {
+            "input_ids": ids.astype(np.int64),
+            "attention_mask": np.ones((ids.shape[0], total), dtype=np.int64),
+            **past,
+        }
         if self.uses_position_ids:
-            feeds["position_ids"] = np.arange(past_length, total, dtype=np.int64)[None, :].repeat(ids.shape[0], 0)
+            feeds["position_ids"] = np.arange(past_length, total, dtype=np.int64)[None, :].repeat(
+                ids.shape[0], 0
+            )
         outputs = self.session.run([self.logits_name, *self.present_names], feeds)
         new_past = {meta.name: value for meta, value in zip(self.past_inputs, outputs[1:])}
         return outputs[0], new_past
@@ -301,8 +339,15 @@ class Generator(_TextGeneration, OnnxPredictor):
         return np.stack(rows).astype(np.float32)
 
     def stream(  # type: ignore[override]  # its sampling options by name, not **options
-        self, inputs: Inputs, *, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
-        top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True,
+        self,
+        inputs: Inputs,
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_at_eos: bool = True,
     ) -> Iterator[int]:
         rng = np.random.default_rng(seed)
         ids = np.asarray(inputs["input_ids"], dtype=np.int64)
@@ -361,7 +406,11 @@ class GenAIGenerator(_TextGeneration):
         # 135M SmolLM2 decodes 100 tokens/s on one of two cores, 132 on both): one per physical
         # core by default, as onnxruntime's own sessions do
         self.threads = threads or physical_cores()
-        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": self.threads}}}}))
+        config.overlay(
+            json.dumps(
+                {"model": {"decoder": {"session_options": {"intra_op_num_threads": self.threads}}}}
+            )
+        )
         self.model = og.Model(config)
         self._numpy: Generator | None = None
         self._threads = threads
@@ -379,8 +428,17 @@ class GenAIGenerator(_TextGeneration):
     def teacher_forced_logits(self, prompt, continuation) -> np.ndarray:
         return self.numpy_generator.teacher_forced_logits(prompt, continuation)
 
-    def stream(self, inputs: Inputs, *, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
-               top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True) -> Iterator[int]:
+    def stream(
+        self,
+        inputs: Inputs,
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_at_eos: bool = True,
+    ) -> Iterator[int]:
         og = self._og
         ids = np.asarray(inputs["input_ids"], dtype=np.int32)  # (1, T)
         params = og.GeneratorParams(self.model)
@@ -408,5 +466,16 @@ class GenAIGenerator(_TextGeneration):
             yield token
 
 
-__all__ = ["OnnxPredictor", "TextClassifier", "ImageClassifier", "Generator", "GenAIGenerator",
-           "make_session", "softmax", "log_softmax", "describe_logits", "as_prompt_inputs", "BundleError"]
+__all__ = [
+    "OnnxPredictor",
+    "TextClassifier",
+    "ImageClassifier",
+    "Generator",
+    "GenAIGenerator",
+    "make_session",
+    "softmax",
+    "log_softmax",
+    "describe_logits",
+    "as_prompt_inputs",
+    "BundleError",
+]

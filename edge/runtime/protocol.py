@@ -30,8 +30,9 @@ devices that have only ``tunewright[runtime]``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -57,7 +58,9 @@ class Predictor(Protocol):
     #: label names, index order (classifiers); ``None`` otherwise
     labels: list[str] | None
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], *, threads: int | None = None) -> None:
+    def __init__(
+        self, folder: Path, manifest: dict[str, Any], *, threads: int | None = None
+    ) -> None:
         """Open the model files of the bundle in ``folder`` (already checked against ``manifest``).
         ``threads``: intra-op threads, ``None`` for the runtime's default (one per core)."""
 
@@ -65,7 +68,9 @@ class Predictor(Protocol):
         """One forward pass, no cache. Returns ``(B, C)`` for a classifier, ``(B, T, V)`` for a
         generator (the logits at every position of ``input_ids``: position t predicts t + 1)."""
 
-    def teacher_forced_logits(self, prompt: Inputs | Sequence[int], continuation: Sequence[int]) -> np.ndarray:
+    def teacher_forced_logits(
+        self, prompt: Inputs | Sequence[int], continuation: Sequence[int]
+    ) -> np.ndarray:
         """Generators: ``(len(continuation), V)`` logits predicting each token of ``continuation``
         after ``prompt`` (model inputs of batch 1, or plain token ids), fed one token at a time
         through the cache exactly as generation feeds them. Classifiers raise ``NotImplementedError``."""
@@ -75,8 +80,17 @@ class Predictor(Protocol):
         ordinary text (a text classifier), an image (an image classifier), or a prompt of ``tokens``
         tokens (a generator, ``batch`` 1)."""
 
-    def stream(self, inputs: Inputs, *, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
-               top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True) -> Iterator[int]:
+    def stream(
+        self,
+        inputs: Inputs,
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_at_eos: bool = True,
+    ) -> Iterator[int]:
         """Generators: the token ids generated after ``inputs`` (batch 1), one at a time; greedy at
         ``temperature`` 0. Classifiers raise ``NotImplementedError``."""
 
@@ -97,12 +111,15 @@ class PredictorOptions(Protocol):
     #: positions, cutting every input along its first axis.
     whole_batches: ClassVar[bool]
 
-    def benchmark_inputs(self, *, batch: int = 1, tokens: int = 16,
-                         images: Sequence[Any] = ()) -> dict[str, np.ndarray]:
+    def benchmark_inputs(
+        self, *, batch: int = 1, tokens: int = 16, images: Sequence[Any] = ()
+    ) -> dict[str, np.ndarray]:
         """A predictor that takes images beside its inputs names ``images`` (paths, data URLs or
         PIL images): ``bench --image`` shows them to it. Without the parameter ``--image`` is refused."""
 
-    def run(self, inputs: Sequence[str], *, images: Sequence[Any] = (), **options: Any) -> list[dict[str, Any]]:
+    def run(
+        self, inputs: Sequence[str], *, images: Sequence[Any] = (), **options: Any
+    ) -> list[dict[str, Any]]:
         """Likewise for ``edge run --image``."""
 
 

@@ -37,8 +37,12 @@ def builtin_predictors() -> dict[str, type]:
     generation comes with the ``edge-image-text`` plugin)."""
     from .predictors import GenAIGenerator, Generator, ImageClassifier, TextClassifier
 
-    return {"text-classifier": TextClassifier, "image-classifier": ImageClassifier,
-            "generator": Generator, "genai-generator": GenAIGenerator}
+    return {
+        "text-classifier": TextClassifier,
+        "image-classifier": ImageClassifier,
+        "generator": Generator,
+        "genai-generator": GenAIGenerator,
+    }
 
 
 def _serves(cls: Any, runtime: str, task_kind: str) -> bool:
@@ -68,13 +72,17 @@ def _runtime_plugin_manager():
             continue
         try:
             plugins.append((ep.name, ep.load()))
-        except ModuleNotFoundError:  # its extra is not installed (pillow...): as the full manager skips it
+        except (
+            ModuleNotFoundError
+        ):  # its extra is not installed (pillow...): as the full manager skips it
             continue
     return get_plugin_manager(load_entrypoints=False, plugins=plugins)
 
 
 def _known(entries: dict[str, Any]) -> str:
-    pairs = sorted({f"{getattr(c, 'runtime', '?')}/{getattr(c, 'task_kind', '?')}" for c in entries.values()})
+    pairs = sorted(
+        {f"{getattr(c, 'runtime', '?')}/{getattr(c, 'task_kind', '?')}" for c in entries.values()}
+    )
     return ", ".join(pairs) or "none"
 
 
@@ -95,8 +103,10 @@ def find_predictor(runtime: str, task_kind: str, *, pm: Any = None) -> type:
     entries = registries.kind(KIND)
     matches = [name for name, cls in entries.items() if _serves(cls, runtime, task_kind)]
     if not matches:
-        raise BundleError(f"no edge runtime registered for runtime {runtime!r} and task kind {task_kind!r} "
-                          f"(registered: {_known(entries)}); install the plugin that made this bundle")
+        raise BundleError(
+            f"no edge runtime registered for runtime {runtime!r} and task kind {task_kind!r} "
+            f"(registered: {_known(entries)}); install the plugin that made this bundle"
+        )
     infos = getattr(pm, "infos", {})
 
     def builtin(name: str) -> bool:
@@ -105,20 +115,28 @@ def find_predictor(runtime: str, task_kind: str, *, pm: Any = None) -> type:
 
     preferred = [name for name in matches if not builtin(name)] or matches
     if len(preferred) > 1:
-        owners = ", ".join(f"{name!r} ({registries.owner(KIND, name)})" for name in sorted(preferred))
-        raise BundleError(f"several edge runtimes serve runtime {runtime!r} and task kind {task_kind!r}: "
-                          f"{owners}; uninstall one or limit plugins with TUNEWRIGHT_LOAD_PLUGINS")
+        owners = ", ".join(
+            f"{name!r} ({registries.owner(KIND, name)})" for name in sorted(preferred)
+        )
+        raise BundleError(
+            f"several edge runtimes serve runtime {runtime!r} and task kind {task_kind!r}: "
+            f"{owners}; uninstall one or limit plugins with TUNEWRIGHT_LOAD_PLUGINS"
+        )
     return entries[preferred[0]]
 
 
-def predictor_for(folder: str | Path, manifest: dict, *, threads: int | None = None, pm: Any = None):
+def predictor_for(
+    folder: str | Path, manifest: dict, *, threads: int | None = None, pm: Any = None
+):
     """Open the bundle in ``folder`` (its files already checked) with the predictor registered for
     its manifest's runtime and task kind."""
     cls = find_predictor(str(manifest.get("runtime")), str(manifest.get("task_kind")), pm=pm)
     return cls(Path(folder), manifest, threads=threads)
 
 
-def load_bundle(folder: str | Path, *, verify: bool = True, threads: int | None = None, pm: Any = None) -> Predictor:
+def load_bundle(
+    folder: str | Path, *, verify: bool = True, threads: int | None = None, pm: Any = None
+) -> Predictor:
     """Open a bundle and return its predictor. Raises :class:`BundleError` for a changed bundle,
     one of a newer format, or one whose runtime and task kind no registered predictor serves.
     ``pm``: the plugin manager whose ``edge_runtimes`` decide (default: the installed plugins)."""
@@ -126,4 +144,11 @@ def load_bundle(folder: str | Path, *, verify: bool = True, threads: int | None 
     return predictor_for(Path(folder), manifest, threads=threads, pm=pm)
 
 
-__all__ = ["load_bundle", "find_predictor", "predictor_for", "builtin_predictors", "KIND", "BUILTIN_RUNTIME_PLUGINS"]
+__all__ = [
+    "load_bundle",
+    "find_predictor",
+    "predictor_for",
+    "builtin_predictors",
+    "KIND",
+    "BUILTIN_RUNTIME_PLUGINS",
+]

@@ -7,8 +7,9 @@ against the template on sample conversations, and stored in the manifest as ``ch
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .bundle import BundleError
 
@@ -32,8 +33,9 @@ class TextCodec:
         self.chat_format = preprocessing.get("chat_format")
         self.eos_token_ids = [int(i) for i in preprocessing.get("eos_token_ids") or []]
 
-    def encode(self, text: str, *, add_special_tokens: bool | None = None,
-               truncate: bool = True) -> list[int]:
+    def encode(
+        self, text: str, *, add_special_tokens: bool | None = None, truncate: bool = True
+    ) -> list[int]:
         special = self.add_special_tokens if add_special_tokens is None else add_special_tokens
         ids = self.tokenizer.encode(text, add_special_tokens=special).ids
         if truncate and len(ids) > self.max_length:
@@ -47,14 +49,22 @@ class TextCodec:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def render_chat(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
+    def render_chat(
+        self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True
+    ) -> str:
         fmt = self.chat_format
         if not fmt:
-            raise BundleError("this bundle has no chat format (its tokenizer had no chat template "
-                              "that reduces to plain strings); pass a raw prompt instead")
+            raise BundleError(
+                "this bundle has no chat format (its tokenizer had no chat template "
+                "that reduces to plain strings); pass a raw prompt instead"
+            )
         roles = fmt["prefix"]
         parts = [fmt.get("begin", "")]
-        if messages and messages[0].get("role") != "system" and fmt.get("default_system") is not None:
+        if (
+            messages
+            and messages[0].get("role") != "system"
+            and fmt.get("default_system") is not None
+        ):
             parts.append(roles["system"] + fmt["default_system"] + fmt["suffix"])
         for message in messages:
             role = message.get("role")

@@ -25,12 +25,14 @@ DIFF_FLOOR = 1e-3
 
 def _examples(arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     count = int(arrays["count"])
-    return [{key.split(".", 1)[1]: arrays[key] for key in arrays if key.startswith(f"{i}.")}
-            for i in range(count)]
+    return [
+        {key.split(".", 1)[1]: arrays[key] for key in arrays if key.startswith(f"{i}.")}
+        for i in range(count)
+    ]
 
 
 def _named(example: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-    return {key[len(prefix):]: value for key, value in example.items() if key.startswith(prefix)}
+    return {key[len(prefix) :]: value for key, value in example.items() if key.startswith(prefix)}
 
 
 def _rerun_classifier(predictor, examples) -> dict[str, float]:
@@ -56,14 +58,19 @@ def _rerun_generator(predictor, examples) -> dict[str, float]:
         logits = predictor.teacher_forced_logits(prompt, example["continuation"].tolist())
         agree.extend((logits.argmax(-1) == example["reference_top1"]).tolist())
         # KL(tuned || bundle) over the reference's recorded top tokens (a lower bound of the full KL)
-        ref_idx, ref_logp = example["reference_top_ids"], example["reference_top_logprobs"].astype(np.float64)
+        ref_idx, ref_logp = (
+            example["reference_top_ids"],
+            example["reference_top_logprobs"].astype(np.float64),
+        )
         ours = log_softmax(logits.astype(np.float64))
         ours_top = np.take_along_axis(ours, ref_idx.astype(np.int64), axis=-1)
         kl.append(float((np.exp(ref_logp) * (ref_logp - ours_top)).sum(-1).mean()))
     return {"top1_agreement": float(np.mean(agree)), "kl_top": float(np.mean(kl))}
 
 
-def verify_bundle(folder: str | Path, *, threads: int | None = None, pm: Any = None) -> dict[str, Any]:
+def verify_bundle(
+    folder: str | Path, *, threads: int | None = None, pm: Any = None
+) -> dict[str, Any]:
     """Return ``{"ok", "files", "recorded", "rerun", "problems"}``; raise :class:`BundleError` when a
     file was changed or the format is newer.
 
@@ -75,8 +82,12 @@ def verify_bundle(folder: str | Path, *, threads: int | None = None, pm: Any = N
     manifest = open_bundle(folder, verify=True)
     parity = manifest.get("parity") or {}
     name = parity.get("examples_file")
-    report: dict[str, Any] = {"ok": True, "files": len(manifest.get("files", {})), "problems": [],
-                              "recorded": parity.get("bundle_vs_tuned", {})}
+    report: dict[str, Any] = {
+        "ok": True,
+        "files": len(manifest.get("files", {})),
+        "problems": [],
+        "recorded": parity.get("bundle_vs_tuned", {}),
+    }
     if not name:
         report["problems"].append("the manifest records no parity examples to rerun")
         report["ok"] = False
@@ -85,19 +96,28 @@ def verify_bundle(folder: str | Path, *, threads: int | None = None, pm: Any = N
         arrays = {key: data[key] for key in data.files}
     predictor = predictor_for(folder, manifest, threads=threads, pm=pm)
     examples = _examples(arrays)
-    rerun = _rerun_generator(predictor, examples) if predictor.generates else _rerun_classifier(predictor, examples)
+    rerun = (
+        _rerun_generator(predictor, examples)
+        if predictor.generates
+        else _rerun_classifier(predictor, examples)
+    )
     report["rerun"] = rerun
     recorded = report["recorded"]
-    if "top1_agreement" in recorded and rerun["top1_agreement"] < recorded["top1_agreement"] - AGREEMENT_SLACK:
+    if (
+        "top1_agreement" in recorded
+        and rerun["top1_agreement"] < recorded["top1_agreement"] - AGREEMENT_SLACK
+    ):
         report["problems"].append(
             f"top-1 agreement with the tuned model is {rerun['top1_agreement']:.3f} on the recorded "
-            f"examples; the manifest records {recorded['top1_agreement']:.3f}")
+            f"examples; the manifest records {recorded['top1_agreement']:.3f}"
+        )
     if "max_abs_diff" in rerun and "max_abs_diff" in recorded:
         limit = max(recorded["max_abs_diff"] * DIFF_FACTOR, recorded["max_abs_diff"] + DIFF_FLOOR)
         if rerun["max_abs_diff"] > limit:
             report["problems"].append(
                 f"max abs logit difference is {rerun['max_abs_diff']:.4g}; the manifest records "
-                f"{recorded['max_abs_diff']:.4g} (allowed up to {limit:.4g})")
+                f"{recorded['max_abs_diff']:.4g} (allowed up to {limit:.4g})"
+            )
     report["ok"] = not report["problems"]
     return report
 

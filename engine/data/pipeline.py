@@ -52,7 +52,9 @@ class CheckedFile:
         return [location not in refused for location in self.read.locations]
 
 
-def transform_example(example: dict, location: str, task_name: str, pm: Any, config: Any = None) -> dict:
+def transform_example(
+    example: dict, location: str, task_name: str, pm: Any, config: Any = None
+) -> dict:
     """Run every ``transform_example`` implementation over one example, in pluggy's call order,
     each seeing the previous one's output (``None`` leaves it as it is). A
     :class:`tunewright.DataError` from a transform passes through (the caller reports it at the
@@ -60,16 +62,32 @@ def transform_example(example: dict, location: str, task_name: str, pm: Any, con
     plugin."""
     current = example
     for impl in hookimpls(pm, "transform_example"):
-        new = call_impl(pm, impl, "transform_example", location, example=current, task=task_name,
-                        config=config, location=location)
+        new = call_impl(
+            pm,
+            impl,
+            "transform_example",
+            location,
+            example=current,
+            task=task_name,
+            config=config,
+            location=location,
+        )
         if new is not None:
             current = new
     return current
 
 
-def tokenize_examples(examples: Sequence[dict], locations: Sequence[str], task: Any, task_name: str,
-                      tokenizer: Any, labels: list[str] | None, pm: Any, config: Any = None,
-                      skip: Set[str] = frozenset()) -> tuple[list[dict | None], list[dict], list[Problem]]:
+def tokenize_examples(
+    examples: Sequence[dict],
+    locations: Sequence[str],
+    task: Any,
+    task_name: str,
+    tokenizer: Any,
+    labels: list[str] | None,
+    pm: Any,
+    config: Any = None,
+    skip: Set[str] = frozenset(),
+) -> tuple[list[dict | None], list[dict], list[Problem]]:
     """Transform and tokenize each example whose location is not in ``skip``.
 
     Returns the features (``None`` where skipped or refused), the transformed examples, and the
@@ -92,17 +110,30 @@ def tokenize_examples(examples: Sequence[dict], locations: Sequence[str], task: 
                 raise
             except Exception as exc:
                 owner = pm.registries.owner("tasks", task_name)
-                raise PluginError(f"task {task_name!r} ({describe_plugin(pm, owner)}) failed to "
-                                  f"tokenize {location}: {type(exc).__name__}: {exc}") from exc
+                raise PluginError(
+                    f"task {task_name!r} ({describe_plugin(pm, owner)}) failed to "
+                    f"tokenize {location}: {type(exc).__name__}: {exc}"
+                ) from exc
         features.append(feature)
         transformed.append(example)
     return features, transformed, problems
 
 
-def check_file(path: str | Path | ReadFile, task_name: str, pm: Any, config: Any = None, *,
-               data_format: str = "auto", split: str = "train", reference_labels: Sequence[str] | None = None,
-               labels: Any = FROM_FILE, tokenizer: Any = None, max_length: int | None = None,
-               limit: str = "data.max_length", train: ReadFile | None = None) -> CheckedFile:
+def check_file(
+    path: str | Path | ReadFile,
+    task_name: str,
+    pm: Any,
+    config: Any = None,
+    *,
+    data_format: str = "auto",
+    split: str = "train",
+    reference_labels: Sequence[str] | None = None,
+    labels: Any = FROM_FILE,
+    tokenizer: Any = None,
+    max_length: int | None = None,
+    limit: str = "data.max_length",
+    train: ReadFile | None = None,
+) -> CheckedFile:
     """Read ``path`` (or take a file already read) and run it through the pipeline above.
 
     ``split`` and ``reference_labels`` are :func:`check_examples`'s; ``train``, the training file
@@ -115,20 +146,31 @@ def check_file(path: str | Path | ReadFile, task_name: str, pm: Any, config: Any
     if not read.readable:
         return CheckedFile(read, problems=[read.fatal] if read.fatal else [])
     task = pm.registries.get("tasks", task_name, key="task")
-    problems = list(read.problems) + check_examples(read.examples, read.locations, task_name, pm, config,
-                                                    split=split, reference_labels=reference_labels,
-                                                    source=read.source)
+    problems = list(read.problems) + check_examples(
+        read.examples,
+        read.locations,
+        task_name,
+        pm,
+        config,
+        split=split,
+        reference_labels=reference_labels,
+        source=read.source,
+    )
     if train is not None:
         problems += leaks(read.examples, read.locations, train.examples, train.locations, split)
     refused = {p.location for p in problems if p.severity in REFUSING}
     if labels is FROM_FILE:
         kept = [e for e, location in zip(read.examples, read.locations) if location not in refused]
         labels = task.label_set(kept) if kept else None
-    features, examples, found = tokenize_examples(read.examples, read.locations, task, task_name, tokenizer,
-                                                  labels, pm, config, skip=refused)
-    length_problems, lengths = check_lengths(features, read.locations, task,
-                                             max_length if tokenizer is not None else None, limit=limit)
-    return CheckedFile(read, examples, features, lengths, problems + found + length_problems, labels)
+    features, examples, found = tokenize_examples(
+        read.examples, read.locations, task, task_name, tokenizer, labels, pm, config, skip=refused
+    )
+    length_problems, lengths = check_lengths(
+        features, read.locations, task, max_length if tokenizer is not None else None, limit=limit
+    )
+    return CheckedFile(
+        read, examples, features, lengths, problems + found + length_problems, labels
+    )
 
 
 __all__ = ["CheckedFile", "check_file", "FROM_FILE", "transform_example", "tokenize_examples"]

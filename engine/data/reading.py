@@ -37,8 +37,9 @@ class ReadFile:
         return self.fatal is None
 
 
-def read_examples(path: str | Path, registries: Any, format: str = "auto"
-                  ) -> tuple[list[dict], list[str], list[Problem]]:
+def read_examples(
+    path: str | Path, registries: Any, format: str = "auto"
+) -> tuple[list[dict], list[str], list[Problem]]:
     """Read one data file with a registered dataset format.
 
     Returns ``(examples, locations, problems)``. ``format`` is a registered format name, or
@@ -66,7 +67,9 @@ def read_file(path: str | Path, registries: Any, format: str = "auto") -> ReadFi
     formats = registries.kind("dataset_formats")
     suffixes = sorted({s.lower() for f in formats.values() for s in f.suffixes})
     folders = sorted(name for name, f in formats.items() if _reads_folders(f))
-    expected = f"expected a data file ending in {', '.join(suffixes) or '(no format is registered)'}"
+    expected = (
+        f"expected a data file ending in {', '.join(suffixes) or '(no format is registered)'}"
+    )
     if folders:
         expected += f", or a folder read by {', '.join(folders)}"
 
@@ -81,19 +84,26 @@ def read_file(path: str | Path, registries: Any, format: str = "auto") -> ReadFi
         candidates = [(format, chosen)]
         if path.is_dir() != _reads_folders(chosen):
             what = "a folder" if path.is_dir() else "a file"
-            return fatal(f"is {what}, and data.format {format!r} reads "
-                         f"{'folders' if _reads_folders(chosen) else 'files'} ({expected})")
+            return fatal(
+                f"is {what}, and data.format {format!r} reads "
+                f"{'folders' if _reads_folders(chosen) else 'files'} ({expected})"
+            )
     elif path.is_dir():
         candidates = [(name, f) for name, f in formats.items() if _reads_folders(f)]
         if not candidates:
             return fatal(f"is a directory, not a data file ({expected})")
     else:
         suffix = path.suffix.lower()
-        candidates = [(name, f) for name, f in formats.items()
-                      if not _reads_folders(f) and suffix in {s.lower() for s in f.suffixes}]
+        candidates = [
+            (name, f)
+            for name, f in formats.items()
+            if not _reads_folders(f) and suffix in {s.lower() for s in f.suffixes}
+        ]
         if not candidates:
-            return fatal(f"cannot tell the format of a {suffix or 'suffix-less'!r} file ({expected}; "
-                         f"or set data.format to one of: {', '.join(sorted(formats)) or 'none'})")
+            return fatal(
+                f"cannot tell the format of a {suffix or 'suffix-less'!r} file ({expected}; "
+                f"or set data.format to one of: {', '.join(sorted(formats)) or 'none'})"
+            )
     if not path.is_dir():
         problem = _check_text_file(path, shown, expected)
         if problem is not None:
@@ -103,7 +113,9 @@ def read_file(path: str | Path, registries: Any, format: str = "auto") -> ReadFi
 
     records = _read_records(chosen, chosen_name, path, registries)
     if not records:
-        return fatal(f"the {'folder' if path.is_dir() else 'file'} is empty: it holds no records ({expected})")
+        return fatal(
+            f"the {'folder' if path.is_dir() else 'file'} is empty: it holds no records ({expected})"
+        )
 
     detected_line = None
     if len(candidates) > 1:
@@ -130,10 +142,16 @@ def read_file(path: str | Path, registries: Any, format: str = "auto") -> ReadFi
         if detected_line is not None and not _detects(chosen, record):
             others = [n for n, f in candidates if f is not chosen and _detects(f, record)]
             if others:
-                result.problems.append(Problem(location, (
-                    f"this line is {others[0]} data, but the file was read as {chosen_name} "
-                    f"(recognised at line {detected_line}); one file holds one format: convert "
-                    "the line or move it to a file of its own")))
+                result.problems.append(
+                    Problem(
+                        location,
+                        (
+                            f"this line is {others[0]} data, but the file was read as {chosen_name} "
+                            f"(recognised at line {detected_line}); one file holds one format: convert "
+                            "the line or move it to a file of its own"
+                        ),
+                    )
+                )
                 continue
         try:
             example = chosen.to_example(record)
@@ -143,7 +161,8 @@ def read_file(path: str | Path, registries: Any, format: str = "auto") -> ReadFi
         except Exception as exc:  # a bug in the format, not in the data
             raise PluginError(
                 f"{_owner(registries, chosen_name)} failed to convert {location}: "
-                f"{type(exc).__name__}: {exc}") from exc
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         result.examples.append(example)
         result.locations.append(location)
     return result
@@ -161,8 +180,11 @@ def _check_text_file(path: Path, shown: str, expected: str) -> Problem | None:
         return Problem(f"{shown}:1", "the file is UTF-16 or UTF-32 text; save it as UTF-8")
     if b"\x00" in head:
         line = head[: head.index(b"\x00")].count(b"\n") + 1
-        return Problem(f"{shown}:{line}", "the file holds NUL bytes: binary data or UTF-16 text "
-                       "without a byte-order mark (expected UTF-8 text)")
+        return Problem(
+            f"{shown}:{line}",
+            "the file holds NUL bytes: binary data or UTF-16 text "
+            "without a byte-order mark (expected UTF-8 text)",
+        )
     return None
 
 
@@ -174,8 +196,9 @@ def _read_records(fmt: Any, name: str, path: Path, registries: Any) -> list[tupl
     except DataError:
         raise
     except Exception as exc:
-        raise PluginError(f"{_owner(registries, name)} failed to read {path}: "
-                          f"{type(exc).__name__}: {exc}") from exc
+        raise PluginError(
+            f"{_owner(registries, name)} failed to read {path}: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _owner(registries: Any, name: str) -> str:
@@ -197,10 +220,18 @@ def _detects(fmt: Any, record: Any) -> bool:
 
 
 def _no_format_message(record: Any, candidates: list, path: Path) -> str:
-    keys = ", ".join(map(str, record)) if isinstance(record, dict) else f"a JSON {type(record).__name__}"
-    wanted = "; ".join(f"{name}: {optional(f, DatasetFormat, 'description') or name}" for name, f in candidates)
-    return (f"no format for {path.suffix} files takes this record (found: {keys}); "
-            f"expected one of {wanted}")
+    keys = (
+        ", ".join(map(str, record))
+        if isinstance(record, dict)
+        else f"a JSON {type(record).__name__}"
+    )
+    wanted = "; ".join(
+        f"{name}: {optional(f, DatasetFormat, 'description') or name}" for name, f in candidates
+    )
+    return (
+        f"no format for {path.suffix} files takes this record (found: {keys}); "
+        f"expected one of {wanted}"
+    )
 
 
 def _near_files(path: Path) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from ..errors import DataError
 
@@ -29,8 +29,9 @@ def _groups(examples: Sequence[dict], key: Key | None) -> dict[str, list[int]] |
     return groups
 
 
-def split(examples: Sequence[dict], fraction: float, seed: int, key: Key | None = None
-          ) -> tuple[list[dict], list[dict]]:
+def split(
+    examples: Sequence[dict], fraction: float, seed: int, key: Key | None = None
+) -> tuple[list[dict], list[dict]]:
     """Hold out ``fraction`` of the examples (at least one when ``fraction > 0`` and there are
     two or more), the same way for the same seed.
 
@@ -41,8 +42,9 @@ def split(examples: Sequence[dict], fraction: float, seed: int, key: Key | None 
     return [examples[i] for i in kept], [examples[i] for i in held]
 
 
-def split_indices(examples: Sequence[dict], fraction: float, seed: int, key: Key | None = None
-                  ) -> tuple[list[int], list[int]]:
+def split_indices(
+    examples: Sequence[dict], fraction: float, seed: int, key: Key | None = None
+) -> tuple[list[int], list[int]]:
     n = len(examples)
     if not fraction or fraction <= 0 or n < 2:
         return list(range(n)), []
@@ -70,7 +72,7 @@ def split_indices(examples: Sequence[dict], fraction: float, seed: int, key: Key
             best = max(open_, key=lambda name: (exact[name] - quota[name], -names.index(name)))
             quota[best] += 1
             remaining -= 1
-        held = [i for name in names for i in groups[name][:quota[name]]]
+        held = [i for name in names for i in groups[name][: quota[name]]]
     held_set = set(held)
     return [i for i in range(n) if i not in held_set], sorted(held_set)
 
@@ -90,11 +92,15 @@ def balance_indices(examples: Sequence[dict], mode: str, seed: int, key: Key | N
     if mode == "none":
         return list(range(len(examples)))
     if mode not in ("oversample", "undersample"):
-        raise DataError(f"data.balance: unknown mode {mode!r} (allowed: none, oversample, undersample)")
+        raise DataError(
+            f"data.balance: unknown mode {mode!r} (allowed: none, oversample, undersample)"
+        )
     groups = _groups(examples, key)
     if groups is None:
-        raise DataError(f"data.balance: {mode} needs examples the task groups by label; this "
-                        "task or data has none (allowed here: none)")
+        raise DataError(
+            f"data.balance: {mode} needs examples the task groups by label; this "
+            "task or data has none (allowed here: none)"
+        )
     rng = random.Random(seed)
     names = sorted(groups)
     if mode == "undersample":

@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..types import Problem, Task, optional
 from .checks import sort_problems
 
 
-def summarize(examples: Sequence[dict], task: Any, *, lengths: Sequence[int | None] | None = None,
-              config: Any = None, estimate: bool = True, locations: Sequence[str] | None = None,
-              problems: Sequence[Problem] = (), usable: Sequence[bool] | None = None) -> dict:
+def summarize(
+    examples: Sequence[dict],
+    task: Any,
+    *,
+    lengths: Sequence[int | None] | None = None,
+    config: Any = None,
+    estimate: bool = True,
+    locations: Sequence[str] | None = None,
+    problems: Sequence[Problem] = (),
+    usable: Sequence[bool] | None = None,
+) -> dict:
     """``examples``; ``tokens`` (``total``, ``mean``, ``max``) from the tokenized ``lengths``;
     whatever the task's ``summarize`` adds; and with a job ``config`` (unless ``estimate`` is
     false: a held-out split), ``training``: optimizer steps, examples seen and
@@ -36,12 +45,18 @@ def summarize(examples: Sequence[dict], task: Any, *, lengths: Sequence[int | No
     summary: dict[str, Any] = {"examples": count}
     counted = [n for n, ok in zip(lengths or [], keep) if n is not None and ok]
     if counted:
-        summary["tokens"] = {"total": sum(counted), "mean": round(sum(counted) / len(counted), 1),
-                             "max": max(counted)}
+        summary["tokens"] = {
+            "total": sum(counted),
+            "mean": round(sum(counted) / len(counted), 1),
+            "max": max(counted),
+        }
     own = optional(task, Task, "summarize")
     if own is not None and examples:
-        context = {"locations": None if locations is None else list(locations), "problems": list(problems),
-                   "config": config}
+        context = {
+            "locations": None if locations is None else list(locations),
+            "problems": list(problems),
+            "config": config,
+        }
         summary.update(own(examples, **_named(own, context)))
     training = getattr(config, "training", None) if estimate else None
     if training is not None and count:
@@ -51,7 +66,11 @@ def summarize(examples: Sequence[dict], task: Any, *, lengths: Sequence[int | No
         if training.max_steps and 0 < training.max_steps < steps:
             steps = training.max_steps
             seen = min(seen, steps * per_step)
-        figures = {"epochs": training.epochs, "optimizer_steps": steps, "examples_seen": round(seen)}
+        figures = {
+            "epochs": training.epochs,
+            "optimizer_steps": steps,
+            "examples_seen": round(seen),
+        }
         if counted:
             figures["estimated_tokens"] = round(seen * sum(counted) / len(counted))
         summary["training"] = figures
@@ -84,20 +103,27 @@ def render_report(problems: Sequence[Problem], summary: dict | None, task: Any =
         facts = [f"{part.get('examples', 0):,} examples"]
         if part.get("tokens"):
             tokens = part["tokens"]
-            facts.append(f"{tokens['total']:,} tokens (mean {tokens['mean']:g}, max {tokens['max']:,})")
+            facts.append(
+                f"{tokens['total']:,} tokens (mean {tokens['mean']:g}, max {tokens['max']:,})"
+            )
         lines.append("  " + ", ".join(facts))
         if render_own is not None:
             lines += [f"  {line}" for line in render_own(part)]
         if part.get("training"):
             training = part["training"]
-            text = (f"  training: {training['epochs']:g} epoch(s), {training['optimizer_steps']:,} "
-                    f"optimizer steps, {training['examples_seen']:,} examples seen")
+            text = (
+                f"  training: {training['epochs']:g} epoch(s), {training['optimizer_steps']:,} "
+                f"optimizer steps, {training['examples_seen']:,} examples seen"
+            )
             if training.get("estimated_tokens") is not None:
                 text += f", about {training['estimated_tokens']:,} tokens"
             lines.append(text)
     problems = sort_problems(problems)
-    titles = {"error": ("error", "errors"), "excluded": ("example excluded", "examples excluded"),
-              "warning": ("warning", "warnings")}
+    titles = {
+        "error": ("error", "errors"),
+        "excluded": ("example excluded", "examples excluded"),
+        "warning": ("warning", "warnings"),
+    }
     for severity, (one, many) in titles.items():
         group = [p for p in problems if p.severity == severity]
         if group:

@@ -13,8 +13,10 @@ IGNORE = -100
 def pad(sequences: list[list[int]], value: int, side: str = "right") -> torch.Tensor:
     """Pad lists of ids to the longest one: a (B, T) long tensor."""
     width = max(len(s) for s in sequences)
-    rows = [(s + [value] * (width - len(s))) if side == "right" else ([value] * (width - len(s)) + s)
-            for s in sequences]
+    rows = [
+        (s + [value] * (width - len(s))) if side == "right" else ([value] * (width - len(s)) + s)
+        for s in sequences
+    ]
     return torch.tensor(rows, dtype=torch.long)
 
 

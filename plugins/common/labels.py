@@ -26,14 +26,22 @@ def sort_labels(names: Iterable[str]) -> list[str]:
     return sorted(names)
 
 
-def unseen_labels(labelled: Iterable[tuple[Any, str]], known: Iterable[str], *, name=str,
-                  where: str = "in the training data") -> list[Problem]:
+def unseen_labels(
+    labelled: Iterable[tuple[Any, str]],
+    known: Iterable[str],
+    *,
+    name=str,
+    where: str = "in the training data",
+) -> list[Problem]:
     """A problem at each ``(label, location)`` whose label (``name(label)``) is not among the
     ``known`` training labels: a class the head never saw cannot be predicted."""
     known = {str(label) for label in known}
     shown = ", ".join(sorted(known)[:20]) + (", ..." if len(known) > 20 else "")
-    return [Problem(location, f"label {label!r} does not occur {where} (training labels: {shown})")
-            for label, location in labelled if name(label) not in known]
+    return [
+        Problem(location, f"label {label!r} does not occur {where} (training labels: {shown})")
+        for label, location in labelled
+        if name(label) not in known
+    ]
 
 
 def label_counts_line(counts: dict[str, int]) -> str:

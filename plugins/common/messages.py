@@ -28,8 +28,11 @@ def text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "\n".join(str(part.get("text", "")) for part in content
-                         if isinstance(part, dict) and part.get("type") == "text")
+        return "\n".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
+        )
     return ""
 
 
@@ -38,10 +41,14 @@ def has_text_or_parts(content: Any) -> bool:
     return bool(text_of(content).strip()) or image_parts(content) > 0
 
 
-def conversation_problems(messages: Any, *, example: str = "a chat example",
-                          no_messages: str = "a chat example needs at least a user and an assistant message",
-                          has_content: Callable[[Any], bool] = has_text_or_parts,
-                          content: str = "text") -> list[str]:
+def conversation_problems(
+    messages: Any,
+    *,
+    example: str = "a chat example",
+    no_messages: str = "a chat example needs at least a user and an assistant message",
+    has_content: Callable[[Any], bool] = has_text_or_parts,
+    content: str = "text",
+) -> list[str]:
     """What is wrong with one conversation as a whole, each a sentence with what is allowed:
     roles, content types, empty turns (``has_content`` says what is not empty: ``content``
     names it), a system message after the first, and the order of turns. ``example`` names the
@@ -52,8 +59,10 @@ def conversation_problems(messages: Any, *, example: str = "a chat example",
     roles = []
     for number, message in enumerate(messages, start=1):
         if not isinstance(message, dict):
-            problems.append(f"message {number}: expected an object with role and content, got "
-                            f"{type_name(message)}")
+            problems.append(
+                f"message {number}: expected an object with role and content, got "
+                f"{type_name(message)}"
+            )
             roles.append(None)
             continue
         role = message.get("role")
@@ -63,18 +72,26 @@ def conversation_problems(messages: Any, *, example: str = "a chat example",
             continue
         value = message.get("content")
         if not isinstance(value, (str, list)):
-            problems.append(f"message {number} ({role}): content must be text or a list of content "
-                            f"parts, got {type_name(value)}")
+            problems.append(
+                f"message {number} ({role}): content must be text or a list of content "
+                f"parts, got {type_name(value)}"
+            )
         elif not has_content(value):
-            problems.append(f"message {number} ({role}): empty content (every message needs {content})")
+            problems.append(
+                f"message {number} ({role}): empty content (every message needs {content})"
+            )
         if role == "system" and number > 1:
-            problems.append(f"message {number}: a system message after the first message "
-                            "(a system message is allowed only first)")
+            problems.append(
+                f"message {number}: a system message after the first message "
+                "(a system message is allowed only first)"
+            )
     if "assistant" not in roles:
         problems.append(f"no assistant message ({example} needs an assistant reply to learn from)")
     elif roles[-1] in ROLES and roles[-1] != "assistant":
-        problems.append(f"the last message is from {roles[-1]} (a conversation must end with "
-                        "an assistant message; nothing after it would be learnt)")
+        problems.append(
+            f"the last message is from {roles[-1]} (a conversation must end with "
+            "an assistant message; nothing after it would be learnt)"
+        )
     return problems
 
 
@@ -88,17 +105,27 @@ def rendered_turns(messages: list[dict], renderer: Any) -> list[tuple[str, bool,
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = renderer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        prompt = renderer.apply_chat_template(
+            messages[:i], tokenize=False, add_generation_prompt=True
+        )
         full = renderer.apply_chat_template(messages[: i + 1], tokenize=False)
         if not (prompt.startswith(rendered) and full.startswith(prompt)):
             raise DataError(
                 "the model's chat template does not render conversations turn by turn "
-                "(a prefix changes when a turn is added); use a template that does")
-        pieces.append((prompt[len(rendered):], False, i))
-        pieces.append((full[len(prompt):], True, i + 1))
+                "(a prefix changes when a turn is added); use a template that does"
+            )
+        pieces.append((prompt[len(rendered) :], False, i))
+        pieces.append((full[len(prompt) :], True, i + 1))
         rendered = full
     return [piece for piece in pieces if piece[0]]
 
 
-__all__ = ["ROLES", "ALLOWED_ROLES", "image_parts", "text_of", "has_text_or_parts", "conversation_problems",
-           "rendered_turns"]
+__all__ = [
+    "ROLES",
+    "ALLOWED_ROLES",
+    "image_parts",
+    "text_of",
+    "has_text_or_parts",
+    "conversation_problems",
+    "rendered_turns",
+]

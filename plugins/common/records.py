@@ -21,8 +21,15 @@ DECIMAL = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")
 
 def type_name(value: Any) -> str:
     """How a message names a JSON value's type: ``an object``, ``a number``, ``null``..."""
-    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", int: "a number",
-            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def decoded_lines(path: Path) -> Iterator[tuple[int, str | DataError]]:
@@ -31,13 +38,17 @@ def decoded_lines(path: Path) -> Iterator[tuple[int, str | DataError]]:
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             if number == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8):]
+                raw = raw[len(codecs.BOM_UTF8) :]
             try:
                 yield number, raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield number, DataError(
-                    f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1} is not UTF-8 "
-                    "(save the file as UTF-8)")
+                yield (
+                    number,
+                    DataError(
+                        f"byte 0x{raw[exc.start]:02x} at column {exc.start + 1} is not UTF-8 "
+                        "(save the file as UTF-8)"
+                    ),
+                )
 
 
 def json_records(path: Path) -> Iterator[tuple[int, Any]]:
@@ -58,9 +69,13 @@ def json_records(path: Path) -> Iterator[tuple[int, Any]]:
         try:
             yield number, json.loads(text)
         except json.JSONDecodeError as exc:
-            yield number, DataError(
-                f"not valid JSON: {exc.msg} at column {exc.colno} "
-                "(each line must be one complete JSON object)")
+            yield (
+                number,
+                DataError(
+                    f"not valid JSON: {exc.msg} at column {exc.colno} "
+                    "(each line must be one complete JSON object)"
+                ),
+            )
 
 
 def _array(text: str) -> Iterator[tuple[int, Any]]:
@@ -74,9 +89,13 @@ def _array(text: str) -> Iterator[tuple[int, Any]]:
         try:
             value, index = decoder.raw_decode(text, index)
         except json.JSONDecodeError as exc:
-            yield exc.lineno, DataError(
-                f"not valid JSON: {exc.msg} at column {exc.colno} (the file is a JSON array; "
-                "its elements must be JSON objects separated by commas)")
+            yield (
+                exc.lineno,
+                DataError(
+                    f"not valid JSON: {exc.msg} at column {exc.colno} (the file is a JSON array; "
+                    "its elements must be JSON objects separated by commas)"
+                ),
+            )
             return
         yield line, value
         index = whitespace.match(text, index).end()
@@ -85,8 +104,10 @@ def _array(text: str) -> Iterator[tuple[int, Any]]:
         elif text.startswith("]", index):
             return
         else:
-            yield text.count("\n", 0, index) + 1, DataError(
-                "not valid JSON: expected ',' or ']' after an element of the array")
+            yield (
+                text.count("\n", 0, index) + 1,
+                DataError("not valid JSON: expected ',' or ']' after an element of the array"),
+            )
             return
 
 
@@ -120,9 +141,13 @@ def csv_rows(path: Path) -> Iterator[tuple[int, list[str] | DataError]]:
         if header is None:
             header = row
         elif len(row) != len(header):
-            yield start, DataError(
-                f"{len(row)} fields, but the header has {len(header)} ({', '.join(header)}); quote a "
-                f"field that holds a {'tab' if delimiter == chr(9) else 'comma'}")
+            yield (
+                start,
+                DataError(
+                    f"{len(row)} fields, but the header has {len(header)} ({', '.join(header)}); quote a "
+                    f"field that holds a {'tab' if delimiter == chr(9) else 'comma'}"
+                ),
+            )
             continue
         yield start, row
 
@@ -143,5 +168,14 @@ def parse_label(value: str) -> Any:
     return value
 
 
-__all__ = ["LABEL_COLUMNS", "INTEGER", "DECIMAL", "type_name", "decoded_lines", "json_records", "csv_rows",
-           "column_of", "parse_label"]
+__all__ = [
+    "LABEL_COLUMNS",
+    "INTEGER",
+    "DECIMAL",
+    "type_name",
+    "decoded_lines",
+    "json_records",
+    "csv_rows",
+    "column_of",
+    "parse_label",
+]

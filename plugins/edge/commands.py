@@ -31,23 +31,62 @@ def _bundle_errors():
 
 @click.command("export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", required=True, type=click.Path(),
-              help="Bundle folder to write: new, empty, or (with --overwrite) an existing bundle.")
-@click.option("--overwrite", is_flag=True, help="Replace the bundle at --out (never a folder that is not one).")
-@click.option("--quantize", default="int8", show_default=True,
-              help="A bit width (int8, int4: the faithful scheme for the model), a scheme (int8-dynamic, "
-                   "int8-static, int8-block, int4-block, fp16, none) or auto.")
-@click.option("--exporter", default="auto", show_default=True, help="A registered exporter, or auto.")
-@click.option("--threshold", default=1.0, show_default=True, type=float,
-              help="Largest allowed drop of the task metric, in points.")
-@click.option("--split", default="validation", show_default=True, type=click.Choice(["validation", "test"]),
-              help="Held-out examples the parity gate runs on.")
-@click.option("--ort-format", is_flag=True, help="Also write the model in the ORT format for mobile runtimes.")
-@click.option("--bench/--no-bench", default=True, help="Time the bundle and record it in the manifest.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(),
+    help="Bundle folder to write: new, empty, or (with --overwrite) an existing bundle.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the bundle at --out (never a folder that is not one).",
+)
+@click.option(
+    "--quantize",
+    default="int8",
+    show_default=True,
+    help="A bit width (int8, int4: the faithful scheme for the model), a scheme (int8-dynamic, "
+    "int8-static, int8-block, int4-block, fp16, none) or auto.",
+)
+@click.option(
+    "--exporter", default="auto", show_default=True, help="A registered exporter, or auto."
+)
+@click.option(
+    "--threshold",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="Largest allowed drop of the task metric, in points.",
+)
+@click.option(
+    "--split",
+    default="validation",
+    show_default=True,
+    type=click.Choice(["validation", "test"]),
+    help="Held-out examples the parity gate runs on.",
+)
+@click.option(
+    "--ort-format", is_flag=True, help="Also write the model in the ORT format for mobile runtimes."
+)
+@click.option(
+    "--bench/--no-bench", default=True, help="Time the bundle and record it in the manifest."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-def export_command(pm, run_dir: str, out: str, overwrite: bool, quantize: str, exporter: str, threshold: float,
-                   split: str, ort_format: bool, bench: bool, as_json: bool) -> None:
+def export_command(
+    pm,
+    run_dir: str,
+    out: str,
+    overwrite: bool,
+    quantize: str,
+    exporter: str,
+    threshold: float,
+    split: str,
+    ort_format: bool,
+    bench: bool,
+    as_json: bool,
+) -> None:
     """Export the tuned model of RUN_DIR to a quantized ONNX bundle, proven against it.
 
     Fails with exit 1 and writes no bundle when the bundle's task metric falls more than
@@ -56,17 +95,39 @@ def export_command(pm, run_dir: str, out: str, overwrite: bool, quantize: str, e
     """
     from tunewright.edge import export_run
 
-    result = export_run(run_dir, out, quantize=quantize, exporter=exporter, threshold=threshold, split=split,
-                        ort_format=ort_format, bench=bench, overwrite=overwrite, log=_echo, pm=pm)
+    result = export_run(
+        run_dir,
+        out,
+        quantize=quantize,
+        exporter=exporter,
+        threshold=threshold,
+        split=split,
+        ort_format=ort_format,
+        bench=bench,
+        overwrite=overwrite,
+        log=_echo,
+        pm=pm,
+    )
     manifest = result.manifest
     if as_json:
-        click.echo(json.dumps({"bundle": str(result.bundle), "quantization": manifest["quantization"],
-                               "parity": manifest["parity"], "benchmark": manifest.get("benchmark")}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "bundle": str(result.bundle),
+                    "quantization": manifest["quantization"],
+                    "parity": manifest["parity"],
+                    "benchmark": manifest.get("benchmark"),
+                },
+                indent=2,
+            )
+        )
     else:
         parity = manifest["parity"]
-        click.echo(f"bundle {result.bundle}: {manifest['quantization']['name']}, "
-                   f"{parity['metric']} {parity['bundle']:.4f} (tuned {parity['tuned']:.4f}, "
-                   f"drop {parity['drop_points']:.2f} points)")
+        click.echo(
+            f"bundle {result.bundle}: {manifest['quantization']['name']}, "
+            f"{parity['metric']} {parity['bundle']:.4f} (tuned {parity['tuned']:.4f}, "
+            f"drop {parity['drop_points']:.2f} points)"
+        )
 
 
 @click.group("edge")
@@ -80,12 +141,27 @@ def edge_group() -> None:
 @click.option("--max-new-tokens", default=64, show_default=True)
 @click.option("--temperature", default=0.0, show_default=True)
 @click.option("--seed", default=None, type=int)
-@click.option("--raw", is_flag=True, help="Generation: use the prompt as is, without the chat format.")
-@click.option("--image", "images", multiple=True, type=click.Path(),
-              help="Image+text bundles: an image shown before each prompt (repeat for several).")
+@click.option(
+    "--raw", is_flag=True, help="Generation: use the prompt as is, without the chat format."
+)
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    type=click.Path(),
+    help="Image+text bundles: an image shown before each prompt (repeat for several).",
+)
 @click.pass_obj
-def run_command(pm, bundle: str, inputs: tuple[str, ...], max_new_tokens: int, temperature: float,
-                seed: int | None, raw: bool, images: tuple[str, ...]) -> None:
+def run_command(
+    pm,
+    bundle: str,
+    inputs: tuple[str, ...],
+    max_new_tokens: int,
+    temperature: float,
+    seed: int | None,
+    raw: bool,
+    images: tuple[str, ...],
+) -> None:
     """Predict with BUNDLE for each input: texts, image paths, or prompts (with --image, an
     image+text bundle answers each prompt about the images)."""
     from tunewright.edge.runtime.__main__ import run_bundle
@@ -93,8 +169,16 @@ def run_command(pm, bundle: str, inputs: tuple[str, ...], max_new_tokens: int, t
     if not inputs:
         raise UsageError("edge run: give at least one input (a text, an image path or a prompt)")
     with _bundle_errors():
-        out = run_bundle(bundle, list(inputs), max_new_tokens=max_new_tokens, temperature=temperature,
-                         seed=seed, as_chat=not raw, images=list(images), pm=pm)
+        out = run_bundle(
+            bundle,
+            list(inputs),
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+            as_chat=not raw,
+            images=list(images),
+            pm=pm,
+        )
     click.echo(json.dumps(out, indent=2, ensure_ascii=False))
 
 
@@ -105,17 +189,38 @@ def run_command(pm, bundle: str, inputs: tuple[str, ...], max_new_tokens: int, t
 @click.option("--runs", default=50, show_default=True)
 @click.option("--new-tokens", default=64, show_default=True, help="Tokens generated per run.")
 @click.option("--threads", default=None, type=int, help="onnxruntime intra-op threads.")
-@click.option("--image", "images", multiple=True, type=click.Path(),
-              help="Image+text bundles: time prompts that show this image (default: one of noise).")
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    type=click.Path(),
+    help="Image+text bundles: time prompts that show this image (default: one of noise).",
+)
 @click.pass_obj
-def bench_command(pm, bundle: str, tokens: int, batch: int, runs: int, new_tokens: int, threads: int | None,
-                  images: tuple[str, ...]) -> None:
+def bench_command(
+    pm,
+    bundle: str,
+    tokens: int,
+    batch: int,
+    runs: int,
+    new_tokens: int,
+    threads: int | None,
+    images: tuple[str, ...],
+) -> None:
     """Latency p50/p95, throughput and peak memory of BUNDLE on this machine."""
     from tunewright.edge.runtime import bench_bundle
 
     with _bundle_errors():
-        figures = bench_bundle(bundle, tokens=tokens, batch=batch, runs=runs, new_tokens=new_tokens, threads=threads,
-                               images=list(images), pm=pm)
+        figures = bench_bundle(
+            bundle,
+            tokens=tokens,
+            batch=batch,
+            runs=runs,
+            new_tokens=new_tokens,
+            threads=threads,
+            images=list(images),
+            pm=pm,
+        )
     click.echo(json.dumps(figures, indent=2))
 
 
@@ -130,8 +235,10 @@ def verify_command(pm, bundle: str) -> None:
         report = verify_bundle(bundle, pm=pm)
     click.echo(json.dumps(report, indent=2))
     if not report["ok"]:
-        raise JobFailed("verify: the bundle does not reproduce its recorded parity figures:\n  "
-                        + "\n  ".join(report["problems"]))
+        raise JobFailed(
+            "verify: the bundle does not reproduce its recorded parity figures:\n  "
+            + "\n  ".join(report["problems"])
+        )
 
 
 @hookimpl

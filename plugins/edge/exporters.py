@@ -37,7 +37,9 @@ def _model_type(model) -> str | None:
 
 def _keep_only_onnx(folder: Path) -> None:
     for path in folder.iterdir():
-        if path.is_file() and not (path.suffix == ".onnx" or path.name.endswith((".onnx_data", ".onnx.data"))):
+        if path.is_file() and not (
+            path.suffix == ".onnx" or path.name.endswith((".onnx_data", ".onnx.data"))
+        ):
             path.unlink()
 
 
@@ -53,8 +55,9 @@ class OptimumExporter:
             import optimum.exporters.onnx.model_configs  # noqa: F401  (fills the TasksManager registry)
             from optimum.exporters.tasks import TasksManager
 
-            tasks = TasksManager.get_supported_tasks_for_model_type(model_type, exporter="onnx",
-                                                                     library_name="transformers")
+            tasks = TasksManager.get_supported_tasks_for_model_type(
+                model_type, exporter="onnx", library_name="transformers"
+            )
         except Exception:
             return False
         return OPTIMUM_TASKS[task_kind] in tasks
@@ -66,15 +69,25 @@ class OptimumExporter:
         out_dir.mkdir(parents=True, exist_ok=True)
         model.eval()
         try:
-            onnx_export_from_model(model, out_dir, task=OPTIMUM_TASKS[task_kind], do_validation=False)
+            onnx_export_from_model(
+                model, out_dir, task=OPTIMUM_TASKS[task_kind], do_validation=False
+            )
         except Exception as exc:
-            raise JobFailed(f"optimum could not export this {type(model).__name__}: {type(exc).__name__}: {exc}") from exc
+            raise JobFailed(
+                f"optimum could not export this {type(model).__name__}: {type(exc).__name__}: {exc}"
+            ) from exc
         _keep_only_onnx(out_dir)
         from importlib.metadata import version
 
-        return ExportedModel(out_dir, task_kind, exporter="optimum",
-                             details={"optimum_task": OPTIMUM_TASKS[task_kind],
-                                      "optimum_onnx": version("optimum-onnx")})
+        return ExportedModel(
+            out_dir,
+            task_kind,
+            exporter="optimum",
+            details={
+                "optimum_task": OPTIMUM_TASKS[task_kind],
+                "optimum_onnx": version("optimum-onnx"),
+            },
+        )
 
 
 class _LogitsOnly:
@@ -90,13 +103,19 @@ class _LogitsOnly:
 
             def forward(self, *args):
                 out = self.model(**dict(zip(names, args)))
-                return out.logits if hasattr(out, "logits") else (out[0] if isinstance(out, (tuple, list)) else out)
+                return (
+                    out.logits
+                    if hasattr(out, "logits")
+                    else (out[0] if isinstance(out, (tuple, list)) else out)
+                )
 
         return Wrapper()
 
 
 class TorchExporter:
-    description = "torch.onnx (any classifier taking input_ids/attention_mask or pixel_values; no KV cache)"
+    description = (
+        "torch.onnx (any classifier taking input_ids/attention_mask or pixel_values; no KV cache)"
+    )
     preference = 10
 
     def supports(self, model, task_kind: str) -> bool:
@@ -117,7 +136,9 @@ class TorchExporter:
         if task_kind == kinds.IMAGE_CLASSIFICATION:
             from tunewright.edge.preprocessing import image_preprocessing
 
-            size = image_preprocessing(preprocessor)["size"]  # what reaches the model, after any crop
+            size = image_preprocessing(preprocessor)[
+                "size"
+            ]  # what reaches the model, after any crop
             height, width = size["height"], size["width"]
             names = ["pixel_values"]
             args = (torch.zeros(1, 3, height, width),)
@@ -131,19 +152,43 @@ class TorchExporter:
         wrapper = _LogitsOnly(model, names)
         try:
             with torch.inference_mode():
-                torch.onnx.export(wrapper, args, str(out_dir / "model.onnx"), input_names=names,
-                                  output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
+                torch.onnx.export(
+                    wrapper,
+                    args,
+                    str(out_dir / "model.onnx"),
+                    input_names=names,
+                    output_names=["logits"],
+                    dynamic_axes=axes,
+                    opset_version=17,
+                    dynamo=False,
+                )
         except Exception as exc:
-            raise JobFailed(f"torch.onnx could not export this {type(model).__name__}: {type(exc).__name__}: {exc}") from exc
-        return ExportedModel(out_dir, task_kind, exporter="torch",
-                             details={"torch": torch.__version__, "opset": 17})
+            raise JobFailed(
+                f"torch.onnx could not export this {type(model).__name__}: {type(exc).__name__}: {exc}"
+            ) from exc
+        return ExportedModel(
+            out_dir, task_kind, exporter="torch", details={"torch": torch.__version__, "opset": 17}
+        )
 
 
-GENAI_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "granite", "olmo", "smollm3"}
+GENAI_TYPES = {
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "gemma",
+    "gemma2",
+    "granite",
+    "olmo",
+    "smollm3",
+}
 
 
 class GenAIExporter:
-    description = "onnxruntime-genai model builder (causal LMs: Llama, Mistral, Qwen, Phi, Gemma...)"
+    description = (
+        "onnxruntime-genai model builder (causal LMs: Llama, Mistral, Qwen, Phi, Gemma...)"
+    )
     preference = 30
 
     def supports(self, model, task_kind: str) -> bool:
@@ -166,23 +211,40 @@ class GenAIExporter:
             model.save_pretrained(hf, safe_serialization=True)
             preprocessor.save_pretrained(hf)
             try:
-                create_model(_model_type(model), str(hf), str(out_dir), "fp32", "cpu", str(Path(tmp) / "cache"),
-                             hf_token="false", hf_remote="false")
+                create_model(
+                    _model_type(model),
+                    str(hf),
+                    str(out_dir),
+                    "fp32",
+                    "cpu",
+                    str(Path(tmp) / "cache"),
+                    hf_token="false",
+                    hf_remote="false",
+                )
             except Exception as exc:
-                raise JobFailed(f"the onnxruntime-genai model builder could not export this "
-                                f"{type(model).__name__}: {type(exc).__name__}: {exc}") from exc
+                raise JobFailed(
+                    f"the onnxruntime-genai model builder could not export this "
+                    f"{type(model).__name__}: {type(exc).__name__}: {exc}"
+                ) from exc
         # the bundle carries its own tokenizer.json; genai needs its config and may use the rest
         config = json.loads((out_dir / "genai_config.json").read_text())
         eos = getattr(preprocessor, "eos_token_id", None)
         if eos is not None:
             config["model"]["eos_token_id"] = int(eos)
-            config["model"]["pad_token_id"] = int(preprocessor.pad_token_id if preprocessor.pad_token_id is not None else eos)
+            config["model"]["pad_token_id"] = int(
+                preprocessor.pad_token_id if preprocessor.pad_token_id is not None else eos
+            )
         (out_dir / "genai_config.json").write_text(json.dumps(config, indent=4))
         for name in ("tokenizer.json",):
             if (out_dir / name).exists():
                 (out_dir / name).unlink()  # written again by the bundle from the tuned tokenizer
-        return ExportedModel(out_dir, task_kind, runtime="onnxruntime-genai", exporter="genai",
-                             details={"onnxruntime_genai": version("onnxruntime-genai"), "precision": "fp32"})
+        return ExportedModel(
+            out_dir,
+            task_kind,
+            runtime="onnxruntime-genai",
+            exporter="genai",
+            details={"onnxruntime_genai": version("onnxruntime-genai"), "precision": "fp32"},
+        )
 
 
 @hookimpl(trylast=True)

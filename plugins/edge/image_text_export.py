@@ -50,10 +50,13 @@ def _llava_parts(model) -> SimpleNamespace | None:
         projector=getattr(inner, "multi_modal_projector", None),
         language_model=getattr(inner, "language_model", None),
         head=getattr(model, "lm_head", None),
-        config=getattr(model, "config", None))
+        config=getattr(model, "config", None),
+    )
     if any(value is None for value in vars(parts).values()):
         return None
-    if not hasattr(parts.config, "text_config") or not hasattr(parts.config, "vision_feature_layer"):
+    if not hasattr(parts.config, "text_config") or not hasattr(
+        parts.config, "vision_feature_layer"
+    ):
         return None
     return parts
 
@@ -91,18 +94,27 @@ def _causal_lm(parts):
 
 
 class ImageTextExporter:
-    description = ("image-text models (Llava and kin): vision part to ONNX, language model through "
-                   "onnxruntime-genai's builder (exclude_embeds), embeddings as .npy")
+    description = (
+        "image-text models (Llava and kin): vision part to ONNX, language model through "
+        "onnxruntime-genai's builder (exclude_embeds), embeddings as .npy"
+    )
     preference = 40
     #: the task's exact match runs the bundle's decoder without a cache: fewer examples than a
     #: one-file model's defaults (as this exporter's own path took before it joined export_bundle)
-    reference_limits: ClassVar[dict[str, int]] = {"max_examples": 64, "fidelity_examples": 4, "new_tokens": 16}
+    reference_limits: ClassVar[dict[str, int]] = {
+        "max_examples": 64,
+        "fidelity_examples": 4,
+        "new_tokens": 16,
+    }
 
     def supports(self, model, task_kind: str) -> bool:
         if task_kind != TASK_KIND:
             return False
         parts = _llava_parts(model)
-        return parts is not None and getattr(parts.config.text_config, "model_type", None) in GENAI_TYPES
+        return (
+            parts is not None
+            and getattr(parts.config.text_config, "model_type", None) in GENAI_TYPES
+        )
 
     def export(self, model, preprocessor, task_kind: str, out_dir: Path) -> ExportedModel:
         """``vision.onnx`` and ``embeddings.npy`` in ``out_dir/shared``, the decoder (a part of
@@ -119,21 +131,35 @@ class ImageTextExporter:
         parts = _llava_parts(model)
         model.eval()
         size = preprocessor.image_processor.size
-        side = (size.get("height"), size.get("width")) if "height" in size else (size["shortest_edge"],) * 2
+        side = (
+            (size.get("height"), size.get("width"))
+            if "height" in size
+            else (size["shortest_edge"],) * 2
+        )
         example = torch.zeros(2, 3, *side)
         started = time.perf_counter()
         try:
             with torch.inference_mode(), warnings.catch_warnings():
                 # torch 2.13 calls the TorchScript exporter legacy; the dynamo one needs onnxscript
                 warnings.simplefilter("ignore", DeprecationWarning)
-                torch.onnx.export(_vision_module(parts), (example,), str(shared / VISION_FILE),
-                                  input_names=["pixel_values"], output_names=["image_features"],
-                                  dynamic_axes={"pixel_values": {0: "views"}, "image_features": {0: "views"}},
-                                  opset_version=17, dynamo=False)
+                torch.onnx.export(
+                    _vision_module(parts),
+                    (example,),
+                    str(shared / VISION_FILE),
+                    input_names=["pixel_values"],
+                    output_names=["image_features"],
+                    dynamic_axes={"pixel_values": {0: "views"}, "image_features": {0: "views"}},
+                    opset_version=17,
+                    dynamo=False,
+                )
         except Exception as exc:
-            raise JobFailed(f"torch.onnx could not export the vision part of this {type(model).__name__}: "
-                            f"{type(exc).__name__}: {exc}") from exc
-        embeddings = model.get_input_embeddings().weight.detach().float().cpu().numpy()  # (vocab, D)
+            raise JobFailed(
+                f"torch.onnx could not export the vision part of this {type(model).__name__}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        embeddings = (
+            model.get_input_embeddings().weight.detach().float().cpu().numpy()
+        )  # (vocab, D)
         np.save(shared / EMBEDDINGS_FILE, embeddings)
         with tempfile.TemporaryDirectory(prefix="hf-", dir=out_dir.parent) as tmp:
             hf = Path(tmp) / "hf"
@@ -141,25 +167,50 @@ class ImageTextExporter:
             preprocessor.tokenizer.save_pretrained(hf)
             try:
                 # what the builder prints (a line per layer) export_bundle keeps off the console
-                create_model(parts.config.text_config.model_type, str(hf), str(decoder), "fp32", "cpu",
-                             str(Path(tmp) / "cache"), hf_token="false", hf_remote="false", exclude_embeds="true")
+                create_model(
+                    parts.config.text_config.model_type,
+                    str(hf),
+                    str(decoder),
+                    "fp32",
+                    "cpu",
+                    str(Path(tmp) / "cache"),
+                    hf_token="false",
+                    hf_remote="false",
+                    exclude_embeds="true",
+                )
             except Exception as exc:
-                raise JobFailed(f"the onnxruntime-genai model builder could not export the language model: "
-                                f"{type(exc).__name__}: {exc}") from exc
+                raise JobFailed(
+                    f"the onnxruntime-genai model builder could not export the language model: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
         for path in decoder.iterdir():
             # the decoder alone: the bundle writes its own tokenizer.json from the tuned processor
             if not path.name.startswith("model.onnx"):
                 path.unlink()
         return ExportedModel(
-            shared, task_kind, runtime="onnxruntime", model_file="model.onnx", exporter="image-text",
-            details={"onnxruntime_genai": version("onnxruntime-genai"), "torch": torch.__version__, "opset": 17,
-                     "seconds": round(time.perf_counter() - started, 1)},
-            model_entries={"vision_file": VISION_FILE, "embeddings_file": EMBEDDINGS_FILE,
-                           "embeddings_dtype": "float32"},
+            shared,
+            task_kind,
+            runtime="onnxruntime",
+            model_file="model.onnx",
+            exporter="image-text",
+            details={
+                "onnxruntime_genai": version("onnxruntime-genai"),
+                "torch": torch.__version__,
+                "opset": 17,
+                "seconds": round(time.perf_counter() - started, 1),
+            },
+            model_entries={
+                "vision_file": VISION_FILE,
+                "embeddings_file": EMBEDDINGS_FILE,
+                "embeddings_dtype": "float32",
+            },
             # the decoder alone is what a causal-LM quantizer knows (inputs_embeds aside)
-            parts={DECODER: ExportedModel(decoder, kinds.CAUSAL_LM, exporter="image-text")})
+            parts={DECODER: ExportedModel(decoder, kinds.CAUSAL_LM, exporter="image-text")},
+        )
 
-    def preprocessing(self, model, preprocessor, folder: Path, *, max_length: int, config=None) -> dict[str, Any]:
+    def preprocessing(
+        self, model, preprocessor, folder: Path, *, max_length: int, config=None
+    ) -> dict[str, Any]:
         """The bundle's ``preprocessing`` (:func:`preprocessing`)."""
         return preprocessing(preprocessor, model, folder, config)
 
@@ -175,10 +226,22 @@ class ImageTextExporter:
         matrix = np.load(shared / EMBEDDINGS_FILE)  # (vocab, D)
         write_int8_embeddings(matrix, out_dir / EMBEDDINGS_INT8_FILE)
         quantization = dict(candidate.quantization)
-        quantization["embedding_tables"] = [*quantization.get("embedding_tables", []), {
-            "table": "input embeddings", "file": EMBEDDINGS_INT8_FILE, "shape": [int(n) for n in matrix.shape],
-            "bits": 8, "scheme": "symmetric int8 rows, one float32 scale each", "tied_head": None}]
-        entries = {**candidate.model_entries, "embeddings_file": EMBEDDINGS_INT8_FILE, "embeddings_dtype": "int8-rows"}
+        quantization["embedding_tables"] = [
+            *quantization.get("embedding_tables", []),
+            {
+                "table": "input embeddings",
+                "file": EMBEDDINGS_INT8_FILE,
+                "shape": [int(n) for n in matrix.shape],
+                "bits": 8,
+                "scheme": "symmetric int8 rows, one float32 scale each",
+                "tied_head": None,
+            },
+        ]
+        entries = {
+            **candidate.model_entries,
+            "embeddings_file": EMBEDDINGS_INT8_FILE,
+            "embeddings_dtype": "int8-rows",
+        }
         return candidate.moved(out_dir, model_entries=entries, quantization=quantization)
 
 
@@ -191,20 +254,26 @@ def preprocessing(processor, model, folder: Path, config=None) -> dict[str, Any]
 
     tokenizer = processor.tokenizer
     if not getattr(tokenizer, "is_fast", False):
-        raise UsageError("the bundle needs a fast tokenizer (tokenizer.json); this model's tokenizer is not one")
+        raise UsageError(
+            "the bundle needs a fast tokenizer (tokenizer.json); this model's tokenizer is not one"
+        )
     tokenizer.backend_tokenizer.save(str(folder / "tokenizer.json"))
     image = processor.image_processor
     size = dict(image.size)
     if "height" not in size:
         size = {"height": size["shortest_edge"], "width": size["shortest_edge"]}
     eos = sorted(_eos(model))
-    image_token_id = int(getattr(model.config, "image_token_id", None) or model.config.image_token_index)
+    image_token_id = int(
+        getattr(model.config, "image_token_id", None) or model.config.image_token_index
+    )
     tokens_per_view = int(getattr(model.config, "image_seq_length", 0) or 0)
     fmt = chat_format(processor)
     return {
         "kind": "image_text",
         "tokenizer": "tokenizer.json",
-        "pad_token_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]),
+        "pad_token_id": int(
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+        ),
         "add_special_tokens": False,
         "eos_token_ids": eos,
         "chat_format": fmt,
@@ -221,7 +290,8 @@ def preprocessing(processor, model, folder: Path, config=None) -> dict[str, Any]
             "do_normalize": bool(getattr(image, "do_normalize", True)),
             "image_mean": [float(x) for x in image.image_mean],
             "image_std": [float(x) for x in image.image_std],
-            "layout": "NCHW", "channels": "RGB",
+            "layout": "NCHW",
+            "channels": "RGB",
         },
     }
 
@@ -230,7 +300,9 @@ def _eos(model) -> set[int]:
     value = getattr(model.generation_config, "eos_token_id", None)
     if value is None:
         value = getattr(model.config, "eos_token_id", None)
-    return {int(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None}
+    return {
+        int(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None
+    }
 
 
 def write_int8_embeddings(matrix: np.ndarray, path: Path) -> None:

@@ -42,7 +42,9 @@ from tunewright.edge import ExportedModel
 def _copy_side_files(exported: ExportedModel, out_dir: Path) -> None:
     """Copy what is not the ONNX model itself (genai_config.json, ...)."""
     for name in exported.files():
-        if name == exported.model_file or name.endswith((".onnx", ".onnx_data", ".onnx.data", ".data")):
+        if name == exported.model_file or name.endswith(
+            (".onnx", ".onnx_data", ".onnx.data", ".data")
+        ):
             continue
         target = out_dir / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -56,8 +58,13 @@ def _save(model, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     big = model.ByteSize() > 1_800_000_000 if hasattr(model, "ByteSize") else True
     if big:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data")
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=path.name + ".data",
+        )
     else:
         onnx.save_model(model, str(path))
 
@@ -90,8 +97,9 @@ class Float16:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         out_dir = Path(out_dir)
-        model = convert_float_to_float16(_load(exported), keep_io_types=True,
-                                         op_block_list=["Range", "CumSum"])
+        model = convert_float_to_float16(
+            _load(exported), keep_io_types=True, op_block_list=["Range", "CumSum"]
+        )
         _copy_side_files(exported, out_dir)
         _save(model, out_dir / exported.model_file)
         return exported.moved(out_dir, quantization={"name": "fp16", "keep_io_types": True})
@@ -104,7 +112,9 @@ def _fuse_transformer(source: Path, target: Path) -> dict[str, int]:
     try:
         from onnxruntime.transformers.optimizer import optimize_model
 
-        optimized = optimize_model(str(source), model_type="bert", num_heads=0, hidden_size=0, opt_level=1)
+        optimized = optimize_model(
+            str(source), model_type="bert", num_heads=0, hidden_size=0, opt_level=1
+        )
         fused = {op: int(n) for op, n in optimized.get_fused_operator_statistics().items() if n}
     except Exception:  # a graph the fusions do not understand stays as it is
         return {}
@@ -126,7 +136,9 @@ WEIGHTS = "int8 (7-bit range, faithful on CPUs without VNNI)"
 
 
 class DynamicInt8:
-    description = "dynamic int8: per-channel int8 weights, activations quantized at run time (encoders)"
+    description = (
+        "dynamic int8: per-channel int8 weights, activations quantized at run time (encoders)"
+    )
     auto_candidate = True
 
     def __init__(self, per_channel: bool = True):
@@ -148,14 +160,33 @@ class DynamicInt8:
         # MatMulConstBOnly: activation x activation products (attention scores in an unfused
         # graph) stay float; DefaultTensorType: contrib ops have no shape inference to ask;
         # reduce_range: see REDUCE_RANGE
-        quantize_dynamic(str(source), str(out_dir / exported.model_file), per_channel=self.per_channel,
-                         weight_type=QuantType.QInt8, reduce_range=REDUCE_RANGE,
-                         op_types_to_quantize=["MatMul", "Gemm", "Gather", "Attention", "EmbedLayerNormalization"],
-                         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_dynamic(
+            str(source),
+            str(out_dir / exported.model_file),
+            per_channel=self.per_channel,
+            weight_type=QuantType.QInt8,
+            reduce_range=REDUCE_RANGE,
+            op_types_to_quantize=[
+                "MatMul",
+                "Gemm",
+                "Gather",
+                "Attention",
+                "EmbedLayerNormalization",
+            ],
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
         fused_path.unlink(missing_ok=True)
-        return exported.moved(out_dir, quantization={
-            "name": "int8-dynamic", "weights": WEIGHTS, "embeddings": "int8", "per_channel": self.per_channel,
-            "activations": "dynamic uint8", "fused": fused})
+        return exported.moved(
+            out_dir,
+            quantization={
+                "name": "int8-dynamic",
+                "weights": WEIGHTS,
+                "embeddings": "int8",
+                "per_channel": self.per_channel,
+                "activations": "dynamic uint8",
+                "fused": fused,
+            },
+        )
 
 
 class _Reader:
@@ -196,7 +227,11 @@ def compact_names(path: Path) -> int:
     before = path.stat().st_size
     model = onnx.load(str(path))
     graph = model.graph
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+    if any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for n in graph.node
+        for a in n.attribute
+    ):
         return 0
     keep = {v.name for v in graph.input} | {v.name for v in graph.output} | {""}
     renamed: dict[str, str] = {}
@@ -221,8 +256,10 @@ def compact_names(path: Path) -> int:
 
 
 class StaticInt8:
-    description = ("static int8 QDQ: per-channel int8 weights, activation ranges calibrated on the run's "
-                   "training examples (convolutions included)")
+    description = (
+        "static int8 QDQ: per-channel int8 weights, activation ranges calibrated on the run's "
+        "training examples (convolutions included)"
+    )
     auto_candidate = True
 
     def supports(self, exported: ExportedModel) -> bool:
@@ -231,17 +268,29 @@ class StaticInt8:
 
     def quantize(self, exported, out_dir, calibration):
         import onnxruntime as ort
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         from tunewright import UsageError
 
         if not calibration:
-            raise UsageError("--quantize int8-static needs examples to calibrate on (training or held-out), and there are none")
+            raise UsageError(
+                "--quantize int8-static needs examples to calibrate on (training or held-out), and there are none"
+            )
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         _copy_side_files(exported, out_dir)
-        names = {i.name for i in ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"]).get_inputs()}
+        names = {
+            i.name
+            for i in ort.InferenceSession(
+                str(exported.path), providers=["CPUExecutionProvider"]
+            ).get_inputs()
+        }
         prepared = out_dir / "prepared.onnx"
         try:
             quant_pre_process(str(exported.path), str(prepared), skip_symbolic_shape=False)
@@ -252,21 +301,43 @@ class StaticInt8:
         # outlier activation among thousands would otherwise set a layer's whole range (on a
         # MobileNetV2 tuned on digits MinMax flips 8% of the held-out predictions, the percentile
         # 5%). onnxruntime's histograms need one shape, so texts of varied length keep MinMax.
-        one_shape = len({tuple((k, np.shape(v)) for k, v in sorted(feed.items())) for feed in calibration}) == 1
-        method, extra = ((CalibrationMethod.Percentile, {"CalibPercentile": PERCENTILE}) if one_shape
-                         else (CalibrationMethod.MinMax, {}))
-        quantize_static(str(source), str(out_dir / exported.model_file), _Reader(calibration, names),
-                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=method, reduce_range=REDUCE_RANGE,
-                        op_types_to_quantize=["MatMul", "Gemm", "Conv"],
-                        extra_options={"MatMulConstBOnly": True, **extra})
+        one_shape = (
+            len({tuple((k, np.shape(v)) for k, v in sorted(feed.items())) for feed in calibration})
+            == 1
+        )
+        method, extra = (
+            (CalibrationMethod.Percentile, {"CalibPercentile": PERCENTILE})
+            if one_shape
+            else (CalibrationMethod.MinMax, {})
+        )
+        quantize_static(
+            str(source),
+            str(out_dir / exported.model_file),
+            _Reader(calibration, names),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=method,
+            reduce_range=REDUCE_RANGE,
+            op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+            extra_options={"MatMulConstBOnly": True, **extra},
+        )
         prepared.unlink(missing_ok=True)
         saved = compact_names(out_dir / exported.model_file)
-        return exported.moved(out_dir, quantization={
-            "name": "int8-static", "format": "QDQ", "per_channel": True, "weights": WEIGHTS,
-            "activations": "uint8, calibrated",
-            "calibration_method": f"percentile {PERCENTILE}" if one_shape else "minmax",
-            "calibration_examples": len(calibration), "names_compacted_bytes": saved})
+        return exported.moved(
+            out_dir,
+            quantization={
+                "name": "int8-static",
+                "format": "QDQ",
+                "per_channel": True,
+                "weights": WEIGHTS,
+                "activations": "uint8, calibrated",
+                "calibration_method": f"percentile {PERCENTILE}" if one_shape else "minmax",
+                "calibration_examples": len(calibration),
+                "names_compacted_bytes": saved,
+            },
+        )
 
 
 def _transposed_initializer(name: str, producers: dict, inits: dict) -> str | None:
@@ -278,7 +349,9 @@ def _transposed_initializer(name: str, producers: dict, inits: dict) -> str | No
     return node.input[0] if perm in (None, [1, 0]) and len(inits[node.input[0]].dims) == 2 else None
 
 
-def quantize_embedding_tables(model, *, bits: int, block_size: int, accuracy_level: int) -> list[dict]:
+def quantize_embedding_tables(
+    model, *, bits: int, block_size: int, accuracy_level: int
+) -> list[dict]:
     """Quantize every embedding table (a ``Gather`` over a 2-D float table) block-wise along its
     rows, and give an LM head tied to it the very same bytes.
 
@@ -294,8 +367,10 @@ def quantize_embedding_tables(model, *, bits: int, block_size: int, accuracy_lev
     """
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
-    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
-                                                                 DefaultWeightOnlyQuantizer)
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        DefaultWeightOnlyQuantizer,
+    )
 
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
@@ -321,37 +396,86 @@ def quantize_embedding_tables(model, *, bits: int, block_size: int, accuracy_lev
         for node in graph.node:
             if node.op_type != "MatMul":
                 continue
-            if (transposed and node.input[1] == table_name) or \
-                    (not transposed and _transposed_initializer(node.input[1], producers, inits) == table_name):
+            if (transposed and node.input[1] == table_name) or (
+                not transposed
+                and _transposed_initializer(node.input[1], producers, inits) == table_name
+            ):
                 heads.append(node)
-            elif node.input[1] in inits and tuple(inits[node.input[1]].dims) == (hidden, vocab) and np.array_equal(
-                    numpy_helper.to_array(inits[node.input[1]]).T, vocab_by_hidden):
-                heads.append(node)  # tied by value: an exporter wrote the head's own transposed copy
-        quantizer = DefaultWeightOnlyQuantizer(DefaultWeightOnlyQuantConfig(
-            block_size=block, is_symmetric=True, accuracy_level=accuracy_level, bits=bits))
-        packed, scales, _ = quantizer.qbits_block_quant(np.ascontiguousarray(vocab_by_hidden.T))  # (V, H/b, b*bits/8)
+            elif (
+                node.input[1] in inits
+                and tuple(inits[node.input[1]].dims) == (hidden, vocab)
+                and np.array_equal(numpy_helper.to_array(inits[node.input[1]]).T, vocab_by_hidden)
+            ):
+                heads.append(
+                    node
+                )  # tied by value: an exporter wrote the head's own transposed copy
+        quantizer = DefaultWeightOnlyQuantizer(
+            DefaultWeightOnlyQuantConfig(
+                block_size=block, is_symmetric=True, accuracy_level=accuracy_level, bits=bits
+            )
+        )
+        packed, scales, _ = quantizer.qbits_block_quant(
+            np.ascontiguousarray(vocab_by_hidden.T)
+        )  # (V, H/b, b*bits/8)
         base = f"{table_name}.block{block}_q{bits}"
-        graph.initializer.extend([numpy_helper.from_array(packed, base), numpy_helper.from_array(scales, base + ".scales"),
-                                  numpy_helper.from_array(np.asarray([vocab, hidden * bits // 8], np.int64),
-                                                          base + ".table_shape")])
-        reshape = helper.make_node("Reshape", [base, base + ".table_shape"], [base + ".table"], name=base + "/Reshape")
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(packed, base),
+                numpy_helper.from_array(scales, base + ".scales"),
+                numpy_helper.from_array(
+                    np.asarray([vocab, hidden * bits // 8], np.int64), base + ".table_shape"
+                ),
+            ]
+        )
+        reshape = helper.make_node(
+            "Reshape", [base, base + ".table_shape"], [base + ".table"], name=base + "/Reshape"
+        )
         quantized_gather = helper.make_node(
-            "GatherBlockQuantized", [base + ".table", gather.input[1], base + ".scales"], list(gather.output),
-            name=(gather.name or base) + "/GatherBlockQuantized", domain="com.microsoft",
-            bits=bits, block_size=block, gather_axis=0, quantize_axis=1)
+            "GatherBlockQuantized",
+            [base + ".table", gather.input[1], base + ".scales"],
+            list(gather.output),
+            name=(gather.name or base) + "/GatherBlockQuantized",
+            domain="com.microsoft",
+            bits=bits,
+            block_size=block,
+            gather_axis=0,
+            quantize_axis=1,
+        )
         replaced = [(gather, [reshape, quantized_gather])]
         for head in heads:
-            replaced.append((head, [helper.make_node(
-                "MatMulNBits", [head.input[0], base, base + ".scales"], list(head.output),
-                name=(head.name or base) + "/MatMulNBits", domain="com.microsoft",
-                K=hidden, N=vocab, bits=bits, block_size=block, accuracy_level=accuracy_level)]))
+            replaced.append(
+                (
+                    head,
+                    [
+                        helper.make_node(
+                            "MatMulNBits",
+                            [head.input[0], base, base + ".scales"],
+                            list(head.output),
+                            name=(head.name or base) + "/MatMulNBits",
+                            domain="com.microsoft",
+                            K=hidden,
+                            N=vocab,
+                            bits=bits,
+                            block_size=block,
+                            accuracy_level=accuracy_level,
+                        )
+                    ],
+                )
+            )
         for old, new in replaced:
             index = list(graph.node).index(old)
             graph.node.remove(old)
             for offset, node in enumerate(new):
                 graph.node.insert(index + offset, node)
-        records.append({"table": table_name, "shape": [int(vocab), int(hidden)], "bits": bits, "block_size": block,
-                        "tied_head": [h.name for h in heads] or None})
+        records.append(
+            {
+                "table": table_name,
+                "shape": [int(vocab), int(hidden)],
+                "bits": bits,
+                "block_size": block,
+                "tied_head": [h.name for h in heads] or None,
+            }
+        )
     # drop what nothing reads any more: the float table and the Transpose nodes over it
     used = {name for node in graph.node for name in node.input}
     for node in [n for n in graph.node if n.op_type == "Transpose" and not (set(n.output) & used)]:
@@ -407,12 +531,25 @@ class BlockWise:
 
     auto_candidate = True
 
-    def __init__(self, name: str, bits: int, block_size: int = 32, accuracy_level: int = 4,
-                 table_bits: int = 8, table_block_size: int = 64):
+    def __init__(
+        self,
+        name: str,
+        bits: int,
+        block_size: int = 32,
+        accuracy_level: int = 4,
+        table_bits: int = 8,
+        table_block_size: int = 64,
+    ):
         self.name, self.bits, self.block_size = name, bits, block_size
-        self.accuracy_level, self.table_bits, self.table_block_size = accuracy_level, table_bits, table_block_size
-        self.description = (f"block-wise {bits}-bit weights (MatMulNBits, block {block_size}, accuracy level "
-                            f"{accuracy_level}), embedding table and tied LM head in {table_bits} bits")
+        self.accuracy_level, self.table_bits, self.table_block_size = (
+            accuracy_level,
+            table_bits,
+            table_block_size,
+        )
+        self.description = (
+            f"block-wise {bits}-bit weights (MatMulNBits, block {block_size}, accuracy level "
+            f"{accuracy_level}), embedding table and tied LM head in {table_bits} bits"
+        )
 
     def supports(self, exported: ExportedModel) -> bool:
         try:
@@ -422,18 +559,30 @@ class BlockWise:
         return True
 
     def quantize(self, exported, out_dir, calibration):
-        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            DefaultWeightOnlyQuantConfig,
+            MatMulNBitsQuantizer,
+        )
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         _copy_side_files(exported, out_dir)
         model = _load(exported)
-        tables = quantize_embedding_tables(model, bits=self.table_bits, block_size=self.table_block_size,
-                                           accuracy_level=self.accuracy_level)
+        tables = quantize_embedding_tables(
+            model,
+            bits=self.table_bits,
+            block_size=self.table_block_size,
+            accuracy_level=self.accuracy_level,
+        )
         tied = materialise_tied_weights(model)
-        config = DefaultWeightOnlyQuantConfig(block_size=self.block_size, is_symmetric=True,
-                                              accuracy_level=self.accuracy_level, bits=self.bits,
-                                              op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),))
+        config = DefaultWeightOnlyQuantConfig(
+            block_size=self.block_size,
+            is_symmetric=True,
+            accuracy_level=self.accuracy_level,
+            bits=self.bits,
+            op_types_to_quantize=("MatMul",),
+            quant_axes=(("MatMul", 0),),
+        )
         quantizer = MatMulNBitsQuantizer(model, algo_config=config)
         log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
         level = log.level
@@ -443,10 +592,19 @@ class BlockWise:
         finally:
             log.setLevel(level)
         _save(quantizer.model.model, out_dir / exported.model_file)
-        return exported.moved(out_dir, quantization={
-            "name": self.name, "op": "MatMulNBits", "bits": self.bits, "block_size": self.block_size,
-            "accuracy_level": self.accuracy_level, "symmetric": True, "embedding_tables": tables,
-            "materialised_tied_weights": tied})
+        return exported.moved(
+            out_dir,
+            quantization={
+                "name": self.name,
+                "op": "MatMulNBits",
+                "bits": self.bits,
+                "block_size": self.block_size,
+                "accuracy_level": self.accuracy_level,
+                "symmetric": True,
+                "embedding_tables": tables,
+                "materialised_tied_weights": tied,
+            },
+        )
 
 
 def _graph_inputs_and_ops(exported: ExportedModel) -> tuple[list[str], dict[str, int]]:
@@ -467,12 +625,23 @@ class BitWidth:
 
     auto_candidate = False  # auto tries the schemes themselves
 
-    def __init__(self, bits: int, decoder, encoder, convolutional=None, *, refusals: dict[str, str] | None = None):
+    def __init__(
+        self,
+        bits: int,
+        decoder,
+        encoder,
+        convolutional=None,
+        *,
+        refusals: dict[str, str] | None = None,
+    ):
         self.bits = bits
         self.schemes = {"decoder": decoder, "encoder": encoder, "convolutional": convolutional}
         self.refusals = dict(refusals or {})
-        described = ", ".join(f"{getattr(scheme, 'name', None) or _scheme_name(scheme)} for {family}s"
-                              for family, scheme in self.schemes.items() if scheme is not None)
+        described = ", ".join(
+            f"{getattr(scheme, 'name', None) or _scheme_name(scheme)} for {family}s"
+            for family, scheme in self.schemes.items()
+            if scheme is not None
+        )
         self.description = f"{bits}-bit: the faithful {bits}-bit scheme for the model ({described})"
 
     @staticmethod
@@ -513,7 +682,9 @@ class BitWidth:
 
 
 def _scheme_name(scheme) -> str:
-    return {DynamicInt8: "int8-dynamic", StaticInt8: "int8-static"}.get(type(scheme), type(scheme).__name__)
+    return {DynamicInt8: "int8-dynamic", StaticInt8: "int8-static"}.get(
+        type(scheme), type(scheme).__name__
+    )
 
 
 @hookimpl(trylast=True)
@@ -522,11 +693,21 @@ def register_quantizers(register):
     int8_block = BlockWise("int8-block", bits=8, block_size=64)
     int4_block = BlockWise("int4-block", bits=4, block_size=32)
     register("int8", BitWidth(8, decoder=int8_block, encoder=dynamic, convolutional=static))
-    register("int4", BitWidth(4, decoder=int4_block, encoder=int4_block, convolutional=None, refusals={
-        "convolutional": "a convolutional network computes in its Conv layers, and the only 4-bit scheme "
-                         "(int4-block, MatMulNBits) quantizes MatMul weights alone, so it would leave the "
-                         "convolutions in fp32; use int8 (int8-static: per-channel QDQ on the convolutions, "
-                         "calibrated on the training images), or fp16 or none"}))
+    register(
+        "int4",
+        BitWidth(
+            4,
+            decoder=int4_block,
+            encoder=int4_block,
+            convolutional=None,
+            refusals={
+                "convolutional": "a convolutional network computes in its Conv layers, and the only 4-bit scheme "
+                "(int4-block, MatMulNBits) quantizes MatMul weights alone, so it would leave the "
+                "convolutions in fp32; use int8 (int8-static: per-channel QDQ on the convolutions, "
+                "calibrated on the training images), or fp16 or none"
+            },
+        ),
+    )
     register("none", NoQuantization())
     register("fp16", Float16())
     register("int8-dynamic", dynamic)

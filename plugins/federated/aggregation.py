@@ -52,7 +52,9 @@ def normalised(weights: Sequence[float]) -> np.ndarray:
     return w / w.sum()
 
 
-def weighted_average(states: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]) -> dict[str, np.ndarray]:
+def weighted_average(
+    states: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]
+) -> dict[str, np.ndarray]:
     """Example-weighted mean of every array, key by key; each result keeps its input dtype."""
     shares = normalised(weights)
     first = states[0]
@@ -65,8 +67,9 @@ def weighted_average(states: Sequence[Mapping[str, np.ndarray]], weights: Sequen
     return out
 
 
-def product_average(states: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]
-                    ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def product_average(
+    states: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """FlexLoRA: ``ΔW = Σ pᵢ Bᵢ Aᵢ`` per LoRA pair, factored back to the pair's rank by SVD.
 
     The factors split the singular values evenly (``B = U √S``, ``A = √S Vᵀ``) so that neither grows
@@ -77,28 +80,33 @@ def product_average(states: Sequence[Mapping[str, np.ndarray]], weights: Sequenc
     first = states[0]
     pairs = lora_pairs(list(first))
     factors = set(pairs) | set(pairs.values())
-    out = weighted_average([{k: v for k, v in s.items() if k not in factors} for s in states], weights)
+    out = weighted_average(
+        [{k: v for k, v in s.items() if k not in factors} for s in states], weights
+    )
     kept: dict[str, float] = {}
     for a_name, b_name in pairs.items():
-        rank = first[a_name].shape[0]                                     # A: (r, in), B: (out, r)
-        delta = sum(share * (np.asarray(s[b_name], np.float64) @ np.asarray(s[a_name], np.float64))
-                    for share, s in zip(shares, states))                  # (out, in)
-        u, sigma, vt = np.linalg.svd(delta, full_matrices=False)          # (out, k), (k,), (k, in)
+        rank = first[a_name].shape[0]  # A: (r, in), B: (out, r)
+        delta = sum(
+            share * (np.asarray(s[b_name], np.float64) @ np.asarray(s[a_name], np.float64))
+            for share, s in zip(shares, states)
+        )  # (out, in)
+        u, sigma, vt = np.linalg.svd(delta, full_matrices=False)  # (out, k), (k,), (k, in)
         root = np.sqrt(sigma[:rank])
-        b = u[:, :rank] * root                                            # (out, r)
-        a = root[:, None] * vt[:rank]                                     # (r, in)
+        b = u[:, :rank] * root  # (out, r)
+        a = root[:, None] * vt[:rank]  # (r, in)
         if b.shape[1] < rank:  # fewer singular values than the rank: pad with zeros, shapes stay
             b = np.pad(b, ((0, 0), (0, rank - b.shape[1])))
             a = np.pad(a, ((0, rank - a.shape[0]), (0, 0)))
-        energy = float(np.sum(sigma ** 2))
+        energy = float(np.sum(sigma**2))
         kept[a_name] = float(np.sum(sigma[:rank] ** 2) / energy) if energy > 0 else 1.0
         out[a_name] = a.astype(first[a_name].dtype)
         out[b_name] = b.astype(first[b_name].dtype)
     return {name: out[name] for name in first}, kept
 
 
-def aggregate(scheme: str, states: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]
-              ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def aggregate(
+    scheme: str, states: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Aggregate the sites' states with ``scheme``; returns the state and what it reports
     (``product``: ``kept_min`` and ``kept_mean`` over the LoRA layers)."""
     if not states:

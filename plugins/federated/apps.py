@@ -12,17 +12,19 @@ import json
 import os
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECURE_CONFIGS
+
 # no public name for the error codes of an error reply; this one is what Flower itself sets when a
 # ClientApp raises (flwr.app.Error takes a bare int)
 from flwr.common.constant import ErrorCode
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS as SECURE_CONFIGS
 from flwr.serverapp import Grid, ServerApp
 
 from .federation import CLIENT_CLIPPING, REFUSED_MARK
@@ -50,8 +52,11 @@ def clipping_when_asked(msg: Message, context: Context, call_next: Callable) -> 
     Flower's client-side DP wrapper, which also sends the clipping norm); a pass-through
     otherwise, so one ClientApp serves both."""
     configs = msg.content.config_records
-    if msg.metadata.message_type.startswith("train") and "config" in configs \
-            and configs["config"].get(CLIENT_CLIPPING):
+    if (
+        msg.metadata.message_type.startswith("train")
+        and "config" in configs
+        and configs["config"].get(CLIENT_CLIPPING)
+    ):
         return fixedclipping_mod(msg, context, call_next)
     return call_next(msg, context)
 
@@ -64,7 +69,10 @@ def secure_when_asked(msg: Message, context: Context, call_next: Callable) -> Me
     """Flower's ``secaggplus_mod`` for the train messages of a secure round (they carry its
     stage config, see :mod:`secure`); a pass-through otherwise. A failure at any stage becomes an
     error reply that names the site, as :func:`named_failures` does."""
-    if not (msg.metadata.message_type.startswith("train") and SECURE_CONFIGS in msg.content.config_records):
+    if not (
+        msg.metadata.message_type.startswith("train")
+        and SECURE_CONFIGS in msg.content.config_records
+    ):
         return call_next(msg, context)
 
     def inner(msg: Message, context: Context) -> Message:
@@ -76,31 +84,46 @@ def secure_when_asked(msg: Message, context: Context, call_next: Callable) -> Me
     try:
         return secaggplus_mod(msg, context, inner)
     except Exception as exc:  # every failure becomes the reply; Flower's own would lose the name
-        reason = str(exc) if isinstance(exc, _SiteFailed) else \
-            f"[site {site_name(context)}] secure aggregation: {type(exc).__name__}: {exc}"
-        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+        reason = (
+            str(exc)
+            if isinstance(exc, _SiteFailed)
+            else f"[site {site_name(context)}] secure aggregation: {type(exc).__name__}: {exc}"
+        )
+        return Message(
+            Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg
+        )
 
 
 def site_name(context: Context) -> str:
     node = context.node_config
-    return str(node["name"]) if "name" in node else f"site-{node.get('partition-id', context.node_id)}"
+    return (
+        str(node["name"]) if "name" in node else f"site-{node.get('partition-id', context.node_id)}"
+    )
 
 
-def named_failures(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+def named_failures(
+    handler: Callable[[Message, Context], Message],
+) -> Callable[[Message, Context], Message]:
     """Turn an exception into an error reply whose reason starts with ``[site NAME]``: an error
     reply carries no content, and the server's records should say which site failed."""
 
     def wrapped(msg: Message, context: Context) -> Message:
         try:
             return handler(msg, context)
-        except Exception as exc:  # every failure becomes the reply; Flower's own would lose the name
-            kind = getattr(exc, "kind", type(exc).__name__)  # an error raised in a deployed site's process
+        except (
+            Exception
+        ) as exc:  # every failure becomes the reply; Flower's own would lose the name
+            kind = getattr(
+                exc, "kind", type(exc).__name__
+            )  # an error raised in a deployed site's process
             if kind in ("ConfigError", "DataError", "UsageError"):
                 # the site cannot train for this server (config or data): left out from now on
                 reason = f"[site {site_name(context)}{REFUSED_MARK}{exc}"
             else:
                 reason = f"[site {site_name(context)}] {kind}: {exc}"
-            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+            return Message(
+                Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg
+            )
 
     return wrapped
 
@@ -123,12 +146,28 @@ def make_client_app(get_site: Callable[[Context], Any]) -> ClientApp:
         # in the dtypes they came in (federated.transfer_dtype), the keys in the order they were
         # sent (Flower's clipping mod compares the order)
         state = in_dtypes_of(state, received)
-        arrays = to_arrays({k: state[k] for k in received if k in state}
-                           | {k: v for k, v in state.items() if k not in received})
-        metrics.update({WEIGHT_KEY: examples, "process_age_seconds": age, "load_seconds": site.load_seconds,
-                        "site_seconds": getattr(site, "site_seconds", time.monotonic() - started)})
-        return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics),
-                                   "site": ConfigRecord({"name": site.name})}), reply_to=msg)
+        arrays = to_arrays(
+            {k: state[k] for k in received if k in state}
+            | {k: v for k, v in state.items() if k not in received}
+        )
+        metrics.update(
+            {
+                WEIGHT_KEY: examples,
+                "process_age_seconds": age,
+                "load_seconds": site.load_seconds,
+                "site_seconds": getattr(site, "site_seconds", time.monotonic() - started),
+            }
+        )
+        return Message(
+            RecordDict(
+                {
+                    "arrays": arrays,
+                    "metrics": MetricRecord(metrics),
+                    "site": ConfigRecord({"name": site.name}),
+                }
+            ),
+            reply_to=msg,
+        )
 
     @app.evaluate()
     @named_failures
@@ -136,8 +175,15 @@ def make_client_app(get_site: Callable[[Context], Any]) -> ClientApp:
         site = get_site(context)
         config = dict(msg.content["config"]) if "config" in msg.content.config_records else {}
         examples, metrics = site.evaluate(to_state(msg.content["arrays"]), config)
-        return Message(RecordDict({"metrics": MetricRecord({WEIGHT_KEY: examples, **metrics}),
-                                   "site": ConfigRecord({"name": site.name})}), reply_to=msg)
+        return Message(
+            RecordDict(
+                {
+                    "metrics": MetricRecord({WEIGHT_KEY: examples, **metrics}),
+                    "site": ConfigRecord({"name": site.name}),
+                }
+            ),
+            reply_to=msg,
+        )
 
     return app
 
@@ -160,20 +206,37 @@ def _train_secure(msg: Message, site: Any, age: float, started: float) -> Messag
         raise ValueError(f"the server sent {len(values)} arrays for {len(names)} names")
     received = dict(zip(names, values))
     state, examples, metrics = site.fit(dict(received), config)
-    problems = update_problems(received, state, examples, max_weight=float(config[MAX_WEIGHT_KEY]),
-                               clipping_range=float(config[CLIPPING_KEY]))
+    problems = update_problems(
+        received,
+        state,
+        examples,
+        max_weight=float(config[MAX_WEIGHT_KEY]),
+        clipping_range=float(config[CLIPPING_KEY]),
+    )
     if problems:
         raise ValueError("update not sent: " + "; ".join(problems))
-    metrics.update({"process_age_seconds": age, "load_seconds": site.load_seconds,
-                    "site_seconds": getattr(site, "site_seconds", time.monotonic() - started)})
-    reply = compat.fitres_to_recorddict(FitRes(status=Status(code=Code.OK, message="trained"),
-                                               parameters=ndarrays_to_parameters([state[k] for k in names]),
-                                               num_examples=int(examples), metrics=metrics), keep_input=True)
+    metrics.update(
+        {
+            "process_age_seconds": age,
+            "load_seconds": site.load_seconds,
+            "site_seconds": getattr(site, "site_seconds", time.monotonic() - started),
+        }
+    )
+    reply = compat.fitres_to_recorddict(
+        FitRes(
+            status=Status(code=Code.OK, message="trained"),
+            parameters=ndarrays_to_parameters([state[k] for k in names]),
+            num_examples=int(examples),
+            metrics=metrics,
+        ),
+        keep_input=True,
+    )
     reply["site"] = ConfigRecord({"name": site.name})
     return Message(reply, reply_to=msg)
 
 
 # -- deployment -------------------------------------------------------------------------------
+
 
 def _deployed_site(context: Context) -> Any:
     """The site of this SuperNode: its ``tunewright federate site`` process, reached through the
@@ -223,8 +286,12 @@ def _serve(grid: Grid, context: Context) -> None:
     except TunewrightError as exc:
         outcome = {"status": "failed", "error": str(exc), "exit_code": exc.exit_code}
     except Exception as exc:  # reported to the waiting command, then re-raised for Flower's log
-        outcome = {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
-                   "traceback": traceback.format_exc(), "exit_code": 1}
+        outcome = {
+            "status": "failed",
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(),
+            "exit_code": 1,
+        }
         raise
     finally:
         tmp = result_path.with_name(f".{result_path.name}.tmp")

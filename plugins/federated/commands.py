@@ -1,9 +1,9 @@
 """``tunewright federate``: simulate a federation on this machine, or run its server or a site.
 
-    tunewright federate CONFIG                                    # simulation (Flower + Ray)
-    tunewright federate server CONFIG                             # Flower SuperLink + the job
-    tunewright federate site CONFIG --data FILE --server HOST:PORT  # one site with its own data
-    tunewright federate credentials FOLDER --host HOST --site NAME  # TLS files and site keys
+tunewright federate CONFIG                                    # simulation (Flower + Ray)
+tunewright federate server CONFIG                             # Flower SuperLink + the job
+tunewright federate site CONFIG --data FILE --server HOST:PORT  # one site with its own data
+tunewright federate credentials FOLDER --host HOST --site NAME  # TLS files and site keys
 """
 
 from __future__ import annotations
@@ -69,11 +69,19 @@ def add_commands(cli: click.Group) -> None:
         config = federated_config(config_path, pm)
         settings = config.section("federated")
         if settings.server is None:
-            raise ConfigError(f"{config_path}: federated.server: required for a deployed server "
-                              "(host, port, and TLS files or insecure: true)")
+            raise ConfigError(
+                f"{config_path}: federated.server: required for a deployed server "
+                "(host, port, and TLS files or insecure: true)"
+            )
         output = Path(config.output)
-        outcome = serve_federation(Path(config_path), settings.server, overwrite=overwrite, echo=_echo,
-                                   workdir=output.parent / f".{output.name}.server", timeout=timeout)
+        outcome = serve_federation(
+            Path(config_path),
+            settings.server,
+            overwrite=overwrite,
+            echo=_echo,
+            workdir=output.parent / f".{output.name}.server",
+            timeout=timeout,
+        )
         if outcome.get("status") != "completed":
             error = outcome.get("error", "unknown error")
             raise (UsageError if outcome.get("exit_code") == 2 else JobFailed)(error)
@@ -81,20 +89,58 @@ def add_commands(cli: click.Group) -> None:
 
     @federate.command()
     @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
-    @click.option("--data", "data_path", required=True, type=click.Path(dir_okay=False),
-                  help="This site's own data (split into training and held-out as data.validation says).")
-    @click.option("--server", "server_address", required=True, metavar="HOST:PORT", help="The server's address.")
-    @click.option("--name", default=None, help="This site's name in the server's records (default: the data file's name).")
-    @click.option("--workdir", type=click.Path(file_okay=False), default=None,
-                  help="Where the site keeps its working files (default: .tunewright-site-NAME).")
-    @click.option("--root-certificates", type=click.Path(dir_okay=False), default=None,
-                  help="CA certificate (PEM) that signed the server's certificate (TLS).")
-    @click.option("--auth-key", type=click.Path(dir_okay=False), default=None,
-                  help="This site's private key (OpenSSH, EC SECP384R1), when the server authenticates sites.")
-    @click.option("--insecure", is_flag=True, help="Plain HTTP (a server started with insecure: true).")
+    @click.option(
+        "--data",
+        "data_path",
+        required=True,
+        type=click.Path(dir_okay=False),
+        help="This site's own data (split into training and held-out as data.validation says).",
+    )
+    @click.option(
+        "--server",
+        "server_address",
+        required=True,
+        metavar="HOST:PORT",
+        help="The server's address.",
+    )
+    @click.option(
+        "--name",
+        default=None,
+        help="This site's name in the server's records (default: the data file's name).",
+    )
+    @click.option(
+        "--workdir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Where the site keeps its working files (default: .tunewright-site-NAME).",
+    )
+    @click.option(
+        "--root-certificates",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="CA certificate (PEM) that signed the server's certificate (TLS).",
+    )
+    @click.option(
+        "--auth-key",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="This site's private key (OpenSSH, EC SECP384R1), when the server authenticates sites.",
+    )
+    @click.option(
+        "--insecure", is_flag=True, help="Plain HTTP (a server started with insecure: true)."
+    )
     @click.pass_obj
-    def site(pm, config_path: str, data_path: str, server_address: str, name: str | None, workdir: str | None,
-             root_certificates: str | None, auth_key: str | None, insecure: bool) -> None:
+    def site(
+        pm,
+        config_path: str,
+        data_path: str,
+        server_address: str,
+        name: str | None,
+        workdir: str | None,
+        root_certificates: str | None,
+        auth_key: str | None,
+        insecure: bool,
+    ) -> None:
         """Join a federation as a site that trains on its own data.
 
         The site prepares its run (data checked, model loaded) before it connects, keeps it for
@@ -109,9 +155,13 @@ def add_commands(cli: click.Group) -> None:
         from .worker import SiteServer
 
         if ":" not in server_address:
-            raise UsageError(f"--server {server_address!r}: expected HOST:PORT, e.g. 127.0.0.1:9092")
+            raise UsageError(
+                f"--server {server_address!r}: expected HOST:PORT, e.g. 127.0.0.1:9092"
+            )
         if not insecure and not root_certificates:
-            raise UsageError("--root-certificates: required for a TLS server (or --insecure for plain HTTP)")
+            raise UsageError(
+                "--root-certificates: required for a TLS server (or --insecure for plain HTTP)"
+            )
         name = name or Path(data_path).stem
         folder = Path(workdir or f".tunewright-site-{name}")
         config = site_config(config_path, data_path, str(folder / "run"), pm)  # fails fast
@@ -123,13 +173,23 @@ def add_commands(cli: click.Group) -> None:
 
         progress = SiteProgress()
 
-        server = SiteServer(site, on_request=announce,
-                            on_reply=lambda op, config, reply: _echo(progress.answered(name, op, config, reply)))
+        server = SiteServer(
+            site,
+            on_request=announce,
+            on_reply=lambda op, config, reply: _echo(progress.answered(name, op, config, reply)),
+        )
         timeout = config.section("federated").connect_timeout
         try:
-            args = site_args(server_address, name=name, socket=server.start(), port=free_port(),
-                             connect_timeout=timeout, root_certificates=root_certificates, auth_key=auth_key,
-                             insecure=insecure)
+            args = site_args(
+                server_address,
+                name=name,
+                socket=server.start(),
+                port=free_port(),
+                connect_timeout=timeout,
+                root_certificates=root_certificates,
+                auth_key=auth_key,
+                insecure=insecure,
+            )
             code = run_site(args, folder, server_address, timeout, _echo, progress)
         finally:
             server.close()
@@ -137,11 +197,19 @@ def add_commands(cli: click.Group) -> None:
 
     @federate.command()
     @click.argument("folder", type=click.Path(file_okay=False))
-    @click.option("--host", "hosts", multiple=True,
-                  help="Make the TLS files, for a server the sites reach at this address (repeat: every "
-                       "name and IP they use).")
-    @click.option("--site", "sites", multiple=True, help="A site to make an authentication key for (repeat).")
-    @click.option("--days", default=365, show_default=True, help="How long the certificates are valid.")
+    @click.option(
+        "--host",
+        "hosts",
+        multiple=True,
+        help="Make the TLS files, for a server the sites reach at this address (repeat: every "
+        "name and IP they use).",
+    )
+    @click.option(
+        "--site", "sites", multiple=True, help="A site to make an authentication key for (repeat)."
+    )
+    @click.option(
+        "--days", default=365, show_default=True, help="How long the certificates are valid."
+    )
     def credentials(folder: str, hosts: tuple[str, ...], sites: tuple[str, ...], days: int) -> None:
         """Write into FOLDER a federation's TLS files (with --host: ca.crt, server.pem, server.key)
         and, for each --site, a key pair for site authentication (keys/NAME, keys/NAME.pub); a
@@ -154,24 +222,34 @@ def add_commands(cli: click.Group) -> None:
         from .credentials import make_site_key, make_tls
 
         if not hosts and not sites:
-            raise UsageError("federate credentials: give --host (TLS files) or --site (site keys), or both")
+            raise UsageError(
+                "federate credentials: give --host (TLS files) or --site (site keys), or both"
+            )
         target = Path(folder)
         planned = ["ca.crt", "server.pem", "server.key"] if hosts else []
         planned += [f"keys/{name}{suffix}" for name in sites for suffix in ("", ".pub")]
         bad = [name for name in sites if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name)]
         if bad:
-            raise UsageError(f"--site {bad[0]!r}: a site name is a plain file name (letters, digits, '.', '-' "
-                             "and '_', not starting with a dot)")
+            raise UsageError(
+                f"--site {bad[0]!r}: a site name is a plain file name (letters, digits, '.', '-' "
+                "and '_', not starting with a dot)"
+            )
         existing = [name for name in planned if (target / name).exists()]
         if existing:
-            raise UsageError(f"{target}: holds {', '.join(existing)} already; nothing was written (a new CA "
-                             "would lock out the sites that trust the old one, a new key the site that holds "
-                             "the old one); choose another folder or site name")
+            raise UsageError(
+                f"{target}: holds {', '.join(existing)} already; nothing was written (a new CA "
+                "would lock out the sites that trust the old one, a new key the site that holds "
+                "the old one); choose another folder or site name"
+            )
         if hosts:
             files = make_tls(target, list(hosts), days=days)
-            _echo(f"server: federated.server: {{ca_certfile: {files['ca_certfile']}, certfile: {files['certfile']}, "
-                  f"keyfile: {files['keyfile']}}}")
+            _echo(
+                f"server: federated.server: {{ca_certfile: {files['ca_certfile']}, certfile: {files['certfile']}, "
+                f"keyfile: {files['keyfile']}}}"
+            )
         for name in sites:
             make_site_key(target / "keys", name)
-            _echo(f"site {name}: --root-certificates {target / 'ca.crt'} --auth-key {target / 'keys' / name}; "
-                  f"list {target / 'keys' / (name + '.pub')} in federated.server.authorized_sites")
+            _echo(
+                f"site {name}: --root-certificates {target / 'ca.crt'} --auth-key {target / 'keys' / name}; "
+                f"list {target / 'keys' / (name + '.pub')} in federated.server.authorized_sites"
+            )

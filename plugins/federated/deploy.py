@@ -27,8 +27,9 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tunewright import ConfigError, JobFailed, UsageError
 
@@ -42,8 +43,10 @@ def executable(name: str) -> str:
     for folder in (Path(sysconfig.get_path("scripts")), Path(sys.executable).parent):
         if (folder / name).exists():
             return str(folder / name)
-    raise UsageError(f"{name} not found beside {sys.executable}; install the federated extra: "
-                     "pip install 'tunewright[federated]'")
+    raise UsageError(
+        f"{name} not found beside {sys.executable}; install the federated extra: "
+        "pip install 'tunewright[federated]'"
+    )
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
@@ -62,8 +65,14 @@ def start_guarded(args: list[str], env: dict[str, str], log: Path) -> subprocess
     even when this one is killed with SIGKILL. Call it from the main thread or one that outlives
     the process (the death signal follows the thread that started it)."""
     with log.open("ab") as handle:
-        return subprocess.Popen(guarded(args), env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            guarded(args),
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -93,7 +102,7 @@ def stop(proc: subprocess.Popen, grace: float = 5.0) -> None:
     """Stop a process we started and everything it started, each by its id: TERM, then KILL."""
     if proc.poll() is not None and not descendants(proc.pid):
         return
-    family = [proc.pid] + descendants(proc.pid)
+    family = [proc.pid, *descendants(proc.pid)]
     for pid in family:
         try:
             os.kill(pid, signal.SIGTERM)
@@ -123,14 +132,20 @@ def alive(pid: int) -> bool:
         return False
 
 
-def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen, what: str, log: Path) -> None:
+def wait_for_port(
+    host: str, port: int, timeout: float, proc: subprocess.Popen, what: str, log: Path
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise JobFailed(f"{what} exited with code {proc.returncode} before it listened on "
-                            f"{host}:{port}: {tail(log)}")
+            raise JobFailed(
+                f"{what} exited with code {proc.returncode} before it listened on "
+                f"{host}:{port}: {tail(log)}"
+            )
         try:
-            with socket.create_connection((host if host != "0.0.0.0" else "127.0.0.1", port), timeout=1):
+            with socket.create_connection(
+                (host if host != "0.0.0.0" else "127.0.0.1", port), timeout=1
+            ):
                 return
         except OSError:
             time.sleep(POLL_SECONDS)
@@ -148,8 +163,13 @@ def tail(log: Path, lines: int = 8) -> str:
 def flwr(args: list[str], env: dict[str, str], timeout: float = 120) -> dict:
     """Run the ``flwr`` command line with ``--format json``; its JSON answer."""
     try:
-        done = subprocess.run([executable("flwr"), *args, "--format", "json"], env=env, capture_output=True,
-                              text=True, timeout=timeout)
+        done = subprocess.run(
+            [executable("flwr"), *args, "--format", "json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired as exc:
         raise JobFailed(f"flwr {' '.join(args[:2])} did not answer within {timeout:.0f} s") from exc
     start = done.stdout.find("{")
@@ -158,7 +178,10 @@ def flwr(args: list[str], env: dict[str, str], timeout: float = 120) -> dict:
     except json.JSONDecodeError:
         answer = {}
     if done.returncode != 0 or not answer.get("success", False):
-        raise JobFailed(f"flwr {' '.join(args[:2])} failed: {answer.get('error-message') or done.stderr.strip()[-500:] or done.stdout.strip()[-500:]}")
+        reason = (
+            answer.get("error-message") or done.stderr.strip()[-500:] or done.stdout.strip()[-500:]
+        )
+        raise JobFailed(f"flwr {' '.join(args[:2])} failed: {reason}")
     return answer
 
 
@@ -192,19 +215,34 @@ overwrite = {overwrite}
 """
 
 
-def write_app(folder: Path, config_path: Path, result: Path, overwrite: bool, progress: Path, sites: Path) -> Path:
+def write_app(
+    folder: Path, config_path: Path, result: Path, overwrite: bool, progress: Path, sites: Path
+) -> Path:
     """A Flower app (a ``pyproject.toml``) that runs this job: what ``flwr run`` submits."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pyproject.toml").write_text(APP_PYPROJECT.format(
-        config=json.dumps(str(config_path.resolve())), result=json.dumps(str(result.resolve())),
-        progress=json.dumps(str(progress.resolve())), sites=json.dumps(str(sites.resolve())),
-        overwrite="true" if overwrite else "false"))
-    (folder / "federation.py").write_text('"""The app\'s code is tunewright\'s: see pyproject.toml."""\n')
+    (folder / "pyproject.toml").write_text(
+        APP_PYPROJECT.format(
+            config=json.dumps(str(config_path.resolve())),
+            result=json.dumps(str(result.resolve())),
+            progress=json.dumps(str(progress.resolve())),
+            sites=json.dumps(str(sites.resolve())),
+            overwrite="true" if overwrite else "false",
+        )
+    )
+    (folder / "federation.py").write_text(
+        '"""The app\'s code is tunewright\'s: see pyproject.toml."""\n'
+    )
     return folder
 
 
 def connection_toml(name: str, address: str, server: Any) -> str:
-    lines = ["[superlink]", f'default = "{name}"', "", f"[superlink.{name}]", f'address = "{address}"']
+    lines = [
+        "[superlink]",
+        f'default = "{name}"',
+        "",
+        f"[superlink.{name}]",
+        f'address = "{address}"',
+    ]
     if server.insecure:
         lines.append("insecure = true")
     else:
@@ -213,20 +251,39 @@ def connection_toml(name: str, address: str, server: Any) -> str:
 
 
 def superlink_args(server: Any) -> list[str]:
-    args = [executable("flower-superlink"), "--disable-runtime-dependency-installation",
-            "--host", server.host, "--port", str(server.port)]
+    args = [
+        executable("flower-superlink"),
+        "--disable-runtime-dependency-installation",
+        "--host",
+        server.host,
+        "--port",
+        str(server.port),
+    ]
     if server.insecure:
         args.append("--insecure")
     else:
-        args += ["--ssl-ca-certfile", server.ca_certfile, "--ssl-certfile", server.certfile,
-                 "--ssl-keyfile", server.keyfile]
+        args += [
+            "--ssl-ca-certfile",
+            server.ca_certfile,
+            "--ssl-certfile",
+            server.certfile,
+            "--ssl-keyfile",
+            server.keyfile,
+        ]
     if server.authorized_sites:
         args.append("--enable-supernode-auth")
     return args
 
 
-def serve_federation(config_path: Path, server: Any, *, overwrite: bool, echo: Callable[[str], None],
-                     workdir: Path, timeout: float | None = None) -> dict:
+def serve_federation(
+    config_path: Path,
+    server: Any,
+    *,
+    overwrite: bool,
+    echo: Callable[[str], None],
+    workdir: Path,
+    timeout: float | None = None,
+) -> dict:
     """Start the SuperLink, admit the sites, run the job, stop everything; the job's outcome."""
     workdir.mkdir(parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="flwr-home-", dir=workdir))
@@ -249,13 +306,17 @@ def serve_federation(config_path: Path, server: Any, *, overwrite: bool, echo: C
 
     try:
         wait_for_port(server.host, server.port, 60, proc, "flower-superlink", log)
-        echo(f"server listening on {address} ({'plain HTTP' if server.insecure else 'TLS'}"
-             f"{', site authentication on' if server.authorized_sites else ''}); log: {log}")
+        echo(
+            f"server listening on {address} ({'plain HTTP' if server.insecure else 'TLS'}"
+            f"{', site authentication on' if server.authorized_sites else ''}); log: {log}"
+        )
         names = {}
         for key in server.authorized_sites or []:
             if not Path(key).is_file():
                 raise UsageError(f"federated.server.authorized_sites: {key}: file not found")
-            node = flwr(["supernode", "register", str(Path(key).resolve()), "tunewright"], env).get("node-id")
+            node = flwr(["supernode", "register", str(Path(key).resolve()), "tunewright"], env).get(
+                "node-id"
+            )
             names[str(node)] = Path(key).name.removesuffix(".pub")
             echo(f"site key registered: {key} (site {names[str(node)]}, node {node})")
         sites = workdir / "sites.json"
@@ -275,11 +336,15 @@ def serve_federation(config_path: Path, server: Any, *, overwrite: bool, echo: C
             # `flwr ls` is a Python process of its own: asked seldom, it does not slow the sites
             if time.monotonic() - asked > RUN_STATUS_SECONDS:
                 asked = time.monotonic()
-                status = flwr(["ls", "tunewright", "--run-id", str(run_id)], env)["runs"][0]["status"]
+                status = flwr(["ls", "tunewright", "--run-id", str(run_id)], env)["runs"][0][
+                    "status"
+                ]
                 if status.startswith("finished") and not result.exists():
                     time.sleep(1)  # the result file is written before the run is marked finished
                     if not result.exists():
-                        raise JobFailed(f"federated run {run_id} ended ({status}) without a result: {tail(log)}")
+                        raise JobFailed(
+                            f"federated run {run_id} ended ({status}) without a result: {tail(log)}"
+                        )
             if deadline is not None and time.monotonic() > deadline:
                 flwr(["stop", str(run_id), "tunewright"], env)
                 raise JobFailed(f"federated run {run_id} did not finish within {timeout:.0f} s")
@@ -296,13 +361,18 @@ def refusals(line: str) -> str | None:
     """A SuperLink log line that refused a site, as the operator should read it."""
     if "2004" in line and ("ApiError" in line or "activate" in line.lower()):
         found = re.search(r"exception: (.+)$", line.strip())
-        return ("a site was refused: its key is not among federated.server.authorized_sites"
-                + (f" (Flower: {found.group(1)[:200]})" if found else ""))
+        return "a site was refused: its key is not among federated.server.authorized_sites" + (
+            f" (Flower: {found.group(1)[:200]})" if found else ""
+        )
     return None
 
 
-def _echo_new(path: Path, offset: int, echo: Callable[[str], None],
-              pick: Callable[[str], str | None] | None = None) -> int:
+def _echo_new(
+    path: Path,
+    offset: int,
+    echo: Callable[[str], None],
+    pick: Callable[[str], str | None] | None = None,
+) -> int:
     """Echo the complete lines added to ``path`` since ``offset`` (all, or what ``pick`` makes of
     them); the new offset."""
     try:
@@ -324,12 +394,32 @@ def _echo_new(path: Path, offset: int, echo: Callable[[str], None],
 SUPERNODE_NO_SERVER = 305  # Flower's exit code when the SuperLink cannot be reached
 
 
-def site_args(server_address: str, *, name: str, socket: Path, port: int, connect_timeout: float,
-              root_certificates: str | None, auth_key: str | None, insecure: bool) -> list[str]:
+def site_args(
+    server_address: str,
+    *,
+    name: str,
+    socket: Path,
+    port: int,
+    connect_timeout: float,
+    root_certificates: str | None,
+    auth_key: str | None,
+    insecure: bool,
+) -> list[str]:
     """``flower-supernode``'s command line for a site served on ``socket`` (see :mod:`worker`)."""
-    node_config = " ".join(f"{k}={json.dumps(str(v))}" for k, v in {"name": name, "socket": socket}.items())
-    args = [executable("flower-supernode"), "--superlink", server_address, "--port", str(port),
-            "--node-config", node_config, "--max-wait-time", str(connect_timeout)]
+    node_config = " ".join(
+        f"{k}={json.dumps(str(v))}" for k, v in {"name": name, "socket": socket}.items()
+    )
+    args = [
+        executable("flower-supernode"),
+        "--superlink",
+        server_address,
+        "--port",
+        str(port),
+        "--node-config",
+        node_config,
+        "--max-wait-time",
+        str(connect_timeout),
+    ]
     if insecure:
         args.append("--insecure")
     elif root_certificates:
@@ -366,13 +456,17 @@ def check_transport(server_address: str, insecure: bool) -> None:
     host, _, port = server_address.rpartition(":")
     found = speaks_tls(host.strip("[]"), int(port))
     if found is True and insecure:
-        raise UsageError(f"--insecure: the server at {server_address} speaks TLS and this site plain HTTP; "
-                         "drop --insecure and give --root-certificates (the CA that signed the server's "
-                         "certificate)")
+        raise UsageError(
+            f"--insecure: the server at {server_address} speaks TLS and this site plain HTTP; "
+            "drop --insecure and give --root-certificates (the CA that signed the server's "
+            "certificate)"
+        )
     if found is False and not insecure:
-        raise UsageError(f"--root-certificates: the server at {server_address} speaks plain HTTP "
-                         "(federated.server.insecure: true) and this site TLS; use --insecure, or start the "
-                         "server with TLS files")
+        raise UsageError(
+            f"--root-certificates: the server at {server_address} speaks plain HTTP "
+            "(federated.server.insecure: true) and this site TLS; use --insecure, or start the "
+            "server with TLS files"
+        )
 
 
 def reachable(server_address: str, timeout: float = 2.0) -> bool:
@@ -416,13 +510,21 @@ REFUSAL_GRACE = 10.0
 
 def _command(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
     except OSError:
         return ""
 
 
-def run_site(args: list[str], workdir: Path, server_address: str, connect_timeout: float,
-             echo: Callable[[str], None], progress: SiteProgress | None = None) -> int:
+def run_site(
+    args: list[str],
+    workdir: Path,
+    server_address: str,
+    connect_timeout: float,
+    echo: Callable[[str], None],
+    progress: SiteProgress | None = None,
+) -> int:
     """Run a SuperNode until its federation is over: exit 0 once the site answered the last round
     and the server closed; a :class:`tunewright.JobFailed` when the server has been gone for
     ``connect_timeout`` seconds (Flower's SuperNode gives up reconnecting but does not exit), a
@@ -442,30 +544,50 @@ def run_site(args: list[str], workdir: Path, server_address: str, connect_timeou
             if reachable(server_address):
                 reached_at = time.monotonic()
             elif progress.finished:
-                echo(f"the federation's run finished (this site answered its last round) and the server "
-                     f"at {server_address} closed; site done")
+                echo(
+                    f"the federation's run finished (this site answered its last round) and the server "
+                    f"at {server_address} closed; site done"
+                )
                 return 0
-            elif progress.refused is not None and time.monotonic() - progress.refused_at > REFUSAL_GRACE \
-                    and not any("flwr-clientapp" in _command(pid) for pid in descendants(proc.pid)):
+            elif (
+                progress.refused is not None
+                and time.monotonic() - progress.refused_at > REFUSAL_GRACE
+                and not any("flwr-clientapp" in _command(pid) for pid in descendants(proc.pid))
+            ):
                 # its refusal has gone out (the per-message process handed it to the SuperNode)
-                raise ConfigError(f"--server {server_address}: this site refused the server's job and was left "
-                                  f"out: {progress.refused}")
+                raise ConfigError(
+                    f"--server {server_address}: this site refused the server's job and was left "
+                    f"out: {progress.refused}"
+                )
             elif reached_at is not None and time.monotonic() - reached_at > connect_timeout:
-                raise JobFailed(f"--server {server_address}: the server has been unreachable for "
-                                f"{connect_timeout:g} s (federated.connect_timeout) before the federation's "
-                                "last round; this site stops")
+                raise JobFailed(
+                    f"--server {server_address}: the server has been unreachable for "
+                    f"{connect_timeout:g} s (federated.connect_timeout) before the federation's "
+                    "last round; this site stops"
+                )
             time.sleep(1.0)
         code = proc.returncode
     finally:  # also on Ctrl-C or SIGTERM (the command line raises it here), which go on up
         stop(proc)
     text = tail(log, 40)
     if "Failed to activate SuperNode" in text:  # Flower's [code: 2004]
-        raise JobFailed(f"--server {server_address}: the server refused this site: its key is not among "
-                        "the server's federated.server.authorized_sites (or --auth-key is missing)")
-    if code in (SUPERNODE_NO_SERVER, SUPERNODE_NO_SERVER % 256) or "Failed to initialize the connection" in text:
-        reason = text.split("Failed to initialize the connection to the SuperLink. |", 1)[-1].split("|")[0].strip()
-        raise JobFailed(f"--server {server_address}: could not reach the server within {connect_timeout:g} s "
-                        f"(federated.connect_timeout): {reason}")
+        raise JobFailed(
+            f"--server {server_address}: the server refused this site: its key is not among "
+            "the server's federated.server.authorized_sites (or --auth-key is missing)"
+        )
+    if (
+        code in (SUPERNODE_NO_SERVER, SUPERNODE_NO_SERVER % 256)
+        or "Failed to initialize the connection" in text
+    ):
+        reason = (
+            text.split("Failed to initialize the connection to the SuperLink. |", 1)[-1]
+            .split("|")[0]
+            .strip()
+        )
+        raise JobFailed(
+            f"--server {server_address}: could not reach the server within {connect_timeout:g} s "
+            f"(federated.connect_timeout): {reason}"
+        )
     if code not in (0, -signal.SIGTERM, 128 + signal.SIGTERM):
         found = text.split("Exit Code:", 1)[-1].split("| For more information", 1)[0].strip(" |")
         raise JobFailed(f"the site's Flower SuperNode stopped with exit code {code}: {found}")

@@ -49,9 +49,13 @@ def exchange(grid: Any, messages: list[Message], timeout: float) -> list[Message
         for message_id in pending - in_flight:
             if now >= next_pull[message_id]:
                 in_flight.add(message_id)
-                threading.Thread(target=pull, args=(message_id,), name="tunewright-pull", daemon=True).start()
+                threading.Thread(
+                    target=pull, args=(message_id,), name="tunewright-pull", daemon=True
+                ).start()
         try:
-            message_id, got = arrived.get(timeout=max(0.01, min(POLL_SECONDS, deadline - time.monotonic())))
+            message_id, got = arrived.get(
+                timeout=max(0.01, min(POLL_SECONDS, deadline - time.monotonic()))
+            )
         except queue.Empty:
             continue
         in_flight.discard(message_id)
@@ -59,7 +63,9 @@ def exchange(grid: Any, messages: list[Message], timeout: float) -> list[Message
         if isinstance(got, Exception):
             raise got
         for reply in got:
-            reply.answering_node = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            reply.answering_node = node_of.get(
+                reply.metadata.reply_to_message_id, reply.metadata.src_node_id
+            )
             if reply.metadata.reply_to_message_id in pending:
                 pending.discard(reply.metadata.reply_to_message_id)
                 replies.append(reply)
@@ -76,15 +82,26 @@ def to_state(arrays: ArrayRecord) -> dict[str, np.ndarray]:
 
 def cast_floats(state: Mapping[str, np.ndarray], dtype: str | np.dtype) -> dict[str, np.ndarray]:
     """``state`` with its floating-point arrays in ``dtype`` (the rest as they are)."""
-    return {k: v.astype(dtype) if np.asarray(v).dtype.kind == "f" and v.dtype != dtype else v
-            for k, v in state.items()}
+    return {
+        k: v.astype(dtype) if np.asarray(v).dtype.kind == "f" and v.dtype != dtype else v
+        for k, v in state.items()
+    }
 
 
-def in_dtypes_of(state: Mapping[str, np.ndarray], received: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def in_dtypes_of(
+    state: Mapping[str, np.ndarray], received: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """A site's reply in the dtypes its arrays came in (``federated.transfer_dtype``), the
     floating-point ones cast; a name the server did not send is left as it is (and refused there)."""
-    return {k: v.astype(received[k].dtype) if k in received and np.asarray(v).dtype.kind == "f"
-            and received[k].dtype.kind == "f" and v.dtype != received[k].dtype else v for k, v in state.items()}
+    return {
+        k: v.astype(received[k].dtype)
+        if k in received
+        and np.asarray(v).dtype.kind == "f"
+        and received[k].dtype.kind == "f"
+        and v.dtype != received[k].dtype
+        else v
+        for k, v in state.items()
+    }
 
 
 def metrics_of(reply: Message) -> dict[str, Any]:

@@ -23,8 +23,9 @@ def iid(count: int, sites: int, seed: int) -> list[list[int]]:
     return [sorted(int(i) for i in order[k::sites]) for k in range(sites)]
 
 
-def dirichlet(keys: Sequence[str], sites: int, seed: int, alpha: float,
-              every_key_everywhere: bool = False) -> list[list[int]]:
+def dirichlet(
+    keys: Sequence[str], sites: int, seed: int, alpha: float, every_key_everywhere: bool = False
+) -> list[list[int]]:
     """Per key, site shares drawn from ``Dirichlet(alpha)``.
 
     ``every_key_everywhere`` first gives each site one example of every key (a classification
@@ -43,7 +44,8 @@ def dirichlet(keys: Sequence[str], sites: int, seed: int, alpha: float,
                 raise ConfigError(
                     f"federated.partition: label {key!r} has {len(members)} example(s), fewer than "
                     f"the {sites} sites; every site needs each label once (its model's head is "
-                    "built from the labels it sees)")
+                    "built from the labels it sees)"
+                )
             for k in range(sites):
                 parts[k].append(int(members.pop()))
         shares = rng.dirichlet(np.full(sites, alpha))
@@ -58,7 +60,9 @@ def dirichlet(keys: Sequence[str], sites: int, seed: int, alpha: float,
     return [sorted(p) for p in parts]
 
 
-def by_field(values: Sequence[str], sites: int, field: str) -> tuple[list[list[int]], list[list[str]]]:
+def by_field(
+    values: Sequence[str], sites: int, field: str
+) -> tuple[list[list[int]], list[list[str]]]:
     """Whole groups of one field value per site; with more values than sites, the largest groups
     go first, each to the site with the fewest examples so far. Returns the parts and the values
     each site holds."""
@@ -68,7 +72,8 @@ def by_field(values: Sequence[str], sites: int, field: str) -> tuple[list[list[i
     if len(groups) < sites:
         raise ConfigError(
             f"federated.partition_field: {field!r} has {len(groups)} distinct value(s) "
-            f"({', '.join(sorted(groups)[:5])}), fewer than federated.sites ({sites})")
+            f"({', '.join(sorted(groups)[:5])}), fewer than federated.sites ({sites})"
+        )
     parts: list[list[int]] = [[] for _ in range(sites)]
     held: list[list[str]] = [[] for _ in range(sites)]
     for value in sorted(groups, key=lambda v: (-len(groups[v]), v)):
@@ -78,7 +83,9 @@ def by_field(values: Sequence[str], sites: int, field: str) -> tuple[list[list[i
     return [sorted(p) for p in parts], held
 
 
-def field_values(examples: Sequence[dict], field: str, key_fn: Callable[[dict], str | None] | None = None) -> list[str]:
+def field_values(
+    examples: Sequence[dict], field: str, key_fn: Callable[[dict], str | None] | None = None
+) -> list[str]:
     """The grouping value of every example: ``example[field]``, or ``key_fn(example)`` when no field
     is named. A missing value is a :class:`tunewright.ConfigError` naming the first such example."""
     out = []
@@ -86,13 +93,17 @@ def field_values(examples: Sequence[dict], field: str, key_fn: Callable[[dict], 
         value = example.get(field) if field else (key_fn(example) if key_fn else None)
         if value is None:
             what = f"field {field!r}" if field else "a label"
-            raise ConfigError(f"federated.partition: training example {i + 1} has no {what} to group sites by"
-                              f"{'' if field else '; set federated.partition_field'}")
+            raise ConfigError(
+                f"federated.partition: training example {i + 1} has no {what} to group sites by"
+                f"{'' if field else '; set federated.partition_field'}"
+            )
         out.append(str(value))
     return out
 
 
 def _enough(count: int, sites: int) -> None:
     if count < sites:
-        raise ConfigError(f"federated.sites: {sites} sites but only {count} training example(s); "
-                          "every site needs at least one")
+        raise ConfigError(
+            f"federated.sites: {sites} sites but only {count} training example(s); "
+            "every site needs at least one"
+        )

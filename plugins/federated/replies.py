@@ -16,19 +16,29 @@ import numpy as np
 
 def describe(state: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], str]]:
     """``{name: (shape, dtype)}``: what a reply must match."""
-    return {name: (tuple(np.shape(value)), str(np.asarray(value).dtype)) for name, value in state.items()}
+    return {
+        name: (tuple(np.shape(value)), str(np.asarray(value).dtype))
+        for name, value in state.items()
+    }
 
 
-def reply_problems(expected: Mapping[str, tuple[tuple[int, ...], str]], state: Mapping[str, np.ndarray],
-                   num_examples: object) -> list[str]:
+def reply_problems(
+    expected: Mapping[str, tuple[tuple[int, ...], str]],
+    state: Mapping[str, np.ndarray],
+    num_examples: object,
+) -> list[str]:
     """Every way ``state`` differs from ``expected``; an empty list means the reply is usable."""
     problems = []
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing:
-        problems.append(f"missing {len(missing)} array(s): {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        problems.append(
+            f"missing {len(missing)} array(s): {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
+        )
     if unexpected:
-        problems.append(f"unexpected array(s): {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}")
+        problems.append(
+            f"unexpected array(s): {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}"
+        )
     for name in sorted(set(expected) & set(state)):
         shape, dtype = expected[name]
         value = np.asarray(state[name])
@@ -42,7 +52,11 @@ def reply_problems(expected: Mapping[str, tuple[tuple[int, ...], str]], state: M
             bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
             if bad:
                 problems.append(f"{name}: {bad} non-finite value(s) (NaN or inf)")
-    if isinstance(num_examples, bool) or not isinstance(num_examples, (int, float)) \
-            or not math.isfinite(num_examples) or num_examples <= 0:
+    if (
+        isinstance(num_examples, bool)
+        or not isinstance(num_examples, (int, float))
+        or not math.isfinite(num_examples)
+        or num_examples <= 0
+    ):
         problems.append(f"num-examples is {num_examples!r}, expected a positive number")
     return problems

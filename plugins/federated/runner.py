@@ -46,9 +46,7 @@ def serve(run: Any, grid: Any, settings: FederatedSettings, *, dp_sites: int) ->
     from tunewright import evaluate
 
     from .federation import Federation
-    from .site import fingerprint, freeze_lora_a, load_state, travelling_state
-
-    from .site import use_threads
+    from .site import fingerprint, freeze_lora_a, load_state, travelling_state, use_threads
 
     started = time.monotonic()
     use_threads(run.config)
@@ -87,31 +85,49 @@ def serve(run: Any, grid: Any, settings: FederatedSettings, *, dp_sites: int) ->
         ok = sum(s["status"] == "ok" for s in record["sites"])
         shown = {k: v for k, v in row.items() if k.startswith("eval_") and isinstance(v, float)}
         sites = ", ".join(f"{s['site']} {s['status']}" for s in record["sites"])
-        run.say(f"round {record['round']}/{settings.rounds}: {ok}/{len(record['sites'])} sites aggregated ({sites})"
-                + ("" if record["aggregated"] else f"; not aggregated: {record.get('skipped_reason')}")
-                + f"  {record.get('seconds', 0.0):.1f} s  "
-                + "  ".join(f"{k[5:]} {v:.4f}" for k, v in shown.items()))
+        run.say(
+            f"round {record['round']}/{settings.rounds}: {ok}/{len(record['sites'])} sites aggregated ({sites})"
+            + ("" if record["aggregated"] else f"; not aggregated: {record.get('skipped_reason')}")
+            + f"  {record.get('seconds', 0.0):.1f} s  "
+            + "  ".join(f"{k[5:]} {v:.4f}" for k, v in shown.items())
+        )
 
-    federation = Federation(grid, settings, initial, fingerprint(run.config, run.labels), dp_sites=dp_sites,
-                            names=site_names(),
-                            central_eval=central if run.validation_features else None,
-                            on_round=on_round, echo=run.say)
+    federation = Federation(
+        grid,
+        settings,
+        initial,
+        fingerprint(run.config, run.labels),
+        dp_sites=dp_sites,
+        names=site_names(),
+        central_eval=central if run.validation_features else None,
+        on_round=on_round,
+        echo=run.say,
+    )
     final, records = federation.run()
     load_state(run.method, run.model, final)
     summary = {
-        "rounds": settings.rounds, "aggregation": settings.aggregation, "strategy": settings.strategy,
+        "rounds": settings.rounds,
+        "aggregation": settings.aggregation,
+        "strategy": settings.strategy,
         "transfer_dtype": settings.transfer_dtype,
-        "trainable_bytes": int(sum(v.nbytes for v in initial.values())), "full_model_bytes": int(full_bytes),
+        "trainable_bytes": int(sum(v.nbytes for v in initial.values())),
+        "full_model_bytes": int(full_bytes),
         "privacy": records[-1].get("privacy") if records else None,
         "seconds": round(time.monotonic() - started, 2),
     }
     (folder / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     draw_rounds(records, folder / "rounds.png", run.primary_metric[0])
-    tokens = sum(int(s.get("train_tokens", 0)) for r in records for s in r["sites"] if s["status"] == "ok")
+    tokens = sum(
+        int(s.get("train_tokens", 0)) for r in records for s in r["sites"] if s["status"] == "ok"
+    )
     last = records[-1]["train"] if records else {}
-    return TrainResult(run_dir=Path(run.run_dir), global_step=settings.rounds,
-                       metrics={"train_loss": last.get("train_loss", float("nan"))},
-                       train_tokens=tokens, train_seconds=time.monotonic() - started)
+    return TrainResult(
+        run_dir=Path(run.run_dir),
+        global_step=settings.rounds,
+        metrics={"train_loss": last.get("train_loss", float("nan"))},
+        train_tokens=tokens,
+        train_seconds=time.monotonic() - started,
+    )
 
 
 def draw_rounds(records: list[dict], path: Path, metric: str) -> Path | None:
@@ -127,18 +143,30 @@ def draw_rounds(records: list[dict], path: Path, metric: str) -> Path | None:
     fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(11, 4))
     names = sorted({str(s["site"]) for r in records for s in r["sites"]})
     for name in names:
-        points = [(r["round"], s["train_loss"]) for r in records for s in r["sites"]
-                  if str(s["site"]) == name and s["status"] == "ok" and "train_loss" in s]
+        points = [
+            (r["round"], s["train_loss"])
+            for r in records
+            for s in r["sites"]
+            if str(s["site"]) == name and s["status"] == "ok" and "train_loss" in s
+        ]
         if points:
             loss_ax.plot(*zip(*points), "o-", alpha=0.7, label=name)
-        points = [(r["round"], e[metric]) for r in records for e in r.get("evaluate_sites", [])
-                  if str(e["site"]) == name and e.get("status") == "ok" and metric in e]
+        points = [
+            (r["round"], e[metric])
+            for r in records
+            for e in r.get("evaluate_sites", [])
+            if str(e["site"]) == name and e.get("status") == "ok" and metric in e
+        ]
         if points:
             metric_ax.plot(*zip(*points), "o-", alpha=0.7, label=name)
-    central = [(r["round"], r["central"][metric]) for r in records if metric in r.get("central", {})]
+    central = [
+        (r["round"], r["central"][metric]) for r in records if metric in r.get("central", {})
+    ]
     if central:
         metric_ax.plot(*zip(*central), "s-", color="black", label="central test set")
-    weighted = [(r["round"], r["evaluate"][metric]) for r in records if metric in r.get("evaluate", {})]
+    weighted = [
+        (r["round"], r["evaluate"][metric]) for r in records if metric in r.get("evaluate", {})
+    ]
     if weighted:
         metric_ax.plot(*zip(*weighted), "--", color="gray", label="sites, weighted")
     for ax, title in ((loss_ax, "local training loss"), (metric_ax, f"{metric} of the aggregate")):
@@ -170,15 +198,22 @@ def split_sites(run: Any, settings: FederatedSettings) -> list[dict]:
         stratify = getattr(run.task, "stratify_key", None)
         keys = field_values(examples, settings.partition_field or "", stratify)
         # every label at every site: the data rules refuse a classification site with one label
-        parts = dirichlet(keys, settings.sites, seed, settings.dirichlet_alpha,
-                          every_key_everywhere=run.labels is not None)
+        parts = dirichlet(
+            keys,
+            settings.sites,
+            seed,
+            settings.dirichlet_alpha,
+            every_key_everywhere=run.labels is not None,
+        )
         held = None
     else:
         # a site takes the server's labels, so one that lacks some still builds the whole head
         values = field_values(examples, settings.partition_field or "")
         parts, held = by_field(values, settings.sites, settings.partition_field or "")
-    return [{"name": f"site-{k}", "indices": part, **({"values": held[k]} if held else {})}
-            for k, part in enumerate(parts)]
+    return [
+        {"name": f"site-{k}", "indices": part, **({"values": held[k]} if held else {})}
+        for k, part in enumerate(parts)
+    ]
 
 
 def simulate(run: Any, settings: FederatedSettings) -> TrainResult:
@@ -190,29 +225,51 @@ def simulate(run: Any, settings: FederatedSettings) -> TrainResult:
     from .configs import with_site_data
 
     if settings.min_sites > settings.sites:
-        raise ConfigError(f"federated.min_sites ({settings.min_sites}) is more than federated.sites ({settings.sites})")
+        raise ConfigError(
+            f"federated.min_sites ({settings.min_sites}) is more than federated.sites ({settings.sites})"
+        )
     sites = split_sites(run, settings)
     root = Path(run.run_dir) / "federated" / "sites"
     base = run.config.to_dict()
-    validation = run.config.data.validation if isinstance(run.config.data.validation, float) else 0.1
+    validation = (
+        run.config.data.validation if isinstance(run.config.data.validation, float) else 0.1
+    )
     specs = {}
     examples = run.data.train.examples
     for k, site in enumerate(sites):
         folder = root / site["name"]
-        with atomic_directory(folder) as staging:
-            with (staging / "train.jsonl").open("w", encoding="utf-8") as handle:
-                for i in site["indices"]:
-                    handle.write(json.dumps(examples[i], ensure_ascii=False) + "\n")
-        specs[k] = {"name": site["name"], "workdir": str(folder / "work"),
-                    "config": with_site_data(base, folder / "train.jsonl", folder / "work",
-                                             validation=validation, format="auto")}
-        run.say(f"{site['name']}: {len(site['indices'])} training examples"
-                + (f" ({', '.join(site['values'])})" if site.get("values") else ""))
-    (root.parent / "partition.json").write_text(json.dumps(
-        {"partition": settings.partition, "dirichlet_alpha": settings.dirichlet_alpha,
-         "field": settings.partition_field,
-         "sites": [{k: v for k, v in s.items() if k != "indices"} | {"examples": len(s["indices"])} for s in sites]},
-        indent=2) + "\n")
+        with (
+            atomic_directory(folder) as staging,
+            (staging / "train.jsonl").open("w", encoding="utf-8") as handle,
+        ):
+            for i in site["indices"]:
+                handle.write(json.dumps(examples[i], ensure_ascii=False) + "\n")
+        specs[k] = {
+            "name": site["name"],
+            "workdir": str(folder / "work"),
+            "config": with_site_data(
+                base, folder / "train.jsonl", folder / "work", validation=validation, format="auto"
+            ),
+        }
+        run.say(
+            f"{site['name']}: {len(site['indices'])} training examples"
+            + (f" ({', '.join(site['values'])})" if site.get("values") else "")
+        )
+    (root.parent / "partition.json").write_text(
+        json.dumps(
+            {
+                "partition": settings.partition,
+                "dirichlet_alpha": settings.dirichlet_alpha,
+                "field": settings.partition_field,
+                "sites": [
+                    {k: v for k, v in s.items() if k != "indices"} | {"examples": len(s["indices"])}
+                    for s in sites
+                ],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
     outcome: dict[str, TrainResult] = {}
     stopped = threading.Event()
@@ -220,19 +277,34 @@ def simulate(run: Any, settings: FederatedSettings) -> TrainResult:
 
     @server_app.main()
     def _main(grid: Any, context: Any) -> None:
-        outcome["result"] = serve(run, _StoppableGrid(grid, stopped), settings, dp_sites=settings.sites)
+        outcome["result"] = serve(
+            run, _StoppableGrid(grid, stopped), settings, dp_sites=settings.sites
+        )
 
     client_app = make_client_app(_SimulatedSites(specs))
     # Ray's handler of fatal signals would abort the process on SIGTERM (exit 134) before Python
     # sees it; without it, Ray's driver turns SIGTERM into sys.exit(15) in the main thread
     os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     # signal handlers belong to the main thread; None: one not installed from Python
-    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    previous = (
+        signal.getsignal(signal.SIGTERM)
+        if threading.current_thread() is threading.main_thread()
+        else None
+    )
     try:
-        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=settings.sites,
-                       backend_config={"client_resources": {"num_cpus": settings.cpus_per_site, "num_gpus": 0.0},
-                                       "init_args": {"num_cpus": settings.simulation_cpus, "num_gpus": 0,
-                                                     "include_dashboard": False}})
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=settings.sites,
+            backend_config={
+                "client_resources": {"num_cpus": settings.cpus_per_site, "num_gpus": 0.0},
+                "init_args": {
+                    "num_cpus": settings.simulation_cpus,
+                    "num_gpus": 0,
+                    "include_dashboard": False,
+                },
+            },
+        )
     except BaseException as exc:
         stopped.set()  # the server app's thread ends at its next call to the grid
         if previous is not None and isinstance(exc, SystemExit) and exc.code == signal.SIGTERM:

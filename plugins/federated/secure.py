@@ -36,13 +36,27 @@ from .replies import describe, reply_problems
 from .strategies import WEIGHT_KEY
 
 #: what a train message's config tells a site about the quantization it will go through
-NAMES_KEY, MAX_WEIGHT_KEY, CLIPPING_KEY = "secure-names", "secure-max-weight", "secure-clipping-range"
-STAGES = {"setup": "setup (keys)", "share_keys": "sharing keys", "collect_masked_vectors": "masked update",
-          "unmask": "unmasking"}
+NAMES_KEY, MAX_WEIGHT_KEY, CLIPPING_KEY = (
+    "secure-names",
+    "secure-max-weight",
+    "secure-clipping-range",
+)
+STAGES = {
+    "setup": "setup (keys)",
+    "share_keys": "sharing keys",
+    "collect_masked_vectors": "masked update",
+    "unmask": "unmasking",
+}
 
 
-def update_problems(received: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray], examples: int,
-                    *, max_weight: float, clipping_range: float) -> list[str]:
+def update_problems(
+    received: Mapping[str, np.ndarray],
+    state: Mapping[str, np.ndarray],
+    examples: int,
+    *,
+    max_weight: float,
+    clipping_range: float,
+) -> list[str]:
     """Why a site must not send ``state`` (trained from ``received``) into SecAgg+; empty if it may.
 
     SecAgg+ multiplies the state by ``examples / max_weight``, clips it to ``±clipping_range`` and
@@ -53,15 +67,19 @@ def update_problems(received: Mapping[str, np.ndarray], state: Mapping[str, np.n
     if problems:
         return problems
     if examples > max_weight:
-        return [f"{examples} training examples, more than federated.secure_aggregation.max_weight "
-                f"({max_weight:g}): its weight would overflow the masked sum; raise max_weight on the server"]
+        return [
+            f"{examples} training examples, more than federated.secure_aggregation.max_weight "
+            f"({max_weight:g}): its weight would overflow the masked sum; raise max_weight on the server"
+        ]
     ratio = examples / max_weight
     for name, value in state.items():
         peak = float(np.max(np.abs(value))) * ratio if np.size(value) else 0.0
         if peak > clipping_range:
-            problems.append(f"{name}: a weighted value reaches {peak:.3g}, beyond "
-                            f"federated.secure_aggregation.clipping_range ({clipping_range:g}): it would "
-                            "be clipped; raise clipping_range on the server")
+            problems.append(
+                f"{name}: a weighted value reaches {peak:.3g}, beyond "
+                f"federated.secure_aggregation.clipping_range ({clipping_range:g}): it would "
+                "be clipped; raise clipping_range on the server"
+            )
     return problems
 
 
@@ -70,7 +88,9 @@ def content_bytes(content: Any) -> int:
     masked vectors as config values), counted as Flower's ``count_bytes`` counts them."""
     arrays = sum(record.count_bytes() for record in content.array_records.values())
     metrics = sum(record.count_bytes() for record in content.metric_records.values())
-    return arrays + metrics + sum(_config_bytes(record) for record in content.config_records.values())
+    return (
+        arrays + metrics + sum(_config_bytes(record) for record in content.config_records.values())
+    )
 
 
 def _config_bytes(record: Mapping[str, Any]) -> int:
@@ -79,7 +99,9 @@ def _config_bytes(record: Mapping[str, Any]) -> int:
     total = 0
     for key, value in record.items():
         for item in value if isinstance(value, list) else [value]:
-            total += len(item) if isinstance(item, (str, bytes)) else 1 if isinstance(item, bool) else 8
+            total += (
+                len(item) if isinstance(item, (str, bytes)) else 1 if isinstance(item, bool) else 8
+            )
         total += len(key)
     return total
 
@@ -100,9 +122,21 @@ class _WatchedGrid:
     site's bytes, notes each failure with its stage, and drops a masked vector whose shapes are not
     the state's (the workflow then unmasks that site as one that dropped out)."""
 
-    def __init__(self, grid: Any, sites: dict[int, dict], names: dict[int, str], shapes: list[tuple],
-                 timeout: float):
-        self.grid, self.sites, self.names, self.shapes, self.timeout = grid, sites, names, shapes, timeout
+    def __init__(
+        self,
+        grid: Any,
+        sites: dict[int, dict],
+        names: dict[int, str],
+        shapes: list[tuple],
+        timeout: float,
+    ):
+        self.grid, self.sites, self.names, self.shapes, self.timeout = (
+            grid,
+            sites,
+            names,
+            shapes,
+            timeout,
+        )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.grid, name)
@@ -116,7 +150,9 @@ class _WatchedGrid:
             return []
         stage = str(messages[0].content.config_records[RECORD_KEY_CONFIGS][Key.STAGE])
         for message in messages:
-            self.sites[message.metadata.dst_node_id]["received_bytes"] += content_bytes(message.content)
+            self.sites[message.metadata.dst_node_id]["received_bytes"] += content_bytes(
+                message.content
+            )
         asked = {m.metadata.dst_node_id for m in messages}
         kept = []
         for reply in exchange(self.grid, messages, self.timeout):
@@ -125,7 +161,9 @@ class _WatchedGrid:
             row = self.sites[node]
             row["site"] = site_name_of(reply, self.names)
             if reply.has_error():
-                self._fail(row, "failed", f"{STAGES.get(stage, stage)}: {reply.error.reason}", stage)
+                self._fail(
+                    row, "failed", f"{STAGES.get(stage, stage)}: {reply.error.reason}", stage
+                )
                 continue
             row["sent_bytes"] += content_bytes(reply.content)
             if stage == "collect_masked_vectors":
@@ -133,18 +171,33 @@ class _WatchedGrid:
                     masked = reply.content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]
                     got = [tuple(bytes_to_ndarray(b).shape) for b in masked]
                 except Exception as exc:  # whatever a broken reply holds, it is left out, named
-                    self._fail(row, "dropped", f"masked update unreadable: {type(exc).__name__}: {exc}", stage)
+                    self._fail(
+                        row,
+                        "dropped",
+                        f"masked update unreadable: {type(exc).__name__}: {exc}",
+                        stage,
+                    )
                     continue
                 if got != self.shapes:
-                    self._fail(row, "dropped", stage=stage, problem=f"masked update of {len(got) - 1} array(s) shaped "
-                               f"{got[1:4]}{' ...' if len(got) > 4 else ''}, expected {len(self.shapes) - 1} "
-                               f"shaped {self.shapes[1:4]}{' ...' if len(self.shapes) > 4 else ''}")
+                    self._fail(
+                        row,
+                        "dropped",
+                        stage=stage,
+                        problem=f"masked update of {len(got) - 1} array(s) shaped "
+                        f"{got[1:4]}{' ...' if len(got) > 4 else ''}, expected {len(self.shapes) - 1} "
+                        f"shaped {self.shapes[1:4]}{' ...' if len(self.shapes) > 4 else ''}",
+                    )
                     continue
                 row["masked"] = True
             kept.append(reply)
         for node in asked:
-            self._fail(self.sites[node], "no reply", f"{STAGES.get(stage, stage)}: no reply within "
-                       f"{self.timeout:g} s (federated.round_timeout)", stage)
+            self._fail(
+                self.sites[node],
+                "no reply",
+                f"{STAGES.get(stage, stage)}: no reply within "
+                f"{self.timeout:g} s (federated.round_timeout)",
+                stage,
+            )
         return kept
 
     @staticmethod
@@ -156,8 +209,15 @@ class _WatchedGrid:
         row["problems"].append(problem)
 
 
-def secure_round(grid: Any, settings: Any, rnd: int, state: Mapping[str, np.ndarray], nodes: list[int],
-                 config: Mapping[str, Any], names: dict[int, str]) -> SecureOutcome:
+def secure_round(
+    grid: Any,
+    settings: Any,
+    rnd: int,
+    state: Mapping[str, np.ndarray],
+    nodes: list[int],
+    config: Mapping[str, Any],
+    names: dict[int, str],
+) -> SecureOutcome:
     """Run SecAgg+ for round ``rnd`` on ``nodes``: each trains from ``state`` with ``config`` and
     the server gets the example-weighted average of their states, and nothing of one site's."""
     from flwr.app import ConfigRecord, Context, RecordDict
@@ -172,12 +232,29 @@ def secure_round(grid: Any, settings: Any, rnd: int, state: Mapping[str, np.ndar
     secure = settings.secure_aggregation
     order = list(state)
     parameters = ndarrays_to_parameters([np.ascontiguousarray(state[k]) for k in order])
-    fit_config = dict(config) | {NAMES_KEY: json.dumps(order), MAX_WEIGHT_KEY: float(secure.max_weight),
-                                 CLIPPING_KEY: float(secure.clipping_range)}
-    sites = {n: {"node": n, "site": names.get(n, f"node {n}"), "received_bytes": 0, "sent_bytes": 0,
-                 "status": "pending", "problems": []} for n in nodes}
-    watched = _WatchedGrid(grid, sites, names, [(1,)] + [tuple(np.shape(state[k])) for k in order],
-                           settings.round_timeout)
+    fit_config = dict(config) | {
+        NAMES_KEY: json.dumps(order),
+        MAX_WEIGHT_KEY: float(secure.max_weight),
+        CLIPPING_KEY: float(secure.clipping_range),
+    }
+    sites = {
+        n: {
+            "node": n,
+            "site": names.get(n, f"node {n}"),
+            "received_bytes": 0,
+            "sent_bytes": 0,
+            "status": "pending",
+            "problems": [],
+        }
+        for n in nodes
+    }
+    watched = _WatchedGrid(
+        grid,
+        sites,
+        names,
+        [(1,)] + [tuple(np.shape(state[k])) for k in order],
+        settings.round_timeout,
+    )
 
     class OneRound(Strategy):
         """The legacy strategy the workflow drives: it sends ``nodes`` the state and keeps what the
@@ -205,28 +282,43 @@ def secure_round(grid: Any, settings: Any, rnd: int, state: Mapping[str, np.ndar
             return None
 
     strategy = OneRound()
-    context = LegacyContext(Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}),
-                            strategy=strategy)
-    context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: rnd})
+    context = LegacyContext(
+        Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}),
+        strategy=strategy,
+    )
+    context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
+        {WorkflowKey.CURRENT_ROUND: rnd}
+    )
     context.state.array_records[MAIN_PARAMS_RECORD] = to_arrays(state)
-    workflow = SecAggPlusWorkflow(secure.shares, secure.threshold, max_weight=secure.max_weight,
-                                  clipping_range=secure.clipping_range,
-                                  quantization_range=secure.quantization_range,
-                                  modulus_range=secure.modulus_range, timeout=settings.round_timeout)
+    workflow = SecAggPlusWorkflow(
+        secure.shares,
+        secure.threshold,
+        max_weight=secure.max_weight,
+        clipping_range=secure.clipping_range,
+        quantization_range=secure.quantization_range,
+        modulus_range=secure.modulus_range,
+        timeout=settings.round_timeout,
+    )
     workflow(watched, context)
 
     outcome = SecureOutcome(state=None, sites=sites)
     for proxy, fitres in strategy.results:
         if fitres.status.code == Code.OK:
-            outcome.metrics[proxy.node_id] = dict(fitres.metrics) | {WEIGHT_KEY: fitres.num_examples}
+            outcome.metrics[proxy.node_id] = dict(fitres.metrics) | {
+                WEIGHT_KEY: fitres.num_examples
+            }
     if strategy.results:
         averaged = parameters_to_ndarrays(strategy.results[0][1].parameters)
-        outcome.state = {k: np.asarray(v).astype(np.asarray(state[k]).dtype) for k, v in zip(order, averaged)}
+        outcome.state = {
+            k: np.asarray(v).astype(np.asarray(state[k]).dtype) for k, v in zip(order, averaged)
+        }
     else:
         masked = sum(bool(row.get("masked")) for row in sites.values())
-        outcome.reason = (f"secure aggregation halted: {masked} of {len(nodes)} site(s) sent a masked "
-                          "update, and the sum can be unmasked only when every site has enough "
-                          f"neighbours that answered (shares {secure.shares}, threshold {secure.threshold})")
+        outcome.reason = (
+            f"secure aggregation halted: {masked} of {len(nodes)} site(s) sent a masked "
+            "update, and the sum can be unmasked only when every site has enough "
+            f"neighbours that answered (shares {secure.shares}, threshold {secure.threshold})"
+        )
     for row in sites.values():
         if row["status"] == "pending":
             if row.get("masked"):

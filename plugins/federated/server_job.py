@@ -14,12 +14,15 @@ from typing import Any
 from tunewright import ConfigError, TrainResult, kinds
 
 #: the grid of the deployed ServerApp that is running now, seen by the federated runner
-_ACTIVE_GRID: contextvars.ContextVar[Any] = contextvars.ContextVar("tunewright_federated_grid", default=None)
+_ACTIVE_GRID: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "tunewright_federated_grid", default=None
+)
 
 
 #: the names of the sites whose keys the server registered, by node id (their key files' names)
-_SITE_NAMES: contextvars.ContextVar[dict[int, str] | None] = contextvars.ContextVar("tunewright_federated_sites",
-                                                                                    default=None)
+_SITE_NAMES: contextvars.ContextVar[dict[int, str] | None] = contextvars.ContextVar(
+    "tunewright_federated_sites", default=None
+)
 
 
 @contextmanager
@@ -50,7 +53,9 @@ def read_site_names(path: str | Path) -> dict[int, str]:
         return {}
 
 
-def run_without_data(config: Any, pm: Any, *, overwrite: bool = False, echo: Any = None) -> TrainResult:
+def run_without_data(
+    config: Any, pm: Any, *, overwrite: bool = False, echo: Any = None
+) -> TrainResult:
     """A deployed server that reads no data (``federated.server.own_data: false``): the job through
     :func:`tunewright.run_job` with no data, so no baseline or final evaluation; the sites'
     evaluation of the final state is added to ``eval.json`` as ``final_sites``."""
@@ -59,13 +64,22 @@ def run_without_data(config: Any, pm: Any, *, overwrite: bool = False, echo: Any
     settings = config.section("federated")
     task = pm.registries.get("tasks", config.task, key="task")
     if settings.labels is None and task.model_kind == kinds.SEQUENCE_CLASSIFICATION:
-        raise ConfigError("federated.labels: a server without data (federated.server.own_data: false) "
-                          f"of a {config.task} job needs the label set, in order, e.g. labels: [negative, positive]")
-    result = run_job(config, pm, overwrite=overwrite, echo=echo, with_data=False, labels=settings.labels)
+        raise ConfigError(
+            "federated.labels: a server without data (federated.server.own_data: false) "
+            f"of a {config.task} job needs the label set, in order, e.g. labels: [negative, positive]"
+        )
+    result = run_job(
+        config, pm, overwrite=overwrite, echo=echo, with_data=False, labels=settings.labels
+    )
     run_dir = Path(result.run_dir)
-    records = [json.loads(line) for line in (run_dir / "federated" / "rounds.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line)
+        for line in (run_dir / "federated" / "rounds.jsonl").read_text().splitlines()
+    ]
     results = json.loads((run_dir / "eval.json").read_text())
-    results.update({"split": None, "final_sites": records[-1].get("evaluate", {}) if records else {}})
+    results.update(
+        {"split": None, "final_sites": records[-1].get("evaluate", {}) if records else {}}
+    )
     tmp = run_dir / ".eval.json.tmp"
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     tmp.replace(run_dir / "eval.json")

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -28,8 +29,13 @@ def fingerprint(config: JobConfig, labels: list[str] | None) -> dict[str, Any]:
     its settings, the labels (the head's shape), the aggregation and, for ``ffa``, the seed."""
     settings = config.section("federated")
     method_settings = config.section(config.method)
-    out: dict[str, Any] = {"model": config.model, "task": config.task, "method": config.method,
-                           "labels": labels, "federated.aggregation": settings.aggregation if settings else "fedavg"}
+    out: dict[str, Any] = {
+        "model": config.model,
+        "task": config.task,
+        "method": config.method,
+        "labels": labels,
+        "federated.aggregation": settings.aggregation if settings else "fedavg",
+    }
     if method_settings is not None:
         for key, value in method_settings.model_dump(mode="json").items():
             out[f"{config.method}.{key}"] = value
@@ -47,7 +53,8 @@ def check_fingerprint(mine: dict[str, Any], server: dict[str, Any], site: str) -
             raise ConfigError(
                 f"site {site}: its config differs from the server's at {key}: "
                 f"{json.dumps(mine.get(key))} here, {json.dumps(server.get(key))} on the server; "
-                "every site must train the same base model, method and settings")
+                "every site must train the same base model, method and settings"
+            )
 
 
 def freeze_lora_a(model: Any, seed: int) -> int:
@@ -60,14 +67,20 @@ def freeze_lora_a(model: Any, seed: int) -> int:
         if not is_lora_a(name):
             continue
         generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-        bound = 1.0 / np.sqrt(param.shape[1])                                   # A: (r, in)
+        bound = 1.0 / np.sqrt(param.shape[1])  # A: (r, in)
         with torch.no_grad():
-            param.copy_(torch.empty(param.shape).uniform_(-bound, bound, generator=generator).to(param.dtype))
+            param.copy_(
+                torch.empty(param.shape)
+                .uniform_(-bound, bound, generator=generator)
+                .to(param.dtype)
+            )
         param.requires_grad_(False)
         frozen += 1
     if not frozen:
-        raise ConfigError("federated.aggregation: ffa freezes LoRA's A factors, but the method "
-                          "applied none (use method: lora)")
+        raise ConfigError(
+            "federated.aggregation: ffa freezes LoRA's A factors, but the method "
+            "applied none (use method: lora)"
+        )
     return frozen
 
 
@@ -80,7 +93,9 @@ def travelling_state(method: Any, model: Any, aggregation: str) -> dict[str, np.
         if aggregation == "ffa" and is_lora_a(name):
             continue
         value = tensor.detach().cpu()
-        out[name] = (value.float() if value.dtype == torch.bfloat16 else value).numpy()  # numpy has no bf16
+        out[name] = (
+            value.float() if value.dtype == torch.bfloat16 else value
+        ).numpy()  # numpy has no bf16
     return out
 
 
@@ -91,7 +106,9 @@ def load_state(method: Any, model: Any, arrays: dict[str, np.ndarray]) -> None:
     full = method.trainable_state(model)
     unknown = sorted(set(arrays) - set(full))
     if unknown:
-        raise ConfigError(f"the server sent arrays this model has no place for: {', '.join(unknown[:3])}")
+        raise ConfigError(
+            f"the server sent arrays this model has no place for: {', '.join(unknown[:3])}"
+        )
     for name, value in arrays.items():
         full[name] = torch.from_numpy(np.array(value)).to(full[name].dtype)
     method.load_trainable_state(model, full)
@@ -106,8 +123,14 @@ class Site:
     server's: a site whose own data yields other labels prepares its run again with the server's.
     """
 
-    def __init__(self, config: JobConfig, pm: Any, workdir: str | Path, name: str,
-                 echo: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        config: JobConfig,
+        pm: Any,
+        workdir: str | Path,
+        name: str,
+        echo: Callable[[str], None] | None = None,
+    ):
         self.name = name
         self.config = config
         self.pm = pm
@@ -127,15 +150,22 @@ class Site:
         started = time.monotonic()
         if self.run is not None:
             self.echo(f"site {self.name}: preparing again with the server's labels {labels}")
-        run = prepare_run(self.config, self.pm, overwrite=True, run_dir=self.workdir, echo=self.echo,
-                          labels=labels if fixed else None)
+        run = prepare_run(
+            self.config,
+            self.pm,
+            overwrite=True,
+            run_dir=self.workdir,
+            echo=self.echo,
+            labels=labels if fixed else None,
+        )
         secure = self.settings.secure_aggregation
         if secure is not None and len(run.train_features) > secure.max_weight:
             # found before any training: in a round, the site would train and then have to refuse to send
             raise ConfigError(
                 f"site {self.name}: {len(run.train_features)} training examples, more than "
                 f"federated.secure_aggregation.max_weight ({secure.max_weight:g}), the largest weight "
-                "SecAgg+ sums without overflow; raise max_weight in the server's and the sites' config")
+                "SecAgg+ sums without overflow; raise max_weight in the server's and the sites' config"
+            )
         self.run = run
         if self.settings.aggregation == "ffa":
             freeze_lora_a(self.run.model, self.config.seed)
@@ -150,8 +180,9 @@ class Site:
         check_fingerprint(fingerprint(self.config, server.get("labels")), server, self.name)
         return self.prepare(server.get("labels"), fixed=server.get("labels") is not None)
 
-    def fit(self, arrays: dict[str, np.ndarray], config: dict[str, Any]
-            ) -> tuple[dict[str, np.ndarray], int, dict[str, float]]:
+    def fit(
+        self, arrays: dict[str, np.ndarray], config: dict[str, Any]
+    ) -> tuple[dict[str, np.ndarray], int, dict[str, float]]:
         """Train ``local-steps`` steps from the server's state; the new state, examples and figures.
 
         With ``evaluate-first`` in ``config`` the server's state is first evaluated on the site's
@@ -173,17 +204,34 @@ class Site:
         round_number = int(config.get("server-round", 1))
         extra_loss = proximal_term(run.model, float(config.get("proximal-mu", 0.0)))
         # a different order each round, or every round would start from the same first batches
-        order = np.random.default_rng([run.config.seed, round_number, zlib.crc32(self.name.encode())]
-                                      ).permutation(len(run.train_features))
+        order = np.random.default_rng(
+            [run.config.seed, round_number, zlib.crc32(self.name.encode())]
+        ).permutation(len(run.train_features))
         started = time.monotonic()
-        result = train(run, max_steps=int(config["local-steps"]), features=[run.train_features[i] for i in order],
-                       extra_loss=extra_loss, save_checkpoints=False, evaluate=False)
-        metrics.update({"train_loss": float(result.metrics.get("train_loss", float("nan"))),
-                        "train_tokens": int(result.train_tokens),
-                        "train_seconds": time.monotonic() - started})
-        return travelling_state(run.method, run.model, self.settings.aggregation), len(run.train_features), metrics
+        result = train(
+            run,
+            max_steps=int(config["local-steps"]),
+            features=[run.train_features[i] for i in order],
+            extra_loss=extra_loss,
+            save_checkpoints=False,
+            evaluate=False,
+        )
+        metrics.update(
+            {
+                "train_loss": float(result.metrics.get("train_loss", float("nan"))),
+                "train_tokens": int(result.train_tokens),
+                "train_seconds": time.monotonic() - started,
+            }
+        )
+        return (
+            travelling_state(run.method, run.model, self.settings.aggregation),
+            len(run.train_features),
+            metrics,
+        )
 
-    def evaluate(self, arrays: dict[str, np.ndarray], config: dict[str, Any]) -> tuple[int, dict[str, float]]:
+    def evaluate(
+        self, arrays: dict[str, np.ndarray], config: dict[str, Any]
+    ) -> tuple[int, dict[str, float]]:
         """The task's metrics of the server's state on this site's held-out data."""
         run = self._for_server(config)
         use_threads(run.config)
@@ -197,8 +245,9 @@ class Site:
         features = run.validation_features
         if not features:
             return 0, {}
-        return len(features), {k: float(v) for k, v in evaluate(run, features).items()
-                               if isinstance(v, (int, float))}
+        return len(features), {
+            k: float(v) for k, v in evaluate(run, features).items() if isinstance(v, (int, float))
+        }
 
 
 def use_threads(config: JobConfig) -> None:

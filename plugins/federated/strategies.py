@@ -13,9 +13,14 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
-from flwr.serverapp.strategy import (DifferentialPrivacyClientSideFixedClipping,
-                                     DifferentialPrivacyServerSideFixedClipping, FedAdam, FedAvg, FedAvgM,
-                                     FedProx)
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedProx,
+)
 
 from tunewright import ConfigError
 
@@ -36,8 +41,9 @@ class SchemeAveraging(FedAvg):
         self.scheme = "fedavg"
         self.last_report: dict[str, float] = {}
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         usable = [m for m in replies if not m.has_error()]
         if not usable:
             return None, None
@@ -50,8 +56,11 @@ class SchemeAveraging(FedAvg):
         # the example-weighted mean of the figures every site reported (train_loss...)
         shared = set.intersection(*(set(m) for m in metrics)) - {self.weighted_by_key}
         total = sum(weights)
-        averaged = {k: sum(w * float(m[k]) for w, m in zip(weights, metrics)) / total for k in sorted(shared)
-                    if all(isinstance(m[k], (int, float)) for m in metrics)}
+        averaged = {
+            k: sum(w * float(m[k]) for w, m in zip(weights, metrics)) / total
+            for k in sorted(shared)
+            if all(isinstance(m[k], (int, float)) for m in metrics)
+        }
         return arrays, MetricRecord(averaged)
 
 
@@ -64,8 +73,9 @@ class SchemeFedAdam(FedAdam, SchemeAveraging):
     server's Adam step moves the current state towards the scheme's aggregate
     (``Δ = aggregate - current``), per tensor."""
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         sent = self.current_arrays  # FedOpt keeps the state it sent as numpy arrays
         arrays, metrics = super().aggregate_train(server_round, replies)
         return (arrays if arrays is None else _in_dtypes(arrays, sent)), metrics
@@ -75,13 +85,18 @@ def _in_dtypes(arrays: ArrayRecord, sent: Any) -> ArrayRecord:
     """A server step's ``arrays`` in the dtypes the server keeps: float32 for floating-point
     tensors (Flower's steps compute in float64; ``sent`` may be float16 under
     ``transfer_dtype``), the sent dtype otherwise."""
+
     def dtype(value: Any) -> np.dtype:
         value = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
         return np.dtype(np.float32) if value.dtype.kind == "f" else value.dtype
 
     dtypes = {k: dtype(v) for k, v in (sent or {}).items()}
-    return ArrayRecord({k: Array(np.ascontiguousarray(v.numpy().astype(dtypes.get(k, v.numpy().dtype))))
-                        for k, v in arrays.items()})
+    return ArrayRecord(
+        {
+            k: Array(np.ascontiguousarray(v.numpy().astype(dtypes.get(k, v.numpy().dtype))))
+            for k, v in arrays.items()
+        }
+    )
 
 
 class SchemeFedAvgM(FedAvgM, SchemeAveraging):
@@ -94,8 +109,9 @@ class SchemeFedAvgM(FedAvgM, SchemeAveraging):
         self.current_arrays = arrays
         return super().configure_train(server_round, arrays, config, grid)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         sent = self.current_arrays
         arrays, metrics = super().aggregate_train(server_round, replies)
         return (arrays if arrays is None else _in_dtypes(arrays, sent)), metrics
@@ -106,21 +122,36 @@ def build_strategy(settings: Any, dp_sites: int) -> tuple[Any, SchemeAveraging]:
 
     ``dp_sites``: the sites each round's DP noise is calibrated for (Flower's ``num_sampled_clients``).
     """
-    common = dict(fraction_train=1.0, fraction_evaluate=1.0 if settings.site_evaluation else 0.0,
-                  min_train_nodes=settings.min_sites, min_evaluate_nodes=settings.min_sites,
-                  min_available_nodes=settings.min_sites, weighted_by_key=WEIGHT_KEY)
+    common = dict(
+        fraction_train=1.0,
+        fraction_evaluate=1.0 if settings.site_evaluation else 0.0,
+        min_train_nodes=settings.min_sites,
+        min_evaluate_nodes=settings.min_sites,
+        min_available_nodes=settings.min_sites,
+        weighted_by_key=WEIGHT_KEY,
+    )
     if settings.strategy in ("fedadam", "fedavgm") and settings.aggregation == "product":
-        raise ConfigError(f"federated.strategy: {settings.strategy} steps every tensor towards the aggregate, "
-                          "but aggregation: product factors B·A afresh by SVD each round (the factors' basis "
-                          f"changes, so their difference means nothing); use {settings.strategy} with fedavg or ffa")
+        raise ConfigError(
+            f"federated.strategy: {settings.strategy} steps every tensor towards the aggregate, "
+            "but aggregation: product factors B·A afresh by SVD each round (the factors' basis "
+            f"changes, so their difference means nothing); use {settings.strategy} with fedavg or ffa"
+        )
     if settings.strategy == "fedprox":
         inner: SchemeAveraging = SchemeFedProx(proximal_mu=settings.proximal_mu, **common)
     elif settings.strategy == "fedadam":
-        inner = SchemeFedAdam(eta=settings.server_learning_rate or 0.01, beta_1=settings.beta_1,
-                              beta_2=settings.beta_2, tau=settings.tau, **common)
+        inner = SchemeFedAdam(
+            eta=settings.server_learning_rate or 0.01,
+            beta_1=settings.beta_1,
+            beta_2=settings.beta_2,
+            tau=settings.tau,
+            **common,
+        )
     elif settings.strategy == "fedavgm":
-        inner = SchemeFedAvgM(server_learning_rate=settings.server_learning_rate or 1.0,
-                              server_momentum=settings.server_momentum, **common)
+        inner = SchemeFedAvgM(
+            server_learning_rate=settings.server_learning_rate or 1.0,
+            server_momentum=settings.server_momentum,
+            **common,
+        )
     else:
         inner = SchemeAveraging(**common)
     # set afterwards: FedProx and FedAdam pass only the arguments they know to the classes below them
@@ -128,8 +159,11 @@ def build_strategy(settings: Any, dp_sites: int) -> tuple[Any, SchemeAveraging]:
     privacy = settings.privacy
     if privacy is None:
         return inner, inner
-    wrapper = (DifferentialPrivacyServerSideFixedClipping if privacy.clipping == "server"
-               else DifferentialPrivacyClientSideFixedClipping)
+    wrapper = (
+        DifferentialPrivacyServerSideFixedClipping
+        if privacy.clipping == "server"
+        else DifferentialPrivacyClientSideFixedClipping
+    )
     return wrapper(inner, privacy.noise_multiplier, privacy.clipping_norm, dp_sites), inner
 
 

@@ -24,8 +24,9 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -83,8 +84,12 @@ class SiteServer:
     ``on_request(op, config)`` is called as each request starts (logs, tests), ``on_reply(op,
     config, reply)`` with the reply's header before it is sent."""
 
-    def __init__(self, site: Any, on_request: Callable[[str, dict], None] | None = None,
-                 on_reply: Callable[[str, dict, dict], None] | None = None):
+    def __init__(
+        self,
+        site: Any,
+        on_request: Callable[[str, dict], None] | None = None,
+        on_reply: Callable[[str, dict, dict], None] | None = None,
+    ):
         self.site = site
         self.on_request = on_request or (lambda op, config: None)
         self.on_reply = on_reply or (lambda op, config, reply: None)
@@ -107,7 +112,7 @@ class SiteServer:
         while not self._closing.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             with conn:
                 conn.settimeout(None)
@@ -131,8 +136,15 @@ class SiteServer:
             else:
                 raise ValueError(f"unknown request {op!r}")
         except Exception as exc:  # sent back to the ClientApp, which turns it into an error reply
-            reply, state = {"ok": False, "kind": type(exc).__name__, "error": str(exc),
-                            "traceback": traceback.format_exc(limit=8)}, None
+            reply, state = (
+                {
+                    "ok": False,
+                    "kind": type(exc).__name__,
+                    "error": str(exc),
+                    "traceback": traceback.format_exc(limit=8),
+                },
+                None,
+            )
         reply["site_seconds"] = time.monotonic() - started
         reply["load_seconds"] = float(getattr(self.site, "load_seconds", 0.0))
         self.on_reply(op, config, reply)
@@ -160,8 +172,9 @@ class RemoteSite:
         self.load_seconds = 0.0
         self.site_seconds = 0.0
 
-    def _call(self, op: str, arrays: dict[str, np.ndarray], config: dict[str, Any]
-              ) -> tuple[dict, dict[str, np.ndarray]]:
+    def _call(
+        self, op: str, arrays: dict[str, np.ndarray], config: dict[str, Any]
+    ) -> tuple[dict, dict[str, np.ndarray]]:
         timeout = float(config.get("round-timeout", self.timeout))
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
@@ -169,15 +182,22 @@ class RemoteSite:
                 sock.connect(self.path)
                 _send(sock, {"op": op, "config": config}, arrays)
                 header, state = _receive(sock)
-            except socket.timeout as exc:
-                raise SiteFailed("TimeoutError", f"the site's process did not answer within {timeout:g} s") from exc
+            except TimeoutError as exc:
+                raise SiteFailed(
+                    "TimeoutError", f"the site's process did not answer within {timeout:g} s"
+                ) from exc
             except (FileNotFoundError, ConnectionError) as exc:
-                raise SiteFailed("ConnectionError", f"the site's process is not serving at {self.path} "
-                                 f"(was `tunewright federate site` stopped?): {exc}") from exc
+                raise SiteFailed(
+                    "ConnectionError",
+                    f"the site's process is not serving at {self.path} "
+                    f"(was `tunewright federate site` stopped?): {exc}",
+                ) from exc
         self.load_seconds = float(header.get("load_seconds", 0.0))
         self.site_seconds = float(header.get("site_seconds", 0.0))
         if not header.get("ok"):
-            raise SiteFailed(str(header.get("kind", "Exception")), str(header.get("error", "unknown error")))
+            raise SiteFailed(
+                str(header.get("kind", "Exception")), str(header.get("error", "unknown error"))
+            )
         return header, state
 
     def fit(self, arrays: dict[str, np.ndarray], config: dict[str, Any]):
@@ -187,4 +207,3 @@ class RemoteSite:
     def evaluate(self, arrays: dict[str, np.ndarray], config: dict[str, Any]):
         header, _ = self._call("evaluate", arrays, config)
         return int(header["examples"]), dict(header["metrics"])
-

@@ -24,7 +24,7 @@ so: ``model.tunewright_method["weights_only"]`` is ``False``.
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -45,23 +45,34 @@ class AdapterSettings(Section):
     (https://arxiv.org/abs/1902.00751)."""
 
     reduction_factor: int = Field(
-        16, ge=1, description="bottleneck size = hidden size / reduction_factor (at least 1)")
+        16, ge=1, description="bottleneck size = hidden size / reduction_factor (at least 1)"
+    )
     size: int | None = Field(
-        None, ge=1, description="bottleneck size in units; when set, reduction_factor is ignored")
+        None, ge=1, description="bottleneck size in units; when set, reduction_factor is ignored"
+    )
     # gelu, not relu, by default: while `up` is still zero only `up` gets a gradient, through
     # act(down(h)); a relu unit that is off for every token gets none, ever (seen on small models).
     activation: Literal["relu", "gelu", "silu", "tanh"] = Field(
-        "gelu", description="non-linearity between the down and up projections")
-    layers: Union[Literal["all"], list[int]] = Field(
-        "all", description="blocks that get an adapter, by index from 0; negative indices count "
-                           "from the top (-1 is the last block); all: every block")
+        "gelu", description="non-linearity between the down and up projections"
+    )
+    layers: Literal["all"] | list[int] = Field(
+        "all",
+        description="blocks that get an adapter, by index from 0; negative indices count "
+        "from the top (-1 is the last block); all: every block",
+    )
 
 
 class BottleneckAdapter(nn.Module):
     """``h + up(act(down(h)))`` with ``up`` initialised to zero (an identity at the start)."""
 
-    def __init__(self, hidden: int, bottleneck: int, activation: str,
-                 dtype: torch.dtype | None = None, device: torch.device | None = None):
+    def __init__(
+        self,
+        hidden: int,
+        bottleneck: int,
+        activation: str,
+        dtype: torch.dtype | None = None,
+        device: torch.device | None = None,
+    ):
         super().__init__()
         self.down = nn.Linear(hidden, bottleneck, dtype=dtype, device=device)
         self.act = ACTIVATIONS[activation]()
@@ -79,9 +90,11 @@ class BottleneckAdapter(nn.Module):
         if isinstance(output, torch.Tensor):
             return self(output)
         if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
-            return (self(output[0]),) + tuple(output[1:])
-        raise UsageError(f"adapter: cannot tell the hidden states in the output of "
-                         f"{type(block).__name__} ({type(output).__name__})")
+            return (self(output[0]), *output[1:])
+        raise UsageError(
+            f"adapter: cannot tell the hidden states in the output of "
+            f"{type(block).__name__} ({type(output).__name__})"
+        )
 
 
 def _hidden_size(model: nn.Module) -> int:
@@ -89,7 +102,9 @@ def _hidden_size(model: nn.Module) -> int:
     for key in ("hidden_size", "n_embd", "d_model", "dim"):
         if isinstance(getattr(config, key, None), int):
             return getattr(config, key)
-    raise UsageError(f"adapter: cannot find the hidden size in the config of {type(model).__name__}")
+    raise UsageError(
+        f"adapter: cannot find the hidden size in the config of {type(model).__name__}"
+    )
 
 
 def _chosen_layers(layers, count: int) -> list[int]:
@@ -98,8 +113,10 @@ def _chosen_layers(layers, count: int) -> list[int]:
     chosen = []
     for index in layers:
         if not -count <= index < count:
-            raise ConfigError(f"adapter.layers: {index} is not a block of this model; it has "
-                              f"{count} (0..{count - 1}, or -{count}..-1 from the top)")
+            raise ConfigError(
+                f"adapter.layers: {index} is not a block of this model; it has "
+                f"{count} (0..{count - 1}, or -{count}..-1 from the top)"
+            )
         chosen.append(index % count)
     if len(set(chosen)) != len(chosen):
         raise ConfigError(f"adapter.layers: {layers} names a block twice")
@@ -117,16 +134,22 @@ class AdapterMethod:
         settings = settings if settings is not None else AdapterSettings()
         _, blocks = block_stack(model)
         if any(hasattr(block, MODULE_NAME) for block in blocks):
-            raise UsageError("adapter: the model has adapters already; apply a method to a plain "
-                             "base model once")
+            raise UsageError(
+                "adapter: the model has adapters already; apply a method to a plain base model once"
+            )
         hidden = _hidden_size(model)
         bottleneck = settings.size or max(1, hidden // settings.reduction_factor)
         reference = next(blocks.parameters())
         model.requires_grad_(False)
         for index in _chosen_layers(settings.layers, len(blocks)):
             block = blocks[index]
-            adapter = BottleneckAdapter(hidden, bottleneck, settings.activation,
-                                        dtype=reference.dtype, device=reference.device)
+            adapter = BottleneckAdapter(
+                hidden,
+                bottleneck,
+                settings.activation,
+                dtype=reference.dtype,
+                device=reference.device,
+            )
             block.add_module(MODULE_NAME, adapter)
             block.register_forward_hook(adapter.after_block)
         trainable = [name for name, _ in model.named_parameters() if f".{MODULE_NAME}." in name]
@@ -136,8 +159,10 @@ class AdapterMethod:
         for name in trainable:
             params[name].requires_grad_(True)
         model.tunewright_method = {
-            "method": self.name, "task_kind": task_kind,
-            "settings": settings.model_dump(mode="json"), "trainable": trainable,
+            "method": self.name,
+            "task_kind": task_kind,
+            "settings": settings.model_dump(mode="json"),
+            "trainable": trainable,
             "weights_only": False,  # save_pretrained alone does not capture the adapters
         }
         return model

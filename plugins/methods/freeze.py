@@ -55,15 +55,18 @@ class FreezeSettings(Section):
     (https://arxiv.org/abs/1801.06146)."""
 
     train_top_layers: int = Field(
-        2, ge=0, description="how many of the top transformer blocks train (0: only the head)")
+        2, ge=0, description="how many of the top transformer blocks train (0: only the head)"
+    )
     gradual_unfreeze: bool = Field(
         False,
         description="start with the head only and unfreeze one more block from the top per epoch, "
-                    "down to train_top_layers blocks; the trainer calls on_epoch")
+        "down to train_top_layers blocks; the trainer calls on_epoch",
+    )
     train_head: bool | None = Field(
         None,
         description="train the task head; default: yes, except a causal LM head tied to the input "
-                    "embeddings (SmolLM2's), which is the whole vocabulary table")
+        "embeddings (SmolLM2's), which is the whole vocabulary table",
+    )
 
 
 class FreezeMethod:
@@ -78,8 +81,10 @@ class FreezeMethod:
         stack_name, blocks = block_stack(model)
         count, top = len(blocks), settings.train_top_layers
         if top > count:
-            raise ConfigError(f"freeze.train_top_layers: {top}, but the model has {count} blocks "
-                              f"(allowed: 0..{count})")
+            raise ConfigError(
+                f"freeze.train_top_layers: {top}, but the model has {count} blocks "
+                f"(allowed: 0..{count})"
+            )
         train_head = settings.train_head
         if train_head is None:
             train_head = task_kind in kinds.CLASSIFICATION_KINDS or not head_is_tied(model)
@@ -87,13 +92,18 @@ class FreezeMethod:
         layers = [f"{stack_name}.{i}" for i in reversed(range(count - top, count))]  # top first
         trainable = parameter_names_under(model, always + layers)
         if not trainable:
-            raise ConfigError("freeze: nothing would train (train_top_layers is 0, train_head is "
-                              "false and the model has nothing after its blocks); raise "
-                              "train_top_layers or set train_head: true")
+            raise ConfigError(
+                "freeze: nothing would train (train_top_layers is 0, train_head is "
+                "false and the model has nothing after its blocks); raise "
+                "train_top_layers or set train_head: true"
+            )
         model.tunewright_method = {
-            "method": self.name, "task_kind": task_kind,
-            "settings": settings.model_dump(mode="json"), "trainable": trainable,
-            "always": always, "layers": layers,
+            "method": self.name,
+            "task_kind": task_kind,
+            "settings": settings.model_dump(mode="json"),
+            "trainable": trainable,
+            "always": always,
+            "layers": layers,
         }
         keep_batchnorm_statistics(model)  # the saved state holds parameters only (see model_parts)
         # every parameter that trains at some epoch, until on_epoch() narrows it (see above)
@@ -118,7 +128,9 @@ class FreezeMethod:
     def on_epoch(self, model, epoch: int) -> None:
         record = self._record(model)
         layers = record["layers"]
-        unfrozen = min(epoch, len(layers)) if record["settings"]["gradual_unfreeze"] else len(layers)
+        unfrozen = (
+            min(epoch, len(layers)) if record["settings"]["gradual_unfreeze"] else len(layers)
+        )
         model.requires_grad_(False)
         params = dict(model.named_parameters(remove_duplicate=False))
         for name in parameter_names_under(model, record["always"] + layers[:unfrozen]):

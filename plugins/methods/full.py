@@ -38,7 +38,8 @@ class FullMethod:
             raise UsageError(
                 f"method 'full': the state does not fit this model (missing: "
                 f"{', '.join(result.missing_keys[:5]) or 'none'}; unexpected: "
-                f"{', '.join(result.unexpected_keys[:5]) or 'none'})")
+                f"{', '.join(result.unexpected_keys[:5]) or 'none'})"
+            )
 
     def save(self, model, path):
         Path(path).mkdir(parents=True, exist_ok=True)
@@ -69,7 +70,8 @@ class FullMethod:
             raise UsageError(
                 f"{path}: the saved weights do not fit this model (missing: "
                 f"{', '.join(missing[:5]) or 'none'}; unexpected: "
-                f"{', '.join(result.unexpected_keys[:5]) or 'none'})")
+                f"{', '.join(result.unexpected_keys[:5]) or 'none'})"
+            )
         return model
 
     def merge(self, model):

@@ -11,7 +11,7 @@ A rescaling folds exactly into the weights it follows or precedes (``merge_and_u
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 from pydantic import Field
 
@@ -27,18 +27,21 @@ class Ia3Settings(Section):
     """(IA)³: infused adapter by inhibiting and amplifying inner activations
     (https://arxiv.org/abs/2205.05638)."""
 
-    target_modules: Union[Literal["auto"], list[str]] = Field(
+    target_modules: Literal["auto"] | list[str] = Field(
         "auto",
         description="layers whose activations are rescaled, by name or name suffix; auto: the "
-                    "key, value and second feed-forward layers of architectures PEFT knows")
-    feedforward_modules: Union[Literal["auto"], list[str]] = Field(
+        "key, value and second feed-forward layers of architectures PEFT knows",
+    )
+    feedforward_modules: Literal["auto"] | list[str] = Field(
         "auto",
         description="those of target_modules whose input (not output) is rescaled: the second "
-                    "feed-forward layer; auto: PEFT's choice for the architecture")
+        "feed-forward layer; auto: PEFT's choice for the architecture",
+    )
     modules_to_save: list[str] = Field(
         default_factory=list,
         description="further modules trained in full and saved with the adapter; the "
-                    "classification head is added by itself")
+        "classification head is added by itself",
+    )
 
 
 class Ia3Method(PeftMethod):
@@ -51,6 +54,8 @@ class Ia3Method(PeftMethod):
         from peft import IA3Config
         from peft.utils import (
             TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD,
+        )
+        from peft.utils import (
             TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGETS,
         )
 
@@ -61,7 +66,8 @@ class Ia3Method(PeftMethod):
                 raise ConfigError(
                     f"ia3.target_modules: auto does not know {model_summary(model)}; list "
                     "target_modules (keys, values, second feed-forward layer) and "
-                    f"feedforward_modules (its linear layers: {', '.join(linear_suffixes(model))})")
+                    f"feedforward_modules (its linear layers: {', '.join(linear_suffixes(model))})"
+                )
             if targets == "auto":
                 targets = list(TARGETS[model_type])
             if feedforward == "auto":
@@ -69,8 +75,10 @@ class Ia3Method(PeftMethod):
         targets = self.resolve_targets(model, targets, "ia3.target_modules")
         stray = [m for m in feedforward if m not in targets]
         if stray:
-            raise ConfigError(f"ia3.feedforward_modules: {', '.join(map(repr, stray))} must also be "
-                              f"in target_modules ({', '.join(targets)})")
+            raise ConfigError(
+                f"ia3.feedforward_modules: {', '.join(map(repr, stray))} must also be "
+                f"in target_modules ({', '.join(targets)})"
+            )
         return IA3Config(
             task_type=PEFT_TASK_TYPES.get(task_kind),
             target_modules=targets,

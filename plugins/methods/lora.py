@@ -15,7 +15,7 @@ Both fold into ``W`` exactly (``merge_and_unload``), so a merged model has the b
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -32,21 +32,28 @@ DORA_REFERENCE = "https://arxiv.org/abs/2402.09353"
 class LoraSettings(Section):
     """LoRA: low-rank adaptation of large language models (https://arxiv.org/abs/2106.09685)."""
 
-    r: int = Field(8, ge=1, description="rank of the update B·A; more is more capacity and more weights")
+    r: int = Field(
+        8, ge=1, description="rank of the update B·A; more is more capacity and more weights"
+    )
     alpha: float = Field(16, gt=0, description="the update is scaled by alpha / r")
     # 0, as PEFT's own default: on a 2-core CPU the dropout masks of every adapted layer took a
     # quarter of a training step of SmolLM2-135M (torch profiler, aten::bernoulli_)
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the input of the update while training")
-    target_modules: Union[Literal["auto"], list[str]] = Field(
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="dropout on the input of the update while training"
+    )
+    target_modules: Literal["auto"] | list[str] = Field(
         "auto",
         description="layers to adapt, by name or name suffix (q_proj, query...); auto: every linear "
-                    "layer inside the transformer blocks (attention and MLP), never the head")
+        "layer inside the transformer blocks (attention and MLP), never the head",
+    )
     bias: Literal["none", "all", "lora_only"] = Field(
-        "none", description="which biases train too: none, all, or those of adapted layers")
+        "none", description="which biases train too: none, all, or those of adapted layers"
+    )
     modules_to_save: list[str] = Field(
         default_factory=list,
         description="further modules trained in full and saved with the adapter; the "
-                    "classification head is added by itself")
+        "classification head is added by itself",
+    )
 
     @field_validator("target_modules")
     @classmethod
@@ -65,7 +72,7 @@ class LoraMethod(PeftMethod):
     peft_type = "LORA"
     #: image classifiers too (without a PEFT task type the head goes in modules_to_save), and
     #: image-text models (adapters in the language model, the projector in modules_to_save)
-    task_kinds = TEXT_AND_IMAGE_KINDS + (kinds.IMAGE_TEXT_TO_TEXT,)
+    task_kinds = (*TEXT_AND_IMAGE_KINDS, kinds.IMAGE_TEXT_TO_TEXT)
 
     def __init__(self, name: str = "lora", use_dora: bool = False):
         self.name = name
@@ -81,8 +88,9 @@ class LoraMethod(PeftMethod):
             r=settings.r,
             lora_alpha=settings.alpha,
             lora_dropout=settings.dropout,
-            target_modules=self.target_modules(model, settings.target_modules,
-                                               f"{self.name}.target_modules", task_kind),
+            target_modules=self.target_modules(
+                model, settings.target_modules, f"{self.name}.target_modules", task_kind
+            ),
             bias=settings.bias,
             modules_to_save=self.modules_to_save(model, settings.modules_to_save, task_kind),
             use_dora=self.use_dora,

@@ -27,14 +27,22 @@ class _LoraLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float):
         dtype = x.dtype
         rows = x.reshape(-1, x.shape[-1])  # (N, in)
-        a_cast, b_cast = lora_a.to(dtype), lora_b.to(dtype)  # (r, in), (out, r): the fp32 adapter in x's dtype
+        a_cast, b_cast = (
+            lora_a.to(dtype),
+            lora_b.to(dtype),
+        )  # (r, in), (out, r): the fp32 adapter in x's dtype
         low = torch.mm(rows, a_cast.t()).mul_(scaling)  # (N, r)
         out = torch.mm(rows, weight.t()) if bias is None else torch.addmm(bias, rows, weight.t())
         out.addmm_(low, b_cast.t())
         need_x, _, _, need_a, need_b, _ = ctx.needs_input_grad
         # only what the wanted gradients use (no input gradient in the first layer, no A's under ffa)
-        ctx.save_for_backward(rows if need_a else None, weight if need_x else None, low if need_b else None,
-                              a_cast if need_x else None, b_cast if need_x or need_a else None)
+        ctx.save_for_backward(
+            rows if need_a else None,
+            weight if need_x else None,
+            low if need_b else None,
+            a_cast if need_x else None,
+            b_cast if need_x or need_a else None,
+        )
         ctx.scaling = scaling
         ctx.input_shape = x.shape
         ctx.adapter_dtypes = (lora_a.dtype, lora_b.dtype)
@@ -46,9 +54,15 @@ class _LoraLinear(torch.autograd.Function):
         grad = grad_out.reshape(-1, grad_out.shape[-1])  # (N, out)
         need_x, _, _, need_a, need_b, _ = ctx.needs_input_grad
         grad_x = grad_a = grad_b = None
-        grad_low = torch.mm(grad, b_cast) if need_x or need_a else None  # (N, r), before the scaling
+        grad_low = (
+            torch.mm(grad, b_cast) if need_x or need_a else None
+        )  # (N, r), before the scaling
         if need_x:
-            grad_x = torch.mm(grad, weight).addmm_(grad_low, a_cast, alpha=ctx.scaling).view(ctx.input_shape)
+            grad_x = (
+                torch.mm(grad, weight)
+                .addmm_(grad_low, a_cast, alpha=ctx.scaling)
+                .view(ctx.input_shape)
+            )
         if need_a:
             grad_a = torch.mm(grad_low.t(), rows).to(ctx.adapter_dtypes[0]).mul_(ctx.scaling)
         if need_b:
@@ -81,11 +95,21 @@ def _single_plain_adapter(layer: Any) -> str | None:
 def _forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     name = None if args or kwargs else _single_plain_adapter(self)
     base = self.base_layer
-    if (name is None or x.dtype != base.weight.dtype or not x.is_floating_point()
-            or torch.is_autocast_enabled(x.device.type)):
+    if (
+        name is None
+        or x.dtype != base.weight.dtype
+        or not x.is_floating_point()
+        or torch.is_autocast_enabled(x.device.type)
+    ):
         return type(self).forward(self, x, *args, **kwargs)
-    return _LoraLinear.apply(x, base.weight, base.bias, self.lora_A[name].weight,
-                             self.lora_B[name].weight, float(self.scaling[name]))
+    return _LoraLinear.apply(
+        x,
+        base.weight,
+        base.bias,
+        self.lora_A[name].weight,
+        self.lora_B[name].weight,
+        float(self.scaling[name]),
+    )
 
 
 def fuse_lora_layers(model: torch.nn.Module) -> int:

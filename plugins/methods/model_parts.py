@@ -39,14 +39,15 @@ from tunewright import UsageError, kinds
 #: the task kinds the built-in methods tune (see ``Method.task_kinds``)
 TEXT_KINDS = (kinds.CAUSAL_LM, kinds.SEQUENCE_CLASSIFICATION)
 #: and image classifiers (CNNs and ViTs), for the methods that need nothing text-specific
-TEXT_AND_IMAGE_KINDS = TEXT_KINDS + (kinds.IMAGE_CLASSIFICATION,)
+TEXT_AND_IMAGE_KINDS = (*TEXT_KINDS, kinds.IMAGE_CLASSIFICATION)
 
 
 def check_task_kind(method: str, task_kind: str, supported: tuple[str, ...] = TEXT_KINDS) -> None:
     if task_kind not in supported:
         raise UsageError(
             f"method {method!r}: cannot tune a model of task kind {task_kind!r} (it supports: "
-            f"{', '.join(supported)})")
+            f"{', '.join(supported)})"
+        )
 
 
 #: the module that carries image features into a language model's embedding space, by the names
@@ -58,14 +59,16 @@ PROJECTOR_NAMES = ("multi_modal_projector", "mm_projector", "connector")
 def projector_names(model: nn.Module) -> list[str]:
     """Qualified names of an image-text model's projector (the outermost module named one of
     :data:`PROJECTOR_NAMES`); PEFT wraps the named module and trains it in full."""
-    found = [name for name, _ in model.named_modules()
-             if name.rsplit(".", 1)[-1] in PROJECTOR_NAMES]
+    found = [
+        name for name, _ in model.named_modules() if name.rsplit(".", 1)[-1] in PROJECTOR_NAMES
+    ]
     found = [name for name in found if not any(name.startswith(other + ".") for other in found)]
     if not found:
         raise UsageError(
             f"{type(model).__name__}: found no projector between the vision tower and the language "
             f"model (a module named {', '.join(PROJECTOR_NAMES)}); list the modules to train in full "
-            "in the method's modules_to_save")
+            "in the method's modules_to_save"
+        )
     return found
 
 
@@ -76,8 +79,10 @@ def language_model(model: nn.Module) -> tuple[nn.Module, str]:
     for name, module in model.named_modules():
         if decoder is not None and module is decoder:
             return decoder, name
-    raise UsageError(f"{model_summary(model)}: could not find the language model of this "
-                     "image-text model (transformers' get_decoder())")
+    raise UsageError(
+        f"{model_summary(model)}: could not find the language model of this "
+        "image-text model (transformers' get_decoder())"
+    )
 
 
 def _linear_types() -> tuple[type, ...]:
@@ -101,7 +106,8 @@ def block_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:
     if best is None:
         raise UsageError(
             f"{type(model).__name__}: found no list of transformer blocks (an nn.ModuleList of "
-            "layers of one class); this method supports models built from such a stack")
+            "layers of one class); this method supports models built from such a stack"
+        )
     return best[0], best[1]
 
 
@@ -115,13 +121,15 @@ def head_names(model: nn.Module) -> list[str]:
     ``score`` (DistilBERT: ``pre_classifier`` and ``classifier``)."""
     base = base_model(model)
     names = [
-        name for name, child in model.named_children()
+        name
+        for name, child in model.named_children()
         if child is not base and any(True for _ in child.parameters())
     ]
     if base is None or not names:
         raise UsageError(
             f"{type(model).__name__}: could not tell the task head from the base model (expected a "
-            "transformers model with a head, such as *ForCausalLM or *ForSequenceClassification)")
+            "transformers model with a head, such as *ForCausalLM or *ForSequenceClassification)"
+        )
     return names
 
 
@@ -129,7 +137,8 @@ def head_is_tied(model: nn.Module) -> bool:
     """Whether the output head shares its weight with the input embeddings (SmolLM2, GPT-2)."""
     inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
     return (
-        inputs is not None and outputs is not None
+        inputs is not None
+        and outputs is not None
         and getattr(outputs, "weight", None) is getattr(inputs, "weight", False)
     )
 
@@ -141,7 +150,7 @@ def after_stack_names(model: nn.Module) -> list[str]:
     prefix = getattr(model, "base_model_prefix", "")
     if base is None or not stack_name.startswith(prefix + "."):
         return []
-    holder = stack_name[len(prefix) + 1:].split(".")[0]
+    holder = stack_name[len(prefix) + 1 :].split(".")[0]
     names, seen = [], False
     for name, child in base.named_children():
         if seen and any(True for _ in child.parameters()):
@@ -166,9 +175,14 @@ def pointwise_convolutions(model: nn.Module) -> list[str]:
     """Qualified names of the 1x1, ungrouped ``nn.Conv2d`` layers inside the blocks, in model order
     (MobileNetV2: every ``expand_1x1.convolution`` and ``reduce_1x1.convolution``)."""
     stack_name, _ = block_stack(model)
-    return [name for name, module in model.named_modules()
-            if name.startswith(stack_name + ".") and isinstance(module, nn.Conv2d)
-            and module.kernel_size == (1, 1) and module.groups == 1]
+    return [
+        name
+        for name, module in model.named_modules()
+        if name.startswith(stack_name + ".")
+        and isinstance(module, nn.Conv2d)
+        and module.kernel_size == (1, 1)
+        and module.groups == 1
+    ]
 
 
 def _always_eval(self: nn.Module, mode: bool = True) -> nn.Module:

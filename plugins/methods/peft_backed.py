@@ -56,7 +56,9 @@ class PeftMethod:
     # -- what a subclass provides -------------------------------------------------------------
 
     def peft_config(self, model: Any, settings: Any, task_kind: str) -> Any:
-        raise NotImplementedError(f"{type(self).__name__}: each PEFT-backed method subclass builds its own PEFT config")
+        raise NotImplementedError(
+            f"{type(self).__name__}: each PEFT-backed method subclass builds its own PEFT config"
+        )
 
     def check_saved(self, saved: Any, path: Path) -> None:
         """Refuse a folder that PEFT can read but that another method wrote."""
@@ -68,8 +70,10 @@ class PeftMethod:
 
         check_task_kind(self.name, task_kind, self.task_kinds)
         if isinstance(model, PeftModel):
-            raise UsageError(f"method {self.name!r}: the model is wrapped by PEFT already; "
-                             "apply a method to a plain base model once")
+            raise UsageError(
+                f"method {self.name!r}: the model is wrapped by PEFT already; "
+                "apply a method to a plain base model once"
+            )
         settings = settings if settings is not None else self.config_class()
         config = self.peft_config(model, settings, task_kind)
         try:
@@ -92,7 +96,8 @@ class PeftMethod:
         if missing or unexpected:
             raise UsageError(
                 f"method {self.name!r}: the state does not fit this model (missing: "
-                f"{', '.join(missing[:5]) or 'none'}; unexpected: {', '.join(unexpected[:5]) or 'none'})")
+                f"{', '.join(missing[:5]) or 'none'}; unexpected: {', '.join(unexpected[:5]) or 'none'})"
+            )
         set_peft_model_state_dict(model, state)
 
     def save(self, model: Any, path: Path) -> None:
@@ -113,10 +118,14 @@ class PeftMethod:
         saved = PeftConfig.from_pretrained(str(path))
         found = getattr(saved.peft_type, "value", saved.peft_type)
         if found != self.peft_type:
-            raise UsageError(f"{path}: holds a PEFT {found} adapter, not one of method {self.name!r}")
+            raise UsageError(
+                f"{path}: holds a PEFT {found} adapter, not one of method {self.name!r}"
+            )
         if saved.task_type != PEFT_TASK_TYPES.get(task_kind):
-            raise UsageError(f"{path}: the adapter was trained for PEFT task {saved.task_type}, "
-                             f"not {task_kind!r}")
+            raise UsageError(
+                f"{path}: the adapter was trained for PEFT task {saved.task_type}, "
+                f"not {task_kind!r}"
+            )
         self.check_saved(saved, path)
         return self.load_folder(model, path, saved)
 
@@ -156,15 +165,18 @@ class PeftMethod:
         available = linear_suffixes(model) + pointwise_convolutions(model)
         if wanted == "auto":
             if not available:
-                raise ConfigError(f"{key}: auto found no linear layers in the blocks of "
-                                  f"{model_summary(model)}; list the modules to adapt")
+                raise ConfigError(
+                    f"{key}: auto found no linear layers in the blocks of "
+                    f"{model_summary(model)}; list the modules to adapt"
+                )
             return available
         names = [name for name, _ in model.named_modules()]
         unknown = [t for t in wanted if not any(n == t or n.endswith("." + t) for n in names)]
         if unknown:
             raise ConfigError(
                 f"{key}: {', '.join(map(repr, unknown))} names no module of {model_summary(model)} "
-                f"(its linear layers in the blocks: {', '.join(available) or 'none'}; or use auto)")
+                f"(its linear layers in the blocks: {', '.join(available) or 'none'}; or use auto)"
+            )
         return list(wanted)
 
     def target_modules(self, model: Any, wanted: Any, key: str, task_kind: str) -> list[str] | str:

@@ -35,15 +35,19 @@ class PromptTuningSettings(Section):
     """Prompt tuning: the power of scale for parameter-efficient prompt tuning
     (https://arxiv.org/abs/2104.08691)."""
 
-    num_virtual_tokens: int = Field(20, ge=1, le=512, description="how many virtual tokens to learn")
+    num_virtual_tokens: int = Field(
+        20, ge=1, le=512, description="how many virtual tokens to learn"
+    )
     init: Literal["random", "sample_vocab"] = Field(
         "sample_vocab",
         description="initial virtual token embeddings: random, or copies of randomly chosen "
-                    "vocabulary embeddings (which the paper found trains better)")
+        "vocabulary embeddings (which the paper found trains better)",
+    )
     modules_to_save: list[str] = Field(
         default_factory=list,
         description="further modules trained in full and saved with the prompt; the "
-                    "classification head is added by itself")
+        "classification head is added by itself",
+    )
 
 
 class PromptTuningMethod(PeftMethod):
@@ -84,7 +88,8 @@ class PromptTuningMethod(PeftMethod):
         raise UsageError(
             "method 'prompt_tuning' keeps its learnt virtual tokens outside the weights, so it "
             "cannot be merged into a plain model for export; use the PEFT folder with PEFT, or "
-            "train with lora, dora or ia3 to export a merged model")
+            "train with lora, dora or ia3 to export a merged model"
+        )
 
 
 def _input_positions_only(peft_model):

@@ -40,7 +40,8 @@ def load_named(model: nn.Module, state: dict[str, Any], names: list[str], method
         raise UsageError(
             f"method {method!r}: the state does not fit this model (missing: "
             f"{', '.join(missing[:5]) or 'none'}; unexpected: {', '.join(unexpected[:5]) or 'none'}); "
-            "was it saved from another model or with other settings?")
+            "was it saved from another model or with other settings?"
+        )
     params = dict(model.named_parameters(remove_duplicate=False))
     with torch.no_grad():
         for name in names:
@@ -48,7 +49,8 @@ def load_named(model: nn.Module, state: dict[str, Any], names: list[str], method
             if value.shape != params[name].shape:
                 raise UsageError(
                     f"method {method!r}: {name} has shape {tuple(value.shape)} in the state but "
-                    f"{tuple(params[name].shape)} in the model")
+                    f"{tuple(params[name].shape)} in the model"
+                )
             params[name].copy_(value)
 
 
@@ -57,9 +59,14 @@ def write(path: Path, record: dict, state: dict[str, torch.Tensor]) -> None:
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()},
-              str(path / WEIGHTS_FILE), metadata={"format": "pt"})
-    (path / CONFIG_FILE).write_text(json.dumps({"format": FORMAT_VERSION, **record}, indent=2) + "\n")
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in state.items()},
+        str(path / WEIGHTS_FILE),
+        metadata={"format": "pt"},
+    )
+    (path / CONFIG_FILE).write_text(
+        json.dumps({"format": FORMAT_VERSION, **record}, indent=2) + "\n"
+    )
 
 
 def read(path: Path, method: str, task_kind: str) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -69,14 +76,18 @@ def read(path: Path, method: str, task_kind: str) -> tuple[dict, dict[str, torch
     config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
     if not config_path.is_file() or not weights_path.is_file():
         raise UsageError(
-            f"{path}: not a saved {method!r} state (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
+            f"{path}: not a saved {method!r} state (expected {CONFIG_FILE} and {WEIGHTS_FILE})"
+        )
     record = json.loads(config_path.read_text())
     if record.get("format") != FORMAT_VERSION:
-        raise UsageError(f"{config_path}: format {record.get('format')!r} is not supported "
-                         f"(this tunewright reads format {FORMAT_VERSION})")
+        raise UsageError(
+            f"{config_path}: format {record.get('format')!r} is not supported "
+            f"(this tunewright reads format {FORMAT_VERSION})"
+        )
     if record.get("method") != method:
         raise UsageError(f"{path}: saved by method {record.get('method')!r}, not {method!r}")
     if record.get("task_kind") != task_kind:
-        raise UsageError(f"{path}: saved for task kind {record.get('task_kind')!r}, "
-                         f"not {task_kind!r}")
+        raise UsageError(
+            f"{path}: saved for task kind {record.get('task_kind')!r}, not {task_kind!r}"
+        )
     return record, load_file(str(weights_path))

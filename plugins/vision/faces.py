@@ -36,7 +36,9 @@ from tunewright.vision import screen_example
 # listed as unavailable by `tunewright plugins` rather than failing every command; cv2 itself is
 # imported on first use, since importing it costs a third of a second.
 if importlib.util.find_spec("cv2") is None:
-    raise ModuleNotFoundError("No module named 'cv2' (pip install 'tunewright[vision]')", name="cv2")
+    raise ModuleNotFoundError(
+        "No module named 'cv2' (pip install 'tunewright[vision]')", name="cv2"
+    )
 
 FRONTAL = "haarcascade_frontalface_alt2.xml"
 PROFILE = "haarcascade_profileface.xml"
@@ -61,8 +63,10 @@ def _cascades():
 
     folder = getattr(getattr(cv2, "data", None), "haarcascades", None)
     if folder is None or not hasattr(cv2, "CascadeClassifier"):
-        raise RuntimeError(f"OpenCV {cv2.__version__} ships no Haar cascades (install "
-                           "opencv-python-headless>=4.10,<5)")
+        raise RuntimeError(
+            f"OpenCV {cv2.__version__} ships no Haar cascades (install "
+            "opencv-python-headless>=4.10,<5)"
+        )
     loaded = {}
     for name in (FRONTAL, PROFILE):
         cascade = cv2.CascadeClassifier(folder + name)
@@ -72,9 +76,15 @@ def _cascades():
     return cv2, loaded
 
 
-def detect_faces(image: Any, *, min_neighbors: int = 3, profile_min_neighbors: int = 5,
-                 scale_factor: float = 1.1, profile_scale_factor: float = 1.2,
-                 longest_side: int = LONGEST_SIDE) -> list[Face]:
+def detect_faces(
+    image: Any,
+    *,
+    min_neighbors: int = 3,
+    profile_min_neighbors: int = 5,
+    scale_factor: float = 1.1,
+    profile_scale_factor: float = 1.2,
+    longest_side: int = LONGEST_SIDE,
+) -> list[Face]:
     """The faces in a PIL image (any mode), boxes in its own coordinates."""
     cv2, cascades = _cascades()
     grey = np.asarray(image.convert("L"))
@@ -86,27 +96,39 @@ def detect_faces(image: Any, *, min_neighbors: int = 3, profile_min_neighbors: i
         scale = SHORTEST_SIDE / min(height, width)
     if scale != 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+        grey = cv2.resize(
+            grey, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+        )
     grey = cv2.equalizeHist(grey)
     smallest = max(20, min(grey.shape) // 12)
 
     def run(name: str, picture: np.ndarray, neighbours: int, mirrored: bool = False) -> list[Face]:
         factor = profile_scale_factor if name == PROFILE else scale_factor
-        boxes = cascades[name].detectMultiScale(picture, scaleFactor=factor, minNeighbors=neighbours,
-                                                minSize=(smallest, smallest))
+        boxes = cascades[name].detectMultiScale(
+            picture, scaleFactor=factor, minNeighbors=neighbours, minSize=(smallest, smallest)
+        )
         found = []
         for x, y, w, h in boxes:
             if mirrored:
                 x = picture.shape[1] - x - w
-            found.append(Face(round(x / scale), round(y / scale), round(w / scale), round(h / scale),
-                              "profile" if name == PROFILE else "frontal"))
+            found.append(
+                Face(
+                    round(x / scale),
+                    round(y / scale),
+                    round(w / scale),
+                    round(h / scale),
+                    "profile" if name == PROFILE else "frontal",
+                )
+            )
         return found
 
     faces = run(FRONTAL, grey, min_neighbors)
     if not faces:
         faces = run(PROFILE, grey, profile_min_neighbors)
     if not faces:
-        faces = run(PROFILE, np.ascontiguousarray(grey[:, ::-1]), profile_min_neighbors, mirrored=True)
+        faces = run(
+            PROFILE, np.ascontiguousarray(grey[:, ::-1]), profile_min_neighbors, mirrored=True
+        )
     return faces
 
 
@@ -118,8 +140,10 @@ def screen_faces(image: Any, location: str, config: Any) -> list[str]:
     first = faces[0]
     where = f"at x={first.left}, y={first.top}, {first.width}x{first.height}"
     count = f"{len(faces)} faces" if len(faces) > 1 else f"a {first.cascade} face"
-    return [f"{count} detected ({where}); images of people are excluded, as the hosted "
-            "fine-tuning services exclude them"]
+    return [
+        f"{count} detected ({where}); images of people are excluded, as the hosted "
+        "fine-tuning services exclude them"
+    ]
 
 
 @hookimpl

@@ -47,19 +47,30 @@ def _source(path: Path) -> dict:
 def image_example(record: Any) -> dict:
     """``{"image", "label", "detail"?, "image_source"?}`` from a record, or :class:`DataError`."""
     if not isinstance(record, dict):
-        raise DataError(f'expected an object {{"image": ..., "label": ...}}, got {records.type_name(record)}')
+        raise DataError(
+            f'expected an object {{"image": ..., "label": ...}}, got {records.type_name(record)}'
+        )
     missing = [key for key in ("image", "label") if key not in record]
     if missing:
         found = ", ".join(k for k in record if k != SOURCE_KEY) or "no keys"
-        raise DataError(f"no {' or '.join(repr(k) for k in missing)} key (found: {found}; expected "
-                        '{"image": "cats/1.png", "label": "cat"})')
+        raise DataError(
+            f"no {' or '.join(repr(k) for k in missing)} key (found: {found}; expected "
+            '{"image": "cats/1.png", "label": "cat"})'
+        )
     image, label = record["image"], record["label"]
     if not isinstance(image, str) or not image.strip():
-        raise DataError(f"'image' must be a path, a data URL or an http(s) URL, got {records.type_name(image)}")
-    if isinstance(label, bool) or not isinstance(label, (str, int, float)) or (
-            isinstance(label, str) and not label.strip()):
-        raise DataError(f"'label' must be a class name or a whole number, got {records.type_name(label)}"
-                        + (" (empty)" if isinstance(label, str) else ""))
+        raise DataError(
+            f"'image' must be a path, a data URL or an http(s) URL, got {records.type_name(image)}"
+        )
+    if (
+        isinstance(label, bool)
+        or not isinstance(label, (str, int, float))
+        or (isinstance(label, str) and not label.strip())
+    ):
+        raise DataError(
+            f"'label' must be a class name or a whole number, got {records.type_name(label)}"
+            + (" (empty)" if isinstance(label, str) else "")
+        )
     example = {"image": image, "label": label}
     detail = record.get("detail")
     if detail not in (None, ""):
@@ -105,18 +116,32 @@ class ImageFolderFormat:
                 continue
             if not entry.is_dir():
                 number += 1
-                yield number, DataError(f"{entry.name} is a file outside any class folder (expected "
-                                        f"{path}/<label>/<image>; move it into the folder of its class)")
+                yield (
+                    number,
+                    DataError(
+                        f"{entry.name} is a file outside any class folder (expected "
+                        f"{path}/<label>/<image>; move it into the folder of its class)"
+                    ),
+                )
                 continue
-            label = records.parse_label(entry.name) if records.INTEGER.fullmatch(entry.name) else entry.name
+            label = (
+                records.parse_label(entry.name)
+                if records.INTEGER.fullmatch(entry.name)
+                else entry.name
+            )
             for item in sorted(entry.iterdir(), key=lambda p: p.name):
                 if item.name.startswith("."):
                     continue
                 number += 1
                 reference = f"{entry.name}/{item.name}"
                 if item.is_dir():
-                    yield number, DataError(f"{reference} is a folder inside class folder {entry.name} "
-                                            f"(expected images directly in {path}/<label>/)")
+                    yield (
+                        number,
+                        DataError(
+                            f"{reference} is a folder inside class folder {entry.name} "
+                            f"(expected images directly in {path}/<label>/)"
+                        ),
+                    )
                     continue
                 yield number, {"image": reference, "label": label, SOURCE_KEY: source}
 
@@ -162,8 +187,10 @@ class ImageCsvFormat:
     """CSV/TSV with an image column and a label column (``image,label``)."""
 
     name = "image-csv"
-    description = ("CSV/TSV with a header naming an image column (image, image_path, path, file) "
-                   "and a label column (label, category, class)")
+    description = (
+        "CSV/TSV with a header naming an image column (image, image_path, path, file) "
+        "and a label column (label, category, class)"
+    )
     suffixes: tuple[str, ...] = (".csv", ".tsv")
 
     def detect(self, record: Any) -> bool:
@@ -195,7 +222,9 @@ class ImageCsvFormat:
                 continue
             record: dict[str, Any] = {}
             for name, cell in zip(names, row):
-                record.setdefault(name, records.parse_label(cell) if name == "label" else cell.strip())
+                record.setdefault(
+                    name, records.parse_label(cell) if name == "label" else cell.strip()
+                )
             if "image" in record:
                 record[SOURCE_KEY] = source
             yield number, record
@@ -204,7 +233,11 @@ class ImageCsvFormat:
     def _names(header: list[str]) -> list[str]:
         names = [cell.strip().lower() for cell in header]
         canonical = {}
-        for target, aliases in (("image", IMAGE_COLUMNS), ("label", records.LABEL_COLUMNS), ("text", _TEXT_COLUMNS)):
+        for target, aliases in (
+            ("image", IMAGE_COLUMNS),
+            ("label", records.LABEL_COLUMNS),
+            ("text", _TEXT_COLUMNS),
+        ):
             at = records.column_of(names, aliases)
             if at is not None:
                 canonical[at] = target
@@ -214,18 +247,24 @@ class ImageCsvFormat:
     def _header_problem(header: list[str], names: list[str]) -> DataError | None:
         shown = ", ".join(header)
         if "image" not in names and "text" not in names:
-            return DataError(f"the header ({shown}) has no image column (allowed names: "
-                             f"{', '.join(IMAGE_COLUMNS)}) and no text column (allowed names: "
-                             f"{', '.join(_TEXT_COLUMNS)})")
+            return DataError(
+                f"the header ({shown}) has no image column (allowed names: "
+                f"{', '.join(IMAGE_COLUMNS)}) and no text column (allowed names: "
+                f"{', '.join(_TEXT_COLUMNS)})"
+            )
         if "label" not in names:
-            return DataError(f"the header ({shown}) has no label column (allowed names: "
-                             f"{', '.join(records.LABEL_COLUMNS)})")
+            return DataError(
+                f"the header ({shown}) has no label column (allowed names: "
+                f"{', '.join(records.LABEL_COLUMNS)})"
+            )
         return None
 
     def to_example(self, record: Any) -> dict:
         if isinstance(record, dict) and "image" not in record:
-            raise DataError(f"the header ({', '.join(k for k in record if k != SOURCE_KEY)}) has no image "
-                            f"column (allowed names: {', '.join(IMAGE_COLUMNS)})")
+            raise DataError(
+                f"the header ({', '.join(k for k in record if k != SOURCE_KEY)}) has no image "
+                f"column (allowed names: {', '.join(IMAGE_COLUMNS)})"
+            )
         return image_example(record)
 
 
@@ -236,5 +275,10 @@ def register_dataset_formats(register):
     register("image-csv", ImageCsvFormat())
 
 
-__all__ = ["ImageFolderFormat", "ImageLabelFormat", "ImageCsvFormat", "image_example",
-           "register_dataset_formats"]
+__all__ = [
+    "ImageFolderFormat",
+    "ImageLabelFormat",
+    "ImageCsvFormat",
+    "image_example",
+    "register_dataset_formats",
+]

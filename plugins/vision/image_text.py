@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
@@ -54,16 +55,22 @@ IMAGE_PART_TYPES = ("image_url", "image", "input_image", "image_file")
 def _has_text_or_image(content: Any) -> bool:
     if isinstance(content, str):
         return bool(content.strip())
-    return any(isinstance(p, dict) and (p.get("type") == "image_url" or str(p.get("text", "")).strip())
-               for p in content)
+    return any(
+        isinstance(p, dict) and (p.get("type") == "image_url" or str(p.get("text", "")).strip())
+        for p in content
+    )
 
 
 def conversation_problems(messages: Any) -> list[str]:
     """What is wrong with one conversation as a whole: roles, empty turns, the order of turns."""
     return shared_conversation_problems(
-        messages, example="an example", has_content=_has_text_or_image, content="text or an image",
+        messages,
+        example="an example",
+        has_content=_has_text_or_image,
+        content="text or an image",
         no_messages="an image-to-text example is a conversation: a user turn with images and text, then "
-                    "an assistant reply")
+        "an assistant reply",
+    )
 
 
 def structure_problems(example: dict) -> list[str]:
@@ -80,7 +87,9 @@ def structure_problems(example: dict) -> list[str]:
                 if not isinstance(part.get("text"), str):
                     problems.append(f"{where}: a text part needs 'text' as a string")
             elif kind not in IMAGE_PART_TYPES:
-                problems.append(f"{where}: unknown content part {kind!r} (allowed: text, image_url)")
+                problems.append(
+                    f"{where}: unknown content part {kind!r} (allowed: text, image_url)"
+                )
     return problems
 
 
@@ -129,8 +138,12 @@ class ImageTextTask:
     model_kind = TASK_KIND
     primary_metric = "mean_token_accuracy"
     metric_directions = {
-        "loss": "min", "perplexity": "min", "mean_token_accuracy": "max", "exact_match": "max",
-        "image_tokens_per_example": "min", "pixels_per_example": "min",
+        "loss": "min",
+        "perplexity": "min",
+        "mean_token_accuracy": "max",
+        "exact_match": "max",
+        "image_tokens_per_example": "min",
+        "pixels_per_example": "min",
     }
     description = "image(s) and a prompt in, text out: chat JSONL with image_url parts, loss on assistant turns"
     default_model = "mobilenet-smollm2-vlm"
@@ -151,12 +164,16 @@ class ImageTextTask:
             try:
                 processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
             except (OSError, ValueError, KeyError) as exc:
-                raise ConfigError(f"model: {path} has no image-text processor that transformers can "
-                                  f"load ({type(exc).__name__}: {exc})") from exc
+                raise ConfigError(
+                    f"model: {path} has no image-text processor that transformers can "
+                    f"load ({type(exc).__name__}: {exc})"
+                ) from exc
         tokenizer = getattr(processor, "tokenizer", None)
         if tokenizer is None or not hasattr(processor, "image_processor"):
-            raise ConfigError(f"model: {path} has a {type(processor).__name__}, not an image-text "
-                              "processor (expected a tokenizer and an image processor)")
+            raise ConfigError(
+                f"model: {path} has a {type(processor).__name__}, not an image-text "
+                "processor (expected a tokenizer and an image processor)"
+            )
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         if not getattr(processor, "chat_template", None):
@@ -171,8 +188,10 @@ class ImageTextTask:
         _register_auto_classes()
         with _quiet_transformers():
             model = AutoModelForImageTextToText.from_pretrained(
-                path, dtype=torch.float32,
-                trust_remote_code=bool(getattr(config, "trust_remote_code", False)))
+                path,
+                dtype=torch.float32,
+                trust_remote_code=bool(getattr(config, "trust_remote_code", False)),
+            )
         pad = getattr(getattr(tokenizer, "tokenizer", None), "pad_token_id", None)
         if pad is not None and getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = pad
@@ -185,16 +204,34 @@ class ImageTextTask:
         values, images only in user or system turns, and every image decodes. An example without
         images is fine but warned about."""
         if not isinstance(example, dict) or "messages" not in example:
-            found = ", ".join(map(str, example)) if isinstance(example, dict) else type(example).__name__
-            return [Problem(location, f"image-to-text takes chat examples with 'messages', but this "
-                            f"example has {found or 'no keys'} (use a chat JSONL with image_url parts)")]
-        problems = [Problem(location, m) for m in conversation_problems(example["messages"])
-                    + structure_problems(example)]
+            found = (
+                ", ".join(map(str, example))
+                if isinstance(example, dict)
+                else type(example).__name__
+            )
+            return [
+                Problem(
+                    location,
+                    f"image-to-text takes chat examples with 'messages', but this "
+                    f"example has {found or 'no keys'} (use a chat JSONL with image_url parts)",
+                )
+            ]
+        problems = [
+            Problem(location, m)
+            for m in conversation_problems(example["messages"]) + structure_problems(example)
+        ]
         from tunewright.vision import check_example, has_images
 
         if not has_images(example):
-            return problems + [Problem(location, "no image in this example (image-to-text examples carry "
-                                       "image_url parts; this one trains the language model only)", "warning")]
+            return [
+                *problems,
+                Problem(
+                    location,
+                    "no image in this example (image-to-text examples carry "
+                    "image_url parts; this one trains the language model only)",
+                    "warning",
+                ),
+            ]
         # every image rule (references, formats, sizes, detail values, no images from the
         # assistant...): "excluded", or "error" under vision.on_refused: error
         return problems + check_example(example, location, config)
@@ -211,11 +248,15 @@ class ImageTextTask:
 
         lines = render_summary(summary)
         if summary.get("images"):
-            lines.append("  this task: each view costs the model's own image tokens "
-                         "(49 per view for mobilenet-smollm2-vlm)")
+            lines.append(
+                "  this task: each view costs the model's own image tokens "
+                "(49 per view for mobilenet-smollm2-vlm)"
+            )
         return lines
 
-    def check_split(self, examples, locations, *, split: str, reference_labels=None) -> list[Problem]:
+    def check_split(
+        self, examples, locations, *, split: str, reference_labels=None
+    ) -> list[Problem]:
         return []
 
     def label_set(self, examples: list[dict]) -> None:
@@ -233,8 +274,10 @@ class ImageTextTask:
         from tunewright.edge.runtime.image_text import image_views
         from tunewright.vision import load_images
 
-        return [(image.ref.message - 1, image_views(image.image, image.detail()))
-                for image in load_images(example)]
+        return [
+            (image.ref.message - 1, image_views(image.image, image.detail()))
+            for image in load_images(example)
+        ]
 
     def _messages_with_markers(self, example: dict, views: list[tuple[int, list]]) -> list[dict]:
         """The conversation with each image part replaced by one ``{"type": "image"}`` part per
@@ -273,8 +316,9 @@ class ImageTextTask:
             mine = [group for index, group in views[done:] if index < upto]
             done += len(mine)
             piece_views = [view for group in mine for view in group]
-            encoded = processor(text=text, images=piece_views or None, add_special_tokens=False,
-                                return_tensors="np")
+            encoded = processor(
+                text=text, images=piece_views or None, add_special_tokens=False, return_tensors="np"
+            )
             ids = [int(i) for i in encoded["input_ids"][0]]
             if piece_views:
                 pixel = encoded["pixel_values"]  # (V, C, H, W) for Llava-style processors
@@ -283,13 +327,18 @@ class ImageTextTask:
             targets += ids if trained else [IGNORE] * len(ids)
         image_id = _image_token_id(processor)
         return {
-            "input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": targets,
+            "input_ids": input_ids,
+            "attention_mask": [1] * len(input_ids),
+            "labels": targets,
             # where the pixels come from: the example (which carries its image folder and the
             # job's reading settings) and how many of its images the rendering used (images after
             # the last assistant turn are not rendered)
-            "example": example, "images": done,
+            "example": example,
+            "images": done,
             "views": sum(len(group) for _, group in views[:done]),
-            "image_tokens": sum(1 for i in input_ids if i == image_id) if image_id is not None else 0,
+            "image_tokens": sum(1 for i in input_ids if i == image_id)
+            if image_id is not None
+            else 0,
             "pixels": pixels,
         }
 
@@ -312,22 +361,31 @@ class ImageTextTask:
         for feature in features:
             if not feature["images"]:
                 continue
-            group = [view for _, views_of in self.example_views(feature["example"])[: feature["images"]]
-                     for view in views_of]
+            group = [
+                view
+                for _, views_of in self.example_views(feature["example"])[: feature["images"]]
+                for view in views_of
+            ]
             if len(group) != feature["views"]:
-                raise DataError(f"an image changed since it was tokenized ({len(group)} views, "
-                                f"{feature['views']} expected)")
+                raise DataError(
+                    f"an image changed since it was tokenized ({len(group)} views, "
+                    f"{feature['views']} expected)"
+                )
             views += group
         if views:
             with _quiet_transformers():
                 images = processor.image_processor(views, return_tensors="pt")
-            batch.update({key: value for key, value in images.items() if isinstance(value, torch.Tensor)})
+            batch.update(
+                {key: value for key, value in images.items() if isinstance(value, torch.Tensor)}
+            )
         return batch
 
     def prompt_of(self, batch: dict, model) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``(prompt ids, pixel values)`` before the last assistant turn of a one-example batch
         (``None`` prompt when it has no trained tokens): what generation starts from."""
-        prompt, _ = last_answer(batch["input_ids"][0], batch["labels"][0], batch["attention_mask"][0])
+        prompt, _ = last_answer(
+            batch["input_ids"][0], batch["labels"][0], batch["attention_mask"][0]
+        )
         return prompt, split_pixel_values(batch, _image_token_id(model))[0]
 
     # -- metrics -------------------------------------------------------------------------------
@@ -349,7 +407,9 @@ class ImageTextTask:
             logits = logits[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
             targets = batch["labels"][:, 1:]  # (B, T-1)
             mask = targets != IGNORE
-            loss_sum += torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum").item()
+            loss_sum += torch.nn.functional.cross_entropy(
+                logits[mask], targets[mask], reduction="sum"
+            ).item()
             correct += (logits.argmax(-1)[mask] == targets[mask]).sum().item()
             tokens += int(mask.sum())
             examples += batch["input_ids"].shape[0]
@@ -357,14 +417,20 @@ class ImageTextTask:
                 image_tokens += int((batch["input_ids"] == image_id).sum())
             if "pixel_values" in batch:
                 pixel = batch["pixel_values"]
-                pixels += int(pixel.numel() // pixel.shape[-3]) if pixel.ndim >= 3 else int(pixel.numel())
+                pixels += (
+                    int(pixel.numel() // pixel.shape[-3]) if pixel.ndim >= 3 else int(pixel.numel())
+                )
             for row, pixel_values in enumerate(split_pixel_values(batch, image_id)):
                 if judged >= self.exact_match_examples:
                     break
-                prompt, answer = last_answer(batch["input_ids"][row], batch["labels"][row], batch["attention_mask"][row])
+                prompt, answer = last_answer(
+                    batch["input_ids"][row], batch["labels"][row], batch["attention_mask"][row]
+                )
                 if prompt is None:
                     continue
-                reply = greedy_answer(model, prompt, pixel_values, eos, max_new_tokens=len(answer) + 1)
+                reply = greedy_answer(
+                    model, prompt, pixel_values, eos, max_new_tokens=len(answer) + 1
+                )
                 judged += 1
                 matches += int(reply == strip_at_eos(answer, eos))
         model.train(was_training)
@@ -399,19 +465,22 @@ def split_pixel_values(batch: dict, image_id: int | None) -> list[torch.Tensor |
     per_example = (ids == image_id).sum(-1)  # (B,)
     total = int(per_example.sum())
     if pixel.ndim != 4 or total == 0 or total % pixel.shape[0]:
-        raise ValueError(f"cannot tell which pixel values belong to which example "
-                         f"(pixel_values {tuple(pixel.shape)}, {total} image tokens)")
+        raise ValueError(
+            f"cannot tell which pixel values belong to which example "
+            f"(pixel_values {tuple(pixel.shape)}, {total} image tokens)"
+        )
     per_view = total // pixel.shape[0]
     out, start = [], 0
     for count in per_example.tolist():
         views = count // per_view
-        out.append(pixel[start: start + views] if views else None)
+        out.append(pixel[start : start + views] if views else None)
         start += views
     return out
 
 
-def last_answer(input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor
-                ) -> tuple[torch.Tensor | None, list[int]]:
+def last_answer(
+    input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor | None, list[int]]:
     """``(prompt ids, answer ids)`` of an example's last assistant turn: the last run of
     trained tokens, and everything before it."""
     length = int(attention_mask.sum())
@@ -432,12 +501,21 @@ def strip_at_eos(ids: list[int], eos: set[int]) -> list[int]:
     return ids
 
 
-def greedy_answer(model, prompt: torch.Tensor, pixel_values: torch.Tensor | None, eos: set[int],
-                  max_new_tokens: int) -> list[int]:
+def greedy_answer(
+    model,
+    prompt: torch.Tensor,
+    pixel_values: torch.Tensor | None,
+    eos: set[int],
+    max_new_tokens: int,
+) -> list[int]:
     """The model's greedy continuation of ``prompt`` (T,) up to an end token: through its cache
     when its output carries one, else by running the whole sequence again (an ONNX adapter)."""
     device = prompt.device
-    inputs = {"input_ids": prompt[None], "attention_mask": torch.ones_like(prompt)[None], "use_cache": True}
+    inputs = {
+        "input_ids": prompt[None],
+        "attention_mask": torch.ones_like(prompt)[None],
+        "use_cache": True,
+    }
     if pixel_values is not None:
         inputs["pixel_values"] = pixel_values
     out = model(**inputs)
@@ -451,9 +529,12 @@ def greedy_answer(model, prompt: torch.Tensor, pixel_values: torch.Tensor | None
         sequence.append(token)
         past = getattr(out, "past_key_values", None)
         if past is not None:
-            out = model(input_ids=torch.tensor([[token]], device=device),
-                        attention_mask=torch.ones((1, len(sequence)), dtype=torch.long, device=device),
-                        past_key_values=past, use_cache=True)
+            out = model(
+                input_ids=torch.tensor([[token]], device=device),
+                attention_mask=torch.ones((1, len(sequence)), dtype=torch.long, device=device),
+                past_key_values=past,
+                use_cache=True,
+            )
         else:
             full = torch.tensor([sequence], device=device)
             out = model(**{**inputs, "input_ids": full, "attention_mask": torch.ones_like(full)})
@@ -469,8 +550,10 @@ class MobileNetSmolLM2:
     """``mobilenet-smollm2-vlm``: the composed model, built once into the cache from the packaged
     SmolLM2-135M-Instruct conversion and the packaged ImageNet MobileNetV2."""
 
-    description = ("image+text -> text: ImageNet MobileNetV2 tower + projector + SmolLM2-135M-Instruct "
-                   "(stock Llava; 49 image tokens per 224x224 view)")
+    description = (
+        "image+text -> text: ImageNet MobileNetV2 tower + projector + SmolLM2-135M-Instruct "
+        "(stock Llava; 49 image tokens per 224x224 view)"
+    )
     version = "1"  # bump to rebuild cached builds after a change here
     language_model = "smollm2-135m-instruct"
 
@@ -483,12 +566,16 @@ class MobileNetSmolLM2:
         if (target / "config.json").is_file():
             return target
         if models is None:
-            raise ConfigError(f"model: mobilenet-smollm2-vlm is built from the registered model "
-                              f"{self.language_model!r}: call resolve(models=registries.models)")
+            raise ConfigError(
+                f"model: mobilenet-smollm2-vlm is built from the registered model "
+                f"{self.language_model!r}: call resolve(models=registries.models)"
+            )
         providers = models
         if self.language_model not in providers:
-            raise ConfigError(f"model: mobilenet-smollm2-vlm needs the registered model "
-                              f"{self.language_model!r}, which no plugin provides")
+            raise ConfigError(
+                f"model: mobilenet-smollm2-vlm needs the registered model "
+                f"{self.language_model!r}, which no plugin provides"
+            )
         source = Path(providers[self.language_model].resolve())
         build_composed_folder(source, target, atomic_directory)
         return target
@@ -504,15 +591,28 @@ def build_composed_folder(language_model_dir: Path, target: Path, atomic_directo
 
     with _quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(language_model_dir)
-        language_model = AutoModelForCausalLM.from_pretrained(language_model_dir, dtype=torch.float32)
-        model, processor = compose_image_text_model(language_model, tokenizer, imagenet_weights=True)
+        language_model = AutoModelForCausalLM.from_pretrained(
+            language_model_dir, dtype=torch.float32
+        )
+        model, processor = compose_image_text_model(
+            language_model, tokenizer, imagenet_weights=True
+        )
     with atomic_directory(target) as staging:
         model.save_pretrained(staging, safe_serialization=True)
         processor.save_pretrained(staging)
-        (staging / "tunewright_build.json").write_text(json.dumps({
-            "language_model": str(language_model_dir),
-            "vision_weights": {"distribution": MOBILENET_V2_DISTRIBUTION, "sha256": MOBILENET_V2_SHA256},
-        }, indent=2) + "\n")
+        (staging / "tunewright_build.json").write_text(
+            json.dumps(
+                {
+                    "language_model": str(language_model_dir),
+                    "vision_weights": {
+                        "distribution": MOBILENET_V2_DISTRIBUTION,
+                        "sha256": MOBILENET_V2_SHA256,
+                    },
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 @hookimpl(trylast=True)

@@ -33,8 +33,11 @@ def read_project(path: Path) -> dict:
     parser.read_string(path.read_text())
     unquote = lambda value: value.strip().strip('"')
     entries = parser["project.entry-points.tunewright"]
-    return {"name": unquote(parser["project"]["name"]), "version": unquote(parser["project"]["version"]),
-            "entry-points": {"tunewright": {k: unquote(v) for k, v in entries.items()}}}
+    return {
+        "name": unquote(parser["project"]["name"]),
+        "version": unquote(parser["project"]["version"]),
+        "entry-points": {"tunewright": {k: unquote(v) for k, v in entries.items()}},
+    }
 
 
 @pytest.fixture
@@ -45,9 +48,13 @@ def installed(tmp_path, monkeypatch):
     shutil.copytree(HERE / MODULE, site / MODULE, ignore=shutil.ignore_patterns("__pycache__"))
     info = site / f"{project['name'].replace('-', '_')}-{project['version']}.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n"
+    )
     entries = project["entry-points"]["tunewright"]
-    (info / "entry_points.txt").write_text("[tunewright]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items()))
+    (info / "entry_points.txt").write_text(
+        "[tunewright]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items())
+    )
     monkeypatch.syspath_prepend(str(site))
     yield project
     for name in [m for m in sys.modules if m == MODULE or m.startswith(MODULE + ".")]:
@@ -64,18 +71,33 @@ def plugin_manager(project):
 
 def tsv_data(path: Path, n: int = 48) -> Path:
     fruits = {"apple": "red", "banana": "yellow", "lime": "green", "plum": "purple"}
-    lines = [f"What colour is a {f}? (#{i})\tA {f} is {c}." for i in range(n)
-             for f, c in [sorted(fruits.items())[i % len(fruits)]]]
+    lines = [
+        f"What colour is a {f}? (#{i})\tA {f} is {c}."
+        for i in range(n)
+        for f, c in [sorted(fruits.items())[i % len(fruits)]]
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def job(model_dir: Path, data: Path, out: Path, **changes) -> dict:
-    raw = {"model": str(model_dir), "task": "chat", "method": "normtune", "normtune": {"scale": 1.0},
-           "data": {"train": str(data), "format": "tsvchat", "validation": 0.25, "max_length": 64},
-           "training": {"max_steps": 4, "batch_size": 4, "learning_rate": 5e-3, "logging_steps": 1,
-                        "save_steps": 2, "precision": "fp32"},
-           "trackers": ["jsonl", "legacylog"], "output": str(out)}
+    raw = {
+        "model": str(model_dir),
+        "task": "chat",
+        "method": "normtune",
+        "normtune": {"scale": 1.0},
+        "data": {"train": str(data), "format": "tsvchat", "validation": 0.25, "max_length": 64},
+        "training": {
+            "max_steps": 4,
+            "batch_size": 4,
+            "learning_rate": 5e-3,
+            "logging_steps": 1,
+            "save_steps": 2,
+            "precision": "fp32",
+        },
+        "trackers": ["jsonl", "legacylog"],
+        "output": str(out),
+    }
     raw.update(changes)
     return raw
 
@@ -87,14 +109,22 @@ def test_the_plugin_is_found_and_each_older_form_is_named(installed):
     assert registered.owner("dataset_formats", "tsvchat") == "compat010"
     # exactly the two contracts whose form changed: the tracker factory and the runner
     assert len(deprecations) == 2, deprecations
-    runner, tracker = sorted(deprecations)  # "... the runner ..." sorts before "... the tracker ..."
+    runner, tracker = sorted(
+        deprecations
+    )  # "... the runner ..." sorts before "... the tracker ..."
     who = "plugin 'compat010' (distribution tunewright-compat-010 0.1.0)"
     assert tracker.startswith(who) and "'legacylog' as factory(run_dir, config)" in tracker
     assert "write factory(run)" in tracker
-    assert runner.startswith(who) and "'plainloop' as runner(job)" in runner and "write runner(run)" in runner
+    assert (
+        runner.startswith(who)
+        and "'plainloop' as runner(job)" in runner
+        and "write runner(run)" in runner
+    )
 
 
-def test_a_job_runs_its_method_format_tracker_and_lifecycle_hooks(installed, tiny_llama_dir, tmp_path):
+def test_a_job_runs_its_method_format_tracker_and_lifecycle_hooks(
+    installed, tiny_llama_dir, tmp_path
+):
     pm, _ = plugin_manager(installed)
     out = tmp_path / "run"
     config = load_config(job(tiny_llama_dir, tsv_data(tmp_path / "chat.tsv"), out), pm.registries)
@@ -123,13 +153,16 @@ def test_a_job_runs_its_method_format_tracker_and_lifecycle_hooks(installed, tin
 def test_a_runner_taking_the_job_trains_it(installed, tiny_llama_dir, tmp_path):
     pm, _ = plugin_manager(installed)
     out = tmp_path / "run"
-    config = load_config(job(tiny_llama_dir, tsv_data(tmp_path / "chat.tsv"), out, runner="plainloop"),
-                         pm.registries)
+    config = load_config(
+        job(tiny_llama_dir, tsv_data(tmp_path / "chat.tsv"), out, runner="plainloop"), pm.registries
+    )
     result = run_job(config, pm, echo=lambda m: None)
     assert result.global_step == 4 and result.metrics["train_loss"] > 0
     final = json.loads((out / "eval.json").read_text())
     assert final["final"]["loss"] < final["baseline"]["loss"]
-    events = [json.loads(line)["hook"] for line in (out / "legacy-events.jsonl").read_text().splitlines()]
+    events = [
+        json.loads(line)["hook"] for line in (out / "legacy-events.jsonl").read_text().splitlines()
+    ]
     assert events[-1] == "on_train_end"
 
 
@@ -183,21 +216,31 @@ def test_a_task_of_010_is_adapted_and_trains(installed, tiny_llama_dir, tmp_path
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pm = get_plugin_manager(env={"TUNEWRIGHT_LOAD_PLUGINS": installed["name"]}, plugins=[("tasks010", Tasks())])
+        pm = get_plugin_manager(
+            env={"TUNEWRIGHT_LOAD_PLUGINS": installed["name"]}, plugins=[("tasks010", Tasks())]
+        )
         registered = pm.registries.tasks["chat010"]
-    said = sorted(str(w.message) for w in caught if issubclass(w.category, PluginDeprecationWarning)
-                  and "tasks010" in str(w.message))
+    said = sorted(
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, PluginDeprecationWarning) and "tasks010" in str(w.message)
+    )
     assert len(said) == 3 and all(m.startswith("plugin 'tasks010' uses ") for m in said)
     assert "Task.greater_is_better" in said[0] and "write Task.metric_directions" in said[0]
     assert "Task.tokenize(example, tokenizer, max_length, labels)" in said[1]
     assert "a Task without validate" in said[2]
     assert dict(registered.metric_directions) == {"loss": "min", "mean_token_accuracy": "max"}
     out = tmp_path / "run"
-    raw = job(tiny_llama_dir, tsv_data(tmp_path / "chat.tsv"), out, task="chat010", trackers=["jsonl"])
+    raw = job(
+        tiny_llama_dir, tsv_data(tmp_path / "chat.tsv"), out, task="chat010", trackers=["jsonl"]
+    )
     result = run_job(load_config(raw, pm.registries), pm, echo=lambda m: None)
     assert result.global_step == 4 and task.max_lengths  # tokenized through its 0.1.0 signature
     final = json.loads((out / "eval.json").read_text())
-    assert final["primary_metric"] == "mean_token_accuracy" and final["final"]["loss"] < final["baseline"]["loss"]
+    assert (
+        final["primary_metric"] == "mean_token_accuracy"
+        and final["final"]["loss"] < final["baseline"]["loss"]
+    )
 
 
 def test_the_command_line_shows_the_deprecations(installed, tmp_path):
@@ -206,14 +249,24 @@ def test_the_command_line_shows_the_deprecations(installed, tmp_path):
     import subprocess
 
     site = tmp_path / "site-packages"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
-           "TUNEWRIGHT_LOAD_PLUGINS": installed["name"]}
-    out = subprocess.run([sys.executable, "-m", "tunewright", "plugins"], capture_output=True, text=True,
-                         env=env, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+        "TUNEWRIGHT_LOAD_PLUGINS": installed["name"],
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "tunewright", "plugins"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "compat010" in out.stdout
     warned = [line for line in out.stderr.splitlines() if "PluginDeprecationWarning" in line]
-    assert len(warned) == 2 and all("plugin 'compat010'" in line for line in warned), out.stderr[-2000:]
+    assert len(warned) == 2 and all("plugin 'compat010'" in line for line in warned), out.stderr[
+        -2000:
+    ]
 
 
 def test_only_the_older_forms_are_taken_for_them():

@@ -13,14 +13,26 @@ WORDS = ["good", "bad", "film", "plot", "great", "awful", "actors", "slow", "fun
 @pytest.fixture(scope="session")
 def classification_examples() -> list[dict]:
     rng = random.Random(0)
-    return [{"text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))), "label": rng.choice(["neg", "pos"])}
-            for _ in range(32)]
+    return [
+        {
+            "text": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))),
+            "label": rng.choice(["neg", "pos"]),
+        }
+        for _ in range(32)
+    ]
 
 
 @pytest.fixture(scope="session")
 def chat_examples() -> list[dict]:
-    return [{"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},
-                          {"role": "assistant", "content": f"It is {2 * i}."}]} for i in range(10)]
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {i} plus {i}?"},
+                {"role": "assistant", "content": f"It is {2 * i}."},
+            ]
+        }
+        for i in range(10)
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +49,9 @@ def tiny_classifier(tiny_bert_dir):
 def tiny_causal_lm(tiny_llama_dir):
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    return LlamaForCausalLM.from_pretrained(tiny_llama_dir).eval(), AutoTokenizer.from_pretrained(tiny_llama_dir)
+    return LlamaForCausalLM.from_pretrained(tiny_llama_dir).eval(), AutoTokenizer.from_pretrained(
+        tiny_llama_dir
+    )
 
 
 @pytest.fixture(scope="session")
@@ -54,9 +68,18 @@ def classifier_bundle(tmp_path_factory, tiny_classifier, classification_examples
 
     model, tokenizer = tiny_classifier
     out = tmp_path_factory.mktemp("bundles") / "classifier"
-    export_bundle(model, tokenizer, "classification", classification_examples, out, quantize="int8",
-                  labels=["neg", "pos"], info={"base_model": "tiny-bert", "method": "none", "task": "classification"},
-                  pm=edge_pm, log=lambda message: None)
+    export_bundle(
+        model,
+        tokenizer,
+        "classification",
+        classification_examples,
+        out,
+        quantize="int8",
+        labels=["neg", "pos"],
+        info={"base_model": "tiny-bert", "method": "none", "task": "classification"},
+        pm=edge_pm,
+        log=lambda message: None,
+    )
     return out
 
 
@@ -66,7 +89,18 @@ def generator_bundle(tmp_path_factory, tiny_causal_lm, chat_examples, edge_pm) -
 
     model, tokenizer = tiny_causal_lm
     out = tmp_path_factory.mktemp("bundles") / "generator"
-    export_bundle(model, tokenizer, "chat", chat_examples, out, exporter="optimum", quantize="int8-block",
-                  info={"base_model": "tiny-llama", "method": "none", "task": "chat"}, pm=edge_pm,
-                  fidelity_examples=3, new_tokens=12, log=lambda message: None)
+    export_bundle(
+        model,
+        tokenizer,
+        "chat",
+        chat_examples,
+        out,
+        exporter="optimum",
+        quantize="int8-block",
+        info={"base_model": "tiny-llama", "method": "none", "task": "chat"},
+        pm=edge_pm,
+        fidelity_examples=3,
+        new_tokens=12,
+        log=lambda message: None,
+    )
     return out

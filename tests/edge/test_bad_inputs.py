@@ -46,19 +46,27 @@ def test_newer_format_version_is_refused(bundle_copy):
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
     manifest["format_version"] = 99
     (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match=r"bundle format version 99 is newer than this runtime reads \(up to 1\)"):
+    with pytest.raises(
+        BundleError, match=r"bundle format version 99 is newer than this runtime reads \(up to 1\)"
+    ):
         load_bundle(bundle_copy)
 
 
 def test_device_command_line_exit_codes(bundle_copy):
-    run = lambda *args: subprocess.run([sys.executable, "-m", "tunewright.edge.runtime", *args],  # noqa: E731
-                                       capture_output=True, text=True, timeout=120)
+    run = lambda *args: subprocess.run(
+        [sys.executable, "-m", "tunewright.edge.runtime", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     ok = run("run", str(bundle_copy), "good film")
     assert ok.returncode == 0, ok.stderr
     from tunewright.edge.runtime import load_bundle
 
     [device], [here] = json.loads(ok.stdout), load_bundle(bundle_copy).predict(["good film"])
-    assert device["label"] == here["label"] and device["score"] == pytest.approx(here["score"], abs=1e-5)
+    assert device["label"] == here["label"] and device["score"] == pytest.approx(
+        here["score"], abs=1e-5
+    )
     assert run("verify", str(bundle_copy)).returncode == 0
     (bundle_copy / "tokenizer.json").write_text("{}")
     refused = run("verify", str(bundle_copy))
@@ -73,12 +81,16 @@ def test_tunewright_edge_commands(classifier_bundle, bundle_copy):
 
     runner = CliRunner()
     cli = build_cli()
-    result = runner.invoke(cli, ["edge", "bench", str(classifier_bundle), "--runs", "5", "--tokens", "12"])
+    result = runner.invoke(
+        cli, ["edge", "bench", str(classifier_bundle), "--runs", "5", "--tokens", "12"]
+    )
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output)
     assert (figures["runs"], figures["tokens"], figures["batch"]) == (5, 12, 1)
     assert figures["min_ms"] <= figures["p50_ms"] <= figures["p95_ms"]
-    assert figures["size_mb"] == pytest.approx(sum(p.stat().st_size for p in classifier_bundle.iterdir()) / 2**20)
+    assert figures["size_mb"] == pytest.approx(
+        sum(p.stat().st_size for p in classifier_bundle.iterdir()) / 2**20
+    )
     (bundle_copy / "model.onnx").write_bytes(b"broken")
     with pytest.raises(SystemExit) as exit_info:
         main(["edge", "verify", str(bundle_copy)])
@@ -100,14 +112,18 @@ class _Wrecker:
         model = onnx.load(str(exported.path))
         output = model.graph.output[0].name
         for node in model.graph.node:
-            node.output[:] = [f"{name}_before_wreck" if name == output else name for name in node.output]
+            node.output[:] = [
+                f"{name}_before_wreck" if name == output else name for name in node.output
+            ]
         model.graph.node.append(onnx.helper.make_node("Neg", [f"{output}_before_wreck"], [output]))
         out_dir.mkdir(parents=True)
         onnx.save(model, str(out_dir / exported.model_file))
         return exported.moved(out_dir, quantization={"name": "wreck"})
 
 
-def test_failed_parity_gate_leaves_no_bundle(tmp_path, tiny_classifier, classification_examples, classifier_bundle):
+def test_failed_parity_gate_leaves_no_bundle(
+    tmp_path, tiny_classifier, classification_examples, classifier_bundle
+):
     from tunewright import JobFailed, get_plugin_manager, hookimpl
     from tunewright.edge import export_bundle
 
@@ -122,16 +138,39 @@ def test_failed_parity_gate_leaves_no_bundle(tmp_path, tiny_classifier, classifi
     import torch
 
     with torch.inference_mode():
-        predicted = model(**tokenizer([e["text"] for e in classification_examples], padding=True,
-                                      return_tensors="pt")).logits.argmax(-1).tolist()
-    examples = [{"text": e["text"], "label": ["neg", "pos"][p]} for e, p in zip(classification_examples, predicted)]
+        predicted = (
+            model(
+                **tokenizer(
+                    [e["text"] for e in classification_examples], padding=True, return_tensors="pt"
+                )
+            )
+            .logits.argmax(-1)
+            .tolist()
+        )
+    examples = [
+        {"text": e["text"], "label": ["neg", "pos"][p]}
+        for e, p in zip(classification_examples, predicted)
+    ]
     out = tmp_path / "bundle"
     with pytest.raises(JobFailed) as info:
-        export_bundle(model, tokenizer, "classification", examples, out, quantize="wreck",
-                      labels=["neg", "pos"], pm=pm, bench=False, log=lambda m: None)
+        export_bundle(
+            model,
+            tokenizer,
+            "classification",
+            examples,
+            out,
+            quantize="wreck",
+            labels=["neg", "pos"],
+            pm=pm,
+            bench=False,
+            log=lambda m: None,
+        )
     message = str(info.value)
     assert "parity gate failed" in message and "no bundle written" in message
-    assert "accuracy (higher is better): tuned 1.0000, bundle " in message and "allowed 1.00" in message
+    assert (
+        "accuracy (higher is better): tuned 1.0000, bundle " in message
+        and "allowed 1.00" in message
+    )
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == []  # no temporary folder left either
     # --overwrite of an existing bundle: a failed gate leaves the old bundle as it was
@@ -139,41 +178,97 @@ def test_failed_parity_gate_leaves_no_bundle(tmp_path, tiny_classifier, classifi
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     said = []
     with pytest.raises(JobFailed):  # on 12 examples: the gate says how little it can tell
-        export_bundle(model, tokenizer, "classification", examples[:12], out, quantize="wreck", overwrite=True,
-                      labels=["neg", "pos"], pm=pm, bench=False, log=said.append)
-    assert "WARNING: the parity gate rests on 12 held-out examples (fewer than 20)" in "\n".join(said)
+        export_bundle(
+            model,
+            tokenizer,
+            "classification",
+            examples[:12],
+            out,
+            quantize="wreck",
+            overwrite=True,
+            labels=["neg", "pos"],
+            pm=pm,
+            bench=False,
+            log=said.append,
+        )
+    assert "WARNING: the parity gate rests on 12 held-out examples (fewer than 20)" in "\n".join(
+        said
+    )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
 
 
-def test_unknown_quantizer_lists_the_registered_ones(tmp_path, tiny_classifier, classification_examples, edge_pm):
+def test_unknown_quantizer_lists_the_registered_ones(
+    tmp_path, tiny_classifier, classification_examples, edge_pm
+):
     from tunewright import ConfigError
     from tunewright.edge import export_bundle
 
     model, tokenizer = tiny_classifier
     with pytest.raises(ConfigError) as info:
-        export_bundle(model, tokenizer, "classification", classification_examples, tmp_path / "b",
-                      quantize="int3", pm=edge_pm, log=lambda m: None)
+        export_bundle(
+            model,
+            tokenizer,
+            "classification",
+            classification_examples,
+            tmp_path / "b",
+            quantize="int3",
+            pm=edge_pm,
+            log=lambda m: None,
+        )
     message = str(info.value)
     assert "--quantize: unknown quantizer 'int3'" in message
-    for name in ("none", "fp16", "int8", "int4", "int8-dynamic", "int8-static", "int8-block", "int4-block", "auto"):
+    for name in (
+        "none",
+        "fp16",
+        "int8",
+        "int4",
+        "int8-dynamic",
+        "int8-static",
+        "int8-block",
+        "int4-block",
+        "auto",
+    ):
         assert name in message
     assert not (tmp_path / "b").exists()
 
 
-def test_unknown_exporter_and_unexportable_task(tmp_path, tiny_classifier, classification_examples, edge_pm):
+def test_unknown_exporter_and_unexportable_task(
+    tmp_path, tiny_classifier, classification_examples, edge_pm
+):
     from tunewright import ConfigError, UsageError
     from tunewright.edge import export_bundle
 
     model, tokenizer = tiny_classifier
-    with pytest.raises(ConfigError, match="unknown exporter 'tflite'.*registered: genai, image-text, optimum, torch"):
-        export_bundle(model, tokenizer, "classification", classification_examples, tmp_path / "b",
-                      exporter="tflite", pm=edge_pm, log=lambda m: None)
+    with pytest.raises(
+        ConfigError,
+        match="unknown exporter 'tflite'.*registered: genai, image-text, optimum, torch",
+    ):
+        export_bundle(
+            model,
+            tokenizer,
+            "classification",
+            classification_examples,
+            tmp_path / "b",
+            exporter="tflite",
+            pm=edge_pm,
+            log=lambda m: None,
+        )
     tagger = type("Tagger", (), {"model_kind": "token_classification"})()
-    with pytest.raises(UsageError, match="no registered exporter can export a BertForSequenceClassification for "
-                                         "task kind 'token_classification' \\(registered: genai, image-text, optimum, torch\\)"):
-        export_bundle(model, tokenizer, tagger, classification_examples, tmp_path / "b", pm=edge_pm,
-                      log=lambda m: None)
+    with pytest.raises(
+        UsageError,
+        match="no registered exporter can export a BertForSequenceClassification for "
+        "task kind 'token_classification' \\(registered: genai, image-text, optimum, torch\\)",
+    ):
+        export_bundle(
+            model,
+            tokenizer,
+            tagger,
+            classification_examples,
+            tmp_path / "b",
+            pm=edge_pm,
+            log=lambda m: None,
+        )
     assert not (tmp_path / "b").exists()
 
 
@@ -183,8 +278,10 @@ def _resign_files(folder) -> None:
     from tunewright.edge.runtime.bundle import manifest_digest, sha256_file
 
     manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["files"] = {name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
-                         for name in manifest["files"]}
+    manifest["files"] = {
+        name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
+        for name in manifest["files"]
+    }
     manifest["manifest_sha256"] = manifest_digest(manifest)
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
@@ -200,7 +297,9 @@ def test_verify_catches_a_resigned_bundle_that_computes_something_else(bundle_co
     model = onnx.load(str(bundle_copy / "model.onnx"))
     # the head's bias moved by 0.5: a model that still runs and predicts, but not what was proven
     bias = next(t for t in model.graph.initializer if t.name == "classifier.bias")
-    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + np.float32([0.5, 0.0]), bias.name))
+    bias.CopyFrom(
+        numpy_helper.from_array(numpy_helper.to_array(bias) + np.float32([0.5, 0.0]), bias.name)
+    )
     onnx.save(model, str(bundle_copy / "model.onnx"))
     _resign_files(bundle_copy)
     load_bundle(bundle_copy)  # the hashes agree: it opens

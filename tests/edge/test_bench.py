@@ -92,9 +92,13 @@ def test_classifier_figures_are_the_time_each_call_takes(clock):
     assert (figures["batch"], figures["tokens"], figures["runs"]) == (3, 7, 20)
     assert figures["kind"] == "costly_classification"
     timed = np.asarray([predictor.cost(call, 3) for call in range(2, 22)])  # the warm-up left out
-    assert figures["p50_ms"] == pytest.approx(np.percentile(timed, 50)) and figures["p50_ms"] == pytest.approx(7)
+    assert figures["p50_ms"] == pytest.approx(np.percentile(timed, 50)) and figures[
+        "p50_ms"
+    ] == pytest.approx(7)
     assert figures["p95_ms"] == pytest.approx(np.percentile(timed, 95)) and figures["p95_ms"] > 7
-    assert figures["min_ms"] == pytest.approx(7) and figures["mean_ms"] == pytest.approx(timed.mean())
+    assert figures["min_ms"] == pytest.approx(7) and figures["mean_ms"] == pytest.approx(
+        timed.mean()
+    )
     assert figures["examples_per_second"] == pytest.approx(3 / 0.007)
 
 
@@ -106,7 +110,9 @@ def test_generator_figures_leave_the_prompt_out_of_tokens_per_second(clock):
     # the prompt's 30 or 40 ms are not in the rate: 20 tokens in sum(gaps) ms, each run alike
     assert figures["tokens_per_second"] == pytest.approx(20 / (sum(gaps) / 1000))
     assert figures["ms_per_token"] == pytest.approx(sum(gaps) / 20)
-    assert figures["total_s"] == pytest.approx((35 + sum(gaps)) / 1000)  # the median of 30 and 40 ms prompts
+    assert figures["total_s"] == pytest.approx(
+        (35 + sum(gaps)) / 1000
+    )  # the median of 30 and 40 ms prompts
     # first-token latency and each later token's, as percentiles over the runs
     assert figures["first_token_ms"] == figures["first_token_p50_ms"] == pytest.approx(35)
     assert figures["first_token_p95_ms"] == pytest.approx(np.percentile([30, 40], 95))
@@ -119,8 +125,9 @@ def test_edge_bench_prints_latency_percentiles_of_a_generator(generator_bundle):
 
     from tunewright.cli import build_cli
 
-    result = CliRunner().invoke(build_cli(), ["edge", "bench", str(generator_bundle), "--runs", "2",
-                                              "--new-tokens", "8"])
+    result = CliRunner().invoke(
+        build_cli(), ["edge", "bench", str(generator_bundle), "--runs", "2", "--new-tokens", "8"]
+    )
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output)
     assert figures["kind"] == "causal_lm" and figures["new_tokens"] == 8

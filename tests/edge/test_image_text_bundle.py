@@ -19,7 +19,9 @@ from tunewright.vision import VisionSettings, prepare_example
 # Tiny matrices: one thread is faster, and several oversubscribe a busy 2-core machine.
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-JOB = VisionSettings(detail="low")  # the job's vision.detail: every image one view, whatever it asks
+JOB = VisionSettings(
+    detail="low"
+)  # the job's vision.detail: every image one view, whatever it asks
 
 
 def colour_examples(folder: Path) -> list[dict]:
@@ -29,10 +31,21 @@ def colour_examples(folder: Path) -> list[dict]:
     examples = []
     for name, rgb in (("red", (220, 30, 30)), ("green", (30, 190, 30)), ("blue", (30, 30, 220))):
         Image.new("RGB", (40, 40), rgb).save(folder / f"{name}.png")
-        raw = {"messages": [
-            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"{name}.png", "detail": "high"}},
-                                         {"type": "text", "text": "What colour is this?"}]},
-            {"role": "assistant", "content": name}]}
+        raw = {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": f"{name}.png", "detail": "high"},
+                        },
+                        {"type": "text", "text": "What colour is this?"},
+                    ],
+                },
+                {"role": "assistant", "content": name},
+            ]
+        }
         examples.append(prepare_example(raw, JOB, root=folder))
     return examples
 
@@ -50,8 +63,18 @@ def image_text_bundle(tiny_image_text_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("image-text")
     examples = colour_examples(root / "data")
     bundle = root / "bundle"
-    export_bundle(model, processor, task, examples, bundle, quantize="none", bench=False, config=JOB, pm=pm,
-                  log=lambda line: None)
+    export_bundle(
+        model,
+        processor,
+        task,
+        examples,
+        bundle,
+        quantize="none",
+        bench=False,
+        config=JOB,
+        pm=pm,
+        log=lambda line: None,
+    )
     return bundle, task, processor, examples
 
 
@@ -66,8 +89,17 @@ def int8_image_text_bundle(tiny_image_text_dir, tmp_path_factory):
     processor = task.load_tokenizer(tiny_image_text_dir)
     model = task.load_model(tiny_image_text_dir, None, None, processor)
     root = tmp_path_factory.mktemp("image-text-int8")
-    result = export_bundle(model, processor, task, colour_examples(root / "data"), root / "bundle", quantize="int8",
-                           config=JOB, pm=pm, log=lambda line: None)
+    result = export_bundle(
+        model,
+        processor,
+        task,
+        colour_examples(root / "data"),
+        root / "bundle",
+        quantize="int8",
+        config=JOB,
+        pm=pm,
+        log=lambda line: None,
+    )
     return result, model
 
 
@@ -76,7 +108,9 @@ def named_files(section: dict) -> list[str]:
     return [value for key, value in section.items() if key == "file" or key.endswith("_file")]
 
 
-def test_an_image_text_bundle_goes_through_the_one_export_path(image_text_bundle, int8_image_text_bundle):
+def test_an_image_text_bundle_goes_through_the_one_export_path(
+    image_text_bundle, int8_image_text_bundle
+):
     from tunewright.edge.runtime import verify_bundle
 
     result, model = int8_image_text_bundle
@@ -84,7 +118,10 @@ def test_an_image_text_bundle_goes_through_the_one_export_path(image_text_bundle
     # the decoder was quantized, and the embedding table with it: both said, in one place each
     quantization = manifest["quantization"]
     assert (quantization["name"], quantization["requested"], quantization["applies_to"]) == (
-        "int8-block", "int8", "decoder")
+        "int8-block",
+        "int8",
+        "decoder",
+    )
     [table] = [t for t in quantization["embedding_tables"] if t.get("file")]
     assert table["file"] == manifest["model"]["embeddings_file"] == "embeddings-int8.npz"
     assert table["bits"] == 8 and manifest["model"]["embeddings_dtype"] == "int8-rows"
@@ -98,19 +135,37 @@ def test_an_image_text_bundle_goes_through_the_one_export_path(image_text_bundle
     with np.load(result.bundle / "embeddings-int8.npz") as data:
         weight, scale = data["weight"], data["scale"]
     embeddings = model.get_input_embeddings().weight.detach().numpy()
-    assert weight.dtype == np.int8 and np.abs(weight * scale[:, None] - embeddings).max() <= scale.max() / 2 + 1e-6
+    assert (
+        weight.dtype == np.int8
+        and np.abs(weight * scale[:, None] - embeddings).max() <= scale.max() / 2 + 1e-6
+    )
     # the decoder's inputs and outputs are described as every bundle's model is
-    assert {i["name"] for i in manifest["model"]["inputs"]} >= {"inputs_embeds", "past_key_values.0.key"}
+    assert {i["name"] for i in manifest["model"]["inputs"]} >= {
+        "inputs_embeds",
+        "past_key_values.0.key",
+    }
     # the one gate: the task's metric, fidelity through the cache
     parity = manifest["parity"]
     assert parity["passed"] and parity["metric"] == "mean_token_accuracy"
-    assert parity["bundle_vs_tuned"]["top1_agreement"] >= 0.9 and 0 < parity["bundle_vs_tuned"]["kl_per_token"] < 0.05
+    assert (
+        parity["bundle_vs_tuned"]["top1_agreement"] >= 0.9
+        and 0 < parity["bundle_vs_tuned"]["kl_per_token"] < 0.05
+    )
     # the bench of every bundle: the tuned PyTorch model timed on the same prompt beside it
     bench = manifest["benchmark"]
-    assert bench["kind"] == "image_text_to_text" and bench["views"] == 1 and bench["tokens_per_second"] > 0
+    assert (
+        bench["kind"] == "image_text_to_text"
+        and bench["views"] == 1
+        and bench["tokens_per_second"] > 0
+    )
     torch_side = bench["torch_fp32"]
-    assert torch_side["prompt_tokens"] == bench["prompt_tokens"] and torch_side["tokens_per_second"] > 0
-    assert bench["versus_torch"]["speed"] == pytest.approx(bench["tokens_per_second"] / torch_side["tokens_per_second"])
+    assert (
+        torch_side["prompt_tokens"] == bench["prompt_tokens"]
+        and torch_side["tokens_per_second"] > 0
+    )
+    assert bench["versus_torch"]["speed"] == pytest.approx(
+        bench["tokens_per_second"] / torch_side["tokens_per_second"]
+    )
     assert bench["versus_torch"]["size"] == pytest.approx(bench["size_mb"] / torch_side["size_mb"])
     assert verify_bundle(result.bundle)["ok"]
 
@@ -118,7 +173,10 @@ def test_an_image_text_bundle_goes_through_the_one_export_path(image_text_bundle
     bundle = image_text_bundle[0]
     fp32 = json.loads((bundle / "manifest.json").read_text())
     assert fp32["quantization"]["name"] == "none"
-    assert (fp32["model"]["embeddings_file"], fp32["model"]["embeddings_dtype"]) == ("embeddings.npy", "float32")
+    assert (fp32["model"]["embeddings_file"], fp32["model"]["embeddings_dtype"]) == (
+        "embeddings.npy",
+        "float32",
+    )
     assert not any(key.endswith("_file") for key in fp32["exporter"])
     assert set(named_files(fp32["model"])) <= set(fp32["files"])
     assert verify_bundle(bundle)["ok"]
@@ -151,16 +209,31 @@ def test_the_bundle_cuts_views_as_the_job_did(image_text_bundle, tmp_path):
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["preprocessing"]["views"] == {**geometry(), "detail": "low"}
     photo = big_photo(tmp_path / "photo.png")
-    asked_high = [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": str(photo), "detail": "high"}},
-        {"type": "text", "text": "What is this?"}]}]
+    asked_high = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": str(photo), "detail": "high"}},
+                {"type": "text", "text": "What is this?"},
+            ],
+        }
+    ]
     predictor = load_bundle(bundle)
     ids, pixels = predictor.encode(asked_high)
     # the job's low detail wins over the part's high, as in training: one view, the task's pixels
     assert pixels.shape[0] == 1
-    as_data = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "photo.png", "detail": "high"}},
-                                            {"type": "text", "text": "What is this?"}]}]
-    example = prepare_example({"messages": [*as_data, {"role": "assistant", "content": "x"}]}, JOB, root=tmp_path)
+    as_data = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": "photo.png", "detail": "high"}},
+                {"type": "text", "text": "What is this?"},
+            ],
+        }
+    ]
+    example = prepare_example(
+        {"messages": [*as_data, {"role": "assistant", "content": "x"}]}, JOB, root=tmp_path
+    )
     batch = task.collate([task.tokenize(example, processor)], processor)
     np.testing.assert_allclose(pixels, batch["pixel_values"].numpy(), atol=1e-5)
     assert ids == task.prompt_of(batch, predictor_config(processor))[0].tolist()
@@ -186,19 +259,34 @@ def predictor_config(processor):
     return SimpleNamespace(config=processor)
 
 
-def test_edge_run_and_bench_show_the_prompt_an_image(image_text_bundle, classifier_bundle, tmp_path, capsys):
+def test_edge_run_and_bench_show_the_prompt_an_image(
+    image_text_bundle, classifier_bundle, tmp_path, capsys
+):
     from tunewright.edge.runtime import load_bundle
 
     bundle, _, _, examples = image_text_bundle
     red = str(Path(examples[0]["image_source"]["root"]) / "red.png")
-    run = lambda *args: subprocess.run([sys.executable, "-m", "tunewright.edge.runtime", *args],  # noqa: E731
-                                       capture_output=True, text=True, timeout=300)
+    run = lambda *args: subprocess.run(
+        [sys.executable, "-m", "tunewright.edge.runtime", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     done = run("run", str(bundle), "What colour is this?", "--image", red, "--max-new-tokens", "4")
     assert done.returncode == 0, done.stderr
     [answer] = json.loads(done.stdout)
-    expected = load_bundle(bundle).generate([{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": red}}, {"type": "text", "text": "What colour is this?"}]}],
-        max_new_tokens=4)
+    expected = load_bundle(bundle).generate(
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": red}},
+                    {"type": "text", "text": "What colour is this?"},
+                ],
+            }
+        ],
+        max_new_tokens=4,
+    )
     assert answer == {"prompt": "What colour is this?", "images": [red], "reply": expected}
 
     from click.testing import CliRunner
@@ -206,8 +294,9 @@ def test_edge_run_and_bench_show_the_prompt_an_image(image_text_bundle, classifi
     from tunewright.cli import build_cli
 
     cli = build_cli()
-    result = CliRunner().invoke(cli, ["edge", "bench", str(bundle), "--image", red, "--new-tokens", "6",
-                                      "--runs", "1"])
+    result = CliRunner().invoke(
+        cli, ["edge", "bench", str(bundle), "--image", red, "--new-tokens", "6", "--runs", "1"]
+    )
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output)
     predictor = load_bundle(bundle)
@@ -222,6 +311,11 @@ def test_edge_run_and_bench_show_the_prompt_an_image(image_text_bundle, classifi
     with pytest.raises(SystemExit) as exit_info:
         main(["edge", "run", str(classifier_bundle), "good film", "--image", red])
     assert exit_info.value.code == 2
-    assert "--image: a sequence_classification bundle takes no images beside its inputs" in capsys.readouterr().err
+    assert (
+        "--image: a sequence_classification bundle takes no images beside its inputs"
+        in capsys.readouterr().err
+    )
     missing = run("run", str(bundle), "What colour?", "--image", str(tmp_path / "nothing.png"))
-    assert missing.returncode == 2 and "cannot be read (No such file or directory)" in missing.stderr
+    assert (
+        missing.returncode == 2 and "cannot be read (No such file or directory)" in missing.stderr
+    )

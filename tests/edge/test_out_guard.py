@@ -12,16 +12,32 @@ def _export(out, tiny_classifier, examples, pm, **options):
     from tunewright.edge import export_bundle
 
     model, tokenizer = tiny_classifier
-    return export_bundle(model, tokenizer, "classification", examples, out, quantize="none", labels=["neg", "pos"],
-                         pm=pm, bench=False, log=lambda m: None, **options)
+    return export_bundle(
+        model,
+        tokenizer,
+        "classification",
+        examples,
+        out,
+        quantize="none",
+        labels=["neg", "pos"],
+        pm=pm,
+        bench=False,
+        log=lambda m: None,
+        **options,
+    )
 
 
 def _snapshot(folder):
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
-def test_a_folder_holding_the_users_files_is_refused_and_kept(tmp_path, tiny_classifier, classification_examples,
-                                                             edge_pm):
+def test_a_folder_holding_the_users_files_is_refused_and_kept(
+    tmp_path, tiny_classifier, classification_examples, edge_pm
+):
     from tunewright import UsageError
 
     out = tmp_path / "project"
@@ -30,15 +46,19 @@ def test_a_folder_holding_the_users_files_is_refused_and_kept(tmp_path, tiny_cla
     (out / "notes.txt").write_text("do not lose me")
     before = _snapshot(out)
     for overwrite in (False, True):
-        with pytest.raises(UsageError, match=r"--out: .*project exists and is not a tunewright bundle \(it holds "
-                                             r"data/train.jsonl, notes.txt\); nothing was changed"):
+        with pytest.raises(
+            UsageError,
+            match=r"--out: .*project exists and is not a tunewright bundle \(it holds "
+            r"data/train.jsonl, notes.txt\); nothing was changed",
+        ):
             _export(out, tiny_classifier, classification_examples, edge_pm, overwrite=overwrite)
     assert _snapshot(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["project"]  # no staging folder left
 
 
-def test_an_existing_bundle_is_replaced_only_with_overwrite(tmp_path, tiny_classifier, classification_examples,
-                                                            edge_pm):
+def test_an_existing_bundle_is_replaced_only_with_overwrite(
+    tmp_path, tiny_classifier, classification_examples, edge_pm
+):
     from tunewright import UsageError
     from tunewright.edge.runtime import verify_bundle
 
@@ -51,7 +71,9 @@ def test_an_existing_bundle_is_replaced_only_with_overwrite(tmp_path, tiny_class
     result = _export(out, tiny_classifier, classification_examples[:20], edge_pm, overwrite=True)
     assert result.manifest["parity"]["bundle_vs_tuned"]["examples"] == 20  # the new bundle is there
     assert _snapshot(out) != first and verify_bundle(out)["ok"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # the old one is gone, no leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bundle"
+    ]  # the old one is gone, no leftovers
 
 
 def test_a_bundle_with_added_files_is_refused_even_with_overwrite(tmp_path, classifier_bundle):
@@ -61,7 +83,9 @@ def test_a_bundle_with_added_files_is_refused_even_with_overwrite(tmp_path, clas
     out = tmp_path / "bundle"
     shutil.copytree(classifier_bundle, out)
     (out / "my-results.csv").write_text("keep")
-    with pytest.raises(UsageError, match=r"holds a bundle and files that are not part of it \(my-results.csv\)"):
+    with pytest.raises(
+        UsageError, match=r"holds a bundle and files that are not part of it \(my-results.csv\)"
+    ):
         check_out(out, overwrite=True)
 
 
@@ -78,7 +102,9 @@ def test_other_kinds_of_out(tmp_path, case):
     elif case == "foreign manifest":  # a web app's manifest.json is not a bundle
         out.mkdir()
         (out / "manifest.json").write_text(json.dumps({"name": "my app", "files": {}}))
-        with pytest.raises(UsageError, match=r"is not a tunewright bundle \(it holds manifest.json\)"):
+        with pytest.raises(
+            UsageError, match=r"is not a tunewright bundle \(it holds manifest.json\)"
+        ):
             check_out(out, overwrite=True)
     elif case == "empty folder":
         out.mkdir()

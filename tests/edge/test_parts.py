@@ -43,17 +43,26 @@ class ListsWhatChanged:
     def assemble(self, candidate: ExportedModel, out_dir: Path) -> ExportedModel:
         self.calls += 1
         (out_dir / "index.txt").write_text(",".join(sorted(candidate.quantization["applies_to"])))
-        return candidate.moved(out_dir, model_entries={**candidate.model_entries, "index_file": "index.txt"})
+        return candidate.moved(
+            out_dir, model_entries={**candidate.model_entries, "index_file": "index.txt"}
+        )
 
 
 def base_with_two_adapters(root: Path) -> ExportedModel:
     """A base model and two adapters on it: the shape a multi-adapter bundle will have."""
     shared = folder_with(root, "shared", {"tokenizer-extra.txt": "t"})
-    parts = {"base": ExportedModel(folder_with(root, "base", {"model.onnx": "base"}), "causal_lm"),
-             "adapter-a": ExportedModel(folder_with(root, "a", {"a.onnx_adapter": "a"}), "adapter"),
-             "adapter-b": ExportedModel(folder_with(root, "b", {"b.onnx_adapter": "b"}), "adapter")}
-    return ExportedModel(shared, "causal_lm", model_file="model.onnx", parts=parts,
-                         model_entries={"adapters": ["a.onnx_adapter", "b.onnx_adapter"]})
+    parts = {
+        "base": ExportedModel(folder_with(root, "base", {"model.onnx": "base"}), "causal_lm"),
+        "adapter-a": ExportedModel(folder_with(root, "a", {"a.onnx_adapter": "a"}), "adapter"),
+        "adapter-b": ExportedModel(folder_with(root, "b", {"b.onnx_adapter": "b"}), "adapter"),
+    }
+    return ExportedModel(
+        shared,
+        "causal_lm",
+        model_file="model.onnx",
+        parts=parts,
+        model_entries={"adapters": ["a.onnx_adapter", "b.onnx_adapter"]},
+    )
 
 
 def test_each_part_a_quantizer_supports_is_rewritten_and_the_exporter_assembles_the_rest(tmp_path):
@@ -62,13 +71,23 @@ def test_each_part_a_quantizer_supports_is_rewritten_and_the_exporter_assembles_
     exported = base_with_two_adapters(tmp_path / "export")
     quantizer, exporter = HalvesAdapters(), ListsWhatChanged()
     assert _supports(quantizer, exported)
-    candidate = quantize_export(quantizer, "half", exported, tmp_path / "q", [{"input_ids": None}], exporter)
-    assert candidate.quantization == {"name": "half", "bits": 16, "applies_to": ["adapter-a", "adapter-b"]}
+    candidate = quantize_export(
+        quantizer, "half", exported, tmp_path / "q", [{"input_ids": None}], exporter
+    )
+    assert candidate.quantization == {
+        "name": "half",
+        "bits": 16,
+        "applies_to": ["adapter-a", "adapter-b"],
+    }
     assert exporter.calls == 1 and candidate.model_entries["index_file"] == "index.txt"
     # the bundle lays every file side by side: the base as exported, the adapters rewritten
     layout = {name: path.read_text() for name, path in candidate.layout().items()}
-    assert layout == {"index.txt": "adapter-a,adapter-b", "model.onnx": "base", "a.onnx_adapter": "half a",
-                      "b.onnx_adapter": "half b"}
+    assert layout == {
+        "index.txt": "adapter-a,adapter-b",
+        "model.onnx": "base",
+        "a.onnx_adapter": "half a",
+        "b.onnx_adapter": "half b",
+    }
     assert candidate.size_bytes() == sum(len(text) for text in layout.values())
 
 
@@ -86,7 +105,12 @@ def test_no_quantization_leaves_the_parts_and_asks_no_assembly(tmp_path):
     exporter = ListsWhatChanged()
     candidate = quantize_export(Keeps(), "none", exported, tmp_path / "q", [], exporter)
     assert candidate.quantization == {"name": "none"} and exporter.calls == 0
-    assert set(candidate.layout()) == {"tokenizer-extra.txt", "model.onnx", "a.onnx_adapter", "b.onnx_adapter"}
+    assert set(candidate.layout()) == {
+        "tokenizer-extra.txt",
+        "model.onnx",
+        "a.onnx_adapter",
+        "b.onnx_adapter",
+    }
 
 
 def test_a_quantizer_no_part_takes_is_refused_with_each_part_s_reason(tmp_path):
@@ -101,8 +125,9 @@ def test_a_quantizer_no_part_takes_is_refused_with_each_part_s_reason(tmp_path):
 
     exported = base_with_two_adapters(tmp_path / "export")
     assert not _supports(Refuses(), exported)
-    assert _refusal(Refuses(), exported) == ("base: not for a causal_lm; adapter-a: not for a adapter; "
-                                             "adapter-b: not for a adapter")
+    assert _refusal(Refuses(), exported) == (
+        "base: not for a causal_lm; adapter-a: not for a adapter; adapter-b: not for a adapter"
+    )
 
 
 def test_two_files_of_the_same_name_cannot_share_a_bundle(tmp_path):
@@ -112,7 +137,9 @@ def test_two_files_of_the_same_name_cannot_share_a_bundle(tmp_path):
         ExportedModel(shared, "causal_lm", parts={"decoder": part}).layout()
 
 
-def test_an_exporter_that_carries_the_whole_path_is_still_handed_it_with_a_deprecation_warning(tmp_path):
+def test_an_exporter_that_carries_the_whole_path_is_still_handed_it_with_a_deprecation_warning(
+    tmp_path,
+):
     from tunewright import get_plugin_manager, hookimpl
     from tunewright.edge import export_bundle
 
@@ -135,6 +162,15 @@ def test_an_exporter_that_carries_the_whole_path_is_still_handed_it_with_a_depre
 
     pm = get_plugin_manager(plugins=[("whole-path", Plugin())])
     with pytest.warns(DeprecationWarning, match="'whole-path' carries the whole export itself"):
-        result = export_bundle(object(), None, "classification", [{"text": "a", "label": "x"}], tmp_path / "b",
-                               exporter="whole-path", quantize="none", pm=pm, log=lambda line: None)
+        result = export_bundle(
+            object(),
+            None,
+            "classification",
+            [{"text": "a", "label": "x"}],
+            tmp_path / "b",
+            exporter="whole-path",
+            quantize="none",
+            pm=pm,
+            log=lambda line: None,
+        )
     assert result == ("handed", tmp_path / "b", "none")

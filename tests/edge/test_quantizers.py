@@ -21,9 +21,15 @@ def exports(tmp_path_factory, tiny_classifier, tiny_causal_lm, edge_pm):
     class SmallCNN(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3),
-                                           torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                                           torch.nn.Linear(8, 3))
+            self.net = torch.nn.Sequential(
+                torch.nn.Conv2d(3, 8, 3),
+                torch.nn.ReLU(),
+                torch.nn.Conv2d(8, 8, 3),
+                torch.nn.ReLU(),
+                torch.nn.AdaptiveAvgPool2d(1),
+                torch.nn.Flatten(),
+                torch.nn.Linear(8, 3),
+            )
 
         def forward(self, pixel_values):
             return self.net(pixel_values)
@@ -34,16 +40,26 @@ def exports(tmp_path_factory, tiny_classifier, tiny_causal_lm, edge_pm):
 
     processor = ViTImageProcessor(size={"height": 16, "width": 16})
     return {
-        "encoder": exporters["optimum"].export(classifier, bert_tokenizer, "sequence_classification", root / "enc"),
+        "encoder": exporters["optimum"].export(
+            classifier, bert_tokenizer, "sequence_classification", root / "enc"
+        ),
         "decoder": exporters["optimum"].export(llama, llama_tokenizer, "causal_lm", root / "dec"),
         "genai": exporters["genai"].export(llama, llama_tokenizer, "causal_lm", root / "genai"),
         "cnn": exporters["torch"].export(cnn, processor, "image_classification", root / "cnn"),
     }
 
 
-@pytest.mark.parametrize("kind,bits,scheme", [("encoder", 8, "int8-dynamic"), ("decoder", 8, "int8-block"),
-                                              ("genai", 8, "int8-block"), ("cnn", 8, "int8-static"),
-                                              ("encoder", 4, "int4-block"), ("genai", 4, "int4-block")])
+@pytest.mark.parametrize(
+    "kind,bits,scheme",
+    [
+        ("encoder", 8, "int8-dynamic"),
+        ("decoder", 8, "int8-block"),
+        ("genai", 8, "int8-block"),
+        ("cnn", 8, "int8-static"),
+        ("encoder", 4, "int4-block"),
+        ("genai", 4, "int4-block"),
+    ],
+)
 def test_a_bit_width_picks_the_faithful_scheme(exports, edge_pm, kind, bits, scheme):
     quantizer = edge_pm.registries.quantizers[f"int{bits}"]
     assert quantizer.scheme_for(exports[kind]) is edge_pm.registries.quantizers[scheme]
@@ -72,13 +88,22 @@ def test_the_tied_embedding_table_is_quantized_once_and_shared(exports, edge_pm,
     quantized = edge_pm.registries.quantizers["int8-block"].quantize(exported, tmp_path / "q", [])
     model = onnx.load(str(quantized.path))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    tables = [name for name, value in inits.items() if value.shape[:1] == (vocab,) and value.ndim >= 2]
-    assert len(tables) == 2  # the quantized bytes (vocab, blocks, 64) and their scales (vocab, blocks)
+    tables = [
+        name for name, value in inits.items() if value.shape[:1] == (vocab,) and value.ndim >= 2
+    ]
+    assert (
+        len(tables) == 2
+    )  # the quantized bytes (vocab, blocks, 64) and their scales (vocab, blocks)
     data = next(name for name in tables if inits[name].dtype == np.uint8)
     readers = {node.op_type for node in model.graph.node if data in node.input}
-    assert readers == {"MatMulNBits", "Reshape"}  # the head reads the bytes, the gather their reshape
+    assert readers == {
+        "MatMulNBits",
+        "Reshape",
+    }  # the head reads the bytes, the gather their reshape
     assert any(node.op_type == "GatherBlockQuantized" for node in model.graph.node)
-    assert not [n for n, v in inits.items() if v.dtype == np.float32 and v.size >= vocab * 64]  # no float table left
+    assert not [
+        n for n, v in inits.items() if v.dtype == np.float32 and v.size >= vocab * 64
+    ]  # no float table left
     record = quantized.quantization["embedding_tables"][0]
     assert record["shape"] == [vocab, 64] and record["tied_head"]
     # the quantized model computes what the fp32 one does, the embedding lookup included
@@ -104,13 +129,26 @@ def test_int8_static_compacts_the_qdq_graph_names_and_computes_the_same(exports,
     before, after = onnx.load(str(cnn.path)).graph, onnx.load(str(copy)).graph
     assert saved == cnn.path.stat().st_size - copy.stat().st_size > 0
     assert [n.name for n in after.node] == [f"n{i}" for i in range(len(before.node))]
-    assert [v.name for v in after.input] == ["pixel_values"] and [v.name for v in after.output] == ["logits"]
-    run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(  # noqa: E731
-        None, {"pixel_values": pixels})[0]
+    assert [v.name for v in after.input] == ["pixel_values"] and [v.name for v in after.output] == [
+        "logits"
+    ]
+    run = lambda path: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"pixel_values": pixels}
+    )[0]
     np.testing.assert_array_equal(run(copy), run(cnn.path))
-    calibration = [{"pixel_values": np.random.default_rng(i).standard_normal((1, 3, 16, 16)).astype(np.float32)}
-                   for i in range(8)]
-    quantized = edge_pm.registries.quantizers["int8-static"].quantize(cnn, tmp_path / "q", calibration)
+    calibration = [
+        {
+            "pixel_values": np.random.default_rng(i)
+            .standard_normal((1, 3, 16, 16))
+            .astype(np.float32)
+        }
+        for i in range(8)
+    ]
+    quantized = edge_pm.registries.quantizers["int8-static"].quantize(
+        cnn, tmp_path / "q", calibration
+    )
     assert quantized.quantization["names_compacted_bytes"] > 0
-    assert quantized.quantization["calibration_method"] == "percentile 99.999"  # one input shape: images
+    assert (
+        quantized.quantization["calibration_method"] == "percentile 99.999"
+    )  # one input shape: images
     assert np.abs(run(quantized.path) - run(cnn.path)).max() < 0.1 * np.abs(run(cnn.path)).max()

@@ -36,8 +36,11 @@ def test_builtin_runtimes_are_registered_by_the_builtin_plugins(edge_pm):
     assert owners.pop("image-text-generator") == "edge-image-text"
     assert set(owners.values()) == {"edge-runtimes"}
     for cls in entries.values():  # every method of the protocol is there
-        missing = [m for m in ("logits", "teacher_forced_logits", "benchmark_inputs", "stream", "run")
-                   if not callable(getattr(cls, m, None))]
+        missing = [
+            m
+            for m in ("logits", "teacher_forced_logits", "benchmark_inputs", "stream", "run")
+            if not callable(getattr(cls, m, None))
+        ]
         assert not missing, (cls, missing)
 
 
@@ -47,9 +50,14 @@ def test_the_device_side_knows_every_builtin_plugin_that_registers_a_runtime(edg
     with another predictor than in the full plugin manager, or not at all."""
     from tunewright.edge.runtime.registry import BUILTIN_RUNTIME_PLUGINS
 
-    implementing = {name for name, info in edge_pm.infos.items() if info.builtin
-                    and "register_edge_runtimes" in info.hooks}
+    implementing = {
+        name
+        for name, info in edge_pm.infos.items()
+        if info.builtin and "register_edge_runtimes" in info.hooks
+    }
     assert implementing == set(BUILTIN_RUNTIME_PLUGINS)
+
+
 def test_a_loaded_bundle_satisfies_the_protocol(classifier_bundle, generator_bundle):
     from tunewright.edge.runtime import Predictor, load_bundle
 
@@ -63,7 +71,9 @@ def test_a_loaded_bundle_satisfies_the_protocol(classifier_bundle, generator_bun
     prompt = generator.benchmark_inputs(tokens=7)
     assert prompt["input_ids"].shape == (1, 7)
     full = generator.logits(prompt)  # (1, 7, V)
-    forced = generator.teacher_forced_logits(prompt["input_ids"][0, :4].tolist(), prompt["input_ids"][0, 4:].tolist())
+    forced = generator.teacher_forced_logits(
+        prompt["input_ids"][0, :4].tolist(), prompt["input_ids"][0, 4:].tolist()
+    )
     # the cache path and the full pass predict the same tokens at the same positions
     np.testing.assert_allclose(forced, full[0, 3:6], atol=2e-3)
     assert len(list(generator.stream(prompt, max_new_tokens=5, stop_at_eos=False))) == 5
@@ -75,8 +85,12 @@ def test_generator_logits_ignore_padding(generator_bundle):
     generator = load_bundle(generator_bundle)
     ids = generator.benchmark_inputs(tokens=6)["input_ids"][0]
     alone = generator.logits({"input_ids": ids[None, :4]})[0]
-    padded = generator.logits({"input_ids": np.stack([ids, np.r_[ids[:4], 0, 0]]),
-                               "attention_mask": np.asarray([[1] * 6, [1, 1, 1, 1, 0, 0]])})
+    padded = generator.logits(
+        {
+            "input_ids": np.stack([ids, np.r_[ids[:4], 0, 0]]),
+            "attention_mask": np.asarray([[1] * 6, [1, 1, 1, 1, 0, 0]]),
+        }
+    )
     np.testing.assert_allclose(padded[1, :4], alone, atol=1e-4)
     assert not padded[1, 4:].any()
 
@@ -132,11 +146,17 @@ def test_hook_register_edge_runtimes_brings_a_runtime_for_a_new_kind(classifier_
     bundle = tmp_path / "toy"
     shutil.copytree(classifier_bundle, bundle)
     resign(bundle, runtime="toy-runtime", task_kind="toy_kind")
-    with pytest.raises(BundleError, match=r"no edge runtime registered for runtime 'toy-runtime' and task kind "
-                                          r"'toy_kind' \(registered: .*onnxruntime/causal_lm.*\)"):
+    with pytest.raises(
+        BundleError,
+        match=r"no edge runtime registered for runtime 'toy-runtime' and task kind "
+        r"'toy_kind' \(registered: .*onnxruntime/causal_lm.*\)",
+    ):
         load_bundle(bundle)
     pm = get_plugin_manager(plugins=[("toy", ToyPlugin())])
-    assert pm.registries.edge_runtimes["echo"] is EchoClassifier and pm.registries.owner("edge_runtimes", "echo") == "toy"
+    assert (
+        pm.registries.edge_runtimes["echo"] is EchoClassifier
+        and pm.registries.owner("edge_runtimes", "echo") == "toy"
+    )
     predictor = load_bundle(bundle, pm=pm)
     assert isinstance(predictor, EchoClassifier)
     assert predictor.run(["hi"]) == [{"echo": "hi"}]
@@ -146,7 +166,9 @@ def test_hook_register_edge_runtimes_brings_a_runtime_for_a_new_kind(classifier_
     # something else than the tuned model, and verify says so
     report = verify_bundle(bundle, pm=pm)
     assert report["rerun"]["max_abs_diff"] > report["recorded"]["max_abs_diff"]
-    assert not report["ok"] and any("max abs logit difference" in problem for problem in report["problems"])
+    assert not report["ok"] and any(
+        "max abs logit difference" in problem for problem in report["problems"]
+    )
 
 
 def test_a_plugin_runtime_wins_over_a_builtin_and_two_plugins_are_an_error(classifier_bundle):
@@ -162,10 +184,17 @@ def test_a_plugin_runtime_wins_over_a_builtin_and_two_plugins_are_an_error(class
     pm = get_plugin_manager(plugins=[("fast", _plugin(("fast-text", FasterTextClassifier)))])
     assert find_predictor("onnxruntime", "sequence_classification", pm=pm) is FasterTextClassifier
     assert find_predictor("onnxruntime", "causal_lm", pm=pm).__name__ == "Generator"
-    pm = get_plugin_manager(plugins=[("fast", _plugin(("fast-text", FasterTextClassifier))),
-                                     ("other", _plugin(("other-text", Other)))])
-    with pytest.raises(BundleError, match=r"several edge runtimes serve runtime 'onnxruntime' and task kind "
-                                          r"'sequence_classification': 'fast-text' \(fast\), 'other-text' \(other\)"):
+    pm = get_plugin_manager(
+        plugins=[
+            ("fast", _plugin(("fast-text", FasterTextClassifier))),
+            ("other", _plugin(("other-text", Other))),
+        ]
+    )
+    with pytest.raises(
+        BundleError,
+        match=r"several edge runtimes serve runtime 'onnxruntime' and task kind "
+        r"'sequence_classification': 'fast-text' \(fast\), 'other-text' \(other\)",
+    ):
         find_predictor("onnxruntime", "sequence_classification", pm=pm)
 
 
@@ -174,18 +203,26 @@ def test_a_builtin_bundle_opens_without_importing_the_other_plugins(classifier_b
 
     if _runtime_plugin_manager() is None:
         pytest.skip("a third-party tunewright plugin is installed: the plugin manager decides then")
-    code = ("import sys; from tunewright.edge.runtime import find_predictor, load_bundle; "
-            f"p = load_bundle({str(classifier_bundle)!r}); p.predict(['good film']); "
-            "image_text = find_predictor('onnxruntime', 'image_text_to_text').__name__; "
-            "print(image_text, sorted(m for m in ('torch', 'transformers', 'tunewright.plugins.tasks', "
-            "'tunewright.plugins.vision.image_text') if m in sys.modules))")
+    code = (
+        "import sys; from tunewright.edge.runtime import find_predictor, load_bundle; "
+        f"p = load_bundle({str(classifier_bundle)!r}); p.predict(['good film']); "
+        "image_text = find_predictor('onnxruntime', 'image_text_to_text').__name__; "
+        "print(image_text, sorted(m for m in ('torch', 'transformers', 'tunewright.plugins.tasks', "
+        "'tunewright.plugins.vision.image_text') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ImageTextGenerator []"
 
 
-@pytest.mark.parametrize("args", [["edge", "verify"], ["edge", "run", "{bundle}", "good film"],
-                                  ["edge", "bench", "{bundle}", "--runs", "2"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["edge", "verify"],
+        ["edge", "run", "{bundle}", "good film"],
+        ["edge", "bench", "{bundle}", "--runs", "2"],
+    ],
+)
 def test_an_edge_command_builds_one_plugin_manager(classifier_bundle, monkeypatch, capsys, args):
     """The command line's manager opens the bundle: none is built behind it to find the runtime."""
     from tunewright import manager

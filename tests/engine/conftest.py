@@ -3,7 +3,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from samples import chat_rows, classification_rows, write_jsonl
 
 

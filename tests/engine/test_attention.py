@@ -9,14 +9,15 @@ import torch
 
 from tunewright.attention import GROUPED, grouped_attention, prefer_cpu_attention, register
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def llama(tiny_llama_dir, attention="sdpa", dtype=torch.float32):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation=attention, dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(
+        tiny_llama_dir, attn_implementation=attention, dtype=dtype
+    )
 
 
 def padded_batch():
@@ -33,7 +34,9 @@ def logits_and_grads(model, batch):
     model.zero_grad(set_to_none=True)
     out = model(**batch)
     out.loss.backward()
-    return out.logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return out.logits.detach(), {
+        n: p.grad for n, p in model.named_parameters() if p.grad is not None
+    }
 
 
 def test_grouped_attention_gives_eager_attentions_figures_and_gradients(tiny_llama_dir):
@@ -43,7 +46,10 @@ def test_grouped_attention_gives_eager_attentions_figures_and_gradients(tiny_lla
     assert grouped.config._attn_implementation == GROUPED
     calls = []
     grouped.model.layers[0].self_attn.register_forward_hook(lambda *args: calls.append(1))
-    (expected, expected_grads), (ours, grads) = logits_and_grads(eager, batch), logits_and_grads(grouped, batch)
+    (expected, expected_grads), (ours, grads) = (
+        logits_and_grads(eager, batch),
+        logits_and_grads(grouped, batch),
+    )
     assert calls
     real = batch["attention_mask"].bool()
     torch.testing.assert_close(ours[real], expected[real], rtol=1e-5, atol=1e-5)
@@ -55,7 +61,9 @@ def test_grouped_attention_gives_eager_attentions_figures_and_gradients(tiny_lla
 def test_in_bf16_grouped_attention_stays_near_fp32():
     torch.manual_seed(0)
     query, key, value = torch.randn(2, 6, 9, 16), torch.randn(2, 2, 9, 16), torch.randn(2, 2, 9, 16)
-    mask = torch.zeros(2, 1, 9, 9).masked_fill(torch.ones(9, 9, dtype=torch.bool).triu(1), torch.finfo(torch.float32).min)
+    mask = torch.zeros(2, 1, 9, 9).masked_fill(
+        torch.ones(9, 9, dtype=torch.bool).triu(1), torch.finfo(torch.float32).min
+    )
     module = torch.nn.Module()
     exact, exact_weights = grouped_attention(module, query, key, value, mask, scaling=0.25)
     # against repeat_kv + softmax, as transformers' eager computes it
@@ -63,13 +71,16 @@ def test_in_bf16_grouped_attention_stays_near_fp32():
     weights = torch.softmax(query @ keys.transpose(-1, -2) * 0.25 + mask, dim=-1)
     torch.testing.assert_close(exact_weights, weights)
     torch.testing.assert_close(exact, (weights @ values).transpose(1, 2))
-    low, low_weights = grouped_attention(module, *(t.bfloat16() for t in (query, key, value)), mask.bfloat16(),
-                                         scaling=0.25)
+    low, low_weights = grouped_attention(
+        module, *(t.bfloat16() for t in (query, key, value)), mask.bfloat16(), scaling=0.25
+    )
     assert low.dtype == torch.bfloat16 and low_weights.dtype == torch.bfloat16
     torch.testing.assert_close(low.float(), exact, rtol=0.02, atol=0.02)
 
 
-def test_an_argument_it_does_not_know_goes_to_the_models_own_eager_attention(tiny_llama_dir, monkeypatch):
+def test_an_argument_it_does_not_know_goes_to_the_models_own_eager_attention(
+    tiny_llama_dir, monkeypatch
+):
     from transformers.models.llama import modeling_llama
 
     seen = []
@@ -82,7 +93,9 @@ def test_an_argument_it_does_not_know_goes_to_the_models_own_eager_attention(tin
     monkeypatch.setattr(modeling_llama, "eager_attention_forward", recording)
     module = llama(tiny_llama_dir).model.layers[0].self_attn
     query, key, value = torch.randn(1, 4, 5, 16), torch.randn(1, 2, 5, 16), torch.randn(1, 2, 5, 16)
-    grouped_attention(module, query, key, value, None, scaling=0.25, position_ids=torch.arange(5)[None])
+    grouped_attention(
+        module, query, key, value, None, scaling=0.25, position_ids=torch.arange(5)[None]
+    )
     assert seen == []  # position_ids means nothing to eager attention either
     grouped_attention(module, query, key, value, None, scaling=0.25, softcap=30.0)
     assert seen and seen[0]["softcap"] == 30.0

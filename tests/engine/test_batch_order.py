@@ -33,7 +33,9 @@ def rank_correlation(xs: list[float], ys: list[float]) -> float:
 
 
 def test_grouped_batches_hold_like_lengths_longest_first_in_no_length_order():
-    data = features(8 * MEGABATCH)  # one megabatch: the case of a short run such as the quickstart's
+    data = features(
+        8 * MEGABATCH
+    )  # one megabatch: the case of a short run such as the quickstart's
     batches = batch_order(data, 8, 7, 0, True, length)
     assert sorted(i for b in batches for i in b) == list(range(len(data)))  # each example once
     longest = [max(length(data[i]) for i in b) for b in batches]
@@ -43,8 +45,12 @@ def test_grouped_batches_hold_like_lengths_longest_first_in_no_length_order():
     assert sum(length(f) for f in data) / padded > 0.95
     # ... but they come in no length order: the rank correlation of step and length is near 0
     # (it was -1 in length order)
-    assert abs(rank_correlation(list(range(1, len(batches))), [float(m) for m in longest[1:]])) < 0.35
-    assert batch_order(data, 8, 7, 0, True, length) == batches  # the same for the same seed and epoch
+    assert (
+        abs(rank_correlation(list(range(1, len(batches))), [float(m) for m in longest[1:]])) < 0.35
+    )
+    assert (
+        batch_order(data, 8, 7, 0, True, length) == batches
+    )  # the same for the same seed and epoch
     assert batch_order(data, 8, 7, 1, True, length) != batches
 
 
@@ -59,4 +65,6 @@ def test_a_loss_that_follows_length_alone_draws_a_flat_curve():
     first, last = statistics.mean(losses[:fifth]), statistics.mean(losses[-fifth:])
     assert abs(last - first) < 0.25 * statistics.pstdev(losses) + 0.05
     in_length_order = sorted(losses)
-    assert statistics.mean(in_length_order[-fifth:]) - statistics.mean(in_length_order[:fifth]) > 1.0
+    assert (
+        statistics.mean(in_length_order[-fifth:]) - statistics.mean(in_length_order[:fifth]) > 1.0
+    )

@@ -11,20 +11,28 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from samples import chat_rows, classification_rows, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def tw(*args, cwd=None, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "tunewright", *args], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "tunewright", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 def write_config(path: Path, **changes) -> Path:
     raw = {
-        "model": "smollm2-135m-instruct", "task": "chat", "method": "lora", "lora": {"r": 8, "alpha": 16},
+        "model": "smollm2-135m-instruct",
+        "task": "chat",
+        "method": "lora",
+        "lora": {"r": 8, "alpha": 16},
         "data": {"train": "data/train.jsonl", "validation": 0.1},
         "training": {"epochs": 1, "max_steps": 60, "batch_size": 8, "learning_rate": 2.0e-4},
         "output": "runs/chat-lora",
@@ -55,7 +63,10 @@ def test_typo_in_config_exits_2_and_names_the_key(tmp_path):
     config.write_text(config.read_text().replace("learning_rate", "learnin_rate"))
     result = tw("train", str(config), cwd=tmp_path)
     assert result.returncode == 2
-    assert "training.learnin_rate: unknown key; did you mean 'training.learning_rate'?" in result.stderr
+    assert (
+        "training.learnin_rate: unknown key; did you mean 'training.learning_rate'?"
+        in result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -88,15 +99,22 @@ def test_missing_data_file_exits_2_before_loading_the_model(tmp_path):
 def test_set_overrides_reach_the_job(tmp_path):
     config = write_config(tmp_path / "job.yaml")
     result = tw("train", str(config), "--set", "training.batch_size=eight", cwd=tmp_path)
-    assert result.returncode == 2 and "training.batch_size: expected an integer, got 'eight'" in result.stderr
+    assert (
+        result.returncode == 2
+        and "training.batch_size: expected an integer, got 'eight'" in result.stderr
+    )
 
 
-def chat_file_with_problems(path: Path, rows: list[dict], not_json: int, robot: int, unanswered: int) -> Path:
+def chat_file_with_problems(
+    path: Path, rows: list[dict], not_json: int, robot: int, unanswered: int
+) -> Path:
     """``rows`` as chat JSONL but for three broken lines (0-based): one that is not JSON, one with
     an unknown role, one without an assistant reply."""
     lines = [json.dumps(r) for r in rows]
     lines[not_json] = "{not json"
-    lines[robot] = json.dumps({"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]})
+    lines[robot] = json.dumps(
+        {"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]}
+    )
     lines[unanswered] = json.dumps({"messages": [{"role": "user", "content": "only a question"}]})
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -106,10 +124,18 @@ def test_validate_reports_every_problem_with_its_line(tmp_path):
     data = chat_file_with_problems(tmp_path / "train.jsonl", chat_rows(12), 2, 4, 6)
     result = tw("validate", str(data), "--task", "chat")
     assert result.returncode == 2
-    assert f"{data}:3:" in result.stdout and f"{data}:5:" in result.stdout and f"{data}:7:" in result.stdout
+    assert (
+        f"{data}:3:" in result.stdout
+        and f"{data}:5:" in result.stdout
+        and f"{data}:7:" in result.stdout
+    )
     assert "robot" in result.stdout
     report = json.loads(tw("validate", str(data), "--json").stdout)
-    assert not report["ok"] and {e["location"] for e in report["errors"]} >= {f"{data}:3", f"{data}:5", f"{data}:7"}
+    assert not report["ok"] and {e["location"] for e in report["errors"]} >= {
+        f"{data}:3",
+        f"{data}:5",
+        f"{data}:7",
+    }
 
 
 def test_validate_summarises_clean_data(tmp_path):
@@ -142,7 +168,12 @@ def test_validate_without_task_takes_the_task_the_format_names(tmp_path):
 def test_validate_without_config_checks_length_against_the_model_context(tmp_path):
     rows = chat_rows(60)
     # 10,000 words: longer than SmolLM2's 8,192-token context
-    rows[7] = {"messages": [{"role": "user", "content": "please " * 10_000}, {"role": "assistant", "content": "no"}]}
+    rows[7] = {
+        "messages": [
+            {"role": "user", "content": "please " * 10_000},
+            {"role": "assistant", "content": "no"},
+        ]
+    }
     data = write_jsonl(tmp_path / "train.jsonl", rows)
     result = tw("validate", str(data))
     assert result.returncode == 2, result.stdout
@@ -151,7 +182,12 @@ def test_validate_without_config_checks_length_against_the_model_context(tmp_pat
     # with a config, data.max_length is the limit
     config = write_config(tmp_path / "job.yaml", **{"data.train": str(data), "data.max_length": 64})
     rows[7] = chat_rows(1)[0]
-    rows[9] = {"messages": [{"role": "user", "content": "word " * 80}, {"role": "assistant", "content": "ok"}]}
+    rows[9] = {
+        "messages": [
+            {"role": "user", "content": "word " * 80},
+            {"role": "assistant", "content": "ok"},
+        ]
+    }
     write_jsonl(data, rows)
     result = tw("validate", str(data), "--config", str(config))
     assert result.returncode == 2 and f"{data}:10: " in result.stdout
@@ -160,12 +196,17 @@ def test_validate_without_config_checks_length_against_the_model_context(tmp_pat
 
 def test_validate_image_parts_need_a_vision_task(tmp_path):
     rows = chat_rows(60)
-    rows[3]["messages"][0]["content"] = [{"type": "text", "text": "What is this?"},
-                                         {"type": "image_url", "image_url": {"url": "cat.png"}}]
+    rows[3]["messages"][0]["content"] = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "cat.png"}},
+    ]
     data = write_jsonl(tmp_path / "train.jsonl", rows)
     result = tw("validate", str(data), "--task", "chat")
     assert result.returncode == 2
-    assert f"{data}:4: 1 image part: the chat task trains on text only; image parts need a vision task" in result.stdout
+    assert (
+        f"{data}:4: 1 image part: the chat task trains on text only; image parts need a vision task"
+        in result.stdout
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -176,7 +217,10 @@ def test_overwrite_never_deletes_a_folder_tunewright_did_not_make(tmp_path):
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     result = tw("train", str(config), "--overwrite", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
-    assert "--overwrite replaces only a run directory" in result.stderr and "nothing was deleted" in result.stderr
+    assert (
+        "--overwrite replaces only a run directory" in result.stderr
+        and "nothing was deleted" in result.stderr
+    )
     assert "Traceback" not in result.stderr
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
@@ -195,9 +239,18 @@ def test_init_writes_a_config_that_validates(tmp_path):
 def test_eval_scores_a_run_on_a_file(tiny_bert_dir, tmp_path):
     data = write_jsonl(tmp_path / "train.jsonl", classification_rows(150))
     test = write_jsonl(tmp_path / "test.jsonl", classification_rows(60, seed=3))
-    config = write_config(tmp_path / "job.yaml", model=str(tiny_bert_dir), task="classification", method="full",
-                          **{"data.train": str(data), "training.max_steps": 80, "training.learning_rate": 2e-3,
-                             "output": str(tmp_path / "run")})
+    config = write_config(
+        tmp_path / "job.yaml",
+        model=str(tiny_bert_dir),
+        task="classification",
+        method="full",
+        **{
+            "data.train": str(data),
+            "training.max_steps": 80,
+            "training.learning_rate": 2e-3,
+            "output": str(tmp_path / "run"),
+        },
+    )
     raw = yaml.safe_load(config.read_text())
     del raw["lora"]
     config.write_text(yaml.safe_dump(raw))
@@ -209,8 +262,15 @@ def test_eval_scores_a_run_on_a_file(tiny_bert_dir, tmp_path):
     assert set(metrics) == {"accuracy", "precision", "recall", "f1", "loss"}
     assert metrics["accuracy"] > 0.6  # three balanced classes: chance is a third
     # on the run's own held-out split, eval gives exactly the figures the job recorded
-    again = json.loads(tw("eval", str(tmp_path / "run"), "--data", str(tmp_path / "run" / "data" / "validation.jsonl"),
-                          "--json").stdout)
+    again = json.loads(
+        tw(
+            "eval",
+            str(tmp_path / "run"),
+            "--data",
+            str(tmp_path / "run" / "data" / "validation.jsonl"),
+            "--json",
+        ).stdout
+    )
     recorded = json.loads((tmp_path / "run" / "eval.json").read_text())["final"]
     assert again == pytest.approx(recorded, rel=1e-4)
     unknown = write_jsonl(tmp_path / "bad.jsonl", [{"text": "x", "label": "sideways"}] * 12)
@@ -226,16 +286,38 @@ def test_third_party_plugin_installs_lists_and_trains(tmp_path):
 
     venv = tmp_path / "venv"
     # without a pip of its own, this environment's pip and setuptools install into it
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)],
-                   check=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)],
+        check=True,
+        timeout=120,
+    )
     python = str(venv / "bin" / "python")
     source = shutil.copytree(ROOT / "tests" / "example_plugin", tmp_path / "example_plugin")
-    subprocess.run([python, "-m", "pip", "--disable-pip-version-check", "-q", "install", "--no-deps",
-                    "--no-build-isolation", str(source)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            python,
+            "-m",
+            "pip",
+            "--disable-pip-version-check",
+            "-q",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
 
     def in_venv(*args, env=None):
-        return subprocess.run([python, "-m", "tunewright", *args], capture_output=True, text=True,
-                              env={**os.environ, **(env or {})}, timeout=900)
+        return subprocess.run(
+            [python, "-m", "tunewright", *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+            timeout=900,
+        )
 
     listed = {p["name"]: p for p in json.loads(in_venv("plugins", "--json").stdout)}
     assert listed["bitfit"]["distribution"] == "tunewright-bitfit"
@@ -244,9 +326,18 @@ def test_third_party_plugin_installs_lists_and_trains(tmp_path):
 
     data = write_jsonl(tmp_path / "train.jsonl", classification_rows(120))
     # BitFit tunes biases on top of pretrained features: the real MiniLM, not a random one
-    config = write_config(tmp_path / "job.yaml", model="minilm-l6", task="classification",
-                          method="bitfit", **{"data.train": str(data), "training.max_steps": 40,
-                                              "training.learning_rate": 5e-3, "output": str(tmp_path / "run")})
+    config = write_config(
+        tmp_path / "job.yaml",
+        model="minilm-l6",
+        task="classification",
+        method="bitfit",
+        **{
+            "data.train": str(data),
+            "training.max_steps": 40,
+            "training.learning_rate": 5e-3,
+            "output": str(tmp_path / "run"),
+        },
+    )
     raw = yaml.safe_load(config.read_text())
     del raw["lora"]
     raw["bitfit"] = {"train_head": True}
@@ -261,7 +352,10 @@ def test_third_party_plugin_installs_lists_and_trains(tmp_path):
     raw["bitfit"] = {"train_heads": True}
     config.write_text(yaml.safe_dump(raw))
     bad = in_venv("train", str(config), "--overwrite")
-    assert bad.returncode == 2 and "bitfit.train_heads: unknown key; did you mean 'bitfit.train_head'?" in bad.stderr
+    assert (
+        bad.returncode == 2
+        and "bitfit.train_heads: unknown key; did you mean 'bitfit.train_head'?" in bad.stderr
+    )
     # the allow-list keeps it out
     hidden = in_venv("plugins", "--json", env={"TUNEWRIGHT_LOAD_PLUGINS": "nothing"})
     assert "bitfit" not in {p["name"] for p in json.loads(hidden.stdout)}
@@ -269,8 +363,12 @@ def test_third_party_plugin_installs_lists_and_trains(tmp_path):
     assert "bitfit" not in {p["name"] for p in json.loads(tw("plugins", "--json").stdout)}
 
 
-@pytest.mark.parametrize(("how", "code", "said"), [("sigterm", 143, "terminated"), ("ctrl-c", 130, "interrupted")])
-def test_sigterm_and_ctrl_c_unwind_the_command_and_exit_with_their_codes(monkeypatch, capsys, how, code, said):
+@pytest.mark.parametrize(
+    ("how", "code", "said"), [("sigterm", 143, "terminated"), ("ctrl-c", 130, "interrupted")]
+)
+def test_sigterm_and_ctrl_c_unwind_the_command_and_exit_with_their_codes(
+    monkeypatch, capsys, how, code, said
+):
     """A real SIGTERM to this process mid-command (as a scheduler preempting the job sends it)
     raises where the command is, so its ``finally`` runs (there a deployed server stops its
     SuperLink); Ctrl-C likewise. click wraps both in ``Abort``: neither may end as "aborted", 1."""
@@ -293,7 +391,9 @@ def test_sigterm_and_ctrl_c_unwind_the_command_and_exit_with_their_codes(monkeyp
             cleaned.append(how)
 
     before = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(cli_module, "build_cli", lambda pm: click.Group("tunewright", commands={"work": work}))
+    monkeypatch.setattr(
+        cli_module, "build_cli", lambda pm: click.Group("tunewright", commands={"work": work})
+    )
     monkeypatch.setattr(cli_module, "EXIT_GRACE_SECONDS", 0.1)
     with pytest.raises(SystemExit) as exit_:
         cli_module.main(["work"])
@@ -305,8 +405,9 @@ def test_sigterm_and_ctrl_c_unwind_the_command_and_exit_with_their_codes(monkeyp
 
 
 @pytest.mark.parametrize("checkpointed", [True, False])
-def test_an_interrupted_train_points_to_resume_only_when_a_checkpoint_is_kept(tmp_path, monkeypatch, capsys,
-                                                                                 checkpointed):
+def test_an_interrupted_train_points_to_resume_only_when_a_checkpoint_is_kept(
+    tmp_path, monkeypatch, capsys, checkpointed
+):
     from tunewright import cli as cli_module
     from tunewright import run as run_module
 
@@ -341,7 +442,8 @@ def test_an_interrupted_command_exits_although_a_library_left_a_thread_waiting(t
         "    raise KeyboardInterrupt\n"
         "cli.build_cli = lambda pm: click.Group('tunewright', commands={'work': work})\n"
         "import sys\nsys.argv = ['tunewright', 'work']\n"
-        "cli.main()  # as the console script calls it: this process is the command's\n")
+        "cli.main()  # as the console script calls it: this process is the command's\n"
+    )
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 130, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1] == "interrupted"
@@ -361,6 +463,8 @@ def test_validate_counts_only_usable_examples_and_their_tokens(tmp_path, tiny_ll
     assert summary["examples"] == 2
     task = pm.registries.get("tasks", "chat")
     tokenizer = task.load_tokenizer(tiny_llama_dir)
-    assert summary["tokens"]["total"] == sum(len(task.tokenize(rows[i], tokenizer)["input_ids"]) for i in (0, 4))
+    assert summary["tokens"]["total"] == sum(
+        len(task.tokenize(rows[i], tokenizer)["input_ids"]) for i in (0, 4)
+    )
     assert any(p.message.startswith("2 usable examples of 4;") for p in report.errors)
     assert "2 examples" in report.render()

@@ -27,7 +27,9 @@ def registries():
 
 
 def load(text: str, registries, overrides=()):
-    return load_config(apply_overrides(yaml.safe_load(text), list(overrides)), registries, source="job.yaml")
+    return load_config(
+        apply_overrides(yaml.safe_load(text), list(overrides)), registries, source="job.yaml"
+    )
 
 
 def test_the_minimal_config_of_the_issue_loads_as_written(registries):
@@ -83,7 +85,9 @@ def test_section_of_another_method_is_an_error(registries):
 
 
 def test_overrides_set_any_key(registries):
-    config = load(MINIMAL, registries, ["training.max_steps=5", "lora.r=4", "data.validation=data/v.jsonl"])
+    config = load(
+        MINIMAL, registries, ["training.max_steps=5", "lora.r=4", "data.validation=data/v.jsonl"]
+    )
     assert config.training.max_steps == 5 and config.section("lora").r == 4
     assert config.data.validation == "data/v.jsonl"
 
@@ -122,14 +126,18 @@ def test_plugin_config_section_is_validated():
     registries = get_plugin_manager(plugins=[("redact", Plugin())], env={}).registries
     config = load(MINIMAL + "redaction: {patterns: ['[0-9]+']}\n", registries)
     assert config.section("redaction").patterns == ["[0-9]+"]
-    with pytest.raises(ConfigError, match="redaction.pattern: unknown key; did you mean 'redaction.patterns'"):
+    with pytest.raises(
+        ConfigError, match="redaction.pattern: unknown key; did you mean 'redaction.patterns'"
+    ):
         load(MINIMAL + "redaction: {pattern: []}\n", registries)
 
 
 def test_every_unknown_registration_is_reported_in_one_error(registries):
     """Three plugins that are not installed: one error naming the three, each in one style."""
     with pytest.raises(ConfigError) as caught:
-        load(MINIMAL, registries, ["runner=flower", "data.format=parquet", "trackers=[jsonl, wandb]"])
+        load(
+            MINIMAL, registries, ["runner=flower", "data.format=parquet", "trackers=[jsonl, wandb]"]
+        )
     lines = str(caught.value).splitlines()
     assert len(lines) == 3, lines
     assert lines[0].startswith("job.yaml: runner: unknown runner 'flower'")
@@ -190,8 +198,12 @@ class Remote:
 
 def test_runners_trackers_and_sections_check_their_settings_with_the_config():
     pm = get_plugin_manager(env={}, plugins=[("remote", Remote())])
-    bad = ["runner=remote", "trackers=[jsonl, board]", "training.gradient_accumulation_steps=2",
-           "remote.host=localhost"]
+    bad = [
+        "runner=remote",
+        "trackers=[jsonl, board]",
+        "training.gradient_accumulation_steps=2",
+        "remote.host=localhost",
+    ]
     with pytest.raises(ConfigError) as caught:
         load(MINIMAL, pm.registries, bad)
     assert str(caught.value).splitlines() == [

@@ -10,8 +10,16 @@ import pytest
 
 from tunewright import DataError, JobConfig, PluginError, Problem, get_plugin_manager, hookimpl
 from tunewright.data import (
-    DataProblems, PreparedData, balance, check_examples, check_lengths, prepare_data, read_examples,
-    render_report, split, summarize,
+    DataProblems,
+    PreparedData,
+    balance,
+    check_examples,
+    check_lengths,
+    prepare_data,
+    read_examples,
+    render_report,
+    split,
+    summarize,
 )
 from tunewright.plugins.tasks import ChatTask, ClassificationTask
 
@@ -44,7 +52,12 @@ def write_jsonl(path, records):
 
 
 def chat(question, answer="ok"):
-    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+    return {
+        "messages": [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer},
+        ]
+    }
 
 
 def labelled(n, labels=("pos", "neg"), prefix="text"):
@@ -52,8 +65,14 @@ def labelled(n, labels=("pos", "neg"), prefix="text"):
 
 
 def config(train, task="classification", training=None, **data):
-    return JobConfig.model_validate({"model": "minilm-l6", "task": task, "training": training or {},
-                                     "data": {"train": str(train), **data}})
+    return JobConfig.model_validate(
+        {
+            "model": "minilm-l6",
+            "task": task,
+            "training": training or {},
+            "data": {"train": str(train), **data},
+        }
+    )
 
 
 LOCATION = re.compile(r"^.+\.(jsonl|csv|json):\d+$")
@@ -66,7 +85,9 @@ LOCATION = re.compile(r"^.+\.(jsonl|csv|json):\d+$")
 
 def test_missing_file(tmp_path, pm):
     (tmp_path / "train.jsonl").write_text("{}\n")
-    with pytest.raises(DataError, match=r"tran\.jsonl: file not found; did you mean .*train\.jsonl"):
+    with pytest.raises(
+        DataError, match=r"tran\.jsonl: file not found; did you mean .*train\.jsonl"
+    ):
         read_examples(tmp_path / "tran.jsonl", pm.registries)
     with pytest.raises(DataError, match=r"file not found \(the folder .* does not exist either\)"):
         read_examples(tmp_path / "nowhere" / "x.jsonl", pm.registries)
@@ -74,8 +95,11 @@ def test_missing_file(tmp_path, pm):
 
 def test_directory(tmp_path, pm):
     # A folder format is built in (image-folder, a folder per class), so a folder is read with it.
-    with pytest.raises(DataError, match=r"the folder is empty: it holds no records \(expected a data "
-                                        r"file ending in .*\.csv.*\.jsonl.*, or a folder read by image-folder"):
+    with pytest.raises(
+        DataError,
+        match=r"the folder is empty: it holds no records \(expected a data "
+        r"file ending in .*\.csv.*\.jsonl.*, or a folder read by image-folder",
+    ):
         read_examples(tmp_path, pm.registries)
 
 
@@ -117,29 +141,39 @@ def test_empty_file(tmp_path, pm, content):
 def test_unknown_suffix(tmp_path, pm):
     path = tmp_path / "train.txt"
     path.write_text("hello\n")
-    with pytest.raises(DataError, match=r"cannot tell the format of a '\.txt' file .* set data.format"):
+    with pytest.raises(
+        DataError, match=r"cannot tell the format of a '\.txt' file .* set data.format"
+    ):
         read_examples(path, pm.registries)
 
 
 def test_utf16_file(tmp_path, pm):
     path = tmp_path / "train.jsonl"
     path.write_text('{"text": "a", "label": 1}\n', encoding="utf-16")
-    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}:1: the file is UTF-16 .* save it as UTF-8"):
+    with pytest.raises(
+        DataError, match=rf"^{re.escape(str(path))}:1: the file is UTF-16 .* save it as UTF-8"
+    ):
         read_examples(path, pm.registries)
 
 
 def test_non_utf8_line_is_one_problem(tmp_path, pm):
     path = tmp_path / "train.jsonl"
-    path.write_bytes(b'{"text": "a", "label": 1}\n{"text": "caf\xe9", "label": 2}\n{"text": "c", "label": 1}\n')
+    path.write_bytes(
+        b'{"text": "a", "label": 1}\n{"text": "caf\xe9", "label": 2}\n{"text": "c", "label": 1}\n'
+    )
     _examples, locations, problems = read_examples(path, pm.registries)
     assert locations == [f"{path}:1", f"{path}:3"]
-    assert problems == [Problem(f"{path}:2", "byte 0xe9 at column 14 is not UTF-8 (save the file as UTF-8)")]
+    assert problems == [
+        Problem(f"{path}:2", "byte 0xe9 at column 14 is not UTF-8 (save the file as UTF-8)")
+    ]
 
 
 def test_every_broken_line_is_reported(tmp_path, pm):
     path = tmp_path / "train.jsonl"
-    path.write_text(json.dumps(chat("a")) + "\n{broken\n\n" + json.dumps(chat("b")) + "\n[1, 2]\n"
-                    '{"messages": [{"role": "user", "content": "x"}]\n')
+    path.write_text(
+        json.dumps(chat("a")) + "\n{broken\n\n" + json.dumps(chat("b")) + "\n[1, 2]\n"
+        '{"messages": [{"role": "user", "content": "x"}]\n'
+    )
     _examples, locations, problems = read_examples(path, pm.registries)
     assert locations == [f"{path}:1", f"{path}:4"]
     assert [p.location for p in problems] == [f"{path}:2", f"{path}:5", f"{path}:6"]
@@ -172,11 +206,20 @@ def read(path, pm):
 
 def test_chat_example_checks_carry_locations(tmp_path, pm):
     records = [chat(f"q{i}") for i in range(60)]
-    records[3] = {"messages": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
-    records[7] = {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "yo"}]}
+    records[3] = {
+        "messages": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    }
+    records[7] = {
+        "messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "yo"}]
+    }
     records[11] = {"messages": [{"role": "user", "content": "hi"}]}
-    records[12] = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"},
-                                {"role": "user", "content": "b"}]}
+    records[12] = {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "a"},
+            {"role": "user", "content": "b"},
+        ]
+    }
     path = write_jsonl(tmp_path / "train.jsonl", records)
     problems = check_examples(*read(path, pm), "chat", pm)
     assert [(p.location, p.message.split(" (")[0]) for p in problems] == [
@@ -198,7 +241,9 @@ def test_duplicates_warn_naming_both_lines(tmp_path, pm):
     assert f"the same example as {path}:6" in problem.message
 
 
-@pytest.mark.parametrize("count, severity", [(9, "error"), (10, "warning"), (49, "warning"), (50, None)])
+@pytest.mark.parametrize(
+    "count, severity", [(9, "error"), (10, "warning"), (49, "warning"), (50, None)]
+)
 def test_too_few_examples(tmp_path, pm, count, severity):
     path = write_jsonl(tmp_path / "train.jsonl", labelled(count))
     problems = check_examples(*read(path, pm), "classification", pm)
@@ -212,8 +257,9 @@ def test_too_few_examples(tmp_path, pm, count, severity):
 
 def test_few_validation_examples_only_warn(tmp_path, pm):
     path = write_jsonl(tmp_path / "validation.jsonl", labelled(4))
-    [problem] = check_examples(*read(path, pm), "classification", pm, reference_labels=["pos", "neg"],
-                               split="validation")
+    [problem] = check_examples(
+        *read(path, pm), "classification", pm, reference_labels=["pos", "neg"], split="validation"
+    )
     assert problem.severity == "warning" and "only 4 validation examples" in problem.message
 
 
@@ -221,16 +267,25 @@ def test_unknown_label_in_validation(tmp_path, pm):
     records = labelled(12)
     records[2]["label"] = "neutral"
     path = write_jsonl(tmp_path / "validation.jsonl", records)
-    problems = check_examples(*read(path, pm), "classification", pm, reference_labels=["pos", "neg"],
-                              split="validation")
-    assert problems == [Problem(f"{path}:3", "label 'neutral' does not occur in the training data "
-                                             "(training labels: neg, pos)")]
+    problems = check_examples(
+        *read(path, pm), "classification", pm, reference_labels=["pos", "neg"], split="validation"
+    )
+    assert problems == [
+        Problem(
+            f"{path}:3",
+            "label 'neutral' does not occur in the training data (training labels: neg, pos)",
+        )
+    ]
 
 
 def test_integer_labels_match_by_text(tmp_path, pm):
     path = write_jsonl(tmp_path / "validation.jsonl", labelled(12, labels=(0, 1)))
-    assert check_examples(*read(path, pm), "classification", pm, reference_labels=["1", "0"],
-                          split="validation") == []
+    assert (
+        check_examples(
+            *read(path, pm), "classification", pm, reference_labels=["1", "0"], split="validation"
+        )
+        == []
+    )
 
 
 def test_mixed_label_kinds_and_single_class(tmp_path, pm):
@@ -263,10 +318,13 @@ def test_too_long_classification_example(tmp_path, pm, bert_tokenizer):
     path = write_jsonl(tmp_path / "train.jsonl", records)
     examples, locations = read(path, pm)
     task = ClassificationTask()
-    [problem], lengths = check_lengths(features_of(examples, task, bert_tokenizer), locations, task, 16)
+    [problem], lengths = check_lengths(
+        features_of(examples, task, bert_tokenizer), locations, task, 16
+    )
     assert problem.location == f"{path}:21" and lengths[20] == 42
-    assert re.fullmatch(r"42 tokens, longer than data.max_length 16 \(.*raise data.max_length\)",
-                        problem.message)
+    assert re.fullmatch(
+        r"42 tokens, longer than data.max_length 16 \(.*raise data.max_length\)", problem.message
+    )
 
 
 def test_too_long_chat_example_is_measured_as_tokenized(tmp_path, pm, chat_tokenizer):
@@ -278,7 +336,9 @@ def test_too_long_chat_example_is_measured_as_tokenized(tmp_path, pm, chat_token
     features = features_of(examples, task, chat_tokenizer)
     limit = len(features[0]["input_ids"]) + 5
     [problem], lengths = check_lengths(features, locations, task, limit)
-    assert problem.location == f"{path}:6" and "tokens, longer than data.max_length" in problem.message
+    assert (
+        problem.location == f"{path}:6" and "tokens, longer than data.max_length" in problem.message
+    )
     assert lengths[5] == len(features[5]["input_ids"]) > limit
 
 
@@ -290,7 +350,10 @@ def test_a_job_reports_long_examples_before_training(tmp_path, pm, chat_tokenize
     with pytest.raises(DataProblems) as caught:
         prepare_data(config(path, task="chat", max_length=128), pm, chat_tokenizer)
     [error] = caught.value.problems
-    assert error.location == f"{path}:10" and "tokens, longer than data.max_length 128" in error.message
+    assert (
+        error.location == f"{path}:10"
+        and "tokens, longer than data.max_length 128" in error.message
+    )
 
 
 def test_max_length_above_model_limit_warns(tmp_path, pm, bert_tokenizer):
@@ -313,7 +376,10 @@ def test_third_party_validators_are_all_called(tmp_path):
     records[1] = {"text": "my password", "label": ""}
     path = write_jsonl(tmp_path / "train.jsonl", records)
     problems = check_examples(*read(path, pm), "classification", pm)
-    assert sorted(p.message.split(" (")[0] for p in problems) == ["holds a password", "missing label"]
+    assert sorted(p.message.split(" (")[0] for p in problems) == [
+        "holds a password",
+        "missing label",
+    ]
 
 
 def test_a_failing_validator_is_named(tmp_path):
@@ -324,7 +390,10 @@ def test_a_failing_validator_is_named(tmp_path):
 
     pm = get_plugin_manager(plugins=[("broken", Broken())])
     path = write_jsonl(tmp_path / "train.jsonl", labelled(12))
-    with pytest.raises(PluginError, match=rf"plugin 'broken' failed in validate_example at {re.escape(str(path))}:1"):
+    with pytest.raises(
+        PluginError,
+        match=rf"plugin 'broken' failed in validate_example at {re.escape(str(path))}:1",
+    ):
         check_examples(*read(path, pm), "classification", pm)
 
 
@@ -345,7 +414,7 @@ def test_stratified_split_keeps_proportions_and_is_seeded():
 
 
 def test_stratified_split_leaves_every_label_in_train():
-    examples = labelled(20, labels=("a",) * 9 + ("b",)) + [{"text": "rare", "label": "c"}]
+    examples = [*labelled(20, labels=("a",) * 9 + ("b",)), {"text": "rare", "label": "c"}]
     for seed in range(5):
         kept, held = split(examples, 0.5, seed=seed, key=BY_LABEL)
         assert {e["label"] for e in kept} == {"a", "b", "c"}
@@ -370,11 +439,16 @@ def test_oversample_and_undersample():
     assert under == balance(examples, "undersample", seed=0, key=BY_LABEL)
     assert balance(examples, "none", seed=0, key=BY_LABEL) == examples
     odd = labelled(3, labels=("a",)) + labelled(2, labels=("b",), prefix="b")  # 3 a, 2 b
-    assert Counter(e["label"] for e in balance(odd, "oversample", 1, key=BY_LABEL)) == {"a": 3, "b": 3}
+    assert Counter(e["label"] for e in balance(odd, "oversample", 1, key=BY_LABEL)) == {
+        "a": 3,
+        "b": 3,
+    }
 
 
 def test_balance_needs_groups():
-    with pytest.raises(DataError, match="data.balance: oversample needs examples the task groups by label"):
+    with pytest.raises(
+        DataError, match="data.balance: oversample needs examples the task groups by label"
+    ):
         balance([chat("x")], "oversample", seed=0, key=None)
 
 
@@ -387,20 +461,29 @@ def test_summary_counts_tokens_labels_and_training(bert_tokenizer):
     examples = labelled(40, labels=("a", "a", "b"))
     task = ClassificationTask()
     lengths = [len(f["input_ids"]) for f in features_of(examples, task, bert_tokenizer)]
-    cfg = config("x.jsonl", training={"epochs": 2, "batch_size": 4, "gradient_accumulation_steps": 2})
+    cfg = config(
+        "x.jsonl", training={"epochs": 2, "batch_size": 4, "gradient_accumulation_steps": 2}
+    )
     summary = summarize(examples, task, lengths=lengths, config=cfg)
     assert summary["examples"] == 40
-    assert summary["tokens"] == {"total": sum(lengths), "mean": round(sum(lengths) / 40, 1), "max": max(lengths)}
+    assert summary["tokens"] == {
+        "total": sum(lengths),
+        "mean": round(sum(lengths) / 40, 1),
+        "max": max(lengths),
+    }
     assert summary["labels"] == {"a": 27, "b": 13}
     assert summary["training"]["optimizer_steps"] == 10
     assert summary["training"]["estimated_tokens"] == 2 * sum(lengths)
     capped = config("x.jsonl", training={"max_steps": 2, "batch_size": 4})
-    assert summarize(examples, task, lengths=lengths, config=capped)["training"]["estimated_tokens"] \
-        == round(8 * sum(lengths) / 40)
+    assert summarize(examples, task, lengths=lengths, config=capped)["training"][
+        "estimated_tokens"
+    ] == round(8 * sum(lengths) / 40)
 
 
 def test_summary_of_regression_and_chat():
-    summary = summarize([{"text": "t", "label": 0.5}, {"text": "u", "label": 1.5}], ClassificationTask())
+    summary = summarize(
+        [{"text": "t", "label": 0.5}, {"text": "u", "label": 1.5}], ClassificationTask()
+    )
     assert summary["target"] == {"min": 0.5, "mean": 1.0, "max": 1.5} and "labels" not in summary
     summary = summarize([chat("a"), chat("b")], ChatTask())
     assert summary["messages"] == {"mean": 2.0, "max": 2} and "tokens" not in summary
@@ -453,7 +536,10 @@ def test_prepare_splits_transforms_and_balances(tmp_path, bert_tokenizer):
     assert data.summary["train"]["examples"] == 104 and "training" in data.summary["train"]
     assert "split off" in data.summary["test"]["source"]
     again = prepare_data(cfg, pm, bert_tokenizer)  # seeded
-    assert again.train.locations == data.train.locations and again.test.locations == data.test.locations
+    assert (
+        again.train.locations == data.train.locations
+        and again.test.locations == data.test.locations
+    )
 
 
 def test_prepare_raises_one_error_listing_every_file(tmp_path, pm, bert_tokenizer):
@@ -467,8 +553,9 @@ def test_prepare_raises_one_error_listing_every_file(tmp_path, pm, bert_tokenize
     validation[3]["label"] = "neutral"
     validation[5] = dict(train[0])
     validation_path = write_jsonl(tmp_path / "validation.jsonl", validation)
-    cfg = config(train_path, validation=str(validation_path), test=str(tmp_path / "test.jsonl"),
-                 max_length=8)
+    cfg = config(
+        train_path, validation=str(validation_path), test=str(tmp_path / "test.jsonl"), max_length=8
+    )
     with pytest.raises(DataProblems) as caught:
         prepare_data(cfg, pm, bert_tokenizer)
     error = caught.value
@@ -482,18 +569,31 @@ def test_prepare_raises_one_error_listing_every_file(tmp_path, pm, bert_tokenize
     assert f"{tmp_path / 'test.jsonl'}: file not found" in str(error)
     assert any("tokens, longer than data.max_length 8" in line for line in lines)
     warnings = [str(w) for w in error.problems if w.severity == "warning"]
-    assert any(w.startswith(f"{train_path}:32: warning: the same example as {train_path}:31") for w in warnings)
-    assert any(w.startswith(f"{validation_path}:6: warning: the same example as {train_path}:1 in the training")
-               for w in warnings)
-    assert error.summary["train"]["examples"] == 58  # 60 read; the empty and the too long are not usable
+    assert any(
+        w.startswith(f"{train_path}:32: warning: the same example as {train_path}:31")
+        for w in warnings
+    )
+    assert any(
+        w.startswith(
+            f"{validation_path}:6: warning: the same example as {train_path}:1 in the training"
+        )
+        for w in warnings
+    )
+    assert (
+        error.summary["train"]["examples"] == 58
+    )  # 60 read; the empty and the too long are not usable
     order = [line.split(":")[0] for line in lines[1:]]
-    assert order == sorted(order, key=[str(train_path), str(validation_path),
-                                       str(tmp_path / "test.jsonl")].index)
+    assert order == sorted(
+        order, key=[str(train_path), str(validation_path), str(tmp_path / "test.jsonl")].index
+    )
 
 
 def test_prepare_rejects_balance_for_chat(tmp_path, pm):
     path = write_jsonl(tmp_path / "train.jsonl", [chat(f"q{i}") for i in range(60)])
-    with pytest.raises(DataProblems, match=r"data.balance: undersample needs examples that task 'chat' groups by label"):
+    with pytest.raises(
+        DataProblems,
+        match=r"data.balance: undersample needs examples that task 'chat' groups by label",
+    ):
         prepare_data(config(path, task="chat", balance="undersample"), pm, None)
 
 
@@ -525,17 +625,28 @@ def test_a_transform_can_reject_an_example(tmp_path):
     with pytest.raises(DataProblems) as caught:
         prepare_data(config(path, validation=None), pm, None)
     assert [p.location for p in caught.value.problems if p.severity == "error"] == [
-        f"{path}:{i + 1}" for i in range(60) if "7" in f"text {i}"]
+        f"{path}:{i + 1}" for i in range(60) if "7" in f"text {i}"
+    ]
 
 
 def test_every_problem_names_file_and_line(tmp_path, pm, bert_tokenizer):
     path = tmp_path / "train.jsonl"
-    path.write_text("\n".join([
-        '{"text": "fine", "label": "a"}', "not json", '{"text": "", "label": "a"}',
-        '{"text": "x", "label": null}', '{"text": "x", "label": true}', '{"text": 3, "label": "b"}',
-        '{"messages": []}', '{"text": "fine", "label": "a"}',
-        json.dumps({"text": "long " * 50, "label": "b"}),
-    ]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                '{"text": "fine", "label": "a"}',
+                "not json",
+                '{"text": "", "label": "a"}',
+                '{"text": "x", "label": null}',
+                '{"text": "x", "label": true}',
+                '{"text": 3, "label": "b"}',
+                '{"messages": []}',
+                '{"text": "fine", "label": "a"}',
+                json.dumps({"text": "long " * 50, "label": "b"}),
+            ]
+        )
+        + "\n"
+    )
     cfg = config(path, max_length=16, validation=None)
     with pytest.raises(DataProblems) as caught:
         prepare_data(cfg, pm, bert_tokenizer)
@@ -547,12 +658,25 @@ def test_every_problem_names_file_and_line(tmp_path, pm, bert_tokenizer):
 
 
 def test_render_report(tmp_path):
-    summary = {"train": {"examples": 120, "tokens": {"total": 2400, "mean": 20.0, "max": 31},
-                         "labels": {"a": 60, "b": 60}, "source": "data/train.jsonl", "format": "text-label",
-                         "training": {"epochs": 1, "optimizer_steps": 15, "examples_seen": 120,
-                                      "estimated_tokens": 2400}}}
-    problems = [Problem("data/train.jsonl:9", "the same example as data/train.jsonl:2", "warning"),
-                Problem("data/train.jsonl:4", "empty text")]
+    summary = {
+        "train": {
+            "examples": 120,
+            "tokens": {"total": 2400, "mean": 20.0, "max": 31},
+            "labels": {"a": 60, "b": 60},
+            "source": "data/train.jsonl",
+            "format": "text-label",
+            "training": {
+                "epochs": 1,
+                "optimizer_steps": 15,
+                "examples_seen": 120,
+                "estimated_tokens": 2400,
+            },
+        }
+    }
+    problems = [
+        Problem("data/train.jsonl:9", "the same example as data/train.jsonl:2", "warning"),
+        Problem("data/train.jsonl:4", "empty text"),
+    ]
     report = render_report(problems, summary, ClassificationTask())
     assert "train: data/train.jsonl (text-label)" in report
     assert "120 examples, 2,400 tokens (mean 20, max 31)" in report
@@ -567,8 +691,9 @@ def test_fixed_labels_order_the_head_and_refuse_others(tmp_path, pm, bert_tokeni
     path = write_jsonl(tmp_path / "train.jsonl", labelled(60, labels=("b", "c")))
     data = prepare_data(config(path, validation=None), pm, bert_tokenizer, labels=["c", "b", "a"])
     assert data.labels == ["c", "b", "a"]
-    assert [f["labels"] for f in data.train.features] == [["c", "b", "a"].index(e["label"])
-                                                          for e in data.train.examples]
+    assert [f["labels"] for f in data.train.features] == [
+        ["c", "b", "a"].index(e["label"]) for e in data.train.examples
+    ]
     with pytest.raises(DataProblems, match="label 'b' does not occur among the job's labels"):
         prepare_data(config(path, validation=None), pm, bert_tokenizer, labels=["a", "c"])
 
@@ -589,7 +714,10 @@ def test_excluded_examples_are_left_out_and_reported(tmp_path, bert_tokenizer):
     path = write_jsonl(tmp_path / "train.jsonl", records)
     data = prepare_data(config(path, validation=None), pm, bert_tokenizer)
     assert len(data.train) == 58 and f"{path}:4" not in data.train.locations
-    assert [(p.location, p.severity) for p in data.problems] == [(f"{path}:4", "excluded"), (f"{path}:18", "excluded")]
+    assert [(p.location, p.severity) for p in data.problems] == [
+        (f"{path}:4", "excluded"),
+        (f"{path}:18", "excluded"),
+    ]
     report = render_report(data.problems, data.summary, ClassificationTask())
     assert "2 examples excluded:" in report and f"{path}:4: excluded: holds a secret" in report
 
@@ -606,4 +734,6 @@ def test_data_problems_summarise_only_the_usable_examples(tmp_path, pm, bert_tok
     summary = caught.value.summary["train"]
     assert summary["examples"] == 57
     usable = [r for i, r in enumerate(rows) if i not in (5, 20, 40)]
-    assert summary["tokens"]["total"] == sum(len(bert_tokenizer(r["text"])["input_ids"]) for r in usable)
+    assert summary["tokens"]["total"] == sum(
+        len(bert_tokenizer(r["text"])["input_ids"]) for r in usable
+    )

@@ -12,18 +12,36 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-
 from samples import chat_rows, classification_rows, write_jsonl
-from tunewright import (ConfigError, DataError, Problem, Section, UsageError, get_plugin_manager, hookimpl,
-                        load_config, run_job)
+
+from tunewright import (
+    ConfigError,
+    DataError,
+    Problem,
+    Section,
+    UsageError,
+    get_plugin_manager,
+    hookimpl,
+    load_config,
+    run_job,
+)
 
 
 def chat_job(model_dir: Path, data: Path, out: Path, **changes) -> dict:
-    raw = {"model": str(model_dir), "task": "chat", "method": "lora",
-           "data": {"train": str(data), "validation": 0.2, "max_length": 64},
-           "training": {"max_steps": 4, "batch_size": 4, "learning_rate": 5e-3, "logging_steps": 1,
-                        "precision": "fp32"},
-           "output": str(out)}
+    raw = {
+        "model": str(model_dir),
+        "task": "chat",
+        "method": "lora",
+        "data": {"train": str(data), "validation": 0.2, "max_length": 64},
+        "training": {
+            "max_steps": 4,
+            "batch_size": 4,
+            "learning_rate": 5e-3,
+            "logging_steps": 1,
+            "precision": "fp32",
+        },
+        "output": str(out),
+    }
     raw.update(changes)
     return raw
 
@@ -84,7 +102,12 @@ class TsvChat:
         if record.count("\t") != 1:
             raise DataError("expected one tab between prompt and reply")
         prompt, reply = record.split("\t")
-        return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]}
+        return {
+            "messages": [
+                {"role": "user", "content": prompt},
+                {"role": "assistant", "content": reply},
+            ]
+        }
 
 
 def test_hook_register_dataset_formats(tiny_llama_dir, tmp_path):
@@ -96,10 +119,16 @@ def test_hook_register_dataset_formats(tiny_llama_dir, tmp_path):
     from tunewright.data import read_examples
 
     data = tmp_path / "pairs.tsv"
-    data.write_text("".join(f"{r['messages'][0]['content']}\t{r['messages'][1]['content']}\n" for r in chat_rows(60)))
+    data.write_text(
+        "".join(
+            f"{r['messages'][0]['content']}\t{r['messages'][1]['content']}\n" for r in chat_rows(60)
+        )
+    )
     out = tmp_path / "run"
     train(chat_job(tiny_llama_dir, data, out), ("tsv-formats", Formats()))
-    validation = [json.loads(line) for line in (out / "data" / "validation.jsonl").read_text().splitlines()]
+    validation = [
+        json.loads(line) for line in (out / "data" / "validation.jsonl").read_text().splitlines()
+    ]
     assert validation[0]["messages"][0]["role"] == "user"  # read through the plugin's format
     # a broken line is reported with its line number and the format's own words
     data.write_text("hi\tthere\nno\ttabs\there\n")
@@ -120,7 +149,11 @@ def test_hook_register_tasks(tiny_bert_dir, tmp_path):
         def validate(self, example, location, config=None):
             problems = super().validate(example, location, config)
             if example.get("label") not in ("positive", "negative"):
-                problems.append(Problem(location, f"label {example.get('label')!r} (allowed: positive, negative)"))
+                problems.append(
+                    Problem(
+                        location, f"label {example.get('label')!r} (allowed: positive, negative)"
+                    )
+                )
             return problems
 
     class Tasks:
@@ -130,21 +163,29 @@ def test_hook_register_tasks(tiny_bert_dir, tmp_path):
 
     rows = [r for r in classification_rows(200) if r["label"] != "neutral"]
     data = write_jsonl(tmp_path / "reviews.jsonl", rows)
-    raw = {"model": str(tiny_bert_dir), "task": "sentiment", "method": "full",
-           "data": {"train": str(data), "validation": 0.2},
-           "training": {"max_steps": 60, "batch_size": 8, "learning_rate": 2e-3, "precision": "fp32"},
-           "output": str(tmp_path / "run")}
+    raw = {
+        "model": str(tiny_bert_dir),
+        "task": "sentiment",
+        "method": "full",
+        "data": {"train": str(data), "validation": 0.2},
+        "training": {"max_steps": 60, "batch_size": 8, "learning_rate": 2e-3, "precision": "fp32"},
+        "output": str(tmp_path / "run"),
+    }
     result, _ = train(raw, ("sentiment-tasks", Tasks()))
     assert result.metrics["accuracy"] > 0.8
     assert json.loads((tmp_path / "run" / "labels.json").read_text()) == ["negative", "positive"]
-    bad = write_jsonl(tmp_path / "bad.jsonl", rows[:40] + [{"text": "meh", "label": "neutral"}])
-    with pytest.raises(DataError, match=rf"{bad}:41: label 'neutral' \(allowed: positive, negative\)"):
-        train({**raw, "data": {"train": str(bad)}, "output": str(tmp_path / "bad")}, ("sentiment-tasks", Tasks()))
+    bad = write_jsonl(tmp_path / "bad.jsonl", [*rows[:40], {"text": "meh", "label": "neutral"}])
+    with pytest.raises(
+        DataError, match=rf"{bad}:41: label 'neutral' \(allowed: positive, negative\)"
+    ):
+        train(
+            {**raw, "data": {"train": str(bad)}, "output": str(tmp_path / "bad")},
+            ("sentiment-tasks", Tasks()),
+        )
 
 
 def test_hook_register_methods(tiny_bert_dir, tmp_path):
     """A method of a plugin's own (train the head only), with its config section."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     class HeadSettings(Section):
@@ -161,7 +202,11 @@ def test_hook_register_methods(tiny_bert_dir, tmp_path):
             return model
 
         def trainable_state(self, model):
-            return {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith("classifier")}
+            return {
+                k: v.detach().clone()
+                for k, v in model.state_dict().items()
+                if k.startswith("classifier")
+            }
 
         def load_trainable_state(self, model, state):
             model.load_state_dict(state, strict=False)
@@ -184,16 +229,30 @@ def test_hook_register_methods(tiny_bert_dir, tmp_path):
             register("head-only", HeadOnly())
 
     data = write_jsonl(tmp_path / "labels.jsonl", classification_rows(100))
-    raw = {"model": str(tiny_bert_dir), "task": "classification", "method": "head-only",
-           "head-only": {"scale": 2.0}, "data": {"train": str(data)},
-           "training": {"max_steps": 3, "batch_size": 8, "precision": "fp32"}, "output": str(tmp_path / "run")}
+    raw = {
+        "model": str(tiny_bert_dir),
+        "task": "classification",
+        "method": "head-only",
+        "head-only": {"scale": 2.0},
+        "data": {"train": str(data)},
+        "training": {"max_steps": 3, "batch_size": 8, "precision": "fp32"},
+        "output": str(tmp_path / "run"),
+    }
     result, pm = train(raw, ("methods", Methods()))
     assert (tmp_path / "run" / "adapter" / "head.safetensors").is_file() and result.global_step == 3
-    with pytest.raises(ConfigError, match="head-only.scael: unknown key; did you mean 'head-only.scale'"):
+    with pytest.raises(
+        ConfigError, match="head-only.scael: unknown key; did you mean 'head-only.scale'"
+    ):
         load_config({**raw, "head-only": {"scael": 2.0}}, pm.registries)
     chat = write_jsonl(tmp_path / "chat.jsonl", chat_rows(60))
-    with pytest.raises(UsageError, match="method: 'head-only' cannot tune a causal_lm model .* it supports sequence_classification"):
-        train({**raw, "task": "chat", "data": {"train": str(chat)}, "output": str(tmp_path / "chat")}, ("methods", Methods()))
+    with pytest.raises(
+        UsageError,
+        match="method: 'head-only' cannot tune a causal_lm model .* it supports sequence_classification",
+    ):
+        train(
+            {**raw, "task": "chat", "data": {"train": str(chat)}, "output": str(tmp_path / "chat")},
+            ("methods", Methods()),
+        )
 
 
 def test_hook_register_config_sections(tiny_llama_dir, tmp_path):
@@ -241,7 +300,10 @@ def test_hook_register_trackers(tiny_llama_dir, tmp_path):
 
     data = write_jsonl(tmp_path / "chat.jsonl", chat_rows(60))
     out = tmp_path / "run"
-    train(chat_job(tiny_llama_dir, data, out, trackers=["jsonl", "recorder"]), ("recorder-trackers", Trackers()))
+    train(
+        chat_job(tiny_llama_dir, data, out, trackers=["jsonl", "recorder"]),
+        ("recorder-trackers", Trackers()),
+    )
     assert seen[0] == ("made", out, 0) and seen[-1] == ("closed",)
     assert [step for step, *rest in seen[1:-1] if "loss" in rest[0]] == [1, 2, 3, 4]
     stages = [m["eval_stage"] for _, m in seen[1:-1] if "eval_stage" in m]
@@ -273,10 +335,15 @@ def test_hook_register_runners(tiny_llama_dir, tmp_path):
     before = config.model_dump()
     result = run_job(config, pm, echo=lambda m: None)
     assert result.global_step == 6 and config.model_dump() == before  # nothing it was given changed
-    rows = [json.loads(line) for line in (tmp_path / "halves" / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (tmp_path / "halves" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
     # two halves are one run: the same losses as the built-in local runner's
-    train({**raw, "runner": "local", "output": str(tmp_path / "local")}, ("halves-runners", Runners()))
+    train(
+        {**raw, "runner": "local", "output": str(tmp_path / "local")}, ("halves-runners", Runners())
+    )
     assert losses(tmp_path / "halves") == pytest.approx(losses(tmp_path / "local"), rel=1e-5)
 
 
@@ -319,10 +386,18 @@ def test_a_runner_written_from_the_docs_resumes_where_the_run_stopped(tiny_llama
     assert any("resuming from" in line and "checkpoint-4" in line for line in said)
     progress = [line.split()[1] for line in said if line.startswith("step ") and "loss" in line]
     assert progress == ["5/8", "6/8", "7/8", "8/8"]
-    rows = [json.loads(line) for line in (tmp_path / "docs" / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (tmp_path / "docs" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6, 7, 8]
-    train({**raw, "runner": "local", "output": str(tmp_path / "whole"),
-           "training": {**raw["training"], "save_steps": None}})
+    train(
+        {
+            **raw,
+            "runner": "local",
+            "output": str(tmp_path / "whole"),
+            "training": {**raw["training"], "save_steps": None},
+        }
+    )
     assert losses(tmp_path / "docs") == pytest.approx(losses(tmp_path / "whole"), rel=1e-5)
 
 
@@ -405,7 +480,10 @@ def test_a_registered_object_missing_protocol_members_is_refused():
 
             register("half", Task())
 
-    with pytest.raises(PluginError, match="plugin 'half' registered task 'half', which lacks what a tunewright.Task has: collate"):
+    with pytest.raises(
+        PluginError,
+        match="plugin 'half' registered task 'half', which lacks what a tunewright.Task has: collate",
+    ):
         _ = get_plugin_manager(plugins=[("half", Half())]).registries
 
 
@@ -435,11 +513,15 @@ def test_hook_validate_example(tmp_path):
     examples, locations, _ = read_examples(path, pm.registries)
     problems = check_examples(examples, locations, "classification", pm)
     assert sorted((p.location, p.message.split(" (")[0]) for p in problems) == [
-        (f"{path}:2", "holds a password"), (f"{path}:2", "missing label")]
+        (f"{path}:2", "holds a password"),
+        (f"{path}:2", "missing label"),
+    ]
     broken = get_plugin_manager(plugins=[("broken", Broken())])
     from tunewright import PluginError
 
-    with pytest.raises(PluginError, match=rf"plugin 'broken' failed in validate_example at {path}:1: KeyError"):
+    with pytest.raises(
+        PluginError, match=rf"plugin 'broken' failed in validate_example at {path}:1: KeyError"
+    ):
         check_examples(examples, locations, "classification", broken)
 
 
@@ -451,16 +533,27 @@ def test_hook_transform_example(tiny_bert_dir, tmp_path):
                 raise DataError("cannot redact this example (allowed: plain text)")
             return {**example, "text": example["text"].replace("film", "[redacted]")}
 
-    data = write_jsonl(tmp_path / "labels.jsonl", [r for r in classification_rows(100) if "7" not in r["text"]])
+    data = write_jsonl(
+        tmp_path / "labels.jsonl", [r for r in classification_rows(100) if "7" not in r["text"]]
+    )
     out = tmp_path / "run"
-    raw = {"model": str(tiny_bert_dir), "task": "classification", "method": "full", "data": {"train": str(data)},
-           "training": {"max_steps": 2, "batch_size": 8, "precision": "fp32"}, "output": str(out)}
+    raw = {
+        "model": str(tiny_bert_dir),
+        "task": "classification",
+        "method": "full",
+        "data": {"train": str(data)},
+        "training": {"max_steps": 2, "batch_size": 8, "precision": "fp32"},
+        "output": str(out),
+    }
     train(raw, ("redact", Redact()))
     kept = (out / "data" / "train.jsonl").read_text()
     assert "[redacted]" in kept and "film" not in kept
     refused = write_jsonl(tmp_path / "more.jsonl", classification_rows(100))
     with pytest.raises(DataError, match="cannot redact this example"):
-        train({**raw, "data": {"train": str(refused)}, "output": str(tmp_path / "other")}, ("redact", Redact()))
+        train(
+            {**raw, "data": {"train": str(refused)}, "output": str(tmp_path / "other")},
+            ("redact", Redact()),
+        )
 
 
 # -------------------------------------------------------------------------
@@ -497,7 +590,9 @@ def test_hooks_of_the_lifecycle_in_order(tiny_llama_dir, tmp_path):
     raw["training"] = {**raw["training"], "save_steps": 2, "eval_steps": 2, "logging_steps": 2}
     train(raw, ("recorder", Recorder()))
     names = ("loss", "mean_token_accuracy", "perplexity")
-    training = [c for c in calls if c[0] == "on_step_end" and c[2]]  # the training lines, not evaluations
+    training = [
+        c for c in calls if c[0] == "on_step_end" and c[2]
+    ]  # the training lines, not evaluations
     assert training == [("on_step_end", 2, True), ("on_step_end", 4, True)]
     assert [c for c in calls if c[0] != "on_step_end"] == [
         ("on_evaluate", 0, "baseline", names),
@@ -534,10 +629,20 @@ def test_hook_register_exporters(tiny_bert_dir, tmp_path):
             out_dir = Path(out_dir)
             out_dir.mkdir(parents=True, exist_ok=True)
             ids = torch.ones((1, 8), dtype=torch.long)
-            torch.onnx.export(model, (ids, torch.ones_like(ids)), str(out_dir / "model.onnx"),
-                              input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                              dynamic_axes={"input_ids": {0: "b", 1: "t"}, "attention_mask": {0: "b", 1: "t"},
-                                            "logits": {0: "b"}}, dynamo=False, opset_version=17)
+            torch.onnx.export(
+                model,
+                (ids, torch.ones_like(ids)),
+                str(out_dir / "model.onnx"),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["logits"],
+                dynamic_axes={
+                    "input_ids": {0: "b", 1: "t"},
+                    "attention_mask": {0: "b", 1: "t"},
+                    "logits": {0: "b"},
+                },
+                dynamo=False,
+                opset_version=17,
+            )
             return ExportedModel(out_dir, task_kind, exporter="plain")
 
     class ExporterPlugin:
@@ -548,10 +653,23 @@ def test_hook_register_exporters(tiny_bert_dir, tmp_path):
     pm = get_plugin_manager(plugins=[("plain", ExporterPlugin())])
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
-    examples = [{"text": f"example {i} is {'good' if i % 2 else 'bad'}", "label": ["neg", "pos"][i % 2]} for i in range(16)]
-    result = export_bundle(model, tokenizer, "sequence_classification", examples, tmp_path / "bundle",
-                           exporter="plain", quantize="none", labels=["neg", "pos"], pm=pm, bench=False,
-                           log=lambda m: None)
+    examples = [
+        {"text": f"example {i} is {'good' if i % 2 else 'bad'}", "label": ["neg", "pos"][i % 2]}
+        for i in range(16)
+    ]
+    result = export_bundle(
+        model,
+        tokenizer,
+        "sequence_classification",
+        examples,
+        tmp_path / "bundle",
+        exporter="plain",
+        quantize="none",
+        labels=["neg", "pos"],
+        pm=pm,
+        bench=False,
+        log=lambda m: None,
+    )
     assert calls == ["sequence_classification"]
     assert result.manifest["exporter"]["name"] == "plain" and result.parity.passed
 
@@ -573,7 +691,9 @@ def test_hook_register_quantizers(tiny_bert_dir, tmp_path):
 
         def quantize(self, exported, out_dir, calibration):
             shutil.copytree(exported.folder, out_dir)
-            return exported.moved(out_dir, quantization={"name": "copy", "calibration": len(calibration)})
+            return exported.moved(
+                out_dir, quantization={"name": "copy", "calibration": len(calibration)}
+            )
 
     class Quantizers:
         @hookimpl
@@ -583,9 +703,22 @@ def test_hook_register_quantizers(tiny_bert_dir, tmp_path):
     pm = get_plugin_manager(plugins=[("quantizers", Quantizers())])
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
-    examples = [{"text": f"example {i} is {'good' if i % 2 else 'bad'}", "label": ["neg", "pos"][i % 2]} for i in range(16)]
-    result = export_bundle(model, tokenizer, "sequence_classification", examples, tmp_path / "bundle",
-                           exporter="torch", quantize="copy", labels=["neg", "pos"], pm=pm, bench=False,
-                           log=lambda m: None)
+    examples = [
+        {"text": f"example {i} is {'good' if i % 2 else 'bad'}", "label": ["neg", "pos"][i % 2]}
+        for i in range(16)
+    ]
+    result = export_bundle(
+        model,
+        tokenizer,
+        "sequence_classification",
+        examples,
+        tmp_path / "bundle",
+        exporter="torch",
+        quantize="copy",
+        labels=["neg", "pos"],
+        pm=pm,
+        bench=False,
+        log=lambda m: None,
+    )
     assert result.manifest["quantization"] == {"name": "copy", "calibration": 16}
     assert result.parity.passed and result.parity.figures["max_abs_diff"] < 1e-4

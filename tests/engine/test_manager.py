@@ -12,7 +12,9 @@ from tunewright import PluginError, get_plugin_manager, hookimpl
 from tunewright.manager import ALLOW_ENV, DISABLE_ENV, plugin_summary
 
 
-def install_fake_distribution(root: Path, dist: str, module: str, source: str, entry: str | None = None) -> None:
+def install_fake_distribution(
+    root: Path, dist: str, module: str, source: str, entry: str | None = None
+) -> None:
     """Write a module and a .dist-info with an entry point into ``root`` (put on sys.path)."""
     (root / f"{module}.py").write_text(textwrap.dedent(source))
     info = root / f"{dist.replace('-', '_')}-1.2.3.dist-info"
@@ -56,7 +58,11 @@ def test_each_call_builds_a_fresh_manager():
 
 
 def test_third_party_plugin_is_loaded_and_listed(site):
-    install_fake_distribution(site, "fake-extra", "fake_extra", """
+    install_fake_distribution(
+        site,
+        "fake-extra",
+        "fake_extra",
+        """
         from tunewright import hookimpl
 
         from tunewright.plugins.tasks import ChatTask
@@ -64,7 +70,8 @@ def test_third_party_plugin_is_loaded_and_listed(site):
         @hookimpl
         def register_tasks(register):
             register("echo", ChatTask())
-    """)
+    """,
+    )
     pm = get_plugin_manager(env={})
     info = {p["name"]: p for p in plugin_summary(pm)}["fake_extra"]
     assert info["distribution"] == "fake-extra" and info["version"] == "1.2.3"
@@ -73,7 +80,11 @@ def test_third_party_plugin_is_loaded_and_listed(site):
 
 
 def test_allow_list_and_autoload_switch(site):
-    install_fake_distribution(site, "fake-listed", "fake_listed", """
+    install_fake_distribution(
+        site,
+        "fake-listed",
+        "fake_listed",
+        """
         from tunewright import hookimpl
 
         from tunewright.plugins.tasks import ChatTask
@@ -81,7 +92,8 @@ def test_allow_list_and_autoload_switch(site):
         @hookimpl
         def register_tasks(register):
             register("listed", ChatTask())
-    """)
+    """,
+    )
     assert "listed" in get_plugin_manager(env={}).registries.tasks
     assert "listed" not in get_plugin_manager(env={ALLOW_ENV: "something-else"}).registries.tasks
     assert "listed" in get_plugin_manager(env={ALLOW_ENV: "fake-listed"}).registries.tasks
@@ -91,7 +103,9 @@ def test_allow_list_and_autoload_switch(site):
 
 
 def test_plugin_that_raises_on_import_is_named(site):
-    install_fake_distribution(site, "fake-broken", "fake_broken", "raise RuntimeError('boom at import')\n")
+    install_fake_distribution(
+        site, "fake-broken", "fake_broken", "raise RuntimeError('boom at import')\n"
+    )
     with pytest.raises(PluginError) as info:
         get_plugin_manager(env={})
     message = str(info.value)
@@ -100,13 +114,18 @@ def test_plugin_that_raises_on_import_is_named(site):
 
 
 def test_duplicate_method_name_names_both_plugins(site):
-    install_fake_distribution(site, "fake-dup", "fake_dup", """
+    install_fake_distribution(
+        site,
+        "fake-dup",
+        "fake_dup",
+        """
         from tunewright import hookimpl
 
         @hookimpl
         def register_methods(register):
             register("lora", object())
-    """)
+    """,
+    )
     with pytest.raises(PluginError) as info:
         _ = get_plugin_manager(env={}).registries
     message = str(info.value)
@@ -141,7 +160,9 @@ def test_plugin_that_raises_while_registering_is_named():
         def register_tasks(self, register):
             raise ValueError("no tasks today")
 
-    with pytest.raises(PluginError, match="'raiser' failed in register_tasks: ValueError: no tasks today"):
+    with pytest.raises(
+        PluginError, match="'raiser' failed in register_tasks: ValueError: no tasks today"
+    ):
         _ = get_plugin_manager(plugins=[("raiser", Plugin())], env={DISABLE_ENV: "1"}).registries
 
 

@@ -21,8 +21,13 @@ def test_better_by_follows_the_direction():
 
 
 def test_a_metric_a_user_names_that_the_task_lacks_is_a_config_error_at_its_key():
-    with pytest.raises(ConfigError, match=r"training.early_stopping.metric: task 'chat' reports no metric 'acuracy'"):
-        metric_direction(ChatTask(), "acuracy", task_name="chat", key="training.early_stopping.metric")
+    with pytest.raises(
+        ConfigError,
+        match=r"training.early_stopping.metric: task 'chat' reports no metric 'acuracy'",
+    ):
+        metric_direction(
+            ChatTask(), "acuracy", task_name="chat", key="training.early_stopping.metric"
+        )
 
 
 def test_a_task_whose_own_metric_has_no_direction_is_the_plugins_error():

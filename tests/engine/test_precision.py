@@ -20,7 +20,9 @@ def batch_for(kind, model_dir):
 
     batch = dict(AutoTokenizer.from_pretrained(model_dir)(TEXTS, padding=True, return_tensors="pt"))
     if kind == "causal_lm":
-        batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)  # (B, T)
+        batch["labels"] = batch["input_ids"].masked_fill(
+            batch["attention_mask"] == 0, -100
+        )  # (B, T)
     else:
         batch["labels"] = torch.tensor([0, 1, 2])
     return batch
@@ -30,8 +32,11 @@ def applied(name, kind, model_dir):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     torch.manual_seed(0)
-    base = (AutoModelForCausalLM.from_pretrained(model_dir) if kind == "causal_lm"
-            else AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=3))
+    base = (
+        AutoModelForCausalLM.from_pretrained(model_dir)
+        if kind == "causal_lm"
+        else AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=3)
+    )
     method = METHODS[name]
     settings = method.config_class() if method.config_class is not None else None
     return method.apply(base, settings, kind)
@@ -110,7 +115,10 @@ def _image_folder(folder, images, labels):
 
 def _regression_rows(n: int) -> list[dict]:
     words = ["awful", "bad", "plain", "good", "great"]
-    return [{"text": f"the film was {words[i % 5]} number {i}", "label": (i % 5) / 4 + 0.125} for i in range(n)]
+    return [
+        {"text": f"the film was {words[i % 5]} number {i}", "label": (i % 5) / 4 + 0.125}
+        for i in range(n)
+    ]
 
 
 def _job(task_kind, tmp_path, models, precision):
@@ -122,13 +130,23 @@ def _job(task_kind, tmp_path, models, precision):
 
     data = tmp_path / "data"
     if task_kind == "chat":
-        model, task, train = models["llama"], "chat", write_jsonl(data / "chat.jsonl", chat_rows(20))
+        model, task, train = (
+            models["llama"],
+            "chat",
+            write_jsonl(data / "chat.jsonl", chat_rows(20)),
+        )
     elif task_kind == "classification":
-        model, task, train = models["bert"], "classification", write_jsonl(data / "labels.jsonl",
-                                                                             classification_rows(20))
+        model, task, train = (
+            models["bert"],
+            "classification",
+            write_jsonl(data / "labels.jsonl", classification_rows(20)),
+        )
     elif task_kind == "regression":
-        model, task, train = models["bert"], "classification", write_jsonl(data / "scores.jsonl",
-                                                                             _regression_rows(20))
+        model, task, train = (
+            models["bert"],
+            "classification",
+            write_jsonl(data / "scores.jsonl", _regression_rows(20)),
+        )
     elif task_kind == "image-classification":
         images, labels = models["digits"]
         # MobileNetV2, not ViT: ViT casts its pixels to its own dtype, a convolution does not
@@ -142,24 +160,58 @@ def _job(task_kind, tmp_path, models, precision):
             path = data / f"{i}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (24 + i, 30), rgb).save(path)
-            rows.append({"messages": [
-                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": path.name}},
-                                             {"type": "text", "text": "What colour is this?"}]},
-                {"role": "assistant", "content": name}]})
-        model, task, train = models["image_text"], "image-to-text", write_jsonl(data / "colours.jsonl", rows)
-    return {"model": str(model), "task": task, "method": "lora", "lora": {"r": 4, "alpha": 8},
-            "data": {"train": str(train), "validation": 0.2, "max_length": 128},
-            "training": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "logging_steps": 1,
-                         "precision": precision},
-            "output": str(tmp_path / "run"), "seed": 7}
+            rows.append(
+                {
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [
+                                {"type": "image_url", "image_url": {"url": path.name}},
+                                {"type": "text", "text": "What colour is this?"},
+                            ],
+                        },
+                        {"role": "assistant", "content": name},
+                    ]
+                }
+            )
+        model, task, train = (
+            models["image_text"],
+            "image-to-text",
+            write_jsonl(data / "colours.jsonl", rows),
+        )
+    return {
+        "model": str(model),
+        "task": task,
+        "method": "lora",
+        "lora": {"r": 4, "alpha": 8},
+        "data": {"train": str(train), "validation": 0.2, "max_length": 128},
+        "training": {
+            "max_steps": 2,
+            "batch_size": 4,
+            "learning_rate": 1e-3,
+            "logging_steps": 1,
+            "precision": precision,
+        },
+        "output": str(tmp_path / "run"),
+        "seed": 7,
+    }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("precision", ["auto", "fp32", "bf16", "fp16"])
-@pytest.mark.parametrize("task_kind", ["chat", "classification", "regression", "image-classification",
-                                       "image-to-text"])
-def test_every_precision_runs_every_task_kind(task_kind, precision, tmp_path, tiny_llama_dir, tiny_bert_dir,
-                                              mobilenet_v2_dir, mnist_digits, tiny_image_text_dir):
+@pytest.mark.parametrize(
+    "task_kind", ["chat", "classification", "regression", "image-classification", "image-to-text"]
+)
+def test_every_precision_runs_every_task_kind(
+    task_kind,
+    precision,
+    tmp_path,
+    tiny_llama_dir,
+    tiny_bert_dir,
+    mobilenet_v2_dir,
+    mnist_digits,
+    tiny_image_text_dir,
+):
     """Forced explicitly, so that a machine without bf16 instructions still covers the bf16 path:
     baseline evaluation, two steps and the final evaluation give finite figures."""
     import json
@@ -167,8 +219,13 @@ def test_every_precision_runs_every_task_kind(task_kind, precision, tmp_path, ti
 
     from tunewright import load_config, run_job
 
-    models = {"llama": tiny_llama_dir, "bert": tiny_bert_dir, "mobilenet": mobilenet_v2_dir, "digits": mnist_digits,
-              "image_text": tiny_image_text_dir}
+    models = {
+        "llama": tiny_llama_dir,
+        "bert": tiny_bert_dir,
+        "mobilenet": mobilenet_v2_dir,
+        "digits": mnist_digits,
+        "image_text": tiny_image_text_dir,
+    }
     pm = get_plugin_manager()
     raw = _job(task_kind, tmp_path, models, precision)
     messages: list[str] = []
@@ -177,6 +234,8 @@ def test_every_precision_runs_every_task_kind(task_kind, precision, tmp_path, ti
     # the progress line counts what the task trains on: images, or tokens
     unit = "images/s" if task_kind == "image-classification" else "tok/s"
     assert any(m.startswith("step ") and unit in m for m in messages), messages
-    assert results["train"]["precision"] in (("bf16", "fp32") if precision == "auto" else (precision,))
+    assert results["train"]["precision"] in (
+        ("bf16", "fp32") if precision == "auto" else (precision,)
+    )
     for stage in ("baseline", "final"):
         assert all(math.isfinite(v) for v in results[stage].values()), (stage, results[stage])

@@ -42,12 +42,18 @@ def test_the_report_draws_the_logged_losses_metrics_and_baseline(tmp_path, drawn
     loss_ax, metric_ax = fig.axes
     loss = lines_by_label(loss_ax)
     steps, values = loss["train loss"]
-    assert steps == list(range(1, 9)) and values == pytest.approx([2.0 - 0.1 * s for s in range(1, 9)])
+    assert steps == list(range(1, 9)) and values == pytest.approx(
+        [2.0 - 0.1 * s for s in range(1, 9)]
+    )
     # the running mean of 5: the 5th point averages steps 1..5, the 8th steps 4..8
-    assert loss["train loss (mean of 5)"][1][4] == pytest.approx(1.7) and loss["train loss (mean of 5)"][1][7] == pytest.approx(1.4)
+    assert loss["train loss (mean of 5)"][1][4] == pytest.approx(1.7) and loss[
+        "train loss (mean of 5)"
+    ][1][7] == pytest.approx(1.4)
     # validation loss from the baseline through the final evaluation, and the baseline dashed
     assert loss["validation loss"] == ([0, 4, 8], pytest.approx([2.0, 1.5, 1.2]))
-    baseline = loss_ax.lines[[line.get_label() for line in loss_ax.lines].index("validation loss, baseline")]
+    baseline = loss_ax.lines[
+        [line.get_label() for line in loss_ax.lines].index("validation loss, baseline")
+    ]
     assert baseline.get_linestyle() == "--" and list(baseline.get_ydata()) == [2.0, 2.0]
     metrics = lines_by_label(metric_ax)
     assert metrics["accuracy"] == ([0, 4, 8], pytest.approx([0.30, 0.55, 0.70]))
@@ -55,8 +61,9 @@ def test_the_report_draws_the_logged_losses_metrics_and_baseline(tmp_path, drawn
 
 
 def test_a_run_without_held_out_data_says_so(tmp_path, drawn):
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n"
-                                                    for s in range(1, 4)))
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 4))
+    )
     write_report(tmp_path)
     (fig,) = drawn
     loss_ax, metric_ax = fig.axes
@@ -72,6 +79,7 @@ def test_the_final_figures_are_written_on_the_plot(tmp_path, drawn):
     loss_ax, metric_ax = fig.axes
     # the mean of the last 5 training losses (steps 4..8: 1.6 .. 1.2), the final evaluation and
     # its baseline
-    assert loss_ax.texts[0].get_text() == ("final: train loss 1.4000 (mean of the last 5), "
-                                           "validation loss 1.2000 (baseline 2.0000)")
+    assert loss_ax.texts[0].get_text() == (
+        "final: train loss 1.4000 (mean of the last 5), validation loss 1.2000 (baseline 2.0000)"
+    )
     assert metric_ax.texts[0].get_text() == "final: accuracy 0.7000 (baseline 0.3000)"

@@ -17,12 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from samples import FRUITS, write_jsonl
+
 from tunewright import get_plugin_manager, prepare_run, train
 from tunewright.config import load_config
 from tunewright.training import batch_order, forward_budget, split_to_budget
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,20 +31,39 @@ def uneven_chat_rows(n: int) -> list[dict]:
     tokens (a mean of per-micro-batch means would weigh them wrongly)."""
     rows = []
     for i, fruit in enumerate((sorted(FRUITS) * n)[:n]):
-        reply = f"A {fruit} is {FRUITS[fruit]}." + (" It grows on trees and tastes sweet." * 4 if i % 3 == 0 else "")
-        rows.append({"messages": [{"role": "user", "content": f"Colour of {fruit}? (#{i})"},
-                                  {"role": "assistant", "content": reply}]})
+        reply = f"A {fruit} is {FRUITS[fruit]}." + (
+            " It grows on trees and tastes sweet." * 4 if i % 3 == 0 else ""
+        )
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Colour of {fruit}? (#{i})"},
+                    {"role": "assistant", "content": reply},
+                ]
+            }
+        )
     return rows
 
 
 def config(model_dir: Path, data: Path, out: Path, **training) -> dict:
     return {
-        "model": str(model_dir), "task": "chat", "method": "lora", "lora": {"r": 4, "alpha": 8},
+        "model": str(model_dir),
+        "task": "chat",
+        "method": "lora",
+        "lora": {"r": 4, "alpha": 8},
         "data": {"train": str(data), "validation": 0.1, "max_length": 128},
-        "training": {"max_steps": 1, "batch_size": 8, "learning_rate": 1e-3, "precision": "fp32",
-                     "group_by_length": False, "max_forward_tokens": None, "max_grad_norm": 1e9,
-                     **training},
-        "output": str(out), "seed": 3,
+        "training": {
+            "max_steps": 1,
+            "batch_size": 8,
+            "learning_rate": 1e-3,
+            "precision": "fp32",
+            "group_by_length": False,
+            "max_forward_tokens": None,
+            "max_grad_norm": 1e9,
+            **training,
+        },
+        "output": str(out),
+        "seed": 3,
     }
 
 
@@ -68,7 +86,8 @@ def test_chat_loss_runs_the_head_on_trained_positions_only(tiny_llama_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     rows = []
     handle = model.get_output_embeddings().register_forward_hook(
-        lambda module, args, output: rows.append(args[0].shape[:-1]))
+        lambda module, args, output: rows.append(args[0].shape[:-1])
+    )
     summed, count = task.loss(model, batch)
     handle.remove()
     summed.backward()
@@ -76,16 +95,24 @@ def test_chat_loss_runs_the_head_on_trained_positions_only(tiny_llama_dir):
     model.zero_grad()
 
     # the same figures from every position's logits
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+    ).logits  # (B, T, V)
     targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
     scored = targets != -100
-    expected = torch.nn.functional.cross_entropy(logits[:, :-1][scored], targets[scored], reduction="sum")
+    expected = torch.nn.functional.cross_entropy(
+        logits[:, :-1][scored], targets[scored], reduction="sum"
+    )
     expected.backward()
     trained = sum(sum(1 for t in f["labels"][1:] if t != -100) for f in features)
-    assert count == trained and rows == [torch.Size([trained])]  # (K, C): only the trained positions
+    assert count == trained and rows == [
+        torch.Size([trained])
+    ]  # (K, C): only the trained positions
     assert trained < 0.6 * batch["input_ids"].numel()
     assert summed.item() == pytest.approx(expected.item(), rel=1e-5)
-    torch.testing.assert_close(ours, model.model.layers[0].mlp.up_proj.weight.grad, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(
+        ours, model.model.layers[0].mlp.up_proj.weight.grad, rtol=1e-4, atol=1e-7
+    )
 
 
 # -- one step, however its examples come -------------------------------------------------------
@@ -120,17 +147,34 @@ def test_accumulated_or_split_micro_batches_take_the_step_of_one_batch(tiny_llam
     run = prepared({**raw, "output": str(tmp_path / "by-hand")})
     features = run.train_features
     first = batch_order(features, 8, 3, 0, False, lambda f: len(f["input_ids"]))[0]
-    summed, count = run.task.loss(run.model, run.task.collate([features[i] for i in first], run.tokenizer))
+    summed, count = run.task.loss(
+        run.model, run.task.collate([features[i] for i in first], run.tokenizer)
+    )
     (summed / count).backward()
     expected = {n: p.grad.clone() for n, p in run.model.named_parameters() if p.requires_grad}
 
     one_batch = first_step_gradient(raw)
-    accumulated = first_step_gradient({**raw, "output": str(tmp_path / "acc"), "training": {
-        **raw["training"], "batch_size": 4, "gradient_accumulation_steps": 2}})
-    pieces = first_step_gradient({**raw, "output": str(tmp_path / "pieces"), "training": {
-        **raw["training"], "max_forward_tokens": 1}})  # every example a forward pass of its own
-    recomputed = first_step_gradient({**raw, "output": str(tmp_path / "recomputed"), "training": {
-        **raw["training"], "gradient_checkpointing": True}})
+    accumulated = first_step_gradient(
+        {
+            **raw,
+            "output": str(tmp_path / "acc"),
+            "training": {**raw["training"], "batch_size": 4, "gradient_accumulation_steps": 2},
+        }
+    )
+    pieces = first_step_gradient(
+        {
+            **raw,
+            "output": str(tmp_path / "pieces"),
+            "training": {**raw["training"], "max_forward_tokens": 1},
+        }
+    )  # every example a forward pass of its own
+    recomputed = first_step_gradient(
+        {
+            **raw,
+            "output": str(tmp_path / "recomputed"),
+            "training": {**raw["training"], "gradient_checkpointing": True},
+        }
+    )
     assert set(one_batch) == set(expected)
     for name, grad in expected.items():
         if not grad.abs().sum():
@@ -161,8 +205,15 @@ def test_gradient_checkpointing_keeps_a_fraction_of_the_activations(tiny_llama_d
     data = write_jsonl(tmp_path / "chat.jsonl", uneven_chat_rows(60))
     raw = config(tiny_llama_dir, data, tmp_path / "kept")
     kept = saved_bytes(prepared(raw))
-    recomputed = saved_bytes(prepared({**raw, "output": str(tmp_path / "recomputed"), "training": {
-        **raw["training"], "gradient_checkpointing": True}}))
+    recomputed = saved_bytes(
+        prepared(
+            {
+                **raw,
+                "output": str(tmp_path / "recomputed"),
+                "training": {**raw["training"], "gradient_checkpointing": True},
+            }
+        )
+    )
     assert recomputed < 0.5 * kept, (recomputed, kept)
 
 
@@ -172,9 +223,14 @@ def test_gradient_checkpointing_is_refused_for_a_model_without_it():
     from tunewright import ConfigError
     from tunewright.precision import enable_gradient_checkpointing
 
-    model = MobileNetV2ForImageClassification(MobileNetV2Config(depth_multiplier=0.35, image_size=32))
-    with pytest.raises(ConfigError, match=r"training\.gradient_checkpointing: MobileNetV2ForImageClassification "
-                                          r"does not support"):
+    model = MobileNetV2ForImageClassification(
+        MobileNetV2Config(depth_multiplier=0.35, image_size=32)
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"training\.gradient_checkpointing: MobileNetV2ForImageClassification "
+        r"does not support",
+    ):
         enable_gradient_checkpointing(model)
 
 
@@ -201,16 +257,29 @@ def test_auto_budget_splits_only_unusually_large_micro_batches():
 
 def test_resumed_run_with_pieces_and_accumulation_matches_one_run(tiny_llama_dir, tmp_path):
     data = write_jsonl(tmp_path / "chat.jsonl", uneven_chat_rows(60))
-    raw = config(tiny_llama_dir, data, tmp_path / "whole", max_steps=4, batch_size=4, save_steps=2,
-                 gradient_accumulation_steps=2, max_forward_tokens="auto", group_by_length=True)
+    raw = config(
+        tiny_llama_dir,
+        data,
+        tmp_path / "whole",
+        max_steps=4,
+        batch_size=4,
+        save_steps=2,
+        gradient_accumulation_steps=2,
+        max_forward_tokens="auto",
+        group_by_length=True,
+    )
     whole = train(prepared(raw))
     halves = prepared({**raw, "output": str(tmp_path / "halves")})
     first = train(halves, stop_at_step=2)
     rest = train(halves, resume_from=first.checkpoint)
     assert first.global_step == 2 and rest.global_step == whole.global_step == 4
-    state = lambda out: json.loads((out / "checkpoints" / "checkpoint-4" / "state.json").read_text())  # noqa: E731
+    state = lambda out: json.loads(
+        (out / "checkpoints" / "checkpoint-4" / "state.json").read_text()
+    )
     assert len(state(tmp_path / "whole")["losses"]) == 4
-    assert state(tmp_path / "halves")["losses"] == pytest.approx(state(tmp_path / "whole")["losses"], rel=1e-6)
+    assert state(tmp_path / "halves")["losses"] == pytest.approx(
+        state(tmp_path / "whole")["losses"], rel=1e-6
+    )
 
 
 # -- torchrun ----------------------------------------------------------------------------------
@@ -224,12 +293,21 @@ def free_port() -> str:
         return str(probe.getsockname()[1])
 
 
-def launch(command: list[str], cwd: Path, env: dict | None = None, timeout: int = 420) -> subprocess.CompletedProcess:
+def launch(
+    command: list[str], cwd: Path, env: dict | None = None, timeout: int = 420
+) -> subprocess.CompletedProcess:
     """Run a launcher in a session of its own; kill the launcher and every worker when it ends or
     runs past ``timeout``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = process.communicate(timeout=timeout)
     finally:
@@ -245,16 +323,36 @@ def launch(command: list[str], cwd: Path, env: dict | None = None, timeout: int 
 def launcher(kind: str) -> list[str]:
     """Two CPU processes (gloo) on this machine, as a user starts them."""
     if kind == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_port", free_port()]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", free_port()]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            free_port(),
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        free_port(),
+    ]
 
 
 #: imported by every Python process of a launched job (its folder is on PYTHONPATH): each
 #: process records the examples the training loop collates, one line per micro-batch piece
-SPY = '''
+SPY = """
 import json, os, sys
 from pathlib import Path
 
@@ -272,13 +370,17 @@ def collate(self, features, tokenizer):
 
 
 ChatTask.collate = collate
-'''
+"""
 
 
 def collated(folder: Path) -> dict[str, list[tuple[int, ...]]]:
     """Each rank's training examples, as token ids, in the order it collated them."""
-    return {path.stem: [tuple(ids) for line in path.read_text().splitlines() for ids in json.loads(line)]
-            for path in sorted(folder.glob("rank-*.jsonl"))}
+    return {
+        path.stem: [
+            tuple(ids) for line in path.read_text().splitlines() for ids in json.loads(line)
+        ]
+        for path in sorted(folder.glob("rank-*.jsonl"))
+    }
 
 
 @pytest.mark.slow
@@ -287,19 +389,41 @@ def test_two_processes_train_as_one_with_the_same_global_batch(kind, tiny_llama_
     # 25 training examples: micro-batches of 8, 8, 8 and 1, so at step 4 one process has no
     # example of its own and must still take part in the step
     data = write_jsonl(tmp_path / "chat.jsonl", uneven_chat_rows(28))
-    raw = config(tiny_llama_dir, data, tmp_path / "two", max_steps=4, batch_size=4, logging_steps=1,
-                 eval_steps=2, learning_rate=5e-3, max_forward_tokens="auto", group_by_length=True)
+    raw = config(
+        tiny_llama_dir,
+        data,
+        tmp_path / "two",
+        max_steps=4,
+        batch_size=4,
+        logging_steps=1,
+        eval_steps=2,
+        learning_rate=5e-3,
+        max_forward_tokens="auto",
+        group_by_length=True,
+    )
     raw["training"]["max_grad_norm"] = 1.0
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(raw))
-    (tmp_path / "one.yaml").write_text(yaml.safe_dump(
-        {**raw, "output": str(tmp_path / "one"), "training": {**raw["training"], "batch_size": 8}}))
+    (tmp_path / "one.yaml").write_text(
+        yaml.safe_dump(
+            {
+                **raw,
+                "output": str(tmp_path / "one"),
+                "training": {**raw["training"], "batch_size": 8},
+            }
+        )
+    )
 
     spy = tmp_path / "spy"
     (spy / "seen").mkdir(parents=True)
     (spy / "sitecustomize.py").write_text(SPY)
-    two = launch(launcher(kind) + ["-m", "tunewright", "train", str(tmp_path / "two.yaml")], tmp_path,
-                 env={"PYTHONPATH": os.pathsep.join([str(spy), os.environ.get("PYTHONPATH", "")]),
-                      "TW_SPY": str(spy / "seen")})
+    two = launch(
+        [*launcher(kind), "-m", "tunewright", "train", str(tmp_path / "two.yaml")],
+        tmp_path,
+        env={
+            "PYTHONPATH": os.pathsep.join([str(spy), os.environ.get("PYTHONPATH", "")]),
+            "TW_SPY": str(spy / "seen"),
+        },
+    )
     assert two.returncode == 0, two.stderr[-4000:]
     # each process trained on its own share: the 25 examples once between them, at most 4 (half
     # a global micro-batch of 8) at a time, and nothing twice but the copy weighed 0 that the
@@ -309,24 +433,45 @@ def test_two_processes_train_as_one_with_the_same_global_batch(kind, tiny_llama_
     first, second = set(seen["rank-0"]), set(seen["rank-1"])
     assert len(first | second) == 25 and len(first & second) == 1
     assert len(seen["rank-0"]) == len(seen["rank-1"]) == 13  # 4 + 4 + 4 + 1 each
-    one = launch([sys.executable, "-m", "tunewright", "train", str(tmp_path / "one.yaml")], tmp_path)
+    one = launch(
+        [sys.executable, "-m", "tunewright", "train", str(tmp_path / "one.yaml")], tmp_path
+    )
     assert one.returncode == 0, one.stderr[-4000:]
 
     # one run directory, written once: every line of metrics.jsonl once, each evaluation once
-    rows = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-            for name in ("one", "two")}
-    assert [r["step"] for r in rows["two"]] == [r["step"] for r in rows["one"]] == [0, 1, 2, 2, 3, 4, 4]
-    assert [r.get("eval_stage") for r in rows["two"] if "eval_stage" in r] == ["baseline", "training", "final"]
+    rows = {
+        name: [
+            json.loads(line)
+            for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        ]
+        for name in ("one", "two")
+    }
+    assert (
+        [r["step"] for r in rows["two"]]
+        == [r["step"] for r in rows["one"]]
+        == [0, 1, 2, 2, 3, 4, 4]
+    )
+    assert [r.get("eval_stage") for r in rows["two"] if "eval_stage" in r] == [
+        "baseline",
+        "training",
+        "final",
+    ]
     for ours, theirs in zip(rows["two"], rows["one"]):
         for key in ("loss", "eval_loss", "eval_mean_token_accuracy"):
             if key in theirs:
                 assert ours[key] == pytest.approx(theirs[key], rel=1e-4), (key, ours["step"])
     assert len((tmp_path / "two" / "data" / "train.jsonl").read_text().splitlines()) == 25
-    results = {name: json.loads((tmp_path / name / "eval.json").read_text()) for name in ("one", "two")}
+    results = {
+        name: json.loads((tmp_path / name / "eval.json").read_text()) for name in ("one", "two")
+    }
     assert results["two"]["train"]["tokens"] == results["one"]["train"]["tokens"]
     assert results["two"]["final"]["loss"] < results["two"]["baseline"]["loss"] - 0.1
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
-    assert not list((tmp_path / "two").glob("**/.tmp-*")) and not list((tmp_path / "two").glob("**/.staging-*"))
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one").iterdir()
+    )
+    assert not list((tmp_path / "two").glob("**/.tmp-*")) and not list(
+        (tmp_path / "two").glob("**/.staging-*")
+    )
 
     # progress printed once, by the main process
     for line in ("baseline: loss", "step 4/4", "tuned:", "run written to"):
@@ -379,10 +524,20 @@ def test_a_packaged_model_is_converted_once_under_torchrun(tiny_llama_dir, tmp_p
     cache = tmp_path / "cache"
     resolved = tmp_path / "resolved"
     resolved.mkdir()
-    done = launch(launcher("torchrun") + [str(tmp_path / "convert.py"), str(tmp_path / "job.yaml")], tmp_path, env={
-        "CONVERSIONS": str(tmp_path / "conversions.log"), "SOURCE": str(tiny_llama_dir),
-        "TUNEWRIGHT_CACHE": str(cache), "RESOLVED": str(resolved)})
+    done = launch(
+        [*launcher("torchrun"), str(tmp_path / "convert.py"), str(tmp_path / "job.yaml")],
+        tmp_path,
+        env={
+            "CONVERSIONS": str(tmp_path / "conversions.log"),
+            "SOURCE": str(tiny_llama_dir),
+            "TUNEWRIGHT_CACHE": str(cache),
+            "RESOLVED": str(resolved),
+        },
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     assert (tmp_path / "conversions.log").read_text().split() == ["0"]
-    assert {rank.name: rank.read_text() for rank in resolved.iterdir()} == {"0": "True", "1": "True"}
+    assert {rank.name: rank.read_text() for rank in resolved.iterdir()} == {
+        "0": "True",
+        "1": "True",
+    }
     assert (cache / "models" / "converted-once" / "config.json").is_file()

@@ -21,9 +21,13 @@ def write_jsonl(path, records):
     return path
 
 
-CHAT = {"messages": [{"role": "system", "content": "Be brief."},
-                     {"role": "user", "content": "Hi"},
-                     {"role": "assistant", "content": "Hello!"}]}
+CHAT = {
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+    ]
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,15 +49,35 @@ def test_builtin_formats_are_registered(registries):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("record, expected", [
-    (CHAT, CHAT),
-    ({"prompt": "2+2?", "completion": "4"},
-     {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}),
-    ({"text": "### Human: Hi ### Assistant: Hello"},
-     {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}),
-    ({"text": "great film", "label": "pos"}, {"text": "great film", "label": "pos"}),
-    ({"text": "### Human: is this a label?", "label": 1}, {"text": "### Human: is this a label?", "label": 1}),
-])
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        (CHAT, CHAT),
+        (
+            {"prompt": "2+2?", "completion": "4"},
+            {
+                "messages": [
+                    {"role": "user", "content": "2+2?"},
+                    {"role": "assistant", "content": "4"},
+                ]
+            },
+        ),
+        (
+            {"text": "### Human: Hi ### Assistant: Hello"},
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello"},
+                ]
+            },
+        ),
+        ({"text": "great film", "label": "pos"}, {"text": "great film", "label": "pos"}),
+        (
+            {"text": "### Human: is this a label?", "label": 1},
+            {"text": "### Human: is this a label?", "label": 1},
+        ),
+    ],
+)
 def test_auto_detects_each_jsonl_format(tmp_path, registries, record, expected):
     path = write_jsonl(tmp_path / "data.jsonl", [record, record])
     examples, locations, problems = read_examples(path, registries)
@@ -68,22 +92,31 @@ def test_detection_uses_first_recognised_record(tmp_path, registries):
     _examples, locations, problems = read_examples(path, registries)
     assert locations == [f"{path}:2"]
     assert len(problems) == 1 and problems[0].location == f"{path}:1"
-    assert problems[0].message == ("no 'prompt' or 'completion' key (found: oops; "
-                                   'expected {"prompt": str, "completion": str})')
+    assert problems[0].message == (
+        "no 'prompt' or 'completion' key (found: oops; "
+        'expected {"prompt": str, "completion": str})'
+    )
 
 
 def test_mixed_formats_are_reported_per_line(tmp_path, registries):
-    path = write_jsonl(tmp_path / "mixed.jsonl", [
-        CHAT, {"prompt": "a", "completion": "b"}, CHAT, {"text": "t", "label": "x"}])
+    path = write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [CHAT, {"prompt": "a", "completion": "b"}, CHAT, {"text": "t", "label": "x"}],
+    )
     _examples, locations, problems = read_examples(path, registries)
     assert locations == [f"{path}:1", f"{path}:3"]
     assert [p.location for p in problems] == [f"{path}:2", f"{path}:4"]
     assert "prompt-completion data" in problems[0].message and "read as chat" in problems[0].message
-    assert "text-label data" in problems[1].message and "one file holds one format" in problems[1].message
+    assert (
+        "text-label data" in problems[1].message
+        and "one file holds one format" in problems[1].message
+    )
 
 
 def test_explicit_format_skips_detection(tmp_path, registries):
-    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "### Human: a ### Assistant: b", "label": "x"}])
+    path = write_jsonl(
+        tmp_path / "d.jsonl", [{"text": "### Human: a ### Assistant: b", "label": "x"}]
+    )
     examples, _, problems = read_examples(path, registries, format="instruction")
     assert problems == [] and examples[0]["messages"][1] == {"role": "assistant", "content": "b"}
 
@@ -92,7 +125,9 @@ def test_unknown_format_name_is_a_config_error(tmp_path, registries):
     from tunewright import ConfigError
 
     path = write_jsonl(tmp_path / "d.jsonl", [CHAT])
-    with pytest.raises(ConfigError, match=r"data.format: unknown dataset format 'chatml'.*registered: chat"):
+    with pytest.raises(
+        ConfigError, match=r"data.format: unknown dataset format 'chatml'.*registered: chat"
+    ):
         read_examples(path, registries, format="chatml")
 
 
@@ -120,11 +155,15 @@ def test_broken_json_array_reports_line(tmp_path, registries):
 
 def test_chat_keeps_extra_keys_and_rejects_bad_structure():
     chat = formats.ChatFormat()
-    example = chat.to_example({"messages": [{"role": "user", "content": "x", "weight": 0}], "id": 7})
+    example = chat.to_example(
+        {"messages": [{"role": "user", "content": "x", "weight": 0}], "id": 7}
+    )
     assert example == {"messages": [{"role": "user", "content": "x", "weight": 0}], "id": 7}
     with pytest.raises(DataError, match="'messages' must be a list of messages, got a string"):
         chat.to_example({"messages": "hello"})
-    with pytest.raises(DataError, match=r"message 2: no 'role' \(allowed: system, user, assistant\)"):
+    with pytest.raises(
+        DataError, match=r"message 2: no 'role' \(allowed: system, user, assistant\)"
+    ):
         chat.to_example({"messages": [{"role": "user", "content": "x"}, {"content": "y"}]})
     with pytest.raises(DataError, match=r"message 1 \(user\): no 'content'"):
         chat.to_example({"messages": [{"role": "user"}]})
@@ -136,9 +175,12 @@ def test_chat_keeps_extra_keys_and_rejects_bad_structure():
 
 def test_prompt_completion_takes_message_lists():
     fmt = formats.PromptCompletionFormat()
-    example = fmt.to_example({
-        "prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
-        "completion": [{"role": "assistant", "content": "a"}]})
+    example = fmt.to_example(
+        {
+            "prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+            "completion": [{"role": "assistant", "content": "a"}],
+        }
+    )
     assert [m["role"] for m in example["messages"]] == ["system", "user", "assistant"]
     with pytest.raises(DataError, match="'completion' must be a string"):
         fmt.to_example({"prompt": "p", "completion": 5})
@@ -146,12 +188,19 @@ def test_prompt_completion_takes_message_lists():
 
 def test_instruction_multi_turn_with_leading_system_text():
     fmt = formats.InstructionFormat()
-    example = fmt.to_example({"text": "You are kind.\n### Human: hi\n### Assistant: hello\n"
-                                      "### Human:  more?\n### Assistant: sure"})
+    example = fmt.to_example(
+        {
+            "text": "You are kind.\n### Human: hi\n### Assistant: hello\n"
+            "### Human:  more?\n### Assistant: sure"
+        }
+    )
     assert example["messages"] == [
         {"role": "system", "content": "You are kind."},
-        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-        {"role": "user", "content": "more?"}, {"role": "assistant", "content": "sure"}]
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "more?"},
+        {"role": "assistant", "content": "sure"},
+    ]
     with pytest.raises(DataError, match="no '### Human:' or '### Assistant:' marker"):
         fmt.to_example({"text": "just words"})
 
@@ -169,11 +218,18 @@ def test_text_label_rejects_bad_labels():
 
 def test_csv_with_aliases_quotes_and_label_types(tmp_path, registries):
     path = tmp_path / "d.csv"
-    path.write_text('id,Sentence,Category\n1,"hello, world",pos\n2,"two\nlines",3\n\n3,x,0.25\n'
-                    '4,y,\n5,too,many,fields\n', encoding="utf-8")
+    path.write_text(
+        'id,Sentence,Category\n1,"hello, world",pos\n2,"two\nlines",3\n\n3,x,0.25\n'
+        "4,y,\n5,too,many,fields\n",
+        encoding="utf-8",
+    )
     examples, locations, problems = read_examples(path, registries)
-    assert examples == [{"text": "hello, world", "label": "pos"}, {"text": "two\nlines", "label": 3},
-                        {"text": "x", "label": 0.25}, {"text": "y", "label": None}]
+    assert examples == [
+        {"text": "hello, world", "label": "pos"},
+        {"text": "two\nlines", "label": 3},
+        {"text": "x", "label": 0.25},
+        {"text": "y", "label": None},
+    ]
     assert locations == [f"{path}:2", f"{path}:3", f"{path}:6", f"{path}:7"]
     assert [p.location for p in problems] == [f"{path}:8"]
     assert "4 fields, but the header has 3 (id, Sentence, Category)" in problems[0].message
@@ -191,8 +247,12 @@ def test_csv_without_label_column(tmp_path, registries):
     path.write_text("text,score\nhi,1\n")
     examples, _, problems = read_examples(path, registries)
     assert examples == []
-    assert problems == [Problem(f"{path}:1", "the header (text, score) has no label column "
-                                             "(allowed names: label, category, class)")]
+    assert problems == [
+        Problem(
+            f"{path}:1",
+            "the header (text, score) has no label column (allowed names: label, category, class)",
+        )
+    ]
 
 
 def test_csv_bad_encoding_costs_one_row(tmp_path, registries):

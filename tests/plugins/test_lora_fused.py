@@ -20,8 +20,11 @@ def lora_model(tiny_llama_dir, **settings):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = LORA.apply(AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
-                       LORA.config_class(**settings), "causal_lm")
+    model = LORA.apply(
+        AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
+        LORA.config_class(**settings),
+        "causal_lm",
+    )
     with torch.no_grad():  # B starts at zero, which would hide any error in the update's path
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -47,7 +50,9 @@ def loss_and_grads(model, batch):
     model.train()
     model.zero_grad(set_to_none=True)
     embeddings = model.get_input_embeddings()(batch["input_ids"]).detach().requires_grad_()
-    loss = model(inputs_embeds=embeddings, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    loss = model(
+        inputs_embeds=embeddings, attention_mask=batch["attention_mask"], labels=batch["labels"]
+    ).loss
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     return loss.detach(), grads, embeddings.grad
@@ -74,7 +79,9 @@ def test_every_lora_layer_is_fused_and_computes_what_peft_computes(tiny_llama_di
     assert set(ours[1]) == set(theirs[1]) and any("lora_A" in n for n in ours[1])
     for name, grad in theirs[1].items():  # A and B of every layer
         torch.testing.assert_close(ours[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
-    torch.testing.assert_close(ours[2], theirs[2], rtol=1e-4, atol=1e-6)  # the gradient of the input
+    torch.testing.assert_close(
+        ours[2], theirs[2], rtol=1e-4, atol=1e-6
+    )  # the gradient of the input
 
 
 def test_in_bf16_the_fused_layers_follow_the_fp32_gradient(tiny_llama_dir, batch):
@@ -139,7 +146,9 @@ def test_dora_keeps_peft_forward_and_fusing_twice_changes_nothing(tiny_llama_dir
     from transformers import AutoModelForCausalLM
 
     dora = get_plugin_manager().registries.methods["dora"]
-    model = dora.apply(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), dora.config_class(), "causal_lm")
+    model = dora.apply(
+        AutoModelForCausalLM.from_pretrained(tiny_llama_dir), dora.config_class(), "causal_lm"
+    )
     assert not any("forward" in vars(layer) for layer in lora_layers(model))
     lora = lora_model(tiny_llama_dir)
     assert fuse_lora_layers(lora) == len(lora_layers(lora))

@@ -56,7 +56,9 @@ def test_adapter_placement_and_size(tiny_llama_dir, tiny_bert_dir):
     assert list(adapters(model)) == ["model.layers.1.bottleneck_adapter"]
     assert adapters(model)["model.layers.1.bottleneck_adapter"].down.out_features == 5
 
-    model = ADAPTER.apply(bert(tiny_bert_dir), Settings(reduction_factor=8), "sequence_classification")
+    model = ADAPTER.apply(
+        bert(tiny_bert_dir), Settings(reduction_factor=8), "sequence_classification"
+    )
     assert list(adapters(model)) == [f"bert.encoder.layer.{i}.bottleneck_adapter" for i in (0, 1)]
     assert {a.down.out_features for a in adapters(model).values()} == {32 // 8}
 
@@ -74,7 +76,9 @@ def test_adapter_trains_adapters_and_the_classifier_only(tiny_llama_dir, tiny_be
 
 
 def test_adapter_layers_out_of_range(tiny_llama_dir):
-    with pytest.raises(ConfigError, match=r"adapter.layers: 2 is not a block of this model; it has 2"):
+    with pytest.raises(
+        ConfigError, match=r"adapter.layers: 2 is not a block of this model; it has 2"
+    ):
         ADAPTER.apply(llama(tiny_llama_dir), Settings(layers=[0, 2]), "causal_lm")
 
 
@@ -85,16 +89,21 @@ def test_adapter_applies_once(tiny_llama_dir):
 
 
 def test_adapter_folder_is_not_mistaken_for_peft(tiny_bert_dir, tmp_path):
-    model = ADAPTER.apply(bert(tiny_bert_dir), Settings(layers=[0], activation="tanh"),
-                          "sequence_classification")
+    model = ADAPTER.apply(
+        bert(tiny_bert_dir), Settings(layers=[0], activation="tanh"), "sequence_classification"
+    )
     ADAPTER.save(model, tmp_path / "adapter")
     assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
-        "trainable_state.safetensors", "tunewright_method.json"]
+        "trainable_state.safetensors",
+        "tunewright_method.json",
+    ]
     record = json.loads((tmp_path / "adapter" / "tunewright_method.json").read_text())
     assert record["method"] == "adapter" and record["settings"]["activation"] == "tanh"
 
     # the saved settings win over the ones passed to load
-    loaded = ADAPTER.load(bert(tiny_bert_dir), tmp_path / "adapter", Settings(), "sequence_classification")
+    loaded = ADAPTER.load(
+        bert(tiny_bert_dir), tmp_path / "adapter", Settings(), "sequence_classification"
+    )
     assert list(adapters(loaded)) == ["bert.encoder.layer.0.bottleneck_adapter"]
     with pytest.raises(UsageError, match="task kind"):
         ADAPTER.load(bert(tiny_bert_dir), tmp_path / "adapter", None, "causal_lm")
@@ -135,9 +144,15 @@ def test_merged_adapters_survive_onnx_export(tiny_bert_dir, tmp_path):
             return self.model(input_ids=input_ids).logits
 
     with torch.inference_mode():
-        torch.onnx.export(LogitsOnly().eval(), (inputs,), str(tmp_path / "model.onnx"),
-                          input_names=["input_ids"], output_names=["logits"], opset_version=17,
-                          dynamo=False)
+        torch.onnx.export(
+            LogitsOnly().eval(),
+            (inputs,),
+            str(tmp_path / "model.onnx"),
+            input_names=["input_ids"],
+            output_names=["logits"],
+            opset_version=17,
+            dynamo=False,
+        )
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
     (logits,) = session.run(None, {"input_ids": inputs.numpy()})
     torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-5, rtol=0)

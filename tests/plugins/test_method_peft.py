@@ -32,8 +32,11 @@ def adapted(model):
     """Qualified names of the modules PEFT wrapped with a tuner layer."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    return {n.replace("base_model.model.", "", 1) for n, m in model.named_modules()
-            if isinstance(m, BaseTunerLayer)}
+    return {
+        n.replace("base_model.model.", "", 1)
+        for n, m in model.named_modules()
+        if isinstance(m, BaseTunerLayer)
+    }
 
 
 def test_lora_auto_targets_attention_and_mlp_of_llama(tiny_llama_dir):
@@ -41,8 +44,12 @@ def test_lora_auto_targets_attention_and_mlp_of_llama(tiny_llama_dir):
     model = lora.apply(llama(tiny_llama_dir), None, "causal_lm")
     wanted = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     blocks = {"self_attn": wanted[:4], "mlp": wanted[4:]}
-    assert adapted(model) == {f"model.layers.{i}.{part}.{name}"
-                              for i in range(2) for part, names in blocks.items() for name in names}
+    assert adapted(model) == {
+        f"model.layers.{i}.{part}.{name}"
+        for i in range(2)
+        for part, names in blocks.items()
+        for name in names
+    }
     assert sorted(model.peft_config["default"].target_modules) == sorted(wanted)
     assert not any("lm_head" in n for n, p in model.named_parameters() if p.requires_grad)
 
@@ -60,7 +67,9 @@ def test_lora_auto_targets_bert_and_trains_its_classifier(tiny_bert_dir):
 
 def test_lora_explicit_targets(tiny_llama_dir):
     lora, Settings = METHODS["lora"], METHODS["lora"].config_class
-    model = lora.apply(llama(tiny_llama_dir), Settings(target_modules=["q_proj", "v_proj"], r=2), "causal_lm")
+    model = lora.apply(
+        llama(tiny_llama_dir), Settings(target_modules=["q_proj", "v_proj"], r=2), "causal_lm"
+    )
     assert {n.rsplit(".", 1)[-1] for n in adapted(model)} == {"q_proj", "v_proj"}
     assert model.peft_config["default"].r == 2
 
@@ -115,8 +124,11 @@ def test_state_from_another_model_is_refused(tiny_llama_dir):
 
 
 def test_unknown_task_kind(tiny_llama_dir):
-    with pytest.raises(UsageError, match=r"cannot tune a model of task kind 'seq2seq' \(it supports: causal_lm, "
-                                         r"sequence_classification, image_classification, image_text_to_text\)"):
+    with pytest.raises(
+        UsageError,
+        match=r"cannot tune a model of task kind 'seq2seq' \(it supports: causal_lm, "
+        r"sequence_classification, image_classification, image_text_to_text\)",
+    ):
         METHODS["lora"].apply(llama(tiny_llama_dir), None, "seq2seq")
 
 
@@ -145,10 +157,16 @@ def test_heads_and_targets_are_found_beyond_llama_and_bert():
     from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
     torch.manual_seed(0)
-    config = DistilBertConfig(vocab_size=100, dim=16, hidden_dim=32, n_layers=2, n_heads=2, num_labels=3)
-    model = METHODS["lora"].apply(DistilBertForSequenceClassification(config), None, "sequence_classification")
+    config = DistilBertConfig(
+        vocab_size=100, dim=16, hidden_dim=32, n_layers=2, n_heads=2, num_labels=3
+    )
+    model = METHODS["lora"].apply(
+        DistilBertForSequenceClassification(config), None, "sequence_classification"
+    )
     suffixes = {name.rsplit(".", 1)[-1] for name in adapted(model)}
     assert suffixes == {"q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     for head in ("pre_classifier", "classifier"):
-        assert any(n.startswith(f"base_model.model.{head}.modules_to_save.") for n in trainable), head
+        assert any(n.startswith(f"base_model.model.{head}.modules_to_save.") for n in trainable), (
+            head
+        )

@@ -29,16 +29,30 @@ TASK_KINDS = ("causal_lm", "sequence_classification")
 # A random tiny BERT pools nearly the same features for every sentence, so methods without much
 # capacity of their own (ia3, adapter, prompt_tuning) get a classification batch only as far as
 # the head's bias takes them; that they train at all is checked by "every trainable tensor moved".
-LEARNING_RATES = {"lora": 1e-2, "dora": 3e-2, "ia3": 1e-1, "prompt_tuning": 1e-2,
-                  "adapter": 3e-2, "full": 1e-2, "freeze": 1e-2}
+LEARNING_RATES = {
+    "lora": 1e-2,
+    "dora": 3e-2,
+    "ia3": 1e-1,
+    "prompt_tuning": 1e-2,
+    "adapter": 3e-2,
+    "full": 1e-2,
+    "freeze": 1e-2,
+}
 LOSS_RATIO = {
-    ("lora", "causal_lm"): 0.95, ("lora", "sequence_classification"): 0.6,
-    ("dora", "causal_lm"): 0.95, ("dora", "sequence_classification"): 0.6,
-    ("ia3", "causal_lm"): 0.99, ("ia3", "sequence_classification"): 0.97,
-    ("prompt_tuning", "causal_lm"): 0.99, ("prompt_tuning", "sequence_classification"): 0.97,
-    ("adapter", "causal_lm"): 0.99, ("adapter", "sequence_classification"): 0.97,
-    ("full", "causal_lm"): 0.5, ("full", "sequence_classification"): 0.6,
-    ("freeze", "causal_lm"): 0.95, ("freeze", "sequence_classification"): 0.6,
+    ("lora", "causal_lm"): 0.95,
+    ("lora", "sequence_classification"): 0.6,
+    ("dora", "causal_lm"): 0.95,
+    ("dora", "sequence_classification"): 0.6,
+    ("ia3", "causal_lm"): 0.99,
+    ("ia3", "sequence_classification"): 0.97,
+    ("prompt_tuning", "causal_lm"): 0.99,
+    ("prompt_tuning", "sequence_classification"): 0.97,
+    ("adapter", "causal_lm"): 0.99,
+    ("adapter", "sequence_classification"): 0.97,
+    ("full", "causal_lm"): 0.5,
+    ("full", "sequence_classification"): 0.6,
+    ("freeze", "causal_lm"): 0.95,
+    ("freeze", "sequence_classification"): 0.6,
 }
 DEFAULT_LR, DEFAULT_LOSS_RATIO = 1e-2, 0.99
 STEPS = 20
@@ -47,8 +61,12 @@ STARTS_AS_BASE = {"lora", "dora", "ia3", "adapter", "full", "freeze"}
 # Methods that refuse merge() with a UsageError by design.
 CANNOT_MERGE = {"prompt_tuning"}
 
-TEXTS = ["The cat sat on the mat.", "Paris is the capital of France.",
-         "I loved this film, truly.", "Terrible service, never again!"]
+TEXTS = [
+    "The cat sat on the mat.",
+    "Paris is the capital of France.",
+    "I loved this film, truly.",
+    "Terrible service, never again!",
+]
 LABELS = [0, 1, 2, 1]
 
 
@@ -56,9 +74,13 @@ LABELS = [0, 1, 2, 1]
 def batches(tiny_llama_dir, tiny_bert_dir):
     from transformers import AutoTokenizer
 
-    causal = dict(AutoTokenizer.from_pretrained(tiny_llama_dir)(TEXTS, padding=True, return_tensors="pt"))
+    causal = dict(
+        AutoTokenizer.from_pretrained(tiny_llama_dir)(TEXTS, padding=True, return_tensors="pt")
+    )
     causal["labels"] = causal["input_ids"].masked_fill(causal["attention_mask"] == 0, -100)
-    classify = dict(AutoTokenizer.from_pretrained(tiny_bert_dir)(TEXTS, padding=True, return_tensors="pt"))
+    classify = dict(
+        AutoTokenizer.from_pretrained(tiny_bert_dir)(TEXTS, padding=True, return_tensors="pt")
+    )
     classify["labels"] = torch.tensor(LABELS)
     return {"causal_lm": causal, "sequence_classification": classify}
 
@@ -116,11 +138,15 @@ def test_method_lifecycle(name, task_kind, tiny_llama_dir, tiny_bert_dir, batche
 
     # forward, backward, optimizer steps on a fixed batch
     parameters = getattr(method, "optimizer_parameters", None)
-    parameters = parameters(model) if parameters else [p for p in model.parameters() if p.requires_grad]
+    parameters = (
+        parameters(model) if parameters else [p for p in model.parameters() if p.requires_grad]
+    )
     assert parameters, f"{name}: nothing to train"
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trained_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    optimizer = torch.optim.AdamW(parameters, lr=LEARNING_RATES.get(name, DEFAULT_LR), weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        parameters, lr=LEARNING_RATES.get(name, DEFAULT_LR), weight_decay=0.0
+    )
     torch.manual_seed(0)
     model.train()
     for _ in range(STEPS):
@@ -142,8 +168,11 @@ def test_method_lifecycle(name, task_kind, tiny_llama_dir, tiny_bert_dir, batche
     assert state and all(isinstance(v, torch.Tensor) for v in state.values())
     if name != "full":
         assert sum(v.numel() for v in state.values()) < 0.5 * total
-    other = method.apply(load_base(task_kind, tiny_llama_dir, tiny_bert_dir, head_seed=1),
-                         settings_for(name), task_kind)
+    other = method.apply(
+        load_base(task_kind, tiny_llama_dir, tiny_bert_dir, head_seed=1),
+        settings_for(name),
+        task_kind,
+    )
     method.load_trainable_state(other, state)
     assert torch.equal(evaluate(other, batch)[0], trained_logits)
 
@@ -210,26 +239,32 @@ def test_lora_rank_is_spelt_r():
     assert "alpha" in message and "target_modules" in message  # says what is allowed
 
 
-@pytest.mark.parametrize("data, expected", [
-    ({"r": "eight"}, r"lora\.r: expected an integer"),
-    ({"r": 0}, r"lora\.r: .*greater than or equal to 1"),
-    ({"dropout": 1.5}, r"lora\.dropout: "),
-    ({"bias": "some"}, r"lora\.bias: "),
-    ({"target_modules": []}, r"lora\.target_modules: .*at least one"),
-    ({"target_modules": "everything"}, r"lora\.target_modules"),
-])
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        ({"r": "eight"}, r"lora\.r: expected an integer"),
+        ({"r": 0}, r"lora\.r: .*greater than or equal to 1"),
+        ({"dropout": 1.5}, r"lora\.dropout: "),
+        ({"bias": "some"}, r"lora\.bias: "),
+        ({"target_modules": []}, r"lora\.target_modules: .*at least one"),
+        ({"target_modules": "everything"}, r"lora\.target_modules"),
+    ],
+)
 def test_lora_section_rejects_bad_values(data, expected):
     with pytest.raises(ConfigError, match=expected):
         validate_section(METHODS["lora"].config_class, data, "lora", "config.yaml")
 
 
-@pytest.mark.parametrize("name, data, key", [
-    ("adapter", {"activation": "swish"}, "adapter.activation"),
-    ("adapter", {"layers": "top"}, "adapter.layers"),
-    ("freeze", {"train_top_layers": -1}, "freeze.train_top_layers"),
-    ("prompt_tuning", {"num_virtual_tokens": 0}, "prompt_tuning.num_virtual_tokens"),
-    ("ia3", {"feedforward_modules": 3}, "ia3.feedforward_modules"),
-])
+@pytest.mark.parametrize(
+    "name, data, key",
+    [
+        ("adapter", {"activation": "swish"}, "adapter.activation"),
+        ("adapter", {"layers": "top"}, "adapter.layers"),
+        ("freeze", {"train_top_layers": -1}, "freeze.train_top_layers"),
+        ("prompt_tuning", {"num_virtual_tokens": 0}, "prompt_tuning.num_virtual_tokens"),
+        ("ia3", {"feedforward_modules": 3}, "ia3.feedforward_modules"),
+    ],
+)
 def test_other_sections_name_the_bad_key(name, data, key):
     with pytest.raises(ConfigError, match=rf"config.yaml: {key}"):
         validate_section(METHODS[name].config_class, data, name, "config.yaml")
@@ -239,8 +274,12 @@ def test_job_config_validates_the_method_section():
     from tunewright.config import load_config
 
     registries = PM.registries
-    job = {"model": "minilm-l6", "task": sorted(registries.tasks)[0], "data": {"train": "t.jsonl"},
-           "method": "lora"}
+    job = {
+        "model": "minilm-l6",
+        "task": sorted(registries.tasks)[0],
+        "data": {"train": "t.jsonl"},
+        "method": "lora",
+    }
     config = load_config({**job, "lora": {"r": 4}}, registries, source="job.yaml")
     assert config.section("lora").r == 4
     with pytest.raises(ConfigError, match=r"job.yaml: lora.rank: unknown key"):

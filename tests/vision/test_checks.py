@@ -11,10 +11,24 @@ import pytest
 from PIL import Image, ImageFile
 
 from tunewright import DataError
-from tunewright.vision import (ImageProblem, ImageRefused, VisionSettings, check_example, check_image,
-                               image_refs, load_images, sniff_format)
-from tunewright.vision.demo import (animated, bad_images, decompression_bomb, exif_rotated_jpeg,
-                                    heic_header, huge_header_png)
+from tunewright.vision import (
+    ImageProblem,
+    ImageRefused,
+    VisionSettings,
+    check_example,
+    check_image,
+    image_refs,
+    load_images,
+    sniff_format,
+)
+from tunewright.vision.demo import (
+    animated,
+    bad_images,
+    decompression_bomb,
+    exif_rotated_jpeg,
+    heic_header,
+    huge_header_png,
+)
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:
@@ -43,7 +57,9 @@ def data_url(data: bytes, media_type: str = "image/png") -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt, options", [("JPEG", {"quality": 90}), ("PNG", {}), ("WEBP", {"quality": 80})])
+@pytest.mark.parametrize(
+    "fmt, options", [("JPEG", {"quality": 90}), ("PNG", {}), ("WEBP", {"quality": 80})]
+)
 def test_accepted_formats_decode_completely(fmt, options):
     data = encode(photo(), fmt, **options)
     checked = check_image(data)
@@ -52,9 +68,18 @@ def test_accepted_formats_decode_completely(fmt, options):
     checked.image.tobytes()  # decoded: usable without the source bytes
 
 
-@pytest.mark.parametrize("name, named", [
-    ("cat.gif", "GIF"), ("gif-named.png", "GIF"), ("scan.bmp", "BMP"), ("scan.tiff", "TIFF"),
-    ("page.pdf", "PDF"), ("drawing.svg", "SVG"), ("phone.heic", "HEIC")])
+@pytest.mark.parametrize(
+    "name, named",
+    [
+        ("cat.gif", "GIF"),
+        ("gif-named.png", "GIF"),
+        ("scan.bmp", "BMP"),
+        ("scan.tiff", "TIFF"),
+        ("page.pdf", "PDF"),
+        ("drawing.svg", "SVG"),
+        ("phone.heic", "HEIC"),
+    ],
+)
 def test_each_refused_format_is_named(name, named):
     data, reason = bad_images()[name]
     assert sniff_format(data) == named
@@ -71,7 +96,9 @@ def test_the_name_never_decides():
 
 
 def test_avif_and_unknown_bytes_are_refused():
-    assert sniff_format(encode(photo(), "AVIF")) == "AVIF"  # Pillow 13 reads AVIF; the services do not
+    assert (
+        sniff_format(encode(photo(), "AVIF")) == "AVIF"
+    )  # Pillow 13 reads AVIF; the services do not
     assert refused(encode(photo(), "AVIF")).reason == "format"
     error = refused(b"hello, this is text")
     assert error.reason == "format" and "not an image format" in str(error)
@@ -87,10 +114,17 @@ def test_data_url_declared_type_must_match_the_bytes():
     assert "declares image/jpeg, but its bytes are a PNG image" in problem.message
     assert check_example({"image": data_url(png), "label": "x"}, "d.jsonl:4") == []
     # no declared type at all, or a GIF declared honestly: both refused, each with its reason
-    assert check_example({"image": "data:;base64," + base64.b64encode(png).decode(), "label": 1},
-                         "d:1")[0].reason == "type-mismatch"
+    assert (
+        check_example(
+            {"image": "data:;base64," + base64.b64encode(png).decode(), "label": 1}, "d:1"
+        )[0].reason
+        == "type-mismatch"
+    )
     gif, _ = bad_images()["cat.gif"]
-    assert check_example({"image": data_url(gif, "image/gif"), "label": 1}, "d:2")[0].reason == "format"
+    assert (
+        check_example({"image": data_url(gif, "image/gif"), "label": 1}, "d:2")[0].reason
+        == "format"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,7 +162,7 @@ def test_decompression_bomb_is_refused_before_decoding_without_touching_global_s
         assert error.reason == "bomb" and "9,500 x 9,500 = 90,250,000 pixels" in str(error)
         huge = refused(huge_header_png())
         assert huge.reason == "bomb" and "decompression bomb" in str(huge)
-    assert Image.MAX_IMAGE_PIXELS == before
+    assert before == Image.MAX_IMAGE_PIXELS
 
 
 def test_max_pixels_is_a_setting_per_call():
@@ -153,9 +187,18 @@ def test_animated_images_are_refused(fmt, kind):
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode, fmt, expected", [
-    ("L", "PNG", "RGB"), ("1", "PNG", "RGB"), ("P", "PNG", "RGB"), ("LA", "PNG", "RGBA"),
-    ("RGBA", "PNG", "RGBA"), ("CMYK", "JPEG", "RGB"), ("L", "JPEG", "RGB")])
+@pytest.mark.parametrize(
+    "mode, fmt, expected",
+    [
+        ("L", "PNG", "RGB"),
+        ("1", "PNG", "RGB"),
+        ("P", "PNG", "RGB"),
+        ("LA", "PNG", "RGBA"),
+        ("RGBA", "PNG", "RGBA"),
+        ("CMYK", "JPEG", "RGB"),
+        ("L", "JPEG", "RGB"),
+    ],
+)
 def test_other_colour_modes_are_converted_and_reported(mode, fmt, expected):
     checked = check_image(encode(photo().convert(mode), fmt))
     assert checked.image.mode == expected
@@ -193,7 +236,12 @@ def test_exif_orientation_is_applied():
 
 
 def chat(*parts, role="user", answer="ok"):
-    return {"messages": [{"role": role, "content": list(parts)}, {"role": "assistant", "content": answer}]}
+    return {
+        "messages": [
+            {"role": role, "content": list(parts)},
+            {"role": "assistant", "content": answer},
+        ]
+    }
 
 
 def image_part(url, detail=None):
@@ -202,9 +250,13 @@ def image_part(url, detail=None):
 
 
 def test_image_refs_of_both_example_shapes():
-    refs = image_refs(chat({"type": "text", "text": "what?"}, image_part("a.png", "low"), image_part("b.png")))
+    refs = image_refs(
+        chat({"type": "text", "text": "what?"}, image_part("a.png", "low"), image_part("b.png"))
+    )
     assert [(r.number, r.reference, r.detail, r.role, r.message, r.part) for r in refs] == [
-        (1, "a.png", "low", "user", 1, 2), (2, "b.png", None, "user", 1, 3)]
+        (1, "a.png", "low", "user", 1, 2),
+        (2, "b.png", None, "user", 1, 3),
+    ]
     [ref] = image_refs({"image": "x.jpg", "label": 3, "detail": "high"})
     assert (ref.reference, ref.detail, ref.role) == ("x.jpg", "high", None)
     assert image_refs({"text": "no image", "label": 1}) == []
@@ -212,8 +264,11 @@ def test_image_refs_of_both_example_shapes():
 
 
 def test_malformed_parts_are_refused_each_with_what_is_allowed(tmp_path):
-    example = chat(image_part("a.png", "medium"), {"type": "image_url", "image_url": "a.png"},
-                   {"type": "image", "path": "a.png"})
+    example = chat(
+        image_part("a.png", "medium"),
+        {"type": "image_url", "image_url": "a.png"},
+        {"type": "image", "path": "a.png"},
+    )
     problems = check_example(example, "d.jsonl:1")
     assert [p.reason for p in problems] == ["bad-part"] * 3
     assert "'detail' is 'medium' (allowed: low, high, auto)" in problems[0].message
@@ -224,19 +279,32 @@ def test_malformed_parts_are_refused_each_with_what_is_allowed(tmp_path):
 
 def test_images_in_assistant_turns_are_refused(tmp_path):
     url = data_url(encode(photo(), "PNG"))
-    example = {"messages": [{"role": "user", "content": [image_part(url)]},
-                            {"role": "assistant", "content": [image_part(url)]}]}
+    example = {
+        "messages": [
+            {"role": "user", "content": [image_part(url)]},
+            {"role": "assistant", "content": [image_part(url)]},
+        ]
+    }
     [problem] = check_example(example, "d.jsonl:2")
     assert problem.reason == "assistant-image" and problem.image == 2
     assert "allowed: images in user and system turns" in problem.message
-    system = {"messages": [{"role": "system", "content": [image_part(url)]},
-                           {"role": "user", "content": "?"}, {"role": "assistant", "content": "!"}]}
+    system = {
+        "messages": [
+            {"role": "system", "content": [image_part(url)]},
+            {"role": "user", "content": "?"},
+            {"role": "assistant", "content": "!"},
+        ]
+    }
     assert check_example(system, "d.jsonl:3") == []
 
 
 def test_per_example_limits_default_to_the_hosted_numbers():
     settings = VisionSettings()
-    assert (settings.max_images, settings.max_image_bytes, settings.max_example_bytes) == (10, 10_000_000, 10_000_000)
+    assert (settings.max_images, settings.max_image_bytes, settings.max_example_bytes) == (
+        10,
+        10_000_000,
+        10_000_000,
+    )
     url = data_url(encode(photo((8, 8)), "PNG"))
     eleven = chat(*[image_part(url) for _ in range(11)])
     [problem] = check_example(eleven, "d.jsonl:5")

@@ -51,10 +51,13 @@ def test_remap_refuses_keys_it_does_not_know(key):
         torchvision_to_transformers_key(key)
 
 
-@pytest.mark.parametrize("name, accepted", [
-    ("chelsea", {281, 282, 285}),  # a cat: tabby, tiger cat or Egyptian cat
-    ("coffee", {967}),             # espresso
-])
+@pytest.mark.parametrize(
+    "name, accepted",
+    [
+        ("chelsea", {281, 282, 285}),  # a cat: tabby, tiger cat or Egyptian cat
+        ("coffee", {967}),  # espresso
+    ],
+)
 def test_pretrained_model_names_the_imagenet_class_of_a_real_photo(imagenet_model, name, accepted):
     processor = mobilenet_v2_image_processor()
     pixels = processor(images=photo(name), return_tensors="pt")["pixel_values"]  # (1, 3, 224, 224)
@@ -72,12 +75,18 @@ def test_saved_folder_loads_through_the_auto_classes(mobilenet_v2_dir, imagenet_
     model = AutoModelForImageClassification.from_pretrained(mobilenet_v2_dir).eval()
     processor = AutoImageProcessor.from_pretrained(mobilenet_v2_dir, use_fast=False)
     assert type(model).__name__ == "MobileNetV2ForImageClassification"
-    assert processor.crop_size == {"height": 224, "width": 224} and processor.size == {"shortest_edge": 256}
+    assert processor.crop_size == {"height": 224, "width": 224} and processor.size == {
+        "shortest_edge": 256
+    }
     assert processor.image_mean == classifiers.IMAGENET_MEAN
     pixels = processor(images=photo("coffee"), return_tensors="pt")["pixel_values"]
     with torch.no_grad():
-        torch.testing.assert_close(model(pixel_values=pixels).logits, imagenet_model(pixel_values=pixels).logits,
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            model(pixel_values=pixels).logits,
+            imagenet_model(pixel_values=pixels).logits,
+            atol=1e-5,
+            rtol=0,
+        )
     assert model.config.tunewright_source["sha256"] == classifiers.MOBILENET_V2_SHA256
 
 

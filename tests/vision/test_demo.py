@@ -16,7 +16,9 @@ pytest.importorskip("mlxtend")
 
 def digest(folder):
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
-    return hashlib.sha256(b"".join(p.relative_to(folder).as_posix().encode() + p.read_bytes() for p in files)).hexdigest()
+    return hashlib.sha256(
+        b"".join(p.relative_to(folder).as_posix().encode() + p.read_bytes() for p in files)
+    ).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +32,16 @@ def test_layout_and_files(demo):
     assert suffixes == {".png", ".jpg", ".webp"}
     rows = [json.loads(line) for line in demo.classification_train.read_text().splitlines()]
     assert len(rows) == 30 and rows[0] == {"image": "digits/train/0/0001.png", "label": 0}
-    assert demo.classification_csv.read_text().splitlines()[:2] == ["image,label", "digits/train/0/0001.png,0"]
+    assert demo.classification_csv.read_text().splitlines()[:2] == [
+        "image,label",
+        "digits/train/0/0001.png,0",
+    ]
     chats = [json.loads(line) for line in demo.image_to_text_train.read_text().splitlines()]
     assert len(chats) == 30 + len(PHOTOS)
     first = chats[0]["messages"]
-    assert first[0]["content"][1] == {"type": "text", "text": QUESTION} and first[1]["content"] == "0"
+    assert (
+        first[0]["content"][1] == {"type": "text", "text": QUESTION} and first[1]["content"] == "0"
+    )
     assert len(demo.image_to_text_test.read_text().splitlines()) == 10
 
 
@@ -42,7 +49,11 @@ def test_good_data_passes_every_check(demo):
     for path in (demo.classification_train, demo.classification_test, demo.image_to_text_train):
         for number, line in enumerate(path.read_text().splitlines(), start=1):
             assert check_example(json.loads(line), f"{path}:{number}") == []
-    photos = [json.loads(line) for line in demo.image_to_text_train.read_text().splitlines() if "photos/" in line]
+    photos = [
+        json.loads(line)
+        for line in demo.image_to_text_train.read_text().splitlines()
+        if "photos/" in line
+    ]
     summary = summarize(photos, locations=[f"{demo.image_to_text_train}:1"] * len(photos))
     assert summary["accepted"] == len(PHOTOS) and summary["detail"]["high"] >= 2  # rocket, galaxies
 

@@ -6,12 +6,30 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tunewright.vision import (detail_costs, high_size, image_tokens, low_size, resolve_detail, tile_boxes,
-                               view_count, view_pixels, view_sizes, views)
+from tunewright.vision import (
+    detail_costs,
+    high_size,
+    image_tokens,
+    low_size,
+    resolve_detail,
+    tile_boxes,
+    view_count,
+    view_pixels,
+    view_sizes,
+    views,
+)
 
 
-@pytest.mark.parametrize("size, tokens", [((1024, 1024), 765), ((2048, 4096), 1105), ((512, 512), 255),
-                                          ((4096, 8192), 1105), ((100, 100), 255)])
+@pytest.mark.parametrize(
+    "size, tokens",
+    [
+        ((1024, 1024), 765),
+        ((2048, 4096), 1105),
+        ((512, 512), 255),
+        ((4096, 8192), 1105),
+        ((100, 100), 255),
+    ],
+)
 def test_high_detail_tokens_match_openais_examples(size, tokens):
     assert image_tokens(size, "high") == tokens
     assert image_tokens(size, "low") == 85

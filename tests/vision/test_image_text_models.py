@@ -20,14 +20,15 @@ from tunewright.vision.models import (
     torchvision_mobilenet_v2_config,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _small_tower(image_size: int = 64) -> CnnTowerModel:
     torch.manual_seed(0)
-    config = CnnTowerConfig(backbone_config=torchvision_mobilenet_v2_config(depth_multiplier=0.35).to_dict(),
-                            image_size=image_size)
+    config = CnnTowerConfig(
+        backbone_config=torchvision_mobilenet_v2_config(depth_multiplier=0.35).to_dict(),
+        image_size=image_size,
+    )
     return CnnTowerModel(config)
 
 
@@ -95,9 +96,11 @@ def test_register_is_explicit_and_idempotent(tiny_image_text_dir, tmp_path):
         "except (KeyError, ValueError) as exc:\n"
         "    print('refused before registering')\n"
         "models.register_auto_classes(); models.register_auto_classes()\n"
-        f"print(type(AutoConfig.from_pretrained({str(tiny_image_text_dir)!r}).vision_config).__name__)\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path)
+        f"print(type(AutoConfig.from_pretrained({str(tiny_image_text_dir)!r}).vision_config).__name__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["refused", "before", "registering", "CnnTowerConfig"]
 
@@ -107,15 +110,19 @@ def _tiny_parts(tiny_llama_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     language_model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
-    tower = CnnTowerConfig(backbone_config=torchvision_mobilenet_v2_config(depth_multiplier=0.35).to_dict(),
-                           image_size=64)
+    tower = CnnTowerConfig(
+        backbone_config=torchvision_mobilenet_v2_config(depth_multiplier=0.35).to_dict(),
+        image_size=64,
+    )
     return tokenizer, language_model, tower
 
 
 def test_composed_model_is_the_language_model_on_text(tiny_llama_dir):
     tokenizer, language_model, tower = _tiny_parts(tiny_llama_dir)
     vocab = len(tokenizer)
-    model, processor = compose_image_text_model(language_model, tokenizer, tower, imagenet_weights=False)
+    model, processor = compose_image_text_model(
+        language_model, tokenizer, tower, imagenet_weights=False
+    )
     assert len(tokenizer) == vocab + 1 and processor.image_token == "<image>"
     assert model.lm_head.weight is model.get_input_embeddings().weight  # still tied
     ids = tokenizer("The cat sat on the mat", return_tensors="pt")
@@ -128,18 +135,33 @@ def test_composed_model_is_the_language_model_on_text(tiny_llama_dir):
 
 def test_processor_expands_each_view_into_the_towers_tokens(tiny_llama_dir):
     tokenizer, language_model, tower = _tiny_parts(tiny_llama_dir)
-    model, processor = compose_image_text_model(language_model, tokenizer, tower, imagenet_weights=False)
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"},
-                                             {"type": "text", "text": "Two views?"}]}]
+    model, processor = compose_image_text_model(
+        language_model, tokenizer, tower, imagenet_weights=False
+    )
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image"},
+                {"type": "image"},
+                {"type": "text", "text": "Two views?"},
+            ],
+        }
+    ]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert text.count("<image>") == 2 and text.endswith("<|im_start|>assistant\n")
     views = [Image.new("RGB", (100, 50), (255, 0, 0)), Image.new("RGB", (30, 30), (0, 0, 255))]
     inputs = processor(text=text, images=views, return_tensors="pt")
     assert inputs["pixel_values"].shape == (2, 3, 64, 64)
-    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 2 * tower.tokens_per_view
+    assert (
+        int((inputs["input_ids"] == model.config.image_token_id).sum()) == 2 * tower.tokens_per_view
+    )
     with torch.no_grad():
         out = model(**inputs)
-    assert out.image_hidden_states.shape == (2 * tower.tokens_per_view, model.config.text_config.hidden_size)
+    assert out.image_hidden_states.shape == (
+        2 * tower.tokens_per_view,
+        model.config.text_config.hidden_size,
+    )
     # the views change the answer: the image rows are not ignored
     other = dict(inputs, pixel_values=torch.flip(inputs["pixel_values"], dims=[0]))
     with torch.no_grad():
@@ -147,14 +169,20 @@ def test_processor_expands_each_view_into_the_towers_tokens(tiny_llama_dir):
 
 
 def test_round_trip_through_the_auto_classes(tiny_image_text_dir):
-    from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration
+    from transformers import (
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        LlavaForConditionalGeneration,
+    )
 
     register_auto_classes()
     model = AutoModelForImageTextToText.from_pretrained(tiny_image_text_dir)
     processor = AutoProcessor.from_pretrained(tiny_image_text_dir)
     assert isinstance(model, LlavaForConditionalGeneration)
     assert type(model.model.vision_tower).__name__ == "CnnTowerModel"
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}
+    ]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     image = Image.fromarray((np.random.default_rng(0).random((80, 120, 3)) * 255).astype(np.uint8))
     inputs = processor(text=text, images=[image], return_tensors="pt")
@@ -176,33 +204,54 @@ def test_round_trip_through_the_auto_classes(tiny_image_text_dir):
 def test_packaged_model_builds_and_keeps_smollm2(tmp_path):
     """The real build: ImageNet MobileNetV2 + SmolLM2-135M-Instruct, written atomically, loaded
     back through the Auto classes; on text it is SmolLM2."""
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        AutoTokenizer,
+    )
 
     from tunewright import atomic_directory, get_plugin_manager
     from tunewright.plugins.vision.image_text import build_composed_folder
 
-    smollm2 = Path(get_plugin_manager().registries.kind("models")["smollm2-135m-instruct"].resolve())
+    smollm2 = Path(
+        get_plugin_manager().registries.kind("models")["smollm2-135m-instruct"].resolve()
+    )
     target = tmp_path / "composed"
     build_composed_folder(smollm2, target, atomic_directory)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
     register_auto_classes()
     model = AutoModelForImageTextToText.from_pretrained(target).eval()
     processor = AutoProcessor.from_pretrained(target)
-    sizes = {name: sum(p.numel() for p in part.parameters()) for name, part in
-             (("tower", model.model.vision_tower), ("projector", model.model.multi_modal_projector))}
+    sizes = {
+        name: sum(p.numel() for p in part.parameters())
+        for name, part in (
+            ("tower", model.model.vision_tower),
+            ("projector", model.model.multi_modal_projector),
+        )
+    }
     assert sizes == {"tower": 2_223_872, "projector": 1280 * 576 + 576 + 576 * 576 + 576}
     assert processor.image_processor.image_mean == [0.485, 0.456, 0.406]
     lm = AutoModelForCausalLM.from_pretrained(smollm2).eval()
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                           add_generation_prompt=True, return_tensors="pt")
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         expected = lm.generate(prompt, max_new_tokens=8, do_sample=False)
-        got = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8,
-                             do_sample=False)
+        got = model.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=8,
+            do_sample=False,
+        )
     assert got.tolist() == expected.tolist()
     # the composed template renders text-only chats exactly as SmolLM2's own
-    text = processor.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
-                                         add_generation_prompt=True)
-    assert text == tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
-                                                 add_generation_prompt=True)
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert text == tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )

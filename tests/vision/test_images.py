@@ -42,12 +42,18 @@ def test_data_url_base64_and_percent_encoded():
     assert text.data == b"<svg>" and text.declared_type == "image/svg+xml"
 
 
-@pytest.mark.parametrize("reference, reason", [
-    ("data:image/png;base64", "data-url"),              # no comma
-    ("data:image/png;base64,@@@@", "data-url"),         # not base64
-    ("", "reference"), (None, "reference"), (42, "reference"),
-    ("ftp://example.invalid/a.png", "reference"), ("file:///etc/passwd", "reference"),
-])
+@pytest.mark.parametrize(
+    "reference, reason",
+    [
+        ("data:image/png;base64", "data-url"),  # no comma
+        ("data:image/png;base64,@@@@", "data-url"),  # not base64
+        ("", "reference"),
+        (None, "reference"),
+        (42, "reference"),
+        ("ftp://example.invalid/a.png", "reference"),
+        ("file:///etc/passwd", "reference"),
+    ],
+)
 def test_malformed_references(reference, reason):
     assert refusal(reference, root="/tmp").reason == reason
 
@@ -170,7 +176,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 def server():
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -182,7 +190,14 @@ def server():
 
 @pytest.fixture(autouse=True)
 def no_proxy(monkeypatch):
-    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+    for name in (
+        "http_proxy",
+        "https_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -225,11 +240,15 @@ def test_remote_timeout_404_and_refused_connection(server):
 def test_a_host_that_does_not_resolve_says_offline(monkeypatch):
     """What an offline machine's resolver answers (no DNS server is asked: getaddrinfo fails as it
     does there), through urllib's own error path."""
+
     def offline(*args, **kwargs):
         raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
 
     monkeypatch.setattr(socket, "getaddrinfo", offline)
     error = refusal("https://images.example.org/cat.png", settings=REMOTE)
     assert error.reason == "remote-failed"
-    assert "images.example.org/cat.png: the host name does not resolve: offline, or a wrong host" in str(error)
+    assert (
+        "images.example.org/cat.png: the host name does not resolve: offline, or a wrong host"
+        in str(error)
+    )
     assert "data URLs and local paths work offline" in str(error)

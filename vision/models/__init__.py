@@ -22,7 +22,13 @@ from .composed import (
 )
 
 __all__ = [
-    "CnnTowerConfig", "CnnTowerModel", "register_auto_classes", "load_imagenet_backbone",
+    "CnnTowerConfig",
+    "CnnTowerModel",
+    "register_auto_classes",
+    "load_imagenet_backbone",
     "torchvision_mobilenet_v2_config",
-    "IMAGE_TOKEN", "build_processor", "chat_template", "compose_image_text_model",
+    "IMAGE_TOKEN",
+    "build_processor",
+    "chat_template",
+    "compose_image_text_model",
 ]

@@ -52,8 +52,14 @@ class CnnTowerConfig(PretrainedConfig):
 
     model_type = MODEL_TYPE
 
-    def __init__(self, backbone_config: dict | None = None, image_size: int = 224,
-                 hidden_size: int | None = None, freeze_batch_norm: bool = True, **kwargs):
+    def __init__(
+        self,
+        backbone_config: dict | None = None,
+        image_size: int = 224,
+        hidden_size: int | None = None,
+        freeze_batch_norm: bool = True,
+        **kwargs,
+    ):
         backbone = dict(backbone_config or torchvision_mobilenet_v2_config().to_dict())
         backbone["image_size"] = image_size
         self.backbone_config = backbone
@@ -100,7 +106,7 @@ class CnnTowerModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         _torchvision_init(module)
 
-    def train(self, mode: bool = True) -> "CnnTowerModel":
+    def train(self, mode: bool = True) -> CnnTowerModel:
         super().train(mode)
         if self.config.freeze_batch_norm:
             for module in self.modules():
@@ -108,14 +114,22 @@ class CnnTowerModel(PreTrainedModel):
                     module.eval()
         return self
 
-    def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None,
-                return_dict: bool | None = None, **kwargs: Any) -> BaseModelOutputWithPooling:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPooling:
         # pixels arrive in float32 from the processor; a tower cast to bf16 computes in bf16
         dtype = self.backbone.conv_stem.first_conv.convolution.weight.dtype
-        features = self.backbone(pixel_values.to(dtype), return_dict=True).last_hidden_state  # (B, C, h, w)
+        features = self.backbone(
+            pixel_values.to(dtype), return_dict=True
+        ).last_hidden_state  # (B, C, h, w)
         tokens = features.flatten(2).transpose(1, 2)  # (B, h*w, C)
         return BaseModelOutputWithPooling(
-            last_hidden_state=tokens, pooler_output=tokens.mean(1), hidden_states=(tokens,))
+            last_hidden_state=tokens, pooler_output=tokens.mean(1), hidden_states=(tokens,)
+        )
 
 
 def _torchvision_init(module: nn.Module) -> None:

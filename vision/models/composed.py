@@ -38,12 +38,13 @@ def chat_template(default_system: str | None = None) -> str:
     a system turn when a conversation has none (SmolLM2-Instruct's own template does this)."""
     head = ""
     if default_system:
-        head = ("{%- if messages and messages[0]['role'] != 'system' -%}"
-                "{{ '<|im_start|>system\\n" + default_system.replace("'", "\\'") + "<|im_end|>\\n' }}"
-                "{%- endif -%}")
+        head = (
+            "{%- if messages and messages[0]['role'] != 'system' -%}"
+            "{{ '<|im_start|>system\\n" + default_system.replace("'", "\\'") + "<|im_end|>\\n' }}"
+            "{%- endif -%}"
+        )
     return (
-        head
-        + "{%- for message in messages -%}"
+        head + "{%- for message in messages -%}"
         "{{ '<|im_start|>' + message['role'] + '\\n' }}"
         "{%- if message['content'] is string -%}{{ message['content'] }}"
         "{%- else -%}{%- for part in message['content'] -%}"
@@ -68,15 +69,16 @@ def default_system_prompt(tokenizer) -> str | None:
         return None
     prefix = "<|im_start|>system\n"
     if text.startswith(prefix) and "<|im_end|>" in text:
-        return text[len(prefix): text.index("<|im_end|>")]
+        return text[len(prefix) : text.index("<|im_end|>")]
     return None
 
 
 def add_image_token(tokenizer) -> int:
     """Add ``<image>`` as a special token (if missing); return its id."""
     if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]},
-                                     replace_additional_special_tokens=False)
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": [IMAGE_TOKEN]}, replace_additional_special_tokens=False
+        )
     return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
 
@@ -89,16 +91,35 @@ def build_processor(tokenizer, image_size: int = 224, default_system: str | None
     template = chat_template(default_system)
     tokenizer.chat_template = template
     image_processor = MobileNetV2ImageProcessor(
-        do_resize=True, size={"height": image_size, "width": image_size}, resample=2,
-        do_center_crop=False, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-        image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
-    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=32,
-                          vision_feature_select_strategy="full", num_additional_image_tokens=0,
-                          chat_template=template, image_token=IMAGE_TOKEN)
+        do_resize=True,
+        size={"height": image_size, "width": image_size},
+        resample=2,
+        do_center_crop=False,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=32,
+        vision_feature_select_strategy="full",
+        num_additional_image_tokens=0,
+        chat_template=template,
+        image_token=IMAGE_TOKEN,
+    )
 
 
-def compose_image_text_model(language_model, tokenizer, tower_config: CnnTowerConfig | None = None,
-                             *, imagenet_weights: bool = True, seed: int = 0) -> tuple[Any, Any]:
+def compose_image_text_model(
+    language_model,
+    tokenizer,
+    tower_config: CnnTowerConfig | None = None,
+    *,
+    imagenet_weights: bool = True,
+    seed: int = 0,
+) -> tuple[Any, Any]:
     """Compose ``(LlavaForConditionalGeneration, LlavaProcessor)`` from a causal LM and its
     tokenizer (both changed in place: the tokenizer gains ``<image>``).
 
@@ -114,11 +135,15 @@ def compose_image_text_model(language_model, tokenizer, tower_config: CnnTowerCo
     image_token_id = add_image_token(tokenizer)
     text_config = language_model.config
     config = LlavaConfig(
-        vision_config=tower_config.to_dict(), text_config=text_config.to_dict(),
-        image_token_index=image_token_id, vision_feature_select_strategy="full",
-        vision_feature_layer=-1, projector_hidden_act="gelu",
+        vision_config=tower_config.to_dict(),
+        text_config=text_config.to_dict(),
+        image_token_index=image_token_id,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        projector_hidden_act="gelu",
         image_seq_length=tower_config.tokens_per_view,
-        tie_word_embeddings=bool(getattr(text_config, "tie_word_embeddings", False)))
+        tie_word_embeddings=bool(getattr(text_config, "tie_word_embeddings", False)),
+    )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = LlavaForConditionalGeneration(config)
@@ -137,13 +162,21 @@ def compose_image_text_model(language_model, tokenizer, tower_config: CnnTowerCo
         if value is not None:
             setattr(model.generation_config, key, value)
     model.config.pad_token_id = tokenizer.pad_token_id
-    processor = build_processor(tokenizer, tower_config.image_size,
-                                default_system=default_system_prompt(tokenizer))
+    processor = build_processor(
+        tokenizer, tower_config.image_size, default_system=default_system_prompt(tokenizer)
+    )
     model.eval()
     return model, processor
 
 
 __all__ = [
-    "IMAGE_TOKEN", "IMAGENET_MEAN", "IMAGENET_STD", "chat_template", "default_system_prompt",
-    "add_image_token", "build_processor", "compose_image_text_model", "CnnTowerModel",
+    "IMAGE_TOKEN",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "chat_template",
+    "default_system_prompt",
+    "add_image_token",
+    "build_processor",
+    "compose_image_text_model",
+    "CnnTowerModel",
 ]

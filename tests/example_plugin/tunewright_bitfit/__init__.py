@@ -39,7 +39,8 @@ class BitFit:
         if trained == 0:
             raise UsageError(
                 "method: bitfit: the model has no bias terms to train "
-                "(Llama-style models have none; use lora or adapter)")
+                "(Llama-style models have none; use lora or adapter)"
+            )
         return model
 
     def trainable_state(self, model):
@@ -52,7 +53,10 @@ class BitFit:
                 params[name].copy_(value)
 
     def save(self, model, path: Path):
-        state = {k: v.to("cpu", torch.float32).contiguous() for k, v in self.trainable_state(model).items()}
+        state = {
+            k: v.to("cpu", torch.float32).contiguous()
+            for k, v in self.trainable_state(model).items()
+        }
         save_file(state, str(Path(path) / "bitfit.safetensors"))
 
     def load(self, model, path: Path, settings, task_kind):

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import yaml
 
-WORDS = {"positive": ["great", "lovely", "excellent", "happy"], "negative": ["awful", "terrible", "sad", "bad"],
-         "neutral": ["okay", "average", "plain", "fine"]}
+WORDS = {
+    "positive": ["great", "lovely", "excellent", "happy"],
+    "negative": ["awful", "terrible", "sad", "bad"],
+    "neutral": ["okay", "average", "plain", "fine"],
+}
 
 
 def sentiment_rows(n: int, seed: int = 0) -> list[dict]:
@@ -21,7 +24,9 @@ def sentiment_rows(n: int, seed: int = 0) -> list[dict]:
     rows = []
     for i in range(n):
         label = sorted(WORDS)[i % 3]
-        rows.append({"text": f"{rng.choice(fillers)} {rng.choice(WORDS[label])} number {i}", "label": label})
+        rows.append(
+            {"text": f"{rng.choice(fillers)} {rng.choice(WORDS[label])} number {i}", "label": label}
+        )
     return rows
 
 
@@ -33,14 +38,31 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def federated_config(tmp_path: Path, model_dir: Path, data: Path, out: Path, **federated) -> Path:
     raw = {
-        "model": str(model_dir), "task": "classification", "method": "lora",
+        "model": str(model_dir),
+        "task": "classification",
+        "method": "lora",
         "lora": {"r": 4, "alpha": 8},
         "data": {"train": str(data), "validation": 0.2, "max_length": 32},
-        "training": {"batch_size": 8, "learning_rate": 5e-3, "logging_steps": 5, "precision": "fp32",
-                     "num_threads": 1},
-        "output": str(out), "runner": "federated", "seed": 3,
-        "federated": {"rounds": 2, "local_steps": 4, "sites": 3, "min_sites": 2, "wait_for_sites": 60,
-                      "round_timeout": 120, "simulation_cpus": 2, **federated},
+        "training": {
+            "batch_size": 8,
+            "learning_rate": 5e-3,
+            "logging_steps": 5,
+            "precision": "fp32",
+            "num_threads": 1,
+        },
+        "output": str(out),
+        "runner": "federated",
+        "seed": 3,
+        "federated": {
+            "rounds": 2,
+            "local_steps": 4,
+            "sites": 3,
+            "min_sites": 2,
+            "wait_for_sites": 60,
+            "round_timeout": 120,
+            "simulation_cpus": 2,
+            **federated,
+        },
     }
     path = tmp_path / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -55,6 +77,8 @@ def wait_until(check, timeout, procs, what):
         if check():
             return
         for name, proc in procs.items():
-            assert proc.poll() is None or proc.returncode == 0, f"{name} exited with {proc.returncode}"
+            assert proc.poll() is None or proc.returncode == 0, (
+                f"{name} exited with {proc.returncode}"
+            )
         time.sleep(0.5)
     raise AssertionError(f"{what} did not happen within {timeout} s")

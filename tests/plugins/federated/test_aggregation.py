@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from tunewright.plugins.federated.aggregation import aggregate, lora_pairs, product_average, weighted_average
+from tunewright.plugins.federated.aggregation import (
+    aggregate,
+    lora_pairs,
+    product_average,
+    weighted_average,
+)
 
 A = "base_model.model.layers.0.q_proj.lora_A.weight"
 B = "base_model.model.layers.0.q_proj.lora_B.weight"
@@ -12,8 +17,11 @@ HEAD = "base_model.model.score.modules_to_save.weight"
 
 def site(rng, rank=2, out=5, inp=4, shared_a=None):
     a = shared_a if shared_a is not None else rng.normal(size=(rank, inp)).astype(np.float32)
-    return {A: a, B: rng.normal(size=(out, rank)).astype(np.float32),
-            HEAD: rng.normal(size=(3, out)).astype(np.float32)}
+    return {
+        A: a,
+        B: rng.normal(size=(out, rank)).astype(np.float32),
+        HEAD: rng.normal(size=(3, out)).astype(np.float32),
+    }
 
 
 def test_pairs_found_by_name():
@@ -41,7 +49,7 @@ def test_ffa_average_is_exact_when_a_is_shared():
     rng = np.random.default_rng(1)
     shared = rng.normal(size=(2, 4)).astype(np.float32)
     states, weights = [site(rng, shared_a=shared) for _ in range(3)], [5, 1, 2]
-    travelled = [{k: v for k, v in s.items() if k != A} for s in states]   # A never travels
+    travelled = [{k: v for k, v in s.items() if k != A} for s in states]  # A never travels
     avg, info = aggregate("ffa", travelled, weights)
     assert A not in avg and info == {}
     true = sum(w / 8 * s[B] @ shared for w, s in zip(weights, states))
@@ -63,9 +71,9 @@ def test_product_keeps_the_best_rank_r_part_and_reports_it():
     rng = np.random.default_rng(3)
     states, weights = [site(rng) for _ in range(3)], [1, 2, 3]
     avg, kept = product_average(states, weights)
-    true = sum(w / 6 * s[B] @ s[A] for w, s in zip(weights, states))   # rank up to 4 > r = 2
+    true = sum(w / 6 * s[B] @ s[A] for w, s in zip(weights, states))  # rank up to 4 > r = 2
     sigma = np.linalg.svd(true, compute_uv=False)
-    expected = (sigma[:2] ** 2).sum() / (sigma ** 2).sum()
+    expected = (sigma[:2] ** 2).sum() / (sigma**2).sum()
     assert kept[A] == pytest.approx(expected, rel=1e-5) and kept[A] < 0.99
     # Eckart-Young: the error is exactly the dropped singular values
     err = np.linalg.norm(avg[B] @ avg[A] - true)

@@ -1,8 +1,8 @@
 """The configs a deployed server and its sites run with."""
 
 import yaml
-
 from federated_jobs import federated_config, sentiment_rows, write_jsonl
+
 from tunewright import get_plugin_manager, prepare_run
 from tunewright.plugins.federated import configs
 
@@ -11,8 +11,13 @@ def test_a_deployed_server_evaluates_every_example_of_its_data(tmp_path, tiny_be
     """The server's ``data:`` is its central held-out set: none of it is split off or trains,
     whatever ``data.validation`` says as a fraction (the sites read that for their own data)."""
     central = write_jsonl(tmp_path / "central.jsonl", sentiment_rows(30, seed=9))
-    path = federated_config(tmp_path, tiny_bert_dir, central, tmp_path / "run",
-                            server={"host": "127.0.0.1", "port": 9092, "insecure": True})
+    path = federated_config(
+        tmp_path,
+        tiny_bert_dir,
+        central,
+        tmp_path / "run",
+        server={"host": "127.0.0.1", "port": 9092, "insecure": True},
+    )
     pm = get_plugin_manager()
     config = configs.federated_config(str(path), pm, server=True)
     assert config.data.validation == str(central) and config.data.test is None

@@ -18,14 +18,27 @@ def federate(*args):
 
 def test_writes_a_ca_a_server_certificate_for_every_host_and_site_keys(tmp_path, capsys):
     folder = tmp_path / "creds"
-    assert federate(str(folder), "--host", "127.0.0.1", "--host", "server.example.org", "--site", "hospital-a") == 0
+    assert (
+        federate(
+            str(folder),
+            "--host",
+            "127.0.0.1",
+            "--host",
+            "server.example.org",
+            "--site",
+            "hospital-a",
+        )
+        == 0
+    )
     ca = x509.load_pem_x509_certificate((folder / "ca.crt").read_bytes())
     server = x509.load_pem_x509_certificate((folder / "server.pem").read_bytes())
     server.verify_directly_issued_by(ca)  # raises if the CA did not sign it
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
     assert names.get_values_for_type(x509.DNSName) == ["server.example.org"]
-    private = serialization.load_ssh_private_key((folder / "keys" / "hospital-a").read_bytes(), None)
+    private = serialization.load_ssh_private_key(
+        (folder / "keys" / "hospital-a").read_bytes(), None
+    )
     public = serialization.load_ssh_public_key((folder / "keys" / "hospital-a.pub").read_bytes())
     assert isinstance(private, ec.EllipticCurvePrivateKey) and private.curve.name == "secp384r1"
     assert private.public_key().public_numbers() == public.public_numbers()
@@ -40,11 +53,16 @@ def test_existing_files_and_bad_site_names_are_refused_and_nothing_is_written(tm
     assert federate(str(folder), "--host", "127.0.0.1") == 0
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     assert federate(str(folder), "--host", "127.0.0.1", "--site", "a") == 2
-    assert "holds ca.crt, server.pem, server.key already; nothing was written" in capsys.readouterr().err
+    assert (
+        "holds ca.crt, server.pem, server.key already; nothing was written"
+        in capsys.readouterr().err
+    )
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
     # a site that joins later gets its key alone; its key is never made twice
     assert federate(str(folder), "--site", "late") == 0
-    assert (folder / "keys" / "late.pub").is_file() and (folder / "ca.crt").read_bytes() == before[folder / "ca.crt"]
+    assert (folder / "keys" / "late.pub").is_file() and (folder / "ca.crt").read_bytes() == before[
+        folder / "ca.crt"
+    ]
     capsys.readouterr()
     assert federate(str(folder), "--site", "late") == 2
     assert "holds keys/late, keys/late.pub already" in capsys.readouterr().err

@@ -13,8 +13,8 @@ import sys
 import time
 
 import pytest
-
 from federated_jobs import federated_config, sentiment_rows, wait_until, write_jsonl
+
 from tunewright import JobFailed, UsageError
 from tunewright.plugins.federated import credentials, deploy
 from tunewright.plugins.federated.settings import ServerSettings
@@ -24,8 +24,15 @@ FEDERATE = [sys.executable, "-m", "tunewright", "federate"]
 
 
 def site_argv(port, server_port, *, key=None, ca=None, timeout=10):
-    argv = [deploy.executable("flower-supernode"), "--superlink", f"127.0.0.1:{server_port}",
-            "--port", str(port), "--max-wait-time", str(timeout)]
+    argv = [
+        deploy.executable("flower-supernode"),
+        "--superlink",
+        f"127.0.0.1:{server_port}",
+        "--port",
+        str(port),
+        "--max-wait-time",
+        str(timeout),
+    ]
     argv += ["--root-certificates", str(ca)] if ca else ["--insecure"]
     return argv + (["--auth-supernode-private-key", str(key)] if key else [])
 
@@ -35,27 +42,47 @@ def test_tls_server_with_site_authentication_refuses_an_unregistered_site(tmp_pa
     registered = credentials.make_site_key(tmp_path / "keys", "hospital-a")
     stranger = credentials.make_site_key(tmp_path / "keys", "stranger")
     port = deploy.free_port()
-    server = ServerSettings(port=port, authorized_sites=[str(registered[1])], **{k: str(v) for k, v in tls.items()})
+    server = ServerSettings(
+        port=port, authorized_sites=[str(registered[1])], **{k: str(v) for k, v in tls.items()}
+    )
     home = tmp_path / "home"
     home.mkdir()
     env = deploy.flower_env(home)
-    (home / "config.toml").write_text(deploy.connection_toml("tunewright", f"127.0.0.1:{port}", server))
+    (home / "config.toml").write_text(
+        deploy.connection_toml("tunewright", f"127.0.0.1:{port}", server)
+    )
     log = tmp_path / "superlink.log"
-    superlink = subprocess.Popen(deploy.superlink_args(server), env=env, stdout=log.open("wb"),
-                                 stderr=subprocess.STDOUT, start_new_session=True)
+    superlink = subprocess.Popen(
+        deploy.superlink_args(server),
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     good = None
     try:
         deploy.wait_for_port("127.0.0.1", port, 60, superlink, "flower-superlink", log)
-        node = deploy.flwr(["supernode", "register", str(registered[1]), "tunewright"], env)["node-id"]
+        node = deploy.flwr(["supernode", "register", str(registered[1]), "tunewright"], env)[
+            "node-id"
+        ]
         started = time.monotonic()
         with pytest.raises(JobFailed, match="refused this site: its key is not among"):
-            deploy.run_site(site_argv(deploy.free_port(), port, key=stranger[0], ca=tls["ca_certfile"]),
-                            tmp_path / "stranger", f"127.0.0.1:{port}", 10, echo=lambda m: None)
+            deploy.run_site(
+                site_argv(deploy.free_port(), port, key=stranger[0], ca=tls["ca_certfile"]),
+                tmp_path / "stranger",
+                f"127.0.0.1:{port}",
+                10,
+                echo=lambda m: None,
+            )
         assert time.monotonic() - started < 60
         # the registered site is let in with the same CA, over TLS
-        good = subprocess.Popen(site_argv(deploy.free_port(), port, key=registered[0], ca=tls["ca_certfile"]),
-                                env=env, stdout=(tmp_path / "good.log").open("wb"), stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        good = subprocess.Popen(
+            site_argv(deploy.free_port(), port, key=registered[0], ca=tls["ca_certfile"]),
+            env=env,
+            stdout=(tmp_path / "good.log").open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 60
         status = None
         while time.monotonic() < deadline and status != "online":
@@ -65,13 +92,24 @@ def test_tls_server_with_site_authentication_refuses_an_unregistered_site(tmp_pa
         assert status == "online"
         # the SuperLink names the refused key only in its log: the server's console shows it
         shown = [deploy.refusals(line) for line in log.read_text(errors="replace").splitlines()]
-        assert any(line and "its key is not among federated.server.authorized_sites" in line for line in shown)
+        assert any(
+            line and "its key is not among federated.server.authorized_sites" in line
+            for line in shown
+        )
         # a site that does not speak TLS is told so at once, before its SuperNode starts
         started = time.monotonic()
-        with pytest.raises(UsageError, match=rf"--insecure: the server at 127.0.0.1:{port} speaks TLS and this "
-                                             "site plain HTTP; drop --insecure and give --root-certificates"):
-            deploy.run_site(site_argv(deploy.free_port(), port, timeout=60),
-                            tmp_path / "plain", f"127.0.0.1:{port}", 60, echo=lambda m: None)
+        with pytest.raises(
+            UsageError,
+            match=rf"--insecure: the server at 127.0.0.1:{port} speaks TLS and this "
+            "site plain HTTP; drop --insecure and give --root-certificates",
+        ):
+            deploy.run_site(
+                site_argv(deploy.free_port(), port, timeout=60),
+                tmp_path / "plain",
+                f"127.0.0.1:{port}",
+                60,
+                echo=lambda m: None,
+            )
         assert time.monotonic() - started < 10
         assert not (tmp_path / "plain" / "supernode.log").exists()
     finally:
@@ -84,15 +122,27 @@ def test_tls_server_with_site_authentication_refuses_an_unregistered_site(tmp_pa
 def test_unreachable_server_is_a_clear_error_within_the_deadline(tmp_path):
     port = deploy.free_port()  # nothing listens there
     started = time.monotonic()
-    with pytest.raises(JobFailed, match=rf"--server 127.0.0.1:{port}: could not reach the server within 3 s"):
-        deploy.run_site(site_argv(deploy.free_port(), port, timeout=3), tmp_path / "site",
-                        f"127.0.0.1:{port}", 3, echo=lambda m: None)
+    with pytest.raises(
+        JobFailed, match=rf"--server 127.0.0.1:{port}: could not reach the server within 3 s"
+    ):
+        deploy.run_site(
+            site_argv(deploy.free_port(), port, timeout=3),
+            tmp_path / "site",
+            f"127.0.0.1:{port}",
+            3,
+            echo=lambda m: None,
+        )
     assert time.monotonic() - started < 40
 
 
 def _terminate_when(proc, log, line, timeout=120):
     """Wait for ``line`` in ``log``; then SIGTERM ``proc`` and return what it had started."""
-    wait_until(lambda: line in log.read_text(errors="replace"), timeout, {"the command": proc}, f"{line!r} in {log}")
+    wait_until(
+        lambda: line in log.read_text(errors="replace"),
+        timeout,
+        {"the command": proc},
+        f"{line!r} in {log}",
+    )
     assert proc.poll() is None, f"exited with {proc.returncode}: {log.read_text()[-3000:]}"
     family = deploy.descendants(proc.pid)
     assert family, "nothing started below the command"
@@ -101,16 +151,26 @@ def _terminate_when(proc, log, line, timeout=120):
     return family
 
 
-def test_a_terminated_server_stops_its_superlink_and_what_that_started(tmp_path, tiny_bert_dir, flower_env):
+def test_a_terminated_server_stops_its_superlink_and_what_that_started(
+    tmp_path, tiny_bert_dir, flower_env
+):
     """SIGTERM (a scheduler's preemption, ``kill``) ends ``federate server`` with exit 143 and
     takes the SuperLink, which runs in a session of its own, and its server app down with it."""
     port = deploy.free_port()
     data = write_jsonl(tmp_path / "central.jsonl", sentiment_rows(20, seed=1))
-    config = federated_config(tmp_path, tiny_bert_dir, data, tmp_path / "run",
-                              server={"host": "127.0.0.1", "port": port, "insecure": True})
+    config = federated_config(
+        tmp_path,
+        tiny_bert_dir,
+        data,
+        tmp_path / "run",
+        server={"host": "127.0.0.1", "port": port, "insecure": True},
+    )
     log = tmp_path / "server.log"
-    proc = subprocess.Popen([*FEDERATE, "server", str(config), "--timeout", "300"], stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [*FEDERATE, "server", str(config), "--timeout", "300"],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         family = _terminate_when(proc, log, "submitted; waiting for sites")
         assert proc.returncode == 143, log.read_text()[-3000:]
@@ -129,20 +189,37 @@ def test_a_killed_server_leaves_nothing_running(tmp_path, tiny_bert_dir, flower_
     its SuperLink, which runs in a session of its own, and what that started end with it anyway."""
     port = deploy.free_port()
     data = write_jsonl(tmp_path / "central.jsonl", sentiment_rows(20, seed=1))
-    config = federated_config(tmp_path, tiny_bert_dir, data, tmp_path / "run",
-                              server={"host": "127.0.0.1", "port": port, "insecure": True})
+    config = federated_config(
+        tmp_path,
+        tiny_bert_dir,
+        data,
+        tmp_path / "run",
+        server={"host": "127.0.0.1", "port": port, "insecure": True},
+    )
     log = tmp_path / "server.log"
-    proc = subprocess.Popen([*FEDERATE, "server", str(config), "--timeout", "300"], stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [*FEDERATE, "server", str(config), "--timeout", "300"],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     family = []
     try:
-        wait_until(lambda: "submitted; waiting for sites" in log.read_text(errors="replace"), 120,
-                   {"the command": proc}, "the run submitted")
+        wait_until(
+            lambda: "submitted; waiting for sites" in log.read_text(errors="replace"),
+            120,
+            {"the command": proc},
+            "the run submitted",
+        )
         family = deploy.descendants(proc.pid)
-        assert len(family) >= 3, family   # the guard, the SuperLink, its superexec (and server app)
+        assert len(family) >= 3, family  # the guard, the SuperLink, its superexec (and server app)
         proc.kill()
         proc.wait(timeout=10)
-        wait_until(lambda: not [pid for pid in family if deploy.alive(pid)], 30, {}, "the server's processes ending")
+        wait_until(
+            lambda: not [pid for pid in family if deploy.alive(pid)],
+            30,
+            {},
+            "the server's processes ending",
+        )
     finally:
         deploy.stop(proc)
         for pid in family:
@@ -155,9 +232,22 @@ def test_a_terminated_site_stops_its_supernode(tmp_path, tiny_bert_dir, flower_e
     data = write_jsonl(tmp_path / "site.jsonl", sentiment_rows(20, seed=2))
     config = federated_config(tmp_path, tiny_bert_dir, data, tmp_path / "run", connect_timeout=120)
     log = tmp_path / "site.log"
-    proc = subprocess.Popen([*FEDERATE, "site", str(config), "--data", str(data), "--server", f"127.0.0.1:{port}",
-                             "--insecure", "--workdir", str(tmp_path / "site")], stdout=log.open("wb"),
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            *FEDERATE,
+            "site",
+            str(config),
+            "--data",
+            str(data),
+            "--server",
+            f"127.0.0.1:{port}",
+            "--insecure",
+            "--workdir",
+            str(tmp_path / "site"),
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         family = _terminate_when(proc, log, "site started (pid")
         assert proc.returncode == 143, log.read_text()[-3000:]
@@ -174,13 +264,20 @@ def test_a_site_whose_server_goes_away_stops_after_connect_timeout(tmp_path):
     port = deploy.free_port()
     server = ServerSettings(port=port, insecure=True)
     log = tmp_path / "superlink.log"
-    superlink = deploy.start_guarded(deploy.superlink_args(server), deploy.flower_env(tmp_path), log)
+    superlink = deploy.start_guarded(
+        deploy.superlink_args(server), deploy.flower_env(tmp_path), log
+    )
     outcome = {}
 
     def site():  # in a thread that lives as long as the site (its guard's death signal follows it)
         try:
-            outcome["code"] = deploy.run_site(site_argv(deploy.free_port(), port, timeout=8), tmp_path / "site",
-                                              f"127.0.0.1:{port}", 8, echo=lambda m: None)
+            outcome["code"] = deploy.run_site(
+                site_argv(deploy.free_port(), port, timeout=8),
+                tmp_path / "site",
+                f"127.0.0.1:{port}",
+                8,
+                echo=lambda m: None,
+            )
         except Exception as exc:  # asserted on below
             outcome["error"] = exc
 
@@ -189,8 +286,12 @@ def test_a_site_whose_server_goes_away_stops_after_connect_timeout(tmp_path):
         deploy.wait_for_port("127.0.0.1", port, 60, superlink, "flower-superlink", log)
         thread.start()
         node_log = tmp_path / "site" / "supernode.log"
-        wait_until(lambda: node_log.exists() and "SuperNode ID:" in node_log.read_text(errors="replace"), 120, {},
-                   "the site connecting")
+        wait_until(
+            lambda: node_log.exists() and "SuperNode ID:" in node_log.read_text(errors="replace"),
+            120,
+            {},
+            "the site connecting",
+        )
         stopping = time.monotonic()  # the site last reached it at most a poll (1 s) before
         deploy.stop(superlink)
         thread.join(timeout=60)
@@ -200,5 +301,7 @@ def test_a_site_whose_server_goes_away_stops_after_connect_timeout(tmp_path):
         deploy.stop(superlink)
         thread.join(timeout=60)
     assert isinstance(outcome.get("error"), JobFailed), outcome
-    assert str(outcome["error"]).startswith(f"--server 127.0.0.1:{port}: the server has been unreachable for 8 s "
-                                            "(federated.connect_timeout)")
+    assert str(outcome["error"]).startswith(
+        f"--server 127.0.0.1:{port}: the server has been unreachable for 8 s "
+        "(federated.connect_timeout)"
+    )

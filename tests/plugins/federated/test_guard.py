@@ -13,7 +13,9 @@ import pytest
 
 from tunewright.plugins.federated import deploy
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl and /proc are Linux's")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="prctl and /proc are Linux's"
+)
 
 # a parent that starts a guarded shell; the shell starts a grandchild in a new session and waits
 PARENT = """
@@ -40,12 +42,16 @@ def wait_gone(pids, timeout):
 
 @pytest.mark.parametrize("how", ["kill the parent", "kill the parent's process group"])
 def test_what_a_killed_command_started_ends_with_it(tmp_path, how):
-    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path / "log")], stdout=subprocess.PIPE,
-                              text=True, start_new_session=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(tmp_path / "log")],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     family = []
     try:
         family = json.loads(parent.stdout.readline())
-        assert len(family) >= 4, family   # the guard, the shell, its sleep, the setsid sleep
+        assert len(family) >= 4, family  # the guard, the shell, its sleep, the setsid sleep
         assert all(deploy.alive(pid) for pid in family)
         if how == "kill the parent":
             parent.kill()

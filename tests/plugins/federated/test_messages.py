@@ -24,7 +24,10 @@ class Grid:
         self.pulls.append(ids)
         if "m-c" in ids:
             self.release.wait(60)
-        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i, src_node_id=0)) for i in ids]
+        return [
+            SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i, src_node_id=0))
+            for i in ids
+        ]
 
 
 def test_a_reply_that_cannot_be_pulled_does_not_hold_the_others_past_the_deadline():
@@ -37,4 +40,4 @@ def test_a_reply_that_cannot_be_pulled_does_not_hold_the_others_past_the_deadlin
         grid.release.set()
     assert 3 <= time.monotonic() - started < 10
     assert sorted(r.answering_node for r in replies) == ["a", "b"]
-    assert all(len(ids) == 1 for ids in grid.pulls)   # each reply pulled on its own
+    assert all(len(ids) == 1 for ids in grid.pulls)  # each reply pulled on its own

@@ -21,7 +21,9 @@ def test_dirichlet_skews_labels_more_as_alpha_shrinks():
         parts = dirichlet(keys, 3, seed=0, alpha=alpha)
         assert sorted(i for p in parts for i in p) == list(range(400))
         # mean share of each site's most frequent label
-        return np.mean([max(np.bincount([int(keys[i]) for i in p], minlength=4)) / len(p) for p in parts])
+        return np.mean(
+            [max(np.bincount([int(keys[i]) for i in p], minlength=4)) / len(p) for p in parts]
+        )
 
     assert skew(0.1) > skew(100.0) + 0.2
     assert skew(100.0) < 0.4

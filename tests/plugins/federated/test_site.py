@@ -6,13 +6,25 @@ import torch
 
 from tunewright import ConfigError, get_plugin_manager
 from tunewright.config import load_config
-from tunewright.plugins.federated.site import check_fingerprint, fingerprint, freeze_lora_a, proximal_term
+from tunewright.plugins.federated.site import (
+    check_fingerprint,
+    fingerprint,
+    freeze_lora_a,
+    proximal_term,
+)
 
 
 def job(**changes):
-    raw = {"model": "minilm-l6", "task": "classification", "method": "lora", "lora": {"r": 4, "alpha": 8},
-           "data": {"train": "train.jsonl"}, "output": "runs/x", "runner": "federated",
-           "federated": {"aggregation": "fedavg"}}
+    raw = {
+        "model": "minilm-l6",
+        "task": "classification",
+        "method": "lora",
+        "lora": {"r": 4, "alpha": 8},
+        "data": {"train": "train.jsonl"},
+        "output": "runs/x",
+        "runner": "federated",
+        "federated": {"aggregation": "fedavg"},
+    }
     for key, value in changes.items():
         if value is None:
             del raw[key]
@@ -21,16 +33,21 @@ def job(**changes):
     return load_config(raw, get_plugin_manager().registries)
 
 
-@pytest.mark.parametrize("changes, key", [
-    ({"model": "smollm2-135m-instruct"}, "model"),
-    ({"method": "dora", "lora": None, "dora": {"r": 4, "alpha": 8}}, "method"),
-    ({"lora": {"r": 8, "alpha": 8}}, "lora.r"),
-])
+@pytest.mark.parametrize(
+    "changes, key",
+    [
+        ({"model": "smollm2-135m-instruct"}, "model"),
+        ({"method": "dora", "lora": None, "dora": {"r": 4, "alpha": 8}}, "method"),
+        ({"lora": {"r": 8, "alpha": 8}}, "lora.r"),
+    ],
+)
 def test_a_differing_config_is_refused_naming_the_key(changes, key):
     labels = ["negative", "positive"]
     server = fingerprint(job(), labels)
     site = fingerprint(job(**changes), labels)
-    with pytest.raises(ConfigError, match=rf"site s1: its config differs from the server's at {key}: "):
+    with pytest.raises(
+        ConfigError, match=rf"site s1: its config differs from the server's at {key}: "
+    ):
         check_fingerprint(site, server, "s1")
     check_fingerprint(server, fingerprint(job(), labels), "s1")  # the same config passes
 
@@ -45,8 +62,12 @@ class Tiny(torch.nn.Module):
         super().__init__()
         self.q = torch.nn.Module()
         self.q.base = torch.nn.Linear(4, 5)
-        self.q.lora_A = torch.nn.ModuleDict({"default": torch.nn.Linear(4, 2, bias=False)})  # (r, in)
-        self.q.lora_B = torch.nn.ModuleDict({"default": torch.nn.Linear(2, 5, bias=False)})  # (out, r)
+        self.q.lora_A = torch.nn.ModuleDict(
+            {"default": torch.nn.Linear(4, 2, bias=False)}
+        )  # (r, in)
+        self.q.lora_B = torch.nn.ModuleDict(
+            {"default": torch.nn.Linear(2, 5, bias=False)}
+        )  # (out, r)
         self.q.base.requires_grad_(False)
 
 
@@ -62,7 +83,9 @@ def test_proximal_term_is_half_mu_times_the_squared_distance_with_its_gradient()
             p.add_(0.1 * torch.randn_like(p))
     value = term(model)
     trained = [n for n, p in model.named_parameters() if p.requires_grad]
-    expected = 0.25 * sum(float(((dict(model.named_parameters())[n] - anchor[n]) ** 2).sum()) for n in trained)
+    expected = 0.25 * sum(
+        float(((dict(model.named_parameters())[n] - anchor[n]) ** 2).sum()) for n in trained
+    )
     assert float(value) == pytest.approx(expected, rel=1e-5)
     value.backward()
     for name, param in model.named_parameters():
@@ -81,7 +104,7 @@ def test_ffa_draws_the_same_a_on_every_site_from_the_seed_and_freezes_it():
     a_one, a_two = one.q.lora_A["default"].weight, two.q.lora_A["default"].weight
     torch.testing.assert_close(a_one, a_two)
     assert not a_one.requires_grad and one.q.lora_B["default"].weight.requires_grad
-    assert float(a_one.abs().max()) <= 1 / 4 ** 0.5  # PEFT's Kaiming-uniform bound, 1/sqrt(in)
+    assert float(a_one.abs().max()) <= 1 / 4**0.5  # PEFT's Kaiming-uniform bound, 1/sqrt(in)
     three = Tiny()
     freeze_lora_a(three, seed=8)
     assert not torch.equal(three.q.lora_A["default"].weight, a_one)

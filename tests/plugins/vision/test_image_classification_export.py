@@ -14,7 +14,12 @@ import pytest
 import torch
 
 from tunewright import JobFailed, UsageError, get_plugin_manager
-from tunewright.edge.runtime.images import UnsupportedProcessor, image_settings, open_rgb, pixel_values
+from tunewright.edge.runtime.images import (
+    UnsupportedProcessor,
+    image_settings,
+    open_rgb,
+    pixel_values,
+)
 
 # Tiny matrices: one thread is faster, and several oversubscribe a busy 2-core machine.
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -58,20 +63,34 @@ def image_files(tmp_path_factory, mnist_digits) -> list[Path]:
 
 
 @pytest.mark.parametrize("model", ["mobilenet-v2", "tiny-vit"])
-def test_runtime_preprocessing_equals_the_image_processor(model, mobilenet_v2_dir, tiny_vit_dir, image_files):
+def test_runtime_preprocessing_equals_the_image_processor(
+    model, mobilenet_v2_dir, tiny_vit_dir, image_files
+):
     processor = TASK.load_tokenizer(mobilenet_v2_dir if model == "mobilenet-v2" else tiny_vit_dir)
     settings = image_settings(processor)
     ours = pixel_values(image_files, settings)  # numpy and Pillow only
-    expected = processor(images=[open_rgb(p) for p in image_files], return_tensors="np")["pixel_values"]
-    assert ours.shape == expected.shape == (len(image_files), 3, settings["size"]["height"], settings["size"]["width"])
+    expected = processor(images=[open_rgb(p) for p in image_files], return_tensors="np")[
+        "pixel_values"
+    ]
+    assert (
+        ours.shape
+        == expected.shape
+        == (len(image_files), 3, settings["size"]["height"], settings["size"]["width"])
+    )
     assert ours.dtype == np.float32
     np.testing.assert_array_equal(ours, expected)
     # and what the task trains on is the same again
     from tunewright.vision import prepare_example
 
-    features = [TASK.tokenize(prepare_example({"image": p.name, "label": "x"}, root=p.parent), processor, ["x"])
-                for p in image_files]
-    np.testing.assert_array_equal(TASK.collate(features, processor)["pixel_values"].numpy(), expected)
+    features = [
+        TASK.tokenize(
+            prepare_example({"image": p.name, "label": "x"}, root=p.parent), processor, ["x"]
+        )
+        for p in image_files
+    ]
+    np.testing.assert_array_equal(
+        TASK.collate(features, processor)["pixel_values"].numpy(), expected
+    )
 
 
 def test_the_runtime_turns_exif_rotated_images_upright(mobilenet_v2_dir, image_files):
@@ -109,45 +128,68 @@ def tuned_mobilenet(mobilenet_v2_dir, mnist_digits):
 
     images, labels = mnist_digits
     names = [str(d) for d in range(5)]
-    examples = [{"image": image, "label": label} for image, label in zip(images, labels) if label < 5]
+    examples = [
+        {"image": image, "label": label} for image, label in zip(images, labels) if label < 5
+    ]
     train, held_out = examples[:100], examples[100:200]
     processor = TASK.load_tokenizer(mobilenet_v2_dir)
     torch.manual_seed(0)
     method = PM.registries.methods["freeze"]
-    model = method.apply(TASK.load_model(mobilenet_v2_dir, names, None), FreezeSettings(train_top_layers=0),
-                         "image_classification")
+    model = method.apply(
+        TASK.load_model(mobilenet_v2_dir, names, None),
+        FreezeSettings(train_top_layers=0),
+        "image_classification",
+    )
     features = [TASK.tokenize(e, processor, names) for e in train]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     for _epoch in range(3):
         for i in range(0, len(features), 20):
             model.train()
-            model(**TASK.collate(features[i:i + 20], processor)).loss.backward()
+            model(**TASK.collate(features[i : i + 20], processor)).loss.backward()
             optimizer.step()
             optimizer.zero_grad()
     return method.merge(model).eval(), processor, names, held_out
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=JobFailed, reason=(
-    "known gap: this fixture's quickly tuned head (100 digits, freeze with no block: 95% held-out, low "
-    "margins) loses 1-5 points under any 8-bit scheme: static per-channel QDQ (MinMax, Percentile, Entropy, "
-    "head or first/last convolution in fp32 all tried), and even per-channel int8 weights with fp32 "
-    "activations flip 4 of its 100 held-out digits; the gate refuses it. A model tuned by a job passes "
-    "with --quantize int8 (test_image_classification_job.py); the lora-tuned model of "
-    "bench/vision_bench.py passed on a Zen 4 CPU with VNNI and lost 1.56 points (refused) on an AVX2 "
-    "EPYC without it, where onnxruntime's u8 x s8 kernels are less exact. Strict: a fix shows as XPASS"))
-def test_tuned_mobilenet_exports_to_int8_and_passes_the_parity_gate(tuned_mobilenet, tmp_path, image_files):
+@pytest.mark.xfail(
+    strict=True,
+    raises=JobFailed,
+    reason=(
+        "known gap: this fixture's quickly tuned head (100 digits, freeze with no block: 95% held-out, low "
+        "margins) loses 1-5 points under any 8-bit scheme: static per-channel QDQ (MinMax, Percentile, Entropy, "
+        "head or first/last convolution in fp32 all tried), and even per-channel int8 weights with fp32 "
+        "activations flip 4 of its 100 held-out digits; the gate refuses it. A model tuned by a job passes "
+        "with --quantize int8 (test_image_classification_job.py); the lora-tuned model of "
+        "bench/vision_bench.py passed on a Zen 4 CPU with VNNI and lost 1.56 points (refused) on an AVX2 "
+        "EPYC without it, where onnxruntime's u8 x s8 kernels are less exact. Strict: a fix shows as XPASS"
+    ),
+)
+def test_tuned_mobilenet_exports_to_int8_and_passes_the_parity_gate(
+    tuned_mobilenet, tmp_path, image_files
+):
     from tunewright.edge import export_bundle
     from tunewright.edge.runtime import load_bundle, verify_bundle
 
     model, processor, names, held_out = tuned_mobilenet
     held_features = [TASK.tokenize(e, processor, names) for e in held_out]
-    tuned = TASK.metrics(model, [TASK.collate(held_features[i:i + 25], processor) for i in range(0, 100, 25)])
+    tuned = TASK.metrics(
+        model, [TASK.collate(held_features[i : i + 25], processor) for i in range(0, 100, 25)]
+    )
     assert tuned["accuracy"] >= 0.8, tuned  # it learnt the digits: the gate has something to keep
 
-    result = export_bundle(model, processor, TASK, held_out, tmp_path / "bundle",
-                           quantize="int8-static", labels=names, info={"task": "image-classification"},
-                           pm=PM, log=lambda message: None)
+    result = export_bundle(
+        model,
+        processor,
+        TASK,
+        held_out,
+        tmp_path / "bundle",
+        quantize="int8-static",
+        labels=names,
+        info={"task": "image-classification"},
+        pm=PM,
+        log=lambda message: None,
+    )
     manifest = result.manifest
     assert manifest["quantization"]["name"] == "int8-static"
     assert manifest["parity"]["passed"] and manifest["parity"]["drop_points"] <= 1.0
@@ -170,10 +212,19 @@ def test_tuned_mobilenet_exports_to_int8_and_passes_the_parity_gate(tuned_mobile
     predictions = [p["label"] for p in bundle.predict(files)]
     from tunewright.vision import prepare_example
 
-    batch = TASK.collate([TASK.tokenize(prepare_example({"image": f.name, "label": "0"}, root=f.parent), processor,
-                                        names) for f in files], processor)
+    batch = TASK.collate(
+        [
+            TASK.tokenize(
+                prepare_example({"image": f.name, "label": "0"}, root=f.parent), processor, names
+            )
+            for f in files
+        ],
+        processor,
+    )
     with torch.no_grad():
-        expected = [names[i] for i in model(pixel_values=batch["pixel_values"]).logits.argmax(-1).tolist()]
+        expected = [
+            names[i] for i in model(pixel_values=batch["pixel_values"]).logits.argmax(-1).tolist()
+        ]
     assert sum(a == b for a, b in zip(predictions, expected)) >= len(files) - 1
     assert sum(p == str(e["label"]) for p, e in zip(predictions, digits)) >= 0.75 * len(files)
 
@@ -187,21 +238,59 @@ def test_image_bundle_runs_in_a_fresh_venv_without_torch(tuned_mobilenet, tmp_pa
     from tunewright.edge.runtime import load_bundle
 
     model, processor, names, held_out = tuned_mobilenet
-    export_bundle(model, processor, TASK, held_out[:40], tmp_path / "bundle", quantize="none",
-                  labels=names, bench=False, pm=PM, log=lambda message: None)
+    export_bundle(
+        model,
+        processor,
+        TASK,
+        held_out[:40],
+        tmp_path / "bundle",
+        quantize="none",
+        labels=names,
+        bench=False,
+        pm=PM,
+        log=lambda message: None,
+    )
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True, system_site_packages=False, clear=True).create(env_dir)
     python = env_dir / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"{REPO}[runtime]"],
-                   check=True, env=env, timeout=900)
-    probe = subprocess.run([str(python), "-c", "import importlib.util as u; print([m for m in ('torch', "
-                            "'transformers') if u.find_spec(m)])"], capture_output=True, text=True, env=env,
-                           check=True, timeout=120)
+    subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            f"{REPO}[runtime]",
+        ],
+        check=True,
+        env=env,
+        timeout=900,
+    )
+    probe = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import importlib.util as u; print([m for m in ('torch', "
+            "'transformers') if u.find_spec(m)])",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=120,
+    )
     assert probe.stdout.strip() == "[]"
     files = [str(p) for p in image_files]
-    run = subprocess.run([str(python), "-m", "tunewright.edge.runtime", "run", str(tmp_path / "bundle"), *files],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    run = subprocess.run(
+        [str(python), "-m", "tunewright.edge.runtime", "run", str(tmp_path / "bundle"), *files],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     device = json.loads(run.stdout)
     here = load_bundle(tmp_path / "bundle").predict(files)

@@ -18,8 +18,10 @@ KIND = "image_classification"
 LABELS = ["0", "1", "2"]
 STEPS = 15
 # pretrained MobileNetV2 learns 12 digits at small rates; a random tiny ViT needs larger ones
-LEARNING_RATES = {"mobilenet-v2": {"lora": 2e-3, "freeze": 1e-3, "full": 1e-3},
-                  "tiny-vit": {"lora": 3e-2, "freeze": 3e-2, "full": 1e-2}}
+LEARNING_RATES = {
+    "mobilenet-v2": {"lora": 2e-3, "freeze": 1e-3, "full": 1e-3},
+    "tiny-vit": {"lora": 3e-2, "freeze": 3e-2, "full": 1e-2},
+}
 LOSS_RATIO = {"mobilenet-v2": 0.5, "tiny-vit": 0.85}
 
 
@@ -32,7 +34,9 @@ def setup(request, mobilenet_v2_dir, tiny_vit_dir, mnist_digits):
     if request.param == "mobilenet-v2":
         processor.size, processor.crop_size = {"shortest_edge": 72}, {"height": 64, "width": 64}
     images, labels = mnist_digits
-    chosen = [i for digit in range(3) for i in [j for j, label in enumerate(labels) if label == digit][:4]]
+    chosen = [
+        i for digit in range(3) for i in [j for j, label in enumerate(labels) if label == digit][:4]
+    ]
     examples = [{"image": images[i], "label": labels[i]} for i in chosen]
     batch = TASK.collate([TASK.tokenize(e, processor, LABELS) for e in examples], processor)
     return request.param, folder, batch
@@ -44,7 +48,11 @@ def load_base(folder, head_seed=0):
 
 
 def batchnorm_statistics(model):
-    return {name: buffer.detach().clone() for name, buffer in model.named_buffers() if "running_" in name}
+    return {
+        name: buffer.detach().clone()
+        for name, buffer in model.named_buffers()
+        if "running_" in name
+    }
 
 
 @torch.no_grad()
@@ -76,11 +84,17 @@ def test_method_trains_saves_loads_and_merges(name, setup, tmp_path):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     trained, loss_after = evaluate(model, batch)
-    assert loss_after < LOSS_RATIO[model_name] * loss_before, f"{model_name} {name}: loss {loss_before:.3f} -> {loss_after:.3f}"
+    assert loss_after < LOSS_RATIO[model_name] * loss_before, (
+        f"{model_name} {name}: loss {loss_before:.3f} -> {loss_after:.3f}"
+    )
 
-    after = batchnorm_statistics(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    after = batchnorm_statistics(
+        model.get_base_model() if hasattr(model, "get_base_model") else model
+    )
     changed = [key for key in statistics if not torch.equal(statistics[key], after[key])]
-    if name == "full":  # BatchNorm statistics train with everything else, and the state dict holds them
+    if (
+        name == "full"
+    ):  # BatchNorm statistics train with everything else, and the state dict holds them
         assert changed or not statistics
     else:  # kept, because the saved state cannot hold them
         assert not changed, f"{name} changed BatchNorm statistics: {changed[:3]}"
@@ -98,13 +112,20 @@ def test_method_trains_saves_loads_and_merges(name, setup, tmp_path):
 
 def test_lora_auto_adapts_the_pointwise_convolutions_of_mobilenet(mobilenet_v2_dir):
     model = METHODS["lora"].apply(load_base(mobilenet_v2_dir), None, KIND)
-    adapted = sorted({name.rsplit(".lora_A", 1)[0] for name, _ in model.named_parameters() if ".lora_A" in name})
+    adapted = sorted(
+        {name.rsplit(".lora_A", 1)[0] for name, _ in model.named_parameters() if ".lora_A" in name}
+    )
     assert len(adapted) == 32  # 16 blocks x (expand_1x1, reduce_1x1)
-    assert all(name.endswith(("expand_1x1.convolution", "reduce_1x1.convolution")) for name in adapted)
+    assert all(
+        name.endswith(("expand_1x1.convolution", "reduce_1x1.convolution")) for name in adapted
+    )
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert any("classifier.modules_to_save" in name for name in trainable)  # the new head trains in full
+    assert any(
+        "classifier.modules_to_save" in name for name in trainable
+    )  # the new head trains in full
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) < 0.1 * sum(
-        p.numel() for p in model.parameters())
+        p.numel() for p in model.parameters()
+    )
 
 
 def test_prompt_tuning_refuses_an_image_classifier(tiny_vit_dir):

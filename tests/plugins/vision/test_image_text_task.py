@@ -12,7 +12,6 @@ from PIL import Image
 
 from tunewright import DataError
 from tunewright.edge.runtime.image_text import image_views
-from tunewright.vision import prepare_example
 from tunewright.plugins.methods.lora import LoraMethod, LoraSettings
 from tunewright.plugins.vision.image_text import (
     IGNORE,
@@ -21,6 +20,7 @@ from tunewright.plugins.vision.image_text import (
     split_pixel_values,
     strip_at_eos,
 )
+from tunewright.vision import prepare_example
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 190, 30), "blue": (30, 30, 220)}
 
@@ -49,34 +49,59 @@ def _png(path: Path, size=(40, 30), colour=(220, 30, 30)) -> str:
     return str(path)
 
 
-def _example(path: str, answer: str = "red", detail: str | None = None, question: str = "What colour is this?"):
+def _example(
+    path: str,
+    answer: str = "red",
+    detail: str | None = None,
+    question: str = "What colour is this?",
+):
     """A chat example naming the image by its path relative to its folder, which the example
     carries as the vision transform writes it (``image_source``) for an example of a data file."""
-    spec = {"url": Path(path).name} if detail is None else {"url": Path(path).name, "detail": detail}
-    return prepare_example({"messages": [
-        {"role": "user", "content": [{"type": "image_url", "image_url": spec}, {"type": "text", "text": question}]},
-        {"role": "assistant", "content": answer}]}, root=Path(path).parent)
+    spec = (
+        {"url": Path(path).name} if detail is None else {"url": Path(path).name, "detail": detail}
+    )
+    return prepare_example(
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": spec},
+                        {"type": "text", "text": question},
+                    ],
+                },
+                {"role": "assistant", "content": answer},
+            ]
+        },
+        root=Path(path).parent,
+    )
 
 
 def _colour_examples(folder: Path, sizes=((40, 30),)) -> list[dict]:
-    return [_example(_png(folder / f"{name}-{w}x{h}.png", (w, h), rgb), name)
-            for name, rgb in COLOURS.items() for w, h in sizes]
+    return [
+        _example(_png(folder / f"{name}-{w}x{h}.png", (w, h), rgb), name)
+        for name, rgb in COLOURS.items()
+        for w, h in sizes
+    ]
 
 
 # -- views -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size, detail, expected", [
-    ((40, 30), "low", [(40, 30)]),
-    ((1000, 600), "low", [(512, 307)]),   # fit within 512x512, aspect kept
-    ((40, 30), "auto", [(40, 30)]),       # auto: an image within one low view stays low
-    ((40, 30), "high", [(40, 30)] * 2),   # the overview and one (partial) tile
-    # 768x768 after the shortest-side rule: 2x2 tiles of 512 and 256
-    ((1024, 1024), "high", [(512, 512), (512, 512), (256, 512), (512, 256), (256, 256)]),
-    ((1024, 1024), "auto", [(512, 512), (512, 512), (256, 512), (512, 256), (256, 256)]),
-    # fit 2048x1024, shortest side 768 -> 1536x768: 3x2 tiles (OpenAI counts 6 x 170 + 85 tokens)
-    ((4096, 2048), "high", [(512, 256)] + [(512, 512)] * 3 + [(512, 256)] * 3),
-])
+@pytest.mark.parametrize(
+    "size, detail, expected",
+    [
+        ((40, 30), "low", [(40, 30)]),
+        ((1000, 600), "low", [(512, 307)]),  # fit within 512x512, aspect kept
+        ((40, 30), "auto", [(40, 30)]),  # auto: an image within one low view stays low
+        ((40, 30), "high", [(40, 30)] * 2),  # the overview and one (partial) tile
+        # 768x768 after the shortest-side rule: 2x2 tiles of 512 and 256
+        ((1024, 1024), "high", [(512, 512), (512, 512), (256, 512), (512, 256), (256, 256)]),
+        ((1024, 1024), "auto", [(512, 512), (512, 512), (256, 512), (512, 256), (256, 256)]),
+        # fit 2048x1024, shortest side 768 -> 1536x768: 3x2 tiles (OpenAI counts 6 x 170 + 85 tokens)
+        ((4096, 2048), "high", [(512, 256)] + [(512, 512)] * 3 + [(512, 256)] * 3),
+    ],
+)
 def test_views_follow_the_detail_geometry(size, detail, expected):
     assert [v.size for v in image_views(Image.new("RGB", size), detail)] == expected
 
@@ -86,25 +111,51 @@ def test_views_follow_the_detail_geometry(size, detail, expected):
 
 def test_validate_accepts_a_good_example_and_warns_without_images(task, tmp_path):
     assert task.validate(_example(_png(tmp_path / "a.png")), "data.jsonl:1", None) == []
-    problems = task.validate({"messages": [{"role": "user", "content": "hi"},
-                                           {"role": "assistant", "content": "hello"}]}, "data.jsonl:2")
+    problems = task.validate(
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"},
+            ]
+        },
+        "data.jsonl:2",
+    )
     assert [p.severity for p in problems] == ["warning"]
 
 
 def test_validate_reports_each_broken_part(task, tmp_path):
     _png(tmp_path / "a.png")
-    example = prepare_example({"messages": [
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "a.png", "detail": "medium"}},
-                                     {"type": "audio", "audio": "x"},
-                                     {"type": "image_url", "image_url": "not an object"}]},
-        {"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": "a.png"}}]}]}, root=tmp_path)
+    example = prepare_example(
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "a.png", "detail": "medium"}},
+                        {"type": "audio", "audio": "x"},
+                        {"type": "image_url", "image_url": "not an object"},
+                    ],
+                },
+                {
+                    "role": "assistant",
+                    "content": [{"type": "image_url", "image_url": {"url": "a.png"}}],
+                },
+            ]
+        },
+        root=tmp_path,
+    )
     messages = [str(p) for p in task.validate(example, "d.jsonl:3")]
     assert all(m.startswith("d.jsonl:3: ") for m in messages)
     assert any("unknown content part 'audio' (allowed: text, image_url)" in m for m in messages)
     # the image rules are tunewright.vision's: each image named, the example excluded
-    assert any("image 1 (a.png): message 1 part 1: 'detail' is 'medium' (allowed: low, high, auto)" in m
-               for m in messages)
-    assert any("image 2 (malformed): message 1 part 3: 'image_url' must be an object" in m for m in messages)
+    assert any(
+        "image 1 (a.png): message 1 part 1: 'detail' is 'medium' (allowed: low, high, auto)" in m
+        for m in messages
+    )
+    assert any(
+        "image 2 (malformed): message 1 part 3: 'image_url' must be an object" in m
+        for m in messages
+    )
     assert any("image 3 (a.png): in message 2, an assistant turn" in m for m in messages)
 
 
@@ -116,17 +167,31 @@ def test_validate_decodes_every_image(task, tmp_path):
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), (0, 9, 0)).save(buffer, format="PNG")
     data_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    example = prepare_example({"messages": [
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "truncated.png"}},
-                                     {"type": "image_url", "image_url": {"url": "animated.png"}},
-                                     {"type": "image_url", "image_url": {"url": "nope.png"}},
-                                     {"type": "image_url", "image_url": {"url": data_url}},
-                                     {"type": "text", "text": "?"}]},
-        {"role": "assistant", "content": "x"}]}, root=tmp_path)
+    example = prepare_example(
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "truncated.png"}},
+                        {"type": "image_url", "image_url": {"url": "animated.png"}},
+                        {"type": "image_url", "image_url": {"url": "nope.png"}},
+                        {"type": "image_url", "image_url": {"url": data_url}},
+                        {"type": "text", "text": "?"},
+                    ],
+                },
+                {"role": "assistant", "content": "x"},
+            ]
+        },
+        root=tmp_path,
+    )
     problems = task.validate(example, "d.jsonl:4")
     # each at the example's location (the engine leaves the example out whole), naming the image
     assert [p.message.split(":")[0] for p in problems] == [
-        "image 1 (truncated.png)", "image 2 (animated.png)", "image 3 (nope.png)"]  # the data URL is fine
+        "image 1 (truncated.png)",
+        "image 2 (animated.png)",
+        "image 3 (nope.png)",
+    ]  # the data URL is fine
     assert {p.severity for p in problems} == {"excluded"}
     assert "does not decode" in problems[0].message and "GIF" in problems[1].message
     assert "no such file" in problems[2].message
@@ -137,7 +202,10 @@ def test_validate_decodes_every_image(task, tmp_path):
 
 def test_tokenize_trains_on_assistant_tokens_only(task, processor, tmp_path):
     example = _example(_png(tmp_path / "a.png"), "red")
-    example["messages"] += [{"role": "user", "content": "And now?"}, {"role": "assistant", "content": "still red"}]
+    example["messages"] += [
+        {"role": "user", "content": "And now?"},
+        {"role": "assistant", "content": "still red"},
+    ]
     features = task.tokenize(example, processor)
     ids, labels = features["input_ids"], features["labels"]
     assert len(ids) == len(labels) == len(features["attention_mask"])
@@ -146,7 +214,9 @@ def test_tokenize_trains_on_assistant_tokens_only(task, processor, tmp_path):
     # the prompt (system, user turn with its image, assistant header) is masked
     assert labels[0] == IGNORE
     full = processor.tokenizer.decode(ids)
-    assert full.startswith("<|im_start|>system\n") and "<image>" * 4 + "What colour is this?" in full
+    assert (
+        full.startswith("<|im_start|>system\n") and "<image>" * 4 + "What colour is this?" in full
+    )
     assert features["views"] == 1 and features["image_tokens"] == 4  # 64x64 view: 2x2 tokens
     assert features["pixels"] == 64 * 64
 
@@ -163,8 +233,12 @@ def test_detail_changes_views_tokens_and_pixels(task, processor, tmp_path):
 
 
 def test_collate_stacks_every_view_in_example_order(task, processor, tmp_path):
-    features = [task.tokenize(_example(_png(tmp_path / "b.png", (1024, 600), (0, 0, 250)), detail="high"), processor),
-                task.tokenize(_example(_png(tmp_path / "r.png", (30, 30), (250, 0, 0))), processor)]
+    features = [
+        task.tokenize(
+            _example(_png(tmp_path / "b.png", (1024, 600), (0, 0, 250)), detail="high"), processor
+        ),
+        task.tokenize(_example(_png(tmp_path / "r.png", (30, 30), (250, 0, 0))), processor),
+    ]
     batch = task.collate(features, processor)
     views = features[0]["views"] + features[1]["views"]
     assert batch["pixel_values"].shape == (views, 3, 64, 64)
@@ -201,7 +275,9 @@ def test_last_answer_and_eos():
 def test_metrics_report_loss_accuracy_exact_match_and_image_cost(task, processor, model, tmp_path):
     examples = _colour_examples(tmp_path, sizes=((40, 30), (700, 600)))
     features = [task.tokenize(e, processor) for e in examples]
-    metrics = task.metrics(model, [task.collate(features[:4], processor), task.collate(features[4:], processor)])
+    metrics = task.metrics(
+        model, [task.collate(features[:4], processor), task.collate(features[4:], processor)]
+    )
     assert set(metrics) == set(task.metric_directions)
     assert metrics["loss"] > 5 and 0 <= metrics["mean_token_accuracy"] <= 1
     assert metrics["exact_match"] == 0.0  # a random model answers nothing right
@@ -210,8 +286,9 @@ def test_metrics_report_loss_accuracy_exact_match_and_image_cost(task, processor
     assert metrics["pixels_per_example"] == pytest.approx(64 * 64 * (1 + 5) / 2)
 
 
-def test_lora_adapts_the_language_model_and_trains_the_projector(task, processor, model, tmp_path,
-                                                                 tiny_image_text_dir):
+def test_lora_adapts_the_language_model_and_trains_the_projector(
+    task, processor, model, tmp_path, tiny_image_text_dir
+):
     from peft import PeftModel
 
     method = LoraMethod()
@@ -219,8 +296,11 @@ def test_lora_adapts_the_language_model_and_trains_the_projector(task, processor
     tuned = method.apply(model, LoraSettings(r=8, alpha=16), "image_text_to_text")
     adapted = [n for n, m in tuned.named_modules() if n.endswith(".lora_A")]
     assert adapted and all(".language_model.layers." in n for n in adapted)
-    trainable = {n.split(".modules_to_save.")[0] for n, p in tuned.named_parameters()
-                 if p.requires_grad and "lora_" not in n}
+    trainable = {
+        n.split(".modules_to_save.")[0]
+        for n, p in tuned.named_parameters()
+        if p.requires_grad and "lora_" not in n
+    }
     assert trainable == {"base_model.model.model.multi_modal_projector"}
 
     examples = _colour_examples(tmp_path)
@@ -238,18 +318,28 @@ def test_lora_adapts_the_language_model_and_trains_the_projector(task, processor
     assert after["exact_match"] == 1.0  # each colour named from its image
 
     method.save(tuned, tmp_path / "adapter")
-    reloaded = method.load(task.load_model(tiny_image_text_dir, None, None, processor),
-                           tmp_path / "adapter", None, "image_text_to_text")
+    reloaded = method.load(
+        task.load_model(tiny_image_text_dir, None, None, processor),
+        tmp_path / "adapter",
+        None,
+        "image_text_to_text",
+    )
     assert isinstance(reloaded, PeftModel)
     tuned.eval()
     reloaded.eval()
     with torch.no_grad():
         expected = tuned(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        torch.testing.assert_close(reloaded(**{k: v for k, v in batch.items() if k != "labels"}).logits, expected)
+        torch.testing.assert_close(
+            reloaded(**{k: v for k, v in batch.items() if k != "labels"}).logits, expected
+        )
         merged = method.merge(reloaded)
         assert type(merged).__name__ == "LlavaForConditionalGeneration"
-        torch.testing.assert_close(merged(**{k: v for k, v in batch.items() if k != "labels"}).logits, expected,
-                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            merged(**{k: v for k, v in batch.items() if k != "labels"}).logits,
+            expected,
+            rtol=1e-4,
+            atol=1e-4,
+        )
 
 
 def test_other_methods_refuse_the_kind(model):
@@ -281,21 +371,50 @@ def tiny_clip_llava_dir(tiny_llama_dir, tmp_path_factory):
     from tunewright.vision.models import chat_template
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]}, replace_additional_special_tokens=False)
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=32, patch_size=8)
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": ["<image>"]}, replace_additional_special_tokens=False
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
     torch.manual_seed(0)
-    model = LlavaForConditionalGeneration(LlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="default", vision_feature_layer=-1, image_seq_length=16,
-        tie_word_embeddings=True))
-    processor = LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
-                                                                  crop_size={"height": 32, "width": 32}),
-                               tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default",
-                               num_additional_image_tokens=1, chat_template=chat_template())
+    model = LlavaForConditionalGeneration(
+        LlavaConfig(
+            vision_config=vision,
+            text_config=text,
+            image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+            vision_feature_select_strategy="default",
+            vision_feature_layer=-1,
+            image_seq_length=16,
+            tie_word_embeddings=True,
+        )
+    )
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ),
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=chat_template(),
+    )
     path = tmp_path_factory.mktemp("tiny-clip-llava")
     model.save_pretrained(path)
     processor.save_pretrained(path)
@@ -305,7 +424,10 @@ def tiny_clip_llava_dir(tiny_llama_dir, tmp_path_factory):
 def test_a_stock_hugging_face_llava_works_the_same_way(task, tiny_clip_llava_dir, tmp_path):
     processor = task.load_tokenizer(tiny_clip_llava_dir)
     model = task.load_model(tiny_clip_llava_dir, None, None, processor)
-    features = [task.tokenize(e, processor) for e in _colour_examples(tmp_path, sizes=((40, 30), (700, 500)))]
+    features = [
+        task.tokenize(e, processor)
+        for e in _colour_examples(tmp_path, sizes=((40, 30), (700, 500)))
+    ]
     assert {f["image_tokens"] for f in features} == {16, 48}  # 1 and 3 views of 16 patches
     metrics = task.metrics(model, [task.collate(features, processor)])
     assert metrics["image_tokens_per_example"] == pytest.approx(32)
@@ -315,7 +437,9 @@ def test_a_stock_hugging_face_llava_works_the_same_way(task, tiny_clip_llava_dir
     assert adapted and not any("vision_tower" in n for n in adapted)
 
 
-def test_the_packaged_model_finds_its_language_model_in_the_registry_it_is_given(tmp_path, monkeypatch):
+def test_the_packaged_model_finds_its_language_model_in_the_registry_it_is_given(
+    tmp_path, monkeypatch
+):
     """The engine hands ``mobilenet-smollm2-vlm`` the registered models; it builds no plugin manager."""
     import tunewright
     from tunewright import ConfigError
