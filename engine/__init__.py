@@ -12,6 +12,7 @@ from . import kinds
 from .compat import PluginDeprecationWarning
 from .config import JobConfig, Section, load_config, read_yaml
 from .errors import ConfigError, DataError, JobFailed, PluginError, TunewrightError, UsageError
+from .grading import open_sampler
 from .hookspecs import hookimpl
 from .manager import PluginManager, get_plugin_manager
 from .metrics import better_by, metric_direction, primary_metric
@@ -21,6 +22,8 @@ from .runs import LoadedRun, load_run
 from .types import (
     DatasetFormat,
     DatasetFormatOptions,
+    Grader,
+    GraderType,
     Method,
     MethodOptions,
     ModelProvider,
@@ -69,6 +72,8 @@ __all__ = [
     "Tracker",
     "TrackerFactory",
     "Runner",
+    "Grader",
+    "GraderType",
     "kinds",
     "Problem",
     # their optional members
@@ -84,6 +89,7 @@ __all__ = [
     "train",
     "evaluate",
     "run_job",
+    "open_sampler",
     "TrainResult",
     "RUN_MARKER",
     # a finished run

@@ -116,15 +116,48 @@ def validate(
 
 
 @cli.command(name="eval")
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dir", metavar="RUN_OR_BUNDLE", type=click.Path(file_okay=False))
 @click.option(
     "--data", "data_path", required=True, type=click.Path(), help="Examples to evaluate on."
 )
+@click.option(
+    "--grader",
+    "grader_path",
+    type=click.Path(dir_okay=False),
+    help="A grader config (YAML): grade the model's answers, baseline and tuned side by side.",
+)
+@click.option(
+    "--baseline",
+    type=click.Path(file_okay=False),
+    help="With --grader: the run or bundle to compare with (default: a run's base model).",
+)
+@click.option(
+    "--max-new-tokens", default=64, show_default=True, help="With --grader: answer length bound."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.pass_obj
-def eval_command(pm, run_dir: str, data_path: str, as_json: bool) -> None:
-    """Evaluate a tuned run on a data file."""
+def eval_command(
+    pm,
+    run_dir: str,
+    data_path: str,
+    grader_path: str | None,
+    baseline: str | None,
+    max_new_tokens: int,
+    as_json: bool,
+) -> None:
+    """Evaluate a tuned run on a data file, or grade a run's or a bundle's answers (--grader)."""
     from .validate import evaluate_run
+
+    if grader_path is not None:
+        from .grading import grade_path, render
+
+        graded = grade_path(
+            run_dir, data_path, grader_path, pm, baseline=baseline, max_new_tokens=max_new_tokens
+        )
+        click.echo(json.dumps(graded, indent=2) if as_json else "\n".join(render(graded)))
+        return
+    if baseline is not None:
+        raise UsageError("--baseline goes with --grader")
 
     metrics = evaluate_run(Path(run_dir), Path(data_path), pm)
     if as_json:

@@ -175,6 +175,22 @@ def register_runners(register: Register) -> None:
 
 
 @hookspec
+def register_graders(register: Register) -> None:
+    """Register grader types that a grader config names in ``type:`` (``tunewright eval --grader``,
+    the ``rft`` objective, a ``score_model`` or ``multi`` grader).
+
+    ``register(name, grader_type)``: ``grader_type`` is a :class:`tunewright.GraderType`,
+    ``grader_type(spec, build) -> Grader``, where ``spec`` is the grader's config (the hosted
+    graders' fields: ``name``, ``input``, ``reference``, ``operation``...) and ``build(inner)``
+    builds a grader it contains. The built :class:`tunewright.Grader`'s ``grade(sample, item)``
+    returns a float, ``0..1``; an exception it raises marks that one example as an error and the
+    others are still graded. Built-ins (plugin ``graders``): ``string_check``,
+    ``text_similarity``, ``python`` (sandboxed: own process, no network, time and memory
+    limits), ``score_model`` (a run or a bundle as judge) and ``multi`` (a formula).
+    """
+
+
+@hookspec
 def register_commands(cli: click.Group) -> None:
     """Add commands to the ``tunewright`` command line.
 

@@ -61,6 +61,7 @@ REGISTRY_HOOKS = {
     "edge_runtimes": "register_edge_runtimes",
     "trackers": "register_trackers",
     "runners": "register_runners",
+    "graders": "register_graders",
 }
 
 

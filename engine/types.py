@@ -354,6 +354,41 @@ class SectionOptions(Protocol):
         are checked by its pydantic schema."""
 
 
+# -------------------------------------------------------------------------
+# Graders
+# -------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Grader(Protocol):
+    """One built grader: scores a model's answer to one item (``register_graders``).
+
+    ``sample`` is what the model produced (``output_text``; ``choices``...), ``item`` the data
+    line it answered (any fields: ``{{item.answer}}`` in a template reads one). Return a float in
+    ``0..1`` (a ``score_model`` grader may return its ``range``); raise an exception with a
+    sentence to mark the example as an error (a grader that failed, timed out or returned a value
+    outside its range): the grading of the other examples goes on.
+    """
+
+    #: the grader's ``name`` in its config (a ``multi`` formula refers to it)
+    name: str
+
+    def grade(self, sample: Mapping[str, Any], item: Mapping[str, Any]) -> float: ...
+
+
+@runtime_checkable
+class GraderType(Protocol):
+    """What ``register_graders`` registers: ``grader_type(spec, build) -> Grader``.
+
+    ``spec`` is the grader's config (a dict with the hosted graders' fields: ``type``, ``name``,
+    ``input``, ``reference``, ``operation``, ``evaluation_metric``, ``calculate_output``...);
+    ``build(inner_spec) -> Grader`` builds a grader it contains (``multi``). Raise
+    :class:`tunewright.ConfigError` naming the key for a bad spec.
+    """
+
+    def __call__(self, spec: Mapping[str, Any], build: Any) -> Grader: ...
+
+
 @dataclass
 class TrainResult:
     """What :func:`tunewright.train` and a runner hand back.
@@ -403,6 +438,8 @@ __all__ = [
     "RunnerOptions",
     "SectionOptions",
     "TrainResult",
+    "Grader",
+    "GraderType",
     "optional",
     "OPTIONAL",
 ]
