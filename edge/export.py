@@ -286,6 +286,18 @@ def _stage(
     }
 
 
+def _data_profile(folder: Path, manifest: dict, examples: list[dict]) -> dict | None:
+    """The examples' profile (prompt-length quantiles; label shares for classifiers) that a server
+    measures drift against (:mod:`tunewright.edge.runtime.serve.profile`); ``None`` when it
+    cannot be measured, which never stops an export."""
+    from .runtime.serve.profile import data_profile
+
+    try:
+        return data_profile(folder, manifest, examples)
+    except Exception:  # a profile is a convenience: a tokenizer quirk must not fail the export
+        return None
+
+
 def _link(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -622,6 +634,9 @@ def export_bundle(
                 manifest["benchmark"]["versus_torch"] = versus_torch(
                     manifest["benchmark"], torch_figures
                 )
+            profile = _data_profile(staging, manifest, examples)
+            if profile:
+                manifest["data_profile"] = profile
             manifest = write_manifest(staging, manifest, started=started)
     log(f"bundle: {out} ({manifest['quantization']['name']}, {bundle_size_mb(out):.1f} MiB)")
     return ExportResult(out, manifest, best.parity, [c.summary() for c in candidates])

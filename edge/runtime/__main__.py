@@ -1,4 +1,4 @@
-"""``python -m tunewright.edge.runtime run|bench|verify BUNDLE``: the device-side command line.
+"""``python -m tunewright.edge.runtime run|bench|verify|serve BUNDLE``: the device-side command line.
 
 The same commands as ``tunewright edge ...``, for a device where only the runtime extra is
 installed. Exit codes: 0 done, 1 verify found the bundle computes something else, 2 bad bundle or
@@ -52,6 +52,11 @@ def run_bundle(
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # its own parser (the serve extra: FastAPI, uvicorn)
+        from .serve.cli import main as serve
+
+        return serve(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m tunewright.edge.runtime",
         description="Run, time or verify a tunewright bundle without torch.",
@@ -91,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         "verify", help="check hashes and rerun the recorded parity examples"
     )
     verify.add_argument("bundle")
+    commands.add_parser(
+        "serve", help="serve bundles over HTTP (serve BUNDLE... --help says more)", add_help=False
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "run":

@@ -104,3 +104,83 @@ def generator_bundle(tmp_path_factory, tiny_causal_lm, chat_examples, edge_pm) -
         log=lambda message: None,
     )
     return out
+
+
+class _ImageTask:
+    """The least an image classification task needs for export: pixel values in, accuracy out.
+    (The real task is ``tunewright.vision``'s; this one keeps the edge tests independent of it.)"""
+
+    model_kind = "image_classification"
+    primary_metric = "accuracy"
+    metric_directions = {"loss": "min", "accuracy": "max"}
+
+    def tokenize(self, example, processor, labels=None):
+        pixels = processor(images=example["image"].convert("RGB"), return_tensors="np")[
+            "pixel_values"
+        ][0]
+        return {"pixel_values": pixels, "labels": labels.index(example["label"])}
+
+    def collate(self, features, processor):
+        import numpy as np
+        import torch
+
+        return {
+            "pixel_values": torch.from_numpy(
+                np.stack([f["pixel_values"] for f in features])
+            ),  # (B, C, H, W)
+            "labels": torch.tensor([f["labels"] for f in features]),
+        }  # (B,)
+
+    def metrics(self, model, batches):
+        import torch
+
+        losses, hits = [], []
+        with torch.no_grad():
+            for batch in batches:
+                logits = model(pixel_values=batch["pixel_values"]).logits
+                losses.append(
+                    torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="none")
+                )
+                hits.append(logits.argmax(-1) == batch["labels"])
+        return {
+            "loss": torch.cat(losses).mean().item(),
+            "accuracy": torch.cat(hits).float().mean().item(),
+        }
+
+
+@pytest.fixture(scope="session")
+def image_classifier_bundle(tmp_path_factory, tiny_vit_dir, edge_pm) -> Path:
+    """An int8 bundle of the tiny ViT (32 x 32 images, labels cat/dog/owl), exported once."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import ViTForImageClassification, ViTImageProcessor
+
+    from tunewright.edge import export_bundle
+
+    torch.manual_seed(0)
+    model = ViTForImageClassification.from_pretrained(tiny_vit_dir).eval()
+    processor = ViTImageProcessor.from_pretrained(tiny_vit_dir)
+    rng = np.random.default_rng(0)
+    names = ["cat", "dog", "owl"]
+    examples = [
+        {
+            "image": Image.fromarray((rng.random((40 + i, 48, 3)) * 255).astype(np.uint8)),
+            "label": names[i % 3],
+        }
+        for i in range(12)
+    ]
+    out = tmp_path_factory.mktemp("bundles") / "image-classifier"
+    export_bundle(
+        model,
+        processor,
+        _ImageTask(),
+        examples,
+        out,
+        quantize="int8",
+        labels=names,
+        pm=edge_pm,
+        bench=False,
+        log=lambda message: None,
+    )
+    return out
