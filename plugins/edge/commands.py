@@ -1,4 +1,4 @@
-"""``tunewright export RUN_DIR`` and ``tunewright edge run|bench|verify BUNDLE``.
+"""``tunewright export RUN_DIR`` and ``tunewright edge run|bench|verify|serve BUNDLE``.
 
 Added through ``register_commands`` as any plugin would. The ``edge`` commands use only
 :mod:`tunewright.edge.runtime`; on a device without torch, ``python -m tunewright.edge.runtime``
@@ -239,6 +239,27 @@ def verify_command(pm, bundle: str) -> None:
             "verify: the bundle does not reproduce its recorded parity figures:\n  "
             + "\n  ".join(report["problems"])
         )
+
+
+@edge_group.command(
+    "serve",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def serve_command(pm, args: tuple[str, ...]) -> None:
+    """Serve BUNDLE... over HTTP: OpenAI-compatible /v1 chat, Open Inference v2 classifiers,
+    /metrics (serve --help lists the options; needs the serve extra)."""
+    try:
+        from tunewright.edge.runtime.serve.cli import main
+    except ImportError as exc:
+        raise UsageError(
+            f"edge serve needs the serve extra: pip install 'tunewright[runtime,serve]' ({exc})"
+        ) from None
+    code = main(list(args), pm=pm)
+    if code:
+        raise SystemExit(code)
 
 
 @hookimpl

@@ -416,9 +416,9 @@ class ServerState:
         return self.vision_settings
 
 
-def _refused(exc: Exception, where: str) -> ApiError:
-    reason = getattr(exc, "reason", None)
-    return ApiError(400, f"{where}: {exc}", code=reason or "invalid_image", param="messages")
+def _refused(exc: Any, where: str) -> ApiError:
+    """400 from a :class:`tunewright.vision.ImageRefused`: its message, its reason as the code."""
+    return ApiError(400, f"{where}: {exc}", code=exc.reason, param="messages")
 
 
 def check_image_reference(state: ServerState, url: Any, where: str):

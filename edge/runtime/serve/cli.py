@@ -145,11 +145,19 @@ def build(args: argparse.Namespace, key: str | None, pm: Any = None):
 
 def main(argv: list[str] | None = None, pm: Any = None) -> int:
     """Serve until SIGTERM or Ctrl-C; 0 after a clean stop, 2 for bad usage or bundles."""
-    import uvicorn
-
     from .. import BundleError
 
     args = parser().parse_args(argv)
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        print(
+            f"error: serve needs the serve extra: pip install 'tunewright[runtime,serve]' ({exc})",
+            file=sys.stderr,
+        )
+        return 2
     key = api_key(args)
     if not is_loopback(args.host) and not key and not args.no_auth:
         print(
