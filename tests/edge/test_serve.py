@@ -104,6 +104,13 @@ def png(size=(8, 8), fmt="PNG") -> bytes:
     return out.getvalue()
 
 
+def bomb() -> bytes:
+    """A PNG whose header claims 20,000 x 20,000 pixels (validate's ``bomb``)."""
+    from tunewright.vision.demo import huge_header_png
+
+    return huge_header_png()
+
+
 def data_url(data: bytes, media="image/png") -> str:
     return f"data:{media};base64,{base64.b64encode(data).decode()}"
 
@@ -312,9 +319,7 @@ def test_limits_are_400_naming_the_limit(server):
         ("too-large", lambda: base64.b64encode(png() + b"\0" * 10_000_001).decode(), "too-large"),
         (
             "bomb",
-            lambda: base64.b64encode(
-                __import__("tunewright.vision.demo", fromlist=["x"]).huge_header_png()
-            ).decode(),
+            lambda: base64.b64encode(bomb()).decode(),
             "bomb",
         ),
         ("remote", lambda: "https://example.com/cat.png", "remote-off"),
@@ -530,3 +535,78 @@ def test_zz_sigterm_finishes_requests_in_flight_and_exits_0(server):
     assert proc.wait(30) == 0
     with pytest.raises(httpx.HTTPError):
         httpx.get(server["url"] + "/v2/health/live", timeout=2)
+
+
+# -- image chat: the checks, on a stand-in for an image+text model ------------------------------
+
+
+class _ImageChat:
+    generates = True
+    labels = None
+    manifest = {"task_kind": "image_text_to_text"}
+
+
+def _image_chat(allow_remote=False):
+    from tunewright.edge.runtime.serve.app import ServedModel, ServeOptions, ServerState
+    from tunewright.edge.runtime.serve.engine import Worker
+    from tunewright.edge.runtime.serve.profile import LiveProfile
+
+    model = ServedModel("vlm", Path("."), _ImageChat(), LiveProfile(None))
+    state = ServerState({"vlm": model}, ServeOptions(allow_remote_images=allow_remote), Worker(2))
+    return state, model
+
+
+def _ask(state, model, *urls):
+    from tunewright.edge.runtime.serve.app import ChatMessage, _prepare_messages
+
+    parts = [{"type": "image_url", "image_url": {"url": u}} for u in urls]
+    message = ChatMessage(role="user", content=[*parts, {"type": "text", "text": "what is it?"}])
+    return _prepare_messages(state, model, [message])
+
+
+@pytest.mark.parametrize(
+    "urls, code",
+    [
+        (lambda: [data_url(png(), "image/jpeg")], "mismatch"),  # declared type against the bytes
+        (
+            lambda: [data_url(bomb())],
+            "bomb",
+        ),
+        (lambda: [data_url(png())] * 11, "too-many-images"),
+        (lambda: ["https://example.com/cat.png"], "remote-off"),
+        (lambda: ["cat.png"], "reference"),
+    ],
+)
+def test_image_parts_of_a_chat_are_checked_as_validate_checks_them(urls, code):
+    from tunewright.edge.runtime.serve.app import ApiError
+    from tunewright.vision import ImageRefused, check_reference
+
+    state, model = _image_chat()
+    with pytest.raises(ApiError) as refused:
+        _ask(state, model, *urls())
+    assert refused.value.status == 400
+    if code not in ("too-many-images", "reference"):
+        with pytest.raises(ImageRefused) as validator:
+            check_reference(urls()[0])
+        assert refused.value.code == validator.value.reason
+    else:
+        assert refused.value.code == code
+
+
+def test_image_parts_of_a_chat_become_checked_images():
+    from PIL import Image
+
+    state, model = _image_chat()
+    prepared, sent = _ask(state, model, data_url(png()))
+    image = prepared[0]["content"][0]["image_url"]["url"]
+    assert isinstance(image, Image.Image) and image.size == (8, 8)
+    assert sent[0]["content"][0]["image_url"]["url"].startswith("data:image/png")
+
+
+def test_edge_serve_is_a_tunewright_command(capsys):
+    from tunewright.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["edge", "serve", "--help"])
+    assert done.value.code == 0
+    assert "--allow-remote-images" in capsys.readouterr().out
