@@ -1,0 +1,24 @@
+"""Objectives beyond supervised tuning, each a plugin on the public API: ``dpo`` (preference
+pairs, :mod:`.dpo`). An objective is a task (what an example is, its loss and its figures), a
+dataset format when its data has a shape of its own, and a config section for its settings."""
+
+from __future__ import annotations
+
+from tunewright import hookimpl
+
+from .dpo import DpoSection, DpoTask, PreferenceFormat
+
+
+@hookimpl(trylast=True)
+def register_tasks(register):
+    register("dpo", DpoTask())
+
+
+@hookimpl(trylast=True)
+def register_dataset_formats(register):
+    register("preference", PreferenceFormat())
+
+
+@hookimpl(trylast=True)
+def register_config_sections(register):
+    register("dpo", DpoSection)
