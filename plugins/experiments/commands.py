@@ -34,6 +34,13 @@ def _echo(message: str) -> None:
     "--sampler", type=click.Choice(["tpe", "random", "grid"]), default="tpe", show_default=True
 )
 @click.option(
+    "--pruner",
+    type=click.Choice(["median", "none"]),
+    default="median",
+    show_default=True,
+    help="Stop hopeless trials at an evaluation (Optuna's MedianPruner), or never.",
+)
+@click.option(
     "--metric", default=None, help="The held-out metric to optimize [default: the task's]."
 )
 @click.option(
@@ -51,7 +58,9 @@ def _echo(message: str) -> None:
     help="Override a config key for every trial (repeatable).",
 )
 @click.pass_obj
-def sweep(pm, config_path, space_path, trials, sampler, metric, study_dir, overrides) -> None:
+def sweep(
+    pm, config_path, space_path, trials, sampler, pruner, metric, study_dir, overrides
+) -> None:
     """Search hyperparameters of CONFIG over SPACE with Optuna; each trial is a run."""
     import yaml
 
@@ -82,6 +91,7 @@ def sweep(pm, config_path, space_path, trials, sampler, metric, study_dir, overr
         metric=metric,
         study_dir=Path(study_dir) if study_dir else None,
         echo=_echo,
+        pruner=pruner,
     )
 
 

@@ -155,8 +155,10 @@ def run_sweep(
     metric: str | None,
     study_dir: Path | None,
     echo: Callable[[str], None],
+    pruner: str = "median",
 ) -> dict:
-    """Run (or continue) the study until ``trials`` trials have finished; write the summary."""
+    """Run (or continue) the study until ``trials`` trials have finished; write the summary.
+    ``pruner``: ``"median"`` (see the module's docstring) or ``"none"``."""
     import optuna
 
     registries = pm.registries
@@ -179,7 +181,9 @@ def run_sweep(
         load_if_exists=True,
         direction="maximize" if direction == "max" else "minimize",
         sampler=make_sampler(sampler, dimensions, config.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=STARTUP_TRIALS, n_warmup_steps=0),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=STARTUP_TRIALS, n_warmup_steps=0)
+        if pruner == "median"
+        else optuna.pruners.NopPruner(),
     )
     settings = {"metric": metric, "direction": direction, "space": [d.key for d in dimensions]}
     stored = study.user_attrs.get("settings")
@@ -261,12 +265,16 @@ def trial_rows(study: Any) -> list[dict]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         steps = sorted(t.intermediate_values)
+        trained = steps[-1] if steps else None
+        run_dir = Path(t.user_attrs.get("run_dir", ""))
+        if t.state.name == "COMPLETE" and (run_dir / "eval.json").is_file():
+            trained = json.loads((run_dir / "eval.json").read_text())["train"]["global_step"]
         rows.append(
             {
                 "trial": t.number,
                 "state": t.state.name.lower(),
                 "value": t.value,
-                "last_reported_step": steps[-1] if steps else None,
+                "steps": trained,
                 **{f"param.{k}": v for k, v in t.params.items()},
                 "reason": t.user_attrs.get("reason", ""),
                 "run_dir": t.user_attrs.get("run_dir", ""),
