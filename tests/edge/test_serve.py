@@ -513,30 +513,6 @@ def test_serve_imports_neither_torch_nor_transformers():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-def test_zz_sigterm_finishes_requests_in_flight_and_exits_0(server):
-    """Last: it stops the module's server."""
-    proc = server["proc"]
-    body = {
-        "model": "chat",
-        "messages": [{"role": "user", "content": "go"}],
-        "max_tokens": 40,
-        "ignore_eos": True,
-    }
-    answer = {}
-    thread = threading.Thread(
-        target=lambda: answer.update(r=post(server, "/v1/chat/completions", body, timeout=60))
-    )
-    thread.start()
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    thread.join(60)
-    assert answer["r"].status_code == 200
-    assert answer["r"].json()["usage"]["completion_tokens"] == 40
-    assert proc.wait(30) == 0
-    with pytest.raises(httpx.HTTPError):
-        httpx.get(server["url"] + "/v2/health/live", timeout=2)
-
-
 # -- image chat: the checks, on a stand-in for an image+text model ------------------------------
 
 
@@ -610,3 +586,34 @@ def test_edge_serve_is_a_tunewright_command(capsys):
         main(["edge", "serve", "--help"])
     assert done.value.code == 0
     assert "--allow-remote-images" in capsys.readouterr().out
+
+
+def test_the_playground_page_is_served_without_a_key_and_uses_the_api(server):
+    page = httpx.get(server["url"] + "/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "/v1/chat/completions" in page.text and "/infer" in page.text
+    assert "http" not in page.text.replace("HTTP ", "")  # nothing from the network (no CDN)
+
+
+def test_zz_sigterm_finishes_requests_in_flight_and_exits_0(server):
+    """Last: it stops the module's server."""
+    proc = server["proc"]
+    body = {
+        "model": "chat",
+        "messages": [{"role": "user", "content": "go"}],
+        "max_tokens": 40,
+        "ignore_eos": True,
+    }
+    answer = {}
+    thread = threading.Thread(
+        target=lambda: answer.update(r=post(server, "/v1/chat/completions", body, timeout=60))
+    )
+    thread.start()
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    thread.join(60)
+    assert answer["r"].status_code == 200
+    assert answer["r"].json()["usage"]["completion_tokens"] == 40
+    assert proc.wait(30) == 0
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(server["url"] + "/v2/health/live", timeout=2)

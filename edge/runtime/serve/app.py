@@ -37,7 +37,7 @@ from .engine import Batcher, Busy, GenJob, Worker
 from .profile import LiveProfile
 
 #: paths answered without an API key (a load balancer's probes)
-OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
+OPEN_PATHS = ("/", "/v2/health/live", "/v2/health/ready")
 #: items (texts or images) in one inference request
 MAX_ITEMS = 64
 
@@ -653,6 +653,20 @@ def build_app(models: dict[str, ServedModel], options: ServeOptions, worker: Wor
             param=exc.param,
             **exc.extra,
         )
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception):  # a model that failed: JSON, not text
+        return error_response(
+            request.url.path, 500, f"the model failed: {type(exc).__name__}: {exc}"
+        )
+
+    @app.get("/", include_in_schema=False)
+    async def playground():
+        from fastapi.responses import HTMLResponse
+
+        from .playground import PAGE
+
+        return HTMLResponse(PAGE)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
