@@ -56,6 +56,9 @@ class Reporter:
     def __init__(self, trial: Any, metric: str):
         self.trial, self.metric = trial, metric
         self.reported: dict[int, float] = {}
+        #: set when the pruner stopped the trial: a runner that wraps the exception (a simulated
+        #: federation's server runs in Flower's thread) still ends a pruned trial, not a failed one
+        self.pruned: TrialPruned | None = None
 
     @hookimpl
     def on_step_end(self, run, step, logs):
@@ -65,7 +68,8 @@ class Reporter:
         self.reported[step] = float(value)
         self.trial.report(float(value), step)
         if self.trial.should_prune():
-            raise TrialPruned(f"pruned at step {step} ({self.metric} {float(value):.4f})")
+            self.pruned = TrialPruned(f"pruned at step {step} ({self.metric} {float(value):.4f})")
+            raise self.pruned
 
 
 def storage_url(study_dir: Path) -> str:
@@ -209,15 +213,20 @@ def run_sweep(
         echo(f"trial {trial.number}: {shown}")
         trial.set_user_attr("run_dir", str(folder))
         name = f"sweep-trial-{trial.number}"
+        reporter = Reporter(trial, metric)
         try:
             trial_config = load_config(
                 trial_data(data, params, folder, study_dir, config.trackers),
                 registries,
                 source=f"trial {trial.number}",
             )
-            pm.register(Reporter(trial, metric), name=name)
+            pm.register(reporter, name=name)
             try:
                 run_job(trial_config, pm, overwrite=True, echo=lambda m: echo(f"  {m}"))
+            except Exception:
+                if reporter.pruned is not None:
+                    raise reporter.pruned from None
+                raise
             finally:
                 pm.unregister(name=name)
             value = _final(folder, metric)
