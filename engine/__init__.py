@@ -12,7 +12,7 @@ from . import kinds
 from .compat import PluginDeprecationWarning
 from .config import JobConfig, Section, load_config, read_yaml
 from .errors import ConfigError, DataError, JobFailed, PluginError, TunewrightError, UsageError
-from .grading import open_sampler
+from .grading import build_grader, open_sampler
 from .hookspecs import hookimpl
 from .manager import PluginManager, get_plugin_manager
 from .metrics import better_by, metric_direction, primary_metric
@@ -90,6 +90,7 @@ __all__ = [
     "evaluate",
     "run_job",
     "open_sampler",
+    "build_grader",
     "TrainResult",
     "RUN_MARKER",
     # a finished run

@@ -1,17 +1,20 @@
 """Objectives beyond supervised tuning, each a plugin on the public API: ``dpo`` (preference
-pairs, :mod:`.dpo`). An objective is a task (what an example is, its loss and its figures), a
-dataset format when its data has a shape of its own, and a config section for its settings."""
+pairs, :mod:`.dpo`) and ``rft`` (graded samples, GRPO family, :mod:`.rft`). An objective is a
+task (what an example is, its loss and its figures), a dataset format when its data has a shape
+of its own, and a config section for its settings."""
 
 from __future__ import annotations
 
 from tunewright import hookimpl
 
 from .dpo import DpoSection, DpoTask, PreferenceFormat
+from .rft import RftSection, RftTask
 
 
 @hookimpl(trylast=True)
 def register_tasks(register):
     register("dpo", DpoTask())
+    register("rft", RftTask())
 
 
 @hookimpl(trylast=True)
@@ -22,3 +25,4 @@ def register_dataset_formats(register):
 @hookimpl(trylast=True)
 def register_config_sections(register):
     register("dpo", DpoSection)
+    register("rft", RftSection)
