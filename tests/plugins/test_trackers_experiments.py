@@ -9,6 +9,7 @@ import pytest
 from experiments_jobs import chat_data, chat_job
 
 from tunewright import ConfigError, get_plugin_manager, hookimpl, load_config, run_job
+from tunewright.cli import main
 
 pytest.importorskip("tensorboard")
 pytest.importorskip("mlflow")
@@ -85,6 +86,16 @@ def test_tensorboard_and_mlflow_record_a_run_and_continue_it_on_resume(tiny_llam
     artifacts = {a.path for a in client.list_artifacts(record["run_id"])}
     assert {"eval.json", "report.png", "adapter"} <= artifacts
     assert (out / "mlartifacts").is_dir()  # beside the database, not ./mlruns
+    # after an export, the bundle's manifest joins the run's artifacts
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text('{"format": "tunewright-bundle"}')
+    with pytest.raises(SystemExit) as exit_:
+        main(["runs", "log-bundle", str(out), str(bundle)])
+    assert exit_.value.code == 0
+    assert [a.path for a in client.list_artifacts(record["run_id"], "bundle")] == [
+        "bundle/manifest.json"
+    ]
 
 
 def test_tracker_settings_are_checked_with_the_config(tiny_llama_dir, tmp_path):
