@@ -86,6 +86,12 @@ class Worker:
     # -- work ---------------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the thread (again, after :meth:`stop`: an app's lifespan may run more than once)."""
+        if self._thread.is_alive():
+            return
+        if self._thread.ident is not None:  # it ran and stopped
+            self._thread = threading.Thread(target=self._run, name="tunewright-decode", daemon=True)
+        self._stop.clear()
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
