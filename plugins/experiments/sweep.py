@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import math
 import warnings
@@ -270,6 +271,13 @@ def _final(folder: Path, metric: str) -> float:
     return float(value)
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Written under a temporary name and renamed: never a half-written file that looks whole."""
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(text, encoding="utf-8")
+    staging.replace(path)
+
+
 def trial_rows(study: Any) -> list[dict]:
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -307,10 +315,11 @@ def summarize(
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
-    with (study_dir / "trials.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(study_dir / "trials.csv", table.getvalue())
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     best = None
     if complete:
@@ -321,7 +330,7 @@ def summarize(
             f"# the best trial of {study_dir} (trial {best.number}): {metric} {best.value:.4f}\n"
             f"# tunewright train {study_dir / 'best.yaml'}\n"
         )
-        (study_dir / "best.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False))
+        write_atomic(study_dir / "best.yaml", header + yaml.safe_dump(config, sort_keys=False))
     summary = {
         "metric": metric,
         "direction": direction,
@@ -336,7 +345,7 @@ def summarize(
         },
         "trials": rows,
     }
-    (study_dir / "sweep.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    write_atomic(study_dir / "sweep.json", json.dumps(summary, indent=2, default=str) + "\n")
     plot_sweep(rows, dimensions, metric, direction, study_dir / "sweep.png")
     echo(format_table(rows, [f"param.{d.key}" for d in dimensions], metric))
     if best is None:

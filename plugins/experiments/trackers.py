@@ -183,13 +183,15 @@ class MlflowTracker:
             experiment_id, run_name=settings.run_name or self.run_dir.name, tags=tags
         )
         self.run_id = created.info.run_id
-        record.write_text(
+        staging = record.with_name(f".{record.name}.tmp")
+        staging.write_text(
             json.dumps(
                 {"tracking_uri": uri, "experiment_id": experiment_id, "run_id": self.run_id},
                 indent=2,
             )
             + "\n"
         )
+        staging.replace(record)
         from mlflow.entities import Param
 
         params = [Param(k, str(v)[:PARAM_LIMIT]) for k, v in flatten(run.config.to_dict()).items()]
