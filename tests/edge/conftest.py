@@ -184,3 +184,47 @@ def image_classifier_bundle(tmp_path_factory, tiny_vit_dir, edge_pm) -> Path:
         log=lambda message: None,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def image_text_chat_bundle(tiny_image_text_dir, tmp_path_factory, edge_pm) -> Path:
+    """An fp32 bundle of the tiny image+text model (every image one low-detail view), exported once
+    for the tests that serve it."""
+    from PIL import Image
+
+    from tunewright.edge import export_bundle
+    from tunewright.vision import VisionSettings, prepare_example
+
+    job = VisionSettings(detail="low")
+    task = edge_pm.registries.tasks["image-to-text"]
+    processor = task.load_tokenizer(tiny_image_text_dir)
+    model = task.load_model(tiny_image_text_dir, None, None, processor)
+    root = tmp_path_factory.mktemp("image-text-chat")
+    examples = []
+    for name, rgb in (("red", (220, 30, 30)), ("green", (30, 190, 30)), ("blue", (30, 30, 220))):
+        Image.new("RGB", (40, 40), rgb).save(root / f"{name}.png")
+        question = [
+            {"type": "image_url", "image_url": {"url": f"{name}.png"}},
+            {"type": "text", "text": "What colour is this?"},
+        ]
+        raw = {
+            "messages": [
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": name},
+            ]
+        }
+        examples.append(prepare_example(raw, job, root=root))
+    bundle = root / "bundle"
+    export_bundle(
+        model,
+        processor,
+        task,
+        examples,
+        bundle,
+        quantize="none",
+        bench=False,
+        config=job,
+        pm=edge_pm,
+        log=lambda line: None,
+    )
+    return bundle
