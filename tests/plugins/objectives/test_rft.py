@@ -58,15 +58,13 @@ def test_the_rft_section_checks_its_grader_and_bounds(tmp_path):
         )
 
 
-def test_rft_samples_grades_and_updates_a_tiny_model(tiny_llama_dir, tmp_path):
+def test_rft_raises_the_held_out_grade_of_a_tiny_model(tiny_llama_dir, tmp_path):
     data = tmp_path / "prompts.jsonl"
-    data.write_text("".join(json.dumps(p) + "\n" for p in prompts(24)))
+    data.write_text("".join(json.dumps(p) + "\n" for p in prompts(48)))
     pm = get_plugin_manager()
-    result = run_job(
-        load_config(job(tiny_llama_dir, data, tmp_path / "run"), pm.registries),
-        pm,
-        echo=lambda _: None,
-    )
+    raw = job(tiny_llama_dir, data, tmp_path / "run", k=6, max_tokens=4)
+    raw["training"].update(max_steps=8, batch_size=8, learning_rate=2e-2)
+    result = run_job(load_config(raw, pm.registries), pm, echo=lambda _: None)
     figures = json.loads((tmp_path / "run" / "eval.json").read_text())
     for stage in ("baseline", "final"):
         assert 0.0 <= figures[stage]["grade"] <= 1.0
@@ -76,5 +74,6 @@ def test_rft_samples_grades_and_updates_a_tiny_model(tiny_llama_dir, tmp_path):
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     ]
     losses = [r["loss"] for r in rows if "loss" in r]
-    assert len(losses) == 4 and all(abs(v) < 100 for v in losses)
-    assert result.global_step == 4
+    assert len(losses) == 8 and all(abs(v) < 100 for v in losses)
+    assert result.global_step == 8
+    assert figures["final"]["grade"] > figures["baseline"]["grade"] + 0.15
