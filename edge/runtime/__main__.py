@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["serve"]:  # its own parser (the serve extra: FastAPI, uvicorn)
         from .serve.cli import main as serve
 
-        return serve(argv[1:])
+        return serve(argv[1:], prog="python -m tunewright.edge.runtime serve")
     parser = argparse.ArgumentParser(
         prog="python -m tunewright.edge.runtime",
         description="Run, time or verify a tunewright bundle without torch.",

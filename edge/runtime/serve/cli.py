@@ -16,9 +16,9 @@ from typing import Any
 LOOPBACK_NAMES = ("localhost",)
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(prog: str = "tunewright edge serve") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="tunewright edge serve",
+        prog=prog,
         description="Serve bundles over HTTP: OpenAI-compatible chat (/v1) for generators, the "
         "Open Inference Protocol v2 (/v2) for classifiers, Prometheus /metrics, /profile.",
     )
@@ -143,11 +143,13 @@ def build(args: argparse.Namespace, key: str | None, pm: Any = None):
     return build_app(models, options, worker), models
 
 
-def main(argv: list[str] | None = None, pm: Any = None) -> int:
+def main(
+    argv: list[str] | None = None, pm: Any = None, *, prog: str = "tunewright edge serve"
+) -> int:
     """Serve until SIGTERM or Ctrl-C; 0 after a clean stop, 2 for bad usage or bundles."""
     from .. import BundleError
 
-    args = parser().parse_args(argv)
+    args = parser(prog).parse_args(argv)
     try:
         import fastapi  # noqa: F401
         import prometheus_client  # noqa: F401
