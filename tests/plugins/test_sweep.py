@@ -82,7 +82,9 @@ class Faults:
             raise KeyboardInterrupt
 
 
-def test_a_sweep_records_failures_survives_ctrl_c_continues_and_sums_up(job, tmp_path, capsys):
+def test_a_sweep_records_failures_survives_ctrl_c_continues_and_sums_up(
+    job, tmp_path, capsys, monkeypatch
+):
     from mlflow.tracking import MlflowClient
 
     from tunewright.plugins.experiments.space import parse_space
@@ -142,8 +144,10 @@ def test_a_sweep_records_failures_survives_ctrl_c_continues_and_sums_up(job, tmp
     finished = [r for r in comparison["runs"] if r["finished"]]
     assert len(finished) == 4 and all(r["curve"][0][0] == 0 for r in finished)
     assert (tmp_path / "c.png").stat().st_size > 0
+    monkeypatch.chdir(tmp_path)  # the default --plot is compare.png in the current directory
     code, out = _cli(["runs", "compare", str(trial), str(study / "trials" / "trial-0000")], capsys)
     assert code == 0 and "mean_token_accuracy final" in out.out.splitlines()[0]
+    assert (tmp_path / "compare.png").stat().st_size > 0
 
 
 def test_the_reporter_reports_training_evaluations_and_prunes():
