@@ -251,3 +251,52 @@ def test_hook_register_graders(pm):
     )
     assert combined.grade({"output_text": "Paris"}, ITEM) == 1.0
     assert combined.grade(ANSWER, ITEM) == 0.0
+
+
+def test_a_bundle_is_answered_by_its_registered_edge_runtime(tmp_path):
+    import json
+
+    import yaml
+
+    from tunewright.grading import grade_path
+
+    class Echo:
+        runtime, task_kind, generates = "echo", "causal_lm", True
+
+        def __init__(self, folder, manifest, threads=None):
+            self.folder = folder
+
+        def generate(self, messages, **options):
+            return f"  {messages[-1]['content'].split()[-1]}  "
+
+    class Runtimes:
+        @hookimpl
+        def register_edge_runtimes(self, register):
+            register("echo", Echo)
+
+    manager = get_plugin_manager(plugins=[("echo-runtime", Runtimes())])
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text(json.dumps({"runtime": "echo", "task_kind": "causal_lm"}))
+    data = tmp_path / "items.jsonl"
+    data.write_text(
+        json.dumps(
+            {"input": {"messages": [{"role": "user", "content": "say Paris"}]}, "answer": "Paris"}
+        )
+        + "\n"
+        + json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "say Rome"},
+                    {"role": "assistant", "content": "x"},
+                ],
+                "answer": "Paris",
+            }
+        )
+        + "\n"
+    )
+    grader = tmp_path / "g.yaml"
+    grader.write_text(yaml.safe_dump(exact()))
+    result = grade_path(bundle, data, grader, manager)
+    assert "baseline" not in result and result["tuned"]["mean"] == 0.5
+    assert [row["output"] for row in result["tuned"]["worst"]] == ["Rome", "Paris"]
