@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -152,7 +151,9 @@ trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_clas
                                             target_modules="all-linear", task_type="CAUSAL_LM"))
 t = time.perf_counter(); trainer.train(); seconds = time.perf_counter() - t
 trainer.model.save_pretrained(spec["out"] + "/adapter")
-print(json.dumps({"train_seconds": seconds}))
+import resource
+print(json.dumps({"train_seconds": seconds,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 TRL_GRPO = r"""
@@ -180,27 +181,27 @@ trainer = GRPOTrainer(model=model, args=args, train_dataset=data, processing_cla
                                              target_modules="all-linear", task_type="CAUSAL_LM"))
 t = time.perf_counter(); trainer.train(); seconds = time.perf_counter() - t
 trainer.model.save_pretrained(spec["out"] + "/adapter")
-print(json.dumps({"train_seconds": seconds}))
+import resource
+print(json.dumps({"train_seconds": seconds,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
 def child(python: str, code: str, spec: dict, timeout: float) -> dict:
-    """Run ``code`` in a child; its last stdout line is JSON. Adds the child's peak RSS."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Run ``code`` in a child; its last stdout line is JSON with its own peak RSS."""
     done = subprocess.run(
         [python, "-c", code, json.dumps(spec)], capture_output=True, text=True, timeout=timeout
     )
     if done.returncode != 0:
         raise SystemExit(f"{python} failed:\n{done.stderr[-3000:]}")
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    out["peak_rss_mb"] = max(peak, before) / 1024  # ru_maxrss of the largest child so far
-    return out
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 OURS = (
     "import json, sys; sys.path.insert(0, {here!r}); import objectives_bench as b; "
-    "print(json.dumps(b.tunewright_side(json.loads(sys.argv[1]))))"
+    "import resource; out = b.tunewright_side(json.loads(sys.argv[1])); "
+    "out['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; "
+    "print(json.dumps(out))"
 )
 
 
@@ -211,7 +212,7 @@ def ours(spec: dict, timeout: float) -> dict:
 # -- held-out figures of a TRL adapter, by tunewright's code ----------------------------------------
 
 
-def adapter_figures(task: str, model: str, adapter: Path, config: dict) -> dict:
+def adapter_figures(task: str, model: str, adapter: Path, config: dict, held: Path) -> dict:
     """Load the base with the TRL adapter as tunewright's task does and measure the held-out data."""
     import torch
     from peft import PeftModel
@@ -222,7 +223,7 @@ def adapter_figures(task: str, model: str, adapter: Path, config: dict) -> dict:
     job = load_config(config, pm.registries)
     task_object = pm.registries.tasks[task]
     tokenizer = task_object.load_tokenizer(model)
-    rows = [json.loads(line) for line in Path(config["bench_validation"]).read_text().splitlines()]
+    rows = [json.loads(line) for line in held.read_text().splitlines()]
     for row in rows:
         task_object.validate(row, "bench", job)
     base = task_object.load_model(model, None, job, tokenizer=tokenizer)
@@ -280,7 +281,8 @@ def bench_dpo(args, work: Path) -> dict:
             "dpo",
             spec["model"],
             work / "trl" / "adapter",
-            {**config, "bench_validation": str(held)},
+            config,
+            held,
         )
         report["trl"] = trl
         report["throughput_ratio"] = report["ours"]["pairs_per_second"] / trl["pairs_per_second"]
@@ -311,7 +313,8 @@ def bench_rft(args, work: Path) -> dict:
             "rft",
             spec["model"],
             work / "trl" / "adapter",
-            {**config, "bench_validation": str(held)},
+            config,
+            held,
         )
         report["trl"] = trl
         report["throughput_ratio"] = (
