@@ -20,8 +20,8 @@ grade with the same ``string_check`` grader), so only the training differs.
   ``tunewright edge bench``. Targets: student keeps >= 90% of the teacher's grade; bundle >= 1.8x
   faster.
 
-TRL goes in an environment of its own (research/objectives.md has the pins that install beside
-the stack): ``python -m venv /opt/trl-venv && /opt/trl-venv/bin/pip install -c stack.txt
+TRL goes in an environment of its own, with pins that install beside the stack (a plain ``pip
+install trl`` silently picks trl 0.11): ``python -m venv /opt/trl-venv && /opt/trl-venv/bin/pip install -c stack.txt
 'trl[peft]==1.16.0' datasets==5.0.1 fsspec==2026.6.0`` with ``stack.txt`` the stack's ``pip
 freeze``.
 """

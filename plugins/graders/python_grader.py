@@ -6,7 +6,7 @@ included) with resource limits: ``RLIMIT_AS`` (``memory_mb``, default 512), ``RL
 wall-clock ``timeout`` (seconds, default 10), no core files, a small file-size limit, its own
 session, an empty working folder and no inherited environment. An exception, a timeout, memory
 running out, a value that is not a number or outside 0..1 are that example's error, never the
-job's. Files stay readable (see research notes: a private mount namespace would be the next step).
+job's. Files stay readable: a private mount namespace would be the next step.
 
 Config: ``source`` (the code) or ``file`` (a path to it), ``timeout``, ``memory_mb``.
 """
