@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,11 +45,16 @@ class RftSection(Section):
     grader_timeout: float = Field(
         30.0, gt=0, le=600, description="seconds one grade may take; longer scores 0"
     )
+    init_from: str | None = Field(
+        None, description="a finished run (e.g. runs/sft): its tuned model is the starting point"
+    )
 
     def check(self, config: Any) -> list[str]:
         problems = []
         if config.task != "rft":
             problems.append(f"rft: the section applies to task: rft, not task: {config.task}")
+        if self.init_from is not None and not (Path(self.init_from) / "adapter").is_dir():
+            problems.append(f"rft.init_from: {self.init_from} is not a finished run (no adapter/)")
         try:
             load_grader(self.grader)
         except ConfigError as exc:
@@ -117,6 +123,13 @@ class RftTask(ChatTask):
             raise ConfigError("task: rft needs an rft: section with its grader")
         self.settings = section
         self.grader = load_grader(section.grader)
+        if section.init_from:  # as dpo.init_from: the SFT adapter merged in, also the reference
+            from tunewright import load_run
+
+            model = load_run(section.init_from).model
+            if tokenizer is not None and model.config.pad_token_id is None:
+                model.config.pad_token_id = tokenizer.pad_token_id
+            return model
         return super().load_model(path, labels, config, tokenizer=tokenizer)
 
     # -- tokens --------------------------------------------------------------------------------

@@ -50,6 +50,8 @@ def job(model: Path, data: Path, out: Path, **rft) -> dict:
 def test_the_rft_section_checks_its_grader_and_bounds(tmp_path):
     pm = get_plugin_manager()
     raw = job(Path("m"), tmp_path / "d.jsonl", tmp_path / "out")
+    with pytest.raises(ConfigError, match="rft.init_from: nowhere is not a finished run"):
+        load_config({**raw, "rft": {"grader": GRADER, "init_from": "nowhere"}}, pm.registries)
     with pytest.raises(ConfigError, match="rft.k"):
         load_config({**raw, "rft": {"grader": GRADER, "k": 1}}, pm.registries)
     with pytest.raises(ConfigError, match="rft.grader: text_similarity grader .close.: meteor"):
