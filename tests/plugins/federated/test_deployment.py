@@ -5,6 +5,7 @@ its Flower processes with it and is left out, the others end by themselves with 
 process is stopped by its id in a ``finally``; ``FLWR_HOME`` is a temporary folder."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -122,6 +123,25 @@ def family_of(proc):
     return [proc.pid, *deploy.descendants(proc.pid)]
 
 
+def hold_training_plugin(folder):
+    """A tunewright plugin, installed as a dist-info in ``folder`` (put it on a process's
+    ``PYTHONPATH``), whose ``on_step_end`` never returns: the process it loads in stops training
+    in the middle of its first round, for as long as it lives."""
+    module = folder / "tw_hold_training.py"
+    folder.mkdir()
+    module.write_text(
+        "import time\n\nfrom tunewright import hookimpl\n\n\n@hookimpl\n"
+        "def on_step_end(run, step, logs):\n    while True:\n        time.sleep(1)\n"
+    )
+    info = folder / "tw_hold_training-0.0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: tw-hold-training\nVersion: 0.0.0\n"
+    )
+    (info / "entry_points.txt").write_text("[tunewright]\nhold = tw_hold_training\n")
+    return folder
+
+
 def test_a_site_killed_mid_round_is_left_out_and_the_others_end_by_themselves(
     tmp_path, tiny_bert_dir, flower_env
 ):
@@ -168,10 +188,17 @@ def test_a_site_killed_mid_round_is_left_out_and_the_others_end_by_themselves(
         },
     )
     procs, logs = {}, {}
+    # site c holds its first round at its first logged step until it is killed: a tiny model trains
+    # its 4 steps in milliseconds, so a kill sent when its console shows the round could land
+    # after it answered (then the round is not the one it died in, and nothing is proven)
+    hold = hold_training_plugin(tmp_path / "hold")
 
     def site(name, key):
         data = write_jsonl(tmp_path / f"{name}.jsonl", sentiment_rows(60, seed=len(procs)))
         logs[name] = tmp_path / f"{name}.log"
+        env = dict(os.environ)
+        if name == "c":
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hold), env.get("PYTHONPATH")]))
         procs[name] = subprocess.Popen(
             [
                 *FEDERATE,
@@ -192,6 +219,7 @@ def test_a_site_killed_mid_round_is_left_out_and_the_others_end_by_themselves(
             ],
             stdout=logs[name].open("wb"),
             stderr=subprocess.STDOUT,
+            env=env,
         )
 
     killed = []
