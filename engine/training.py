@@ -78,12 +78,15 @@ def batch_order(
     Shuffled; with ``group_by_length``, examples are sorted by length inside megabatches of
     ``MEGABATCH`` batches (less padding), the batches are then shuffled (in length order, the
     loss of a step would follow the length of its examples, not what the model has learnt), and
-    the longest batch goes first so that a run that runs out of memory does so at once.
+    the longest batch goes first so that a run that runs out of memory does so at once. Examples
+    that all have one length are not grouped: their batches follow the shuffled order.
     """
     order = list(range(len(features)))
     rng = random.Random(seed * 1000 + epoch)
     rng.shuffle(order)
-    if group_by_length and len(order) > batch_size:
+    # examples of one length (images at a fixed input size) have no padding to save: plain order
+    varied = group_by_length and len({length(f) for f in features}) > 1
+    if varied and len(order) > batch_size:
         span = batch_size * MEGABATCH
         chunks = [
             sorted(order[i : i + span], key=lambda j: -length(features[j]))
