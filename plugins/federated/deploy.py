@@ -33,7 +33,7 @@ from typing import Any
 
 from tunewright import ConfigError, JobFailed, UsageError
 
-from .guard import guarded
+from .guard import below, guarded
 
 POLL_SECONDS = 0.5
 
@@ -82,20 +82,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (Linux /proc; empty elsewhere)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
+    """Every process below ``pid`` (Linux /proc; empty elsewhere): the guard's own walk."""
+    return below(pid)
 
 
 def stop(proc: subprocess.Popen, grace: float = 5.0) -> None:
