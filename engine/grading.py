@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import kinds
 from .config import read_yaml
 from .errors import ConfigError, DataError, UsageError
 from .manager import PluginManager
@@ -146,6 +147,14 @@ def open_sampler(
         raise UsageError(
             f"{path}: neither a run directory (config.yaml) nor a bundle (manifest.json)"
         )
+    task_name = str((read_yaml(path / "config.yaml") or {}).get("task"))
+    kind = pm.registries.get("tasks", task_name, key="task").model_kind
+    if kind != kinds.CAUSAL_LM:
+        raise UsageError(
+            f"{path}: --grader grades generated text, and this run's task {task_name!r} "
+            f"({kind}) does not generate (allowed: a run of a {kinds.CAUSAL_LM} task, or a "
+            f"generating bundle); `tunewright eval {path} --data FILE` gives its task's metrics"
+        )
     return _run_sampler(path, pm, baseline, max_new_tokens)
 
 
@@ -157,6 +166,11 @@ def _bundle_sampler(path: Path, pm: PluginManager, max_new_tokens: int) -> Sampl
     if not matches:
         raise UsageError(
             f"{path}: no edge runtime registered for runtime {runtime!r} and task kind {kind!r}"
+        )
+    if not matches[-1].generates:
+        raise UsageError(
+            f"{path}: --grader grades generated text, and this bundle ({kind}) does not generate "
+            f"(allowed: a generating bundle, or a run of a {kinds.CAUSAL_LM} task)"
         )
     predictor = matches[-1](path, manifest)
 

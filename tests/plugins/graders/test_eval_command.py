@@ -96,3 +96,30 @@ def test_eval_grades_a_run_and_its_base_side_by_side(tiny_llama_dir, tmp_path, c
         capsys, "eval", str(tmp_path / "run"), "--data", str(test), "--grader", str(grader)
     )
     assert code == 2 and "'operation' is required" in err
+
+
+def test_a_run_that_does_not_generate_is_refused_before_anything_loads(tmp_path, capsys):
+    run = tmp_path / "classifier"
+    run.mkdir()
+    (run / "config.yaml").write_text(
+        yaml.safe_dump({"model": "minilm-l6", "task": "classification"})
+    )
+    items = write_jsonl(
+        tmp_path / "items.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}]
+    )
+    grader = tmp_path / "grader.yaml"
+    grader.write_text(
+        yaml.safe_dump(
+            {
+                "type": "string_check",
+                "name": "g",
+                "input": "{{sample.output_text}}",
+                "reference": "x",
+                "operation": "eq",
+            }
+        )
+    )
+    code, _, err = tw(capsys, "eval", str(run), "--data", str(items), "--grader", str(grader))
+    assert code == 2
+    assert "grades generated text" in err and "'classification'" in err
+    assert "sequence_classification" in err and "--data FILE` gives its task's metrics" in err
