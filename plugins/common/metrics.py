@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import torch
 
+#: the figures a classifier's ``metrics`` report, and which way each is better
+LABEL_METRIC_DIRECTIONS = {
+    "loss": "min",
+    "accuracy": "max",
+    "precision": "max",
+    "recall": "max",
+    "f1": "max",
+}
+
 
 def macro_scores(predicted: torch.Tensor, labels: torch.Tensor, classes: int) -> dict[str, float]:
     """Macro precision, recall and F1 of ``predicted`` against ``labels`` (both (N,) class

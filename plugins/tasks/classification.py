@@ -17,7 +17,7 @@ import torch
 from tunewright import Problem, kinds
 from tunewright.plugins.common.batching import model_device, pad
 from tunewright.plugins.common.labels import is_blank, label_counts_line, sort_labels, unseen_labels
-from tunewright.plugins.common.metrics import macro_scores
+from tunewright.plugins.common.metrics import LABEL_METRIC_DIRECTIONS, macro_scores
 from tunewright.plugins.common.records import type_name
 
 
@@ -134,15 +134,7 @@ def render_labels(summary: dict) -> list[str]:
 class ClassificationTask:
     model_kind = kinds.SEQUENCE_CLASSIFICATION
     primary_metric = "accuracy"
-    metric_directions = {
-        "loss": "min",
-        "accuracy": "max",
-        "precision": "max",
-        "recall": "max",
-        "f1": "max",
-        "mse": "min",
-        "mae": "min",
-    }
+    metric_directions = {**LABEL_METRIC_DIRECTIONS, "mse": "min", "mae": "min"}
     description = "text classification: cross-entropy, or MSE for numeric labels"
     default_model = "minilm-l6"
 

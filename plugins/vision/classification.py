@@ -33,7 +33,7 @@ from typing import Any
 
 from tunewright import ConfigError, Problem, hookimpl, kinds
 from tunewright.plugins.common.labels import is_blank, label_counts_line, sort_labels, unseen_labels
-from tunewright.plugins.common.metrics import macro_scores
+from tunewright.plugins.common.metrics import LABEL_METRIC_DIRECTIONS, macro_scores
 
 KIND = kinds.IMAGE_CLASSIFICATION
 
@@ -173,13 +173,7 @@ class ImageClassificationTask:
 
     model_kind = KIND
     primary_metric = "accuracy"
-    metric_directions = {
-        "loss": "min",
-        "accuracy": "max",
-        "precision": "max",
-        "recall": "max",
-        "f1": "max",
-    }
+    metric_directions = LABEL_METRIC_DIRECTIONS
     description = (
         "image classification (MobileNetV2, ViT, ConvNeXt...): a new head for the labels, "
         "cross-entropy; images checked by tunewright.vision"
