@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import kinds
 from .compat import PluginDeprecationWarning
-from .config import JobConfig, Section, load_config, read_yaml
+from .config import JobConfig, Section, apply_overrides, load_config, read_yaml, set_key
 from .errors import ConfigError, DataError, JobFailed, PluginError, TunewrightError, UsageError
 from .grading import build_grader, open_sampler
 from .hookspecs import hookimpl
@@ -64,6 +64,8 @@ __all__ = [
     "Section",
     "load_config",
     "read_yaml",
+    "apply_overrides",
+    "set_key",
     # what plugins implement
     "ModelProvider",
     "DatasetFormat",

@@ -176,16 +176,26 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         parts = [p for p in key.strip().split(".") if p]
         if not parts:
             raise ConfigError(f"--set {item!r}: the key is empty")
-        value = yaml.safe_load(raw) if raw.strip() else ""
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {'.'.join(parts[: i + 1])} is not a section")
-            node = child
-        node[parts[-1]] = value
+        set_key(
+            data, ".".join(parts), yaml.safe_load(raw) if raw.strip() else "", f"--set {item!r}"
+        )
+    return data
+
+
+def set_key(data: dict, key: str, value: Any, where: str) -> dict:
+    """Set the dotted ``key`` (``training.learning_rate``) of a raw config mapping to ``value``,
+    in place, making the sections it names; ``where`` starts the error when a part of the key is
+    not a section."""
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
     return data
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from tunewright import ConfigError, UsageError, read_yaml
+from tunewright import UsageError, apply_overrides, read_yaml
 
 
 def _echo(message: str) -> None:
@@ -62,9 +62,7 @@ def sweep(
     pm, config_path, space_path, trials, sampler, pruner, metric, study_dir, overrides
 ) -> None:
     """Search hyperparameters of CONFIG over SPACE with Optuna; each trial is a run."""
-    import yaml
-
-    from .space import read_space, set_key
+    from .space import read_space
     from .sweep import run_sweep
 
     try:
@@ -73,12 +71,7 @@ def sweep(
         raise UsageError(
             "tunewright sweep needs optuna, which is not installed (pip install 'tunewright[experiments]')"
         ) from None
-    data = read_yaml(config_path)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. training.max_steps=20")
-        key, raw = item.split("=", 1)
-        data = set_key(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "", "--set")
+    data = apply_overrides(read_yaml(config_path), list(overrides))
     dimensions = read_space(space_path)
     run_sweep(
         pm,

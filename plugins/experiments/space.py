@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from tunewright import ConfigError, load_config
+from tunewright import set_key as set_config_key
 
 KINDS = ("uniform", "log_uniform", "int", "log_int", "choice")
 
@@ -112,18 +113,7 @@ def read_space(path: str | Path) -> list[Dimension]:
 
 def set_key(data: dict, key: str, value: Any, source: str = "space") -> dict:
     """A copy of ``data`` with the dotted ``key`` set to ``value``."""
-    data = copy.deepcopy(data)
-    parts = key.split(".")
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"{source}: {key}: {'.'.join(parts[: i + 1])} is not a section")
-        node = child
-    node[parts[-1]] = value
-    return data
+    return set_config_key(copy.deepcopy(data), key, value, f"{source}: {key}")
 
 
 def check_space(dimensions: list[Dimension], data: dict, registries: Any, source: str) -> None:
