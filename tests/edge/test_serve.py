@@ -445,6 +445,31 @@ def test_a_client_that_disconnects_stops_its_generation(server):
     assert metric(server, "tunewright_serve_queue_depth") == 0
 
 
+def test_a_client_that_gives_up_on_a_non_streamed_answer_stops_its_generation(server):
+    """No stream to fail a write on: the server notices the closed connection itself."""
+    before = metric(server, "tunewright_serve_cancelled_generations_total", model="chat")
+    tokens = metric(server, "tunewright_serve_generated_tokens_total", model="chat")
+    gone = metric(server, "tunewright_serve_requests_total", model="chat", status="499")
+    body = {
+        "model": "chat",
+        "messages": [{"role": "user", "content": "go"}],
+        "max_tokens": 60,
+        "ignore_eos": True,
+    }
+    with pytest.raises(httpx.ReadTimeout):  # 60 tokens take 0.6 s or more (the step delay)
+        post(server, "/v1/chat/completions", body, timeout=0.25)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if metric(server, "tunewright_serve_cancelled_generations_total", model="chat") > before:
+            break
+        time.sleep(0.1)
+    assert metric(server, "tunewright_serve_cancelled_generations_total", model="chat") > before
+    time.sleep(0.3)
+    assert metric(server, "tunewright_serve_generated_tokens_total", model="chat") - tokens < 60
+    assert metric(server, "tunewright_serve_requests_total", model="chat", status="499") == gone + 1
+    assert metric(server, "tunewright_serve_queue_depth") == 0
+
+
 def validate(path: Path, task: str, capsys) -> dict:
     """``tunewright validate PATH --task TASK --json``, in this process (the tokenizer loads once)."""
     from tunewright.cli import main
@@ -593,6 +618,115 @@ def test_the_playground_page_is_served_without_a_key_and_uses_the_api(server):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "/v1/chat/completions" in page.text and "/infer" in page.text
     assert "http" not in page.text.replace("HTTP ", "")  # nothing from the network (no CDN)
+
+
+def _browser():
+    """A headless Chromium driven by selenium, or a skip; a failure where ``.ci/run`` asked for
+    the browser (``TUNEWRIGHT_REQUIRE_BROWSER=1``: it installs Debian's chromium and
+    chromium-driver, and a CI run that lost them must not pass by skipping)."""
+    import shutil
+
+    required = os.environ.get("TUNEWRIGHT_REQUIRE_BROWSER") == "1"
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        webdriver = None
+    if webdriver is None or not chromium or not driver:
+        missing = ", ".join(
+            name
+            for name, found in (
+                ("selenium", webdriver),
+                ("chromium", chromium),
+                ("chromedriver", driver),
+            )
+            if not found
+        )
+        message = (
+            f"the playground's browser test needs {missing} "
+            "(apt-get install chromium chromium-driver; pip install selenium)"
+        )
+        if required:
+            pytest.fail(message)
+        pytest.skip(message)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(executable_path=driver), options=options)
+
+
+def test_the_playground_streams_a_chat_answer_and_shows_probabilities_in_a_real_browser(server):
+    """Headless Chromium types into the page as a person would: the streamed answer it assembles
+    is the API's greedy answer to the same request, read from more than one server-sent event;
+    a classifier's table shows the probabilities ``/infer`` gives."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    browser = _browser()
+    try:
+        browser.get(server["url"] + "/")
+        browser.find_element(By.ID, "key").send_keys(KEY + "\t")  # onchange: lists the models
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#model option")) == 3)
+        out = browser.find_element(By.ID, "out")
+
+        Select(browser.find_element(By.ID, "model")).select_by_value("chat")
+        for field, value in (("max", "12"), ("temp", "0")):
+            box = browser.find_element(By.ID, field)
+            box.clear()
+            box.send_keys(value)
+        browser.find_element(By.ID, "prompt").send_keys("Say something about the sea")
+        browser.find_element(By.ID, "send").click()
+        wait.until(lambda b: out.get_attribute("data-done"))
+        assert out.get_attribute("data-done") in ("stop", "length"), out.text
+        shown = browser.execute_script("return document.getElementById('out').textContent")
+        expected = post(
+            server,
+            "/v1/chat/completions",
+            {
+                "model": "chat",
+                "messages": [{"role": "user", "content": "Say something about the sea"}],
+                "max_tokens": 12,
+                "temperature": 0,
+            },
+        ).json()
+        assert shown == expected["choices"][0]["message"]["content"]
+        # the role chunk, a chunk per piece of text and the finish: a stream, not one reply
+        assert int(out.get_attribute("data-chunks")) >= 3
+
+        Select(browser.find_element(By.ID, "model")).select_by_value("cls")
+        prompt = browser.find_element(By.ID, "prompt")
+        prompt.clear()
+        prompt.send_keys("the weather is fine today")
+        browser.find_element(By.ID, "send").click()
+        wait.until(lambda b: out.get_attribute("data-done"))
+        assert out.get_attribute("data-done") == "classified", out.text
+        rows = [
+            [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+            for row in out.find_elements(By.TAG_NAME, "tr")
+        ]
+        infer = post(
+            server,
+            "/v2/models/cls/infer",
+            {
+                "inputs": [
+                    {
+                        "name": "text",
+                        "shape": [1],
+                        "datatype": "BYTES",
+                        "data": ["the weather is fine today"],
+                    }
+                ]
+            },
+        ).json()
+        probabilities = next(o for o in infer["outputs"] if o["name"] == "probabilities")["data"]
+        assert [label for label, _ in rows] == infer["parameters"]["labels"]
+        assert [float(p) for _, p in rows] == pytest.approx(probabilities, abs=5e-5)
+    finally:
+        browser.quit()
 
 
 def test_zz_sigterm_finishes_requests_in_flight_and_exits_0(server):

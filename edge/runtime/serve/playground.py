@@ -1,6 +1,8 @@
 """The playground page served at ``/``: plain HTML and JavaScript in this module (no CDN, no
 files to ship; a device may be offline). Pick a model, chat with streaming (an image attached for
-image+text bundles), or see a classifier's probabilities."""
+image+text bundles), or see a classifier's probabilities. ``#out``'s ``data-done`` says when an
+answer is complete (its finish reason, ``classified`` or ``error``) and ``data-chunks`` how many
+server-sent events the page read: the browser test waits on the one and checks the other."""
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tunewright serve</title>
@@ -15,7 +17,8 @@ textarea,input,select,button{font:inherit}textarea{width:100%;box-sizing:border-
 <h1>tunewright serve</h1>
 <div class="row"><label>model <select id="model"></select></label>
 <label>API key <input id="key" type="password" size="18" placeholder="if the server has one"></label>
-<label>max tokens <input id="max" type="number" value="128" min="1" style="width:5rem"></label></div>
+<label>max tokens <input id="max" type="number" value="128" min="1" style="width:5rem"></label>
+<label>temperature <input id="temp" type="number" value="1" min="0" max="2" step="0.1" style="width:4rem"></label></div>
 <textarea id="prompt" rows="4" placeholder="Type a message (a text to classify, for a classifier)"></textarea>
 <div class="row"><input id="image" type="file" accept="image/png,image/jpeg,image/webp">
 <button id="send">Send</button></div>
@@ -46,6 +49,7 @@ async function fail(r) {
   try { const e = JSON.parse(body).error; body = typeof e === "string" ? e : e.message; } catch (x) {}
   $("out").innerHTML = ""; const p = document.createElement("span");
   p.className = "err"; p.textContent = "HTTP " + r.status + ": " + body; $("out").appendChild(p);
+  $("out").dataset.done = "error";
 }
 async function classify(model, text, file) {
   const data = file ? [(await dataUrl(file))] : [text];
@@ -58,16 +62,17 @@ async function classify(model, text, file) {
   const table = document.createElement("table");
   labels.forEach((l, i) => { const tr = table.insertRow();
     tr.insertCell().textContent = l; tr.insertCell().textContent = probs[i].toFixed(4); });
-  $("out").innerHTML = ""; $("out").appendChild(table);
+  $("out").innerHTML = ""; $("out").appendChild(table); $("out").dataset.done = "classified";
 }
 async function chat(model, text, file) {
   const content = file ? [{type: "image_url", image_url: {url: await dataUrl(file)}},
                           {type: "text", text: text}] : text;
   const r = await fetch("/v1/chat/completions", {method: "POST", headers: headers(),
     body: JSON.stringify({model: model, messages: [{role: "user", content: content}],
-                          max_tokens: Number($("max").value) || 128, stream: true})});
+                          max_tokens: Number($("max").value) || 128, stream: true,
+                          temperature: $("temp").value === "" ? 1 : Number($("temp").value)})});
   if (!r.ok) return fail(r);
-  $("out").textContent = "";
+  $("out").textContent = ""; $("out").dataset.done = ""; let chunks = 0;
   const reader = r.body.getReader(); const dec = new TextDecoder(); let buf = "";
   for (;;) {
     const {value, done} = await reader.read(); if (done) break;
@@ -75,19 +80,23 @@ async function chat(model, text, file) {
     while ((cut = buf.indexOf("\\n\\n")) >= 0) {
       const line = buf.slice(0, cut).trim(); buf = buf.slice(cut + 2);
       if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
-      const ev = JSON.parse(line.slice(6));
-      for (const c of ev.choices || []) $("out").textContent += (c.delta && c.delta.content) || "";
+      const ev = JSON.parse(line.slice(6)); $("out").dataset.chunks = ++chunks;
+      for (const c of ev.choices || []) {
+        $("out").textContent += (c.delta && c.delta.content) || "";
+        if (c.finish_reason) $("out").dataset.done = c.finish_reason;
+      }
     }
   }
+  if (!$("out").dataset.done) $("out").dataset.done = "incomplete";  // the stream broke off
 }
 $("send").onclick = async () => {
   const model = $("model").value, text = $("prompt").value, file = $("image").files[0];
   if (!model) return models();
-  $("out").textContent = "...";
+  $("out").textContent = "..."; $("out").dataset.done = "";
   try {
     if ((kinds[model] || "").includes("classification")) await classify(model, text, file);
     else await chat(model, text, file);
-  } catch (e) { $("out").textContent = String(e); }
+  } catch (e) { $("out").textContent = String(e); $("out").dataset.done = "error"; }
 };
 $("key").onchange = models;
 models();
