@@ -756,11 +756,25 @@ def export_run(
         "task": run.task_name,
         "run": {"dir": str(Path(run_dir).resolve()), "eval": run.eval},
     }
+    task = run.task
+    judge = getattr(task, "parity_task", "")  # TaskOptions.parity_task
+    if judge is None:
+        raise UsageError(
+            f"{run_dir}: a {run.task_name} run does not export: no figure of an exported model "
+            f"judges it at the parity gate (task {run.task_name!r} sets parity_task to None)"
+        )
     options.setdefault("calibration_examples", training_examples(Path(run_dir)) or None)
-    return export_bundle(
+    if judge:
+        # the held-out and the calibration examples become the judging task's
+        examples = task.parity_examples(examples)
+        if options["calibration_examples"]:
+            options["calibration_examples"] = task.parity_examples(options["calibration_examples"])
+        task = pm.registries.get("tasks", judge, key=f"{run.task_name}'s parity_task")
+        info["parity_task"] = judge
+    result = export_bundle(
         run.model,
         run.tokenizer,
-        run.task,
+        task,
         examples,
         out,
         labels=run.labels,
@@ -770,3 +784,21 @@ def export_run(
         config=run.config,
         **options,
     )
+    log = options.get("log") or _log_default
+    try:
+        lines = pm.hook.on_export(
+            run_dir=str(run_dir), bundle=str(result.bundle), manifest=result.manifest
+        )
+    except Exception as exc:  # the bundle is written and proven: a plugin's failure is not ours
+        import warnings
+
+        warnings.warn(
+            f"an on_export hook failed ({type(exc).__name__}: {exc}); the bundle {result.bundle} "
+            "is written",
+            stacklevel=2,
+        )
+    else:
+        for line in lines:
+            if line:
+                log(str(line))
+    return result

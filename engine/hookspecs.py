@@ -269,3 +269,17 @@ def on_checkpoint(run: Run, step: int, path: str) -> None:
 def on_train_end(run: Run, result: TrainResult) -> None:
     """Called once after training, the final evaluation and the run directory are written, with
     the :class:`tunewright.TrainResult`."""
+
+
+# -------------------------------------------------------------------------
+# Export: called by ``tunewright export`` (``tunewright.edge.export_run``) of a finished run.
+# -------------------------------------------------------------------------
+
+
+@hookspec
+def on_export(run_dir: str, bundle: str, manifest: dict) -> str | None:
+    """Called after the export of the finished run at ``run_dir`` passed its parity gate and its
+    bundle was renamed into place at ``bundle``; ``manifest`` is the bundle's ``manifest.json``.
+    Not called when the export fails (then no bundle is written). May return a line for the
+    export's output. An exception is shown as a warning: the bundle stays, and the export
+    succeeds."""

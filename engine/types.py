@@ -194,6 +194,14 @@ class TaskOptions(Protocol):
     #: what the training progress line's rate counts per second (``"images"``); default ``"tok"``:
     #: the tokens of a step, or its examples for features without ``input_ids``
     progress_unit: str
+    #: the registered task whose figures judge this task's exported model at the edge parity gate,
+    #: where its own need more than the model (``dpo``'s rewards need the reference model, which
+    #: a bundle does not keep): ``"chat"``; :meth:`parity_examples` turns its examples (held-out
+    #: and calibration) into that task's. ``None``: no task judges it, and ``tunewright export``
+    #: refuses its runs
+    parity_task: str | None
+
+    def parity_examples(self, examples: list[dict]) -> list[dict]: ...
 
     def check_split(
         self,

@@ -36,3 +36,17 @@ def on_train_end(run, result):
     for tracker in run.trackers:
         if isinstance(tracker, MlflowTracker):
             tracker.log_run_files()
+
+
+@hookimpl
+def on_export(run_dir, bundle):
+    """A run tracked with mlflow gets its exported bundle's manifest (``bundle/manifest.json``)
+    as an artifact of the same MLflow run, as ``tunewright runs log-bundle`` logs it by hand."""
+    from pathlib import Path
+
+    if not (Path(run_dir) / "mlflow.json").is_file():
+        return None
+    from .trackers import log_bundle
+
+    run_id = log_bundle(Path(run_dir), Path(bundle))
+    return f"manifest.json logged to MLflow run {run_id}"

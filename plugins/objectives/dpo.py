@@ -110,8 +110,15 @@ class DpoTask(ChatTask):
     description = "preference pairs (DPO), the reference is the base with the adapter disabled"
     default_model = "smollm2-135m-instruct"
 
+    #: a bundle keeps the tuned model alone, not the reference the rewards need: the export's
+    #: parity gate judges it as a chat model, on the held-out prompts and their preferred answers
+    parity_task = "chat"
+
     def __init__(self) -> None:
         self.beta = 0.1
+
+    def parity_examples(self, examples: list[dict]) -> list[dict]:
+        return [{"messages": [*_prompt(e), *e["preferred_output"]]} for e in examples]
 
     # -- data ----------------------------------------------------------------------------------
 

@@ -722,3 +722,46 @@ def test_hook_register_quantizers(tiny_bert_dir, tmp_path):
     )
     assert result.manifest["quantization"] == {"name": "copy", "calibration": 16}
     assert result.parity.passed and result.parity.figures["max_abs_diff"] < 1e-4
+
+
+# -------------------------------------------------------------------------
+# Export
+# -------------------------------------------------------------------------
+
+
+def test_hook_on_export_sees_the_proven_bundle_and_cannot_fail_the_export(tiny_llama_dir, tmp_path):
+    """Called once the bundle passed its gate and sits at --out, with the manifest as written; its
+    line joins the export's output; a plugin that raises costs a warning, never the bundle."""
+    from tunewright.edge import export_run
+
+    seen = []
+
+    class Announcer:
+        @hookimpl
+        def on_export(self, run_dir, bundle, manifest):
+            on_disk = json.loads((Path(bundle) / "manifest.json").read_text())
+            seen.append((run_dir, bundle, manifest == on_disk, manifest["parity"]["passed"]))
+            return f"announced {Path(bundle).name}"
+
+    class Broken:
+        @hookimpl
+        def on_export(self, bundle):
+            raise RuntimeError("the registry is down")
+
+    data = write_jsonl(tmp_path / "chat.jsonl", chat_rows(60))
+    out = tmp_path / "run"
+    _, pm = train(chat_job(tiny_llama_dir, data, out))
+    pm.register(Announcer(), name="announcer")
+    lines: list[str] = []
+    result = export_run(
+        out, tmp_path / "bundle", quantize="none", bench=False, pm=pm, log=lines.append
+    )
+    assert seen == [(str(out), str(result.bundle), True, True)]
+    assert lines[-1] == "announced bundle"
+
+    pm.register(Broken(), name="broken")
+    with pytest.warns(UserWarning, match="an on_export hook failed .*the registry is down"):
+        again = export_run(
+            out, tmp_path / "bundle2", quantize="none", bench=False, pm=pm, log=lines.append
+        )
+    assert (again.bundle / "manifest.json").is_file()

@@ -4,6 +4,7 @@ client; an interrupted run resumed keeps what each tracker wrote."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from experiments_jobs import chat_data, chat_job
@@ -86,16 +87,33 @@ def test_tensorboard_and_mlflow_record_a_run_and_continue_it_on_resume(tiny_llam
     artifacts = {a.path for a in client.list_artifacts(record["run_id"])}
     assert {"eval.json", "report.png", "adapter"} <= artifacts
     assert (out / "mlartifacts").is_dir()  # beside the database, not ./mlruns
-    # after an export, the bundle's manifest joins the run's artifacts
+    # tunewright export of the run logs the bundle's manifest to the same MLflow run
     bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    (bundle / "manifest.json").write_text('{"format": "tunewright-bundle"}')
     with pytest.raises(SystemExit) as exit_:
-        main(["runs", "log-bundle", str(out), str(bundle)])
+        main(["export", str(out), "--out", str(bundle), "--quantize", "none", "--no-bench"])
     assert exit_.value.code == 0
     assert [a.path for a in client.list_artifacts(record["run_id"], "bundle")] == [
         "bundle/manifest.json"
     ]
+    (tmp_path / "d1").mkdir()
+    logged = client.download_artifacts(
+        record["run_id"], "bundle/manifest.json", str(tmp_path / "d1")
+    )
+    assert json.loads(Path(logged).read_text()) == json.loads(
+        (bundle / "manifest.json").read_text()
+    )
+    # and runs log-bundle does it by hand, for a bundle exported elsewhere
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "manifest.json").write_text('{"format": "tunewright-bundle", "from": "elsewhere"}')
+    with pytest.raises(SystemExit) as exit_:
+        main(["runs", "log-bundle", str(out), str(elsewhere)])
+    assert exit_.value.code == 0
+    (tmp_path / "d2").mkdir()
+    logged = client.download_artifacts(
+        record["run_id"], "bundle/manifest.json", str(tmp_path / "d2")
+    )
+    assert json.loads(Path(logged).read_text())["from"] == "elsewhere"
 
 
 def test_tracker_settings_are_checked_with_the_config(tiny_llama_dir, tmp_path):

@@ -119,3 +119,25 @@ def test_sft_then_dpo_raises_held_out_reward_accuracy(tiny_llama_dir, tmp_path):
     assert figures["final"]["reward_accuracy"] >= 0.8
     assert figures["final"]["reward_margin"] > 0
     assert result.metrics["train_loss"] < 0.6931
+
+    # the export: a bundle keeps no reference model to reward against, so the gate judges it as a
+    # chat model on the held-out prompts and their preferred answers
+    from tunewright.edge import export_run
+    from tunewright.edge.runtime import load_bundle
+
+    exported = export_run(
+        tmp_path / "dpo",
+        tmp_path / "bundle",
+        quantize="none",
+        bench=False,
+        pm=pm,
+        log=lambda _: None,
+    )
+    manifest = exported.manifest
+    assert (manifest["task"], manifest["parity_task"]) == ("dpo", "chat")
+    assert manifest["parity"]["metric"] == "mean_token_accuracy" and manifest["parity"]["passed"]
+    assert manifest["parity"]["drop_points"] < 0.5
+    answer = load_bundle(tmp_path / "bundle").generate(
+        [{"role": "user", "content": "Colour of lime? (#7)"}], max_new_tokens=4
+    )
+    assert isinstance(answer, str)  # the torch-free runtime opens it as any chat bundle

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tunewright import ConfigError, get_plugin_manager, load_config, run_job
+from tunewright.cli import main
 
 COLOURS = {"banana": "yellow", "lime": "green", "plum": "purple", "cherry": "red"}
 
@@ -79,3 +80,10 @@ def test_rft_raises_the_held_out_grade_of_a_tiny_model(tiny_llama_dir, tmp_path)
     assert len(losses) == 8 and all(abs(v) < 100 for v in losses)
     assert result.global_step == 8
     assert figures["final"]["grade"] > figures["baseline"]["grade"] + 0.15
+
+    # no figure of an ONNX model judges an rft run yet (its grade needs the model to generate):
+    # the export refuses it, exit 2, and writes nothing
+    with pytest.raises(SystemExit) as done:
+        main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "bundle")])
+    assert done.value.code == 2
+    assert not (tmp_path / "bundle").exists()
