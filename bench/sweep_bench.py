@@ -2,15 +2,20 @@
 
     python bench/sweep_bench.py --json sweep-bench.json             # 12 trials x 2 sweeps + the default
     python bench/sweep_bench.py --quick --model DIR --json out.json  # a smoke run on a tiny model
+    python bench/sweep_bench.py --replay WORKDIR/sweep-unpruned --workdir W  # no training
 
 Three things run in this one process, one after another, on the quickstart's data (the
 chatterbot-corpus conversations, ``tunewright.quickstart``):
 
 1. the README default: the quickstart config as ``tunewright quickstart`` trains it;
 2. a TPE sweep (seed 0) over ``training.learning_rate`` (log-uniform 1e-5..1e-3), ``lora.r``
-   (4, 8, 16, 32) and ``training.max_steps`` with Optuna's ``MedianPruner``, minimizing the
+   (4, 8, 16, 32) and ``training.max_steps`` without pruning (``NopPruner``), minimizing the
    held-out loss (evaluated every ``--eval-steps``);
-3. the same sweep without pruning (``NopPruner``): same sampler, seed and space.
+3. the same sweep with the pruner a user gets (``--pruner auto``: ``HyperbandPruner`` with TPE):
+   same sampler, seed and space.
+
+``--replay`` trains nothing: it replays the median and Hyperband pruners on the trials of a
+finished unpruned sweep (step 2's folder), to compare pruners without a sweep each.
 
 Reported: each side's wall time, the best held-out loss of each sweep against the default's, and
 the optimizer steps trained by every trial of each sweep (a pruned trial counts the steps up to
@@ -110,6 +115,51 @@ def run_side(pm: Any, config: dict, args: argparse.Namespace, study: Path, prune
     }
 
 
+def replay(unpruned: Path, config: Any, dimensions: list, pruners: list[str]) -> dict:
+    """Each pruner's decisions on a finished unpruned study's trials, as if it had run them: the
+    same parameters in the same order, each trial's held-out figures reported step by step until
+    the pruner stops it. Only the pruning is replayed: a real pruned sweep's TPE may propose other
+    parameters once a trial has been stopped (with Hyperband, from its bracket's trials alone)."""
+    import optuna
+
+    from tunewright.plugins.experiments.sweep import STUDY_NAME, make_pruner, storage_url
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    source = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(unpruned))
+    trials = [t for t in source.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    full = sum(int(t.params["training.max_steps"]) for t in trials)
+    figures: dict[str, Any] = {"study": str(unpruned), "trials": len(trials), "steps": full}
+    for name in pruners:
+        study = optuna.create_study(
+            study_name=STUDY_NAME, pruner=make_pruner(name, "tpe", config, dimensions)
+        )
+        steps, best, stopped = 0, None, []
+        for t in trials:
+            study.enqueue_trial(t.params)
+            trial = study.ask(t.distributions)
+            at = None
+            for step in sorted(t.intermediate_values):
+                trial.report(t.intermediate_values[step], step)
+                if trial.should_prune():
+                    at = step
+                    break
+            if at is None:
+                steps += int(t.params["training.max_steps"])
+                best = t.value if best is None else min(best, t.value)
+                study.tell(trial, t.value)
+            else:
+                steps += at
+                stopped.append([t.number, at])
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        figures[name] = {
+            "steps": steps,
+            "saves": round(1 - steps / full, 3) if full else None,
+            "best_loss": best,
+            "stopped": stopped,
+        }
+    return figures
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
@@ -127,6 +177,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", dest="json_path")
     parser.add_argument("--quick", action="store_true", help="3 trials of 2-6 steps, 60 examples")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument(
+        "--sides",
+        default="default,unpruned,pruned",
+        help="which of the three to run (comma-separated); the savings need both sweeps",
+    )
+    parser.add_argument(
+        "--replay",
+        metavar="STUDY",
+        help="no training: replay each pruner on the trials of a finished unpruned sweep folder "
+        "(e.g. WORKDIR/sweep-unpruned)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.trials, args.max_steps, args.default_steps, args.eval_steps = 3, [2, 6], 4, 2
@@ -137,23 +198,44 @@ def main(argv: list[str] | None = None) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     pm = get_plugin_manager()
     config = base_config(workdir, args)
+    if args.replay:
+        from tunewright import load_config
+        from tunewright.plugins.experiments.space import parse_space
+
+        figures = replay(
+            Path(args.replay),
+            load_config(config, pm.registries),
+            parse_space(space(tuple(args.max_steps)), "bench space"),
+            ["median", "hyperband"],
+        )
+        text = json.dumps(figures, indent=2)
+        print(text)
+        if args.json_path:
+            Path(args.json_path).write_text(text + "\n")
+        return figures
     figures: dict[str, Any] = {
         "machine": {"python": platform.python_version(), "processor": platform.processor()},
         "settings": {k: v for k, v in vars(args).items() if k not in ("json_path", "verbose")},
         "space": space(tuple(args.max_steps)),
-        "default": run_default(pm, config),
     }
-    for name, pruner in (("unpruned", "none"), ("pruned", "median")):
+    sides = args.sides.split(",")
+    if "default" in sides:
+        figures["default"] = run_default(pm, config)
+    for name, pruner in (("unpruned", "none"), ("pruned", "auto")):
+        if name not in sides:
+            continue
         study = workdir / f"sweep-{name}"
         if study.exists():
             raise SystemExit(
                 f"{study} exists: give another --workdir (a study continues, not restarts)"
             )
         figures[name] = run_side(pm, config, args, study, pruner)
-    unpruned, pruned = figures["unpruned"]["steps"], figures["pruned"]["steps"]
-    figures["pruning_saves"] = round(1 - pruned / unpruned, 3) if unpruned else None
-    best = figures["pruned"]["best_loss"]
-    figures["beats_default"] = best is not None and best < figures["default"]["loss"]
+    if "unpruned" in figures and "pruned" in figures:
+        unpruned, pruned = figures["unpruned"]["steps"], figures["pruned"]["steps"]
+        figures["pruning_saves"] = round(1 - pruned / unpruned, 3) if unpruned else None
+    if "pruned" in figures and "default" in figures:
+        best = figures["pruned"]["best_loss"]
+        figures["beats_default"] = best is not None and best < figures["default"]["loss"]
     text = json.dumps(figures, indent=2)
     print(text)
     if args.json_path:

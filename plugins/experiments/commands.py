@@ -35,10 +35,11 @@ def _echo(message: str) -> None:
 )
 @click.option(
     "--pruner",
-    type=click.Choice(["median", "none"]),
-    default="median",
+    type=click.Choice(["auto", "hyperband", "median", "none"]),
+    default="auto",
     show_default=True,
-    help="Stop hopeless trials at an evaluation (Optuna's MedianPruner), or never.",
+    help="Stop hopeless trials at an evaluation: Optuna's HyperbandPruner or MedianPruner, or "
+    "never; auto: Hyperband with tpe, median with random and grid.",
 )
 @click.option(
     "--metric", default=None, help="The held-out metric to optimize [default: the task's]."

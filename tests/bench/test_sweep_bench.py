@@ -41,3 +41,24 @@ def test_quick_sweep_bench_reports_both_sweeps_against_the_default(tiny_llama_di
     saved = 1 - figures["pruned"]["steps"] / figures["unpruned"]["steps"]
     assert figures["pruning_saves"] == round(saved, 3)
     assert isinstance(figures["beats_default"], bool)
+
+    # the replay of the unpruned sweep's trials through each pruner, without training: while TPE
+    # still samples at random (its first 10 trials), the pruned sweep saw the same trials, so the
+    # replayed Hyperband stops them exactly where the real one did
+    replayed = bench.main(
+        [
+            "--quick",
+            "--model",
+            str(tiny_llama_dir),
+            "--workdir",
+            str(tmp_path / "r"),
+            "--replay",
+            str(tmp_path / "w" / "sweep-unpruned"),
+        ]
+    )
+    assert replayed["steps"] == figures["unpruned"]["steps"] and replayed["trials"] == 3
+    assert replayed["hyperband"]["steps"] == figures["pruned"]["steps"]
+    # the median rule prunes nothing before 3 trials have finished
+    assert replayed["median"]["saves"] == 0 and replayed["median"]["stopped"] == []
+    # a replay keeps some of the same trials: never a better best than all of them
+    assert replayed["hyperband"]["best_loss"] >= figures["unpruned"]["best_loss"]

@@ -166,3 +166,36 @@ def test_the_reporter_reports_training_evaluations_and_prunes():
     with pytest.raises(TrialPruned, match=r"pruned at step 2 \(loss 3.0000\)"):
         reporter.on_step_end(None, 2, {"eval_loss": 3.0, "eval_stage": "training"})
     assert reporter.reported == {2: 3.0}
+
+
+def test_the_default_pruner_follows_the_sampler_and_the_budget_follows_the_space(job):
+    """auto: Hyperband with TPE (its budget from the first evaluation to the most a trial can
+    train), the median rule with random and grid; a federation's budget is in rounds."""
+    from tunewright.plugins.experiments.space import parse_space
+    from tunewright.plugins.experiments.sweep import STARTUP_TRIALS, make_pruner
+
+    pm = get_plugin_manager()
+    data = read_yaml(job)
+    data["training"].update(eval_steps=10, max_steps=60)
+    config = load_config(data, pm.registries)
+    steps = parse_space({"training.max_steps": {"int": [30, 120]}}, "space")
+    rank = parse_space({"lora.r": {"choice": [4, 8]}}, "space")
+
+    hyperband = make_pruner("auto", "tpe", config, steps)
+    assert isinstance(hyperband, optuna.pruners.HyperbandPruner)
+    assert (hyperband._min_resource, hyperband._max_resource) == (10, 120)
+    assert make_pruner("auto", "tpe", config, rank)._max_resource == 60  # the config's own
+    for sampler in ("random", "grid"):
+        median = make_pruner("auto", sampler, config, steps)
+        assert isinstance(median, optuna.pruners.MedianPruner)
+        assert median._n_startup_trials == STARTUP_TRIALS
+    assert isinstance(make_pruner("none", "tpe", config, steps), optuna.pruners.NopPruner)
+    assert isinstance(make_pruner("median", "tpe", config, steps), optuna.pruners.MedianPruner)
+
+    data["training"]["max_steps"] = -1  # epochs decide: Optuna finds the budget itself
+    assert make_pruner(
+        "hyperband", "tpe", load_config(data, pm.registries), rank
+    )._max_resource == ("auto")
+    data.update(runner="federated", federated={"rounds": 4, "sites": 2})
+    federated = make_pruner("auto", "tpe", load_config(data, pm.registries), rank)
+    assert (federated._min_resource, federated._max_resource) == (1, 4)
