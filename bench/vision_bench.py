@@ -85,7 +85,6 @@ def job(
             "batch_size": 16,
             "learning_rate": learning_rate,
             "lr_scheduler": "linear",
-            "precision": "fp32",
             "num_threads": threads,
         },
         "output": str(output),
