@@ -19,9 +19,9 @@ TPE sampler, ``MedianPruner`` with the random and grid samplers.
   the first round of a federation) to the most a trial can train (the upper end of
   ``training.max_steps`` or ``federated.rounds`` in the space, else the config's value; else
   Optuna's ``auto``: the first finished trial's). Optuna's TPE samples each bracket's trials from
-  that bracket's history. Replayed on the 12 trials of the bench's unpruned quickstart sweep
-  (``bench/sweep_bench.py --replay``), it stopped 6 of them and kept the best, where the median
-  rule stopped 3: 39.7% of the trial steps saved against 18.7%.
+  that bracket's history. On the bench's 12-trial quickstart sweep (``bench/sweep_bench.py``) it
+  stopped 6 trials and kept the best, where the median rule stopped 3: 39.7% of the trial steps
+  saved against 18.7%.
 - ``median``: a trial whose figure at a step is worse than the median of the earlier trials'
   figures at that step stops there; nothing is pruned before ``n_startup_trials`` (3) trials have
   finished, so a sweep of a few trials (a grid of 2) behaves as without pruning.
