@@ -418,6 +418,20 @@ def test_more_requests_than_the_queue_holds_get_429(server):
     still_serving(server)
 
 
+def assert_stopped_early(server, cancelled_before: float, tokens_before: float, asked: int):
+    """The chat generation was cancelled (within 10 s) before it made the ``asked`` tokens."""
+    cancelled = "tunewright_serve_cancelled_generations_total"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if metric(server, cancelled, model="chat") > cancelled_before:
+            break
+        time.sleep(0.1)
+    assert metric(server, cancelled, model="chat") > cancelled_before
+    time.sleep(0.3)
+    made = metric(server, "tunewright_serve_generated_tokens_total", model="chat") - tokens_before
+    assert made < asked
+
+
 def test_a_client_that_disconnects_stops_its_generation(server):
     before = metric(server, "tunewright_serve_cancelled_generations_total", model="chat")
     tokens = metric(server, "tunewright_serve_generated_tokens_total", model="chat")
@@ -434,14 +448,7 @@ def test_a_client_that_disconnects_stops_its_generation(server):
         for line in r.iter_lines():
             if '"content"' in line and '"content": ""' not in line:
                 break  # one token came: hang up
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if metric(server, "tunewright_serve_cancelled_generations_total", model="chat") > before:
-            break
-        time.sleep(0.1)
-    assert metric(server, "tunewright_serve_cancelled_generations_total", model="chat") > before
-    time.sleep(0.3)
-    assert metric(server, "tunewright_serve_generated_tokens_total", model="chat") - tokens < 60
+    assert_stopped_early(server, before, tokens, asked=60)
     assert metric(server, "tunewright_serve_queue_depth") == 0
 
 
@@ -458,14 +465,7 @@ def test_a_client_that_gives_up_on_a_non_streamed_answer_stops_its_generation(se
     }
     with pytest.raises(httpx.ReadTimeout):  # 60 tokens take 0.6 s or more (the step delay)
         post(server, "/v1/chat/completions", body, timeout=0.25)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if metric(server, "tunewright_serve_cancelled_generations_total", model="chat") > before:
-            break
-        time.sleep(0.1)
-    assert metric(server, "tunewright_serve_cancelled_generations_total", model="chat") > before
-    time.sleep(0.3)
-    assert metric(server, "tunewright_serve_generated_tokens_total", model="chat") - tokens < 60
+    assert_stopped_early(server, before, tokens, asked=60)
     assert metric(server, "tunewright_serve_requests_total", model="chat", status="499") == gone + 1
     assert metric(server, "tunewright_serve_queue_depth") == 0
 
