@@ -729,6 +729,7 @@ def test_hook_register_quantizers(tiny_bert_dir, tmp_path):
 # -------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # exports a bundle
 def test_hook_on_export_sees_the_proven_bundle_and_cannot_fail_the_export(tiny_llama_dir, tmp_path):
     """Called once the bundle passed its gate and sits at --out, with the manifest as written; its
     line joins the export's output; a plugin that raises costs a warning, never the bundle."""

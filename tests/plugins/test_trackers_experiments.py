@@ -39,6 +39,7 @@ def _scalars(logdir):
     }
 
 
+@pytest.mark.slow  # exports a bundle
 def test_tensorboard_and_mlflow_record_a_run_and_continue_it_on_resume(tiny_llama_dir, tmp_path):
     from mlflow.tracking import MlflowClient
 

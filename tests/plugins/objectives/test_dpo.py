@@ -95,6 +95,7 @@ def test_beta_outside_0_to_2_is_refused(tmp_path):
             load_config(raw, pm.registries)
 
 
+@pytest.mark.slow  # exports a bundle
 def test_sft_then_dpo_raises_held_out_reward_accuracy(tiny_llama_dir, tmp_path):
     pm = get_plugin_manager()
     chat = write(
