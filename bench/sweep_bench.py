@@ -160,6 +160,34 @@ def replay(unpruned: Path, config: Any, dimensions: list, pruners: list[str]) ->
     return figures
 
 
+def run_sweeps(pm: Any, config: dict, args: argparse.Namespace, workdir: Path) -> dict:
+    """The default and both sweeps (those of ``--sides``), and the figures comparing them."""
+    figures: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "processor": platform.processor()},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json_path", "verbose")},
+        "space": space(tuple(args.max_steps)),
+    }
+    sides = args.sides.split(",")
+    if "default" in sides:
+        figures["default"] = run_default(pm, config)
+    for name, pruner in (("unpruned", "none"), ("pruned", "auto")):
+        if name not in sides:
+            continue
+        study = workdir / f"sweep-{name}"
+        if study.exists():
+            raise SystemExit(
+                f"{study} exists: give another --workdir (a study continues, not restarts)"
+            )
+        figures[name] = run_side(pm, config, args, study, pruner)
+    if "unpruned" in figures and "pruned" in figures:
+        unpruned, pruned = figures["unpruned"]["steps"], figures["pruned"]["steps"]
+        figures["pruning_saves"] = round(1 - pruned / unpruned, 3) if unpruned else None
+    if "pruned" in figures and "default" in figures:
+        best = figures["pruned"]["best_loss"]
+        figures["beats_default"] = best is not None and best < figures["default"]["loss"]
+    return figures
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
@@ -208,34 +236,8 @@ def main(argv: list[str] | None = None) -> dict:
             parse_space(space(tuple(args.max_steps)), "bench space"),
             ["median", "hyperband"],
         )
-        text = json.dumps(figures, indent=2)
-        print(text)
-        if args.json_path:
-            Path(args.json_path).write_text(text + "\n")
-        return figures
-    figures: dict[str, Any] = {
-        "machine": {"python": platform.python_version(), "processor": platform.processor()},
-        "settings": {k: v for k, v in vars(args).items() if k not in ("json_path", "verbose")},
-        "space": space(tuple(args.max_steps)),
-    }
-    sides = args.sides.split(",")
-    if "default" in sides:
-        figures["default"] = run_default(pm, config)
-    for name, pruner in (("unpruned", "none"), ("pruned", "auto")):
-        if name not in sides:
-            continue
-        study = workdir / f"sweep-{name}"
-        if study.exists():
-            raise SystemExit(
-                f"{study} exists: give another --workdir (a study continues, not restarts)"
-            )
-        figures[name] = run_side(pm, config, args, study, pruner)
-    if "unpruned" in figures and "pruned" in figures:
-        unpruned, pruned = figures["unpruned"]["steps"], figures["pruned"]["steps"]
-        figures["pruning_saves"] = round(1 - pruned / unpruned, 3) if unpruned else None
-    if "pruned" in figures and "default" in figures:
-        best = figures["pruned"]["best_loss"]
-        figures["beats_default"] = best is not None and best < figures["default"]["loss"]
+    else:
+        figures = run_sweeps(pm, config, args, workdir)
     text = json.dumps(figures, indent=2)
     print(text)
     if args.json_path:
