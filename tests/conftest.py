@@ -12,6 +12,15 @@ from pathlib import Path
 
 import pytest
 
+# Each xdist worker gets its share of the cores for torch's threads (and, through the environment,
+# the subprocesses its tests start: exports, Flower sites, the quickstart). Left at torch's default,
+# two workers ran two threads each on two cores, and a test that took 146 s alone took 503 s beside
+# the other worker's. A value the user set is kept.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(
+        max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    )
+
 #: pytest-timeout's limit for a test marked slow that names none of its own (the others get the
 #: ini's ``timeout``)
 SLOW_TIMEOUT = 1200
