@@ -237,6 +237,7 @@ def _describe_io(path: Path) -> dict[str, list[dict]]:
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3  # not a warning per overridable initializer (LoRA adapters)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     row = lambda v: {
         "name": v.name,

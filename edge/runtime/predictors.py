@@ -86,6 +86,26 @@ def describe_logits(row: np.ndarray, labels: list[str] | None) -> dict[str, Any]
     }
 
 
+def bundle_adapters(folder: Path, manifest: dict) -> dict[str, Path]:
+    """``{name: path}`` of the LoRA adapters a multi-adapter bundle carries (``manifest["adapters"]``,
+    written by ``tunewright export RUN_A RUN_B ...``); empty for a bundle of one model."""
+    return {
+        name: Path(folder) / entry["file"]
+        for name, entry in sorted((manifest.get("adapters") or {}).items())
+    }
+
+
+def check_adapter(adapter: str | None, known: Mapping[str, Any]) -> None:
+    """Raise :class:`BundleError` for an adapter the bundle does not carry (``None``: the base)."""
+    if adapter is None or adapter in known:
+        return
+    raise BundleError(
+        f"unknown adapter {adapter!r}; this bundle carries "
+        + (", ".join(sorted(known)) if known else "none (it holds one model)")
+        + " (or adapter=None for the base model)"
+    )
+
+
 def as_prompt_inputs(prompt: Inputs | Sequence[int]) -> dict[str, np.ndarray]:
     """Model inputs of batch 1 from either model inputs or plain token ids."""
     if isinstance(prompt, Mapping):
@@ -232,8 +252,20 @@ class _TextGeneration:
         return self.stream(as_prompt_inputs(prompt_ids), **options)
 
     def generate(self, prompt: str | list[dict[str, str]], **options) -> str:
-        """Generate a reply to a raw prompt or to chat messages (``[{"role", "content"}...]``)."""
+        """Generate a reply to a raw prompt or to chat messages (``[{"role", "content"}...]``).
+        ``adapter="name"`` answers with one adapter of a multi-adapter bundle (``None``: the base)."""
         return self.codec.decode(list(self.generate_ids(self.prompt_ids(prompt), **options)))
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """The adapters this bundle carries (``tunewright export RUN_A RUN_B ...``); empty for one model."""
+        return sorted(getattr(self, "adapter_files", {}) or {})
+
+    def for_adapter(self, adapter: str | None) -> AdapterView:
+        """This predictor with ``adapter`` active in every call: what the parity gate and ``verify``
+        judge one adapter through."""
+        check_adapter(adapter, getattr(self, "adapter_files", {}) or {})
+        return AdapterView(self, adapter)
 
     def benchmark_inputs(self, *, batch: int = 1, tokens: int = 32) -> dict[str, np.ndarray]:
         ids = self.codec.encode(SAMPLE_TEXT, add_special_tokens=False, truncate=False)[:tokens]
@@ -247,6 +279,7 @@ class _TextGeneration:
         temperature: float = 0.0,
         seed: int | None = None,
         raw: bool = False,
+        adapter: str | None = None,
         **options,
     ) -> list[dict[str, Any]]:
         results = []
@@ -258,7 +291,11 @@ class _TextGeneration:
                 {
                     "prompt": text,
                     "reply": self.generate(
-                        prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+                        prompt,
+                        max_new_tokens=max_new_tokens,
+                        temperature=temperature,
+                        seed=seed,
+                        **({"adapter": adapter} if adapter is not None else {}),
                     ),
                 }
             )
@@ -287,6 +324,24 @@ class Generator(_TextGeneration, OnnxPredictor):
         ]
         self.uses_position_ids = "position_ids" in self.input_names
         self.eos_token_ids = set(self.codec.eos_token_ids)
+        self.adapter_files = bundle_adapters(self.folder, manifest)
+        self._run_options: dict[str, Any] = {}
+
+    def run_options(self, adapter: str | None):
+        """onnxruntime ``RunOptions`` with ``adapter`` active (its LoRA weights fed as the graph's
+        overridable initializers), ``None`` for the base model."""
+        check_adapter(adapter, self.adapter_files)
+        if adapter is None:
+            return None
+        if adapter not in self._run_options:
+            import onnxruntime as ort
+
+            lora = ort.LoraAdapter()
+            lora.Load(str(self.adapter_files[adapter]))
+            options = ort.RunOptions()
+            options.add_active_adapter(lora)
+            self._run_options[adapter] = (options, lora)  # the adapter must outlive its options
+        return self._run_options[adapter][0]
 
     def empty_past(self, batch: int = 1) -> dict[str, np.ndarray]:
         past = {}
@@ -296,7 +351,13 @@ class Generator(_TextGeneration, OnnxPredictor):
             past[meta.name] = np.zeros((batch, int(heads), 0, int(head_dim)), dtype=dtype)
         return past
 
-    def step(self, ids: np.ndarray, past: dict[str, np.ndarray], past_length: int):
+    def step(
+        self,
+        ids: np.ndarray,
+        past: dict[str, np.ndarray],
+        past_length: int,
+        adapter: str | None = None,
+    ):
         """Run new tokens ``ids`` (1, T) after ``past_length`` cached ones; return (logits, past)."""
         total = past_length + ids.shape[1]
         feeds = {
@@ -308,11 +369,13 @@ class Generator(_TextGeneration, OnnxPredictor):
             feeds["position_ids"] = np.arange(past_length, total, dtype=np.int64)[None, :].repeat(
                 ids.shape[0], 0
             )
-        outputs = self.session.run([self.logits_name, *self.present_names], feeds)
+        outputs = self.session.run(
+            [self.logits_name, *self.present_names], feeds, self.run_options(adapter)
+        )
         new_past = {meta.name: value for meta, value in zip(self.past_inputs, outputs[1:])}
         return outputs[0], new_past
 
-    def logits(self, inputs: Inputs) -> np.ndarray:
+    def logits(self, inputs: Inputs, adapter: str | None = None) -> np.ndarray:
         """(B, T, V) for every position of ``input_ids``, from an empty cache. Rows are run one at a
         time over their unpadded tokens (padding, left or right, gets zeros): the cache-shaped
         graph takes no padding mask of its own."""
@@ -321,19 +384,21 @@ class Generator(_TextGeneration, OnnxPredictor):
         out = None
         for row in range(ids.shape[0]):
             keep = mask[row]
-            logits, _ = self.step(ids[row][keep][None, :], self.empty_past(), 0)  # (1, n, V)
+            logits, _ = self.step(
+                ids[row][keep][None, :], self.empty_past(), 0, adapter
+            )  # (1, n, V)
             if out is None:
                 out = np.zeros((*ids.shape, logits.shape[-1]), dtype=np.float32)
             out[row, keep] = logits[0]
         return out if out is not None else np.zeros((*ids.shape, 0), dtype=np.float32)
 
-    def teacher_forced_logits(self, prompt, continuation) -> np.ndarray:
+    def teacher_forced_logits(self, prompt, continuation, adapter: str | None = None) -> np.ndarray:
         ids = as_prompt_inputs(prompt)["input_ids"]
-        logits, past = self.step(ids, self.empty_past(), 0)
+        logits, past = self.step(ids, self.empty_past(), 0, adapter)
         rows = [logits[0, -1]]
         length = ids.shape[1]
         for token in list(continuation)[:-1]:
-            logits, past = self.step(np.asarray([[token]]), past, length)
+            logits, past = self.step(np.asarray([[token]]), past, length, adapter)
             length += 1
             rows.append(logits[0, -1])
         return np.stack(rows).astype(np.float32)
@@ -348,17 +413,26 @@ class Generator(_TextGeneration, OnnxPredictor):
         top_p: float = 1.0,
         seed: int | None = None,
         stop_at_eos: bool = True,
+        adapter: str | None = None,
+    ) -> Iterator[int]:
+        check_adapter(adapter, self.adapter_files)  # now, not at the first next()
+        return self._stream(
+            inputs, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos, adapter
+        )
+
+    def _stream(
+        self, inputs, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos, adapter
     ) -> Iterator[int]:
         rng = np.random.default_rng(seed)
         ids = np.asarray(inputs["input_ids"], dtype=np.int64)
-        logits, past = self.step(ids, self.empty_past(), 0)
+        logits, past = self.step(ids, self.empty_past(), 0, adapter)
         length = ids.shape[1]
         for _ in range(max_new_tokens):
             token = _pick(logits[0, -1], temperature, top_k, top_p, rng)
             if stop_at_eos and token in self.eos_token_ids:
                 return
             yield token
-            logits, past = self.step(np.asarray([[token]]), past, length)
+            logits, past = self.step(np.asarray([[token]]), past, length, adapter)
             length += 1
 
 
@@ -414,6 +488,13 @@ class GenAIGenerator(_TextGeneration):
         self.model = og.Model(config)
         self._numpy: Generator | None = None
         self._threads = threads
+        # one Adapters container per model: a generator registers only one (research/serving.md)
+        self.adapter_files = bundle_adapters(self.folder, manifest)
+        self.adapters = None
+        if self.adapter_files:
+            self.adapters = og.Adapters(self.model)
+            for name, path in self.adapter_files.items():
+                self.adapters.load(str(path), name)
 
     @property
     def numpy_generator(self) -> Generator:
@@ -422,11 +503,11 @@ class GenAIGenerator(_TextGeneration):
             self._numpy = Generator(self.folder, self.manifest, threads=self._threads)
         return self._numpy
 
-    def logits(self, inputs: Inputs) -> np.ndarray:
-        return self.numpy_generator.logits(inputs)
+    def logits(self, inputs: Inputs, adapter: str | None = None) -> np.ndarray:
+        return self.numpy_generator.logits(inputs, adapter)
 
-    def teacher_forced_logits(self, prompt, continuation) -> np.ndarray:
-        return self.numpy_generator.teacher_forced_logits(prompt, continuation)
+    def teacher_forced_logits(self, prompt, continuation, adapter: str | None = None) -> np.ndarray:
+        return self.numpy_generator.teacher_forced_logits(prompt, continuation, adapter)
 
     def stream(
         self,
@@ -438,6 +519,15 @@ class GenAIGenerator(_TextGeneration):
         top_p: float = 1.0,
         seed: int | None = None,
         stop_at_eos: bool = True,
+        adapter: str | None = None,
+    ) -> Iterator[int]:
+        check_adapter(adapter, self.adapter_files)  # now, not at the first next()
+        return self._stream(
+            inputs, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos, adapter
+        )
+
+    def _stream(
+        self, inputs, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos, adapter
     ) -> Iterator[int]:
         og = self._og
         ids = np.asarray(inputs["input_ids"], dtype=np.int32)  # (1, T)
@@ -455,6 +545,8 @@ class GenAIGenerator(_TextGeneration):
         if seed is not None:
             params.set_search_options(random_seed=seed)
         generator = og.Generator(self.model, params)
+        if adapter is not None:
+            generator.set_active_adapter(self.adapters, adapter)
         generator.append_tokens(ids)
         produced = 0
         while not generator.is_done() and produced < max_new_tokens:
@@ -466,7 +558,41 @@ class GenAIGenerator(_TextGeneration):
             yield token
 
 
+class AdapterView:
+    """One adapter of a multi-adapter generator as a predictor of its own: every call of
+    ``logits``, ``teacher_forced_logits``, ``stream``, ``generate``, ``generate_ids`` and ``run``
+    goes to the shared predictor with ``adapter`` set; everything else is the predictor's."""
+
+    def __init__(self, predictor: Any, adapter: str | None):
+        self.predictor = predictor
+        self.adapter = adapter
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.predictor, name)
+
+    def logits(self, inputs: Inputs) -> np.ndarray:
+        return self.predictor.logits(inputs, adapter=self.adapter)
+
+    def teacher_forced_logits(self, prompt, continuation) -> np.ndarray:
+        return self.predictor.teacher_forced_logits(prompt, continuation, adapter=self.adapter)
+
+    def stream(self, inputs: Inputs, **options) -> Iterator[int]:
+        return self.predictor.stream(inputs, adapter=self.adapter, **options)
+
+    def generate_ids(self, prompt_ids: Sequence[int], **options) -> Iterator[int]:
+        return self.predictor.generate_ids(prompt_ids, adapter=self.adapter, **options)
+
+    def generate(self, prompt: str | list[dict[str, str]], **options) -> str:
+        return self.predictor.generate(prompt, adapter=self.adapter, **options)
+
+    def run(self, inputs: Sequence[str], **options) -> list[dict[str, Any]]:
+        return self.predictor.run(inputs, adapter=self.adapter, **options)
+
+
 __all__ = [
+    "AdapterView",
+    "bundle_adapters",
+    "check_adapter",
     "OnnxPredictor",
     "TextClassifier",
     "ImageClassifier",

@@ -30,7 +30,7 @@ def _bundle_errors():
 
 
 @click.command("export")
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option(
     "--out",
     required=True,
@@ -72,11 +72,18 @@ def _bundle_errors():
 @click.option(
     "--bench/--no-bench", default=True, help="Time the bundle and record it in the manifest."
 )
+@click.option(
+    "--name",
+    "names",
+    multiple=True,
+    help="Several runs: the adapter names, once per run in the runs' order (default: each run "
+    "folder's name).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def export_command(
     pm,
-    run_dir: str,
+    run_dirs: tuple[str, ...],
     out: str,
     overwrite: bool,
     quantize: str,
@@ -85,6 +92,7 @@ def export_command(
     split: str,
     ort_format: bool,
     bench: bool,
+    names: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Export the tuned model of RUN_DIR to a quantized ONNX bundle, proven against it.
@@ -92,9 +100,55 @@ def export_command(
     Fails with exit 1 and writes no bundle when the bundle's task metric falls more than
     --threshold points (hundredths of the metric) below the tuned model's on the run's held-out
     examples. Refuses (exit 2, nothing changed) an --out that holds anything but a bundle.
+
+    Several runs (RUN_A RUN_B ...: LoRA runs of one base model, one causal-LM task, one rank and
+    the same adapted modules) make one bundle: the base once and one adapter per run, each proven
+    against its own run; a request picks the adapter by name.
     """
+    if len(run_dirs) > 1 or names:
+        from tunewright.edge.multi import export_runs
+
+        if exporter != "auto":
+            raise UsageError(
+                "--exporter: several runs always take the genai exporter; leave it out"
+            )
+        multi = export_runs(
+            run_dirs,
+            out,
+            names=list(names) if names else None,
+            quantize=quantize,
+            threshold=threshold,
+            split=split,
+            ort_format=ort_format,
+            bench=bench,
+            overwrite=overwrite,
+            log=_echo,
+            pm=pm,
+        )
+        adapters = multi.manifest["adapters"]
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "bundle": str(multi.bundle),
+                        "quantization": multi.manifest["quantization"],
+                        "adapters": {n: a["parity"] for n, a in adapters.items()},
+                    },
+                    indent=2,
+                )
+            )
+        else:
+            for name, entry in adapters.items():
+                parity = entry["parity"]
+                click.echo(
+                    f"adapter {name}: {parity['metric']} {parity['bundle']:.4f} (tuned "
+                    f"{parity['tuned']:.4f}, drop {parity['drop_points']:.2f} points)"
+                )
+            click.echo(f"bundle {multi.bundle}: {multi.manifest['quantization']['name']}")
+        return
     from tunewright.edge import export_run
 
+    [run_dir] = run_dirs
     result = export_run(
         run_dir,
         out,

@@ -200,12 +200,19 @@ class GenAIExporter:
             return False
         return True
 
-    def export(self, model, preprocessor, task_kind: str, out_dir: Path) -> ExportedModel:
+    def export(
+        self, model, preprocessor, task_kind: str, out_dir: Path, *, adapter_path=None
+    ) -> ExportedModel:
+        """Build ``model`` with the genai model builder. ``adapter_path``: a PEFT LoRA folder trained
+        on ``model`` (unmerged); the builder then adds a ``lora_A -> lora_B`` MatMul pair beside
+        each adapted MatMul, with the adapter's weights as initializers (what a multi-adapter
+        bundle makes overridable, :mod:`tunewright.edge.multi`)."""
         from importlib.metadata import version
 
         from onnxruntime_genai.models.builder import create_model
 
         out_dir = Path(out_dir)
+        extra = {"adapter_path": str(adapter_path)} if adapter_path is not None else {}
         with tempfile.TemporaryDirectory(prefix="hf-", dir=out_dir.parent) as tmp:
             hf = Path(tmp) / "hf"
             model.save_pretrained(hf, safe_serialization=True)
@@ -220,6 +227,7 @@ class GenAIExporter:
                     str(Path(tmp) / "cache"),
                     hf_token="false",
                     hf_remote="false",
+                    **extra,
                 )
             except Exception as exc:
                 raise JobFailed(

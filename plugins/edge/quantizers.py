@@ -583,7 +583,18 @@ class BlockWise:
             op_types_to_quantize=("MatMul",),
             quant_axes=(("MatMul", 0),),
         )
-        quantizer = MatMulNBitsQuantizer(model, algo_config=config)
+        # an overridable initializer (a graph input with a default: a multi-adapter bundle's LoRA
+        # weights) is fed at run time; the quantizer would replace it by a constant and drop the
+        # input (it looks weights up by initializer name alone), so its MatMul stays in float
+        overridable = {i.name for i in model.graph.input} & {
+            t.name for t in model.graph.initializer
+        }
+        kept = [
+            node.name
+            for node in model.graph.node
+            if node.op_type == "MatMul" and any(name in overridable for name in node.input)
+        ]
+        quantizer = MatMulNBitsQuantizer(model, algo_config=config, nodes_to_exclude=kept)
         log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
         level = log.level
         log.setLevel(logging.WARNING)  # it logs every node it visits at INFO
@@ -603,6 +614,7 @@ class BlockWise:
                 "symmetric": True,
                 "embedding_tables": tables,
                 "materialised_tied_weights": tied,
+                **({"float_matmuls_with_overridable_weights": len(kept)} if kept else {}),
             },
         )
 

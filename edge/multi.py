@@ -1,0 +1,583 @@
+"""Several LoRA runs on one base model: one ONNX base, one ``.onnx_adapter`` file per run.
+
+``tunewright export RUN_A RUN_B ... --out BUNDLE`` lands here. The runs must share what the ONNX
+graph is made of (:func:`check_runs`, before any model loads): base model, task (a causal LM that
+onnxruntime-genai's model builder exports), method ``lora``, rank and adapted modules.
+
+```
+  unmerged base + RUN_A's adapter ──genai builder (adapter_path)──► model.onnx with, beside each
+                                                                    adapted MatMul W:
+        x ─┬─ MatMul(W) ───────────────────┐
+           └─ MatMul(lora_A) ─ MatMul(lora_B) ─ Add ─►
+  every lora_A / lora_B weight made an overridable initializer (graph input + default of the same
+  name; B's default zeros: no adapter = the base model); the base quantized with the MatMuls on
+  them kept in float; adapters/<run>.onnx_adapter = each run's A^T and (alpha/r)·B^T by those names
+```
+
+At run time onnxruntime-genai (``og.Adapters``, ``Generator.set_active_adapter``) or onnxruntime
+(``LoraAdapter`` + ``RunOptions``) feeds one adapter's weights per request. The parity gate runs
+for each adapter against its own tuned run on that run's held-out examples; the bundle is written
+only when every adapter passes (``research/serving.md`` section 1 has the recipe this follows).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .export import (
+    FEW_PARITY_EXAMPLES,
+    ExportResult,
+    _data_profile,
+    _link,
+    _log_default,
+    _machine,
+    _quiet,
+    _scratch_cwd,
+    _stage,
+    bundle_folder,
+    check_out,
+    quantize_export,
+    training_examples,
+    write_manifest,
+)
+from .parity import DEFAULT_THRESHOLD, measure_parity
+from .preprocessing import copy_files
+from .reference import build_reference
+from .runtime.bench import bench_predictor, bundle_size_mb
+from .runtime.registry import predictor_for
+
+#: methods whose runs can share a bundle: plain LoRA, the only kind the genai builder adds as a
+#: MatMul pair (DoRA's magnitude vectors and IA3's scaling are not LoRA MatMuls)
+METHODS = ("lora",)
+#: the exporter whose builder takes ``adapter_path``
+EXPORTER = "genai"
+#: quantizers that keep the LoRA weights overridable (block-wise ones skip MatMuls fed by a graph
+#: input); the others would fold or drop them
+QUANTIZERS = ("int8", "int4", "int8-block", "int4-block", "none")
+ADAPTER_DIR = "adapters"
+ADAPTER_SUFFIX = ".onnx_adapter"
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass
+class RunSpec:
+    """One run of a multi-adapter export, as read before any model loads."""
+
+    name: str
+    run_dir: Path
+    config: dict[str, Any]
+    adapter: dict[str, Any]  # adapter/adapter_config.json
+
+    @property
+    def scaling(self) -> float:
+        r = float(self.adapter["r"])
+        alpha = float(self.adapter["lora_alpha"])
+        return alpha / (r**0.5) if self.adapter.get("use_rslora") else alpha / r
+
+
+def _read_spec(run_dir: Path, name: str) -> RunSpec:
+    import yaml
+
+    from tunewright import UsageError
+
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise UsageError(
+            f"{run_dir}: not a run directory (no config.yaml); pass the output folders of training runs"
+        )
+    adapter_path = run_dir / "adapter" / "adapter_config.json"
+    if not adapter_path.is_file():
+        raise UsageError(
+            f"{run_dir}: no adapter/adapter_config.json: the run did not finish, or its method "
+            f"saves no PEFT adapter (runs that share a bundle use method {' or '.join(METHODS)})"
+        )
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    adapter = json.loads(adapter_path.read_text(encoding="utf-8"))
+    return RunSpec(name, run_dir, config, adapter)
+
+
+def _modules(spec: RunSpec) -> list[str]:
+    modules = spec.adapter.get("target_modules") or []
+    return sorted(modules) if isinstance(modules, list) else [str(modules)]
+
+
+def check_runs(run_dirs: Sequence[str | Path], names: Sequence[str] | None, pm) -> list[RunSpec]:
+    """Read each run's ``config.yaml`` and ``adapter/adapter_config.json`` and refuse, with a
+    :class:`tunewright.UsageError` (exit 2) naming the run, what differs and what is allowed, runs
+    that cannot share one ONNX base: another base model or task, a task that is not a causal LM,
+    a method other than plain LoRA, another rank or other adapted modules, LoRA biases, modules
+    trained in full, per-module ranks; and duplicate or unusable adapter names. No model loads."""
+    from tunewright import UsageError, kinds
+
+    dirs = [Path(d) for d in run_dirs]
+    if names is not None and len(names) != len(dirs):
+        raise UsageError(
+            f"--name: {len(names)} names for {len(dirs)} runs; give one per run, in the runs' order"
+        )
+    chosen = list(names) if names is not None else [d.resolve().name for d in dirs]
+    for name, run_dir in zip(chosen, dirs):
+        if not NAME.match(name):
+            raise UsageError(
+                f"{run_dir}: adapter name {name!r} is not allowed: letters, digits, '.', '_' and '-', "
+                "64 at most, starting with a letter or digit (name it with --name)"
+            )
+    seen: dict[str, Path] = {}
+    for name, run_dir in zip(chosen, dirs):
+        if name in seen:
+            raise UsageError(
+                f"{run_dir}: adapter name {name!r} is taken by {seen[name]} (adapters are named after "
+                "their run folders); name them with --name NAME, once per run"
+            )
+        seen[name] = run_dir
+    specs = [_read_spec(d, n) for d, n in zip(dirs, chosen)]
+    tasks = pm.registries.kind("tasks")
+    first = specs[0]
+
+    def differs(spec: RunSpec, what: str, mine: Any, theirs: Any, allowed: str) -> UsageError:
+        return UsageError(
+            f"{spec.run_dir}: {what} is {mine!r}, but {first.run_dir} has {theirs!r}; runs that share "
+            f"a bundle need {allowed}"
+        )
+
+    for spec in specs:
+        task_name = spec.config.get("task")
+        task = tasks.get(task_name)
+        if task is None or getattr(task, "model_kind", None) != kinds.CAUSAL_LM:
+            kind = getattr(task, "model_kind", None)
+            raise UsageError(
+                f"{spec.run_dir}: task {task_name!r} ({kind or 'not registered'}) cannot share a bundle "
+                f"with other runs: several adapters on one base are made for generators ({kinds.CAUSAL_LM} "
+                "tasks such as chat, exported by onnxruntime-genai's model builder); export it alone"
+            )
+        method = spec.config.get("method")
+        if method not in METHODS or spec.adapter.get("peft_type") != "LORA":
+            raise UsageError(
+                f"{spec.run_dir}: method {method!r} cannot share a bundle: allowed {', '.join(METHODS)} "
+                "(plain LoRA: the genai builder adds its A and B as MatMuls that an adapter file "
+                "replaces; DoRA, IA3, prompt tuning, freeze and full change the base in other ways)"
+            )
+        if spec.adapter.get("use_dora"):
+            raise UsageError(
+                f"{spec.run_dir}: a DoRA adapter cannot share a bundle (plain LoRA only)"
+            )
+        if spec.adapter.get("bias", "none") != "none" or spec.adapter.get("lora_bias"):
+            raise UsageError(
+                f"{spec.run_dir}: the run trained biases (lora.bias {spec.adapter.get('bias')!r}); "
+                "runs that share a bundle need bias 'none': trained biases change the shared base"
+            )
+        if spec.adapter.get("modules_to_save"):
+            raise UsageError(
+                f"{spec.run_dir}: the run trained modules in full ({', '.join(spec.adapter['modules_to_save'])}); "
+                "runs that share a bundle train LoRA weights only: full modules change the shared base"
+            )
+        if spec.adapter.get("rank_pattern") or spec.adapter.get("alpha_pattern"):
+            raise UsageError(
+                f"{spec.run_dir}: the adapter has per-module ranks or alphas; runs that share a bundle "
+                "need one rank and one alpha for every module"
+            )
+        if spec is first:
+            continue
+        if spec.config.get("model") != first.config.get("model"):
+            raise differs(
+                spec,
+                "the base model",
+                spec.config.get("model"),
+                first.config.get("model"),
+                "the same base model (one ONNX base serves every adapter)",
+            )
+        if task_name != first.config.get("task"):
+            raise differs(spec, "the task", task_name, first.config.get("task"), "the same task")
+        if int(spec.adapter["r"]) != int(first.adapter["r"]):
+            raise differs(
+                spec,
+                "lora.r",
+                int(spec.adapter["r"]),
+                int(first.adapter["r"]),
+                "the same rank (the LoRA weights are graph inputs of a fixed shape; alpha may differ)",
+            )
+        if _modules(spec) != _modules(first):
+            raise differs(
+                spec,
+                "the adapted modules",
+                _modules(spec),
+                _modules(first),
+                "the same lora.target_modules (each adapted layer is a MatMul pair in the graph)",
+            )
+    return specs
+
+
+# ----------------------------------------------------------------------------------------------
+# the graph and the adapter files
+# ----------------------------------------------------------------------------------------------
+
+
+def _is_lora(name: str) -> bool:
+    return ".lora_A." in name or ".lora_B." in name
+
+
+def make_lora_overridable(model_path: Path) -> dict[str, np.ndarray]:
+    """Turn every ``*lora_A*``/``*lora_B*`` initializer of the ONNX model at ``model_path`` into an
+    overridable initializer (a graph input of the same name, the initializer its default) with
+    zeros as the default, so that no adapter is the base model. Rewrites the file in place and
+    returns the weights the builder had put there (the first run's), by name."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(model_path), load_external_data=True)
+    graph = model.graph
+    inputs = {i.name for i in graph.input}
+    built: dict[str, np.ndarray] = {}
+    for tensor in graph.initializer:
+        if not _is_lora(tensor.name):
+            continue
+        array = numpy_helper.to_array(tensor)
+        built[tensor.name] = array.copy()
+        tensor.CopyFrom(numpy_helper.from_array(np.zeros_like(array), tensor.name))
+        if tensor.name not in inputs:
+            graph.input.append(
+                helper.make_tensor_value_info(tensor.name, tensor.data_type, list(array.shape))
+            )
+    data = model_path.with_name(model_path.name + ".data")
+    for stale in (data, model_path):
+        if stale.exists():
+            stale.unlink()
+    if model.ByteSize() > 1_800_000_000:
+        onnx.save_model(model, str(model_path), save_as_external_data=True, location=data.name)
+    else:
+        onnx.save_model(model, str(model_path))
+    return built
+
+
+def _peft_weights(run_dir: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    folder = run_dir / "adapter"
+    path = folder / "adapter_model.safetensors"
+    if path.is_file():
+        return {k: np.asarray(v, dtype=np.float32) for k, v in load_file(str(path)).items()}
+    import torch  # an adapter_model.bin
+
+    state = torch.load(folder / "adapter_model.bin", map_location="cpu", weights_only=True)
+    return {k: v.float().numpy() for k, v in state.items()}
+
+
+def name_map(built: dict[str, np.ndarray], first_weights: dict[str, np.ndarray]) -> dict[str, str]:
+    """``{PEFT key: ONNX initializer name}`` for every LoRA weight, found by value: the builder
+    stored the first run's ``lora_A`` transposed, so each ONNX ``lora_A`` equals exactly one PEFT
+    ``lora_A.weight`` transposed (and the ``lora_B`` beside it is named alike). Matching by value
+    holds for every architecture the builder knows, whatever it calls the layers."""
+    from tunewright import JobFailed
+
+    onnx_a = {name: value for name, value in built.items() if ".lora_A." in name}
+    peft_a = {key: value for key, value in first_weights.items() if ".lora_A." in key}
+    mapping: dict[str, str] = {}
+    for key, value in peft_a.items():
+        hits = [
+            n for n, v in onnx_a.items() if v.shape == value.T.shape and np.array_equal(v, value.T)
+        ]
+        if len(hits) != 1:
+            raise JobFailed(
+                f"the genai builder's LoRA weights do not match the adapter's: {key} is "
+                f"{'in no' if not hits else 'in several'} ONNX lora_A initializer(s) "
+                f"({', '.join(hits[:3])}); this architecture cannot share a bundle"
+            )
+        mapping[key] = hits[0]
+        mapping[key.replace(".lora_A.", ".lora_B.")] = hits[0].replace(".lora_A.", ".lora_B.")
+    missing = sorted(set(built) - set(mapping.values()))
+    if missing:
+        raise JobFailed(
+            f"the genai builder made LoRA weights no adapter key maps to: {', '.join(missing[:3])}"
+        )
+    return mapping
+
+
+def write_adapter(
+    spec: RunSpec, mapping: dict[str, str], shapes: dict[str, tuple], path: Path
+) -> dict[str, Any]:
+    """Write ``spec``'s LoRA weights as an onnxruntime adapter file: A transposed, B transposed
+    and scaled by ``lora_alpha / r`` (as the builder folds it), under the ONNX names."""
+    import onnxruntime as ort
+
+    from tunewright import JobFailed
+
+    weights = _peft_weights(spec.run_dir)
+    params: dict[str, np.ndarray] = {}
+    for key, value in weights.items():
+        if key not in mapping:
+            raise JobFailed(f"{spec.run_dir}: adapter weight {key} has no place in the shared base")
+        array = value.T * (spec.scaling if ".lora_B." in key else 1.0)
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        if array.shape != tuple(shapes[mapping[key]]):
+            raise JobFailed(
+                f"{spec.run_dir}: adapter weight {key} is {array.shape}, the base takes "
+                f"{tuple(shapes[mapping[key]])}"
+            )
+        params[mapping[key]] = array
+    if set(params) != set(shapes):
+        raise JobFailed(
+            f"{spec.run_dir}: the adapter lacks {sorted(set(shapes) - set(params))[:3]}"
+        )
+    values = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in params.items()}
+    adapter = ort.AdapterFormat()
+    adapter.set_adapter_version(1)
+    adapter.set_model_version(1)
+    adapter.set_parameters(values)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    adapter.export_adapter(str(path))
+    return {"tensors": len(params), "scaling": spec.scaling}
+
+
+def _check_still_overridable(model_path: Path, names: Sequence[str], quantizer: str) -> None:
+    import onnx
+
+    from tunewright import JobFailed
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    inputs = {i.name for i in graph.input}
+    lost = [name for name in names if name not in inputs]
+    if lost:
+        raise JobFailed(
+            f"--quantize {quantizer}: the quantizer turned {len(lost)} LoRA weights into constants "
+            f"({', '.join(lost[:2])}...), so adapters could not replace them; use one of "
+            f"{', '.join(QUANTIZERS)}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# the export
+# ----------------------------------------------------------------------------------------------
+
+
+def export_runs(
+    run_dirs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    names: Sequence[str] | None = None,
+    quantize: str = "int8",
+    threshold: float = DEFAULT_THRESHOLD,
+    split: str = "validation",
+    bench: bool = False,
+    overwrite: bool = False,
+    pm=None,
+    log: Callable[[str], None] = _log_default,
+    max_examples: int | None = None,
+    fidelity_examples: int | None = None,
+    new_tokens: int | None = None,
+    **ignored: Any,
+) -> ExportResult:
+    """Export several LoRA runs of one base model as one bundle: the base once, one adapter file
+    per run, each adapter proven against its own run (module docstring). Raises
+    :class:`tunewright.UsageError` (exit 2) before any model loads for runs that cannot share a
+    bundle, and :class:`tunewright.JobFailed` (exit 1) when an adapter fails the parity gate; then
+    nothing is written at ``out``."""
+    from tunewright import JobFailed, UsageError, get_plugin_manager, load_run
+
+    out = Path(out)
+    pm = pm or get_plugin_manager()
+    check_out(out, overwrite=overwrite)
+    if quantize not in QUANTIZERS:
+        raise UsageError(
+            f"--quantize: {quantize!r} cannot quantize a bundle of several adapters; allowed "
+            f"{', '.join(QUANTIZERS)} (block-wise weights leave the LoRA MatMuls in float, which "
+            "the adapters replace at run time)"
+        )
+    if ignored.get("ort_format"):
+        raise UsageError("--ort-format: not available for a bundle of several adapters")
+    if split not in ("validation", "test"):
+        raise UsageError(f"--split: a run keeps 'validation' and 'test' examples, not {split!r}")
+    specs = check_runs(run_dirs, names, pm)
+    registries = pm.registries
+    exporter = registries.kind("exporters").get(EXPORTER)
+    if exporter is None:
+        raise UsageError(
+            f"several adapters need the {EXPORTER!r} exporter, which is not registered"
+        )
+    started = time.perf_counter()
+    limits = {
+        "max_examples": 256,
+        "fidelity_examples": 8,
+        "new_tokens": 32,
+        **dict(getattr(exporter, "reference_limits", None) or {}),
+    }
+    max_examples = max_examples or limits["max_examples"]
+    fidelity_examples = fidelity_examples or limits["fidelity_examples"]
+    new_tokens = new_tokens or limits["new_tokens"]
+
+    references, all_examples, runs_info = {}, [], {}
+    first_run = None
+    for spec in specs:
+        log(f"reference: {spec.name} ({spec.run_dir})")
+        run = load_run(spec.run_dir, pm=pm)
+        first_run = first_run or run
+        examples = list(getattr(run, split) or [])
+        task = run.task
+        judge = getattr(task, "parity_task", "")
+        if judge is None:
+            raise UsageError(
+                f"{spec.run_dir}: a {run.task_name} run does not export (parity_task None)"
+            )
+        if judge:
+            examples = task.parity_examples(examples)
+            task = registries.get("tasks", judge, key=f"{run.task_name}'s parity_task")
+        if not examples:
+            raise UsageError(
+                f"{spec.run_dir}: the parity gate needs held-out {split} examples, and the run kept none"
+            )
+        if min(len(examples), max_examples) < FEW_PARITY_EXAMPLES:
+            log(
+                f"WARNING: {spec.name}'s parity gate rests on {min(len(examples), max_examples)} "
+                f"held-out examples (fewer than {FEW_PARITY_EXAMPLES}); hold out more data"
+            )
+        references[spec.name] = build_reference(
+            run.model,
+            run.tokenizer,
+            task,
+            examples,
+            labels=run.labels,
+            max_examples=max_examples,
+            fidelity_examples=fidelity_examples,
+            new_tokens=new_tokens,
+            calibration_examples=training_examples(spec.run_dir) or None,
+        )
+        all_examples += examples[:max_examples]
+        runs_info[spec.name] = {
+            "dir": str(spec.run_dir.resolve()),
+            "eval": run.eval,
+            "lora": {
+                "r": int(spec.adapter["r"]),
+                "alpha": float(spec.adapter["lora_alpha"]),
+                "target_modules": _modules(spec),
+            },
+        }
+    assert first_run is not None
+    first = specs[0]
+    task_kind = first_run.task.model_kind
+    if not exporter.supports(first_run.model, task_kind):
+        raise UsageError(
+            f"{first.run_dir}: the {EXPORTER} exporter cannot export a {type(first_run.model).__name__}; "
+            "several adapters on one base need a causal LM onnxruntime-genai's builder knows"
+        )
+    # the unmerged base: the builder loads the first run's adapter onto it itself
+    wrapped = load_run(first.run_dir, merged=False, pm=pm).model
+    base_model = wrapped.unload() if hasattr(wrapped, "unload") else wrapped
+    base_model.float().eval()
+    max_length = int(getattr(getattr(first_run.config, "data", None), "max_length", None) or 512)
+    info = {
+        "base_model": first_run.base_model,
+        "method": first_run.method,
+        "task": first_run.task_name,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".tmp-export-{out.name}-", dir=out.parent) as work_dir:
+        work = Path(work_dir).resolve()
+        log(f"export: {EXPORTER} with {first.name}'s adapter as the LoRA layout")
+        with _quiet(log, f"the exporter {EXPORTER!r}"):
+            exported = exporter.export(
+                base_model,
+                first_run.tokenizer,
+                task_kind,
+                work / "export",
+                adapter_path=first.run_dir / "adapter",
+            )
+        exported.exporter = exported.exporter or EXPORTER
+        built = make_lora_overridable(exported.path)
+        if not built:
+            raise JobFailed("the genai builder wrote no LoRA weights for the first run's adapter")
+        mapping = name_map(built, _peft_weights(first.run_dir))
+        shapes = {name: value.shape for name, value in built.items()}
+        adapter_files: dict[str, dict[str, Any]] = {}
+        for spec in specs:
+            relative = f"{ADAPTER_DIR}/{spec.name}{ADAPTER_SUFFIX}"
+            details = write_adapter(spec, mapping, shapes, work / "adapters" / relative)
+            adapter_files[spec.name] = {"file": relative, **details}
+        log(f"adapters: {len(specs)} files of {len(built)} LoRA tensors each")
+        quantizer = registries.kind("quantizers")[quantize]
+        log(f"quantize: {quantize}")
+        with _scratch_cwd(work / "scratch"), _quiet(log, f"the quantizer {quantize!r}"):
+            quantized = quantize_export(quantizer, quantize, exported, work / "q", [], exporter)
+        if quantized.quantization.get("name") != quantize:
+            quantized.quantization = {**quantized.quantization, "requested": quantize}
+        _check_still_overridable(quantized.path, list(built), quantize)
+        stage = work / "stage"
+        draft = _stage(
+            quantized,
+            stage,
+            first_run.tokenizer,
+            labels=first_run.labels,
+            max_length=max_length,
+            info=info,
+            config=first_run.config,
+            exporter=exporter,
+            model=first_run.model,
+        )
+        for entry in adapter_files.values():
+            _link(work / "adapters" / entry["file"], stage / entry["file"])
+        draft["adapters"] = {
+            name: {"file": entry["file"], "run": runs_info[name], "scaling": entry["scaling"]}
+            for name, entry in adapter_files.items()
+        }
+        draft["model"]["lora_inputs"] = len(built)
+        predictor = predictor_for(stage, draft, pm=pm)
+        reports = {}
+        for spec in specs:
+            log(f"parity: adapter {spec.name} against its run")
+            report = measure_parity(
+                predictor.for_adapter(spec.name),
+                references[spec.name],
+                threshold,
+                model_bytes=quantized.size_bytes(),
+            )
+            log(f"  parity {'passed' if report.passed else 'FAILED'}\n{report.table()}")
+            reports[spec.name] = report
+        failed = [name for name, report in reports.items() if not report.passed]
+        if failed:
+            raise JobFailed(
+                f"parity gate failed for adapter(s) {', '.join(failed)}: the bundle with that adapter "
+                f"falls more than {threshold:g} points below its tuned run; no bundle written at {out}\n"
+                + "\n".join(f"{name}:\n{reports[name].table()}" for name in failed)
+            )
+        with bundle_folder(out, overwrite=overwrite) as staging:
+            copy_files(stage, staging)
+            manifest = dict(draft)
+            for name, report in reports.items():
+                examples_file = f"parity/{name}.npz"
+                (staging / "parity").mkdir(exist_ok=True)
+                np.savez_compressed(staging / examples_file, **report.arrays)
+                manifest["adapters"][name]["parity"] = {
+                    **report.as_dict(),
+                    "examples_file": examples_file,
+                }
+            # the manifest's own "parity": the adapter that dropped most (what one figure can say)
+            worst = max(reports, key=lambda name: reports[name].drop)
+            manifest["parity"] = {**manifest["adapters"][worst]["parity"], "adapter": worst}
+            if bench:
+                log("bench: batch 1 on this machine (base model, no adapter)")
+                bench_with = predictor_for(staging, manifest, pm=pm)
+                manifest["benchmark"] = {
+                    **bench_predictor(bench_with),
+                    "machine": _machine(),
+                    "size_mb": bundle_size_mb(staging),
+                }
+                del bench_with
+            profile = _data_profile(staging, manifest, all_examples)
+            if profile:
+                manifest["data_profile"] = profile
+            manifest = write_manifest(staging, manifest, started=started)
+        del predictor
+    log(
+        f"bundle: {out} ({manifest['quantization']['name']}, {len(specs)} adapters, "
+        f"{bundle_size_mb(out):.1f} MiB)"
+    )
+    return ExportResult(out, manifest, reports[worst], [])
+
+
+__all__ = ["export_runs", "check_runs", "make_lora_overridable", "name_map", "write_adapter"]
