@@ -144,7 +144,7 @@ def check_runs(run_dirs: Sequence[str | Path], names: Sequence[str] | None, pm) 
 
     def differs(spec: RunSpec, what: str, mine: Any, theirs: Any, allowed: str) -> UsageError:
         return UsageError(
-            f"{spec.run_dir}: {what} is {mine!r}, but {first.run_dir} has {theirs!r}; runs that share "
+            f"{spec.run_dir}: {what} {mine!r}, but {first.run_dir} has {theirs!r}; runs that share "
             f"a bundle need {allowed}"
         )
 
@@ -189,17 +189,17 @@ def check_runs(run_dirs: Sequence[str | Path], names: Sequence[str] | None, pm) 
         if spec.config.get("model") != first.config.get("model"):
             raise differs(
                 spec,
-                "the base model",
+                "the base model is",
                 spec.config.get("model"),
                 first.config.get("model"),
                 "the same base model (one ONNX base serves every adapter)",
             )
         if task_name != first.config.get("task"):
-            raise differs(spec, "the task", task_name, first.config.get("task"), "the same task")
+            raise differs(spec, "the task is", task_name, first.config.get("task"), "the same task")
         if int(spec.adapter["r"]) != int(first.adapter["r"]):
             raise differs(
                 spec,
-                "lora.r",
+                "lora.r is",
                 int(spec.adapter["r"]),
                 int(first.adapter["r"]),
                 "the same rank (the LoRA weights are graph inputs of a fixed shape; alpha may differ)",
@@ -207,7 +207,7 @@ def check_runs(run_dirs: Sequence[str | Path], names: Sequence[str] | None, pm) 
         if _modules(spec) != _modules(first):
             raise differs(
                 spec,
-                "the adapted modules",
+                "the adapted modules are",
                 _modules(spec),
                 _modules(first),
                 "the same lora.target_modules (each adapted layer is a MatMul pair in the graph)",

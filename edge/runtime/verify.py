@@ -80,11 +80,36 @@ def verify_bundle(
     """
     folder = Path(folder)
     manifest = open_bundle(folder, verify=True)
+    adapters = manifest.get("adapters") or {}
+    if adapters:
+        # a multi-adapter bundle: each adapter's examples, rerun with that adapter active
+        predictor = predictor_for(folder, manifest, threads=threads, pm=pm)
+        report = {"ok": True, "files": len(manifest.get("files", {})), "problems": []}
+        report["adapters"] = {}
+        for name, entry in sorted(adapters.items()):
+            one = _verify(folder, entry.get("parity") or {}, predictor.for_adapter(name))
+            report["adapters"][name] = one
+            report["problems"] += [f"adapter {name}: {problem}" for problem in one["problems"]]
+        report["ok"] = not report["problems"]
+        return report
     parity = manifest.get("parity") or {}
+    report = {"files": len(manifest.get("files", {}))}
+    if not parity.get("examples_file"):
+        return {
+            "ok": False,
+            **report,
+            "problems": ["the manifest records no parity examples to rerun"],
+            "recorded": parity.get("bundle_vs_tuned", {}),
+        }
+    predictor = predictor_for(folder, manifest, threads=threads, pm=pm)
+    return {**report, **_verify(folder, parity, predictor)}
+
+
+def _verify(folder: Path, parity: dict[str, Any], predictor: Any) -> dict[str, Any]:
+    """Rerun the examples that ``parity`` (a manifest's parity section) recorded on ``predictor``."""
     name = parity.get("examples_file")
     report: dict[str, Any] = {
         "ok": True,
-        "files": len(manifest.get("files", {})),
         "problems": [],
         "recorded": parity.get("bundle_vs_tuned", {}),
     }
@@ -94,7 +119,6 @@ def verify_bundle(
         return report
     with np.load(folder / name, allow_pickle=False) as data:
         arrays = {key: data[key] for key in data.files}
-    predictor = predictor_for(folder, manifest, threads=threads, pm=pm)
     examples = _examples(arrays)
     rerun = (
         _rerun_generator(predictor, examples)

@@ -68,6 +68,11 @@ class ServedModel:
     profile: LiveProfile
     batcher: Batcher | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: one adapter of a multi-adapter bundle (``tunewright export RUN_A RUN_B ...``), served as a
+    #: model of its own over the shared predictor; ``None``: the bundle's base model
+    adapter: str | None = None
+    #: the model id of that bundle's base model (set with ``adapter``)
+    base: str | None = None
 
     @property
     def generates(self) -> bool:
@@ -571,6 +576,8 @@ async def _generate(
         "seed": body.seed,
         "stop_at_eos": not body.ignore_eos,
     }
+    if model.adapter is not None:
+        options["adapter"] = model.adapter
     predictor = model.predictor
     if pixels is not None:
         start = lambda: predictor.generate_ids(ids, pixels, **options)
@@ -718,6 +725,7 @@ def build_app(models: dict[str, ServedModel], options: ServeOptions, worker: Wor
                     "created": state.created,
                     "owned_by": "tunewright",
                     "task_kind": m.kind,
+                    **({"adapter": m.adapter, "base": m.base} if m.adapter is not None else {}),
                 }
                 for name, m in models.items()
             ],

@@ -110,6 +110,21 @@ def load_models(specs: list[str], threads: int | None = None, pm: Any = None) ->
         models[name] = ServedModel(
             name, path, predictor, LiveProfile(predictor.manifest.get("data_profile"))
         )
+        # a multi-adapter bundle: each adapter is a model id of its own over the one predictor
+        for adapter in getattr(predictor, "adapter_names", []):
+            if adapter in models:
+                raise BundleError(
+                    f"{path}: adapter {adapter!r} has the name of another model being served; "
+                    "name the bundle NAME=FOLDER, or export the runs with other --name values"
+                )
+            models[adapter] = ServedModel(
+                adapter,
+                path,
+                predictor,
+                LiveProfile(predictor.manifest.get("data_profile")),
+                adapter=adapter,
+                base=name,
+            )
     return models
 
 
