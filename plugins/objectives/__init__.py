@@ -6,6 +6,8 @@ section for its settings."""
 
 from __future__ import annotations
 
+import json
+
 from tunewright import hookimpl
 
 from .distill import DistillSection, DistillTask
@@ -30,3 +32,18 @@ def register_config_sections(register):
     register("dpo", DpoSection)
     register("rft", RftSection)
     register("distill", DistillSection)
+
+
+@hookimpl
+def on_train_begin(run):
+    # a bundle teacher's answers were written and graded while the data was checked: the run
+    # records how many of them it kept
+    task = run.task
+    summary = task.answers_summary() if isinstance(task, DistillTask) else None
+    if summary is None:
+        return
+    (run.run_dir / "distill.json").write_text(json.dumps(summary, indent=2) + "\n")
+    graded = (
+        f", graded at least {summary['min_grade']:g}" if summary["min_grade"] is not None else ""
+    )
+    run.say(f"distill: {summary['kept']} of {summary['answers']} teacher answers kept{graded}")

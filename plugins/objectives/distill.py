@@ -14,10 +14,27 @@ The student is ``model:``, or, with ``distill.student_layers: n``, that model cu
 of its decoder layers (evenly spaced, first and last kept), e.g. 12 of SmolLM2's 30: the point of
 distilling for the edge. Teacher and student must share the tokenizer. Figures are the chat task's
 (``loss``, ``perplexity``, ``mean_token_accuracy`` on the held-out data's own answers).
+
+A **bundle** (a folder with a tunewright ``manifest.json``) can be the teacher too. The torch-free
+runtime gives no logits to keep, so the bundle *answers* instead, the seeds' process::
+
+    answer = bundle.generate(prompt, greedy, at most distill.max_tokens)    once per prompt, cached
+    grade  = distill.grader(answer, item)                                   optional
+    keep   = grade >= distill.min_grade                                     the others are excluded
+    loss   = cross-entropy of the student on the kept answers               hard labels
+
+The prompt is the conversation before its last assistant turn (or the whole conversation when it
+ends with a user turn); the teacher's answer takes that turn's place, in the training and the
+held-out examples alike, so the held-out figures are the student's on the teacher's answers.
+The grader sees ``{{sample.output_text}}`` (the answer) and the example as ``item``, with
+``{{item.reference_answer}}`` the data's own last answer where it has one. An answer below
+``min_grade`` is an ``excluded`` problem at the example's line (the data summary counts them);
+the run writes ``distill.json`` (answers, kept, mean grade) and says how many it kept.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 from pathlib import Path
@@ -26,10 +43,18 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from tunewright import ConfigError, Section, cache_dir, get_plugin_manager
+from tunewright import ConfigError, Problem, Section, cache_dir, get_plugin_manager, kinds
 from tunewright.plugins.common.batching import IGNORE
+from tunewright.plugins.common.messages import text_of
 from tunewright.plugins.tasks.chat import ChatTask, scored_logits
 from tunewright.plugins.tasks.losses import cross_entropy_sum
+
+from .rft import load_grader
+
+#: the settings that shape a local teacher's top-k distribution, which a bundle teacher has not
+LOGIT_SETTINGS = ("top_k", "temperature", "hard_weight")
+#: the settings of a bundle teacher's answers
+ANSWER_SETTINGS = ("grader", "min_grade")
 
 
 class DistillSection(Section):
@@ -44,11 +69,86 @@ class DistillSection(Section):
     student_layers: int | None = Field(
         None, ge=1, description="keep this many of the student model's decoder layers"
     )
+    max_tokens: int = Field(
+        64, ge=1, le=4096, description="longest answer a bundle teacher writes, in tokens"
+    )
+    grader: dict | str | None = Field(
+        None,
+        description="a grader config (or YAML file) that grades a bundle teacher's answers",
+    )
+    min_grade: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="keep only the bundle teacher's answers graded at least this (needs grader)",
+    )
+    grader_timeout: float = Field(
+        30.0, gt=0, le=600, description="seconds one grade may take; longer scores 0"
+    )
+
+    @property
+    def bundle_teacher(self) -> bool:
+        return is_bundle(self.teacher)
 
     def check(self, config: Any) -> list[str]:
         if config.task != "distill":
             return [f"distill: the section applies to task: distill, not task: {config.task}"]
-        return []
+        problems = []
+        given = self.model_fields_set
+        if self.bundle_teacher:
+            from tunewright.edge.runtime import BundleError, read_manifest
+
+            try:
+                manifest = read_manifest(self.teacher)
+            except BundleError as exc:
+                return [f"distill.teacher: {exc}"]
+            if manifest.get("task_kind") != kinds.CAUSAL_LM:
+                problems.append(
+                    f"distill.teacher: the bundle {self.teacher} is a "
+                    f"{manifest.get('task_kind')} model; a teacher bundle must generate text "
+                    f"({kinds.CAUSAL_LM})"
+                )
+            problems += [
+                f"distill.{key}: a bundle teacher gives no logits (the torch-free runtime "
+                "generates text): the student learns its answers as hard labels; remove "
+                f"distill.{key}"
+                for key in LOGIT_SETTINGS
+                if key in given
+            ]
+        else:
+            problems += [
+                f"distill.{key}: grades the answers a bundle teacher writes; the teacher "
+                f"{self.teacher} is not a bundle (a local teacher gives its top-k distribution "
+                "on the data's own answers, which are not graded)"
+                for key in ("max_tokens", *ANSWER_SETTINGS)
+                if key in given and getattr(self, key) is not None
+            ]
+        if self.min_grade is not None and self.grader is None:
+            problems.append(
+                "distill.min_grade: keeps the teacher's answers graded at least this, but no "
+                "distill.grader grades them; add a grader or remove min_grade"
+            )
+        if self.grader is not None:
+            try:
+                load_grader(self.grader)
+            except ConfigError as exc:
+                problems.append(f"distill.grader: {exc}")
+        return problems
+
+
+def is_bundle(teacher: str) -> bool:
+    """Whether ``teacher`` names a bundle (a folder with a ``manifest.json``)."""
+    from tunewright.edge.runtime import MANIFEST
+
+    return (Path(teacher) / MANIFEST).is_file()
+
+
+def split_prompt(messages: list[dict]) -> tuple[list[dict], dict | None]:
+    """The conversation before its last assistant turn, and that turn (``None`` when the
+    conversation ends with another role: all of it is the prompt)."""
+    if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
+        return messages[:-1], messages[-1]
+    return list(messages), None
 
 
 def keep_layers(model: Any, count: int) -> Any:
@@ -95,24 +195,130 @@ class DistillTask(ChatTask):
         self.settings: DistillSection | None = None
         self.teacher: Any = None
         self.teacher_key = ""
-        #: teacher forward passes run (not read from the cache), for tests and the log
+        #: teacher forward passes (or a bundle teacher's answers) run, not read from the cache
         self.teacher_calls = 0
+        self.bundle: Any = None  # a bundle teacher's predictor
+        self.grader: Any = None
+        #: a bundle teacher's answers of this job, per example location: grade and whether kept
+        self.answers: dict[str, dict[str, Any]] = {}
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+
+    def _use(self, section: DistillSection | None) -> None:
+        if section is not self.settings:
+            self.settings = section
+            self.teacher, self.teacher_key = None, ""
+            self.bundle, self.grader, self.answers = None, None, {}
 
     def validate(self, example: dict, location: str, config: Any = None) -> list:
         # the job's examples are checked, then tokenized, before the model loads: the settings
         # (and so the teacher) are taken from the first look at the job's config
-        if config is not None and config.section("distill") is not self.settings:
-            self.settings = config.section("distill")
-            self.teacher, self.teacher_key = None, ""
-        return super().validate(example, location, config)
+        if config is not None:
+            self._use(config.section("distill"))
+        settings = self.settings if config is not None else None
+        if (
+            settings is None
+            or not settings.bundle_teacher
+            or not isinstance(example.get("messages"), list)
+        ):
+            return super().validate(example, location, config)
+        # a bundle teacher writes the answer: the data may end with its prompt
+        prompt, answer = split_prompt(example["messages"])
+        stand_in = answer or {"role": "assistant", "content": "the teacher's answer"}
+        problems = super().validate({**example, "messages": [*prompt, stand_in]}, location, config)
+        if any(p.severity == "error" for p in problems):
+            return problems
+        text = self.teacher_answer(prompt)
+        grade = None
+        if settings.grader is not None:
+            item = dict(example)
+            if answer is not None:
+                item.setdefault("reference_answer", text_of(answer.get("content")))
+            grade = self._grade(text, item)
+        kept = bool(text) and (settings.min_grade is None or (grade or 0.0) >= settings.min_grade)
+        self.answers[location] = {"grade": grade, "kept": kept}
+        if not text:
+            problems.append(
+                Problem(location, "the teacher's answer is empty: left out", "excluded")
+            )
+        elif not kept:
+            problems.append(
+                Problem(
+                    location,
+                    f"the teacher's answer graded {grade:.3g}, below distill.min_grade "
+                    f"{settings.min_grade:g}: left out",
+                    "excluded",
+                )
+            )
+        return problems
+
+    # -- a bundle teacher's answers ------------------------------------------------------------
+
+    def teacher_answer(self, prompt: list[dict]) -> str:
+        """The bundle teacher's greedy answer to ``prompt``, from the cache when it has it."""
+        settings = self.settings
+        assert settings is not None
+        from tunewright.edge.runtime import read_manifest
+
+        if not self.teacher_key:
+            self.teacher_key = f"bundle:{read_manifest(settings.teacher)['manifest_sha256']}"
+        prompt = [{"role": m["role"], "content": text_of(m.get("content"))} for m in prompt]
+        digest = hashlib.sha256(
+            json.dumps([self.teacher_key, "answer", settings.max_tokens, prompt]).encode()
+        ).hexdigest()
+        path = cache_dir() / "distill" / digest[:2] / f"{digest}.json"
+        if path.exists():
+            return str(json.loads(path.read_text(encoding="utf-8"))["answer"])
+        if self.bundle is None:
+            from tunewright.edge.runtime import load_bundle
+
+            self.bundle = load_bundle(settings.teacher)
+        self.teacher_calls += 1
+        text = self.bundle.generate(
+            prompt, max_new_tokens=settings.max_tokens, temperature=0.0
+        ).strip()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_suffix(".tmp")
+        staging.write_text(json.dumps({"answer": text}), encoding="utf-8")
+        staging.replace(path)  # atomic: a killed job leaves no half-written entry
+        return text
+
+    def _grade(self, text: str, item: dict) -> float:
+        """The grade of one answer; a grader that fails or runs late gives 0, as in ``rft``."""
+        settings = self.settings
+        assert settings is not None and settings.grader is not None
+        if self.grader is None:
+            self.grader = load_grader(settings.grader)
+        future = self._pool.submit(
+            self.grader.grade, {"output_text": text, "choices": [text]}, item
+        )
+        try:
+            return float(future.result(timeout=settings.grader_timeout))
+        except Exception:
+            return 0.0
+
+    def answers_summary(self) -> dict[str, Any] | None:
+        """How many answers a bundle teacher gave this job and how many were kept; ``None``
+        for a local teacher."""
+        settings = self.settings
+        if settings is None or not settings.bundle_teacher:
+            return None
+        grades = [a["grade"] for a in self.answers.values() if a["grade"] is not None]
+        return {
+            "teacher": settings.teacher,
+            "answers": len(self.answers),
+            "kept": sum(a["kept"] for a in self.answers.values()),
+            "min_grade": settings.min_grade,
+            "mean_grade": sum(grades) / len(grades) if grades else None,
+            "max_tokens": settings.max_tokens,
+        }
+
+    # -- model ---------------------------------------------------------------------------------
 
     def load_model(self, path, labels, config, tokenizer=None):
         section = config.section("distill") if config is not None else None
         if section is None:
             raise ConfigError("task: distill needs a distill: section naming its teacher")
-        if section is not self.settings:
-            self.settings = section
-            self.teacher, self.teacher_key = None, ""
+        self._use(section)
         student = super().load_model(path, labels, config, tokenizer=tokenizer)
         if section.student_layers:
             student = keep_layers(student, section.student_layers)
@@ -136,8 +342,13 @@ class DistillTask(ChatTask):
         return cache_dir() / "distill" / digest[:2] / f"{digest}.pt"
 
     def tokenize(self, example: dict, tokenizer, labels=None) -> dict:
-        features = super().tokenize(example, tokenizer, labels)
         settings = self.settings
+        if settings is not None and settings.bundle_teacher:
+            # the teacher's answer in place of the data's: hard labels, no top-k to add
+            prompt, _ = split_prompt(example["messages"])
+            answer = {"role": "assistant", "content": self.teacher_answer(prompt)}
+            return super().tokenize({**example, "messages": [*prompt, answer]}, tokenizer, labels)
+        features = super().tokenize(example, tokenizer, labels)
         if settings is None:  # tunewright validate: no job, no teacher
             return features
         path = self._cache_path(features["input_ids"], features["labels"])
@@ -198,4 +409,4 @@ class DistillTask(ChatTask):
         return kl, targets.numel()
 
 
-__all__ = ["DistillSection", "DistillTask", "keep_layers", "IGNORE"]
+__all__ = ["DistillSection", "DistillTask", "keep_layers", "is_bundle", "split_prompt", "IGNORE"]
