@@ -27,11 +27,13 @@ def run_bundle(
     seed: int | None = None,
     as_chat: bool = True,
     images: Sequence[str] = (),
+    adapter: str | None = None,
     pm: Any = None,
 ) -> list:
     """Predict for each input (texts, image paths, or prompts; an image+text bundle shows each
     prompt ``images`` first); returns JSON-ready results. Raises :class:`BundleError` for
-    ``images`` given to a bundle that takes none beside its inputs. ``pm``: the plugin manager
+    ``images`` given to a bundle that takes none beside its inputs, and for an ``adapter`` the
+    bundle does not carry (``None``: its base model). ``pm``: the plugin manager
     whose ``edge_runtimes`` registry opens the bundle (default: the runtime plugins alone)."""
     from .bench import images_refused, takes_images
 
@@ -41,6 +43,11 @@ def run_bundle(
         if not takes_images(predictor.run):
             raise BundleError(images_refused(predictor))
         extra["images"] = list(images)
+    if adapter is not None:
+        for_adapter = getattr(predictor, "for_adapter", None)
+        if for_adapter is None:
+            raise BundleError(f"--adapter {adapter!r}: this bundle carries no adapters")
+        predictor = for_adapter(adapter)
     return predictor.run(
         list(inputs),
         max_new_tokens=max_new_tokens,
@@ -78,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PATH",
         help="image+text bundles: an image shown before each prompt (repeat for several)",
     )
+    run.add_argument(
+        "--adapter",
+        default=None,
+        help="a bundle of several adapters: the one to answer with (default: the base model)",
+    )
     bench = commands.add_parser("bench", help="latency p50/p95, throughput, peak memory")
     bench.add_argument("bundle")
     bench.add_argument("--tokens", type=int, default=16)
@@ -110,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 as_chat=not args.raw,
                 images=args.image,
+                adapter=args.adapter,
             )
             print(json.dumps(out, indent=2, ensure_ascii=False))
             return 0

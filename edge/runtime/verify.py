@@ -72,7 +72,9 @@ def verify_bundle(
     folder: str | Path, *, threads: int | None = None, pm: Any = None
 ) -> dict[str, Any]:
     """Return ``{"ok", "files", "recorded", "rerun", "problems"}``; raise :class:`BundleError` when a
-    file was changed or the format is newer.
+    file was changed or the format is newer. A bundle of several adapters answers
+    ``{"ok", "files", "problems", "adapters": {name: {"ok", "recorded", "rerun", "problems"}}}``,
+    each adapter's recorded examples rerun with that adapter active.
 
     ``ok`` is False, with a sentence per figure in ``problems``, when the rerun's top-1 agreement
     falls more than ``AGREEMENT_SLACK`` below the recorded one, or its largest logit difference
@@ -84,14 +86,18 @@ def verify_bundle(
     if adapters:
         # a multi-adapter bundle: each adapter's examples, rerun with that adapter active
         predictor = predictor_for(folder, manifest, threads=threads, pm=pm)
-        report = {"ok": True, "files": len(manifest.get("files", {})), "problems": []}
-        report["adapters"] = {}
+        results: dict[str, Any] = {}
+        problems: list[str] = []
         for name, entry in sorted(adapters.items()):
             one = _verify(folder, entry.get("parity") or {}, predictor.for_adapter(name))
-            report["adapters"][name] = one
-            report["problems"] += [f"adapter {name}: {problem}" for problem in one["problems"]]
-        report["ok"] = not report["problems"]
-        return report
+            results[name] = one
+            problems += [f"adapter {name}: {problem}" for problem in one["problems"]]
+        return {
+            "ok": not problems,
+            "files": len(manifest.get("files", {})),
+            "problems": problems,
+            "adapters": results,
+        }
     parity = manifest.get("parity") or {}
     report = {"files": len(manifest.get("files", {}))}
     if not parity.get("examples_file"):

@@ -205,6 +205,11 @@ def edge_group() -> None:
     type=click.Path(),
     help="Image+text bundles: an image shown before each prompt (repeat for several).",
 )
+@click.option(
+    "--adapter",
+    default=None,
+    help="A bundle of several adapters: the one to answer with (default: the base model).",
+)
 @click.pass_obj
 def run_command(
     pm,
@@ -215,6 +220,7 @@ def run_command(
     seed: int | None,
     raw: bool,
     images: tuple[str, ...],
+    adapter: str | None,
 ) -> None:
     """Predict with BUNDLE for each input: texts, image paths, or prompts (with --image, an
     image+text bundle answers each prompt about the images)."""
@@ -231,6 +237,7 @@ def run_command(
             seed=seed,
             as_chat=not raw,
             images=list(images),
+            adapter=adapter,
             pm=pm,
         )
     click.echo(json.dumps(out, indent=2, ensure_ascii=False))

@@ -42,15 +42,21 @@ output: runs/{name}
 def two_runs(tmp_path_factory, tiny_llama_dir):
     """Two chat runs of the tiny Llama (LoRA r 4 on every block linear), about 12 s each."""
     work = tmp_path_factory.mktemp("multi")
-    for name in REPLIES:
+    trainers = []
+    for name in REPLIES:  # side by side: most of a tiny run is starting Python and loading
         _write_run_config(work, tiny_llama_dir, name)
-        subprocess.run(
-            [*TUNEWRIGHT, "train", f"{name}.yaml"],
-            cwd=work,
-            check=True,
-            capture_output=True,
-            timeout=600,
+        trainers.append(
+            subprocess.Popen(
+                [*TUNEWRIGHT, "train", f"{name}.yaml"],
+                cwd=work,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
         )
+    for trainer in trainers:
+        _, err = trainer.communicate(timeout=600)
+        assert trainer.returncode == 0, err[-3000:]
     return work
 
 
@@ -166,6 +172,39 @@ def test_each_adapter_answers_as_its_own_peft_run(multi_bundle, two_runs):
             numpy_loop.generate_ids(ids, max_new_tokens=10, stop_at_eos=False, adapter=name)
         )
         assert tokens == ours[name]
+
+
+@pytest.mark.slow
+def test_one_adapter_failing_the_gate_writes_no_bundle(multi_bundle, two_runs):
+    # a negative threshold asks each adapter to beat its run: none can, so the export fails
+    done = subprocess.run(
+        [
+            *[*TUNEWRIGHT, "export", "runs/alpha", "runs/beta", "--out", "gated"],
+            *["--threshold", "-1", "--no-bench", "--name", "a", "--name", "b"],
+        ],
+        cwd=two_runs,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "parity gate failed for adapter(s) a, b" in done.stderr
+    assert not (two_runs / "gated").exists()
+    assert not [p for p in two_runs.iterdir() if p.name.startswith(".tmp")]
+    # edge run picks an adapter too
+    run = subprocess.run(
+        [*TUNEWRIGHT, "edge", "run", str(multi_bundle), "Say 7", "--adapter", "beta"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    from tunewright.edge.runtime import load_bundle
+
+    assert run.returncode == 0, run.stderr
+    expected = load_bundle(multi_bundle).generate(
+        [{"role": "user", "content": "Say 7"}], adapter="beta", max_new_tokens=64
+    )
+    assert json.loads(run.stdout)[0]["reply"] == expected
 
 
 @pytest.mark.slow

@@ -569,7 +569,7 @@ async def _generate(
     """``(text, finish_reason)`` pieces; the last has the finish reason. Cancelling the consumer
     (a client gone) stops the generation on the worker thread."""
     limit = body.max_completion_tokens or body.max_tokens or state.options.default_max_tokens
-    options = {
+    options: dict[str, Any] = {
         "max_new_tokens": limit,
         "temperature": body.temperature,
         "top_p": body.top_p,
