@@ -107,6 +107,22 @@ def _feature_length(feature: dict) -> int:
     return len(ids) if ids is not None else 1
 
 
+def feature_length(task: Any) -> Callable[[dict], int]:
+    """The length of a tokenized example for grouping and forward budgets: the task's
+    ``num_tokens`` where it counts one (a preference pair: its longer side; features without
+    ``input_ids`` would otherwise all count 1, and never be grouped or split), else the length
+    of ``input_ids``."""
+    counter = optional(task, Task, "num_tokens")
+    if counter is None:
+        return _feature_length
+
+    def length(feature: dict) -> int:
+        n = counter(feature)
+        return int(n) if n is not None else _feature_length(feature)
+
+    return length
+
+
 def split_to_budget(
     indices: list[int], length: Callable[[int], int], budget: int | None
 ) -> list[list[int]]:
@@ -335,13 +351,14 @@ def train(
         (eval_steps if early and not t.save_steps else t.save_steps) if save_checkpoints else None
     )
     on_epoch = optional(run.method, Method, "on_epoch")
-    length = lambda i: _feature_length(features[i])
+    feature_tokens = feature_length(run.task)
+    length = lambda i: feature_tokens(features[i])
     budget = forward_budget(
         t.max_forward_tokens,
         [
             b[rank::world]
             for b in batch_order(
-                features, per_step, run.config.seed, 0, t.group_by_length, _feature_length
+                features, per_step, run.config.seed, 0, t.group_by_length, feature_tokens
             )
         ],
         length,
@@ -365,7 +382,7 @@ def train(
                 run.config.seed,
                 progress.epoch,
                 t.group_by_length,
-                _feature_length,
+                feature_tokens,
             )
             for position in range(progress.batch_in_epoch, len(order)):
                 progress.batch_in_epoch = position + 1

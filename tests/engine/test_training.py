@@ -21,7 +21,7 @@ from samples import FRUITS, write_jsonl
 
 from tunewright import get_plugin_manager, prepare_run, train
 from tunewright.config import load_config
-from tunewright.training import batch_order, forward_budget, split_to_budget
+from tunewright.training import batch_order, feature_length, forward_budget, split_to_budget
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -253,6 +253,68 @@ def test_auto_budget_splits_only_unusually_large_micro_batches():
     assert len(split_to_budget(batches[-1], lengths.__getitem__, budget)) > 1
     assert forward_budget(512, batches, lengths.__getitem__) == 512
     assert forward_budget(None, batches, lengths.__getitem__) is None
+
+
+def preference_rows(n: int) -> list[dict]:
+    """Pairs whose sides differ in length, and pairs of very different lengths."""
+    rows = []
+    for i, fruit in enumerate((sorted(FRUITS) * n)[:n]):
+        long = " It grows on trees and tastes sweet." * (3 if i % 3 == 0 else 0)
+        rows.append(
+            {
+                "input": {"messages": [{"role": "user", "content": f"Colour of {fruit}? (#{i})"}]},
+                "preferred_output": [
+                    {"role": "assistant", "content": f"A {fruit} is {FRUITS[fruit]}.{long}"}
+                ],
+                "non_preferred_output": [{"role": "assistant", "content": "No idea."}],
+            }
+        )
+    return rows
+
+
+def test_a_preference_pair_is_grouped_and_split_by_its_longer_side(tiny_llama_dir, tmp_path):
+    """A dpo feature has no ``input_ids``: the engine measures it with the task's ``num_tokens``
+    (its longer side). Counted as 1, pairs were never grouped by length and a micro-batch never
+    ran in pieces, whatever ``max_forward_tokens`` said."""
+    data = write_jsonl(tmp_path / "prefs.jsonl", preference_rows(24))
+    raw = {
+        **config(tiny_llama_dir, data, tmp_path / "whole", max_steps=2),
+        "task": "dpo",
+        "dpo": {"beta": 0.5},
+    }
+    whole = prepared(raw)
+    length = feature_length(whole.task)
+    features = whole.train_features
+    assert [length(f) for f in features] == [
+        max(len(f["chosen_ids"]), len(f["rejected_ids"])) for f in features
+    ]
+    assert len({length(f) for f in features}) > 1
+    grouped = batch_order(features, 8, 3, 0, True, length)
+    assert grouped != batch_order(features, 8, 3, 0, False, length)
+
+    # a budget of two short pairs: each micro-batch runs in pieces, and the step is the same
+    rows_seen: list[int] = []
+    pieces = prepared(
+        {
+            **raw,
+            "output": str(tmp_path / "pieces"),
+            "training": {
+                **raw["training"],
+                "max_forward_tokens": 2 * min(length(f) for f in features),
+            },
+        }
+    )
+    pieces.model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows_seen.append(int(kwargs["input_ids"].shape[0])),
+        with_kwargs=True,
+    )
+    one, split = train(whole), train(pieces)
+    assert max(rows_seen) < 2 * 8  # never the micro-batch's 8 pairs (16 rows) at once
+    assert split.metrics["train_loss"] == pytest.approx(one.metrics["train_loss"], rel=1e-5)
+    a, b = (dict(r.model.named_parameters()) for r in (whole, pieces))
+    for name, parameter in a.items():
+        if parameter.requires_grad:
+            torch.testing.assert_close(parameter, b[name], rtol=1e-4, atol=1e-6)
 
 
 def test_resumed_run_with_pieces_and_accumulation_matches_one_run(tiny_llama_dir, tmp_path):
