@@ -47,3 +47,11 @@ def on_train_begin(run):
         f", graded at least {summary['min_grade']:g}" if summary["min_grade"] is not None else ""
     )
     run.say(f"distill: {summary['kept']} of {summary['answers']} teacher answers kept{graded}")
+
+
+@hookimpl
+def on_train_end(run, result):
+    # the export's parity gate judges an rft bundle on the tuned model's own held-out answers
+    if isinstance(run.task, RftTask) and run.validation_features:
+        count = run.task.record_answers(run)
+        run.say(f"rft: the tuned model's greedy answers to {count} held-out prompts recorded")

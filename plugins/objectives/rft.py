@@ -15,11 +15,21 @@ one update per batch of samples (so the clipped ratio of PPO is 1 and drops out)
 the model with its adapter switched off (no second copy), and the KL term is the k3 estimator TRL
 uses. A grader that fails or times out on one completion gives it 0. Held-out figures: the mean
 grade of one greedy completion per prompt (``grade``, the primary metric) and ``loss = 1 - grade``.
+
+Export: the grade needs the model to generate and grading is discrete (one greedy answer that
+diverges at a harmless tie flips a whole prompt), so the parity gate does not judge a bundle by
+it. Once a run has trained, it writes the tuned model's greedy answer to each held-out prompt
+beside the prompt (``tuned_answer`` in ``data/validation.jsonl`` and ``data/test.jsonl``); the gate
+judges the bundle as a ``chat`` model on those conversations, so its ``mean_token_accuracy`` is
+its teacher-forced top-1 agreement with the tuned model along the tuned model's own answers, over
+every held-out prompt (the tuned model scores about 1 on them), and the drop is the share of
+answer tokens on which the bundle would choose otherwise.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -73,11 +83,16 @@ def prompt_of(example: dict) -> Any:
     return example.get("messages")
 
 
+#: the key of a held-out example that holds the tuned model's greedy answer (written at the end
+#: of training, read by the export's parity gate)
+ANSWER_KEY = "tuned_answer"
+
+
 class RftTask(ChatTask):
     primary_metric = "grade"
-    #: the grade needs the model to generate, which the parity gate's ONNX wrapper does not: no
-    #: figure judges an exported rft model yet, and ``tunewright export`` refuses the run
-    parity_task = None
+    #: the bundle is judged as a chat model on the tuned model's own greedy answers to the
+    #: held-out prompts (see the module's docstring)
+    parity_task = "chat"
     metric_directions = {"loss": "min", "grade": "max"}
     description = "reinforcement tuning against a grader (GRPO family)"
 
@@ -85,6 +100,46 @@ class RftTask(ChatTask):
         self.settings: RftSection | None = None
         self.grader: Any = None
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
+
+    def parity_examples(self, examples: list[dict]) -> list[dict]:
+        """The examples that hold the tuned model's answer, as chat conversations: prompt and
+        answer (an empty answer still scores the end of the turn). The others (training examples
+        lent to calibration, a run trained before answers were recorded) are left out."""
+        return [
+            {"messages": [*prompt_of(e), {"role": "assistant", "content": e[ANSWER_KEY]}]}
+            for e in examples
+            if isinstance(e.get(ANSWER_KEY), str)
+        ]
+
+    def record_answers(self, run) -> int:
+        """Write the tuned model's greedy answer to each held-out prompt into the run's
+        ``data/validation.jsonl`` and ``data/test.jsonl`` (``tuned_answer``); returns how many."""
+        size = run.config.training.batch_size
+        written = 0
+        for split in ("validation", "test"):
+            part = run.data.split(split)
+            if not len(part):
+                continue
+            features = part.features
+            answers = []
+            for start in range(0, len(features), size):
+                batch = self.collate(features[start : start + size], run.tokenizer)
+                device = model_device(run.model)
+                batch = {
+                    k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+                }
+                # as the model wrote them: white space stripped would not be its tokens
+                answers += self._complete(run.model, batch, 1, sample=False, strip=False)[1]
+            rows = [{**e, ANSWER_KEY: a} for e, a in zip(part.examples, answers, strict=True)]
+            path = run.run_dir / "data" / f"{split}.jsonl"
+            staging = path.with_name(f".{path.name}.tmp")
+            staging.write_text(
+                "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
+                encoding="utf-8",
+            )
+            staging.replace(path)
+            written += len(rows)
+        return written
 
     # -- data ----------------------------------------------------------------------------------
 
@@ -154,8 +209,11 @@ class RftTask(ChatTask):
 
     # -- sampling and grading ------------------------------------------------------------------
 
-    def _complete(self, model, batch: dict, k: int, sample: bool) -> tuple[torch.Tensor, list[str]]:
-        """``(B*k, P+L)`` prompt and completion ids and the completions' texts."""
+    def _complete(
+        self, model, batch: dict, k: int, sample: bool, strip: bool = True
+    ) -> tuple[torch.Tensor, list[str]]:
+        """``(B*k, P+L)`` prompt and completion ids and the completions' texts (``strip``: without
+        the white space around them, as they are graded)."""
         settings = self.settings
         assert settings is not None, "the rft task's model was not loaded"
         tokenizer = batch["tokenizer"]
@@ -177,7 +235,9 @@ class RftTask(ChatTask):
         if was_training:
             model.train()
         completions = out[:, batch["input_ids"].shape[1] :]  # (B*k, L)
-        texts = [tokenizer.decode(row, skip_special_tokens=True).strip() for row in completions]
+        texts = [tokenizer.decode(row, skip_special_tokens=True) for row in completions]
+        if strip:
+            texts = [text.strip() for text in texts]
         return out, texts
 
     def _grade(self, texts: list[str], items: list[dict]) -> torch.Tensor:

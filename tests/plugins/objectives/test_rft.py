@@ -81,9 +81,63 @@ def test_rft_raises_the_held_out_grade_of_a_tiny_model(tiny_llama_dir, tmp_path)
     assert result.global_step == 8
     assert figures["final"]["grade"] > figures["baseline"]["grade"] + 0.15
 
-    # no figure of an ONNX model judges an rft run yet (its grade needs the model to generate):
-    # the export refuses it, exit 2, and writes nothing
+
+@pytest.mark.slow  # trains and exports a bundle
+def test_an_rft_run_exports_judged_on_its_own_greedy_answers(tiny_llama_dir, tmp_path):
+    from tunewright.edge.runtime import load_bundle
+
+    pm = get_plugin_manager()
+    # a supervised start, so that the greedy answers are words (an untaught tiny model writes
+    # blank lines, which the chat template's tokenization would not give back as it wrote them)
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text(
+        "".join(
+            json.dumps(
+                {"messages": [*p["messages"], {"role": "assistant", "content": p["answer"]}]}
+            )
+            + "\n"
+            for p in prompts(48)
+        )
+    )
+    raw = {**job(tiny_llama_dir, sft, tmp_path / "sft"), "task": "chat"}
+    del raw["rft"]
+    raw["training"].update(max_steps=30, batch_size=8, learning_rate=1e-2)
+    run_job(load_config(raw, pm.registries), pm, echo=lambda _: None)
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in prompts(24)))
+    raw = job(tiny_llama_dir, data, tmp_path / "run", k=2, max_tokens=6)
+    raw["rft"]["init_from"] = str(tmp_path / "sft")
+    raw["training"].update(max_steps=2, batch_size=4)
+    run_job(load_config(raw, pm.registries), pm, echo=lambda _: None)
+    held = [
+        json.loads(line)
+        for line in (tmp_path / "run" / "data" / "validation.jsonl").read_text().splitlines()
+    ]
+    assert held and all(isinstance(row["tuned_answer"], str) for row in held)
+    assert any(row["tuned_answer"].strip() for row in held)
+
     with pytest.raises(SystemExit) as done:
-        main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "bundle")])
-    assert done.value.code == 2
-    assert not (tmp_path / "bundle").exists()
+        main(
+            [
+                "export",
+                str(tmp_path / "run"),
+                "--out",
+                str(tmp_path / "bundle"),
+                "--quantize",
+                "none",
+                "--no-bench",
+            ]
+        )
+    assert done.value.code == 0
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert (manifest["task"], manifest["parity_task"]) == ("rft", "chat")
+    parity = manifest["parity"]
+    assert parity["metric"] == "mean_token_accuracy" and parity["passed"]
+    # the tuned model's own answers: it mostly agrees with itself (an answer cut at max_tokens
+    # misses its end of turn), and the bundle with it
+    assert parity["tuned"] >= 0.8 and parity["drop_points"] <= parity["threshold_points"]
+    assert manifest["run"]["eval"]["primary_metric"] == "grade"
+    answer = load_bundle(tmp_path / "bundle").generate(
+        [{"role": "user", "content": "Colour of lime? (#1)"}], max_new_tokens=6
+    )
+    assert isinstance(answer, str)
