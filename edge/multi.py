@@ -46,7 +46,6 @@ from .export import (
     bundle_folder,
     check_out,
     quantize_export,
-    training_examples,
     write_manifest,
 )
 from .parity import DEFAULT_THRESHOLD, measure_parity
@@ -110,12 +109,18 @@ def _modules(spec: RunSpec) -> list[str]:
     return sorted(modules) if isinstance(modules, list) else [str(modules)]
 
 
+def _tokenizer_text(spec: RunSpec) -> str | None:
+    path = spec.run_dir / "tokenizer" / "tokenizer.json"
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
 def check_runs(run_dirs: Sequence[str | Path], names: Sequence[str] | None, pm) -> list[RunSpec]:
     """Read each run's ``config.yaml`` and ``adapter/adapter_config.json`` and refuse, with a
     :class:`tunewright.UsageError` (exit 2) naming the run, what differs and what is allowed, runs
     that cannot share one ONNX base: another base model or task, a task that is not a causal LM,
-    a method other than plain LoRA, another rank or other adapted modules, LoRA biases, modules
-    trained in full, per-module ranks; and duplicate or unusable adapter names. No model loads."""
+    a method other than plain LoRA, another rank or other adapted modules, another tokenizer, LoRA
+    biases, modules trained in full, per-module ranks; and duplicate or unusable adapter names.
+    No model loads."""
     from tunewright import UsageError, kinds
 
     dirs = [Path(d) for d in run_dirs]
@@ -203,6 +208,12 @@ def check_runs(run_dirs: Sequence[str | Path], names: Sequence[str] | None, pm) 
                 int(spec.adapter["r"]),
                 int(first.adapter["r"]),
                 "the same rank (the LoRA weights are graph inputs of a fixed shape; alpha may differ)",
+            )
+        if _tokenizer_text(spec) != _tokenizer_text(first):
+            raise UsageError(
+                f"{spec.run_dir}: its tokenizer (tokenizer/tokenizer.json) differs from "
+                f"{first.run_dir}'s; runs that share a bundle need the same tokenizer (the bundle "
+                "carries one)"
             )
         if _modules(spec) != _modules(first):
             raise differs(
@@ -372,7 +383,7 @@ def export_runs(
     max_examples: int | None = None,
     fidelity_examples: int | None = None,
     new_tokens: int | None = None,
-    **ignored: Any,
+    ort_format: bool = False,
 ) -> ExportResult:
     """Export several LoRA runs of one base model as one bundle: the base once, one adapter file
     per run, each adapter proven against its own run (module docstring). Raises
@@ -390,7 +401,7 @@ def export_runs(
             f"{', '.join(QUANTIZERS)} (block-wise weights leave the LoRA MatMuls in float, which "
             "the adapters replace at run time)"
         )
-    if ignored.get("ort_format"):
+    if ort_format:
         raise UsageError("--ort-format: not available for a bundle of several adapters")
     if split not in ("validation", "test"):
         raise UsageError(f"--split: a run keeps 'validation' and 'test' examples, not {split!r}")
@@ -446,7 +457,6 @@ def export_runs(
             max_examples=max_examples,
             fidelity_examples=fidelity_examples,
             new_tokens=new_tokens,
-            calibration_examples=training_examples(spec.run_dir) or None,
         )
         all_examples += examples[:max_examples]
         runs_info[spec.name] = {

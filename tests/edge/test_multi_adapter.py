@@ -165,6 +165,17 @@ def test_each_adapter_answers_as_its_own_peft_run(multi_bundle, two_runs):
         BundleError, match="unknown adapter 'gamma'; this bundle carries alpha, beta"
     ):
         bundle.generate("Say 7", adapter="gamma")
+    # generations of different adapters stepped in turn (as the server's decode thread does) give
+    # what each gives alone: each onnxruntime-genai generator keeps its own active adapter
+    running = {
+        name: bundle.generate_ids(ids, max_new_tokens=10, stop_at_eos=False, adapter=name)
+        for name in [*REPLIES, None]
+    }
+    interleaved: dict = {name: [] for name in running}
+    for _ in range(10):
+        for name, tokens in running.items():
+            interleaved[name].append(next(tokens))
+    assert interleaved == ours
     # the numpy loop over the same file agrees with onnxruntime-genai on every adapter
     numpy_loop = bundle.numpy_generator
     for name in [*REPLIES, None]:
@@ -346,3 +357,17 @@ def test_adapter_names_must_be_unique(tmp_path, capsys):
     assert "--name: 1 names for 2 runs" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     shutil.rmtree(tmp_path / "x")
+
+
+def test_runs_with_other_tokenizers_cannot_share_a_bundle(tmp_path, capsys):
+    from tunewright.cli import main
+
+    first, other = _fake_run(tmp_path, "one"), _fake_run(tmp_path, "two")
+    for run, added in ((first, []), (other, ["<tool>"])):
+        (run / "tokenizer").mkdir()
+        (run / "tokenizer" / "tokenizer.json").write_text(json.dumps({"added_tokens": added}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(first), str(other), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert "its tokenizer (tokenizer/tokenizer.json) differs" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
