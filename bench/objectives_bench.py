@@ -20,10 +20,16 @@ grade with the same ``string_check`` grader), so only the training differs.
   ``tunewright edge bench``. Targets: student keeps >= 90% of the teacher's grade; bundle >= 1.8x
   faster.
 
-TRL goes in an environment of its own, with pins that install beside the stack (a plain ``pip
-install trl`` silently picks trl 0.11): ``python -m venv /opt/trl-venv && /opt/trl-venv/bin/pip install -c stack.txt
-'trl[peft]==1.16.0' datasets==5.0.1 fsspec==2026.6.0`` with ``stack.txt`` the stack's ``pip
-freeze``.
+TRL goes in an environment of its own that sees the stack's torch, transformers and peft, with
+pins that install beside them (a plain ``pip install trl`` silently picks trl 0.11)::
+
+    pip freeze | grep -v -e '^-e' -e '^tunewright' -e '^fsspec==' -e '^datasets==' > stack.txt
+    python -m venv --system-site-packages /opt/trl-venv
+    /opt/trl-venv/bin/pip install -c stack.txt 'trl[peft]==1.16.0' datasets==5.0.1 fsspec==2026.6.0
+
+Precision: by default each side runs as its users get it (``--precision default``): tunewright's
+``auto`` (bf16 where the CPU has bf16 instructions, else fp32), TRL's configs' ``bf16=True``; TRL
+also checkpoints activations by default (``gradient_checkpointing=True``), which its JSON reports.
 """
 
 from __future__ import annotations
@@ -144,7 +150,7 @@ tok = AutoTokenizer.from_pretrained(spec["model"]); tok.pad_token = tok.pad_toke
 model = AutoModelForCausalLM.from_pretrained(spec["model"])
 args = DPOConfig(output_dir=spec["out"], beta=spec["beta"], learning_rate=spec["lr"],
                  per_device_train_batch_size=spec["batch"], max_steps=spec["steps"], report_to=[],
-                 logging_steps=5, save_strategy="no", use_cpu=True, bf16=spec["bf16"],
+                 logging_steps=5, save_strategy="no", use_cpu=True, **spec["precision"],
                  max_length=spec["max_length"], seed=spec["seed"])
 trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
                      peft_config=LoraConfig(r=spec["r"], lora_alpha=2 * spec["r"],
@@ -153,7 +159,8 @@ t = time.perf_counter(); trainer.train(); seconds = time.perf_counter() - t
 trainer.model.save_pretrained(spec["out"] + "/adapter")
 import resource
 print(json.dumps({"train_seconds": seconds,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "bf16": args.bf16, "gradient_checkpointing": args.gradient_checkpointing}))
 """
 
 TRL_GRPO = r"""
@@ -173,7 +180,7 @@ model = AutoModelForCausalLM.from_pretrained(spec["model"])
 args = GRPOConfig(output_dir=spec["out"], beta=spec["beta"], learning_rate=spec["lr"],
                   per_device_train_batch_size=spec["batch"] * spec["k"], num_generations=spec["k"],
                   max_completion_length=spec["max_tokens"], max_steps=spec["steps"], report_to=[],
-                  logging_steps=5, save_strategy="no", use_cpu=True, bf16=spec["bf16"],
+                  logging_steps=5, save_strategy="no", use_cpu=True, **spec["precision"],
                   loss_type="grpo", seed=spec["seed"])
 trainer = GRPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
                       reward_funcs=sum_reward,
@@ -183,7 +190,8 @@ t = time.perf_counter(); trainer.train(); seconds = time.perf_counter() - t
 trainer.model.save_pretrained(spec["out"] + "/adapter")
 import resource
 print(json.dumps({"train_seconds": seconds,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "bf16": args.bf16, "gradient_checkpointing": args.gradient_checkpointing}))
 """
 
 
@@ -236,6 +244,11 @@ def adapter_figures(task: str, model: str, adapter: Path, config: dict, held: Pa
         return task_object.metrics(tuned, batches)
 
 
+def trl_precision(args) -> dict:
+    """TRL's precision arguments: none at ``--precision default`` (its configs' own default)."""
+    return {} if args.precision == "default" else {"bf16": args.precision == "bf16"}
+
+
 # -- the benches -------------------------------------------------------------------------------------
 
 
@@ -250,7 +263,7 @@ def lora_job(args, task: str, train: Path, validation: Path, out: Path, **sectio
             "max_steps": args.steps,
             "batch_size": args.batch_size,
             "learning_rate": args.learning_rate,
-            "precision": "bf16" if args.bf16 else "fp32",
+            "precision": args.precision if args.precision != "default" else "auto",
             "num_threads": args.threads,
         },
         "output": str(out),
@@ -272,7 +285,7 @@ def bench_dpo(args, work: Path) -> dict:
         spec = {
             "model": resolve(args.model), "train": str(train), "out": str(work / "trl"),
             "beta": args.beta, "lr": args.learning_rate, "batch": args.batch_size,
-            "steps": args.steps, "r": args.rank, "bf16": args.bf16,
+            "steps": args.steps, "r": args.rank, "precision": trl_precision(args),
             "max_length": args.max_length, "seed": args.seed,
         }  # fmt: skip
         trl = child(args.trl_python, TRL_DPO, spec, args.timeout)
@@ -305,7 +318,7 @@ def bench_rft(args, work: Path) -> dict:
             "model": resolve(args.model), "train": str(train), "out": str(work / "trl"),
             "beta": args.beta, "lr": args.learning_rate, "batch": args.batch_size, "k": args.k,
             "max_tokens": args.max_tokens, "steps": args.steps, "r": args.rank,
-            "bf16": args.bf16, "seed": args.seed,
+            "precision": trl_precision(args), "seed": args.seed,
         }  # fmt: skip
         trl = child(args.trl_python, TRL_GRPO, spec, args.timeout)
         trl["completions_per_second"] = completions / trl["train_seconds"]
@@ -341,7 +354,7 @@ def bench_distill(args, work: Path) -> dict:
             "max_steps": args.steps,
             "batch_size": args.batch_size,
             "learning_rate": args.learning_rate,
-            "precision": "bf16" if args.bf16 else "fp32",
+            "precision": args.precision if args.precision != "default" else "auto",
             "num_threads": args.threads,
         },
         "distill": {"teacher": teacher, "student_layers": args.student_layers, "hard_weight": 0.5},
@@ -371,7 +384,7 @@ def bench_distill(args, work: Path) -> dict:
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("objective", choices=["dpo", "rft", "distill"])
     parser.add_argument("--model", default=DEFAULT_MODEL)
@@ -392,7 +405,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument(
+        "--precision",
+        choices=["default", "fp32", "bf16"],
+        default="default",
+        help="default: each side's own (tunewright's auto: bf16 where the CPU has bf16 "
+        "instructions; TRL's configs: bf16 unless fp16 is set); fp32 or bf16: both sides",
+    )
     parser.add_argument("--timeout", type=float, default=6 * 3600)
     parser.add_argument("--quick", action="store_true", help="a smoke run: few steps and examples")
     parser.add_argument("--workdir", type=Path)
@@ -409,6 +428,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         args.json.write_text(text)
     print(text)
+    return report
 
 
 if __name__ == "__main__":
