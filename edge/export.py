@@ -785,7 +785,13 @@ def export_run(
         config=run.config,
         **options,
     )
-    log = options.get("log") or _log_default
+    announce_export(pm, run_dir, result, options.get("log") or _log_default)
+    return result
+
+
+def announce_export(pm, run_dir, result: ExportResult, log: Callable[[str], None]) -> None:
+    """Call the ``on_export`` hooks for a bundle written from ``run_dir`` and show what they
+    answer; a hook that fails is a warning (the bundle is written and proven by then)."""
     try:
         lines = pm.hook.on_export(
             run_dir=str(run_dir), bundle=str(result.bundle), manifest=result.manifest
@@ -796,10 +802,9 @@ def export_run(
         warnings.warn(
             f"an on_export hook failed ({type(exc).__name__}: {exc}); the bundle {result.bundle} "
             "is written",
-            stacklevel=2,
+            stacklevel=3,
         )
     else:
         for line in lines:
             if line:
                 log(str(line))
-    return result

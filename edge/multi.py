@@ -43,6 +43,7 @@ from .export import (
     _quiet,
     _scratch_cwd,
     _stage,
+    announce_export,
     bundle_folder,
     check_out,
     quantize_export,
@@ -587,7 +588,10 @@ def export_runs(
         f"bundle: {out} ({manifest['quantization']['name']}, {len(specs)} adapters, "
         f"{bundle_size_mb(out):.1f} MiB)"
     )
-    return ExportResult(out, manifest, reports[worst], [])
+    result = ExportResult(out, manifest, reports[worst], [])
+    for spec in specs:  # each run's on_export hooks (a tracker files the bundle under each run)
+        announce_export(pm, spec.run_dir, result, log)
+    return result
 
 
 __all__ = ["export_runs", "check_runs", "make_lora_overridable", "name_map", "write_adapter"]
