@@ -94,6 +94,14 @@ class DistillSection(Section):
         if config.task != "distill":
             return [f"distill: the section applies to task: distill, not task: {config.task}"]
         problems = []
+        if config.runner == "federated":
+            problems.append(
+                "distill: does not run under runner: federated: every site would need the "
+                "teacher (a model, a run or a bundle as large as the one being distilled) and "
+                "would run it on its own data, and a bundle teacher's graded answers would be "
+                "kept or left out site by site; distill centrally (runner: local), then tune "
+                "the student federated with task: chat"
+            )
         given = self.model_fields_set
         if self.bundle_teacher:
             from tunewright.edge.runtime import BundleError, read_manifest
