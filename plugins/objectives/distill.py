@@ -145,10 +145,9 @@ class DistillSection(Section):
 
 
 def is_bundle(teacher: str) -> bool:
-    """Whether ``teacher`` names a bundle (a folder with a ``manifest.json``)."""
-    from tunewright.edge.runtime import MANIFEST
-
-    return (Path(teacher) / MANIFEST).is_file()
+    """Whether ``teacher`` names a bundle (a folder with a ``manifest.json``, the runtime's
+    ``MANIFEST``; named here so that a config check with a local teacher imports no runtime)."""
+    return (Path(teacher) / "manifest.json").is_file()
 
 
 def split_prompt(messages: list[dict]) -> tuple[list[dict], dict | None]:
