@@ -20,7 +20,8 @@ long (llama-cpp-python's server gets the same field; the table shows the tokens 
 The peer: ``CMAKE_BUILD_PARALLEL_LEVEL=2 pip install "llama-cpp-python[server]==0.3.36"`` builds it
 from the sdist (about 8 minutes, for this CPU); a GGUF of the same model at the nearest bit width
 (the packaged SmolLM2 GGUF is Q4_1; ``research/serving.md`` says how to make a Q8_0). The bench
-starts ``python -m llama_cpp.server --model GGUF`` itself.
+starts ``python -m llama_cpp.server --model GGUF`` itself, with ``--llama-python`` where it lives
+in an environment of its own (``python -m venv --system-site-packages /opt/llama-venv``).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def start_tunewright(args, chat: str | None, classifier: str | None, threads: in
 
 def start_llama(args) -> tuple[subprocess.Popen, str]:
     port = args.llama_port
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", args.llama_gguf]
+    cmd = [args.llama_python, "-m", "llama_cpp.server", "--model", args.llama_gguf]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"]
     if args.threads:
         cmd += ["--n_threads", str(args.threads)]
@@ -338,6 +339,12 @@ def main(argv: list[str] | None = None) -> int:
         "--llama-gguf", help="a GGUF of the same model: runs llama.cpp's server beside"
     )
     parser.add_argument("--llama-port", type=int, default=8765)
+    parser.add_argument(
+        "--llama-python",
+        default=sys.executable,
+        help="the python of an environment with llama-cpp-python[server] (its server's pins "
+        "need not be the stack's)",
+    )
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
