@@ -384,6 +384,7 @@ NOT_PLUGIN_MEMBERS = {
         "past_key_values",
         "text_config",
         "trust_remote_code",
+        "unload",
         "use_dora",
         "value",
         "vision_feature_layer",

@@ -241,6 +241,8 @@ class _TextGeneration:
     generates: ClassVar[bool] = True
     codec: TextCodec
     stream: Callable[..., Iterator[int]]  # each generator's own, with its sampling options
+    #: ``{name: .onnx_adapter file}`` of a bundle of several LoRA runs, set by each generator
+    adapter_files: dict[str, Path]
 
     def prompt_ids(self, prompt: str | list[dict[str, str]]) -> list[int]:
         """Token ids of a raw prompt, or of chat messages rendered with the bundle's chat format."""
@@ -259,12 +261,12 @@ class _TextGeneration:
     @property
     def adapter_names(self) -> list[str]:
         """The adapters this bundle carries (``tunewright export RUN_A RUN_B ...``); empty for one model."""
-        return sorted(getattr(self, "adapter_files", {}) or {})
+        return sorted(self.adapter_files)
 
     def for_adapter(self, adapter: str | None) -> AdapterView:
         """This predictor with ``adapter`` active in every call: what the parity gate and ``verify``
         judge one adapter through."""
-        check_adapter(adapter, getattr(self, "adapter_files", {}) or {})
+        check_adapter(adapter, self.adapter_files)
         return AdapterView(self, adapter)
 
     def benchmark_inputs(self, *, batch: int = 1, tokens: int = 32) -> dict[str, np.ndarray]:

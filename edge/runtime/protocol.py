@@ -122,5 +122,13 @@ class PredictorOptions(Protocol):
     ) -> list[dict[str, Any]]:
         """Likewise for ``edge run --image``."""
 
+    #: the names of the adapters a bundle of several LoRA runs carries (``tunewright export RUN_A
+    #: RUN_B ...``); the server lists each as a model of its own. Without it: none.
+    adapter_names: list[str]
+
+    def for_adapter(self, adapter: str | None) -> Any:
+        """The predictor with one of :attr:`adapter_names` active on every call (``None``: the base
+        model), for the parity gate and ``verify``."""
+
 
 __all__ = ["Predictor", "PredictorOptions", "Inputs"]
