@@ -589,6 +589,14 @@ class BlockWise:
         overridable = {i.name for i in model.graph.input} & {
             t.name for t in model.graph.initializer
         }
+        # ...also when it reaches its MatMul through a Cast (weights stored in float16, computed in
+        # float32)
+        overridable |= {
+            out
+            for node in model.graph.node
+            if node.op_type == "Cast" and node.input[0] in overridable
+            for out in node.output
+        }
         kept = [
             node.name
             for node in model.graph.node

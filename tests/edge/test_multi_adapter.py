@@ -82,6 +82,15 @@ def test_manifest_lists_each_adapter_with_its_own_parity(multi_bundle, two_runs)
     # the LoRA MatMuls stay in float: their weights are the graph inputs the adapters feed
     assert manifest["quantization"]["float_matmuls_with_overridable_weights"] == 28
     assert manifest["model"]["lora_inputs"] == 28
+    # stored in float16 (cast to float32 before their MatMuls): each adapter file holds little
+    # more than 2 bytes per LoRA weight
+    assert manifest["model"]["lora_dtype"] == "float16"
+    from safetensors.numpy import load_file
+
+    weights = load_file(str(two_runs / "runs" / "alpha" / "adapter" / "adapter_model.safetensors"))
+    count = sum(w.size for w in weights.values())
+    size = (multi_bundle / "adapters" / "alpha.onnx_adapter").stat().st_size
+    assert 2 * count <= size < 2 * count + 16_384
     for name, entry in manifest["adapters"].items():
         assert entry["file"] == f"adapters/{name}.onnx_adapter"
         assert entry["file"] in manifest["files"]
