@@ -47,6 +47,8 @@ TARGETS = {
     "http_versus_in_process": 0.9,
     "classifier_batched_versus_sequential": 2.0,
     "soak_rss_growth": 0.05,  # at most
+    "adapters_size_versus_single": 1.15,  # at most
+    "adapter_switch_cost": 0.05,  # at most
 }
 
 
@@ -91,6 +93,8 @@ def start_tunewright(args, chat: str | None, classifier: str | None, threads: in
         cmd.append(f"chat={chat}")
     if classifier:
         cmd.append(f"cls={classifier}")
+    if getattr(args, "serving_adapters", None):
+        cmd.append(f"multi={args.serving_adapters}")
     env = {k: v for k, v in os.environ.items() if k != "TUNEWRIGHT_API_KEY"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     url = json.loads(proc.stdout.readline())["serving"]
@@ -175,6 +179,48 @@ def generator_figures(url: str, model: str, args, pid: int) -> dict[str, Any]:
         wall = time.perf_counter() - started
         out[f"aggregate_{streams}_tokens_per_s"] = sum(r["tokens"] for r in results) / wall
     out["peak_rss_mb"] = rss_mb(pid)
+    return out
+
+
+def folder_bytes(folder: str | Path) -> int:
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+
+
+def adapter_figures(args) -> dict[str, Any]:
+    """A bundle of several adapters served alone: its size against the single-model ``--chat``
+    bundle, and single-stream tokens/s when every request names the same adapter against
+    requests that rotate through them (each rotation round right after a same-adapter round, so
+    that drift falls on both)."""
+    args.serving_adapters = args.adapters
+    proc, url = start_tunewright(args, None, None, args.threads)
+    try:
+        models = httpx.get(url + "/v1/models", timeout=10).json()["data"]
+        names = sorted(m["id"] for m in models if m.get("adapter"))
+        if len(names) < 2:
+            raise SystemExit(
+                f"--adapters: {args.adapters} serves {len(names)} adapter(s), not several"
+            )
+        stream_once(url, names[0], 8)  # warm up
+        same: list[float] = []
+        rotating: list[float] = []
+        for _ in range(args.runs):
+            same += [stream_once(url, names[0], args.tokens)["tokens_per_s"] for _ in names]
+            rotating += [stream_once(url, name, args.tokens)["tokens_per_s"] for name in names]
+        rss = rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(120)
+    out: dict[str, Any] = {
+        "adapters": names,
+        "bundle_mb": folder_bytes(args.adapters) / 2**20,
+        "same_adapter_tokens_per_s": statistics.median(same),
+        "rotating_tokens_per_s": statistics.median(rotating),
+        "peak_rss_mb": rss,
+    }
+    out["switch_cost"] = 1 - out["rotating_tokens_per_s"] / out["same_adapter_tokens_per_s"]
+    if args.chat:
+        out["single_bundle_mb"] = folder_bytes(args.chat) / 2**20
+        out["size_versus_single"] = out["bundle_mb"] / out["single_bundle_mb"]
     return out
 
 
@@ -315,6 +361,11 @@ def verdicts(report: dict[str, Any]) -> dict[str, Any]:
             ">=",
         ),
         "soak_rss_growth": ((report.get("soak") or {}).get("rss_growth"), "<="),
+        "adapters_size_versus_single": (
+            (report.get("adapters") or {}).get("size_versus_single"),
+            "<=",
+        ),
+        "adapter_switch_cost": ((report.get("adapters") or {}).get("switch_cost"), "<="),
     }
     for name, (value, way) in checks.items():
         if value is None:
@@ -350,6 +401,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--classifier-requests", type=int, default=320)
     parser.add_argument("--soak", type=int, default=1000, help="mixed requests (0: none)")
+    parser.add_argument(
+        "--adapters",
+        help="a bundle of several chat adapters on one base (tunewright export RUN_A RUN_B ...): "
+        "its size against --chat's, and the cost of switching adapters between requests",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: few tokens, few runs")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -371,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
         report["exit_code"] = proc.wait(120)
     if args.chat:
         report["in_process_tokens_per_s"] = in_process(args.chat, args)
+    if args.adapters:
+        report["adapters"] = adapter_figures(args)
     if args.llama_gguf:
         peer, peer_url = start_llama(args)
         try:
