@@ -94,7 +94,8 @@ class TrainingConfig(Section):
         "auto",
         description="a micro-batch with more padded positions (examples x longest) runs forward "
         "and backward in pieces, with the same gradient: the peak memory follows a typical batch; "
-        "auto: twice the median micro-batch's; null: never split",
+        "auto: twice the median micro-batch's (a task may ask for less: dpo runs each micro-batch "
+        "in two pieces); null: never split",
     )
     gradient_checkpointing: bool = Field(
         False,

@@ -144,14 +144,18 @@ def split_to_budget(
 
 
 def forward_budget(
-    setting: int | str | None, batches: list[list[int]], length: Callable[[int], int]
+    setting: int | str | None,
+    batches: list[list[int]],
+    length: Callable[[int], int],
+    scale: float = 2.0,
 ) -> int | None:
-    """``training.max_forward_tokens`` as a number of padded positions: ``auto`` is twice the
-    median micro-batch's (examples x longest), so that a typical micro-batch never splits."""
+    """``training.max_forward_tokens`` as a number of padded positions: ``auto`` is ``scale``
+    times the median micro-batch's (examples x longest); at the default 2 a typical micro-batch
+    never splits (a task's ``auto_forward_batches`` may ask for less)."""
     if not isinstance(setting, str):
         return setting  # a number, or None: never split; the config allows no string but "auto"
     sizes = [len(b) * max(length(i) for i in b) for b in batches if b]
-    return 2 * int(statistics.median(sizes)) if sizes else None
+    return max(1, int(scale * statistics.median(sizes))) if sizes else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,6 +366,7 @@ def train(
             )
         ],
         length,
+        optional(run.task, Task, "auto_forward_batches", 2.0),
     )
     best_state: dict[str, torch.Tensor] | None = None
     started = time.monotonic()

@@ -200,6 +200,10 @@ class TaskOptions(Protocol):
     #: and calibration) into that task's. ``None``: no task judges it, and ``tunewright export``
     #: refuses its runs
     parity_task: str | None
+    #: what ``training.max_forward_tokens: auto`` is, in median micro-batches (default 2: only an
+    #: unusually large micro-batch runs in pieces). A task whose examples cost more activation
+    #: memory than their tokens say asks for less (``dpo``: 0.5, each micro-batch in two pieces)
+    auto_forward_batches: float
 
     def parity_examples(self, examples: list[dict]) -> list[dict]: ...
 

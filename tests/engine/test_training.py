@@ -253,6 +253,10 @@ def test_auto_budget_splits_only_unusually_large_micro_batches():
     assert len(split_to_budget(batches[-1], lengths.__getitem__, budget)) > 1
     assert forward_budget(512, batches, lengths.__getitem__) == 512
     assert forward_budget(None, batches, lengths.__getitem__) is None
+    # a task's auto_forward_batches: half a median micro-batch splits a typical one in two
+    half = forward_budget("auto", batches, lengths.__getitem__, 0.5)
+    assert half == 8 * 50 // 2
+    assert all(len(split_to_budget(b, lengths.__getitem__, half)) == 2 for b in batches[:-1])
 
 
 def preference_rows(n: int) -> list[dict]:
@@ -310,6 +314,24 @@ def test_a_preference_pair_is_grouped_and_split_by_its_longer_side(tiny_llama_di
     )
     one, split = train(whole), train(pieces)
     assert max(rows_seen) < 2 * 8  # never the micro-batch's 8 pairs (16 rows) at once
+    # the default, auto, runs a dpo micro-batch in pieces too (the task's auto_forward_batches)
+    rows_seen.clear()
+    default = prepared(
+        {
+            **raw,
+            "output": str(tmp_path / "default"),
+            "training": {k: v for k, v in raw["training"].items() if k != "max_forward_tokens"},
+        }
+    )
+    assert default.config.training.max_forward_tokens == "auto"
+    default.model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows_seen.append(int(kwargs["input_ids"].shape[0])),
+        with_kwargs=True,
+    )
+    assert train(default).metrics["train_loss"] == pytest.approx(
+        one.metrics["train_loss"], rel=1e-5
+    )
+    assert rows_seen and max(rows_seen) < 2 * 8
     assert split.metrics["train_loss"] == pytest.approx(one.metrics["train_loss"], rel=1e-5)
     a, b = (dict(r.model.named_parameters()) for r in (whole, pieces))
     for name, parameter in a.items():
