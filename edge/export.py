@@ -396,6 +396,28 @@ def _scratch_cwd(folder: Path):
 FEW_PARITY_EXAMPLES = 20
 
 
+def reference_limits(
+    exporter: Any,
+    max_examples: int | None,
+    fidelity_examples: int | None,
+    new_tokens: int | None,
+) -> tuple[int, int, int]:
+    """How many held-out examples the parity gate scores, how many of them a generator continues
+    and by how many tokens: the ones given, else the exporter's ``reference_limits``, else 256, 8
+    and 32."""
+    limits = {
+        "max_examples": 256,
+        "fidelity_examples": 8,
+        "new_tokens": 32,
+        **dict(getattr(exporter, "reference_limits", None) or {}),
+    }
+    return (
+        max_examples or limits["max_examples"],
+        fidelity_examples or limits["fidelity_examples"],
+        new_tokens or limits["new_tokens"],
+    )
+
+
 def export_bundle(
     model,
     preprocessor,
@@ -490,15 +512,9 @@ def export_bundle(
             calibration_examples=calibration_examples,
             log=log,
         )
-    limits = {
-        "max_examples": 256,
-        "fidelity_examples": 8,
-        "new_tokens": 32,
-        **dict(getattr(chosen_exporter, "reference_limits", None) or {}),
-    }
-    max_examples = max_examples or limits["max_examples"]
-    fidelity_examples = fidelity_examples or limits["fidelity_examples"]
-    new_tokens = new_tokens or limits["new_tokens"]
+    max_examples, fidelity_examples, new_tokens = reference_limits(
+        chosen_exporter, max_examples, fidelity_examples, new_tokens
+    )
     info = dict(info or {})
     started = time.perf_counter()
     log(f"reference: the tuned model on {min(len(examples), max_examples)} held-out examples")

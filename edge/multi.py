@@ -47,6 +47,7 @@ from .export import (
     bundle_folder,
     check_out,
     quantize_export,
+    reference_limits,
     write_manifest,
 )
 from .parity import DEFAULT_THRESHOLD, measure_parity
@@ -436,15 +437,9 @@ def export_runs(
             f"several adapters need the {EXPORTER!r} exporter, which is not registered"
         )
     started = time.perf_counter()
-    limits = {
-        "max_examples": 256,
-        "fidelity_examples": 8,
-        "new_tokens": 32,
-        **dict(getattr(exporter, "reference_limits", None) or {}),
-    }
-    max_examples = max_examples or limits["max_examples"]
-    fidelity_examples = fidelity_examples or limits["fidelity_examples"]
-    new_tokens = new_tokens or limits["new_tokens"]
+    max_examples, fidelity_examples, new_tokens = reference_limits(
+        exporter, max_examples, fidelity_examples, new_tokens
+    )
 
     references, all_examples, runs_info = {}, [], {}
     first_run = None
