@@ -9,7 +9,9 @@ Figures (issue 19), each request greedy with ``ignore_eos`` so that every answer
 long (llama-cpp-python's server gets the same field; the table shows the tokens it really sent):
 
 - single-stream decode tokens/s (first to last token of a streamed answer) and time to first
-  token p50/p95; peak RSS of the server process (``VmHWM``);
+  token p50/p95; peak RSS of the server process (``VmHWM``) after the single-stream runs (the
+  memory target's figure: llama-cpp-python's server runs one request at a time) and again after
+  the concurrent ones (here each generation in flight holds its own KV cache);
 - aggregate tokens/s at 4 and 8 concurrent streams;
 - HTTP overhead: single-stream tokens/s against ``generate`` on the same bundle in this process;
 - classifier: requests/s at 16 concurrent clients (batched by the server) against sequential
@@ -163,6 +165,9 @@ def generator_figures(url: str, model: str, args, pid: int) -> dict[str, Any]:
         "ttft_p50_ms": 1000 * percentile([s["ttft"] for s in single], 0.5),
         "ttft_p95_ms": 1000 * percentile([s["ttft"] for s in single], 0.95),
         "tokens_per_answer": statistics.median(s["tokens"] for s in single),
+        # serving one stream at a time, as llama-cpp-python's server does with every request
+        # (one slot; the others queue): the figure the memory target compares
+        "peak_rss_mb": rss_mb(pid),
     }
     for streams in (4, 8):
         results: list[dict] = []
@@ -178,8 +183,21 @@ def generator_figures(url: str, model: str, args, pid: int) -> dict[str, Any]:
             t.join(600)
         wall = time.perf_counter() - started
         out[f"aggregate_{streams}_tokens_per_s"] = sum(r["tokens"] for r in results) / wall
-    out["peak_rss_mb"] = rss_mb(pid)
+    # with 4 and 8 streams too: each generation in flight holds its own KV cache here
+    out["peak_rss_concurrent_mb"] = rss_mb(pid)
+    out["batched_generations"] = metric_total(url, "tunewright_serve_batched_generations_total")
     return out
+
+
+def metric_total(url: str, name: str) -> float | None:
+    """The sum of a Prometheus counter over its labels; ``None`` where the server has no such
+    metric (llama.cpp's)."""
+    try:
+        text = httpx.get(url + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{")]
+    return sum(values) if values else None
 
 
 def folder_bytes(folder: str | Path) -> int:

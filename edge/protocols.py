@@ -28,6 +28,40 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+#: an ONNX model whose weights are over this many bytes keeps them in ``<file>.data`` beside it.
+#: onnxruntime memory-maps such a file where one file would be read whole into the protobuf, then
+#: copied into its tensors: on the int8 SmolLM2-135M bundle, loading peaked at 350 MB in one file
+#: and 270 MB with its weights beside it (``research/serving.md``; the bench's figures)
+EXTERNAL_DATA_BYTES = 16 * 1024 * 1024
+
+
+def save_onnx(model: Any, path: Path) -> None:
+    """Save the ONNX ``model`` at ``path``: its weights in ``<name>.data`` beside it when they are
+    over :data:`EXTERNAL_DATA_BYTES`, in the one file otherwise. A stale ``.data`` file of an
+    earlier save is removed first (onnx appends to it)."""
+    import shutil
+
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = path.with_name(path.name + ".data")
+    for stale in (data, path):
+        if stale.exists():
+            stale.unlink()
+    if model.ByteSize() > EXTERNAL_DATA_BYTES:
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data.name,
+            size_threshold=1024,
+        )
+        shutil.copymode(path, data)  # onnx creates it owner-only; the bundle is read by others
+    else:
+        onnx.save_model(model, str(path))
+
 
 @dataclass
 class ExportedModel:

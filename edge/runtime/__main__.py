@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -61,9 +62,11 @@ def run_bundle(
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:  # its own parser (the serve extra: FastAPI, uvicorn)
+        from .serve.cli import PROG_ENV
         from .serve.cli import main as serve
 
-        return serve(argv[1:], prog="python -m tunewright.edge.runtime serve")
+        prog = os.environ.pop(PROG_ENV, None) or "python -m tunewright.edge.runtime serve"
+        return serve(argv[1:], prog=prog)
     parser = argparse.ArgumentParser(
         prog="python -m tunewright.edge.runtime",
         description="Run, time or verify a tunewright bundle without torch.",

@@ -113,7 +113,25 @@ def as_prompt_inputs(prompt: Inputs | Sequence[int]) -> dict[str, np.ndarray]:
     return {"input_ids": np.asarray([list(prompt)], dtype=np.int64)}
 
 
-class OnnxPredictor:
+class _Adapters:
+    """A bundle's adapters (``tunewright export RUN_A RUN_B ...``), for every predictor."""
+
+    #: ``{name: .onnx_adapter file}`` of a bundle of several LoRA runs (empty: one model)
+    adapter_files: dict[str, Path]
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """The adapters this bundle carries; empty for one model."""
+        return sorted(self.adapter_files)
+
+    def for_adapter(self, adapter: str | None) -> AdapterView:
+        """This predictor with ``adapter`` active in every call: what the parity gate and ``verify``
+        judge one adapter through."""
+        check_adapter(adapter, self.adapter_files)
+        return AdapterView(self, adapter)
+
+
+class OnnxPredictor(_Adapters):
     """Shared by the built-in predictors: one onnxruntime session over the manifest's model file.
 
     Plugin predictors may subclass it; nothing in the protocol requires it.
@@ -131,6 +149,24 @@ class OnnxPredictor:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.logits_name = "logits" if "logits" in self.output_names else self.output_names[0]
         self.labels = manifest.get("labels")
+        self.adapter_files = bundle_adapters(self.folder, manifest)
+        self._run_options: dict[str, Any] = {}
+
+    def run_options(self, adapter: str | None):
+        """onnxruntime ``RunOptions`` with ``adapter`` active (its weights fed as the graph's
+        overridable initializers), ``None`` for the base model."""
+        check_adapter(adapter, self.adapter_files)
+        if adapter is None:
+            return None
+        if adapter not in self._run_options:
+            import onnxruntime as ort
+
+            lora = ort.LoraAdapter()
+            lora.Load(str(self.adapter_files[adapter]))
+            options = ort.RunOptions()
+            options.add_active_adapter(lora)
+            self._run_options[adapter] = (options, lora)  # the adapter must outlive its options
+        return self._run_options[adapter][0]
 
     def feeds(self, inputs: Inputs) -> dict[str, np.ndarray]:
         """The session's feeds from model inputs: names it does not take dropped, integer inputs
@@ -149,8 +185,9 @@ class OnnxPredictor:
                 feeds[name] = value.astype(np.int64)
         return feeds
 
-    def logits(self, inputs: Inputs) -> np.ndarray:
-        return self.session.run([self.logits_name], self.feeds(inputs))[0]
+    def logits(self, inputs: Inputs, adapter: str | None = None) -> np.ndarray:
+        options = self.run_options(adapter)
+        return self.session.run([self.logits_name], self.feeds(inputs), options)[0]
 
     def teacher_forced_logits(self, prompt, continuation) -> np.ndarray:
         raise NotImplementedError(f"a {self.task_kind} predictor does not generate")
@@ -159,8 +196,36 @@ class OnnxPredictor:
         raise NotImplementedError(f"a {self.task_kind} predictor does not generate")
 
 
-class TextClassifier(OnnxPredictor):
-    """``predict(["a text", ...])`` -> one ``{"label", "score", "scores"}`` per text."""
+class _Classification:
+    """What both classifiers share: one prediction per input, with one adapter's labels."""
+
+    labels: list[str] | None
+    manifest: dict
+    logits: Callable[..., np.ndarray]
+    encode: Callable[[Sequence[Any]], dict[str, np.ndarray]]
+
+    def labels_for(self, adapter: str | None) -> list[str] | None:
+        """The label names ``adapter`` answers with: its own run's in a bundle of several
+        classifier adapters (``None``: the bundle's ``labels``, its first run's)."""
+        check_adapter(adapter, self.manifest.get("adapters") or {})
+        if adapter is None:
+            return self.labels
+        return self.manifest["adapters"][adapter].get("labels") or self.labels
+
+    def _predict(self, items: Sequence[Any], adapter: str | None) -> list[dict[str, Any]]:
+        labels = self.labels_for(adapter)  # an unknown adapter fails before any work
+        rows = self.logits(self.encode(items), adapter=adapter)
+        return [describe_logits(row, labels) for row in rows]
+
+    def run(
+        self, inputs: Sequence[str], *, adapter: str | None = None, **options
+    ) -> list[dict[str, Any]]:
+        return self._predict(list(inputs), adapter)
+
+
+class TextClassifier(_Classification, OnnxPredictor):
+    """``predict(["a text", ...])`` -> one ``{"label", "score", "scores"}`` per text;
+    ``adapter="name"`` answers with one adapter of a multi-adapter bundle and its labels."""
 
     task_kind = kinds.SEQUENCE_CLASSIFICATION
 
@@ -188,19 +253,19 @@ class TextClassifier(OnnxPredictor):
         ids = ids[: tokens - 1] + ids[-1:] if self.codec.add_special_tokens else ids[:tokens]
         return self.pad([ids] * batch)
 
-    def predict(self, texts: Sequence[str] | str) -> list[dict[str, Any]]:
+    def predict(
+        self, texts: Sequence[str] | str, *, adapter: str | None = None
+    ) -> list[dict[str, Any]]:
         if isinstance(texts, str):
             texts = [texts]
-        return [describe_logits(row, self.labels) for row in self.logits(self.encode(texts))]
-
-    def run(self, inputs: Sequence[str], **options) -> list[dict[str, Any]]:
-        return self.predict(list(inputs))
+        return self._predict(texts, adapter)
 
 
-class ImageClassifier(OnnxPredictor):
+class ImageClassifier(_Classification, OnnxPredictor):
     """``predict([path_or_PIL_image, ...])``: turns images upright, resizes, crops, rescales and
     normalises as the tuned model's image processor did (the settings are in the manifest), with
-    pillow and numpy (:mod:`tunewright.edge.runtime.images`)."""
+    pillow and numpy (:mod:`tunewright.edge.runtime.images`); ``adapter="name"`` answers with one
+    adapter of a multi-adapter bundle and its labels."""
 
     task_kind = kinds.IMAGE_CLASSIFICATION
 
@@ -226,23 +291,41 @@ class ImageClassifier(OnnxPredictor):
         noise = np.random.default_rng(0).random((size["height"], size["width"], 3)) * 255
         return self.encode([Image.fromarray(noise.astype(np.uint8))] * batch)
 
-    def predict(self, images: Sequence[Any] | Any) -> list[dict[str, Any]]:
+    def predict(
+        self, images: Sequence[Any] | Any, *, adapter: str | None = None
+    ) -> list[dict[str, Any]]:
         if not isinstance(images, (list, tuple)):
             images = [images]
-        return [describe_logits(row, self.labels) for row in self.logits(self.encode(images))]
-
-    def run(self, inputs: Sequence[str], **options) -> list[dict[str, Any]]:
-        return self.predict(list(inputs))
+        return self._predict(images, adapter)
 
 
-class _TextGeneration:
+class _TextGeneration(_Adapters):
     """Prompts, chat messages and replies: what both generators share (they need ``codec``)."""
 
     generates: ClassVar[bool] = True
     codec: TextCodec
-    stream: Callable[..., Iterator[int]]  # each generator's own, with its sampling options
-    #: ``{name: .onnx_adapter file}`` of a bundle of several LoRA runs, set by each generator
-    adapter_files: dict[str, Path]
+    #: each generator's decoding loop, called with the options of :meth:`stream` in order
+    _stream: Callable[..., Iterator[int]]
+
+    def stream(
+        self,
+        inputs: Inputs,
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_at_eos: bool = True,
+        adapter: str | None = None,
+    ) -> Iterator[int]:
+        """Token ids of the reply to ``inputs`` (``input_ids`` (1, T)), one at a time: greedy at
+        temperature 0, else sampled (``top_k``, ``top_p``, ``seed``); until EOS (unless
+        ``stop_at_eos`` is off) or ``max_new_tokens``; ``adapter`` of a multi-adapter bundle."""
+        check_adapter(adapter, self.adapter_files)  # now, not at the first next()
+        return self._stream(
+            inputs, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos, adapter
+        )
 
     def prompt_ids(self, prompt: str | list[dict[str, str]]) -> list[int]:
         """Token ids of a raw prompt, or of chat messages rendered with the bundle's chat format."""
@@ -257,17 +340,6 @@ class _TextGeneration:
         """Generate a reply to a raw prompt or to chat messages (``[{"role", "content"}...]``).
         ``adapter="name"`` answers with one adapter of a multi-adapter bundle (``None``: the base)."""
         return self.codec.decode(list(self.generate_ids(self.prompt_ids(prompt), **options)))
-
-    @property
-    def adapter_names(self) -> list[str]:
-        """The adapters this bundle carries (``tunewright export RUN_A RUN_B ...``); empty for one model."""
-        return sorted(self.adapter_files)
-
-    def for_adapter(self, adapter: str | None) -> AdapterView:
-        """This predictor with ``adapter`` active in every call: what the parity gate and ``verify``
-        judge one adapter through."""
-        check_adapter(adapter, self.adapter_files)
-        return AdapterView(self, adapter)
 
     def benchmark_inputs(self, *, batch: int = 1, tokens: int = 32) -> dict[str, np.ndarray]:
         ids = self.codec.encode(SAMPLE_TEXT, add_special_tokens=False, truncate=False)[:tokens]
@@ -304,7 +376,7 @@ class _TextGeneration:
         return results
 
 
-class Generator(_TextGeneration, OnnxPredictor):
+class Generator(_TextGeneration, OnnxPredictor):  # type: ignore[misc]  # stream: options by name
     """Greedy or sampled generation from a decoder exported with its KV cache.
 
     The cache lives in numpy between steps: ``past_key_values.N.key/value`` go in,
@@ -326,24 +398,6 @@ class Generator(_TextGeneration, OnnxPredictor):
         ]
         self.uses_position_ids = "position_ids" in self.input_names
         self.eos_token_ids = set(self.codec.eos_token_ids)
-        self.adapter_files = bundle_adapters(self.folder, manifest)
-        self._run_options: dict[str, Any] = {}
-
-    def run_options(self, adapter: str | None):
-        """onnxruntime ``RunOptions`` with ``adapter`` active (its LoRA weights fed as the graph's
-        overridable initializers), ``None`` for the base model."""
-        check_adapter(adapter, self.adapter_files)
-        if adapter is None:
-            return None
-        if adapter not in self._run_options:
-            import onnxruntime as ort
-
-            lora = ort.LoraAdapter()
-            lora.Load(str(self.adapter_files[adapter]))
-            options = ort.RunOptions()
-            options.add_active_adapter(lora)
-            self._run_options[adapter] = (options, lora)  # the adapter must outlive its options
-        return self._run_options[adapter][0]
 
     def empty_past(self, batch: int = 1) -> dict[str, np.ndarray]:
         past = {}
@@ -405,23 +459,6 @@ class Generator(_TextGeneration, OnnxPredictor):
             rows.append(logits[0, -1])
         return np.stack(rows).astype(np.float32)
 
-    def stream(  # type: ignore[override]  # its sampling options by name, not **options
-        self,
-        inputs: Inputs,
-        *,
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop_at_eos: bool = True,
-        adapter: str | None = None,
-    ) -> Iterator[int]:
-        check_adapter(adapter, self.adapter_files)  # now, not at the first next()
-        return self._stream(
-            inputs, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos, adapter
-        )
-
     def _stream(
         self, inputs, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos, adapter
     ) -> Iterator[int]:
@@ -477,6 +514,9 @@ class GenAIGenerator(_TextGeneration):
         self.codec = TextCodec(self.folder, manifest["preprocessing"])
         self.eos_token_ids = set(self.codec.eos_token_ids)
         self._og = og
+        genai_config = json.loads((self.folder / "genai_config.json").read_text(encoding="utf-8"))
+        #: what onnxruntime-genai takes for padding in a batch (a row's prompt is right-padded)
+        self.pad_token_id = int(genai_config["model"].get("pad_token_id", 0))
         config = og.Config(str(self.folder))
         # onnxruntime-genai runs its session on one thread unless told otherwise (measured: the
         # 135M SmolLM2 decodes 100 tokens/s on one of two cores, 132 on both): one per physical
@@ -511,23 +551,6 @@ class GenAIGenerator(_TextGeneration):
     def teacher_forced_logits(self, prompt, continuation, adapter: str | None = None) -> np.ndarray:
         return self.numpy_generator.teacher_forced_logits(prompt, continuation, adapter)
 
-    def stream(
-        self,
-        inputs: Inputs,
-        *,
-        max_new_tokens: int = 64,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        stop_at_eos: bool = True,
-        adapter: str | None = None,
-    ) -> Iterator[int]:
-        check_adapter(adapter, self.adapter_files)  # now, not at the first next()
-        return self._stream(
-            inputs, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos, adapter
-        )
-
     def _stream(
         self, inputs, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos, adapter
     ) -> Iterator[int]:
@@ -535,12 +558,7 @@ class GenAIGenerator(_TextGeneration):
         ids = np.asarray(inputs["input_ids"], dtype=np.int32)  # (1, T)
         params = og.GeneratorParams(self.model)
         options: dict[str, Any] = {"max_length": ids.shape[1] + max_new_tokens}
-        if temperature > 0:
-            options.update(do_sample=True, temperature=temperature, top_p=top_p)
-            if top_k:
-                options["top_k"] = top_k
-        else:
-            options["do_sample"] = False
+        options.update(self._sampling(temperature, top_k, top_p))
         if not stop_at_eos:
             options["min_length"] = ids.shape[1] + max_new_tokens
         params.set_search_options(**options)
@@ -559,11 +577,92 @@ class GenAIGenerator(_TextGeneration):
             produced += 1
             yield token
 
+    def can_batch(self, prompt_ids: Sequence[int]) -> bool:
+        """Whether ``prompt_ids`` may be a row of :meth:`generate_ids_batch`: onnxruntime-genai
+        takes trailing pad tokens for padding, so a prompt that ends with that token goes alone."""
+        return bool(prompt_ids) and int(prompt_ids[-1]) != self.pad_token_id
+
+    def generate_ids_batch(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: Sequence[int],
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        stop_at_eos: bool = True,
+        adapter: str | None = None,
+    ) -> Iterator[list[int | None]]:
+        """Decode several prompts together, as the rows of one onnxruntime-genai generator (right-
+        padded to the longest): per step, one entry per row, its next token or ``None`` once the
+        row has ended (its EOS; a row also ends after its own ``max_new_tokens``). Greedy rows
+        give the tokens each prompt gives alone. Sampling draws from one generator for all rows
+        (no per-row seed)."""
+        check_adapter(adapter, self.adapter_files)
+        if len(prompts) != len(max_new_tokens) or not prompts:
+            raise ValueError("generate_ids_batch: one max_new_tokens per prompt, at least one")
+        for row, ids in enumerate(prompts):
+            if not self.can_batch(ids):
+                raise ValueError(
+                    f"generate_ids_batch: prompt {row} is empty or ends with the pad token "
+                    f"({self.pad_token_id}); run it alone"
+                )
+        return self._stream_batch(
+            prompts, list(max_new_tokens), temperature, top_k, top_p, stop_at_eos, adapter
+        )
+
+    def _stream_batch(
+        self, prompts, max_new_tokens, temperature, top_k, top_p, stop_at_eos, adapter
+    ) -> Iterator[list[int | None]]:
+        og = self._og
+        rows, width, longest = len(prompts), max(len(p) for p in prompts), max(max_new_tokens)
+        ids = np.full((rows, width), self.pad_token_id, dtype=np.int32)
+        for row, prompt in enumerate(prompts):
+            ids[row, : len(prompt)] = prompt
+        params = og.GeneratorParams(self.model)
+        options: dict[str, Any] = {"batch_size": rows, "max_length": width + longest}
+        options.update(self._sampling(temperature, top_k, top_p))
+        if not stop_at_eos:
+            options["min_length"] = width + longest
+        params.set_search_options(**options)
+        generator = og.Generator(self.model, params)
+        if adapter is not None:
+            generator.set_active_adapter(self.adapters, adapter)
+        generator.append_tokens(ids)
+        produced = [0] * rows
+        ended = [False] * rows
+        while not all(ended) and not generator.is_done():
+            generator.generate_next_token()
+            tokens = generator.get_next_tokens()
+            step: list[int | None] = []
+            for row in range(rows):
+                token = int(tokens[row])
+                if not ended[row] and stop_at_eos and token in self.eos_token_ids:
+                    ended[row] = True
+                if ended[row]:
+                    step.append(None)
+                    continue
+                produced[row] += 1
+                ended[row] = produced[row] >= max_new_tokens[row]
+                step.append(token)
+            yield step
+
+    @staticmethod
+    def _sampling(temperature: float, top_k: int, top_p: float) -> dict[str, Any]:
+        """onnxruntime-genai's search options for these sampling settings."""
+        if temperature <= 0:
+            return {"do_sample": False}
+        options: dict[str, Any] = {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        if top_k:
+            options["top_k"] = top_k
+        return options
+
 
 class AdapterView:
-    """One adapter of a multi-adapter generator as a predictor of its own: every call of
-    ``logits``, ``teacher_forced_logits``, ``stream``, ``generate``, ``generate_ids`` and ``run``
-    goes to the shared predictor with ``adapter`` set; everything else is the predictor's."""
+    """One adapter of a multi-adapter bundle as a predictor of its own: every call of ``logits``,
+    ``teacher_forced_logits``, ``stream``, ``generate``, ``generate_ids``, ``predict`` and ``run``
+    goes to the shared predictor with ``adapter`` set, and ``labels`` are the adapter's (a
+    classifier's); everything else is the predictor's."""
 
     def __init__(self, predictor: Any, adapter: str | None):
         self.predictor = predictor
@@ -589,6 +688,14 @@ class AdapterView:
 
     def run(self, inputs: Sequence[str], **options) -> list[dict[str, Any]]:
         return self.predictor.run(inputs, adapter=self.adapter, **options)
+
+    def predict(self, items: Any) -> list[dict[str, Any]]:
+        return self.predictor.predict(items, adapter=self.adapter)
+
+    @property
+    def labels(self) -> list[str] | None:
+        labels_for = getattr(self.predictor, "labels_for", None)
+        return labels_for(self.adapter) if labels_for else self.predictor.labels
 
 
 __all__ = [

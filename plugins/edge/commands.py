@@ -8,6 +8,8 @@ offers the same three commands without loading the other plugins.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from contextlib import contextmanager
 
 import click
@@ -313,11 +315,20 @@ def serve_command(pm, args: tuple[str, ...]) -> None:
     """Serve BUNDLE... over HTTP: OpenAI-compatible /v1 chat, Open Inference v2 classifiers,
     /metrics (serve --help lists the options; needs the serve extra)."""
     try:
-        from tunewright.edge.runtime.serve.cli import main
+        from tunewright.edge.runtime.serve.cli import PROG_ENV, main
     except ImportError as exc:
         raise UsageError(
             f"edge serve needs the serve extra: pip install 'tunewright[runtime,serve]' ({exc})"
         ) from None
+    if "torch" in sys.modules and not {"-h", "--help"} & set(args):
+        # the plugin manager behind this command loaded every plugin, and torch with them: over
+        # 100 MB that a server of bundles never uses, on the device whose memory runs out first
+        # (research/serving.md). The server runs without them, as `python -m
+        # tunewright.edge.runtime serve`, in this process (same pid: signals reach it)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.environ[PROG_ENV] = "tunewright edge serve"
+        os.execv(sys.executable, [sys.executable, "-m", "tunewright.edge.runtime", "serve", *args])
     code = main(list(args), pm=pm)
     if code:
         raise SystemExit(code)

@@ -37,6 +37,7 @@ import numpy as np
 
 from tunewright import hookimpl, kinds
 from tunewright.edge import ExportedModel
+from tunewright.edge.protocols import save_onnx
 
 
 def _copy_side_files(exported: ExportedModel, out_dir: Path) -> None:
@@ -51,22 +52,27 @@ def _copy_side_files(exported: ExportedModel, out_dir: Path) -> None:
         shutil.copy2(Path(exported.folder) / name, target)
 
 
-def _save(model, path: Path) -> None:
-    """Save an ONNX model, with external data only when it must (over 2 GB protobuf limit)."""
-    import onnx
+def overridable_consumers(model, op_types: tuple[str, ...]) -> list[str]:
+    """The names of the ``op_types`` nodes of the ONNX ``model`` that read an overridable
+    initializer (a graph input with a default: the LoRA weights and head of a multi-adapter
+    bundle), directly or through a Cast (weights stored in float16, computed in float32).
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    big = model.ByteSize() > 1_800_000_000 if hasattr(model, "ByteSize") else True
-    if big:
-        onnx.save_model(
-            model,
-            str(path),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=path.name + ".data",
-        )
-    else:
-        onnx.save_model(model, str(path))
+    Such a weight is fed at run time. onnxruntime's quantizers look weights up by initializer
+    name alone: they would replace it by a quantized constant and drop the input, so these nodes
+    are left in float (``nodes_to_exclude``)."""
+    graph = model.graph
+    overridable = {i.name for i in graph.input} & {t.name for t in graph.initializer}
+    overridable |= {
+        out
+        for node in graph.node
+        if node.op_type == "Cast" and node.input[0] in overridable
+        for out in node.output
+    }
+    return [
+        node.name
+        for node in graph.node
+        if node.op_type in op_types and any(name in overridable for name in node.input)
+    ]
 
 
 def _load(exported: ExportedModel):
@@ -101,7 +107,7 @@ class Float16:
             _load(exported), keep_io_types=True, op_block_list=["Range", "CumSum"]
         )
         _copy_side_files(exported, out_dir)
-        _save(model, out_dir / exported.model_file)
+        save_onnx(model, out_dir / exported.model_file)
         return exported.moved(out_dir, quantization={"name": "fp16", "keep_io_types": True})
 
 
@@ -135,6 +141,10 @@ REDUCE_RANGE = True
 WEIGHTS = "int8 (7-bit range, faithful on CPUs without VNNI)"
 
 
+#: the operators int8-dynamic quantizes
+DYNAMIC_OPS = ("MatMul", "Gemm", "Gather", "Attention", "EmbedLayerNormalization")
+
+
 class DynamicInt8:
     description = (
         "dynamic int8: per-channel int8 weights, activations quantized at run time (encoders)"
@@ -157,6 +167,8 @@ class DynamicInt8:
         fused_path = out_dir / "fused.onnx"
         fused = _fuse_transformer(exported.path, fused_path)
         source = fused_path if fused else exported.path
+        # a multi-adapter bundle's weights are fed at run time: their nodes stay in float
+        kept = overridable_consumers(onnx.load(str(source), load_external_data=False), DYNAMIC_OPS)
         # MatMulConstBOnly: activation x activation products (attention scores in an unfused
         # graph) stay float; DefaultTensorType: contrib ops have no shape inference to ask;
         # reduce_range: see REDUCE_RANGE
@@ -166,19 +178,15 @@ class DynamicInt8:
             per_channel=self.per_channel,
             weight_type=QuantType.QInt8,
             reduce_range=REDUCE_RANGE,
-            op_types_to_quantize=[
-                "MatMul",
-                "Gemm",
-                "Gather",
-                "Attention",
-                "EmbedLayerNormalization",
-            ],
+            op_types_to_quantize=list(DYNAMIC_OPS),
+            nodes_to_exclude=kept,
             extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
         )
         fused_path.unlink(missing_ok=True)
         return exported.moved(
             out_dir,
             quantization={
+                **({"float_nodes_with_overridable_weights": len(kept)} if kept else {}),
                 "name": "int8-dynamic",
                 "weights": WEIGHTS,
                 "embeddings": "int8",
@@ -297,6 +305,12 @@ class StaticInt8:
             source = prepared
         except Exception:
             source = exported.path
+        import onnx
+
+        # a multi-adapter bundle's weights are fed at run time: their nodes stay in float
+        kept = overridable_consumers(
+            onnx.load(str(source), load_external_data=False), ("MatMul", "Gemm", "Conv")
+        )
         # Percentile (99.999) rather than MinMax where the inputs have one shape (images): one
         # outlier activation among thousands would otherwise set a layer's whole range (on a
         # MobileNetV2 tuned on digits MinMax flips 8% of the held-out predictions, the percentile
@@ -321,6 +335,7 @@ class StaticInt8:
             calibrate_method=method,
             reduce_range=REDUCE_RANGE,
             op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+            nodes_to_exclude=kept,
             extra_options={"MatMulConstBOnly": True, **extra},
         )
         prepared.unlink(missing_ok=True)
@@ -336,6 +351,7 @@ class StaticInt8:
                 "calibration_method": f"percentile {PERCENTILE}" if one_shape else "minmax",
                 "calibration_examples": len(calibration),
                 "names_compacted_bytes": saved,
+                **({"float_nodes_with_overridable_weights": len(kept)} if kept else {}),
             },
         )
 
@@ -583,25 +599,8 @@ class BlockWise:
             op_types_to_quantize=("MatMul",),
             quant_axes=(("MatMul", 0),),
         )
-        # an overridable initializer (a graph input with a default: a multi-adapter bundle's LoRA
-        # weights) is fed at run time; the quantizer would replace it by a constant and drop the
-        # input (it looks weights up by initializer name alone), so its MatMul stays in float
-        overridable = {i.name for i in model.graph.input} & {
-            t.name for t in model.graph.initializer
-        }
-        # ...also when it reaches its MatMul through a Cast (weights stored in float16, computed in
-        # float32)
-        overridable |= {
-            out
-            for node in model.graph.node
-            if node.op_type == "Cast" and node.input[0] in overridable
-            for out in node.output
-        }
-        kept = [
-            node.name
-            for node in model.graph.node
-            if node.op_type == "MatMul" and any(name in overridable for name in node.input)
-        ]
+        # a multi-adapter bundle's weights are fed at run time: their MatMuls stay in float
+        kept = overridable_consumers(model, ("MatMul",))
         quantizer = MatMulNBitsQuantizer(model, algo_config=config, nodes_to_exclude=kept)
         log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
         level = log.level
@@ -610,7 +609,7 @@ class BlockWise:
             quantizer.process()
         finally:
             log.setLevel(level)
-        _save(quantizer.model.model, out_dir / exported.model_file)
+        save_onnx(quantizer.model.model, out_dir / exported.model_file)
         return exported.moved(
             out_dir,
             quantization={

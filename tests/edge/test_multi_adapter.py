@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -194,6 +195,48 @@ def test_each_adapter_answers_as_its_own_peft_run(multi_bundle, two_runs):
         assert tokens == ours[name]
 
 
+def test_a_batch_of_prompts_decodes_as_each_prompt_alone(multi_bundle):
+    """onnxruntime-genai's batched generator (what the server runs for concurrent requests):
+    prompts of different lengths, right-padded, each with its own max_new_tokens, give the tokens
+    each gives alone, with an adapter and without."""
+    from tunewright.edge.runtime import load_bundle
+
+    bundle = load_bundle(multi_bundle)
+    prompts = [
+        bundle.prompt_ids([{"role": "user", "content": text}])
+        for text in ("Say 7", "Say 1234567 and then some more words", "Say")
+    ]
+    assert len({len(p) for p in prompts}) == 3
+    limits = [9, 4, 6]
+    for adapter in ("beta", None):
+        for stop_at_eos in (False, True):
+            alone = [
+                list(
+                    bundle.generate_ids(
+                        p, max_new_tokens=n, stop_at_eos=stop_at_eos, adapter=adapter
+                    )
+                )
+                for p, n in zip(prompts, limits)
+            ]
+            rows: list[list[int]] = [[] for _ in prompts]
+            ended = [False] * len(prompts)
+            for step in bundle.generate_ids_batch(
+                prompts, max_new_tokens=limits, stop_at_eos=stop_at_eos, adapter=adapter
+            ):
+                for row, token in enumerate(step):
+                    if token is None:
+                        ended[row] = True
+                    else:
+                        assert not ended[row]  # an ended row stays ended
+                        rows[row].append(token)
+            assert rows == alone, (adapter, stop_at_eos)
+    # a prompt that ends with the pad token would read as padding: refused, it runs alone
+    padded = [*prompts[0], bundle.pad_token_id]
+    assert not bundle.can_batch(padded)
+    with pytest.raises(ValueError, match="ends with the pad token"):
+        bundle.generate_ids_batch([prompts[0], padded], max_new_tokens=[2, 2])
+
+
 @pytest.mark.slow
 def test_one_adapter_failing_the_gate_writes_no_bundle(multi_bundle, two_runs):
     # a negative threshold asks each adapter to beat its run: none can, so the export fails
@@ -240,6 +283,8 @@ def test_served_adapters_are_models_of_their_own(multi_bundle):
             *[sys.executable, "-m", "tunewright.edge.runtime", "serve"],
             f"base={multi_bundle}",
             *["--port", "0", "--threads", "1"],
+            # a long window, so that the three concurrent requests below surely meet
+            *["--generation-batch-window-ms", "300"],
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -295,6 +340,38 @@ def test_served_adapters_are_models_of_their_own(multi_bundle):
         metrics = httpx.get(url + "/metrics", timeout=10).text
         for model in ("alpha", "beta", "base"):
             assert f'tunewright_serve_generated_tokens_total{{model="{model}"}} 16.0' in metrics
+        # requests for one adapter that arrive together are decoded as one batch, each answer
+        # what it is alone
+        prompts = [f"Say {i}" for i in (3, 45, 678)]
+        expected = {
+            p: bundle.generate(
+                [{"role": "user", "content": p}],
+                adapter="beta",
+                max_new_tokens=6,
+                stop_at_eos=False,
+            )
+            for p in prompts
+        }
+        answers: dict[str, str] = {}
+
+        def ask(prompt: str) -> None:
+            reply = client.chat.completions.create(
+                model="beta",
+                messages=[{"role": "user", "content": prompt}],
+                max_tokens=6,
+                temperature=0,
+                extra_body={"ignore_eos": True},
+            )
+            answers[prompt] = reply.choices[0].message.content
+
+        threads = [threading.Thread(target=ask, args=(p,)) for p in prompts]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert answers == expected
+        metrics = httpx.get(url + "/metrics", timeout=10).text
+        assert 'tunewright_serve_batched_generations_total{model="beta"} 3.0' in metrics
     finally:
         proc.kill()
         proc.wait(10)

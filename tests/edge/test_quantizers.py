@@ -3,6 +3,8 @@ embedding table quantized once and shared with a tied LM head."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -152,3 +154,44 @@ def test_int8_static_compacts_the_qdq_graph_names_and_computes_the_same(exports,
         quantized.quantization["calibration_method"] == "percentile 99.999"
     )  # one input shape: images
     assert np.abs(run(quantized.path) - run(cnn.path)).max() < 0.1 * np.abs(run(cnn.path)).max()
+
+
+def test_weights_over_the_limit_go_beside_the_model_and_the_bundle_runs_the_same(
+    tiny_causal_lm, chat_examples, edge_pm, generator_bundle, tmp_path, monkeypatch
+):
+    """A model over ``EXTERNAL_DATA_BYTES`` keeps its weights in ``model.onnx.data`` (memory-mapped
+    by onnxruntime): the manifest lists and hashes it, the bundle verifies, and it generates what
+    the one-file bundle of the same model generates. The tiny model is far under 16 MiB, so the
+    limit is lowered."""
+    from tunewright.edge import export_bundle, protocols
+    from tunewright.edge.runtime import load_bundle, verify_bundle
+
+    monkeypatch.setattr(protocols, "EXTERNAL_DATA_BYTES", 1024)
+    model, tokenizer = tiny_causal_lm
+    out = tmp_path / "bundle"
+    export_bundle(
+        model,
+        tokenizer,
+        "chat",
+        chat_examples,
+        out,
+        exporter="optimum",
+        quantize="int8-block",
+        info={"base_model": "tiny-llama", "method": "none", "task": "chat"},
+        pm=edge_pm,
+        fidelity_examples=3,
+        new_tokens=12,
+        log=lambda message: None,
+    )
+    data = out / "model.onnx.data"
+    assert data.is_file() and not (generator_bundle / "model.onnx.data").exists()
+    assert data.stat().st_size > (out / "model.onnx").stat().st_size
+    assert data.stat().st_mode & 0o777 == (out / "model.onnx").stat().st_mode & 0o777
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["files"]["model.onnx.data"]["bytes"] == data.stat().st_size
+    assert verify_bundle(out)["ok"]
+    prompt = [{"role": "user", "content": "hello there"}]
+    split, whole = load_bundle(out), load_bundle(generator_bundle)
+    assert split.generate(prompt, max_new_tokens=8, stop_at_eos=False) == whole.generate(
+        prompt, max_new_tokens=8, stop_at_eos=False
+    )

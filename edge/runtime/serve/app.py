@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..bundle import BundleError
-from .engine import Batcher, Busy, GenJob, Worker
+from .engine import Batcher, BatchSpec, Busy, GenJob, Worker
 from .profile import LiveProfile
 
 #: paths answered without an API key (a load balancer's probes)
@@ -89,6 +89,13 @@ class ServedModel:
     @property
     def context(self) -> int:
         return int(self.predictor.codec.max_length)
+
+    @property
+    def labels(self) -> list[str]:
+        """A classifier's label names: its adapter's own in a bundle of several classifier runs."""
+        labels_for = getattr(self.predictor, "labels_for", None)
+        labels = labels_for(self.adapter) if labels_for else self.predictor.labels
+        return list(labels or [])
 
 
 class ApiError(Exception):
@@ -210,6 +217,12 @@ class Metrics:
         )
         self.batches = Counter(
             "tunewright_serve_batches", "classifier batches run", ["model"], registry=r
+        )
+        self.batched_generations = Counter(
+            "tunewright_serve_batched_generations",
+            "generations decoded in a batch with others",
+            ["model"],
+            registry=r,
         )
         self.batch_size = Histogram(
             "tunewright_serve_batch_size",
@@ -563,6 +576,29 @@ class Decoder:
         return new
 
 
+def _batch_spec(
+    model: ServedModel, ids: list[int], pixels: Any, options: dict[str, Any]
+) -> BatchSpec | None:
+    """How this generation may share a batch with others (the worker batches those of one key),
+    or ``None`` where it must run alone: a predictor without ``generate_ids_batch``, an image, a
+    seed (a seeded answer must not depend on its neighbours), a prompt the predictor will not
+    pad."""
+    predictor = model.predictor
+    batch = getattr(predictor, "generate_ids_batch", None)
+    if batch is None or pixels is not None or options.get("seed") is not None:
+        return None
+    if not predictor.can_batch(ids):
+        return None
+    sampling = {k: v for k, v in options.items() if k not in ("max_new_tokens", "seed")}
+    key = (id(predictor), tuple(sorted(sampling.items())))
+    return BatchSpec(
+        key=key,
+        ids=ids,
+        max_new_tokens=options["max_new_tokens"],
+        run=lambda prompts, limits: batch(prompts, max_new_tokens=limits, **sampling),
+    )
+
+
 async def _generate(
     state: ServerState, model: ServedModel, ids: list[int], pixels: Any, body: ChatRequest, started
 ) -> AsyncIterator[tuple[str, str | None]]:
@@ -584,7 +620,9 @@ async def _generate(
     else:
         start = lambda: predictor.generate_ids(ids, **options)
     loop = asyncio.get_running_loop()
-    job = GenJob(start=start, loop=loop, sink=asyncio.Queue())
+    job = GenJob(
+        start=start, loop=loop, sink=asyncio.Queue(), batch=_batch_spec(model, ids, pixels, options)
+    )
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     decoder = Decoder(predictor.codec, stops)
     metrics = state.metrics
@@ -599,6 +637,8 @@ async def _generate(
                 raise token
             if produced == 0:
                 metrics.ttft.labels(model.name).observe(time.perf_counter() - started)
+                if job.batched:
+                    metrics.batched_generations.labels(model.name).inc()
             produced += 1
             metrics.tokens.labels(model.name).inc()
             piece = decoder.add(token)
@@ -887,7 +927,7 @@ def build_app(models: dict[str, ServedModel], options: ServeOptions, worker: Wor
 
     def metadata(model: ServedModel) -> dict:
         image = model.kind == "image_classification"
-        labels = model.predictor.labels or []
+        labels = model.labels
         return {
             "name": model.name,
             "versions": ["1"],
@@ -897,7 +937,11 @@ def build_app(models: dict[str, ServedModel], options: ServeOptions, worker: Wor
                 {"name": "label", "datatype": "BYTES", "shape": [-1]},
                 {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]},
             ],
-            "parameters": {"labels": labels, "task_kind": model.kind},
+            "parameters": {
+                "labels": labels,
+                "task_kind": model.kind,
+                **({"adapter": model.adapter, "base": model.base} if model.adapter else {}),
+            },
         }
 
     @app.get("/v2/models/{name}")
@@ -941,7 +985,7 @@ def build_app(models: dict[str, ServedModel], options: ServeOptions, worker: Wor
         finally:
             state.release(model)
         state.metrics.items.labels(model.name).inc(len(items))
-        labels = list(model.predictor.labels or (sorted(results[0]["scores"]) if results else []))
+        labels = model.labels or (sorted(results[0]["scores"]) if results else [])
         for item, result in zip(items, results):
             model.profile.observe(label=result["label"])
             if state.recorder and isinstance(item, str):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
 import json
 import os
@@ -55,6 +56,19 @@ def parser(prog: str = "tunewright edge serve") -> argparse.ArgumentParser:
         help="classifiers: gather requests arriving within this window into one batch",
     )
     p.add_argument("--max-batch", type=int, default=32, help="classifiers: items per batch")
+    p.add_argument(
+        "--generation-batch-window-ms",
+        type=float,
+        default=10.0,
+        help="generators: an idle server waits this long for more requests to decode together "
+        "with the first (0: each request alone)",
+    )
+    p.add_argument(
+        "--max-generation-batch",
+        type=int,
+        default=8,
+        help="generators: requests decoded together at most",
+    )
     p.add_argument(
         "--max-tokens-cap", type=int, default=1024, help="largest max_tokens a request may ask"
     )
@@ -145,17 +159,27 @@ def build(args: argparse.Namespace, key: str | None, pm: Any = None):
         record_dir=args.record,
         record_images=args.record_images,
     )
-    worker = Worker(options.max_queue)
+    worker = Worker(
+        options.max_queue,
+        batch_window=args.generation_batch_window_ms / 1000,
+        max_batch=args.max_generation_batch,
+    )
     models = load_models(args.bundles, args.threads, pm=pm)
     for model in models.values():
         if not model.generates:
+            # one batcher per model id: an adapter's requests are batched with its own only
+            predict = model.predictor.predict
+            if model.adapter is not None:
+                predict = functools.partial(predict, adapter=model.adapter)
             model.batcher = Batcher(
-                worker,
-                model.predictor.predict,
-                window=options.batch_window,
-                max_batch=options.max_batch,
+                worker, predict, window=options.batch_window, max_batch=options.max_batch
             )
     return build_app(models, options, worker), models
+
+
+#: the command name ``tunewright edge serve`` passes on when it hands over to ``python -m
+#: tunewright.edge.runtime serve`` (plugins/edge/commands.py), for the usage lines
+PROG_ENV = "TUNEWRIGHT_SERVE_PROG"
 
 
 def main(
@@ -164,7 +188,18 @@ def main(
     """Serve until SIGTERM or Ctrl-C; 0 after a clean stop, 2 for bad usage or bundles."""
     from .. import BundleError
 
-    args = parser(prog).parse_args(argv)
+    argparser = parser(prog)
+    args = argparser.parse_args(argv)
+    for option, value, least in (
+        ("--max-queue", args.max_queue, 1),
+        ("--max-batch", args.max_batch, 1),
+        ("--max-generation-batch", args.max_generation_batch, 1),
+        ("--batch-window-ms", args.batch_window_ms, 0),
+        ("--generation-batch-window-ms", args.generation_batch_window_ms, 0),
+        ("--max-body-mb", args.max_body_mb, 0.001),
+    ):
+        if value < least:
+            argparser.error(f"{option} {value}: at least {least}")
     try:
         import fastapi  # noqa: F401
         import prometheus_client  # noqa: F401

@@ -5,6 +5,14 @@ request would only take turns badly. One thread runs everything instead: it roun
 generators in flight (one token each per turn) and runs the classifier batches between turns.
 Results go back to the asyncio loop with ``call_soon_threadsafe``.
 
+Generations that can share a forward pass are batched: requests for one model and adapter, with
+the same sampling settings and no seed, that reach an idle worker within ``batch_window`` of each
+other (or arrive during one turn of a busy one) are decoded as the rows of one batch (the
+predictor's ``generate_ids_batch``; onnxruntime-genai's batched generator). On two cores four
+SmolLM2-135M streams decode about 2.4x as many tokens per second as one alone (the bench's
+figures); each row ends on its own (its EOS, its ``max_tokens``, its client gone) and a request
+that arrives while a batch runs is not held back: it starts beside it and takes turns.
+
 Admission is counted here too: at most ``max_queue`` requests are admitted at once (generating,
 waiting for their first turn, or in a classifier batch); one more is refused with :class:`Busy`,
 which the app answers with 429 and ``Retry-After``.
@@ -17,7 +25,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +33,19 @@ from typing import Any
 
 class Busy(Exception):
     """More requests than the queue holds."""
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """How a generation may join others in one batch: ``run(prompts, max_new_tokens)`` decodes
+    several prompts together and yields, per step, one entry per row (a token id, or ``None`` once
+    that row has ended: its EOS); jobs of equal ``key`` (one model, adapter and sampling) may
+    share a batch."""
+
+    key: Hashable
+    ids: Sequence[int]
+    max_new_tokens: int
+    run: Callable[[list[Sequence[int]], list[int]], Iterator[list[int | None]]]
 
 
 @dataclass
@@ -39,9 +60,25 @@ class GenJob:
     cancelled: threading.Event = field(default_factory=threading.Event)
     produced: int = 0
     tokens: Iterator[int] | None = None
+    #: set where the request may be decoded in a batch with others
+    batch: BatchSpec | None = None
+    #: whether the worker decodes it in a batch (set before its first token)
+    batched: bool = False
 
     def push(self, item: Any) -> None:
         self.loop.call_soon_threadsafe(self.sink.put_nowait, item)
+
+
+@dataclass
+class GenBatch:
+    """Jobs decoded together: ``rows`` yields a list of entries per step, one per job, in order."""
+
+    jobs: list[GenJob]
+    rows: Iterator[list[int | None]]
+    done: list[bool] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.done = [False] * len(self.jobs)
 
 
 class Worker:
@@ -51,8 +88,18 @@ class Worker:
     tests use it, to make a tiny model slow enough to disconnect from or stop mid-answer.
     """
 
-    def __init__(self, max_queue: int = 16, *, step_delay: float | None = None):
+    def __init__(
+        self,
+        max_queue: int = 16,
+        *,
+        step_delay: float | None = None,
+        batch_window: float = 0.01,
+        max_batch: int = 8,
+    ):
         self.max_queue = max_queue
+        #: seconds an idle worker waits for more generations to batch with the first (0: none)
+        self.batch_window = batch_window
+        self.max_batch = max(1, max_batch)
         self.step_delay = (
             step_delay
             if step_delay is not None
@@ -65,6 +112,7 @@ class Worker:
         self._thread = threading.Thread(target=self._run, name="tunewright-decode", daemon=True)
         self.generated = 0  # tokens, all jobs
         self.cancelled = 0  # generations stopped before their end
+        self.batches = 0  # batches of several generations started
 
     # -- admission ----------------------------------------------------------------------------
 
@@ -107,63 +155,177 @@ class Worker:
         self._inbox.put((fn, future))
         return future
 
-    def _take(self, active: list[GenJob], block: bool) -> None:
+    def _take(self, active: list[Any], block: bool) -> None:
+        """Run the calls and start the generations waiting in the inbox (waiting for one when
+        ``block``; then, if it may be batched, up to ``batch_window`` for others to join it)."""
+        fresh: list[GenJob] = []
+        deadline = None
         while True:
+            timeout = 0.5 if block else None
+            if deadline is not None:
+                timeout = deadline - time.monotonic()
+                block = timeout > 0
             try:
-                item = self._inbox.get(block=block, timeout=0.5 if block else None)
+                item = self._inbox.get(block=block, timeout=timeout if block else None)
             except queue.Empty:
-                return
+                break
             block = False
             if item is None:
                 continue
             if isinstance(item, GenJob):
+                fresh.append(item)
+                if (
+                    deadline is None
+                    and not active
+                    and item.batch is not None
+                    and self.batch_window > 0
+                    and self.max_batch > 1
+                ):
+                    deadline = time.monotonic() + self.batch_window
+                continue
+            fn, future = item
+            if future.set_running_or_notify_cancel():
                 try:
-                    item.tokens = item.start()
-                except Exception as exc:  # a prompt the model refuses: the request's error
-                    item.push(exc)
+                    future.set_result(fn())
+                except Exception as exc:
+                    future.set_exception(exc)
+        self._start(fresh, active)
+
+    def _start(self, fresh: list[GenJob], active: list[Any]) -> None:
+        """Start ``fresh`` generations: those that may share a batch with another, in batches of at
+        most ``max_batch``; the others one by one."""
+        groups: dict[Hashable, list[GenJob]] = {}
+        for job in fresh:
+            if job.batch is not None and self.max_batch > 1:
+                groups.setdefault(job.batch.key, []).append(job)
+        batched: set[int] = set()
+        for jobs in groups.values():
+            for at in range(0, len(jobs), self.max_batch):
+                chunk = jobs[at : at + self.max_batch]
+                if len(chunk) < 2:
                     continue
-                active.append(item)
-            else:
-                fn, future = item
-                if future.set_running_or_notify_cancel():
-                    try:
-                        future.set_result(fn())
-                    except Exception as exc:
-                        future.set_exception(exc)
+                batched.update(id(job) for job in chunk)
+                spec = chunk[0].batch
+                assert spec is not None
+                try:
+                    rows = spec.run(
+                        [job.batch.ids for job in chunk],  # type: ignore[union-attr]
+                        [job.batch.max_new_tokens for job in chunk],  # type: ignore[union-attr]
+                    )
+                except Exception as exc:  # a prompt the model refuses: every row's error
+                    for job in chunk:
+                        job.push(exc)
+                    continue
+                self.batches += 1
+                for job in chunk:
+                    job.batched = True
+                active.append(GenBatch(chunk, rows))
+        for job in fresh:
+            if id(job) in batched:
+                continue
+            try:
+                job.tokens = job.start()
+            except Exception as exc:  # a prompt the model refuses: the request's error
+                job.push(exc)
+                continue
+            active.append(job)
 
     def _run(self) -> None:
-        active: list[GenJob] = []
+        active: list[Any] = []
         while not self._stop.is_set():
             self._take(active, block=not active)
-            for job in list(active):
-                if job.cancelled.is_set():
-                    self._finish(job, active, cancelled=True)
-                    continue
-                try:
-                    assert job.tokens is not None
-                    token = next(job.tokens)
-                except StopIteration:
-                    self._finish(job, active)
-                    continue
-                except Exception as exc:
-                    job.push(exc)
-                    self._finish(job, active, push=False)
-                    continue
-                job.produced += 1
-                self.generated += 1
-                job.push(token)
+            for item in list(active):
+                if isinstance(item, GenBatch):
+                    self._step_batch(item, active)
+                else:
+                    self._step(item, active)
                 if self.step_delay:
                     time.sleep(self.step_delay)
-        for job in active:
-            self._finish(job, active, cancelled=True)
+        for item in list(active):
+            if isinstance(item, GenBatch):
+                for row in range(len(item.jobs)):
+                    if not item.done[row]:
+                        self._end_row(item, row, cancelled=True)
+                self._close(item.rows)
+                active.remove(item)
+            else:
+                self._finish(item, active, cancelled=True)
 
-    def _finish(
-        self, job: GenJob, active: list[GenJob], *, cancelled: bool = False, push: bool = True
-    ) -> None:
-        active.remove(job)
-        close = getattr(job.tokens, "close", None)
+    def _step(self, job: GenJob, active: list[Any]) -> None:
+        if job.cancelled.is_set():
+            self._finish(job, active, cancelled=True)
+            return
+        try:
+            assert job.tokens is not None
+            token = next(job.tokens)
+        except StopIteration:
+            self._finish(job, active)
+            return
+        except Exception as exc:
+            job.push(exc)
+            self._finish(job, active, push=False)
+            return
+        job.produced += 1
+        self.generated += 1
+        job.push(token)
+
+    def _step_batch(self, batch: GenBatch, active: list[Any]) -> None:
+        """One token for every row still running; a row ends with its EOS, its ``max_tokens``
+        or its client, and the batch when every row has ended (rows that ended early still ride
+        along in the runtime's batch until then, their tokens dropped)."""
+        for row, job in enumerate(batch.jobs):
+            if not batch.done[row] and job.cancelled.is_set():
+                self._end_row(batch, row, cancelled=True)
+        if all(batch.done):
+            self._close(batch.rows)
+            active.remove(batch)
+            return
+        try:
+            tokens = next(batch.rows)
+        except StopIteration:
+            tokens = None
+        except Exception as exc:
+            for row, job in enumerate(batch.jobs):
+                if not batch.done[row]:
+                    job.push(exc)
+                    batch.done[row] = True
+            self._close(batch.rows)
+            active.remove(batch)
+            return
+        for row, job in enumerate(batch.jobs):
+            if batch.done[row]:
+                continue
+            token = tokens[row] if tokens is not None else None
+            if token is None:
+                self._end_row(batch, row)
+                continue
+            job.produced += 1
+            self.generated += 1
+            job.push(token)
+            assert job.batch is not None
+            if job.produced >= job.batch.max_new_tokens:
+                self._end_row(batch, row)
+        if all(batch.done):
+            self._close(batch.rows)
+            active.remove(batch)
+
+    def _end_row(self, batch: GenBatch, row: int, *, cancelled: bool = False) -> None:
+        batch.done[row] = True
+        if cancelled:
+            self.cancelled += 1
+        batch.jobs[row].push(None)
+
+    @staticmethod
+    def _close(tokens: Any) -> None:
+        close = getattr(tokens, "close", None)
         if close is not None:
             close()  # frees the runtime's generator (onnxruntime-genai's KV cache)
+
+    def _finish(
+        self, job: GenJob, active: list[Any], *, cancelled: bool = False, push: bool = True
+    ) -> None:
+        active.remove(job)
+        self._close(job.tokens)
         if cancelled:
             self.cancelled += 1
         if push:
