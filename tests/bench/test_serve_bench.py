@@ -56,9 +56,7 @@ def test_quick_serve_bench_measures_the_server_and_reports_each_target(genai_cha
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "serve.json"
-    code = bench.main(
-        ["--chat", str(genai_chat_bundle), "--quick", "--soak", "60", "--json", str(out)]
-    )
+    code = bench.main(["--chat", str(genai_chat_bundle), "--quick", "--json", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
     ours = report["tunewright"]
@@ -68,7 +66,7 @@ def test_quick_serve_bench_measures_the_server_and_reports_each_target(genai_cha
     assert ours["peak_rss_concurrent_mb"] >= ours["peak_rss_mb"] > 0
     # the 4 and 8 concurrent streams (12 requests) went through the batching worker
     assert ours["batched_generations"] is not None
-    assert report["soak"]["server_errors"] == 0 and report["soak"]["requests"] == 60
+    assert report["soak"]["server_errors"] == 0 and report["soak"]["requests"] == 120
     assert report["exit_code"] == 0  # SIGTERM: a clean stop
     targets = report["targets"]
     assert targets["soak_no_5xx"]["met"] is True
