@@ -753,6 +753,26 @@ def training_examples(run_dir: Path, count: int = CALIBRATION_EXAMPLES) -> list[
     return [json.loads(line) for line in lines]
 
 
+def judging_task(run: Any, run_dir: str | Path, pm: Any) -> tuple[Any, Callable, str]:
+    """The task whose figures judge ``run``'s export at the parity gate (``TaskOptions.parity_task``),
+    how the run's examples become that task's, and its name (empty: the run's own task judges,
+    its examples as they are). A task that sets ``parity_task`` to ``None`` does not export: a
+    :class:`UsageError` says so."""
+    from tunewright import UsageError
+
+    task = run.task
+    judge = getattr(task, "parity_task", "")
+    if judge is None:
+        raise UsageError(
+            f"{run_dir}: a {run.task_name} run does not export: no figure of an exported model "
+            f"judges it at the parity gate (task {run.task_name!r} sets parity_task to None)"
+        )
+    if not judge:
+        return task, list, ""
+    judging = pm.registries.get("tasks", judge, key=f"{run.task_name}'s parity_task")
+    return judging, task.parity_examples, judge
+
+
 def export_run(
     run_dir: str | Path, out: str | Path, *, split: str = "validation", pm=None, **options
 ) -> ExportResult:
@@ -773,20 +793,13 @@ def export_run(
         "task": run.task_name,
         "run": {"dir": str(Path(run_dir).resolve()), "eval": run.eval},
     }
-    task = run.task
-    judge = getattr(task, "parity_task", "")  # TaskOptions.parity_task
-    if judge is None:
-        raise UsageError(
-            f"{run_dir}: a {run.task_name} run does not export: no figure of an exported model "
-            f"judges it at the parity gate (task {run.task_name!r} sets parity_task to None)"
-        )
+    task, judged, judge = judging_task(run, run_dir, pm)
     options.setdefault("calibration_examples", training_examples(Path(run_dir)) or None)
     if judge:
         # the held-out and the calibration examples become the judging task's
-        examples = task.parity_examples(examples)
+        examples = judged(examples)
         if options["calibration_examples"]:
-            options["calibration_examples"] = task.parity_examples(options["calibration_examples"])
-        task = pm.registries.get("tasks", judge, key=f"{run.task_name}'s parity_task")
+            options["calibration_examples"] = judged(options["calibration_examples"])
         info["parity_task"] = judge
     result = export_bundle(
         run.model,

@@ -63,6 +63,7 @@ from .export import (
     bundle_folder,
     check_out,
     choose_exporter,
+    judging_task,
     quantize_export,
     reference_limits,
     write_manifest,
@@ -663,15 +664,8 @@ def export_runs(
         run = load_run(spec.run_dir, pm=pm)
         first_run = first_run or run
         examples = list(getattr(run, split) or [])
-        task = run.task
-        judge = getattr(task, "parity_task", "")
-        if judge is None:
-            raise UsageError(
-                f"{spec.run_dir}: a {run.task_name} run does not export (parity_task None)"
-            )
-        if judge:
-            examples = task.parity_examples(examples)
-            task = registries.get("tasks", judge, key=f"{run.task_name}'s parity_task")
+        task, judged, _ = judging_task(run, spec.run_dir, pm)
+        examples = judged(examples)
         if not examples:
             raise UsageError(
                 f"{spec.run_dir}: the parity gate needs held-out {split} examples, and the run kept none"
