@@ -102,7 +102,13 @@ class DistillSection(Section):
                 "kept or left out site by site; distill centrally (runner: local), then tune "
                 "the student federated with task: chat"
             )
-        given = self.model_fields_set
+        # set and not at its default: a run's saved config.yaml spells out every default, and
+        # reading it back (tunewright export, eval) must not find settings the user never gave
+        given = {
+            key
+            for key in self.model_fields_set
+            if getattr(self, key) != type(self).model_fields[key].default
+        }
         if self.bundle_teacher:
             from tunewright.edge.runtime import BundleError, read_manifest
 
@@ -129,7 +135,7 @@ class DistillSection(Section):
                 f"{self.teacher} is not a bundle (a local teacher gives its top-k distribution "
                 "on the data's own answers, which are not graded)"
                 for key in ("max_tokens", *ANSWER_SETTINGS)
-                if key in given and getattr(self, key) is not None
+                if key in given
             ]
         if self.min_grade is not None and self.grader is None:
             problems.append(

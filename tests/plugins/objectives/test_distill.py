@@ -190,6 +190,20 @@ def test_the_distill_section_checks_a_bundle_teachers_settings(tmp_path):
         ),
         pm.registries,
     )
+    # a run's saved config.yaml spells out every default: read back (tunewright export, eval),
+    # those are not settings the user gave, for a local teacher or a bundle one
+    from tunewright.plugins.objectives.distill import DistillSection
+
+    defaults = {
+        key: field.default
+        for key, field in DistillSection.model_fields.items()
+        if key != "teacher" and key not in ("grader", "min_grade")
+    }
+    for teacher in ("m", str(teacher_bundle)):
+        load_config(
+            bundle_job(Path("m"), data, tmp_path / "o", teacher=teacher, **defaults),
+            pm.registries,
+        )
 
 
 @pytest.mark.slow  # exports a bundle and trains
