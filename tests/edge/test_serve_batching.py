@@ -111,6 +111,36 @@ def test_requests_of_one_key_arriving_together_share_a_batch_and_end_on_their_ow
     assert script.closed == 1 and worker.batches == 1 and worker.generated == 15
 
 
+def test_an_idle_worker_waits_for_the_end_of_a_burst():
+    """Requests that come one after another, each within the window of the one before, make one
+    batch although the last comes after the first's window has passed."""
+    script = Script()
+    worker = Worker(batch_window=0.15)
+
+    def make(loop):
+        return [_job(loop, script, p, 2) for p in (1, 2, 3)]
+
+    worker.start()
+    try:
+        loop = asyncio.new_event_loop()
+        try:
+            jobs = make(loop)
+
+            async def main():
+                for job in jobs:
+                    worker.submit_generation(job)
+                    await asyncio.sleep(0.1)  # 0.2 s from the first to the last
+                return await asyncio.gather(*(_collect(job) for job in jobs))
+
+            got = loop.run_until_complete(main())
+        finally:
+            loop.close()
+    finally:
+        worker.stop()
+    assert script.batches == [[1, 2, 3]]
+    assert got == [[10, 11], [20, 21], [30, 31]]
+
+
 def test_batches_hold_at_most_max_batch_rows():
     script = Script()
     worker = Worker(batch_window=0.2, max_batch=2)

@@ -60,8 +60,8 @@ def parser(prog: str = "tunewright edge serve") -> argparse.ArgumentParser:
         "--generation-batch-window-ms",
         type=float,
         default=10.0,
-        help="generators: an idle server waits this long for more requests to decode together "
-        "with the first (0: each request alone)",
+        help="generators: an idle server given a request waits until no other has come for "
+        "this long (at most 4 windows) and decodes the burst together (0: each request at once)",
     )
     p.add_argument(
         "--max-generation-batch",

@@ -6,12 +6,12 @@ generators in flight (one token each per turn) and runs the classifier batches b
 Results go back to the asyncio loop with ``call_soon_threadsafe``.
 
 Generations that can share a forward pass are batched: requests for one model and adapter, with
-the same sampling settings and no seed, that reach an idle worker within ``batch_window`` of each
-other (or arrive during one turn of a busy one) are decoded as the rows of one batch (the
-predictor's ``generate_ids_batch``; onnxruntime-genai's batched generator). On two cores four
-SmolLM2-135M streams decode about 2.4x as many tokens per second as one alone (the bench's
-figures); each row ends on its own (its EOS, its ``max_tokens``, its client gone) and a request
-that arrives while a batch runs is not held back: it starts beside it and takes turns.
+the same sampling settings and no seed, that reach an idle worker in one burst (each within
+``batch_window`` of the one before) or arrive during one turn of a busy one are decoded as the
+rows of one batch (the predictor's ``generate_ids_batch``: onnxruntime-genai's batched generator;
+``bench/README.md`` has what it gains). Each row ends on its own (its EOS, its ``max_tokens``, its
+client gone), and a request that arrives while a batch runs is not held back: it starts beside it
+and takes turns.
 
 Admission is counted here too: at most ``max_queue`` requests are admitted at once (generating,
 waiting for their first turn, or in a classifier batch); one more is refused with :class:`Busy`,
@@ -29,6 +29,9 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
+
+#: an idle worker waits for a burst of generations at most this many batch windows
+BURST = 4
 
 
 class Busy(Exception):
@@ -156,15 +159,18 @@ class Worker:
         return future
 
     def _take(self, active: list[Any], block: bool) -> None:
-        """Run the calls and start the generations waiting in the inbox (waiting for one when
-        ``block``; then, if it may be batched, up to ``batch_window`` for others to join it)."""
+        """Run the calls and start the generations waiting in the inbox, waiting for one when
+        ``block``. An idle worker given a generation that may be batched waits for the burst it
+        came in to end: until ``batch_window`` passes with no other (at most ``BURST`` windows
+        after the first, or until ``max_batch`` are in)."""
         fresh: list[GenJob] = []
-        deadline = None
+        first = deadline = None
+        batchable = 0
         while True:
             timeout = 0.5 if block else None
             if deadline is not None:
                 timeout = deadline - time.monotonic()
-                block = timeout > 0
+                block = timeout > 0 and batchable < self.max_batch
             try:
                 item = self._inbox.get(block=block, timeout=timeout if block else None)
             except queue.Empty:
@@ -175,13 +181,15 @@ class Worker:
             if isinstance(item, GenJob):
                 fresh.append(item)
                 if (
-                    deadline is None
-                    and not active
+                    not active
                     and item.batch is not None
                     and self.batch_window > 0
                     and self.max_batch > 1
                 ):
-                    deadline = time.monotonic() + self.batch_window
+                    batchable += 1
+                    now = time.monotonic()
+                    first = first if first is not None else now
+                    deadline = min(now + self.batch_window, first + BURST * self.batch_window)
                 continue
             fn, future = item
             if future.set_running_or_notify_cancel():
