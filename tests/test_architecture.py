@@ -361,6 +361,7 @@ def test_the_cycle_walk_sees_a_lazy_import(tmp_path, monkeypatch):
 # plugin author finds every question asked of their object documented there.
 NOT_PLUGIN_MEMBERS = {
     "a transformers or PEFT model, its config, generation config or output": {
+        "base_model",
         "base_model_prefix",
         "config",
         "eos_token_id",

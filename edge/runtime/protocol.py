@@ -130,5 +130,24 @@ class PredictorOptions(Protocol):
         """The predictor with one of :attr:`adapter_names` active on every call (``None``: the base
         model), for the parity gate and ``verify``."""
 
+    def labels_for(self, adapter: str | None) -> list[str] | None:
+        """A classifier's label names with ``adapter`` active (each run of a multi-adapter bundle
+        keeps its own). Without it: ``labels``."""
+
+    def generate_ids_batch(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        max_new_tokens: Sequence[int],
+        **options: Any,
+    ) -> Any:
+        """A generator's several prompts decoded together: per step, one entry per row (its next
+        token id, or ``None`` once the row has ended). ``edge serve`` batches concurrent requests
+        through it, asking ``can_batch(prompt_ids)`` of each first. Without it: one request per
+        generation."""
+
+    def can_batch(self, prompt_ids: Sequence[int]) -> bool:
+        """Whether ``prompt_ids`` may be a row of :meth:`generate_ids_batch`."""
+
 
 __all__ = ["Predictor", "PredictorOptions", "Inputs"]
