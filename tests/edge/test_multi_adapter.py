@@ -195,6 +195,7 @@ def test_each_adapter_answers_as_its_own_peft_run(multi_bundle, two_runs):
         assert tokens == ours[name]
 
 
+@pytest.mark.slow  # the two runs and their bundle
 def test_a_batch_of_prompts_decodes_as_each_prompt_alone(multi_bundle):
     """onnxruntime-genai's batched generator (what the server runs for concurrent requests):
     prompts of different lengths, right-padded, each with its own max_new_tokens, give the tokens
